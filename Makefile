@@ -1,0 +1,33 @@
+# The README's two commands: `make demo` and `make test`. Both work on a fresh machine with Python 3.11 + pip.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+.PHONY: demo test venv bench clean
+
+# The virtualenv, refreshed whenever setup.py changes (the stamp records the extras installed).
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.stamp-%: setup.py | $(PY)
+	$(PIP) install -q -e ".[$*]"
+	touch $@
+
+venv: $(VENV)/.stamp-dev
+
+## make demo: install, start hub serving on the embedded default models, recognise the demo photos, print answers.
+demo: $(VENV)/.stamp-dev
+	$(VENV)/bin/shitu demo --out demo_output
+
+## make test: create/refresh the virtualenv with the dev extra and run the whole test suite.
+test: $(VENV)/.stamp-dev
+	$(PY) -m pytest -q tests
+
+## make bench: the benchmark suite (tables on stdout, JSON in benchmarks/results/).
+bench: $(VENV)/.stamp-dev
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) demo_output build *.egg-info .pytest_cache

@@ -1,0 +1,8 @@
+"""Parameters: the typed schema (:mod:`.schema`) and its merging (:mod:`.merge`).
+
+Precedence, lowest first: schema defaults < scenario pack < ``config.json`` ``init_args`` < per-request overrides.
+"""
+from .merge import ParamError, Params, coerce, flatten, merge, resolve
+from .schema import BY_NAME, FIELDS, SECTIONS, Field
+
+__all__ = ["BY_NAME", "FIELDS", "SECTIONS", "Field", "ParamError", "Params", "coerce", "flatten", "merge", "resolve"]

@@ -1,0 +1,156 @@
+"""The typed parameter schema: every tunable of shitu-hub, with PP-ShiTu's section/key names.
+
+A parameter is addressed as ``Section.key`` (``Global.threshold``, ``IndexProcess.score_thres``), exactly as in
+PaddleClas's ``inference_*.yaml``. Each :class:`Field` carries its type, default, bounds and documentation; the
+README's parameter table is generated from this list (``python -m shitu.params``), so the schema is the single
+place where a parameter is defined.
+
+Short names (``threshold``) are accepted wherever they are unambiguous, which is what per-request overrides use.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Field:
+    """One parameter: ``section.key`` of type ``type`` with a default and validation rules."""
+
+    section: str
+    key: str
+    type: type | tuple[type, ...]
+    default: Any
+    doc: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[Any, ...] | None = None
+    aliases: tuple[str, ...] = ()
+    nullable: bool = False
+    #: Whether a per-request override may change it (model paths and threads are load-time only).
+    per_request: bool = True
+    check: Callable[[Any], str | None] | None = field(default=None, compare=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+
+def _transform_ops(value: Any) -> str | None:
+    if not isinstance(value, list):
+        return "must be a list of {OpName: {args}} entries"
+    for i, op in enumerate(value):
+        if not (isinstance(op, dict) and len(op) == 1 and isinstance(next(iter(op)), str)):
+            return f"entry {i} must be a one-key mapping {{OpName: {{args}}}}"
+        args = next(iter(op.values()))
+        if args is not None and not isinstance(args, dict):
+            return f"entry {i} ({next(iter(op))}): arguments must be a mapping or null"
+    return None
+
+
+def _labels(value: Any) -> str | None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return "must be a list of strings"
+    return None
+
+
+# fmt: off
+FIELDS: tuple[Field, ...] = (
+    # -- Global: detection and pipeline ------------------------------------------------------------------------
+    Field("Global", "threshold", float, 0.2,
+          "Mainbody detection score threshold: detector boxes scoring below it are dropped.",
+          minimum=0.0, maximum=1.0),
+    Field("Global", "max_det_results", int, 5,
+          "At most this many detector boxes (highest scores first) are kept per image, before the whole-image "
+          "box is appended. Together with `threshold` it decides how many boxes come back.", minimum=0, maximum=1000),
+    Field("Global", "append_whole_image", bool, True,
+          "Also search the whole image as one extra box (PP-ShiTu always does); results mark it with "
+          "`is_whole_image`.", aliases=("whole_image_box",)),
+    Field("Global", "det_nms_threshold", float, 0.5,
+          "IoU above which overlapping detector boxes are merged (class-agnostic NMS on raw-head detectors).",
+          minimum=0.0, maximum=1.0),
+    Field("Global", "rec_nms_thresold", float, 0.05,
+          "IoU above which a recognised box is suppressed by a higher-scoring one (PaddleClas's spelling; "
+          "`rec_nms_threshold` is accepted too).", minimum=0.0, maximum=1.0, aliases=("rec_nms_threshold",)),
+    Field("Global", "batch_size", int, 8, "Crops per forward pass of the feature extractor.",
+          minimum=1, maximum=256),
+    Field("Global", "min_box_size", int, 4, "Detector boxes narrower or lower than this many pixels are dropped.",
+          minimum=0, maximum=10000),
+    # -- Global: runtime (load time only) ----------------------------------------------------------------------
+    Field("Global", "cpu_num_threads", int, 2, "paddle.inference CPU math threads per predictor.",
+          minimum=1, maximum=256, per_request=False),
+    Field("Global", "enable_mkldnn", bool, True,
+          "Use oneDNN with each model's verified pass list (see the model's shitu_model.yml).", per_request=False),
+    Field("Global", "use_gpu", bool, False, "Run on the GPU when paddle is built with CUDA.", per_request=False),
+    Field("Global", "gpu_id", int, 0, "GPU device id when `use_gpu` is on.", minimum=0, per_request=False),
+    Field("Global", "det_inference_model_dir", str, None,
+          "Mainbody detector folder (default: the current scenario pack's).", nullable=True, per_request=False),
+    Field("Global", "rec_inference_model_dir", str, None,
+          "Feature extractor folder (default: the current scenario pack's).", nullable=True, per_request=False),
+    Field("Global", "det_backend", str, "paddle", "Runtime for the detector: `paddle` (paddle.inference) "
+          "or `onnxruntime` (needs the model's ONNX file and the `onnx` extra).",
+          choices=("paddle", "onnxruntime"), per_request=False),
+    Field("Global", "rec_backend", str, "paddle", "Runtime for the feature extractor (see `det_backend`).",
+          choices=("paddle", "onnxruntime"), per_request=False),
+    # -- Pre-processing (None: the model folder's own shitu_model.yml / infer_cfg.yml) ---------------------------
+    Field("DetPreProcess", "transform_ops", list, None,
+          "Detector pre-processing ops (PaddleClas names). Default: from the model folder.", nullable=True,
+          check=_transform_ops, per_request=False),
+    Field("RecPreProcess", "transform_ops", list, None,
+          "Feature extractor pre-processing ops (PaddleClas names). Default: from the model folder.",
+          nullable=True, check=_transform_ops, per_request=False),
+    # -- Post-processing of embeddings -----------------------------------------------------------------------
+    Field("RecPostProcess", "normalize", bool, True, "L2-normalise embeddings (cosine = IP on them).",
+          aliases=("feature_normalize",)),
+    Field("RecPostProcess", "binarize", bool, False,
+          "Sign-binarise embeddings (for `hamming` galleries); packs bits 8 per byte."),
+    # -- IndexProcess: the gallery ---------------------------------------------------------------------------
+    Field("IndexProcess", "index_method", str, "HNSW32",
+          "faiss index type for new galleries: `Flat`, `IVF`, `HNSW32` or another faiss factory string.",
+          per_request=False),
+    Field("IndexProcess", "dist_type", str, "IP",
+          "Metric for new galleries: `IP` (cosine on normalised embeddings), `L2` or `hamming`.",
+          choices=("IP", "L2", "hamming"), aliases=("metric_type",), per_request=False),
+    Field("IndexProcess", "index_dir", str, None, "Gallery folder (default: the scenario pack's gallery).",
+          nullable=True, per_request=False),
+    Field("IndexProcess", "return_k", int, 5, "Matches returned per embedding by `index_search`.",
+          minimum=1, maximum=1000),
+    Field("IndexProcess", "score_thres", float, 0.5,
+          "Weakest match accepted. For `IP` a score must be >= it (higher is better); for `L2` and `hamming` "
+          "the distance must be <= it (smaller is better).", minimum=0.0, aliases=("score_threshold",)),
+    Field("IndexProcess", "hamming_radius", int, 100, "Largest hamming distance searched in binary galleries.",
+          minimum=0),
+    Field("IndexProcess", "delimiter", str, "\t",
+          "Column separator of gallery list files; any whitespace is accepted as well."),
+    Field("IndexProcess", "labels", list, None,
+          "Only return matches whose label is in this list (null: all labels).", nullable=True, check=_labels),
+    # -- Limits (hostile input) ------------------------------------------------------------------------------
+    Field("Limits", "max_images", int, 32, "Images accepted in one request.", minimum=1, per_request=False),
+    Field("Limits", "max_image_bytes", int, 20_000_000, "Encoded bytes accepted per image.", minimum=1,
+          per_request=False),
+    Field("Limits", "max_pixels", int, 40_000_000,
+          "Decoded pixels (width x height) accepted per image; a header declaring more is refused before "
+          "decoding (decompression bombs).", minimum=1, per_request=False),
+    Field("Limits", "max_label_length", int, 128, "Characters allowed in a gallery label.", minimum=1,
+          per_request=False),
+)
+# fmt: on
+
+BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
+SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(f.section for f in FIELDS))
+
+
+def _short_names() -> dict[str, Field | None]:
+    """``key`` and each alias -> field; ``None`` where a short name is ambiguous."""
+    table: dict[str, Field | None] = {}
+    for f in FIELDS:
+        for short in (f.key, *f.aliases):
+            table[short] = None if short in table and table[short] is not f else f
+        for alias in f.aliases:
+            table[f"{f.section}.{alias}"] = f
+    return table
+
+
+SHORT: dict[str, Field | None] = _short_names()

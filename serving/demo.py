@@ -1,0 +1,103 @@
+"""The demo: a small gallery of real photographs, queries that differ from them, answers as tables and pictures.
+
+The photographs are the ones scikit-image and scikit-learn ship in their wheels (used at run time, not committed):
+Chelsea the cat, a coffee cup, the astronaut Eileen Collins, a rocket (scikit-image, public domain / CC0 per its
+``skimage.data`` documentation), and a Chinese temple and a flower (scikit-learn's ``load_sample_images``,
+CC BY 2.0 photos listed in its documentation).
+
+Queries are other views: a mirrored crop, a rescaled crop, a brighter blurred copy, a collage of two gallery
+objects on a new background, and an image of something the gallery does not hold (rejected by
+``IndexProcess.score_thres``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def gallery_photos() -> dict[str, np.ndarray]:
+    """label -> BGR photo, the demo gallery."""
+    from skimage import data
+
+    photos = {
+        "cat": data.chelsea(),
+        "coffee": data.coffee(),
+        "astronaut": data.astronaut(),
+        "rocket": data.rocket(),
+    }
+    try:
+        from sklearn.datasets import load_sample_images
+
+        china, flower = load_sample_images().images
+        photos["temple"], photos["flower"] = china, flower
+    except ImportError:  # scikit-learn is optional for the demo
+        pass
+    return {k: np.ascontiguousarray(v[:, :, ::-1]) for k, v in photos.items()}
+
+
+def query_photos(gallery: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """name -> BGR query image; every name says what it should be recognised as."""
+    from skimage import data
+
+    cat, coffee, rocket = gallery["cat"], gallery["coffee"], gallery["rocket"]
+    h, w = coffee.shape[:2]
+    queries = {
+        "cat_mirrored_crop": np.ascontiguousarray(cat[10:290, 30:430][:, ::-1]),
+        "coffee_rescaled_crop": cv2.resize(coffee[h // 10: h - h // 10, w // 10: w - w // 10], None, fx=0.7, fy=0.7),
+        "rocket_bright_blur": cv2.GaussianBlur(cv2.convertScaleAbs(rocket, alpha=1.15, beta=12), (5, 5), 0),
+    }
+    # Two gallery objects side by side on a plain background: one box each.
+    canvas = np.full((420, 760, 3), (200, 210, 215), np.uint8)
+    canvas[40:40 + 270, 20:20 + 360] = cv2.resize(cat, (360, 270))
+    canvas[60:60 + 300, 400:400 + 340] = cv2.resize(coffee[0:400, 100:550], (340, 300))
+    queries["collage_cat_and_coffee"] = canvas
+    queries["not_in_gallery_ihc"] = np.ascontiguousarray(data.immunohistochemistry()[:, :, ::-1])
+    return queries
+
+
+def format_table(name: str, recognitions: list) -> str:
+    lines = [f"{name}:"]
+    if not recognitions:
+        lines.append("    (nothing recognised)")
+    for r in recognitions:
+        where = "whole image" if r.is_whole_image else str(r.bbox)
+        lines.append(f"    {r.label:<12} score {r.score:.3f}   det {r.det_score:.2f}   {where}")
+    return "\n".join(lines)
+
+
+def run_demo(out_dir: Path, as_json: bool = False) -> int:
+    from .draw import draw_recognitions
+    from .engine import load_engine
+
+    out_dir = Path(out_dir)
+    (out_dir / "annotated").mkdir(parents=True, exist_ok=True)
+    engine = load_engine(gallery=out_dir / "gallery")
+    gallery = gallery_photos()
+    g = engine.gallery()
+    if len(g) == 0:
+        engine.gallery_add(list(gallery.values()), list(gallery), sources=[f"demo:{k}" for k in gallery])
+    print(f"gallery {g.path}: {len(g)} images, labels {sorted(gallery)}", file=sys.stderr)
+    print(f"models: {engine.detector.predictor.description}; {engine.extractor.predictor.description}",
+          file=sys.stderr)
+    for name, img in query_photos(gallery).items():
+        found = engine.recognize([img])[0]
+        if as_json:
+            print(json.dumps({"image": name, "results": [r.to_dict() for r in found]}))
+        else:
+            print(format_table(name, found))
+        cv2.imwrite(str(out_dir / "annotated" / f"{name}.jpg"), draw_recognitions(img, found))
+    print(f"annotated images written to {out_dir / 'annotated'}", file=sys.stderr)
+    engine.close()
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("demo", help="recognise the demo photographs with the embedded default models")
+    p.add_argument("--out", default="demo_output", help="folder for the gallery and annotated images")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of tables")
+    p.set_defaults(func=lambda a: run_demo(Path(a.out), a.json))

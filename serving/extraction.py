@@ -1,0 +1,94 @@
+"""Feature extraction: crops -> embeddings.
+
+Crops are pre-processed and run through the recognition model ``Global.batch_size`` at a time (crops of one batch
+share the network input size, which the resize op fixes). A model whose output is a feature map
+``[N, C, H, W]`` is pooled (``pooling: gap``). Embeddings are L2-normalised (``RecPostProcess.normalize``) and can
+be sign-binarised for hamming galleries (``RecPostProcess.binarize``). The embedding size is read from the model's
+output, not assumed.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .model_spec import ModelSpec
+from .predictor import Predictor, PredictorError, RuntimeOptions
+from .transforms import Transforms
+
+
+def crop(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
+    """The pixels of ``box`` [x1, y1, x2, y2], clipped to the image; at least 1 x 1."""
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = (int(round(float(v))) for v in box[:4])
+    x1, y1 = min(max(x1, 0), w - 1), min(max(y1, 0), h - 1)
+    x2, y2 = max(min(x2, w), x1 + 1), max(min(y2, h), y1 + 1)
+    return image[y1:y2, x1:x2]
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def binarize(x: np.ndarray) -> np.ndarray:
+    """Sign bits packed 8 per byte: ``float [n, d]`` -> ``uint8 [n, ceil(d / 8)]``."""
+    return np.packbits(x > 0, axis=1)
+
+
+class FeatureExtractor:
+    """Images (or crops) -> float32 embeddings ``[n, embedding_size]``."""
+
+    def __init__(self, spec: ModelSpec, options: RuntimeOptions = RuntimeOptions(), predictor: Predictor | None = None):
+        if spec.kind != "extractor":
+            raise ValueError(f"{spec.model_dir} is a {spec.kind}, not a feature extractor")
+        self.spec = spec
+        self.transforms = Transforms(spec.transform_ops, spec.input_color)
+        self.predictor = predictor or Predictor(spec, options)
+        self._embedding_size: int | None = None
+
+    @property
+    def embedding_size(self) -> int:
+        """Read from the model by running one blank image through it (once)."""
+        if self._embedding_size is None:
+            self._embedding_size = int(self._forward([np.zeros((64, 64, 3), np.uint8)]).shape[1])
+        return self._embedding_size
+
+    def _forward(self, images: list[np.ndarray]) -> np.ndarray:
+        batch = [self.transforms(img).image for img in images]
+        shapes = {b.shape for b in batch}
+        if len(shapes) > 1:
+            raise PredictorError(f"{self.spec.model_dir}: pre-processing gives different sizes {sorted(shapes)}; "
+                                 "add a fixed-size ResizeImage/CropImage op")
+        out = self.predictor.run({self.predictor.input_names[0]: np.stack(batch)})
+        feats = out[self.predictor.output_names[0]]
+        if feats.ndim == 4:
+            if self.spec.pooling != "gap":
+                raise PredictorError(f"{self.spec.model_dir}: the model outputs a feature map {feats.shape}; "
+                                     "set 'pooling: gap' in its shitu_model.yml")
+            feats = feats.mean(axis=(2, 3))
+        return feats.reshape(len(images), -1).astype(np.float32)
+
+    def embed(self, images: Sequence[np.ndarray], params: Any = None) -> np.ndarray:
+        """BGR images -> embeddings, ``Global.batch_size`` per forward pass.
+
+        Returns float32 ``[n, d]`` (normalised if ``RecPostProcess.normalize``), or packed uint8 bits
+        ``[n, d / 8]`` if ``RecPostProcess.binarize``.
+        """
+        batch_size = params["Global.batch_size"] if params is not None else 8
+        normalize = params["RecPostProcess.normalize"] if params is not None else True
+        parts = [self._forward(list(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
+        if not parts:
+            return np.zeros((0, self.embedding_size), np.float32)
+        feats = np.concatenate(parts)
+        if self._embedding_size is None:
+            self._embedding_size = int(feats.shape[1])
+        if normalize:
+            feats = l2_normalize(feats)
+        if params is not None and params["RecPostProcess.binarize"]:
+            return binarize(feats)
+        return feats
+
+    def extract(self, image: np.ndarray, boxes: np.ndarray, params: Any = None) -> np.ndarray:
+        """One embedding per box of ``image``."""
+        return self.embed([crop(image, b) for b in boxes], params)

@@ -1,0 +1,137 @@
+"""The recognition pipeline, one image at a time: detect -> crop -> extract -> search -> filter -> rec-NMS.
+
+Stages, with the PP-ShiTu parameters that steer them:
+
+1. **detect** -- mainbody boxes (``Global.threshold``, ``Global.max_det_results``, ``Global.append_whole_image``);
+2. **extract** -- one embedding per box, ``Global.batch_size`` crops per forward pass;
+3. **search** -- the best gallery match per box (``IndexProcess.labels`` restricts the labels searched);
+4. **filter** -- ``IndexProcess.score_thres``, respecting the metric: for IP a score must be *at least* the threshold,
+   for L2 / hamming a distance must be *at most* it;
+5. **rec-NMS** -- among recognised boxes, a box overlapping a better-scoring one by more than
+   ``Global.rec_nms_thresold`` (IoU) is dropped;
+6. results ordered best first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from .detection import MainbodyDetector, nms
+from .extraction import FeatureExtractor, crop
+from .results import Detections, Match, Recognition
+
+
+class SearchIndex(Protocol):
+    """What the pipeline needs from a gallery (``shitu.serving.gallery.Gallery`` is the real one)."""
+
+    higher_is_better: bool
+
+    def search(self, queries: np.ndarray, k: int = 5, labels: list[str] | None = None) -> list[list[Match]]: ...
+
+
+def accepts(score: float, threshold: float, higher_is_better: bool) -> bool:
+    """``IndexProcess.score_thres`` for either metric direction."""
+    return score >= threshold if higher_is_better else score <= threshold
+
+
+def rec_nms(recognitions: list[Recognition], iou_threshold: float, higher_is_better: bool) -> list[Recognition]:
+    """Drop recognised boxes that overlap a better match by more than ``iou_threshold``; best first."""
+    if not recognitions:
+        return []
+    xyxy = np.array([r.bbox for r in recognitions], np.float32)
+    scores = np.array([r.score for r in recognitions], np.float32)
+    keep = nms(xyxy, scores if higher_is_better else -scores, iou_threshold)
+    return [recognitions[i] for i in keep]
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage (filled when a dict is passed to :func:`recognize`; used by benchmarks)."""
+
+    values: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.values[stage] = self.values.get(stage, 0.0) + seconds
+
+
+def recognize(image: np.ndarray, detector: MainbodyDetector, extractor: FeatureExtractor, index: SearchIndex,
+              params: Any, detections: Detections | None = None, timer: StageTimes | None = None
+              ) -> list[Recognition]:
+    """Everything recognised in one BGR image, best first."""
+    import time
+
+    clock = time.perf_counter
+    t0 = clock()
+    det = detections if detections is not None else detector.detect(image, params)
+    t1 = clock()
+    if len(det) == 0:
+        return []
+    crops = [crop(image, box) for box in det.xyxy]
+    t2 = clock()
+    feats = extractor.embed(crops, params)
+    t3 = clock()
+    matches = index.search(feats, 1, labels=params["IndexProcess.labels"])
+    t4 = clock()
+    thres = params["IndexProcess.score_thres"]
+    found = []
+    for i, hits in enumerate(matches):
+        if not hits or not accepts(hits[0].score, thres, index.higher_is_better):
+            continue
+        best = hits[0]
+        found.append(Recognition(
+            bbox=[int(round(v)) for v in det.xyxy[i]],
+            label=best.label,
+            score=float(best.score),
+            det_score=float(det.scores[i]),
+            is_whole_image=bool(det.is_whole_image[i]),
+            id=best.id,
+        ))
+    out = rec_nms(found, params["Global.rec_nms_thresold"], index.higher_is_better)
+    if timer is not None:
+        timer.add("detect", t1 - t0)
+        timer.add("crop", t2 - t1)
+        timer.add("extract", t3 - t2)
+        timer.add("search", t4 - t3)
+        timer.add("filter_nms", clock() - t4)
+    return out
+
+
+class MemoryIndex:
+    """An exact in-memory gallery (numpy), for tests and throw-away use. IP (higher is better) or L2."""
+
+    def __init__(self, dim: int, metric: str = "IP"):
+        if metric not in ("IP", "L2"):
+            raise ValueError("MemoryIndex metric must be IP or L2")
+        self.dim = dim
+        self.metric = metric
+        self.higher_is_better = metric == "IP"
+        self._vectors = np.zeros((0, dim), np.float32)
+        self._labels: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def add(self, vectors: np.ndarray, labels: Sequence[str]) -> list[int]:
+        vectors = np.asarray(vectors, np.float32).reshape(-1, self.dim)
+        if len(vectors) != len(labels):
+            raise ValueError(f"{len(vectors)} vectors but {len(labels)} labels")
+        first = len(self._labels)
+        self._vectors = np.concatenate([self._vectors, vectors])
+        self._labels.extend(labels)
+        return list(range(first, len(self._labels)))
+
+    def search(self, queries: np.ndarray, k: int = 5, labels: list[str] | None = None) -> list[list[Match]]:
+        q = np.asarray(queries, np.float32).reshape(-1, self.dim)
+        if self.metric == "IP":
+            scores = q @ self._vectors.T
+        else:
+            scores = ((q[:, None, :] - self._vectors[None]) ** 2).sum(-1)
+        allowed = np.array([labels is None or lab in labels for lab in self._labels], bool)
+        out = []
+        for row in scores:
+            idx = np.nonzero(allowed)[0]
+            order = idx[np.argsort(-row[idx] if self.higher_is_better else row[idx], kind="stable")][:k]
+            out.append([Match(int(i), self._labels[i], float(row[i])) for i in order])
+        return out

@@ -1,0 +1,92 @@
+"""Packaging for shitu-hub.
+
+The design fixes the top-level folders (``serving/``, ``plugins/``, ``params/``,
+``hub_modules/``); they install under one root package ``shitu`` through
+``package_dir`` so nothing installs a bare top-level ``serving`` package.
+"""
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+
+# Folder on disk -> import name under the ``shitu`` root.
+ROOTS = {
+    "shitu": "shitu",
+    "shitu.serving": "serving",
+    "shitu.plugins": "plugins",
+    "shitu.params": "params",
+    "shitu.hub_modules": "hub_modules",
+}
+
+
+def _packages() -> tuple[list[str], dict[str, str]]:
+    packages, package_dir = [], {}
+    for name, folder in ROOTS.items():
+        package_dir[name] = folder
+        for init in sorted((HERE / folder).rglob("__init__.py")):
+            rel = init.parent.relative_to(HERE / folder)
+            packages.append(".".join([name, *rel.parts]) if rel.parts else name)
+    return packages, package_dir
+
+
+PACKAGES, PACKAGE_DIR = _packages()
+VERSION = {}
+exec((HERE / "shitu" / "_version.py").read_text(), VERSION)
+
+# paddlehub 2.4.0 imports only with these pins (measured on Python 3.11).
+SERVING_PINS = [
+    "paddlehub==2.4.0",
+    "paddlenlp==2.8.1",
+    "protobuf==3.20.3",
+    "huggingface_hub==0.36.2",
+    "aistudio-sdk==0.2.6",
+    "datasets==3.6.0",
+    "gradio==6.17.3",
+    "gunicorn>=20",
+]
+
+setup(
+    name="shitu-hub",
+    version=VERSION["__version__"],
+    description="Image recognition as a service: mainbody detection, feature extraction and gallery search "
+    "as PaddleHub modules (the PP-ShiTu design).",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
+    include_package_data=True,
+    package_data={
+        "shitu.plugins": ["packs/*/pack.yaml", "packs/*/*.md", "packs/*/*.txt", "packs/*/models/*/*", "packs/*/gallery/*"],
+        "shitu.hub_modules": ["*/config.json", "*.json"],
+    },
+    install_requires=[
+        # Engine: paddle.inference, images, search.
+        "paddlepaddle==3.3.1",
+        "numpy>=1.24",
+        # paddlehub depends on opencv-python; the headless wheel would share its cv2/ folder, so use this one.
+        "opencv-python>=4.8",
+        "faiss-cpu>=1.8",
+        "pyyaml>=6",
+        "tqdm>=4.60",
+        "requests>=2.28",
+        "Pillow>=9",
+    ],
+    extras_require={
+        "serving": SERVING_PINS,
+        "onnx": ["onnxruntime>=1.17"],
+        # The demo's photographs ship in these wheels.
+        "demo": ["scikit-image>=0.22", "scikit-learn>=1.3"],
+        "dev": SERVING_PINS
+        + [
+            "onnxruntime>=1.17",
+            "pytest>=8",
+            "hypothesis>=6.100",
+            "scikit-image>=0.22",
+            "scikit-learn>=1.3",
+        ],
+    },
+    entry_points={"console_scripts": ["shitu=shitu.cli:main"]},
+)
