@@ -154,3 +154,8 @@ def _short_names() -> dict[str, Field | None]:
 
 
 SHORT: dict[str, Field | None] = _short_names()
+
+
+def section_defaults(section: str, keys: list[str]) -> dict[str, dict[str, Any]]:
+    """``{section: {key: default}}`` for some keys: what a hub module's ``params.py`` returns."""
+    return {section: {key: BY_NAME[f"{section}.{key}"].default for key in keys}}

@@ -196,12 +196,9 @@ def load_engine(scenario: str | None = None, gallery: str | Path | None = None,
     ``gallery``: a gallery name of the pack, or a folder path, used as the default gallery. ``params``: a parameter
     layer over the pack's (``Global.det_inference_model_dir`` / ``rec_inference_model_dir`` replace its models).
     """
-    try:  # TEMP until the plugin registry lands
-        from shitu.plugins import registry
+    from shitu.plugins import registry
 
-        pack = registry.get_pack(scenario)
-    except ImportError:
-        pack = _TempPack()
+    pack = registry.get_pack(scenario)
     merged = merge(pack.params, params)
     det_dir = merged["Global.det_inference_model_dir"]
     rec_dir = merged["Global.rec_inference_model_dir"]
@@ -216,18 +213,3 @@ def load_engine(scenario: str | None = None, gallery: str | Path | None = None,
     return Engine(det_spec, rec_spec, merged, gallery_root=gallery_root, default_gallery=default_gallery,
                   scenario=pack.name)
 
-
-class _TempPack:  # TEMP until the plugin registry lands
-    name = "general-lite"
-    params = {"Global": {"threshold": 0.3}, "IndexProcess": {"score_thres": 0.8, "index_method": "Flat"}}
-    default_gallery = "demo"
-
-    def detector_spec(self):
-        return ModelSpec.from_dir(builtin_models_dir() / "det")
-
-    def extractor_spec(self):
-        return ModelSpec.from_dir(builtin_models_dir() / "rec")
-
-    def gallery_dir(self, name):
-        import os
-        return Path(os.environ.get("SHITU_HOME", Path.home() / ".shitu")) / "galleries" / self.name / name

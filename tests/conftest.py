@@ -58,3 +58,61 @@ def memory_gallery(engine, photos):
     index = MemoryIndex(engine.embedding_size, "IP")
     index.add(engine.embed(list(photos.values())), list(photos))
     return index
+
+
+class Served:
+    """A running ``hub serving`` subprocess: ``url``, ``proc``, ``log``."""
+
+    def __init__(self, url: str, proc, log: Path):
+        self.url, self.proc, self.log = url, proc, log
+
+    def post(self, module: str, payload, **kw):
+        import requests
+
+        return requests.post(f"{self.url}/predict/{module}", json=payload, timeout=kw.pop("timeout", 120), **kw)
+
+
+_MODULES_INSTALLED = False
+
+
+def start_served(tmp: Path, workers: int = 1, init_args: dict | None = None) -> Served:
+    """Install the four modules into the session HUB_HOME (once) and start ``hub serving -c`` on a free port."""
+    import json
+
+    from shitu.serving import hub_serving
+
+    global _MODULES_INSTALLED
+    if not _MODULES_INSTALLED:
+        hub_serving.install_modules()
+        _MODULES_INSTALLED = True
+    port = hub_serving.free_port()
+    cfg = tmp / f"config-{port}.json"
+    cfg.write_text(json.dumps(hub_serving.serving_config(port=port, workers=workers, init_args=init_args)))
+    log = tmp / f"serving-{port}.log"
+    proc = hub_serving.start(cfg, log_path=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        hub_serving.wait_ready(url, proc)
+    except Exception:
+        hub_serving.stop(proc)
+        raise RuntimeError(f"hub serving did not start; log:\n{log.read_text()[-3000:]}")
+    return Served(url, proc, log)
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """One real ``hub serving`` (single process, all four modules) shared by the whole test session."""
+    from shitu.serving import hub_serving
+
+    s = start_served(tmp_path_factory.mktemp("served"))
+    yield s
+    hub_serving.stop(s.proc)
+
+
+def b64(image) -> str:
+    """BGR array -> base64 JPEG string, as a request carries it."""
+    import base64
+
+    from shitu.serving.images import encode
+
+    return base64.b64encode(encode(image)).decode()

@@ -1,0 +1,145 @@
+"""Running the modules under the real ``hub`` command: install, write ``config.json``, start, wait, stop.
+
+``shitu serve`` is a convenience over exactly the documented commands::
+
+    hub install hub_modules/mainbody_detection hub_modules/feature_extraction \\
+                hub_modules/index_search hub_modules/image_recognition
+    hub serving start -c config.json          # or: hub serving start -m image_recognition -p 8866
+
+It also keeps PaddleHub offline: PaddleHub reports each ``hub install`` / ``hub serving start`` to its server;
+:func:`offline_hub_config` points that at a closed loopback port so nothing leaves the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from shitu.hub_modules import MODULES, module_dir
+
+#: Multi-process mode: paddle threads per worker. Two workers on two cores share the cores instead of fighting.
+THREADS_PER_WORKER = 1
+
+
+def hub_home() -> Path:
+    return Path(os.environ.get("HUB_HOME", Path.home() / ".paddlehub"))
+
+
+def offline_hub_config(home: Path | None = None) -> Path:
+    """Point PaddleHub's telemetry/search server at a closed local port (``$HUB_HOME/conf/config.yaml``)."""
+    conf = (home or hub_home()) / "conf" / "config.yaml"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text("server: http://127.0.0.1:9/paddlehub\nlog:\n  enable: true\n  level: WARNING\n")
+    return conf
+
+
+def hub_command() -> list[str]:
+    """``hub`` of this Python environment."""
+    exe = Path(sys.executable).with_name("hub")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "paddlehub.commands.utils"]
+
+
+def install_modules(modules: tuple[str, ...] = MODULES, env: dict[str, str] | None = None) -> None:
+    """``hub install`` each module folder (one process for all)."""
+    env = dict(env or os.environ)
+    offline_hub_config(Path(env["HUB_HOME"]) if "HUB_HOME" in env else None)
+    proc = subprocess.run([*hub_command(), "install", *[str(module_dir(m)) for m in modules]], env=env,
+                          capture_output=True, text=True, timeout=600)
+    installed = Path(env.get("HUB_HOME", hub_home())) / "modules"
+    missing = [m for m in modules if not (installed / m / "module.py").is_file()]
+    if proc.returncode != 0 or missing:
+        raise RuntimeError(f"hub install failed for {missing or list(modules)}:\n{proc.stdout[-2000:]}"
+                           f"{proc.stderr[-2000:]}")
+
+
+def serving_config(modules: tuple[str, ...] = MODULES, port: int = 8866, workers: int = 1,
+                   init_args: dict[str, Any] | None = None, predict_args: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
+    """A ``config.json`` for ``hub serving start -c``; ``workers > 1`` selects the gunicorn multi-process mode."""
+    args = dict(init_args or {})
+    if workers > 1:
+        args.setdefault("params", {}).setdefault("Global", {}).setdefault("cpu_num_threads", THREADS_PER_WORKER)
+    cfg: dict[str, Any] = {
+        "modules_info": {m: {"init_args": {"version": "1.0.0", **args}, "predict_args": dict(predict_args or {})}
+                         for m in modules},
+        "port": port,
+        "use_multiprocess": workers > 1,
+        "workers": workers,
+    }
+    return cfg
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(config_path: Path, env: dict[str, str] | None = None, log_path: Path | None = None) -> subprocess.Popen:
+    """``hub serving start -c config_path`` in its own process group (so :func:`stop` ends every worker)."""
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    return subprocess.Popen([*hub_command(), "serving", "start", "-c", str(config_path)], env=env or dict(os.environ),
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_ready(base_url: str, proc: subprocess.Popen | None = None, timeout: float = 180.0) -> None:
+    """Poll ``GET /health`` until the server answers."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"hub serving exited with code {proc.returncode} before answering")
+        try:
+            if requests.get(f"{base_url}/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"hub serving did not answer on {base_url} within {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM the server's process group (master and gunicorn workers), SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout)
+    except ProcessLookupError:
+        pass
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    modules = tuple(args.modules.split(",")) if args.modules else MODULES
+    init_args: dict[str, Any] = {}
+    if args.scenario:
+        init_args["scenario"] = args.scenario
+    cfg = serving_config(modules, args.port, args.workers, init_args)
+    config_path = Path(args.config_out)
+    config_path.write_text(json.dumps(cfg, indent=2))
+    print(f"installing {', '.join(modules)} into {hub_home() / 'modules'}", file=sys.stderr)
+    install_modules(modules)
+    print(f"hub serving start -c {config_path}  (port {args.port}, {args.workers} worker(s))", file=sys.stderr)
+    os.execv(hub_command()[0], [*hub_command(), "serving", "start", "-c", str(config_path)])
+    return 0  # pragma: no cover - exec does not return
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="hub install the modules and run `hub serving start -c config.json`")
+    p.add_argument("--port", type=int, default=8866)
+    p.add_argument("--workers", type=int, default=1, help=">1: gunicorn multi-process mode")
+    p.add_argument("--modules", help=f"comma-separated subset of {','.join(MODULES)}")
+    p.add_argument("--scenario", help="default scenario pack of the served modules")
+    p.add_argument("--config-out", default="shitu_serving.json", help="where to write the config.json used")
+    p.set_defaults(func=run_serve)

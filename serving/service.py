@@ -1,0 +1,409 @@
+"""Request handling shared by the four hub modules: validate -> decode -> run the engine -> plain JSON.
+
+Each hub module is a thin PaddleHub wrapper around one :class:`Service` subclass (the TorchServe handler idea:
+preprocess / inference / postprocess in one place per capability). A request is the JSON object PaddleHub passes
+to the module's ``@serving`` method as keyword arguments.
+
+Fields every service understands:
+
+- ``images``: list of base64 strings of encoded files (JPEG, PNG, BMP, WebP, TIFF); ``data:`` URLs accepted;
+- ``scenario``: the scenario pack to use (default: the module's, from ``config.json`` or the default pack);
+- ``gallery``: a gallery *name* of that pack (never a path);
+- ``params``: a mapping of parameter overrides (``{"Global": {"threshold": 0.5}}`` or ``{"threshold": 0.5}``);
+  any other top-level key is read as a parameter override too (``"threshold": 0.5``). Unknown or ill-typed
+  names are errors that name them.
+- ``operation``: for modules with several operations (``index_search``, ``image_recognition``).
+
+Errors raise :class:`RequestError`; PaddleHub turns the exception into ``{"status": "101", "msg": ...}``. When some
+images of a batch fail and others succeed, the answer is ``status "000"`` with ``{"index": i, "error": ...}`` in
+place of the failed images' results.
+"""
+from __future__ import annotations
+
+import hmac
+import os
+import threading
+from typing import Any, Callable
+
+import numpy as np
+
+from shitu.params import ParamError, flatten
+
+from .engine import GALLERY_NAME, Engine, EngineError, load_engine
+from .images import ImageError, ImageLimits, b64decode, decode
+
+#: Keys with a meaning of their own; every other top-level key is a parameter override.
+COMMON_FIELDS = {"images", "scenario", "gallery", "params", "operation", "token"}
+TOKEN_ENV = "SHITU_ADMIN_TOKEN"
+
+
+class RequestError(ValueError):
+    """The request is invalid; the message says which field and why."""
+
+
+def to_jsonable(value: Any) -> Any:
+    """numpy scalars/arrays and tuples -> plain JSON types, recursively."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float):
+        return round(value, 6)
+    return value
+
+
+class EngineCache:
+    """Engines by scenario, loaded lazily *in the process that uses them*.
+
+    ``hub serving --use_multiprocess`` creates the module in the master and forks gunicorn workers: a paddle
+    predictor must not cross a fork, so each worker (pid) loads its own engine on its first request.
+    """
+
+    def __init__(self, loader: Callable[[str | None], Engine]):
+        self._loader = loader
+        self._engines: dict[tuple[int, str | None], Engine] = {}
+        self._lock = threading.Lock()
+
+    def get(self, scenario: str | None) -> Engine:
+        key = (os.getpid(), scenario)
+        engine = self._engines.get(key)
+        if engine is None:
+            with self._lock:
+                engine = self._engines.get(key)
+                if engine is None:
+                    engine = self._loader(scenario)
+                    self._engines[key] = engine
+        return engine
+
+
+class Service:
+    """Base of the four services. Subclasses implement ``op_<operation>`` methods."""
+
+    #: Operation used when the request names none.
+    default_operation = "predict"
+    #: Operations that change a gallery (protected by the admin token when one is configured).
+    write_operations: frozenset[str] = frozenset()
+    #: Extra request fields (besides COMMON_FIELDS) per operation.
+    fields: dict[str, set[str]] = {}
+
+    def __init__(self, module_defaults: dict[str, Any] | None = None, scenario: str | None = None,
+                 gallery: str | None = None, token: str | None = None, **init_params: Any):
+        self.default_scenario = scenario
+        self.default_gallery = gallery
+        self._token = token or os.environ.get(TOKEN_ENV) or None
+        layers = [module_defaults or {}]
+        # config.json init_args: a "params" mapping and/or parameters given directly.
+        extra = dict(init_params.pop("params", None) or {})
+        extra.update(init_params)
+        flatten(extra)  # fail fast at start-up on a bad config.json
+        self._module_defaults = flatten(module_defaults)
+        self._init_params = flatten(extra)
+        self.engines = EngineCache(self._load)
+
+    # -- loading ---------------------------------------------------------------------------------------------
+    def _load(self, scenario: str | None) -> Engine:
+        """module defaults < scenario pack < init_args, then models and galleries of that pack."""
+        from shitu.plugins import registry
+
+        try:
+            pack = registry.get_pack(scenario or self.default_scenario)
+        except Exception as exc:
+            raise RequestError(f"scenario {scenario!r}: {exc}") from None
+        engine = load_engine(pack.name, self.default_gallery, {**self._module_defaults,
+                                                               **flatten(pack.params), **self._init_params})
+        return engine
+
+    def engine(self, request: dict[str, Any]) -> Engine:
+        scenario = request.get("scenario")
+        if scenario is not None and not isinstance(scenario, str):
+            raise RequestError("field 'scenario' must be a string")
+        return self.engines.get(scenario or self.default_scenario)
+
+    # -- request handling --------------------------------------------------------------------------------------
+    def handle(self, request: dict[str, Any]) -> Any:
+        """One request (the JSON object) -> plain-JSON results. Raises RequestError/ParamError on bad input."""
+        if not isinstance(request, dict):
+            raise RequestError("the request body must be a JSON object")
+        operation = request.get("operation", self.default_operation)
+        if not isinstance(operation, str) or not hasattr(self, f"op_{operation}"):
+            ops = sorted(n[3:] for n in dir(self) if n.startswith("op_"))
+            raise RequestError(f"unknown operation {operation!r}; this module supports {ops}")
+        if operation in self.write_operations:
+            self._check_token(request)
+        known = COMMON_FIELDS | self.fields.get(operation, set())
+        overrides = self._overrides(request, known)
+        gallery = request.get("gallery")
+        if gallery is not None and (not isinstance(gallery, str) or not GALLERY_NAME.match(gallery)):
+            raise RequestError(f"invalid gallery name {gallery!r}: a gallery is named with letters, digits, "
+                               "'_', '-' and '.' (max 64), never by a path")
+        try:
+            result = getattr(self, f"op_{operation}")(request, overrides)
+        except (ParamError, ImageError, EngineError) as exc:
+            raise RequestError(str(exc)) from None
+        return to_jsonable(result)
+
+    def _overrides(self, request: dict[str, Any], known: set[str]) -> dict[str, Any]:
+        params = request.get("params") or {}
+        if not isinstance(params, dict):
+            raise RequestError("field 'params' must be an object of parameter overrides")
+        overrides = dict(params)
+        overrides.update({k: v for k, v in request.items() if k not in known})
+        try:
+            flatten(overrides)  # names and types checked before any work is done
+        except ParamError as exc:
+            raise RequestError(str(exc)) from None
+        return overrides
+
+    def _check_token(self, request: dict[str, Any]) -> None:
+        if not self._token:
+            return
+        given = request.get("token") or _bearer_token()
+        if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self._token.encode()):
+            raise RequestError("this operation changes a gallery and needs a valid admin token "
+                               "(field 'token' or header 'Authorization: Bearer ...')")
+
+    # -- helpers for subclasses --------------------------------------------------------------------------------
+    @staticmethod
+    def _list_field(request: dict[str, Any], name: str, required: bool = True) -> list[Any] | None:
+        value = request.get(name)
+        if value is None:
+            if required:
+                raise RequestError(f"missing field {name!r}")
+            return None
+        if not isinstance(value, list):
+            raise RequestError(f"field {name!r} must be a list, got {type(value).__name__}")
+        if required and not value:
+            raise RequestError(f"field {name!r} is an empty list")
+        return value
+
+    def decode_images(self, request: dict[str, Any], engine: Engine, strict: bool = False
+                      ) -> list[np.ndarray | ImageError]:
+        """Decode ``images``; a failed image becomes its :class:`ImageError` (or raises when ``strict``)."""
+        items = self._list_field(request, "images")
+        assert items is not None
+        limits = ImageLimits.from_params(engine.params)
+        if len(items) > engine.params["Limits.max_images"]:
+            raise RequestError(f"{len(items)} images in one request; the limit is {engine.params['Limits.max_images']}")
+        out: list[np.ndarray | ImageError] = []
+        for i, item in enumerate(items):
+            try:
+                out.append(decode(b64decode(item, limits), limits))
+            except ImageError as exc:
+                err = ImageError(exc.reason, i)
+                if strict:
+                    raise RequestError(str(err)) from None
+                out.append(err)
+        return out
+
+    @staticmethod
+    def per_image(images: list[np.ndarray | ImageError], run: Callable[[int, np.ndarray], dict[str, Any]]
+                  ) -> list[dict[str, Any]]:
+        """Run ``run`` on each decoded image; failed images keep their error. All failed -> RequestError."""
+        results: list[dict[str, Any]] = []
+        for i, img in enumerate(images):
+            if isinstance(img, ImageError):
+                results.append({"index": i, "error": img.reason})
+            else:
+                results.append({"index": i, "width": int(img.shape[1]), "height": int(img.shape[0]), **run(i, img)})
+        if results and all("error" in r for r in results):
+            first = next(r for r in results)
+            raise RequestError(f"image {first['index']}: {first['error']}"
+                               + (f" (and {len(results) - 1} more failed)" if len(results) > 1 else ""))
+        return results
+
+    # -- gallery operations shared by index_search and image_recognition --------------------------------------
+    def _labels(self, request: dict[str, Any], count: int, engine: Engine) -> list[str]:
+        labels = self._list_field(request, "labels")
+        assert labels is not None
+        if len(labels) != count:
+            raise RequestError(f"{count} items but {len(labels)} labels")
+        limit = engine.params["Limits.max_label_length"]
+        for i, lab in enumerate(labels):
+            if not isinstance(lab, str) or not lab.strip():
+                raise RequestError(f"labels[{i}] must be a non-empty string")
+            if len(lab) > limit:
+                raise RequestError(f"labels[{i}] is {len(lab)} characters; the limit is {limit}")
+            if any(ord(c) < 32 or ord(c) == 127 for c in lab):
+                raise RequestError(f"labels[{i}] contains control characters")
+        return labels
+
+    def _metadata(self, request: dict[str, Any], count: int) -> list[dict | None] | None:
+        meta = self._list_field(request, "metadata", required=False)
+        if meta is None:
+            return None
+        if len(meta) != count or not all(m is None or isinstance(m, dict) for m in meta):
+            raise RequestError(f"field 'metadata' must be a list of {count} objects or nulls")
+        return meta
+
+    def gallery_add_images(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+        engine = self.engine(request)
+        images = self.decode_images(request, engine, strict=True)  # all or nothing
+        labels = self._labels(request, len(images), engine)
+        ids = engine.gallery_add(images, labels, gallery=request.get("gallery"),  # type: ignore[arg-type]
+                                 sources=[f"request:{i}" for i in range(len(images))],
+                                 metadata=self._metadata(request, len(images)))
+        return {"ids": ids, "added": len(ids)}
+
+    def gallery_remove(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+        ids = self._list_field(request, "ids", required=False)
+        labels = self._list_field(request, "labels", required=False)
+        if not ids and not labels:
+            raise RequestError("remove needs 'ids' (list of integers) or 'labels' (list of strings)")
+        if ids and not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise RequestError("field 'ids' must be a list of integers")
+        if labels and not all(isinstance(lab, str) for lab in labels):
+            raise RequestError("field 'labels' must be a list of strings")
+        removed = self.engine(request).gallery_remove(ids=ids, labels=labels, gallery=request.get("gallery"))
+        return {"removed": removed}
+
+    def gallery_info(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+        info = dict(self.engine(request).gallery_info(request.get("gallery")))
+        info.pop("path", None)  # server paths stay on the server
+        return info
+
+
+def _bearer_token() -> str | None:
+    """The ``Authorization: Bearer`` token of the current HTTP request, when served by Flask."""
+    try:
+        from flask import has_request_context, request
+
+        if has_request_context():
+            auth = request.headers.get("Authorization", "")
+            if auth.lower().startswith("bearer "):
+                return auth[7:].strip()
+    except ImportError:
+        pass
+    return None
+
+
+class DetectionService(Service):
+    """``mainbody_detection``: images -> boxes per image."""
+
+    def op_predict(self, request: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
+        engine = self.engine(request)
+        p = engine.request_params(overrides)
+        images = self.decode_images(request, engine)
+        return self.per_image(images, lambda i, img: {
+            "boxes": [{k: v for k, v in d.items() if k != "class_id"}
+                      for d in engine.detector.detect(img, p).to_list()]})
+
+
+class ExtractionService(Service):
+    """``feature_extraction``: images (optionally with boxes) -> one embedding per crop."""
+
+    fields = {"predict": {"boxes"}}
+
+    def op_predict(self, request: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
+        engine = self.engine(request)
+        p = engine.request_params(overrides)
+        images = self.decode_images(request, engine)
+        boxes = self._list_field(request, "boxes", required=False)
+        if boxes is not None and len(boxes) != len(images):
+            raise RequestError(f"field 'boxes' must hold one list per image ({len(images)}), got {len(boxes)}")
+
+        def run(i: int, img: np.ndarray) -> dict[str, Any]:
+            img_boxes = boxes[i] if boxes is not None else None
+            if img_boxes is not None and not isinstance(img_boxes, list):
+                raise RequestError(f"boxes[{i}] must be a list of [x1, y1, x2, y2]")
+            (feats,) = engine.extract([img], [img_boxes] if img_boxes else None, **overrides)
+            used = img_boxes or [[0, 0, img.shape[1], img.shape[0]]]
+            return {"boxes": used, "embeddings": feats, "dim": engine.embedding_size,
+                    "normalized": p["RecPostProcess.normalize"], "binary": p["RecPostProcess.binarize"]}
+
+        return self.per_image(images, run)
+
+
+class SearchService(Service):
+    """``index_search``: embeddings -> top-k matches; gallery add / remove / info / list."""
+
+    default_operation = "search"
+    write_operations = frozenset({"add", "remove"})
+    fields = {"search": {"embeddings"}, "add": {"embeddings", "labels", "metadata"},
+              "remove": {"ids", "labels"}, "list": {"label", "limit", "offset"}}
+
+    def _embeddings(self, request: dict[str, Any], engine: Engine, binary: bool) -> np.ndarray:
+        rows = self._list_field(request, "embeddings")
+        dim = engine.embedding_size // 8 if binary else engine.embedding_size
+        try:
+            arr = np.asarray(rows, np.uint8 if binary else np.float32)
+        except (TypeError, ValueError):
+            raise RequestError("field 'embeddings' must be a list of lists of numbers") from None
+        if arr.ndim != 2 or arr.shape[1] != dim or not np.all(np.isfinite(arr)):
+            raise RequestError(f"field 'embeddings' must be a list of {dim}-number lists (finite), got shape "
+                               f"{list(arr.shape)}")
+        return arr
+
+    def op_search(self, request: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
+        engine = self.engine(request)
+        p = engine.request_params(overrides)
+        queries = self._embeddings(request, engine, p["RecPostProcess.binarize"])
+        hits = engine.search(queries, gallery=request.get("gallery"), **overrides)
+        return [{"index": i, "matches": [m.to_dict() for m in row]} for i, row in enumerate(hits)]
+
+    def op_add(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+        if request.get("images") is not None:
+            return self.gallery_add_images(request, overrides)
+        engine = self.engine(request)
+        vectors = self._embeddings(request, engine, engine.params["RecPostProcess.binarize"])
+        labels = self._labels(request, len(vectors), engine)
+        ids = engine.gallery(request.get("gallery")).add(vectors, labels, metadata=self._metadata(request,
+                                                                                                  len(vectors)))
+        return {"ids": ids, "added": len(ids)}
+
+    def op_remove(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+        return self.gallery_remove(request, overrides)
+
+    def op_info(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+        return self.gallery_info(request, overrides)
+
+    def op_list(self, request: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
+        label, limit, offset = request.get("label"), request.get("limit", 100), request.get("offset", 0)
+        if label is not None and not isinstance(label, str):
+            raise RequestError("field 'label' must be a string")
+        for name, v in (("limit", limit), ("offset", offset)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > 10_000:
+                raise RequestError(f"field {name!r} must be an integer in 0..10000")
+        rows = self.engine(request).gallery(request.get("gallery")).list(label=label, limit=limit, offset=offset)
+        return [{k: v for k, v in r.items() if k != "vector"} for r in rows]
+
+
+class RecognitionService(Service):
+    """``image_recognition``: the whole pipeline; gallery add / remove / info; the scenarios served."""
+
+    default_operation = "recognize"
+    write_operations = frozenset({"add", "remove"})
+    fields = {"add": {"labels", "metadata"}, "remove": {"ids", "labels"}}
+
+    def op_recognize(self, request: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
+        engine = self.engine(request)
+        engine.request_params(overrides)  # validate before decoding
+        images = self.decode_images(request, engine)
+        gallery = request.get("gallery")
+        return self.per_image(images, lambda i, img: {
+            "results": [r.to_dict() for r in engine.recognize([img], gallery=gallery, **overrides)[0]]})
+
+    def op_add(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+        return self.gallery_add_images(request, overrides)
+
+    def op_remove(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+        return self.gallery_remove(request, overrides)
+
+    def op_info(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+        return self.gallery_info(request, overrides)
+
+    def op_scenarios(self, request: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
+        from shitu.plugins import registry
+
+        default = self.default_scenario or registry.default_pack_name()
+        out = []
+        for info in registry.list_packs():
+            d = info.to_dict() if hasattr(info, "to_dict") else dict(vars(info))
+            d.pop("path", None)
+            d.pop("root", None)
+            d["default"] = d.get("name") == default
+            out.append(d)
+        return out

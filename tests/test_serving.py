@@ -1,0 +1,170 @@
+"""End to end: the four modules under the real `hub serving`, over HTTP, on the default models."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+
+import numpy as np
+import pytest
+import requests
+
+from .conftest import b64, start_served
+
+
+def ok(resp) -> object:
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["status"] == "000", body
+    return body["results"]
+
+
+def error(resp, *words: str) -> str:
+    body = resp.json()
+    assert body["status"] != "000", body
+    for w in words:
+        assert w in body["msg"], body
+    return body["msg"]
+
+
+def test_mainbody_detection(served, photos):
+    res = ok(served.post("mainbody_detection", {"images": [b64(photos["cat"]), b64(photos["astronaut"])]}))
+    assert [r["index"] for r in res] == [0, 1]
+    cat = res[0]
+    assert (cat["width"], cat["height"]) == (451, 300)
+    boxes = [b for b in cat["boxes"] if not b["is_whole_image"]]
+    assert boxes and boxes[0]["bbox"][2] - boxes[0]["bbox"][0] > 200
+    assert cat["boxes"][-1] == {"bbox": [0, 0, 451, 300], "score": 1.0, "is_whole_image": True}
+
+
+def test_per_request_threshold_returns_fewer_boxes(served, photos):
+    img = [b64(photos["astronaut"])]
+    low = ok(served.post("mainbody_detection", {"images": img, "threshold": 0.1, "max_det_results": 20}))
+    high = ok(served.post("mainbody_detection", {"images": img, "threshold": 0.6, "max_det_results": 20}))
+    assert len(high[0]["boxes"]) < len(low[0]["boxes"])
+    nested = ok(served.post("mainbody_detection", {"images": img, "params": {"Global": {"threshold": 0.6,
+                                                                                          "max_det_results": 20}}}))
+    assert nested == high
+
+
+def test_feature_extraction(served, photos):
+    img = photos["coffee"]
+    res = ok(served.post("feature_extraction", {"images": [b64(img)], "boxes": [[[100, 10, 450, 390],
+                                                                                [0, 0, 200, 200]]]}))
+    e = np.array(res[0]["embeddings"])
+    assert e.shape == (2, 512) and res[0]["dim"] == 512 and res[0]["normalized"] is True
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-4)
+    whole = ok(served.post("feature_extraction", {"images": [b64(img)]}))
+    assert whole[0]["boxes"] == [[0, 0, 600, 400]] and len(whole[0]["embeddings"]) == 1
+
+
+def test_index_search_add_search_remove(served, photos, queries):
+    g = {"gallery": "srv-search"}
+    emb = ok(served.post("feature_extraction", {"images": [b64(v) for v in photos.values()]}))
+    vectors = [r["embeddings"][0] for r in emb]
+    added = ok(served.post("index_search", {"operation": "add", "embeddings": vectors, "labels": list(photos), **g}))
+    assert added["added"] == len(photos)
+    q = ok(served.post("feature_extraction", {"images": [b64(queries["cat_mirrored_crop"])]}))[0]["embeddings"]
+    hits = ok(served.post("index_search", {"embeddings": q, "return_k": 3, "score_thres": 0.0, **g}))
+    assert hits[0]["matches"][0]["label"] == "cat" and len(hits[0]["matches"]) == 3
+    info = ok(served.post("index_search", {"operation": "info", **g}))
+    assert info["count"] == len(photos) and "path" not in info
+    listed = ok(served.post("index_search", {"operation": "list", "label": "cat", **g}))
+    assert [r["label"] for r in listed] == ["cat"]
+    ok(served.post("index_search", {"operation": "remove", "labels": ["cat"], **g}))
+    hits = ok(served.post("index_search", {"embeddings": q, "return_k": 3, "score_thres": 0.0, **g}))
+    assert "cat" not in [m["label"] for m in hits[0]["matches"]]
+    error(served.post("index_search", {"embeddings": [[0.1, 0.2]], **g}), "512")
+
+
+def test_image_recognition_with_gallery_maintenance(served, photos, queries):
+    g = {"gallery": "srv-rec"}
+    added = ok(served.post("image_recognition", {"operation": "add", "images": [b64(v) for v in photos.values()],
+                                                 "labels": list(photos), **g}))
+    assert len(added["ids"]) == len(photos)
+    names = ["cat_mirrored_crop", "coffee_rescaled_crop", "rocket_bright_blur", "not_in_gallery_ihc"]
+    res = ok(served.post("image_recognition", {"images": [b64(queries[n]) for n in names], **g}))
+    labels = [[r["label"] for r in item["results"]] for item in res]
+    assert labels[0][0] == "cat" and labels[1][0] == "coffee" and labels[2][0] == "rocket"
+    assert labels[3] == []
+    top = res[0]["results"][0]
+    assert set(top) >= {"bbox", "label", "score", "det_score", "is_whole_image"}
+    # Remove the cat: the next request no longer finds it.
+    ok(served.post("image_recognition", {"operation": "remove", "labels": ["cat"], **g}))
+    again = ok(served.post("image_recognition", {"images": [b64(queries["cat_mirrored_crop"])], **g}))
+    assert "cat" not in [r["label"] for r in again[0]["results"]]
+
+
+def test_partial_batch_failure_keeps_other_results(served, photos):
+    res = ok(served.post("mainbody_detection", {"images": [b64(photos["cat"]), "%%%", b64(photos["coffee"])]}))
+    assert "error" in res[1] and "base64" in res[1]["error"]
+    assert res[0]["boxes"] and res[2]["boxes"]
+
+
+@pytest.mark.parametrize("payload,words", [
+    ({}, ["missing field 'images'"]),
+    ({"images": []}, ["empty list"]),
+    ({"images": "abc"}, ["must be a list"]),
+    ({"images": ["@@not base64@@"]}, ["image 0", "base64"]),
+    ({"images": ["aGVsbG8gd29ybGQ="]}, ["image 0", "not an image"]),
+    ({"images": [123]}, ["image 0", "base64 string"]),
+    ({"images": ["aGVsbG8="], "thresold": 0.3}, ["thresold", "unknown parameter"]),
+    ({"images": ["aGVsbG8="], "threshold": "high"}, ["Global.threshold", "expected float"]),
+    ({"images": ["aGVsbG8="], "cpu_num_threads": 8}, ["cpu_num_threads", "fixed when the service starts"]),
+    ({"operation": "explode"}, ["unknown operation"]),
+    ({"images": ["aGVsbG8="], "gallery": "../../etc"}, ["invalid gallery name"]),
+    ({"operation": "add", "images": ["aGVsbG8="]}, ["image 0"]),
+    ({"operation": "remove"}, ["needs 'ids'"]),
+])
+def test_bad_requests_get_an_error_envelope(served, payload, words):
+    error(served.post("image_recognition", payload), *words)
+
+
+def test_non_json_bodies_get_an_envelope_and_server_keeps_serving(served, photos):
+    r = requests.post(f"{served.url}/predict/image_recognition", data=b"\x89PNG not json", timeout=30)
+    assert r.status_code == 415 and r.json()["status"] == "415"
+    r = requests.post(f"{served.url}/predict/image_recognition", data="{broken",
+                      headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["msg"]
+    r = requests.post(f"{served.url}/predict/image_recognition", json=[1, 2], timeout=30)
+    assert r.json()["status"] != "000"
+    ok(served.post("mainbody_detection", {"images": [b64(photos["cat"])]}))
+
+
+def test_scenarios_are_listed(served):
+    res = ok(served.post("image_recognition", {"operation": "scenarios"}))
+    names = {s["name"] for s in res}
+    assert "general-lite" in names and any(s["default"] for s in res)
+
+
+def test_in_process_hub_module(photos):
+    """The same module works in-process through hub.Module(name=...) (installed by the served fixture)."""
+    import paddlehub as hub
+
+    m = hub.Module(name="mainbody_detection")
+    res = m.predict(images=[b64(photos["cat"])], threshold=0.3)
+    assert res[0]["boxes"][-1]["is_whole_image"]
+
+
+@pytest.fixture(scope="module")
+def served_two_workers(tmp_path_factory, served):
+    from shitu.serving import hub_serving
+
+    s = start_served(tmp_path_factory.mktemp("served2"), workers=2)
+    yield s
+    hub_serving.stop(s.proc)
+
+
+def test_multiprocess_gallery_change_seen_by_every_worker(served_two_workers, photos, queries):
+    s = served_two_workers
+    g = {"gallery": "srv-multi"}
+    query = {"images": [b64(queries["rocket_bright_blur"])], **g}
+    # Warm both workers up: each loads its models and opens the (empty) gallery in its own memory.
+    with cf.ThreadPoolExecutor(4) as pool:
+        warm = list(pool.map(lambda _: ok(s.post("image_recognition", query)), range(6)))
+    assert all(w[0]["results"] == [] for w in warm)
+    ok(s.post("image_recognition", {"operation": "add", "images": [b64(photos["rocket"])], "labels": ["rocket"], **g}))
+    pids = set()
+    with cf.ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: ok(s.post("image_recognition", query)), range(10)))
+        pids |= {requests.get(f"{s.url}/health", timeout=10).json()["results"]["pid"] for _ in range(10)}
+    assert len(pids) == 2, "both gunicorn workers should have answered"
+    assert all(a[0]["results"] and a[0]["results"][0]["label"] == "rocket" for a in answers)
