@@ -83,6 +83,7 @@ setup(
         + [
             "onnxruntime>=1.17",
             "pytest>=8",
+            "psutil>=5.9",
             "hypothesis>=6.100",
             "scikit-image>=0.22",
             "scikit-learn>=1.3",

@@ -127,6 +127,9 @@ FIELDS: tuple[Field, ...] = (
     Field("IndexProcess", "labels", list, None,
           "Only return matches whose label is in this list (null: all labels).", nullable=True, check=_labels),
     # -- Limits (hostile input) ------------------------------------------------------------------------------
+    Field("Limits", "max_request_bytes", int, 64 * 1024 * 1024,
+          "Largest HTTP request body accepted by `hub serving` (refused before it is read); set it in "
+          "`config.json` `init_args`.", minimum=1024, per_request=False),
     Field("Limits", "max_images", int, 32, "Images accepted in one request.", minimum=1, per_request=False),
     Field("Limits", "max_image_bytes", int, 20_000_000, "Encoded bytes accepted per image.", minimum=1,
           per_request=False),

@@ -96,8 +96,64 @@ def run_demo(out_dir: Path, as_json: bool = False) -> int:
     return 0
 
 
+def run_served_demo(out_dir: Path, as_json: bool = False) -> int:
+    """The main job: install the hub modules, start ``hub serving``, recognise the demo photos over HTTP."""
+    import base64
+    import os
+
+    import requests
+
+    from . import hub_serving
+    from .draw import draw_recognitions
+    from .images import encode
+    from .results import Recognition
+
+    out_dir = Path(out_dir).resolve()
+    (out_dir / "annotated").mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("HUB_HOME", str(out_dir / "hub_home"))
+    env.setdefault("SHITU_HOME", str(out_dir / "shitu_home"))
+    os.environ.update({k: env[k] for k in ("HUB_HOME", "SHITU_HOME")})
+    print(f"hub install hub_modules/* into {env['HUB_HOME']}/modules", file=sys.stderr)
+    hub_serving.install_modules(env=env)
+    port = hub_serving.free_port()
+    config = out_dir / "serving_config.json"
+    config.write_text(json.dumps(hub_serving.serving_config(port=port), indent=2))
+    print(f"hub serving start -c {config} (port {port})", file=sys.stderr)
+    proc = hub_serving.start(config, env=env, log_path=out_dir / "serving.log")
+    url = f"http://127.0.0.1:{port}"
+
+    def call(payload: dict) -> object:
+        body = requests.post(f"{url}/predict/image_recognition", json=payload, timeout=300).json()
+        if body["status"] != "000":
+            raise RuntimeError(f"server error {body['status']}: {body['msg']}")
+        return body["results"]
+
+    def b64(img: np.ndarray) -> str:
+        return base64.b64encode(encode(img)).decode()
+
+    try:
+        hub_serving.wait_ready(url, proc)
+        gallery = gallery_photos()
+        info = call({"operation": "info", "gallery": "demo"})
+        if info["count"] == 0:  # type: ignore[index]
+            call({"operation": "add", "gallery": "demo", "images": [b64(v) for v in gallery.values()],
+                  "labels": list(gallery)})
+        print(f"gallery 'demo': {len(gallery)} photos, labels {sorted(gallery)}", file=sys.stderr)
+        for name, img in query_photos(gallery).items():
+            answer = call({"images": [b64(img)], "gallery": "demo"})[0]  # type: ignore[index]
+            found = [Recognition.from_dict(r) for r in answer["results"]]
+            print(json.dumps({"image": name, "results": answer["results"]}) if as_json else format_table(name, found))
+            cv2.imwrite(str(out_dir / "annotated" / f"{name}.jpg"), draw_recognitions(img, found))
+        print(f"annotated images written to {out_dir / 'annotated'}", file=sys.stderr)
+    finally:
+        hub_serving.stop(proc)
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="recognise the demo photographs with the embedded default models")
     p.add_argument("--out", default="demo_output", help="folder for the gallery and annotated images")
     p.add_argument("--json", action="store_true", help="JSON lines instead of tables")
-    p.set_defaults(func=lambda a: run_demo(Path(a.out), a.json))
+    p.add_argument("--in-process", action="store_true", help="run the engine in this process, without hub serving")
+    p.set_defaults(func=lambda a: (run_demo if a.in_process else run_served_demo)(Path(a.out), a.json))

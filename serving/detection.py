@@ -21,6 +21,7 @@ import numpy as np
 from .model_spec import ModelSpec
 from .predictor import Predictor, PredictorError, RuntimeOptions
 from .results import Detections
+from .timing import NULL_TIMER, StageTimer
 from .transforms import Transforms
 
 
@@ -130,14 +131,17 @@ class MainbodyDetector:
         else:
             self._gfl = None
 
-    def raw(self, image_bgr: np.ndarray, nms_iou: float = 0.5) -> Detections:
+    def raw(self, image_bgr: np.ndarray, nms_iou: float = 0.5, timer: StageTimer = NULL_TIMER) -> Detections:
         """Every box the model finds (after its NMS), before threshold / top-k / whole-image box."""
-        sample = self.transforms(image_bgr)
-        x = sample.image[None]
+        with timer.stage("det_preprocess"):
+            sample = self.transforms(image_bgr)
+            x = sample.image[None]
         names = self.predictor.input_names
         if self._gfl is not None:
-            outputs = self.predictor.run({names[0]: x})
-            xyxy, scores, classes = self._gfl.decode(outputs, sample.scale_factor, nms_iou)
+            with timer.stage("det_forward"):
+                outputs = self.predictor.run({names[0]: x})
+            with timer.stage("det_postprocess"):
+                xyxy, scores, classes = self._gfl.decode(outputs, sample.scale_factor, nms_iou)
         else:
             feed: dict[str, np.ndarray] = {}
             for name in names:
@@ -147,18 +151,21 @@ class MainbodyDetector:
                     feed[name] = np.array([x.shape[2:]], np.float32)
                 else:
                     feed[name] = x
-            outputs = self.predictor.run(feed)
-            xyxy, scores, classes = _decode_paddledet(outputs)
-            keep = nms(xyxy, scores, nms_iou) if len(xyxy) else np.zeros(0, np.int64)
-            xyxy, scores, classes = xyxy[keep], scores[keep], classes[keep]
+            with timer.stage("det_forward"):
+                outputs = self.predictor.run(feed)
+            with timer.stage("det_postprocess"):
+                xyxy, scores, classes = _decode_paddledet(outputs)
+                keep = nms(xyxy, scores, nms_iou) if len(xyxy) else np.zeros(0, np.int64)
+                xyxy, scores, classes = xyxy[keep], scores[keep], classes[keep]
         h, w = sample.orig_shape
         xyxy = np.clip(xyxy, 0, [w, h, w, h]).astype(np.float32)
         return Detections.from_arrays(xyxy, scores, classes)
 
-    def detect(self, image_bgr: np.ndarray, params: Any) -> Detections:
+    def detect(self, image_bgr: np.ndarray, params: Any, timer: StageTimer = NULL_TIMER) -> Detections:
         """Boxes as ``Global.threshold``, ``Global.max_det_results``, ``Global.append_whole_image`` say."""
-        det = self.raw(image_bgr, params["Global.det_nms_threshold"])
-        return select_boxes(det, image_bgr.shape[0], image_bgr.shape[1], params)
+        det = self.raw(image_bgr, params["Global.det_nms_threshold"], timer)
+        with timer.stage("det_postprocess"):
+            return select_boxes(det, image_bgr.shape[0], image_bgr.shape[1], params)
 
 
 def select_boxes(det: Detections, height: int, width: int, params: Any) -> Detections:

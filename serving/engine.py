@@ -23,9 +23,10 @@ from shitu.params import Params, merge
 from .detection import MainbodyDetector
 from .extraction import FeatureExtractor
 from .model_spec import ModelSpec
-from .pipeline import SearchIndex, StageTimes, recognize
+from .pipeline import SearchIndex, recognize
 from .predictor import RuntimeOptions
 from .results import Detections, Match, Recognition
+from .timing import NULL_TIMER, StageTimer
 
 #: Gallery names a request may use (never a path).
 GALLERY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -141,11 +142,11 @@ class Engine:
         return [[m for m in row if accepts(m.score, thres, g.higher_is_better)] for row in hits]
 
     def recognize(self, images: Sequence[np.ndarray], gallery: str | Path | SearchIndex | None = None,
-                  timer: StageTimes | None = None, **overrides: Any) -> list[list[Recognition]]:
+                  timer: StageTimer = NULL_TIMER, **overrides: Any) -> list[list[Recognition]]:
         """What and where, per image, best first."""
         p = self.request_params(overrides)
         g = self.gallery(gallery)
-        return [recognize(img, self.detector, self.extractor, g, p, timer=timer) for img in images]
+        return [recognize(img, self.detector, self.extractor, g, p, timer) for img in images]
 
     def gallery_add(self, images: Sequence[np.ndarray], labels: Sequence[str], gallery: str | Path | None = None,
                     sources: Sequence[str | None] | None = None, metadata: Sequence[dict | None] | None = None,

@@ -14,6 +14,7 @@ import numpy as np
 
 from .model_spec import ModelSpec
 from .predictor import Predictor, PredictorError, RuntimeOptions
+from .timing import NULL_TIMER, StageTimer
 from .transforms import Transforms
 
 
@@ -54,13 +55,16 @@ class FeatureExtractor:
             self._embedding_size = int(self._forward([np.zeros((64, 64, 3), np.uint8)]).shape[1])
         return self._embedding_size
 
-    def _forward(self, images: list[np.ndarray]) -> np.ndarray:
-        batch = [self.transforms(img).image for img in images]
-        shapes = {b.shape for b in batch}
-        if len(shapes) > 1:
-            raise PredictorError(f"{self.spec.model_dir}: pre-processing gives different sizes {sorted(shapes)}; "
-                                 "add a fixed-size ResizeImage/CropImage op")
-        out = self.predictor.run({self.predictor.input_names[0]: np.stack(batch)})
+    def _forward(self, images: list[np.ndarray], timer: StageTimer = NULL_TIMER) -> np.ndarray:
+        with timer.stage("rec_preprocess"):
+            batch = [self.transforms(img).image for img in images]
+            shapes = {b.shape for b in batch}
+            if len(shapes) > 1:
+                raise PredictorError(f"{self.spec.model_dir}: pre-processing gives different sizes "
+                                     f"{sorted(shapes)}; add a fixed-size ResizeImage/CropImage op")
+            x = np.stack(batch)
+        with timer.stage("rec_forward"):
+            out = self.predictor.run({self.predictor.input_names[0]: x})
         feats = out[self.predictor.output_names[0]]
         if feats.ndim == 4:
             if self.spec.pooling != "gap":
@@ -69,7 +73,7 @@ class FeatureExtractor:
             feats = feats.mean(axis=(2, 3))
         return feats.reshape(len(images), -1).astype(np.float32)
 
-    def embed(self, images: Sequence[np.ndarray], params: Any = None) -> np.ndarray:
+    def embed(self, images: Sequence[np.ndarray], params: Any = None, timer: StageTimer = NULL_TIMER) -> np.ndarray:
         """BGR images -> embeddings, ``Global.batch_size`` per forward pass.
 
         Returns float32 ``[n, d]`` (normalised if ``RecPostProcess.normalize``), or packed uint8 bits
@@ -77,7 +81,7 @@ class FeatureExtractor:
         """
         batch_size = params["Global.batch_size"] if params is not None else 8
         normalize = params["RecPostProcess.normalize"] if params is not None else True
-        parts = [self._forward(list(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
+        parts = [self._forward(list(images[i:i + batch_size]), timer) for i in range(0, len(images), batch_size)]
         if not parts:
             return np.zeros((0, self.embedding_size), np.float32)
         feats = np.concatenate(parts)

@@ -7,7 +7,7 @@ creates:
 
 - answers HTTP errors (non-JSON body, body too large, unknown route) as
   ``{"status": "<http code>", "msg": "...", "results": ""}``;
-- refuses bodies larger than ``SHITU_MAX_BODY_BYTES`` (default 64 MB) before reading them;
+- refuses bodies larger than ``Limits.max_request_bytes`` (default 64 MiB) before reading them;
 - answers ``GET /health`` with the modules it serves (for load balancers and the test suite).
 """
 from __future__ import annotations
@@ -16,8 +16,14 @@ import logging
 import os
 from typing import Any
 
-DEFAULT_MAX_BODY = 64 * 1024 * 1024
 _installed = False
+_body_limit: int | None = None
+
+
+def set_body_limit(max_bytes: int) -> None:
+    """The largest request body the next created app accepts (the largest asked for by any module wins)."""
+    global _body_limit
+    _body_limit = max(_body_limit or 0, int(max_bytes))
 
 
 def _envelope(status: str, msg: str) -> dict[str, Any]:
@@ -29,7 +35,9 @@ def configure(app: Any) -> Any:
     from flask import jsonify
     from werkzeug.exceptions import HTTPException
 
-    app.config["MAX_CONTENT_LENGTH"] = int(os.environ.get("SHITU_MAX_BODY_BYTES", DEFAULT_MAX_BODY))
+    from shitu.params import BY_NAME
+
+    app.config["MAX_CONTENT_LENGTH"] = _body_limit or BY_NAME["Limits.max_request_bytes"].default
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # noqa: ANN202 - flask handler

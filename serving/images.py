@@ -58,15 +58,27 @@ def b64decode(text: str, limits: ImageLimits = ImageLimits()) -> bytes:
         raise ImageError("not valid base64") from None
 
 
-def _header_size(data: bytes) -> tuple[int, int] | None:
+def _header_size(data: bytes, limits: ImageLimits) -> tuple[int, int] | None:
     """(width, height) from the file header without decoding pixels; None if PIL cannot tell."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             return im.size
+    except Image.DecompressionBombError:
+        raise ImageError(f"image declares more pixels than the limit of {limits.max_pixels}") from None
     except Exception:
         return None
+
+
+def _truncated(data: bytes) -> bool:
+    """JPEG without its end marker or PNG without its IEND chunk: OpenCV would decode them half grey."""
+    tail = data[-4096:]
+    if data[:2] == b"\xff\xd8":
+        return b"\xff\xd9" not in tail
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return b"IEND" not in tail
+    return False
 
 
 def decode(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray:
@@ -77,11 +89,14 @@ def decode(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray:
         raise ImageError("empty image data")
     if len(data) > limits.max_image_bytes:
         raise ImageError(f"image is {len(data)} bytes, larger than the limit of {limits.max_image_bytes}")
-    size = _header_size(bytes(data))
+    data = bytes(data)
+    size = _header_size(data, limits)
     if size is not None and size[0] * size[1] > limits.max_pixels:
         raise ImageError(f"image is {size[0]}x{size[1]} pixels, more than the limit of {limits.max_pixels}")
+    if _truncated(data):
+        raise ImageError("truncated image (the file ends before its last marker)")
     buf = np.frombuffer(data, np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # applies EXIF orientation; gray, alpha, 16-bit, CMYK -> BGR8
     if img is None:
         kind = "truncated or corrupt image" if size is not None else "not an image (unknown or corrupt format)"
         raise ImageError(kind)

@@ -13,14 +13,14 @@ Stages, with the PP-ShiTu parameters that steer them:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 
 from .detection import MainbodyDetector, nms
 from .extraction import FeatureExtractor, crop
-from .results import Detections, Match, Recognition
+from .results import Match, Recognition
+from .timing import NULL_TIMER, StageTimer
 
 
 class SearchIndex(Protocol):
@@ -46,56 +46,33 @@ def rec_nms(recognitions: list[Recognition], iou_threshold: float, higher_is_bet
     return [recognitions[i] for i in keep]
 
 
-@dataclass
-class StageTimes:
-    """Seconds spent per stage (filled when a dict is passed to :func:`recognize`; used by benchmarks)."""
-
-    values: dict[str, float] = field(default_factory=dict)
-
-    def add(self, stage: str, seconds: float) -> None:
-        self.values[stage] = self.values.get(stage, 0.0) + seconds
-
-
 def recognize(image: np.ndarray, detector: MainbodyDetector, extractor: FeatureExtractor, index: SearchIndex,
-              params: Any, detections: Detections | None = None, timer: StageTimes | None = None
-              ) -> list[Recognition]:
+              params: Any, timer: StageTimer = NULL_TIMER) -> list[Recognition]:
     """Everything recognised in one BGR image, best first."""
-    import time
-
-    clock = time.perf_counter
-    t0 = clock()
-    det = detections if detections is not None else detector.detect(image, params)
-    t1 = clock()
+    det = detector.detect(image, params, timer)
     if len(det) == 0:
         return []
-    crops = [crop(image, box) for box in det.xyxy]
-    t2 = clock()
-    feats = extractor.embed(crops, params)
-    t3 = clock()
-    matches = index.search(feats, 1, labels=params["IndexProcess.labels"])
-    t4 = clock()
-    thres = params["IndexProcess.score_thres"]
-    found = []
-    for i, hits in enumerate(matches):
-        if not hits or not accepts(hits[0].score, thres, index.higher_is_better):
-            continue
-        best = hits[0]
-        found.append(Recognition(
-            bbox=[int(round(v)) for v in det.xyxy[i]],
-            label=best.label,
-            score=float(best.score),
-            det_score=float(det.scores[i]),
-            is_whole_image=bool(det.is_whole_image[i]),
-            id=best.id,
-        ))
-    out = rec_nms(found, params["Global.rec_nms_thresold"], index.higher_is_better)
-    if timer is not None:
-        timer.add("detect", t1 - t0)
-        timer.add("crop", t2 - t1)
-        timer.add("extract", t3 - t2)
-        timer.add("search", t4 - t3)
-        timer.add("filter_nms", clock() - t4)
-    return out
+    with timer.stage("crop"):
+        crops = [crop(image, box) for box in det.xyxy]
+    feats = extractor.embed(crops, params, timer)
+    with timer.stage("search"):
+        matches = index.search(feats, 1, labels=params["IndexProcess.labels"])
+    with timer.stage("rec_nms"):
+        thres = params["IndexProcess.score_thres"]
+        found = []
+        for i, hits in enumerate(matches):
+            if not hits or not accepts(hits[0].score, thres, index.higher_is_better):
+                continue
+            best = hits[0]
+            found.append(Recognition(
+                bbox=[int(round(v)) for v in det.xyxy[i]],
+                label=best.label,
+                score=float(best.score),
+                det_score=float(det.scores[i]),
+                is_whole_image=bool(det.is_whole_image[i]),
+                id=best.id,
+            ))
+        return rec_nms(found, params["Global.rec_nms_thresold"], index.higher_is_better)
 
 
 class MemoryIndex:

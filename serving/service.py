@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from shitu.params import ParamError, flatten
+from shitu.params import ParamError, flatten, merge
 
 from .engine import GALLERY_NAME, Engine, EngineError, load_engine
 from .images import ImageError, ImageLimits, b64decode, decode
@@ -91,10 +91,12 @@ class Service:
     fields: dict[str, set[str]] = {}
 
     def __init__(self, module_defaults: dict[str, Any] | None = None, scenario: str | None = None,
-                 gallery: str | None = None, token: str | None = None, **init_params: Any):
+                 gallery: str | None = None, token: str | None = None, protect_reads: bool = False,
+                 **init_params: Any):
         self.default_scenario = scenario
         self.default_gallery = gallery
         self._token = token or os.environ.get(TOKEN_ENV) or None
+        self._protect_reads = bool(protect_reads)
         layers = [module_defaults or {}]
         # config.json init_args: a "params" mapping and/or parameters given directly.
         extra = dict(init_params.pop("params", None) or {})
@@ -103,6 +105,9 @@ class Service:
         self._module_defaults = flatten(module_defaults)
         self._init_params = flatten(extra)
         self.engines = EngineCache(self._load)
+        from . import hub_app
+
+        hub_app.set_body_limit(merge(self._module_defaults, self._init_params)["Limits.max_request_bytes"])
 
     # -- loading ---------------------------------------------------------------------------------------------
     def _load(self, scenario: str | None) -> Engine:
@@ -132,7 +137,7 @@ class Service:
         if not isinstance(operation, str) or not hasattr(self, f"op_{operation}"):
             ops = sorted(n[3:] for n in dir(self) if n.startswith("op_"))
             raise RequestError(f"unknown operation {operation!r}; this module supports {ops}")
-        if operation in self.write_operations:
+        if operation in self.write_operations or self._protect_reads:
             self._check_token(request)
         known = COMMON_FIELDS | self.fields.get(operation, set())
         overrides = self._overrides(request, known)
@@ -163,8 +168,8 @@ class Service:
             return
         given = request.get("token") or _bearer_token()
         if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self._token.encode()):
-            raise RequestError("this operation changes a gallery and needs a valid admin token "
-                               "(field 'token' or header 'Authorization: Bearer ...')")
+            raise RequestError("this operation needs a valid admin token (field 'token' or header "
+                               "'Authorization: Bearer ...'); the token given is missing or wrong")
 
     # -- helpers for subclasses --------------------------------------------------------------------------------
     @staticmethod

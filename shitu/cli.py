@@ -8,6 +8,10 @@ import sys
 #: Modules that add subcommands, in help order. Each imports its heavy dependencies only when run.
 COMMAND_MODULES = (
     "shitu.serving.demo",
+    "shitu.serving.hub_serving",
+    "shitu.serving.gallery_cli",
+    "shitu.plugins.cli",
+    "shitu.serving.video_cli",
 )
 
 #: Exit codes: 0 ok, 1 nothing recognised, 2 usage error, 3 server or engine error.

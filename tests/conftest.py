@@ -99,6 +99,19 @@ def start_served(tmp: Path, workers: int = 1, init_args: dict | None = None) -> 
     return Served(url, proc, log)
 
 
+ADMIN_TOKEN = "test-admin-token-5f1c"
+
+
+@pytest.fixture(scope="session")
+def served_multi(tmp_path_factory):
+    """``hub serving`` in gunicorn mode with 2 workers and an admin token for gallery changes."""
+    from shitu.serving import hub_serving
+
+    s = start_served(tmp_path_factory.mktemp("served-multi"), workers=2, init_args={"token": ADMIN_TOKEN})
+    yield s
+    hub_serving.stop(s.proc)
+
+
 @pytest.fixture(scope="session")
 def served(tmp_path_factory):
     """One real ``hub serving`` (single process, all four modules) shared by the whole test session."""

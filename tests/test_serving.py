@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import requests
 
-from .conftest import b64, start_served
+from .conftest import ADMIN_TOKEN, b64
 
 
 def ok(resp) -> object:
@@ -144,19 +144,10 @@ def test_in_process_hub_module(photos):
     assert res[0]["boxes"][-1]["is_whole_image"]
 
 
-@pytest.fixture(scope="module")
-def served_two_workers(tmp_path_factory, served):
-    from shitu.serving import hub_serving
-
-    s = start_served(tmp_path_factory.mktemp("served2"), workers=2)
-    yield s
-    hub_serving.stop(s.proc)
-
-
-def test_multiprocess_gallery_change_seen_by_every_worker(served_two_workers, photos, queries):
-    s = served_two_workers
-    g = {"gallery": "srv-multi"}
-    query = {"images": [b64(queries["rocket_bright_blur"])], **g}
+def test_multiprocess_gallery_change_seen_by_every_worker(served_multi, photos, queries):
+    s = served_multi
+    g = {"gallery": "srv-multi", "token": ADMIN_TOKEN}
+    query = {"images": [b64(queries["rocket_bright_blur"])], "gallery": "srv-multi"}
     # Warm both workers up: each loads its models and opens the (empty) gallery in its own memory.
     with cf.ThreadPoolExecutor(4) as pool:
         warm = list(pool.map(lambda _: ok(s.post("image_recognition", query)), range(6)))

@@ -29,12 +29,14 @@ hub_app.install()
 @moduleinfo(name="feature_extraction", version="1.0.0", summary="Feature extraction: images or boxes of images -> L2-normalised embeddings.", author="shitu-hub",
             author_email="", type="cv/feature_extraction")
 class FeatureExtraction:
-    """``init_args`` (config.json): ``scenario``, ``gallery``, ``token``, ``params`` and any parameter by name."""
+    """``init_args`` (config.json): ``scenario``, ``gallery``, ``token``, ``protect_reads``, ``params`` and any
+    parameter by name."""
 
     def __init__(self, scenario: str | None = None, gallery: str | None = None, token: str | None = None,
-                 **init_args: Any):
+                 protect_reads: bool = False, **init_args: Any):
         init_args.pop("directory", None)
-        self.service = ExtractionService(get_default_params(), scenario=scenario, gallery=gallery, token=token, **init_args)
+        self.service = ExtractionService(get_default_params(), scenario=scenario, gallery=gallery, token=token,
+            protect_reads=protect_reads, **init_args)
 
     def predict(self, **request: Any) -> Any:
         """In-process use (``hub.Module(name="feature_extraction").predict(images=[...])``): same fields as over HTTP."""

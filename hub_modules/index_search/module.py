@@ -28,12 +28,14 @@ hub_app.install()
 @moduleinfo(name="index_search", version="1.0.0", summary="Index search: embeddings -> top-k gallery matches; gallery add, remove, info, list.", author="shitu-hub",
             author_email="", type="cv/image_retrieval")
 class IndexSearch:
-    """``init_args`` (config.json): ``scenario``, ``gallery``, ``token``, ``params`` and any parameter by name."""
+    """``init_args`` (config.json): ``scenario``, ``gallery``, ``token``, ``protect_reads``, ``params`` and any
+    parameter by name."""
 
     def __init__(self, scenario: str | None = None, gallery: str | None = None, token: str | None = None,
-                 **init_args: Any):
+                 protect_reads: bool = False, **init_args: Any):
         init_args.pop("directory", None)
-        self.service = SearchService(get_default_params(), scenario=scenario, gallery=gallery, token=token, **init_args)
+        self.service = SearchService(get_default_params(), scenario=scenario, gallery=gallery, token=token,
+            protect_reads=protect_reads, **init_args)
 
     def predict(self, **request: Any) -> Any:
         """In-process use (``hub.Module(name="index_search").predict(images=[...])``): same fields as over HTTP."""

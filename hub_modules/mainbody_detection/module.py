@@ -29,12 +29,14 @@ hub_app.install()
 @moduleinfo(name="mainbody_detection", version="1.0.0", summary="Mainbody detection: images -> class-agnostic boxes of the main objects (PP-ShiTu's first stage).", author="shitu-hub",
             author_email="", type="cv/object_detection")
 class MainbodyDetection:
-    """``init_args`` (config.json): ``scenario``, ``gallery``, ``token``, ``params`` and any parameter by name."""
+    """``init_args`` (config.json): ``scenario``, ``gallery``, ``token``, ``protect_reads``, ``params`` and any
+    parameter by name."""
 
     def __init__(self, scenario: str | None = None, gallery: str | None = None, token: str | None = None,
-                 **init_args: Any):
+                 protect_reads: bool = False, **init_args: Any):
         init_args.pop("directory", None)
-        self.service = DetectionService(get_default_params(), scenario=scenario, gallery=gallery, token=token, **init_args)
+        self.service = DetectionService(get_default_params(), scenario=scenario, gallery=gallery, token=token,
+            protect_reads=protect_reads, **init_args)
 
     def predict(self, **request: Any) -> Any:
         """In-process use (``hub.Module(name="mainbody_detection").predict(images=[...])``): same fields as over HTTP."""

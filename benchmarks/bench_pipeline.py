@@ -1,0 +1,97 @@
+"""Per-stage times of one recognition, in-process, on the default models and real photographs.
+
+    python benchmarks/bench_pipeline.py [--repeat 20] [--json OUT]
+
+Stages: decode (JPEG bytes -> BGR), det_preprocess, det_forward, det_postprocess (GFL decode, NMS, top-k), crop,
+rec_preprocess, rec_forward, search, rec_nms, serialize (results -> JSON). Prints median and p95 per stage and
+image, and the share of end-to-end time spent outside the two model forwards.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import describe, machine, percentile, table, write_json  # noqa: E402
+
+STAGES = ["decode", "det_preprocess", "det_forward", "det_postprocess", "crop", "rec_preprocess", "rec_forward",
+          "search", "rec_nms", "serialize"]
+FORWARDS = {"det_forward", "rec_forward"}
+
+
+def photos() -> dict[str, "object"]:
+    import cv2
+    from shitu.serving.demo import gallery_photos
+
+    g = gallery_photos()
+    return {
+        "cat 451x300": g["cat"],
+        "rocket 640x427": g["rocket"],
+        "coffee 640x480": cv2.resize(g["coffee"], (640, 480)),
+        "astronaut 1024x1024": cv2.resize(g["astronaut"], (1024, 1024)),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--json", help="write results here (default benchmarks/results/pipeline.json)")
+    args = ap.parse_args()
+    os.environ.setdefault("SHITU_HOME", tempfile.mkdtemp(prefix="bench-pipeline-"))
+
+    from shitu.serving.demo import gallery_photos
+    from shitu.serving.engine import load_engine
+    from shitu.serving.images import decode, encode
+    from shitu.serving.timing import StageTimer
+
+    engine = load_engine(gallery=Path(os.environ["SHITU_HOME"]) / "bench-gallery")
+    g = gallery_photos()
+    if len(engine.gallery()) == 0:
+        engine.gallery_add(list(g.values()), list(g))
+    info = machine()
+    print(describe(info, f"det: {engine.detector.predictor.description}; rec: {engine.extractor.predictor.description}"))
+    results = {}
+    for name, img in photos().items():
+        data = encode(img)
+        per_stage: dict[str, list[float]] = {s: [] for s in STAGES}
+        totals: list[float] = []
+        boxes = 0
+        for i in range(args.repeat + 2):
+            timer = StageTimer()
+            t0 = time.perf_counter()
+            with timer.stage("decode"):
+                bgr = decode(data)
+            found = engine.recognize([bgr], timer=timer)[0]
+            with timer.stage("serialize"):
+                json.dumps([r.to_dict() for r in found])
+            total = time.perf_counter() - t0
+            if i < 2:
+                continue  # warm-up
+            totals.append(total)
+            for s in STAGES:
+                per_stage[s].append(timer.values.get(s, 0.0))
+            boxes = len(engine.detect([bgr])[0]) if i == 2 else boxes
+        med = {s: percentile(v, 50) * 1000 for s, v in per_stage.items()}
+        p95 = {s: percentile(v, 95) * 1000 for s, v in per_stage.items()}
+        e2e = percentile(totals, 50) * 1000
+        outside = e2e - med["det_forward"] - med["rec_forward"]
+        results[name] = {"median_ms": med, "p95_ms": p95, "e2e_median_ms": e2e, "e2e_p95_ms": percentile(totals, 95)
+                         * 1000, "outside_forward_ms": outside, "outside_share": outside / e2e, "boxes": boxes}
+        print(f"\n{name}: {boxes} boxes searched (incl. whole image), {args.repeat} runs")
+        rows = [[s, med[s], p95[s], 100 * med[s] / e2e] for s in STAGES]
+        rows.append(["end-to-end", e2e, percentile(totals, 95) * 1000, 100.0])
+        print(table(["stage", "median ms", "p95 ms", "% of e2e"], rows))
+        print(f"outside the model forwards: {outside:.1f} ms = {100 * outside / e2e:.1f}% of end-to-end")
+    write_json("pipeline", {"machine": info, "repeat": args.repeat, "images": results}, args.json)
+    engine.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Per-stage wall-clock accounting for the pipeline (read by the benchmarks; costs two clock reads per stage)."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+
+class StageTimer:
+    """Accumulates seconds per named stage: ``with timer.stage("det_forward"): ...``."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.values[name] = self.values.get(name, 0.0) + time.perf_counter() - start
+
+    def add(self, name: str, seconds: float) -> None:
+        self.values[name] = self.values.get(name, 0.0) + seconds
+
+
+class _NullTimer(StageTimer):
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        yield
+
+    def add(self, name: str, seconds: float) -> None:
+        pass
+
+
+NULL_TIMER: StageTimer = _NullTimer()
