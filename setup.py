@@ -59,7 +59,8 @@ setup(
     package_dir=PACKAGE_DIR,
     include_package_data=True,
     package_data={
-        "shitu.plugins": ["packs/*/pack.yaml", "packs/*/*.md", "packs/*/*.txt", "packs/*/models/*/*", "packs/*/gallery/*"],
+        "shitu.plugins": ["packs/*/pack.yaml", "packs/*/*.md", "packs/*/*.txt", "packs/*/models/*",
+                          "packs/*/models/*/*", "packs/*/gallery/*", "WRITING_PACKS.md"],
         "shitu.hub_modules": ["*/config.json", "*.json"],
     },
     install_requires=[

@@ -1,0 +1,275 @@
+"""``shitu plugins ...``: list, inspect, install, remove, verify and switch scenario packs.
+
+``register(subparsers)`` adds the ``plugins`` command to the main ``shitu`` parser; ``main(argv)`` runs it alone
+(``python -m shitu.plugins list``). Every subcommand sets ``func(args) -> int`` (the exit code, as the main
+``shitu`` command uses them): 0 ok, 1 problems found (``verify``), 2 bad usage, 3 an error (printed to stderr as
+``error: ...``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable, Sequence
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
+
+
+def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for n, r in enumerate(cells):
+        lines.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _out(text: str = "") -> None:
+    print(text, file=sys.stdout)
+
+
+def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from .errors import PackError
+
+        try:
+            return fn(args)
+        except PackError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        except KeyboardInterrupt:
+            print("interrupted; the pack store is unchanged", file=sys.stderr)
+            return 130
+
+    run.__name__ = fn.__name__
+    run.__doc__ = fn.__doc__
+    return run
+
+
+# -- subcommands ---------------------------------------------------------------------------------------------------
+@_guard
+def cmd_list(args: argparse.Namespace) -> int:
+    from . import registry
+
+    packs = registry.list_packs()
+    if not args.all:
+        packs = [p for p in packs if p.current or p.source == "store" or p.error]
+    if args.json:
+        _out(json.dumps([p.to_dict() for p in packs], indent=2))
+        return 0
+    rows = []
+    for p in packs:
+        flags = "".join(["*" if p.current else " ", "D" if p.default and p.current else " "])
+        if p.error:
+            state = "broken"
+        elif not p.compatible:
+            state = "incompatible"
+        else:
+            state = "ready" if p.available else ("damaged: verify" if p.source == "store" else "not installed")
+        rows.append([flags, p.name, p.version, p.source, state, p.title or (p.error or "")[:60]])
+    _out(_table(rows, ["", "NAME", "VERSION", "SOURCE", "STATE", "TITLE"]))
+    _out()
+    _out(f"* current version of a pack   D default pack ({registry.default_pack_name()})"
+         + ("" if args.all else "   --all: every discovered version"))
+    broken = [p for p in packs if p.error]
+    for p in broken:
+        _out(f"broken: {p.name} ({p.source}): {p.error}")
+    return 0
+
+
+@_guard
+def cmd_info(args: argparse.Namespace) -> int:
+    from . import registry
+
+    name = args.name or registry.default_pack_name()
+    pack = registry.find_pack(name, args.version)
+    if args.json:
+        _out(json.dumps({"name": pack.name, "version": pack.version, "source": pack.source,
+                         "root": str(pack.root), "available": pack.is_available(), "compatible": pack.compatible,
+                         "manifest": pack.manifest}, indent=2, default=str))
+        return 0
+    about = [
+        ["name", pack.name], ["version", pack.version], ["title", pack.title], ["source", pack.source],
+        ["folder", pack.root], ["license", pack.license], ["shitu-hub", pack.shitu_hub
+                                                           + ("" if pack.compatible else "  (NOT this version)")],
+        ["state", "ready" if pack.is_available() else "model files not installed"],
+        ["default pack", "yes" if registry.default_pack_name() == pack.name else "no"],
+    ]
+    if pack.record:
+        about += [["installed", pack.record.get("installed_at", "")], ["from", pack.record.get("source", "")]]
+    _out(_table(about, ["FIELD", "VALUE"]))
+    if pack.description:
+        _out()
+        _out(pack.description)
+    _out()
+    rows = []
+    for role, m in pack.models.items():
+        present = sum((pack.root / m.path / f.path).is_file() for f in m.files)
+        unverified = sum(f.sha256 is None for f in m.files)
+        rows.append([role, m.name, m.format, m.embedding_size or "-", m.description.get("decoder") or "-",
+                     f"{present}/{len(m.files)}" + (f" ({unverified} without sha256)" if unverified else ""),
+                     m.archive.url if m.archive else m.path])
+    _out(_table(rows, ["MODEL", "NAME", "FORMAT", "DIM", "DECODER", "FILES PRESENT", "FROM"]))
+    _out()
+    rows = [[("*" if g.name == pack.default_gallery else " ") + g.name, g.title, g.index_method, g.dist_type,
+             g.embedding_size, g.dir()] for g in pack.galleries.values()]
+    _out(_table(rows, ["GALLERY", "TITLE", "INDEX", "METRIC", "DIM", "FOLDER"]))
+    if pack.params:
+        _out()
+        rows = [[f"{s}.{k}", json.dumps(v)] for s, sec in pack.params.items() for k, v in sec.items()]
+        _out(_table(rows, ["PARAMETER", "VALUE"]))
+    if not pack.is_available():
+        _out()
+        _out(pack.fetch_instructions())
+    return 0
+
+
+@_guard
+def cmd_install(args: argparse.Namespace) -> int:
+    from . import registry
+
+    info = registry.install(args.source, name=args.name, trust=args.trust, sha256=args.sha256 or None,
+                            progress=not args.no_progress, from_files=args.from_files or None)
+    _out(f"installed {info.name} {info.version} into {info.root} (now current)")
+    if args.use:
+        registry.use(info.name, info.version)
+        _out(f"{info.name} is now the default pack")
+    return 0
+
+
+@_guard
+def cmd_remove(args: argparse.Namespace) -> int:
+    from . import registry
+
+    if args.version is None and not args.all:
+        print(f"error: say which version of {args.name!r} to remove, or --all", file=sys.stderr)
+        return EXIT_USAGE
+    if args.version is not None and args.all:
+        print("error: give a version or --all, not both", file=sys.stderr)
+        return EXIT_USAGE
+    removed = registry.uninstall(args.name, None if args.all else args.version)
+    _out(f"removed {args.name} {', '.join(removed)}")
+    return 0
+
+
+@_guard
+def cmd_verify(args: argparse.Namespace) -> int:
+    from . import registry
+
+    if args.name:
+        targets = [(args.name, args.version)]
+    else:
+        targets = [(p.name, p.version) for p in registry.list_packs()
+                   if not p.error and (p.source == "store" or (p.current and p.available))]
+    rows, problems = [], []
+    for name, version in targets:
+        pack = registry.find_pack(name, version)
+        for c in registry.verify_files(name, pack.version):
+            rows.append([c.pack, c.version, c.path, c.status.upper() if c.problem else c.status, c.detail])
+        problems += registry.verify(name, pack.version)
+    _out(_table(rows, ["PACK", "VERSION", "FILE", "STATUS", "DETAIL"]))
+    _out()
+    if problems:
+        _out(f"{len(problems)} problem(s):")
+        for p in problems:
+            _out(f"  {p}")
+        return EXIT_PROBLEMS
+    _out(f"ok: {len(rows)} file(s) in {len(targets)} pack(s) verified")
+    return 0
+
+
+@_guard
+def cmd_use(args: argparse.Namespace) -> int:
+    from . import registry
+
+    pack = registry.use(args.name, args.version, default=not args.keep_default)
+    _out(f"using {pack.name} {pack.version} ({pack.source})"
+         + ("" if args.keep_default else "; it is the default pack"))
+    if not pack.is_available():
+        _out()
+        _out(pack.fetch_instructions())
+    return 0
+
+
+@_guard
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from . import registry
+
+    version = registry.rollback(args.name)
+    _out(f"{args.name} is back at {version}")
+    return 0
+
+
+# -- wiring --------------------------------------------------------------------------------------------------------
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``plugins`` (list | info | install | remove | verify | use | rollback) to a ``shitu`` parser."""
+    p = subparsers.add_parser("plugins", help="scenario packs: list, install, verify, switch",
+                              description="Scenario packs: a detector, a recogniser, their parameters and "
+                                          "galleries. Store: $SHITU_HOME/packs (default ~/.shitu).")
+    _build(p)
+
+
+def _build(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="plugins_command", metavar="COMMAND")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    s = sub.add_parser("list", help="list discovered packs")
+    s.add_argument("--all", action="store_true", help="every discovered version, not just the current ones")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("info", help="show one pack: models, galleries, parameters")
+    s.add_argument("name", nargs="?", help="pack name (default: the default pack)")
+    s.add_argument("--version", help="a specific version")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("install", help="install a pack from a folder, archive, URL or built-in name",
+                       description="Install a pack into the store and make it current. SOURCE: a pack folder, "
+                                   "a .tar/.tar.gz/.zip archive, an http(s) URL of one, or the name of a built-in "
+                                   "pack (its model files are downloaded, or taken from --from files).")
+    s.add_argument("source")
+    s.add_argument("--name", help="the pack name SOURCE must hold")
+    s.add_argument("--from", dest="from_files", action="append", metavar="FILE",
+                   help="a model archive/file downloaded elsewhere (repeatable); matched by file name")
+    s.add_argument("--sha256", action="append", metavar="HEX",
+                   help="expected sha256 of a file whose manifest publishes none (repeatable)")
+    s.add_argument("--trust", action="store_true",
+                   help="accept files without a published sha256 (their hashes are recorded)")
+    s.add_argument("--use", action="store_true", help="also make it the default pack")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_install)
+
+    s = sub.add_parser("remove", help="remove a version (or --all) from the store")
+    s.add_argument("name")
+    s.add_argument("version", nargs="?")
+    s.add_argument("--all", action="store_true", help="remove every version")
+    s.set_defaults(func=cmd_remove)
+
+    s = sub.add_parser("verify", help="check every file against its sha256")
+    s.add_argument("name", nargs="?", help="pack name (default: every installed or ready pack)")
+    s.add_argument("--version", help="a specific version")
+    s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("use", help="make a pack (version) current and the default pack")
+    s.add_argument("name")
+    s.add_argument("version", nargs="?")
+    s.add_argument("--keep-default", action="store_true", help="switch the version only, keep the default pack")
+    s.set_defaults(func=cmd_use)
+
+    s = sub.add_parser("rollback", help="go back to the previous current version")
+    s.add_argument("name")
+    s.set_defaults(func=cmd_rollback)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="shitu plugins", description="Scenario packs.")
+    _build(parser)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

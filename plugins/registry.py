@@ -1,0 +1,618 @@
+"""The scenario-pack registry: discovery, selection and the store operations.
+
+Packs come from three sources, all declared statically by a ``pack.yaml`` (reading one imports no code):
+
+- ``builtin``: ``plugins/packs/*/pack.yaml`` shipped with shitu-hub;
+- ``entrypoint``: installed Python distributions declaring ``[shitu.packs] <name> = <module>``; the module or
+  package folder holding ``pack.yaml`` is located with import machinery finders, without running its code;
+- ``store``: versions installed by :func:`install` under ``$SHITU_HOME/packs`` (see :mod:`.store`).
+
+A name resolves to one pack: the store's current version if the store has the pack, else an entry-point pack,
+else a built-in one. ``get_pack(None)`` is the default pack: ``$SHITU_DEFAULT_PACK``, else the store's configured
+default (``shitu plugins use``), else ``general-lite``.
+
+Example::
+
+    from shitu.plugins import registry
+    pack = registry.get_pack()                     # the default pack
+    det, rec = pack.detector_spec(), pack.extractor_spec()
+    gallery = pack.gallery()                       # its default gallery: folder, dimension, index settings
+"""
+from __future__ import annotations
+
+import copy
+import importlib.machinery
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from . import store
+from .errors import ManifestError, PackError
+from .manifest import (MANIFEST_FILE, GalleryEntry, Manifest, ModelEntry, read_manifest, version_key,
+                       version_matches)
+
+__all__ = ["FileCheck", "GallerySpec", "ManifestError", "Pack", "PackError", "PackInfo", "default_pack_name",
+           "find_pack", "get_pack", "install", "list_packs", "rollback", "select", "uninstall", "use", "verify",
+           "verify_files"]
+
+ENTRY_POINT_GROUP = "shitu.packs"
+FALLBACK_DEFAULT = "general-lite"
+BUILTIN_DIR = Path(__file__).resolve().parent / "packs"
+SOURCES = ("store", "entrypoint", "builtin")  # resolution order for one name
+
+
+def shitu_version() -> str:
+    from shitu._version import __version__
+
+    return __version__
+
+
+# -- public types --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PackInfo:
+    """One discovered pack version (``error`` set when its manifest cannot be used)."""
+
+    name: str
+    version: str
+    title: str
+    source: str  # "builtin" | "entrypoint" | "store"
+    root: Path
+    current: bool = False  # the version get_pack(name) resolves to
+    default: bool = False  # name is the default pack
+    available: bool = False  # every required model file is present
+    compatible: bool = True  # this shitu-hub is in the manifest's shitu_hub range
+    error: str | None = None
+    detail: str = ""  # entry point "name = value" / store install source
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (``root`` as a string)."""
+        return {**self.__dict__, "root": str(self.root)}
+
+
+@dataclass(frozen=True)
+class GallerySpec:
+    """One gallery of a pack: where its folder is and how it is indexed (input for ``Gallery.open_or_create``)."""
+
+    pack: str
+    name: str
+    title: str
+    description: str
+    embedding_size: int
+    index_method: str
+    dist_type: str
+    delimiter: str
+    list_file: Path | None = None  # "<image path><delimiter><label>" lines, inside the pack
+    image_root: Path | None = None  # the list's image paths are relative to it (default: the list's folder)
+    folder: Path | None = None  # alternative to list_file: one sub-folder of images per label
+    data_url: str | None = None  # where published demo images live (never downloaded automatically)
+
+    def dir(self) -> Path:
+        """``$SHITU_HOME/galleries/<pack>/<gallery>`` (``SHITU_HOME`` read now)."""
+        return store.galleries_dir() / self.pack / self.name
+
+    def open_args(self) -> dict[str, Any]:
+        """Keyword arguments for ``shitu.serving.gallery.Gallery.open_or_create``."""
+        return {"path": self.dir(), "dim": self.embedding_size, "index_method": self.index_method,
+                "dist_type": self.dist_type}
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """The state of one listed file. ``status``: ok | missing | mismatch | size | unverified | absent-optional."""
+
+    pack: str
+    version: str
+    path: str
+    status: str
+    detail: str = ""
+
+    @property
+    def problem(self) -> bool:
+        return self.status not in ("ok", "absent-optional")
+
+
+class Pack:
+    """One usable pack version: its manifest, its folder and what the engine needs from it."""
+
+    def __init__(self, manifest: Manifest, root: Path, source: str, record: dict[str, Any] | None = None):
+        self._m = manifest
+        self.root = Path(root)
+        self.source = source
+        self.record = record
+        self.name = manifest.name
+        self.version = manifest.version
+        self.title = manifest.title
+        self.description = manifest.description
+        self.license = manifest.license
+        self.manifest: dict[str, Any] = copy.deepcopy(manifest.raw)
+        self.params: dict[str, dict[str, Any]] = copy.deepcopy(manifest.params)
+        self.default_gallery = manifest.default_gallery
+        rec = manifest.models["recognizer"]
+        self.galleries: dict[str, GallerySpec] = {n: self._gallery_spec(g, rec) for n, g in manifest.galleries.items()}
+
+    def __repr__(self) -> str:
+        return f"Pack({self.name!r}, {self.version!r}, source={self.source!r}, root={str(self.root)!r})"
+
+    # -- models ----------------------------------------------------------------------------------------------------
+    @property
+    def models(self) -> dict[str, ModelEntry]:
+        return self._m.models
+
+    @property
+    def shitu_hub(self) -> str:
+        return self._m.shitu_hub
+
+    @property
+    def compatible(self) -> bool:
+        return version_matches(shitu_version(), self._m.shitu_hub)
+
+    def model_dir(self, role: str) -> Path:
+        return self.root / self._m.models[role].path
+
+    def missing_files(self, role: str | None = None) -> list[str]:
+        """Required model files that are not present (paths relative to the pack root)."""
+        roles = [role] if role else list(self._m.models)
+        out = []
+        for r in roles:
+            m = self._m.models[r]
+            for f in m.files:
+                if not f.optional and not (self.root / m.path / f.path).is_file():
+                    out.append(_rel(m.path, f.path))
+        return out
+
+    def is_available(self) -> bool:
+        """Whether every required model file is present (hashes are checked by :func:`verify`)."""
+        return not self.missing_files()
+
+    def detector_spec(self):
+        """The mainbody detector as a :class:`shitu.serving.model_spec.ModelSpec`."""
+        return self._spec("detector")
+
+    def extractor_spec(self):
+        """The feature extractor (the manifest's ``recognizer``) as a ``ModelSpec``."""
+        return self._spec("recognizer")
+
+    def _spec(self, role: str):
+        from shitu.serving.model_spec import ModelSpec, ModelSpecError
+
+        if not self.compatible:
+            raise PackError(f"pack {self.name!r} {self.version} needs shitu-hub {self._m.shitu_hub}; this is "
+                            f"{shitu_version()}")
+        if self.missing_files(role):
+            raise PackError(self.fetch_instructions())
+        entry = self._m.models[role]
+        try:
+            return ModelSpec.from_dict(copy.deepcopy(entry.description), self.root / entry.path)
+        except ModelSpecError as exc:
+            raise PackError(f"pack {self.name!r} {self.version}: models.{role}: {exc}") from None
+
+    def downloads(self) -> list[tuple[str, str, str | None]]:
+        """What must be fetched for the missing model files: ``(url, file name, sha256 or None)``."""
+        out: list[tuple[str, str, str | None]] = []
+        for m in self._m.models.values():
+            missing = [f for f in m.files if not f.optional and not (self.root / m.path / f.path).is_file()]
+            if not missing:
+                continue
+            if m.archive:
+                out.append((m.archive.url, m.archive.filename, m.archive.sha256))
+            else:
+                out += [(f.url, Path(f.url).name if f.url else f.path, f.sha256) for f in missing if f.url]
+        return out
+
+    def fetch_instructions(self) -> str:
+        missing = self.missing_files()
+        head = (f"pack {self.name!r} {self.version} ({self.source}, {self.root}): model files are not installed "
+                f"(missing: {', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}).")
+        if self.source == "store":
+            origin = (self.record or {}).get("source") or "its folder, archive or URL"
+            return (head + f"\nThe installed copy is damaged: run `shitu plugins remove {self.name} {self.version}` "
+                    f"and install it again from {origin}.")
+        return head + "\n" + install_hint(self.name, self.downloads())
+
+    # -- galleries -------------------------------------------------------------------------------------------------
+    def _gallery_spec(self, g: GalleryEntry, rec: ModelEntry) -> GallerySpec:
+        return GallerySpec(
+            pack=self.name, name=g.name, title=g.title, description=g.description,
+            embedding_size=int(rec.embedding_size or 0), index_method=g.index_method, dist_type=g.dist_type,
+            delimiter=g.delimiter,
+            list_file=self.root / g.list_file if g.list_file else None,
+            image_root=self.root / g.image_root if g.image_root else None,
+            folder=self.root / g.folder if g.folder else None,
+            data_url=g.data_url,
+        )
+
+    def gallery(self, name: str | None = None) -> GallerySpec:
+        """The gallery ``name`` (default: the pack's default gallery)."""
+        key = name or self.default_gallery
+        try:
+            return self.galleries[key]
+        except KeyError:
+            raise PackError(f"pack {self.name!r} has no gallery {key!r} (galleries: "
+                            f"{', '.join(self.galleries)})") from None
+
+    def gallery_dir(self, name: str | None = None) -> Path:
+        """``$SHITU_HOME/galleries/<pack>/<gallery>``."""
+        return self.gallery(name).dir()
+
+
+def install_hint(target: str, downloads: Sequence[tuple[str, str, str | None]]) -> str:
+    """How to install a pack whose model files are remote, with and without network on this machine.
+
+    ``target`` is what to pass to ``shitu plugins install`` (a pack name, folder, archive or URL)."""
+    import shlex
+
+    if not downloads:
+        return ("The manifest says nowhere to download them; get the complete pack from its author and run "
+                "`shitu plugins install <folder or archive>`.")
+    trust = any(sha is None for _, _, sha in downloads)
+    from_args = " ".join(f"--from {shlex.quote(fname)}" for _, fname, _ in downloads)
+    target = shlex.quote(target)
+    cmd = f"shitu plugins install {target} {from_args}" + (" --trust" if trust else "")
+    lines = [f"With network: shitu plugins install {target}" + (" --trust" if trust else ""),
+             "Without network here: on a connected machine download"]
+    lines += [f"  {url}" for url, _, _ in downloads]
+    lines.append("copy the file(s) to this machine, and in the folder holding them run:")
+    lines.append(f"  {cmd}")
+    if trust:
+        lines.append("(--trust: no sha256 is published for these files; instead of --trust you may pass "
+                     "--sha256 <hex> for each file you checked.)")
+    return "\n".join(lines)
+
+
+# -- discovery -----------------------------------------------------------------------------------------------------
+_MANIFEST_CACHE: dict[tuple[str, int, int], Manifest | PackError] = {}
+
+
+def _load_manifest(path: Path) -> Manifest:
+    try:
+        st = path.stat()
+    except OSError:
+        raise ManifestError("", "no such manifest", str(path)) from None
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    hit = _MANIFEST_CACHE.get(key)
+    if hit is None:
+        try:
+            hit = read_manifest(path)
+        except PackError as exc:
+            hit = exc
+        if len(_MANIFEST_CACHE) > 256:
+            _MANIFEST_CACHE.clear()
+        _MANIFEST_CACHE[key] = hit
+    if isinstance(hit, PackError):
+        raise hit
+    return hit
+
+
+@dataclass
+class _Found:
+    source: str
+    root: Path
+    manifest: Manifest | None
+    error: str | None
+    name: str  # manifest name, or the best guess (folder / entry point name) when broken
+    detail: str = ""
+    record: dict[str, Any] | None = None
+
+
+def _builtin() -> list[_Found]:
+    found = []
+    for path in sorted(BUILTIN_DIR.glob(f"*/{MANIFEST_FILE}")):
+        found.append(_found("builtin", path.parent, path.parent.name.replace("_", "-")))
+    return found
+
+
+def _entry_point_root(value: str) -> Path:
+    """The folder of the module/package an entry point names, found without importing it."""
+    modname = value.split(":", 1)[0].strip()
+    parts = modname.split(".")
+    if not all(p.isidentifier() for p in parts):
+        raise PackError(f"entry point value {value!r} is not a module name")
+    spec = importlib.util.find_spec(parts[0])  # top level: consults finders, imports nothing
+    if spec is None:  # installed after the finders cached their folder listings
+        importlib.invalidate_caches()
+        spec = importlib.util.find_spec(parts[0])
+    for part in parts[1:]:
+        if spec is None or not spec.submodule_search_locations:
+            spec = None
+            break
+        spec = importlib.machinery.PathFinder.find_spec(part, list(spec.submodule_search_locations))
+    if spec is None:
+        raise PackError(f"module {modname!r} of entry point {value!r} cannot be found")
+    if spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    if spec.origin and spec.origin not in ("built-in", "frozen"):
+        return Path(spec.origin).parent
+    raise PackError(f"module {modname!r} has no folder on disk")
+
+
+def _entrypoints() -> list[_Found]:
+    from importlib.metadata import entry_points
+
+    found = []
+    seen: set[tuple[str, str]] = set()
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if (ep.name, ep.value) in seen:
+            continue
+        seen.add((ep.name, ep.value))
+        dist = getattr(getattr(ep, "dist", None), "name", None)
+        detail = f"{ep.name} = {ep.value}" + (f" ({dist})" if dist else "")
+        try:
+            root = _entry_point_root(ep.value)
+        except (PackError, ImportError, ValueError) as exc:
+            found.append(_Found("entrypoint", Path(), None, f"entry point {detail}: {exc}", ep.name, detail))
+            continue
+        item = _found("entrypoint", root, ep.name, detail)
+        if item.manifest is not None and item.manifest.name != ep.name:
+            item.error = (f"entry point {detail}: its manifest names the pack {item.manifest.name!r}; the entry "
+                          "point name must be the pack name")
+            item.manifest = None
+            item.name = ep.name
+        found.append(item)
+    return found
+
+
+def _store(name: str | None = None) -> list[_Found]:
+    found = []
+    for n in [name] if name else store.installed_names():
+        for v in store.installed_versions(n):
+            folder = store.version_dir(n, v)
+            item = _found("store", folder, n)
+            item.record = store.read_record(folder)
+            if item.record:
+                item.detail = str(item.record.get("source", ""))
+            if item.manifest is not None and (item.manifest.name, item.manifest.version) != (n, v):
+                item.error = (f"{folder}: the manifest says {item.manifest.name} {item.manifest.version}, the "
+                              "store folder says otherwise")
+                item.manifest = None
+                item.name = n
+            found.append(item)
+    return found
+
+
+def _found(source: str, root: Path, guess: str, detail: str = "") -> _Found:
+    try:
+        m = _load_manifest(root / MANIFEST_FILE)
+    except PackError as exc:
+        return _Found(source, root, None, str(exc), guess, detail)
+    return _Found(source, root, m, None, m.name, detail)
+
+
+def _discover(name: str | None = None) -> list[_Found]:
+    items = _store(name) + _entrypoints() + _builtin()
+    if name is not None:
+        items = [i for i in items if i.name == name]
+    return items
+
+
+def _pick(items: list[_Found], name: str, version: str | None) -> _Found:
+    good = [i for i in items if i.name == name and i.manifest is not None]
+    if version is not None:
+        for source in SOURCES:
+            for i in good:
+                if i.source == source and i.manifest.version == version:  # type: ignore[union-attr]
+                    return i
+        have = sorted({i.manifest.version for i in good}, key=version_key)  # type: ignore[union-attr]
+        raise PackError(f"pack {name!r} has no version {version!r}"
+                        + (f" (available: {', '.join(have)})" if have else ""))
+    stored = [i for i in items if i.name == name and i.source == "store"]
+    if stored:  # the store has the pack: its current version, even when broken (never a silent fallback)
+        current = store.current_version(name)
+        for i in stored:
+            if i.root.name == current:
+                if i.manifest is None:
+                    raise PackError(f"pack {name!r} {current} (store) cannot be used: {i.error}")
+                return i
+    for source in ("entrypoint", "builtin"):
+        same = [i for i in good if i.source == source]
+        if same:
+            return max(same, key=lambda i: version_key(i.manifest.version))  # type: ignore[union-attr]
+    broken = [i for i in items if i.name == name]
+    if broken:
+        raise PackError(f"pack {name!r} cannot be used: {broken[0].error}")
+    known = sorted({i.name for i in _discover() if i.manifest is not None})
+    raise PackError(f"no pack named {name!r} (known: {', '.join(known) or 'none'}); install one with "
+                    "`shitu plugins install <folder|archive|url|name>`")
+
+
+def _to_pack(item: _Found) -> Pack:
+    return Pack(item.manifest, item.root, item.source, item.record)  # type: ignore[arg-type]
+
+
+# -- public API ----------------------------------------------------------------------------------------------------
+def default_pack_name() -> str:
+    """``$SHITU_DEFAULT_PACK``, else the store's configured default, else ``general-lite``."""
+    return os.environ.get("SHITU_DEFAULT_PACK", "").strip() or store.read_default() or FALLBACK_DEFAULT
+
+
+def list_packs() -> list[PackInfo]:
+    """Every discovered pack version, sorted by name; broken manifests are listed with ``error`` set."""
+    items = _discover()
+    default = default_pack_name()
+    resolved: dict[str, _Found] = {}
+    for name in {i.name for i in items}:
+        try:
+            resolved[name] = _pick(items, name, None)
+        except PackError:
+            pass
+    out = []
+    for i in items:
+        if i.manifest is None:
+            out.append(PackInfo(name=i.name, version="?", title="", source=i.source, root=i.root,
+                                default=i.name == default, error=i.error, detail=i.detail))
+            continue
+        pack = _to_pack(i)
+        out.append(PackInfo(name=pack.name, version=pack.version, title=pack.title, source=i.source, root=i.root,
+                            current=resolved.get(i.name) is i, default=pack.name == default,
+                            available=pack.is_available(), compatible=pack.compatible, detail=i.detail))
+    order = {s: n for n, s in enumerate(SOURCES)}
+    out.sort(key=lambda p: (p.name, order[p.source], version_key(p.version)))
+    return out
+
+
+def get_pack(name: str | None = None, version: str | None = None) -> Pack:
+    """The pack ``name`` (``None``: the default pack) at ``version`` (``None``: the current one)."""
+    name = name or default_pack_name()
+    pack = _to_pack(_pick(_discover(name), name, version))
+    if not pack.compatible:
+        raise PackError(f"pack {pack.name!r} {pack.version} ({pack.source}) needs shitu-hub {pack.shitu_hub}; "
+                        f"this is {shitu_version()}")
+    return pack
+
+
+def select(pack: str | None = None, gallery: str | None = None) -> tuple[Pack, GallerySpec]:
+    """What one request uses: the scenario ``pack`` (default: the default pack) and its ``gallery`` (default: the
+    pack's default gallery). Raises :class:`PackError` naming what is unknown."""
+    chosen = get_pack(pack)
+    return chosen, chosen.gallery(gallery)
+
+
+def find_pack(name: str, version: str | None = None) -> Pack:
+    """Like :func:`get_pack` but also returns packs made for another shitu-hub version (for info/verify)."""
+    return _to_pack(_pick(_discover(name), name, version))
+
+
+def _info_of(name: str, version: str) -> PackInfo:
+    for p in list_packs():
+        if p.name == name and p.version == version and p.source == "store":
+            return p
+    raise PackError(f"pack {name!r} {version} is not in the store")  # pragma: no cover - just committed
+
+
+def install(source: str, *, name: str | None = None, trust: bool = False,
+            sha256: str | Iterable[str] | None = None, progress: bool = True,
+            from_files: Iterable[str | os.PathLike] | None = None) -> PackInfo:
+    """Install a pack into the store and make it current; return its :class:`PackInfo`.
+
+    ``source``: a pack folder, a ``pack.yaml``, a ``.tar``/``.tar.gz``/``.tgz``/``.zip`` archive, an http(s) URL
+    of such an archive, or the name of a built-in / entry-point pack (its model files are then fetched from the
+    URLs its manifest gives, or taken from ``from_files``: files downloaded elsewhere, matched by file name).
+    ``name``: the pack name the source must have. ``sha256``: expected hash(es) for downloaded or given files
+    whose manifest publishes none (and for a URL / archive source itself); ``trust``: accept such files unverified
+    (their hashes are recorded, so ``verify`` notices later changes).
+    """
+    from .installer import install as _install
+
+    installed_name, version = _install(source, name=name, trust=trust, sha256=sha256, progress=progress,
+                                       from_files=from_files)
+    return _info_of(installed_name, version)
+
+
+def uninstall(name: str, version: str | None = None) -> list[str]:
+    """Remove one version (or, with ``version=None``, every version) of ``name`` from the store; return the removed
+    versions. Removing the current version makes the previous current (or the newest left) current."""
+    with store.lock():
+        versions = store.installed_versions(name)
+        if not versions:
+            others = [i.source for i in _discover(name) if i.source != "store"]
+            why = f" ({'/'.join(others)} packs cannot be removed)" if others else ""
+            raise PackError(f"pack {name!r} has no version in the store {store.packs_dir()}{why}")
+        if version is not None and version not in versions:
+            raise PackError(f"pack {name!r} {version} is not installed (installed: {', '.join(versions)})")
+        targets = [version] if version is not None else list(versions)
+        current, history = store.read_pointer(name)
+        left = [v for v in versions if v not in targets]
+        history = [v for v in history if v in left]
+        if current not in left:
+            current = history.pop(0) if history else (left[-1] if left else None)
+        if left:
+            store.write_pointer(name, current, history)
+        for v in targets:
+            store.remove_version(name, v)
+        if not left:
+            store.remove_pack_folder(name)
+            if store.read_default() == name and not [i for i in _discover(name) if i.manifest is not None]:
+                store.write_default(None)
+    return targets
+
+
+def use(name: str, version: str | None = None, *, default: bool = True) -> Pack:
+    """Make ``version`` of ``name`` current (store packs) and, with ``default=True``, ``name`` the default pack."""
+    with store.lock():
+        versions = store.installed_versions(name)
+        if version is not None and versions:
+            if version not in versions:
+                raise PackError(f"pack {name!r} {version} is not installed (installed: {', '.join(versions)}); "
+                                f"install it first")
+            store.set_current(name, version)
+        pack = find_pack(name, version)
+        if not pack.compatible:
+            raise PackError(f"pack {name!r} {pack.version} needs shitu-hub {pack.shitu_hub}; this is "
+                            f"{shitu_version()}")
+        if default:
+            store.write_default(name)
+    return pack
+
+
+def rollback(name: str) -> str:
+    """Make the previous current version of ``name`` current again; return it."""
+    with store.lock():
+        versions = store.installed_versions(name)
+        current, history = store.read_pointer(name)
+        history = [v for v in history if v in versions and v != current]
+        if not history:
+            raise PackError(f"pack {name!r}: no earlier version to roll back to"
+                            + (f" (installed: {', '.join(versions)})" if versions else " (not in the store)"))
+        previous = history.pop(0)
+        store.write_pointer(name, previous, history)
+    return previous
+
+
+def verify_files(name: str, version: str | None = None) -> list[FileCheck]:
+    """Check every file the pack lists (and, for store packs, the manifest) against its sha256 and size."""
+    from .fetch import sha256_file
+
+    pack = find_pack(name, version)
+    recorded = (pack.record or {}).get("files", {}) if pack.record else {}
+    out: list[FileCheck] = []
+
+    def check(rel: str, expected: str | None, size: int | None, optional: bool) -> None:
+        path = pack.root / rel
+        if not path.is_file():
+            out.append(FileCheck(pack.name, pack.version, rel, "absent-optional" if optional else "missing",
+                                 "optional, not present" if optional else "not present"))
+            return
+        rec = recorded.get(rel) or {}
+        want = expected or rec.get("sha256")
+        actual_size = path.stat().st_size
+        want_size = size if size is not None else rec.get("size")
+        if want_size is not None and actual_size != want_size:
+            out.append(FileCheck(pack.name, pack.version, rel, "size",
+                                 f"{actual_size} bytes, expected {want_size}"))
+            return
+        if not want:
+            out.append(FileCheck(pack.name, pack.version, rel, "unverified", "no sha256 in the manifest or the "
+                                 "install record"))
+            return
+        got = sha256_file(path)
+        if got != want:
+            out.append(FileCheck(pack.name, pack.version, rel, "mismatch", f"sha256 {got}, expected {want}"))
+        else:
+            how = "manifest" if expected else f"pinned at install ({rec.get('verified', 'record')})"
+            out.append(FileCheck(pack.name, pack.version, rel, "ok", f"sha256 matches ({how})"))
+
+    if pack.source == "store" and recorded.get(MANIFEST_FILE):
+        entry = recorded[MANIFEST_FILE]
+        check(MANIFEST_FILE, entry.get("sha256"), entry.get("size"), False)
+    for rel, f in pack._m.all_files():
+        check(rel, f.sha256, f.size, f.optional)
+    return out
+
+
+def verify(name: str, version: str | None = None) -> list[str]:
+    """Problems of one pack version (empty: every file is present and matches its sha256)."""
+    try:
+        pack = find_pack(name, version)
+    except PackError as exc:
+        return [str(exc)]
+    problems = []
+    if not pack.compatible:
+        problems.append(f"{pack.name} {pack.version}: needs shitu-hub {pack.shitu_hub}, this is {shitu_version()}")
+    problems += [f"{c.pack} {c.version}: {c.path}: {c.status}: {c.detail}"
+                 for c in verify_files(name, pack.version if version is None else version) if c.problem]
+    return problems
+
+
+def _rel(folder: str, path: str) -> str:
+    return path if folder in ("", ".") else f"{folder}/{path}"
