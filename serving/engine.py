@@ -82,15 +82,24 @@ class Engine:
             raise EngineError("this engine has no gallery folder; pass gallery= or set IndexProcess.index_dir")
         return self.gallery_root / name
 
-    def gallery(self, name: str | Path | SearchIndex | None = None) -> Any:
-        """The open gallery ``name`` (created empty on first use), or a path, or an index object as is."""
+    def gallery(self, name: str | Path | SearchIndex | None = None, create: bool = False) -> Any:
+        """The open gallery ``name``, or a folder path, or an index object as is.
+
+        A folder path and the default gallery are created empty on first use; another gallery *name* must exist
+        unless ``create`` (adding images creates it), so a mistyped name in a request is an error, not a new folder.
+        """
         if name is not None and not isinstance(name, (str, Path)):
             return name
         path = Path(name) if isinstance(name, Path) else self.gallery_path(name)
         key = str(path.resolve())
         with self._lock:
             if key not in self._galleries:
-                from .gallery import Gallery
+                from .gallery import DB_NAME, Gallery
+
+                named = isinstance(name, str) and name != self.default_gallery
+                if named and not create and not (path / DB_NAME).is_file():
+                    raise EngineError(f"no gallery named {name!r} in scenario {self.scenario!r} "
+                                      "(adding images creates it)")
 
                 binary = self.params["RecPostProcess.binarize"]
                 self._galleries[key] = Gallery.open_or_create(
@@ -126,7 +135,7 @@ class Engine:
             if not img_boxes:
                 out.append(self.extractor.embed([img], p))
                 continue
-            arr = _check_boxes(img_boxes, img.shape, i)
+            arr = check_boxes(img_boxes, img.shape, i)
             out.append(self.extractor.extract(img, arr, p))
         return out
 
@@ -155,7 +164,7 @@ class Engine:
         if len(images) != len(labels):
             raise EngineError(f"{len(images)} images but {len(labels)} labels")
         feats = self.extractor.embed(list(images), self.params)
-        return self.gallery(gallery).add(
+        return self.gallery(gallery, create=True).add(
             feats, list(labels),
             sources=list(sources) if sources is not None else None,
             metadata=list(metadata) if metadata is not None else None,
@@ -170,7 +179,8 @@ class Engine:
         return self.gallery(gallery).info()
 
 
-def _check_boxes(boxes: Any, shape: tuple[int, ...], index: int) -> np.ndarray:
+def check_boxes(boxes: Any, shape: tuple[int, ...], index: int) -> np.ndarray:
+    """``[[x1, y1, x2, y2], ...]`` for image ``index`` as an array, or EngineError naming the image and box."""
     try:
         arr = np.asarray(boxes, np.float64)
     except (TypeError, ValueError):

@@ -29,7 +29,7 @@ import numpy as np
 
 from shitu.params import ParamError, flatten, merge
 
-from .engine import GALLERY_NAME, Engine, EngineError, load_engine
+from .engine import GALLERY_NAME, Engine, EngineError, check_boxes, load_engine
 from .images import ImageError, ImageLimits, b64decode, decode
 
 #: Keys with a meaning of their own; every other top-level key is a parameter override.
@@ -212,8 +212,11 @@ class Service:
         for i, img in enumerate(images):
             if isinstance(img, ImageError):
                 results.append({"index": i, "error": img.reason})
-            else:
+                continue
+            try:
                 results.append({"index": i, "width": int(img.shape[1]), "height": int(img.shape[0]), **run(i, img)})
+            except (RequestError, EngineError) as exc:  # a problem of this image's own fields (e.g. its boxes)
+                results.append({"index": i, "error": str(exc).removeprefix(f"image {i}: ")})
         if results and all("error" in r for r in results):
             first = next(r for r in results)
             raise RequestError(f"image {first['index']}: {first['error']}"
@@ -314,6 +317,8 @@ class ExtractionService(Service):
             img_boxes = boxes[i] if boxes is not None else None
             if img_boxes is not None and not isinstance(img_boxes, list):
                 raise RequestError(f"boxes[{i}] must be a list of [x1, y1, x2, y2]")
+            if img_boxes:
+                check_boxes(img_boxes, img.shape, i)
             (feats,) = engine.extract([img], [img_boxes] if img_boxes else None, **overrides)
             used = img_boxes or [[0, 0, img.shape[1], img.shape[0]]]
             return {"boxes": used, "embeddings": feats, "dim": engine.embedding_size,
@@ -355,8 +360,8 @@ class SearchService(Service):
         engine = self.engine(request)
         vectors = self._embeddings(request, engine, engine.params["RecPostProcess.binarize"])
         labels = self._labels(request, len(vectors), engine)
-        ids = engine.gallery(request.get("gallery")).add(vectors, labels, metadata=self._metadata(request,
-                                                                                                  len(vectors)))
+        ids = engine.gallery(request.get("gallery"), create=True).add(
+            vectors, labels, metadata=self._metadata(request, len(vectors)))
         return {"ids": ids, "added": len(ids)}
 
     def op_remove(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -388,6 +393,7 @@ class RecognitionService(Service):
         engine.request_params(overrides)  # validate before decoding
         images = self.decode_images(request, engine)
         gallery = request.get("gallery")
+        engine.gallery(gallery)  # an unknown gallery fails the whole request, not each image
         return self.per_image(images, lambda i, img: {
             "results": [r.to_dict() for r in engine.recognize([img], gallery=gallery, **overrides)[0]]})
 

@@ -8,6 +8,7 @@ import sys
 #: Modules that add subcommands, in help order. Each imports its heavy dependencies only when run.
 COMMAND_MODULES = (
     "shitu.serving.demo",
+    "shitu.serving.client_cli",
     "shitu.serving.hub_serving",
     "shitu.serving.gallery_cli",
     "shitu.plugins.cli",

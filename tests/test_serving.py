@@ -148,7 +148,9 @@ def test_multiprocess_gallery_change_seen_by_every_worker(served_multi, photos, 
     s = served_multi
     g = {"gallery": "srv-multi", "token": ADMIN_TOKEN}
     query = {"images": [b64(queries["rocket_bright_blur"])], "gallery": "srv-multi"}
-    # Warm both workers up: each loads its models and opens the (empty) gallery in its own memory.
+    ok(s.post("image_recognition", {"operation": "add", "images": [b64(photos["flower"])], "labels": ["flower"],
+                                    **g}))
+    # Warm both workers up: each loads its models and opens the gallery (no rocket yet) in its own memory.
     with cf.ThreadPoolExecutor(4) as pool:
         warm = list(pool.map(lambda _: ok(s.post("image_recognition", query)), range(6)))
     assert all(w[0]["results"] == [] for w in warm)
