@@ -107,6 +107,7 @@ class Engine:
                     index_method=self.params["IndexProcess.index_method"],
                     dist_type="hamming" if binary else self.params["IndexProcess.dist_type"],
                     hamming_radius=self.params["IndexProcess.hamming_radius"],
+                    max_label_length=self.params["Limits.max_label_length"],
                 )
             return self._galleries[key]
 

@@ -1,0 +1,315 @@
+"""Benchmark of the gallery layer (``shitu.serving.gallery``) on clustered synthetic embeddings.
+
+For each size and index type (IP metric): build time through the layer (SQLite records + faiss index + snapshot),
+search latency (median per query, batch 1) and throughput (batched), recall@1 / recall@10 against exact search,
+the time to add 1% more items versus the time to rebuild, the time to remove 1%, and the layer's search time
+versus raw faiss on the very same index (overhead ratio).
+
+Data: ``--clusters`` gaussian clusters in ``--dim`` dimensions, L2-normalised (like real embeddings); queries are
+fresh points from the same clusters (not gallery members).
+
+    python benchmarks/bench_index.py                       # 10k and 100k (a few minutes on 2 cores)
+    python benchmarks/bench_index.py --full                # adds 1M (needs ~8 GB RAM and a while)
+    python benchmarks/bench_index.py --sizes 20000 --methods HNSW32 --json out.json
+
+"Rebuild" is measured (reading every vector back from SQLite and building a new index) for sizes up to
+``--measure-rebuild-max`` (default 100000) and with ``--measure-rebuild``; otherwise the measured build time of the
+same size stands in for it (marked ``~``), a slight underestimate of rebuilding n + 1%.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def machine_info() -> dict:
+    import faiss
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        usable = os.cpu_count()
+    return {
+        "cpu": cpu,
+        "cores_usable": usable,
+        "cores_total": os.cpu_count(),
+        "faiss": faiss.__version__,
+        "faiss_omp_threads": faiss.omp_get_max_threads(),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def make_data(n: int, extra: int, nq: int, dim: int, clusters: int, seed: int):
+    """Gallery vectors, 1% more, queries: normalised points of ``clusters`` gaussian clusters."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((clusters, dim)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+
+    def sample(m: int) -> tuple[np.ndarray, np.ndarray]:
+        c = rng.integers(0, clusters, m)
+        # noise of norm ~0.5: cosine ~0.9 to the centre, ~0.8 between members (like embeddings of one object)
+        x = centers[c] + rng.standard_normal((m, dim)).astype(np.float32) * (0.5 / np.sqrt(dim))
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        return x.astype(np.float32), c
+
+    base, base_c = sample(n)
+    more, more_c = sample(extra)
+    queries, _ = sample(nq)
+    return base, base_c, more, more_c, queries
+
+
+def exact_topk(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    import faiss
+
+    index = faiss.IndexFlatIP(base.shape[1])
+    index.add(base)
+    return index.search(queries, k)[1]
+
+
+def raw_search_fn(g, k: int):
+    """Raw faiss search on the gallery's own in-memory index, with the same search parameters."""
+    import faiss
+
+    from shitu.serving.gallery import SMALL_BATCH
+
+    state = g._state
+    index = state.index
+    if state.mode == "hnsw":
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = max(int(g.tuning["ef_search"]), k)
+    elif state.mode == "ivf":
+        params = faiss.SearchParametersIVF()
+        params.nprobe = state.nprobe
+    else:
+        params = None
+
+    def search(q: np.ndarray):
+        return index.search(q, k) if params is None else index.search(q, k, params=params)
+
+    def search_same_threads(q: np.ndarray):
+        # the layer runs small batches on one OpenMP thread; compare like with like
+        if len(q) >= SMALL_BATCH:
+            return search(q)
+        prev = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            return search(q)
+        finally:
+            faiss.omp_set_num_threads(prev)
+
+    return search_same_threads
+
+
+def timed(fn, *args, **kw) -> tuple[float, object]:
+    t = time.perf_counter()
+    out = fn(*args, **kw)
+    return time.perf_counter() - t, out
+
+
+def median_latency(fn, queries: np.ndarray) -> float:
+    times = []
+    for i in range(len(queries)):
+        q = queries[i : i + 1]
+        t = time.perf_counter()
+        fn(q)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench_one(method: str, n: int, data, gt: np.ndarray, args, workdir: Path) -> dict:
+    from shitu.serving.gallery import Gallery
+
+    base, base_c, more, more_c, queries = data
+    k = args.k
+    nq_lat = min(args.latency_queries, len(queries))
+    path = workdir / f"{method}-{n}"
+    labels = [f"c{c}" for c in base_c]
+    row: dict = {"size": n, "method": method}
+
+    def build():
+        g = Gallery.create(path, base.shape[1], method, "IP")
+        ids = g.add(base, labels)
+        g.wait_background()  # IVF training of big galleries runs in a background thread
+        return g, ids
+
+    t_build, (g, ids) = timed(build)
+    try:
+        info = g.info()
+        row["index"] = info["index"]
+        row["build_s"] = t_build
+        row["disk_mb"] = info["size_bytes"] / 1e6
+        if g._state.mode == "hnsw":
+            row["search_param"] = f"efSearch={max(int(g.tuning['ef_search']), k)}"
+        elif g._state.mode == "ivf":
+            row["search_param"] = f"nprobe={g._state.nprobe}"
+        else:
+            row["search_param"] = "exact"
+
+        raw = raw_search_fn(g, k)
+        layer = lambda q: g.search(q, k)  # noqa: E731
+        layer(queries[:5])
+        raw(queries[:5])
+        # batch 1 latency, interleaved order so neither side gets a warmer cache
+        row["lat_layer_ms"] = median_latency(layer, queries[:nq_lat]) * 1e3
+        row["lat_raw_ms"] = median_latency(raw, queries[:nq_lat]) * 1e3
+        row["overhead_lat"] = row["lat_layer_ms"] / row["lat_raw_ms"]
+        # batched
+        t_layer, hits = timed(layer, queries)
+        t_raw, _ = timed(raw, queries)
+        row["qps_layer"] = len(queries) / t_layer
+        row["qps_raw"] = len(queries) / t_raw
+        row["overhead_qps"] = row["qps_raw"] / row["qps_layer"]
+        found = np.full((len(queries), k), -1, np.int64)
+        for qi, matches in enumerate(hits):
+            for j, m in enumerate(matches):
+                found[qi, j] = m.id - 1  # ids are 1..n in insertion order
+        row["recall1"] = float(np.mean(found[:, 0] == gt[:, 0]))
+        row["recall10"] = float(np.mean([len(set(found[i]) & set(gt[i])) / k for i in range(len(queries))]))
+
+        # add 1% more
+        more_labels = [f"c{c}" for c in more_c]
+        row["add1pct_s"], _ = timed(g.add, more, more_labels)
+        # rebuild (all vectors read back from SQLite, new index built and trained)
+        if args.measure_rebuild or n <= args.measure_rebuild_max:
+            row["rebuild_s"], _ = timed(g._rebuild_state, g._conn)
+            row["rebuild_measured"] = True
+        else:
+            row["rebuild_s"] = t_build
+            row["rebuild_measured"] = False
+        row["add_vs_rebuild"] = row["add1pct_s"] / row["rebuild_s"]
+        # remove 1%
+        rng = np.random.default_rng(1)
+        victims = rng.choice(np.array(ids), size=max(1, n // 100), replace=False).tolist()
+        row["remove1pct_s"], removed = timed(g.remove, ids=victims)
+        assert removed == len(victims)
+        gone = set(victims)
+        assert not any(m.id in gone for r in g.search(base[np.array(victims[:50]) - 1], k) for m in r)
+    finally:
+        g.close()
+        shutil.rmtree(path, ignore_errors=True)
+    return row
+
+
+COLUMNS = [
+    ("size", "size", "{:>8d}"),
+    ("method", "method", "{:<7s}"),
+    ("index", "index", "{:<8s}"),
+    ("search_param", "search", "{:<12s}"),
+    ("build_s", "build s", "{:>8.2f}"),
+    ("lat_layer_ms", "lat ms", "{:>7.3f}"),
+    ("lat_raw_ms", "raw ms", "{:>7.3f}"),
+    ("overhead_lat", "x lat", "{:>6.2f}"),
+    ("qps_layer", "QPS", "{:>8.0f}"),
+    ("qps_raw", "raw QPS", "{:>8.0f}"),
+    ("overhead_qps", "x QPS", "{:>6.2f}"),
+    ("recall1", "R@1", "{:>6.3f}"),
+    ("recall10", "R@10", "{:>6.3f}"),
+    ("add1pct_s", "add1% s", "{:>8.3f}"),
+    ("rebuild_s", "rebuild s", "{:>9s}"),
+    ("add_vs_rebuild", "add/rebld", "{:>9.4f}"),
+    ("remove1pct_s", "rm1% s", "{:>7.3f}"),
+    ("disk_mb", "disk MB", "{:>8.1f}"),
+]
+
+
+def format_table(rows: list[dict]) -> str:
+    header = []
+    lines = []
+    for _key, title, fmt in COLUMNS:
+        width = len(fmt.format(0 if "d}" in fmt else (0.0 if "f}" in fmt else "")))
+        header.append(title.rjust(max(width, len(title))) if ">" in fmt else title.ljust(max(width, len(title))))
+    lines.append("  ".join(header))
+    for r in rows:
+        cells = []
+        for (key, _title, fmt), h in zip(COLUMNS, header):
+            v = r.get(key)
+            if key == "rebuild_s":
+                v = f"{'' if r['rebuild_measured'] else '~'}{v:.2f}"
+            s = fmt.format(v)
+            cells.append(s.rjust(len(h)) if ">" in fmt else s.ljust(len(h)))
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
+    ap.add_argument("--full", action="store_true", help="also 1,000,000 items")
+    ap.add_argument("--methods", nargs="+", default=["Flat", "IVF", "HNSW32"])
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--clusters", type=int, default=1000)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--queries", type=int, default=None,
+                    help="queries for recall / QPS (default 1000, 500 from 100k on, 200 at 1M)")
+    ap.add_argument("--latency-queries", type=int, default=200, help="batch-1 queries timed per side")
+    ap.add_argument("--measure-rebuild", action="store_true", help="measure the rebuild at every size")
+    ap.add_argument("--measure-rebuild-max", type=int, default=100000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", help="folder for the galleries (default: a temp folder)")
+    ap.add_argument("--threads", type=int, help="faiss OpenMP threads (default: faiss's, all cores)")
+    ap.add_argument("--json", metavar="OUT", help="write machine info and rows as JSON")
+    args = ap.parse_args(argv)
+    if args.threads:
+        import faiss
+
+        faiss.omp_set_num_threads(args.threads)
+
+    sizes = list(args.sizes) + ([1_000_000] if args.full and 1_000_000 not in args.sizes else [])
+    info = machine_info()
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-gallery-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    started = time.perf_counter()
+    try:
+        for n in sizes:
+            nq = args.queries or (1000 if n < 100_000 else 500 if n < 1_000_000 else 200)
+            data = make_data(n, max(1, n // 100), nq, args.dim, args.clusters, args.seed)
+            gt = exact_topk(data[0], data[4], args.k)
+            for method in args.methods:
+                t = time.perf_counter()
+                row = bench_one(method, n, data, gt, args, workdir)
+                rows.append(row)
+                print(f"  {method:<7s} n={n:<8d} done in {time.perf_counter() - t:6.1f} s", file=sys.stderr,
+                      flush=True)
+            del data, gt
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print(format_table(rows))
+    print()
+    print("lat ms: median batch-1 search through the gallery (incl. SQLite lookup of labels); raw ms: faiss alone "
+          "on the same index, parameters and threading (batch 1: one OpenMP thread, as the layer does); "
+          "x lat / x QPS: layer cost over raw.")
+    print("add1% s: adding 1% more items (one transaction); rebuild s: reading all vectors back and building a new "
+          "index ('~': the measured build time stands in); rm1% s: removing 1% of the items (one call).")
+    print(f"total {time.perf_counter() - started:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Building a gallery from images: read, hash, skip what the gallery has, embed in batches, add in one go.
+
+:func:`build_from_entries` takes any ``embed_fn(list of BGR uint8 images) -> [n, d] array`` (the engine's
+``embed``, or a fake in tests). Images are read as bytes, hashed (sha256 of the file bytes: the content hash) and
+decoded with ``cv2.imdecode``. Images whose hash the gallery already holds (or that appeared earlier in the same
+build) are skipped without being embedded, so re-running a build over the same list only embeds the new images.
+
+Everything is added with **one** :meth:`Gallery.add` call -- one transaction -- at the end. A bad entry (missing,
+unreadable or undecodable image, or a bad list line passed in as ``pre_bad``) stops the build before anything
+changes (:class:`GalleryBuildError`, listing them with file name and line), unless ``skip_bad`` is set: then bad
+entries are skipped and listed in :attr:`BuildReport.bad`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .gallery import Gallery, GalleryError
+from .gallery_file import GalleryEntry, GalleryFileError, read_entries
+
+__all__ = ["BuildReport", "GalleryBuildError", "build_from_entries", "build_from_source", "sha256_file"]
+
+EmbedFn = Callable[[list[np.ndarray]], np.ndarray]
+BadEntry = tuple[str, "int | None", str]
+
+
+@dataclass
+class BuildReport:
+    """What a build did: ``added`` items (their ``ids``), ``skipped_existing`` images already in the gallery (or
+    repeated in the list), and ``bad`` entries as ``(source, line_no, reason)``."""
+
+    added: int = 0
+    skipped_existing: int = 0
+    bad: list[BadEntry] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return f"added {self.added}, skipped {self.skipped_existing} already present, {len(self.bad)} bad"
+
+
+def format_bad(bad: Sequence[BadEntry], limit: int = 20) -> str:
+    lines = [f"  {src}:{line}: {reason}" if line is not None else f"  {src}: {reason}" for src, line, reason in bad]
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"  ... and {len(lines) - limit} more"]
+    return "\n".join(lines)
+
+
+class GalleryBuildError(GalleryError):
+    """A build stopped before changing anything because of bad entries (``.bad``: ``(source, line_no, reason)``)."""
+
+    def __init__(self, bad: Sequence[BadEntry]):
+        self.bad = list(bad)
+        super().__init__(
+            f"{len(self.bad)} bad gallery entr{'y' if len(self.bad) == 1 else 'ies'}; nothing was added "
+            f"(fix them or pass skip_bad / --skip-bad):\n{format_bad(self.bad)}"
+        )
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _decode(data: bytes) -> np.ndarray | None:
+    import cv2
+
+    if not data:
+        return None
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return img if img is not None and img.size else None
+
+
+def _as_bad(err: GalleryFileError | BadEntry) -> BadEntry:
+    if isinstance(err, GalleryFileError):
+        return (err.file, err.line_no, err.message)
+    return err
+
+
+def build_from_entries(
+    gallery: Gallery,
+    entries: Sequence[GalleryEntry],
+    embed_fn: EmbedFn,
+    batch_size: int = 16,
+    skip_bad: bool = False,
+    progress: bool = True,
+    *,
+    pre_bad: Iterable[GalleryFileError | BadEntry] = (),
+    desc: str = "embedding",
+) -> BuildReport:
+    """Embed ``entries`` not yet in ``gallery`` and add them in one transaction (see the module doc)."""
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    report = BuildReport(bad=[_as_bad(e) for e in pre_bad])
+
+    def fail_if_bad() -> None:
+        if report.bad and not skip_bad:
+            raise GalleryBuildError(report.bad)
+
+    # Cheap checks first, so a list with missing images fails before any embedding.
+    todo: list[GalleryEntry] = []
+    for e in entries:
+        problem = None
+        if not Path(e.path).is_file():
+            problem = f"image not found: {e.path}"
+        else:
+            try:
+                gallery.check_label(e.label)
+            except GalleryError as exc:
+                problem = str(exc)
+        if problem:
+            report.bad.append((e.source, e.line_no, problem))
+        else:
+            todo.append(e)
+    fail_if_bad()
+
+    seen: set[str] = set()
+    vectors: list[np.ndarray] = []
+    labels: list[str] = []
+    sources: list[str] = []
+    hashes: list[str] = []
+    bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, leave=False)
+    try:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            read: list[tuple[GalleryEntry, bytes, str]] = []
+            for e in chunk:
+                try:
+                    data = Path(e.path).read_bytes()
+                except OSError as exc:
+                    report.bad.append((e.source, e.line_no, f"cannot read {e.path}: {exc.strerror or exc}"))
+                    continue
+                read.append((e, data, hashlib.sha256(data).hexdigest()))
+            present = gallery.hashes_present(h for _e, _d, h in read)
+            images: list[np.ndarray] = []
+            keep: list[tuple[GalleryEntry, str]] = []
+            for e, data, h in read:
+                if h in present or h in seen:
+                    report.skipped_existing += 1
+                    continue
+                img = _decode(data)
+                if img is None:
+                    report.bad.append((e.source, e.line_no, f"not a readable image: {e.path}"))
+                    continue
+                seen.add(h)
+                images.append(img)
+                keep.append((e, h))
+            fail_if_bad()
+            if images:
+                out = np.asarray(embed_fn(images))
+                if out.ndim != 2 or len(out) != len(images):
+                    raise GalleryError(
+                        f"embed_fn returned shape {list(out.shape)} for {len(images)} images; expected [n, d]"
+                    )
+                vectors.append(out)
+                for e, h in keep:
+                    labels.append(e.label)
+                    sources.append(e.record_source)
+                    hashes.append(h)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    fail_if_bad()
+    if vectors:
+        report.ids = gallery.add(np.concatenate(vectors), labels, sources, None, hashes)
+        report.added = len(report.ids)
+    return report
+
+
+def build_from_source(
+    gallery: Gallery,
+    source: str | os.PathLike,
+    embed_fn: EmbedFn,
+    image_root: str | os.PathLike | None = None,
+    delimiter: str = "\t",
+    batch_size: int = 16,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> BuildReport:
+    """Build from a list file (PaddleClas format and variants) or a folder tree ``label/image``."""
+    errors: list[GalleryFileError] = []
+    entries = read_entries(source, image_root, delimiter, errors, max_label_length=gallery.max_label_length)
+    return build_from_entries(
+        gallery, entries, embed_fn, batch_size=batch_size, skip_bad=skip_bad, progress=progress, pre_bad=errors
+    )
+
+
+def embed_images_fn(engine: Any) -> EmbedFn:
+    """``engine.embed`` as an ``embed_fn``."""
+    return lambda images: engine.embed(images)

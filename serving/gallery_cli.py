@@ -1,0 +1,382 @@
+"""``shitu gallery build|add|remove|list|info|search|compact|repair`` on a gallery folder.
+
+``register(subparsers)`` adds the ``gallery`` command to the ``shitu`` CLI. faiss, OpenCV and the engine are
+imported inside the commands, so ``shitu --help`` stays fast.
+
+Examples::
+
+    shitu gallery build ./my_gallery gallery/list.txt               # PaddleClas list file (path<TAB>label)
+    shitu gallery build ./my_gallery photos/                        # folder tree label/image.jpg
+    shitu gallery add ./my_gallery new.jpg other.jpg --label "Coca Cola"
+    shitu gallery search ./my_gallery query.jpg -k 3
+    shitu gallery remove ./my_gallery --label "Coca Cola"
+    shitu gallery info ./my_gallery --json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+#: Exit codes, as in ``shitu.cli``: 0 ok, 1 nothing found, 2 usage error, 3 gallery / engine error.
+EXIT_OK, EXIT_NOTHING, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _guard(fn):
+    """Run a command, turning gallery / list-file / OS errors into a message and exit code 3."""
+
+    def run(args: argparse.Namespace) -> int:
+        from .gallery import GalleryError
+        from .gallery_file import GalleryFileError
+
+        try:
+            return fn(args)
+        except (GalleryError, GalleryFileError, OSError) as e:
+            return _error(str(e))
+
+    run.__name__ = fn.__name__
+    run.__doc__ = fn.__doc__
+    return run
+
+
+def _param_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in getattr(args, "param", None) or []:
+        if "=" not in item:
+            raise SystemExit(f"error: --param expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def _load_engine(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Any:
+    from .engine import load_engine
+
+    params = {**(extra or {}), **_param_overrides(args)}
+    kwargs: dict[str, Any] = {"params": params or None}
+    if getattr(args, "scenario", None):
+        kwargs["scenario"] = args.scenario
+    return load_engine(**kwargs)
+
+
+def _embed_fn(engine: Any):
+    return lambda images: engine.embed(images)
+
+
+def _probe_dim(engine: Any) -> tuple[int, bool]:
+    """The embedding width (bits for binary embeddings) and whether embeddings are binary."""
+    import numpy as np
+
+    out = np.asarray(engine.embed([np.full((64, 64, 3), 127, np.uint8)]))
+    if out.dtype == np.uint8:
+        return int(out.shape[1]) * 8, True
+    return int(out.shape[1]), False
+
+
+def _print_report(report: Any, gallery: Any, as_json: bool) -> None:
+    from .gallery_build import format_bad
+
+    if as_json:
+        print(json.dumps({"added": report.added, "skipped_existing": report.skipped_existing,
+                          "bad": [list(b) for b in report.bad], "count": len(gallery)}))
+        return
+    print(f"{gallery.path}: {report.summary()}; {len(gallery)} items")
+    if report.bad:
+        print("skipped bad entries:\n" + format_bad(report.bad, limit=1000), file=sys.stderr)
+
+
+def _build_or_add(args: argparse.Namespace, create: bool) -> int:
+    from .gallery import DB_NAME, Gallery, GalleryError
+    from .gallery_build import build_from_entries
+    from .gallery_file import GalleryEntry, GalleryFileError, read_entries
+
+    path = Path(args.gallery)
+    exists = (path / DB_NAME).is_file()
+    if not create and not exists:
+        return _error(f"{path}: not a gallery (use `shitu gallery build` to create one)")
+
+    # Entries first: a bad list fails before loading any model.
+    errors: list[GalleryFileError] = []
+    if getattr(args, "label", None) is not None:
+        entries = []
+        for src in args.sources:
+            p = Path(src)
+            entries.append(GalleryEntry(p, args.label, None, str(p), p.as_posix()))
+    else:
+        if len(args.sources) != 1:
+            return _error("give one list file or folder, or images with --label")
+        entries = read_entries(args.sources[0], args.image_root, args.delimiter, errors,
+                               max_label_length=args.max_label_length)
+    if errors and not args.skip_bad:
+        from .gallery_build import GalleryBuildError
+
+        raise GalleryBuildError([(e.file, e.line_no, e.message) for e in errors])
+
+    extra: dict[str, Any] = {}
+    dist_type = getattr(args, "dist_type", None)
+    if dist_type == "hamming":
+        extra["RecPostProcess.binarize"] = True
+    elif exists:
+        with Gallery.open(path, readonly=True) as g:
+            if g.metric == "hamming":
+                extra["RecPostProcess.binarize"] = True
+    engine = _load_engine(args, extra)
+    try:
+        if exists:
+            gallery = Gallery.open(path, max_label_length=args.max_label_length)
+        else:
+            dim, binary = _probe_dim(engine)
+            if binary and dist_type not in (None, "hamming"):
+                raise GalleryError("the extractor gives binary embeddings: use --dist-type hamming")
+            gallery = Gallery.create(
+                path, dim, index_method=args.index_method or engine.params["IndexProcess.index_method"],
+                dist_type=dist_type or ("hamming" if binary else engine.params["IndexProcess.dist_type"]),
+                hamming_radius=args.hamming_radius if args.hamming_radius is not None
+                else engine.params["IndexProcess.hamming_radius"],
+                exist_ok=True, max_label_length=args.max_label_length,
+            )
+        with gallery:
+            report = build_from_entries(gallery, entries, _embed_fn(engine), batch_size=args.batch_size,
+                                        skip_bad=args.skip_bad, progress=not args.no_progress, pre_bad=errors)
+            gallery.checkpoint()
+            _print_report(report, gallery, args.json)
+    finally:
+        close = getattr(engine, "close", None)
+        if close:
+            close()
+    return EXIT_OK
+
+
+@_guard
+def cmd_build(args: argparse.Namespace) -> int:
+    """Create (if needed) and fill a gallery from a list file or a folder tree."""
+    return _build_or_add(args, create=True)
+
+
+@_guard
+def cmd_add(args: argparse.Namespace) -> int:
+    """Add images to an existing gallery."""
+    return _build_or_add(args, create=False)
+
+
+@_guard
+def cmd_remove(args: argparse.Namespace) -> int:
+    from .gallery import Gallery
+
+    if not args.id and not args.label:
+        print("error: give --id and/or --label", file=sys.stderr)
+        return EXIT_USAGE
+    with Gallery.open(args.gallery) as g:
+        n = g.remove(ids=args.id, labels=args.label)
+    print(json.dumps({"removed": n}) if args.json else f"removed {n} item{'s' if n != 1 else ''}")
+    return EXIT_OK if n else EXIT_NOTHING
+
+
+@_guard
+def cmd_list(args: argparse.Namespace) -> int:
+    from .gallery import Gallery
+
+    with Gallery.open(args.gallery, readonly=True) as g:
+        if args.labels:
+            counts = g.label_counts()
+            if args.json:
+                print(json.dumps(counts, ensure_ascii=False))
+            else:
+                for label, n in counts.items():
+                    print(f"{n:8d}  {label}")
+            return EXIT_OK
+        rows = g.list(label=args.label, limit=args.limit, offset=args.offset)
+    if args.json:
+        for r in rows:
+            print(json.dumps(r, ensure_ascii=False))
+    else:
+        for r in rows:
+            print(f"{r['id']:8d}  {r['label']}  {r['source'] or ''}")
+    return EXIT_OK if rows else EXIT_NOTHING
+
+
+@_guard
+def cmd_info(args: argparse.Namespace) -> int:
+    from .gallery import Gallery
+
+    with Gallery.open(args.gallery, readonly=True) as g:
+        info = g.info()
+    if args.json:
+        print(json.dumps(info, ensure_ascii=False))
+    else:
+        width = max(len(k) for k in info)
+        for k, v in info.items():
+            print(f"{k:<{width}}  {v}")
+    return EXIT_OK
+
+
+@_guard
+def cmd_search(args: argparse.Namespace) -> int:
+    import cv2
+    import numpy as np
+
+    from .gallery import Gallery, GalleryError
+
+    with Gallery.open(args.gallery, readonly=True) as g:
+        extra = {"RecPostProcess.binarize": True} if g.metric == "hamming" else {}
+        images = []
+        for name in args.images:
+            img = cv2.imdecode(np.fromfile(name, np.uint8), cv2.IMREAD_COLOR) if Path(name).is_file() else None
+            if img is None:
+                raise GalleryError(f"{name}: not a readable image")
+            images.append(img)
+        engine = _load_engine(args, extra)
+        try:
+            hits = g.search(np.asarray(engine.embed(images)), k=args.k, labels=args.label or None)
+        finally:
+            close = getattr(engine, "close", None)
+            if close:
+                close()
+    found = False
+    for name, row in zip(args.images, hits):
+        found = found or bool(row)
+        if args.json:
+            print(json.dumps({"image": name, "matches": [m.to_dict() for m in row]}, ensure_ascii=False))
+        else:
+            print(name)
+            for m in row:
+                print(f"  {m.score:10.4f}  {m.id:8d}  {m.label}  {m.source or ''}")
+    return EXIT_OK if found else EXIT_NOTHING
+
+
+@_guard
+def cmd_compact(args: argparse.Namespace) -> int:
+    from .gallery import Gallery
+
+    with Gallery.open(args.gallery) as g:
+        before = g.info()
+        g.compact()
+        after = g.info()
+    msg = {"dropped": before["removed_pending"], "index": after["index"], "count": after["count"],
+           "size_bytes": after["size_bytes"]}
+    print(json.dumps(msg) if args.json else
+          f"compacted: dropped {msg['dropped']} removed vectors; {msg['count']} items, index {msg['index']}, "
+          f"{msg['size_bytes']} bytes on disk")
+    return EXIT_OK
+
+
+@_guard
+def cmd_repair(args: argparse.Namespace) -> int:
+    from .gallery import Gallery
+
+    with Gallery.repair(args.gallery) as g:
+        info = g.info()
+    print(f"rebuilt the index snapshot of {args.gallery} from gallery.db: {info['count']} items")
+    return EXIT_OK
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``gallery`` and its subcommands to the ``shitu`` parser."""
+    p = subparsers.add_parser("gallery", help="build, change, inspect and search galleries",
+                              description="Manage a gallery folder (the labelled index searched at recognition).")
+    sub = p.add_subparsers(dest="gallery_command", metavar="SUBCOMMAND")
+    p.set_defaults(func=lambda a: (p.print_help(), EXIT_USAGE)[1])
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("gallery", help="gallery folder")
+        sp.add_argument("--json", action="store_true", help="JSON output")
+
+    def engine_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--scenario", help="scenario pack whose feature extractor is used (default pack)")
+        sp.add_argument("--param", action="append", metavar="KEY=VALUE",
+                        help="parameter override, e.g. Global.batch_size=16 (repeatable)")
+
+    def build_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--image-root", help="folder the list's image paths are relative to (default: its folder)")
+        sp.add_argument("--delimiter", default="\t", help="column separator of the list file (default: tab; "
+                                                          "whitespace is accepted as well)")
+        sp.add_argument("--batch-size", type=int, default=16, help="images per feature-extraction batch")
+        sp.add_argument("--skip-bad", action="store_true",
+                        help="skip bad lines (missing label, missing or unreadable image) and report them; "
+                             "without it a bad line stops the build before anything is added")
+        sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+        sp.add_argument("--max-label-length", type=int, default=128, help="longest label accepted")
+        engine_opts(sp)
+
+    def remote(sp: argparse.ArgumentParser, local: Any, remote_name: str, scenario: bool = True) -> None:
+        """``--server URL``: the same subcommand on a served gallery (GALLERY is then its name there)."""
+        sp.add_argument("--server", metavar="URL", help="change/inspect the gallery of a running server instead; "
+                                                       "GALLERY is then the gallery's name there")
+        sp.add_argument("--token", default=os.environ.get("SHITU_ADMIN_TOKEN"),
+                        help="admin token for a server that protects gallery changes (default $SHITU_ADMIN_TOKEN)")
+        if scenario:
+            sp.add_argument("--scenario", help="scenario pack on the server (default: the server's)")
+
+        def run(args: argparse.Namespace) -> int:
+            if args.server:
+                from . import client_cli
+
+                return getattr(client_cli, remote_name)(args)
+            return local(args)
+
+        sp.set_defaults(func=run)
+
+    b = sub.add_parser("build", help="create a gallery (or extend it) from a list file or a label/image folder tree",
+                       description="Images already in the gallery (same sha256) are skipped, so re-running is cheap.")
+    common(b)
+    b.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="list file (path<TAB>label per line) or folder tree label/image.jpg; or images with --label")
+    b.add_argument("--label", help="label for image files given as SOURCE")
+    b.add_argument("--index-method", help="Flat, IVF, HNSW32 or a faiss factory string (new galleries; default: "
+                                          "IndexProcess.index_method)")
+    b.add_argument("--dist-type", choices=("IP", "L2", "hamming", "cosine"), help="metric (new galleries)")
+    b.add_argument("--hamming-radius", type=int, help="hamming search radius (new binary galleries)")
+    build_opts(b)
+    b.set_defaults(func=cmd_build)
+
+    a = sub.add_parser("add", help="add images to an existing gallery (a list file, a folder tree, or images "
+                                   "with --label)")
+    common(a)
+    a.add_argument("sources", nargs="+", metavar="SOURCE")
+    a.add_argument("--label", help="label for image files given as SOURCE")
+    build_opts(a)
+    remote(a, cmd_add, "remote_gallery_add", scenario=False)
+
+    r = sub.add_parser("remove", help="remove items by id and/or label")
+    common(r)
+    r.add_argument("--id", type=int, action="append", help="item id (repeatable)")
+    r.add_argument("--label", action="append", help="remove every item of this label (repeatable)")
+    remote(r, cmd_remove, "remote_gallery_remove")
+
+    ls = sub.add_parser("list", help="list items (or labels with --labels)")
+    common(ls)
+    ls.add_argument("--label", help="only items of this label")
+    ls.add_argument("--labels", action="store_true", help="list labels with their item counts")
+    ls.add_argument("--limit", type=int, default=100)
+    ls.add_argument("--offset", type=int, default=0)
+    remote(ls, cmd_list, "remote_gallery_list")
+
+    i = sub.add_parser("info", help="counts, configuration and sizes")
+    common(i)
+    remote(i, cmd_info, "remote_gallery_info")
+
+    s = sub.add_parser("search", help="search whole images against the gallery")
+    common(s)
+    s.add_argument("images", nargs="+", metavar="IMAGE")
+    s.add_argument("-k", type=int, default=5, help="matches per image")
+    s.add_argument("--label", action="append", help="only search these labels (repeatable)")
+    engine_opts(s)
+    s.set_defaults(func=cmd_search)
+
+    c = sub.add_parser("compact", help="drop removed vectors, retrain IVF if needed, write a fresh snapshot")
+    common(c)
+    c.set_defaults(func=cmd_compact)
+
+    rp = sub.add_parser("repair", help="rebuild a lost or damaged index snapshot from gallery.db")
+    common(rp)
+    rp.set_defaults(func=cmd_repair)
