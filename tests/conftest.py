@@ -75,6 +75,27 @@ class Served:
 _MODULES_INSTALLED = False
 
 
+def workers_with_gallery_open(served: Served, gallery: str) -> set[int]:
+    """pids of the server's worker processes that hold ``gallery`` open."""
+    import psutil
+
+    workers = psutil.Process(served.proc.pid).children(recursive=True)
+    return {w.pid for w in workers if any(f"{gallery}/gallery.db" in f.path for f in w.open_files())}
+
+
+def warm_every_worker(served: Served, request: dict, gallery: str, workers: int = 2, rounds: int = 10) -> None:
+    """Send ``request`` (a recognition on ``gallery``) concurrently until every worker has loaded and opened it."""
+    import concurrent.futures as cf
+
+    for _ in range(rounds):
+        with cf.ThreadPoolExecutor(2 * workers) as pool:
+            for r in pool.map(lambda _: served.post("image_recognition", request), range(2 * workers)):
+                assert r.json()["status"] == "000", r.text
+        if len(workers_with_gallery_open(served, gallery)) >= workers:
+            return
+    raise AssertionError(f"not every worker opened gallery {gallery!r}")
+
+
 def start_served(tmp: Path, workers: int = 1, init_args: dict | None = None) -> Served:
     """Install the four modules into the session HUB_HOME (once) and start ``hub serving -c`` on a free port."""
     import json

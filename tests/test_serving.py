@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import requests
 
-from .conftest import ADMIN_TOKEN, b64
+from .conftest import ADMIN_TOKEN, b64, warm_every_worker
 
 
 def ok(resp) -> object:
@@ -144,13 +144,6 @@ def test_in_process_hub_module(photos):
     assert res[0]["boxes"][-1]["is_whole_image"]
 
 
-def _workers_with_gallery_open(served, gallery: str) -> set[int]:
-    import psutil
-
-    workers = psutil.Process(served.proc.pid).children(recursive=True)
-    return {w.pid for w in workers if any(f"{gallery}/gallery.db" in f.path for f in w.open_files())}
-
-
 def test_multiprocess_gallery_change_seen_by_every_worker(served_multi, photos, queries):
     s = served_multi
     g = {"gallery": "srv-multi", "token": ADMIN_TOKEN}
@@ -158,13 +151,8 @@ def test_multiprocess_gallery_change_seen_by_every_worker(served_multi, photos, 
     ok(s.post("image_recognition", {"operation": "add", "images": [b64(photos["flower"])], "labels": ["flower"],
                                     **g}))
     # Warm both workers up: each loads its models and opens the gallery (no rocket yet) in its own memory.
-    for _ in range(10):
-        with cf.ThreadPoolExecutor(4) as pool:
-            warm = list(pool.map(lambda _: ok(s.post("image_recognition", query)), range(4)))
-        assert all(w[0]["results"] == [] for w in warm)
-        if len(_workers_with_gallery_open(s, "srv-multi")) == 2:
-            break
-    assert len(_workers_with_gallery_open(s, "srv-multi")) == 2, "both gunicorn workers should hold the gallery"
+    warm_every_worker(s, query, "srv-multi")
+    assert ok(s.post("image_recognition", query))[0]["results"] == []
     ok(s.post("image_recognition", {"operation": "add", "images": [b64(photos["rocket"])], "labels": ["rocket"], **g}))
     with cf.ThreadPoolExecutor(2) as pool:
         answers = list(pool.map(lambda _: ok(s.post("image_recognition", query)), range(10)))
