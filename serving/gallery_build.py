@@ -13,6 +13,7 @@ entries are skipped and listed in :attr:`BuildReport.bad`.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import Future, ThreadPoolExecutor
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,47 +129,67 @@ def build_from_entries(
     labels: list[str] = []
     sources: list[str] = []
     hashes: list[str] = []
+
+    def read_new(chunk: Sequence[GalleryEntry]) -> list[tuple[GalleryEntry, str, bytes]]:
+        """Read and hash a chunk; keep the images not yet in the gallery (nor earlier in this build)."""
+        read: list[tuple[GalleryEntry, bytes, str]] = []
+        for e in chunk:
+            try:
+                data = Path(e.path).read_bytes()
+            except OSError as exc:
+                report.bad.append((e.source, e.line_no, f"cannot read {e.path}: {exc.strerror or exc}"))
+                continue
+            read.append((e, data, hashlib.sha256(data).hexdigest()))
+        present = gallery.hashes_present(h for _e, _d, h in read)
+        fresh = []
+        for e, data, h in read:
+            if h in present or h in seen:
+                report.skipped_existing += 1
+                continue
+            seen.add(h)
+            fresh.append((e, h, data))
+        return fresh
+
+    def embed_chunk(fresh: list[tuple[GalleryEntry, str, bytes]], decoded: list[np.ndarray | None]) -> None:
+        images: list[np.ndarray] = []
+        keep: list[tuple[GalleryEntry, str]] = []
+        for (e, h, _data), img in zip(fresh, decoded):
+            if img is None:
+                report.bad.append((e.source, e.line_no, f"not a readable image: {e.path}"))
+                continue
+            images.append(img)
+            keep.append((e, h))
+        fail_if_bad()
+        if images:
+            out = np.asarray(embed_fn(images))
+            if out.ndim != 2 or len(out) != len(images):
+                raise GalleryError(
+                    f"embed_fn returned shape {list(out.shape)} for {len(images)} images; expected [n, d]"
+                )
+            vectors.append(out)
+            for e, h in keep:
+                labels.append(e.label)
+                sources.append(e.record_source)
+                hashes.append(h)
+
+    # Decoding the next chunk (a thread: OpenCV releases the GIL) overlaps the model's work on this one.
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, leave=False)
-    try:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            read: list[tuple[GalleryEntry, bytes, str]] = []
-            for e in chunk:
-                try:
-                    data = Path(e.path).read_bytes()
-                except OSError as exc:
-                    report.bad.append((e.source, e.line_no, f"cannot read {e.path}: {exc.strerror or exc}"))
-                    continue
-                read.append((e, data, hashlib.sha256(data).hexdigest()))
-            present = gallery.hashes_present(h for _e, _d, h in read)
-            images: list[np.ndarray] = []
-            keep: list[tuple[GalleryEntry, str]] = []
-            for e, data, h in read:
-                if h in present or h in seen:
-                    report.skipped_existing += 1
-                    continue
-                img = _decode(data)
-                if img is None:
-                    report.bad.append((e.source, e.line_no, f"not a readable image: {e.path}"))
-                    continue
-                seen.add(h)
-                images.append(img)
-                keep.append((e, h))
-            fail_if_bad()
-            if images:
-                out = np.asarray(embed_fn(images))
-                if out.ndim != 2 or len(out) != len(images):
-                    raise GalleryError(
-                        f"embed_fn returned shape {list(out.shape)} for {len(images)} images; expected [n, d]"
-                    )
-                vectors.append(out)
-                for e, h in keep:
-                    labels.append(e.label)
-                    sources.append(e.record_source)
-                    hashes.append(h)
-            bar.update(len(chunk))
-    finally:
-        bar.close()
+    pending: tuple[list[tuple[GalleryEntry, str, bytes]], Future[list[np.ndarray | None]], int] | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="gallery-decode") as pool:
+        try:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                fresh = read_new(chunk)
+                decoding = pool.submit(lambda items: [_decode(d) for _e, _h, d in items], fresh)
+                if pending is not None:
+                    embed_chunk(pending[0], pending[1].result())
+                    bar.update(pending[2])
+                pending = (fresh, decoding, len(chunk))
+            if pending is not None:
+                embed_chunk(pending[0], pending[1].result())
+                bar.update(pending[2])
+        finally:
+            bar.close()
     fail_if_bad()
     if vectors:
         report.ids = gallery.add(np.concatenate(vectors), labels, sources, None, hashes)
