@@ -88,3 +88,4 @@ def install() -> None:
 
     app_compat.create_app = create_app
     _installed = True
+

@@ -1,0 +1,38 @@
+"""The base class of the four PaddleHub modules (imports paddlehub; the modules' ``module.py`` files use it)."""
+from __future__ import annotations
+
+from typing import Any
+
+from paddlehub.module.module import serving
+
+from . import hub_app
+
+hub_app.install()
+
+
+class ServiceModule:
+    """Base of the four hub modules: one :class:`~shitu.serving.service.Service` behind PaddleHub's API.
+
+    A module class sets ``service_class`` and ``default_params`` (its ``params.py``) and is decorated with
+    ``@moduleinfo``; PaddleHub finds the ``@serving`` method here through the class's bases.
+
+    ``init_args`` (config.json): ``scenario``, ``gallery``, ``token``, ``protect_reads``, ``params`` and any
+    parameter by name.
+    """
+
+    service_class: Any = None
+    default_params: Any = None
+
+    def __init__(self, scenario: str | None = None, gallery: str | None = None, token: str | None = None,
+                 protect_reads: bool = False, **init_args: Any):
+        init_args.pop("directory", None)
+        self.service = self.service_class(type(self).default_params(), scenario=scenario, gallery=gallery,
+                                          token=token, protect_reads=protect_reads, **init_args)
+
+    def predict(self, **request: Any) -> Any:
+        """In-process use (``hub.Module(name=...).predict(images=[...])``): the same fields as over HTTP."""
+        return self.service.handle(request)
+
+    @serving  # registered under this class; PaddleHub finds it through the module classes' bases
+    def serving_method(self, **request: Any) -> Any:
+        return self.service.handle(request)
