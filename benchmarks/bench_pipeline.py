@@ -41,6 +41,8 @@ def photos() -> dict[str, "object"]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--backend", choices=("paddle", "onnxruntime"), default="paddle",
+                    help="runtime of both models (Global.det_backend / rec_backend)")
     ap.add_argument("--json", help="write results here (default benchmarks/results/pipeline.json)")
     args = ap.parse_args()
     os.environ.setdefault("SHITU_HOME", tempfile.mkdtemp(prefix="bench-pipeline-"))
@@ -50,7 +52,8 @@ def main() -> int:
     from shitu.serving.images import decode, encode
     from shitu.serving.timing import StageTimer
 
-    engine = load_engine(gallery=Path(os.environ["SHITU_HOME"]) / "bench-gallery")
+    engine = load_engine(gallery=Path(os.environ["SHITU_HOME"]) / "bench-gallery",
+                         params={"Global": {"det_backend": args.backend, "rec_backend": args.backend}})
     g = gallery_photos()
     if len(engine.gallery()) == 0:
         engine.gallery_add(list(g.values()), list(g))
@@ -88,7 +91,8 @@ def main() -> int:
         rows.append(["end-to-end", e2e, percentile(totals, 95) * 1000, 100.0])
         print(table(["stage", "median ms", "p95 ms", "% of e2e"], rows))
         print(f"outside the model forwards: {outside:.1f} ms = {100 * outside / e2e:.1f}% of end-to-end")
-    write_json("pipeline", {"machine": info, "repeat": args.repeat, "images": results}, args.json)
+    write_json(f"pipeline-{args.backend}", {"machine": info, "repeat": args.repeat, "backend": args.backend,
+                                            "images": results}, args.json)
     engine.close()
     return 0
 

@@ -208,3 +208,22 @@ def test_params_merge_precedence():
     p = merge({"Global": {"threshold": 0.3}}, {"Global.threshold": 0.4}, {"threshold": 0.5})
     assert p["Global.threshold"] == 0.5
     assert merge({"IndexProcess": {"score_thres": 0.8}})["score_thres"] == 0.8
+
+
+def test_onnxruntime_backend_end_to_end(models_dir, photos, memory_gallery, queries):
+    """Global.det_backend / rec_backend = onnxruntime: same boxes and labels as paddle.inference."""
+    pytest.importorskip("onnxruntime")
+    from shitu.serving.engine import Engine
+    from shitu.serving.model_spec import ModelSpec
+
+    from .conftest import GENERAL_LITE
+
+    ort = Engine(ModelSpec.from_dir(models_dir / "det"), ModelSpec.from_dir(models_dir / "rec"),
+                 merge(GENERAL_LITE, {"Global": {"det_backend": "onnxruntime", "rec_backend": "onnxruntime"}}))
+    paddle_engine = Engine(ModelSpec.from_dir(models_dir / "det"), ModelSpec.from_dir(models_dir / "rec"),
+                           merge(GENERAL_LITE))
+    a = ort.detect([photos["astronaut"]])[0]
+    b = paddle_engine.detect([photos["astronaut"]])[0]
+    np.testing.assert_allclose(a.xyxy, b.xyxy, atol=0.5)
+    found = ort.recognize([queries["collage_cat_and_coffee"]], gallery=memory_gallery, threshold=0.25)[0]
+    assert {"cat", "coffee"} <= {r.label for r in found}
