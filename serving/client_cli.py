@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from shitu.cli import EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE
+from shitu.cli import EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE, positive_float, positive_int
 
 __all__ = ["register", "main", "cmd_recognize", "cmd_detect", "remote_gallery_add", "remote_gallery_remove",
            "remote_gallery_info", "remote_gallery_list", "TOKEN_ENV"]
@@ -68,24 +68,6 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
 # ---------------------------------------------------------------------------------------------------------------
 # options
 # ---------------------------------------------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
 
 
 def param_overrides(items: Sequence[str] | None) -> dict[str, Any]:
@@ -137,9 +119,9 @@ def _client_options(p: argparse.ArgumentParser, token: bool) -> None:
     p.add_argument("--scenario", metavar="NAME", help="scenario pack (default: the server's / the default pack)")
     if token:
         p.add_argument("--token", help=f"admin token sent as 'Authorization: Bearer' (default: ${TOKEN_ENV})")
-    p.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds per request (default 60)")
+    p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per request (default 60)")
     p.add_argument("--retries", type=int, default=2, help="retries of failed connections (default 2)")
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="images per request (default 8)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per request (default 8)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 #: Exit codes, as in ``shitu.cli``: 0 ok, 1 nothing found, 2 usage error, 3 gallery / engine error.
-EXIT_OK, EXIT_NOTHING, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
+from shitu.cli import EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE  # noqa: F401
 
 
 def _error(message: str) -> int:

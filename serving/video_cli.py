@@ -16,41 +16,11 @@ from typing import Any, Sequence
 
 __all__ = ["register", "run", "main", "format_frame", "format_tracks"]
 
-EXIT_OK, EXIT_NOTHING, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
+from shitu.cli import EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE, non_negative_int, positive_float, positive_int
 
 
 def _iou(text: str) -> float:
-    value = _positive_float(text)
+    value = positive_float(text)
     if value > 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
     return value
@@ -73,8 +43,8 @@ def register(subparsers: Any) -> None:
         "--gallery", metavar="NAME|PATH", help="gallery of the in-process engine: a name in the pack, or a folder"
     )
     sampling = p.add_argument_group("sampling").add_mutually_exclusive_group()
-    sampling.add_argument("--every", type=_positive_int, metavar="N", help="process every N-th frame")
-    sampling.add_argument("--fps", type=_positive_float, metavar="F", help="process F frames per second of video")
+    sampling.add_argument("--every", type=positive_int, metavar="N", help="process every N-th frame")
+    sampling.add_argument("--fps", type=positive_float, metavar="F", help="process F frames per second of video")
     p.add_argument(
         "--live",
         action=argparse.BooleanOptionalAction,
@@ -84,18 +54,18 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="JSON lines on stdout (default: human-readable lines)")
     p.add_argument("--output-video", metavar="PATH", help="write the processed frames, annotated, to this file")
-    p.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after N processed frames")
+    p.add_argument("--max-frames", type=positive_int, metavar="N", help="stop after N processed frames")
     p.add_argument(
-        "--batch-size", type=_positive_int, default=8, metavar="N", help="frames per recognition call (8; live: 1)"
+        "--batch-size", type=positive_int, default=8, metavar="N", help="frames per recognition call (8; live: 1)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     tracking = p.add_argument_group("tracking")
     tracking.add_argument("--iou", type=_iou, default=0.3, help="IoU a box needs to continue a track (0.3)")
     tracking.add_argument(
-        "--max-age", type=_non_negative_int, default=5, help="processed frames a track may miss before it ends (5)"
+        "--max-age", type=non_negative_int, default=5, help="processed frames a track may miss before it ends (5)"
     )
     tracking.add_argument(
-        "--min-hits", type=_positive_int, default=2, help="consecutive frames before a new track is reported (2)"
+        "--min-hits", type=positive_int, default=2, help="consecutive frames before a new track is reported (2)"
     )
     tracking.add_argument(
         "--whole-image",
