@@ -157,3 +157,18 @@ def test_multiprocess_gallery_change_seen_by_every_worker(served_multi, photos, 
     with cf.ThreadPoolExecutor(2) as pool:
         answers = list(pool.map(lambda _: ok(s.post("image_recognition", query)), range(10)))
     assert all(a[0]["results"] and a[0]["results"][0]["label"] == "rocket" for a in answers)
+
+
+def test_shipped_config_files_are_the_documented_ones():
+    """hub_modules/<name>/config.json (one module) and hub_modules/config.json (all four, 2 workers)."""
+    import json
+    from pathlib import Path
+
+    from shitu.hub_modules import MODULES, module_dir
+    from shitu.serving.hub_serving import serving_config
+
+    for m in MODULES:
+        assert json.loads((module_dir(m) / "config.json").read_text()) == serving_config((m,), 8866, 1)
+    both = json.loads((Path(module_dir(MODULES[0])).parent / "config.json").read_text())
+    assert both == serving_config(MODULES, 8866, 2)
+    assert both["use_multiprocess"] and both["workers"] == 2
