@@ -11,16 +11,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "plugins"))
 import packkit  # noqa: E402
+from packkit import home  # noqa: E402,F401  (autouse: a fresh SHITU_HOME per test)
 
 from shitu.plugins import cli, registry  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    h = tmp_path / "home"
-    monkeypatch.setenv("SHITU_HOME", str(h))
-    monkeypatch.delenv("SHITU_DEFAULT_PACK", raising=False)
-    return h
 
 
 def run(capsys, *argv):

@@ -14,22 +14,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "plugins"))
 import packkit  # noqa: E402
+from packkit import home  # noqa: E402,F401  (autouse: a fresh SHITU_HOME per test)
 
 from shitu.plugins import cli, registry, store  # noqa: E402
 from shitu.plugins.errors import PackError  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    h = tmp_path / "home"
-    monkeypatch.setenv("SHITU_HOME", str(h))
-    monkeypatch.delenv("SHITU_DEFAULT_PACK", raising=False)
-    monkeypatch.setenv("SHITU_CONNECT_TIMEOUT", "3")
-    monkeypatch.setenv("SHITU_READ_TIMEOUT", "10")
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    return h
 
 
 @pytest.fixture
