@@ -70,8 +70,15 @@ def format_table(name: str, recognitions: list) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out_dir: Path, as_json: bool = False) -> int:
+def report(name: str, img: np.ndarray, found: list, out_dir: Path, as_json: bool) -> None:
+    """Print one query's answer (table or JSON line) and write its annotated copy."""
     from .draw import draw_recognitions
+
+    print(json.dumps({"image": name, "results": [r.to_dict() for r in found]}) if as_json else format_table(name, found))
+    cv2.imwrite(str(out_dir / "annotated" / f"{name}.jpg"), draw_recognitions(img, found))
+
+
+def run_demo(out_dir: Path, as_json: bool = False) -> int:
     from .engine import load_engine
 
     out_dir = Path(out_dir)
@@ -85,12 +92,7 @@ def run_demo(out_dir: Path, as_json: bool = False) -> int:
     print(f"models: {engine.detector.predictor.description}; {engine.extractor.predictor.description}",
           file=sys.stderr)
     for name, img in query_photos(gallery).items():
-        found = engine.recognize([img])[0]
-        if as_json:
-            print(json.dumps({"image": name, "results": [r.to_dict() for r in found]}))
-        else:
-            print(format_table(name, found))
-        cv2.imwrite(str(out_dir / "annotated" / f"{name}.jpg"), draw_recognitions(img, found))
+        report(name, img, engine.recognize([img])[0], out_dir, as_json)
     print(f"annotated images written to {out_dir / 'annotated'}", file=sys.stderr)
     engine.close()
     return 0
@@ -104,7 +106,6 @@ def run_served_demo(out_dir: Path, as_json: bool = False) -> int:
     import requests
 
     from . import hub_serving
-    from .draw import draw_recognitions
     from .images import encode
     from .results import Recognition
 
@@ -142,9 +143,7 @@ def run_served_demo(out_dir: Path, as_json: bool = False) -> int:
         print(f"gallery 'demo': {len(gallery)} photos, labels {sorted(gallery)}", file=sys.stderr)
         for name, img in query_photos(gallery).items():
             answer = call({"images": [b64(img)], "gallery": "demo"})[0]  # type: ignore[index]
-            found = [Recognition.from_dict(r) for r in answer["results"]]
-            print(json.dumps({"image": name, "results": answer["results"]}) if as_json else format_table(name, found))
-            cv2.imwrite(str(out_dir / "annotated" / f"{name}.jpg"), draw_recognitions(img, found))
+            report(name, img, [Recognition.from_dict(r) for r in answer["results"]], out_dir, as_json)
         print(f"annotated images written to {out_dir / 'annotated'}", file=sys.stderr)
     finally:
         hub_serving.stop(proc)

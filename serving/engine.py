@@ -202,16 +202,17 @@ def builtin_models_dir() -> Path:
 
 
 def load_engine(scenario: str | None = None, gallery: str | Path | None = None,
-                params: dict[str, Any] | None = None) -> Engine:
+                params: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None) -> Engine:
     """An :class:`Engine` for scenario pack ``scenario`` (default pack when None).
 
-    ``gallery``: a gallery name of the pack, or a folder path, used as the default gallery. ``params``: a parameter
-    layer over the pack's (``Global.det_inference_model_dir`` / ``rec_inference_model_dir`` replace its models).
+    ``gallery``: a gallery name of the pack, or a folder path, used as the default gallery. Parameters merge as
+    ``defaults`` (a hub module's ``params.py``) < the pack's < ``params`` (``Global.det_inference_model_dir`` /
+    ``rec_inference_model_dir`` replace the pack's models).
     """
     from shitu.plugins import registry
 
     pack = registry.get_pack(scenario)
-    merged = merge(pack.params, params)
+    merged = merge(defaults, pack.params, params)
     det_dir = merged["Global.det_inference_model_dir"]
     rec_dir = merged["Global.rec_inference_model_dir"]
     det_spec = ModelSpec.from_dir(det_dir, "detector") if det_dir else pack.detector_spec()

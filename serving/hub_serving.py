@@ -12,6 +12,7 @@ It also keeps PaddleHub offline: PaddleHub reports each ``hub install`` / ``hub 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from shitu.hub_modules import MODULES, module_dir
+from shitu.params import flatten
 
 #: Multi-process mode: paddle threads per worker. Two workers on two cores share the cores instead of fighting.
 THREADS_PER_WORKER = 1
@@ -63,9 +65,11 @@ def serving_config(modules: tuple[str, ...] = MODULES, port: int = 8866, workers
                    init_args: dict[str, Any] | None = None, predict_args: dict[str, Any] | None = None
                    ) -> dict[str, Any]:
     """A ``config.json`` for ``hub serving start -c``; ``workers > 1`` selects the gunicorn multi-process mode."""
-    args = dict(init_args or {})
+    args = copy.deepcopy(init_args or {})  # the caller's mapping stays as it was
     if workers > 1:
-        args.setdefault("params", {}).setdefault("Global", {}).setdefault("cpu_num_threads", THREADS_PER_WORKER)
+        params = args.setdefault("params", {})
+        if "Global.cpu_num_threads" not in flatten(params):
+            params.setdefault("Global", {})["cpu_num_threads"] = THREADS_PER_WORKER
     cfg: dict[str, Any] = {
         "modules_info": {m: {"init_args": {"version": "1.0.0", **args}, "predict_args": dict(predict_args or {})}
                          for m in modules},

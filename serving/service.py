@@ -101,9 +101,8 @@ class Service:
         # config.json init_args: a "params" mapping and/or parameters given directly.
         extra = dict(init_params.pop("params", None) or {})
         extra.update(init_params)
-        flatten(extra)  # fail fast at start-up on a bad config.json
         self._module_defaults = flatten(module_defaults)
-        self._init_params = flatten(extra)
+        self._init_params = flatten(extra)  # a bad config.json fails here, at start-up
         self.engines = EngineCache(self._load)
         from . import hub_app
 
@@ -112,15 +111,13 @@ class Service:
     # -- loading ---------------------------------------------------------------------------------------------
     def _load(self, scenario: str | None) -> Engine:
         """module defaults < scenario pack < init_args, then models and galleries of that pack."""
-        from shitu.plugins import registry
+        from shitu.plugins.errors import PackError
 
+        scenario = scenario or self.default_scenario
         try:
-            pack = registry.get_pack(scenario or self.default_scenario)
-        except Exception as exc:
+            return load_engine(scenario, self.default_gallery, self._init_params, defaults=self._module_defaults)
+        except PackError as exc:  # unknown pack, or one whose models are not installed
             raise RequestError(f"scenario {scenario!r}: {exc}") from None
-        engine = load_engine(pack.name, self.default_gallery, {**self._module_defaults,
-                                                               **flatten(pack.params), **self._init_params})
-        return engine
 
     def engine(self, request: dict[str, Any]) -> Engine:
         scenario = request.get("scenario")

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "plugins"))
 import packkit  # noqa: E402
 from packkit import home  # noqa: E402,F401  (autouse: a fresh SHITU_HOME per test)

@@ -172,3 +172,10 @@ def test_shipped_config_files_are_the_documented_ones():
     both = json.loads((Path(module_dir(MODULES[0])).parent / "config.json").read_text())
     assert both == serving_config(MODULES, 8866, 2)
     assert both["use_multiprocess"] and both["workers"] == 2
+    init = {"params": {"Global": {"threshold": 0.3}}}
+    cfg = serving_config(MODULES, 8866, 2, init)
+    assert init == {"params": {"Global": {"threshold": 0.3}}}  # the caller's mapping is not changed
+    assert cfg["modules_info"]["image_recognition"]["init_args"]["params"]["Global"] == {"threshold": 0.3,
+                                                                                         "cpu_num_threads": 1}
+    mine = serving_config(MODULES, 8866, 2, {"params": {"Global.cpu_num_threads": 2}})
+    assert mine["modules_info"]["index_search"]["init_args"]["params"] == {"Global.cpu_num_threads": 2}
