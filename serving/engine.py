@@ -23,7 +23,7 @@ from shitu.params import Params, merge
 from .detection import MainbodyDetector
 from .extraction import FeatureExtractor
 from .model_spec import ModelSpec
-from .pipeline import SearchIndex, recognize
+from .pipeline import SearchIndex, accepts, recognize
 from .predictor import RuntimeOptions
 from .results import Detections, Match, Recognition
 from .timing import NULL_TIMER, StageTimer
@@ -143,8 +143,6 @@ class Engine:
     def search(self, embeddings: np.ndarray, gallery: str | Path | None = None, **overrides: Any
                ) -> list[list[Match]]:
         """Top ``IndexProcess.return_k`` matches per embedding that pass ``IndexProcess.score_thres``."""
-        from .pipeline import accepts
-
         p = self.request_params(overrides)
         g = self.gallery(gallery)
         hits = g.search(np.asarray(embeddings), p["IndexProcess.return_k"], labels=p["IndexProcess.labels"])
