@@ -90,5 +90,5 @@ setup(
             "scikit-learn>=1.3",
         ],
     },
-    entry_points={"console_scripts": ["shitu=shitu.cli:main"]},
+    entry_points={"console_scripts": ["shitu=shitu.serving.cli:main"]},
 )

@@ -26,11 +26,11 @@ def main() -> int:
     ap.add_argument("--json")
     args = ap.parse_args()
 
-    from shitu.serving.demo import gallery_photos
-    from shitu.serving.engine import builtin_models_dir
-    from shitu.serving.model_spec import ModelSpec
-    from shitu.serving.predictor import Predictor, RuntimeOptions
-    from shitu.serving.transforms import Transforms
+    from shitu.serving.cli.demo import gallery_photos
+    from shitu.serving.engine.engine import builtin_models_dir
+    from shitu.model_spec import ModelSpec
+    from shitu.serving.engine.predictor import Predictor, RuntimeOptions
+    from shitu.serving.engine.transforms import Transforms
 
     img = gallery_photos()["coffee"]
     info = machine()

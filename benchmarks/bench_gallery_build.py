@@ -21,7 +21,7 @@ from common import describe, machine, table, write_json  # noqa: E402
 
 def make_tree(root: Path, n: int) -> None:
     import cv2
-    from shitu.serving.demo import gallery_photos
+    from shitu.serving.cli.demo import gallery_photos
 
     photos = list(gallery_photos().items())
     for i in range(n):
@@ -42,10 +42,10 @@ def main() -> int:
     ap.add_argument("--json")
     args = ap.parse_args()
 
-    from shitu.serving.engine import load_engine
-    from shitu.serving.gallery import Gallery
-    from shitu.serving.gallery_build import build_from_entries
-    from shitu.serving.gallery_file import scan_folder
+    from shitu.serving.engine.engine import load_engine
+    from shitu.serving.gallery.local import Gallery
+    from shitu.serving.gallery.build import build_from_entries
+    from shitu.serving.gallery.list_file import scan_folder
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-build-"))
     make_tree(tmp / "images", args.images)

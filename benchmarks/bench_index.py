@@ -1,4 +1,4 @@
-"""Benchmark of the gallery layer (``shitu.serving.gallery``) on clustered synthetic embeddings.
+"""Benchmark of the gallery layer (``shitu.serving.gallery.local``) on clustered synthetic embeddings.
 
 For each size and index type (IP metric): build time through the layer (SQLite records + faiss index + snapshot),
 search latency (median per query, batch 1) and throughput (batched), recall@1 / recall@10 against exact search,
@@ -91,7 +91,7 @@ def raw_search_fn(g, k: int):
     """Raw faiss search on the gallery's own in-memory index, with the same search parameters."""
     import faiss
 
-    from shitu.serving.gallery import SMALL_BATCH
+    from shitu.serving.gallery.local import SMALL_BATCH
 
     state = g._state
     index = state.index
@@ -138,7 +138,7 @@ def median_latency(fn, queries: np.ndarray) -> float:
 
 
 def bench_one(method: str, n: int, data, gt: np.ndarray, args, workdir: Path) -> dict:
-    from shitu.serving.gallery import Gallery
+    from shitu.serving.gallery.local import Gallery
 
     base, base_c, more, more_c, queries = data
     k = args.k

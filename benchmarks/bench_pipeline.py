@@ -27,7 +27,7 @@ FORWARDS = {"det_forward", "rec_forward"}
 
 def photos() -> dict[str, "object"]:
     import cv2
-    from shitu.serving.demo import gallery_photos
+    from shitu.serving.cli.demo import gallery_photos
 
     g = gallery_photos()
     return {
@@ -47,10 +47,10 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("SHITU_HOME", tempfile.mkdtemp(prefix="bench-pipeline-"))
 
-    from shitu.serving.demo import gallery_photos
-    from shitu.serving.engine import load_engine
-    from shitu.serving.images import decode, encode
-    from shitu.serving.timing import StageTimer
+    from shitu.serving.cli.demo import gallery_photos
+    from shitu.serving.engine.engine import load_engine
+    from shitu.serving.engine.images import decode, encode
+    from shitu.serving.engine.timing import StageTimer
 
     engine = load_engine(gallery=Path(os.environ["SHITU_HOME"]) / "bench-gallery",
                          params={"Global": {"det_backend": args.backend, "rec_backend": args.backend}})

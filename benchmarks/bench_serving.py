@@ -28,8 +28,8 @@ def payload() -> dict:
     import base64
 
     import cv2
-    from shitu.serving.demo import gallery_photos
-    from shitu.serving.images import encode
+    from shitu.serving.cli.demo import gallery_photos
+    from shitu.serving.engine.images import encode
 
     img = cv2.resize(gallery_photos()["coffee"], (640, 480))
     return {"images": [base64.b64encode(encode(img)).decode()], "gallery": "bench"}
@@ -39,8 +39,8 @@ def fill_gallery(post) -> None:
     """Add the demo photographs to the gallery ``bench`` (the in-process baseline and each server's)."""
     import base64
 
-    from shitu.serving.demo import gallery_photos
-    from shitu.serving.images import encode
+    from shitu.serving.cli.demo import gallery_photos
+    from shitu.serving.engine.images import encode
 
     g = gallery_photos()
     post({"operation": "add", "gallery": "bench", "labels": list(g),
@@ -93,8 +93,8 @@ def main() -> int:
 
     import requests
 
-    from shitu.serving import hub_serving
-    from shitu.serving.service import RecognitionService
+    from shitu.serving.hub import control as hub_serving
+    from shitu.serving.hub.service import RecognitionService
 
     info = machine()
     body = payload()

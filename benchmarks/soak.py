@@ -38,9 +38,9 @@ def main() -> int:
     import psutil
     import requests
 
-    from shitu.serving import hub_serving
-    from shitu.serving.demo import gallery_photos, query_photos
-    from shitu.serving.images import encode
+    from shitu.serving.hub import control as hub_serving
+    from shitu.serving.cli.demo import gallery_photos, query_photos
+    from shitu.serving.engine.images import encode
 
     token = "soak-token"
     photos = gallery_photos()

@@ -2,7 +2,7 @@
 
 ``hub install hub_modules/<name>`` copies a folder into ``$HUB_HOME/modules``; ``hub serving start -m <name>``
 serves it. The folders also install with the package (``shitu.hub_modules``), which is how ``shitu serve`` finds
-them. The request handling itself lives in :mod:`shitu.serving.service`.
+them. The request handling itself lives in :mod:`shitu.serving.hub.service`.
 """
 from pathlib import Path
 

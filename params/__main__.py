@@ -1,5 +1,5 @@
 """``python -m shitu.params``: print the parameter table (Markdown) that the README embeds."""
-from .schema import FIELDS
+from shitu.params.schema import FIELDS
 
 
 def table() -> str:

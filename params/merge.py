@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from .schema import BY_NAME, FIELDS, SECTIONS, SHORT, Field
+from shitu.params.schema import BY_NAME, FIELDS, SECTIONS, SHORT, Field
 
 
 class ParamError(ValueError):

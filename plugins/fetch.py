@@ -26,7 +26,7 @@ import zlib
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import PackError
+from shitu.plugins.errors import PackError
 
 CHUNK = 1 << 20
 #: Test hook (see tests/test_plugins_store.py): a folder; copying a file of >= 1 MiB creates ``<folder>/copying``

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
-from . import store
-from .errors import PackError
-from .fetch import DownloadError, archive_names, copy_tree, download, extract_archive, sha256_file
-from .manifest import MANIFEST_FILE, NAME_RE, SHA256_RE, Manifest, ModelEntry, read_manifest, version_matches
+from shitu.plugins import store
+from shitu.plugins.errors import PackError
+from shitu.plugins.fetch import DownloadError, archive_names, copy_tree, download, extract_archive, sha256_file
+from shitu.plugins.manifest import MANIFEST_FILE, NAME_RE, SHA256_RE, Manifest, ModelEntry, read_manifest, version_matches
 
 
 def _is_url(text: str) -> bool:
@@ -177,7 +177,7 @@ def _stage_archive(archive: Path, stage: Path, ctx: _Ctx, label: str) -> Manifes
 
 
 def _stage_named(name: str, stage: Path, ctx: _Ctx) -> Manifest:
-    from .registry import _discover
+    from shitu.plugins.registry import _discover
 
     items = [i for i in _discover(name) if i.source != "store"]
     good = [i for i in items if i.manifest is not None]
@@ -215,7 +215,7 @@ def _fetch(m: Manifest, url: str, filename: str, size: int | None, ctx: _Ctx) ->
     try:
         download(url, dest, expected_size=size, progress=ctx.progress, desc=filename)
     except DownloadError as exc:
-        from .registry import install_hint
+        from shitu.plugins.registry import install_hint
 
         downloads = []
         for model in m.models.values():
@@ -303,7 +303,7 @@ def _archive_prefix(archive: Path, root: str | None, required: set[str]) -> str:
 
 
 def _copy(src: Path, dst: Path) -> None:
-    from .fetch import copy_file
+    from shitu.plugins.fetch import copy_file
 
     copy_file(src, dst)
 

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .errors import ManifestError
+from shitu.plugins.errors import ManifestError
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "pack.yaml"
@@ -41,7 +41,7 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 ROLES = {"detector": "detector", "recognizer": "extractor"}  # manifest role -> ModelSpec kind
 FORMATS = ("paddle", "onnx")
-#: ModelSpec description keys a model entry may carry (see shitu.serving.model_spec).
+#: ModelSpec description keys a model entry may carry (see shitu.model_spec).
 DESCRIPTION_KEYS = ("kind", "model_file", "params_file", "onnx_file", "input_color", "transform_ops", "decoder",
                     "decoder_args", "pooling", "onednn", "onednn_passes")
 #: Parameters a pack may not set: the registry derives them from the pack's models and galleries.
@@ -548,7 +548,7 @@ def _parse_model(role: str, value: Any, key: str) -> ModelEntry:
         desc["onednn_passes"] = [_str(p, f"{key}.onednn_passes[{i}]") for i, p in enumerate(passes)]
 
     # Final word: the engine's own parser must accept the description.
-    from shitu.serving.model_spec import ModelSpec, ModelSpecError
+    from shitu.model_spec import ModelSpec, ModelSpecError
 
     try:
         ModelSpec.from_dict(dict(desc), Path(path))

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from . import store
-from .errors import ManifestError, PackError
-from .manifest import (MANIFEST_FILE, GalleryEntry, Manifest, ModelEntry, read_manifest, version_key,
+from shitu.plugins import store
+from shitu.plugins.errors import ManifestError, PackError
+from shitu.plugins.manifest import (MANIFEST_FILE, GalleryEntry, Manifest, ModelEntry, read_manifest, version_key,
                        version_matches)
 
 __all__ = ["FileCheck", "GallerySpec", "ManifestError", "Pack", "PackError", "PackInfo", "default_pack_name",
@@ -93,7 +93,7 @@ class GallerySpec:
         return store.galleries_dir() / self.pack / self.name
 
     def open_args(self) -> dict[str, Any]:
-        """Keyword arguments for ``shitu.serving.gallery.Gallery.open_or_create``."""
+        """Keyword arguments for ``shitu.serving.gallery.local.Gallery.open_or_create``."""
         return {"path": self.dir(), "dim": self.embedding_size, "index_method": self.index_method,
                 "dist_type": self.dist_type}
 
@@ -167,7 +167,7 @@ class Pack:
         return not self.missing_files()
 
     def detector_spec(self):
-        """The mainbody detector as a :class:`shitu.serving.model_spec.ModelSpec`."""
+        """The mainbody detector as a :class:`shitu.model_spec.ModelSpec`."""
         return self._spec("detector")
 
     def extractor_spec(self):
@@ -175,7 +175,7 @@ class Pack:
         return self._spec("recognizer")
 
     def _spec(self, role: str):
-        from shitu.serving.model_spec import ModelSpec, ModelSpecError
+        from shitu.model_spec import ModelSpec, ModelSpecError
 
         if not self.compatible:
             raise PackError(f"pack {self.name!r} {self.version} needs shitu-hub {self._m.shitu_hub}; this is "
@@ -492,7 +492,7 @@ def install(source: str, *, name: str | None = None, trust: bool = False,
     whose manifest publishes none (and for a URL / archive source itself); ``trust``: accept such files unverified
     (their hashes are recorded, so ``verify`` notices later changes).
     """
-    from .installer import install as _install
+    from shitu.plugins.installer import install as _install
 
     installed_name, version = _install(source, name=name, trust=trust, sha256=sha256, progress=progress,
                                        from_files=from_files)
@@ -561,7 +561,7 @@ def rollback(name: str) -> str:
 
 def verify_files(name: str, version: str | None = None) -> list[FileCheck]:
     """Check every file the pack lists (and, for store packs, the manifest) against its sha256 and size."""
-    from .fetch import sha256_file
+    from shitu.plugins.fetch import sha256_file
 
     pack = find_pack(name, version)
     recorded = (pack.record or {}).get("files", {}) if pack.record else {}

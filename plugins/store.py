@@ -10,7 +10,7 @@ Layout::
         <name>/
           current                  # line 1: the current version; further lines: earlier currents (rollback)
           <version>/               # one installed version: pack.yaml, its files, install.json
-      galleries/<pack>/<gallery>/  # gallery folders (shitu.serving.gallery)
+      galleries/<pack>/<gallery>/  # gallery folders (shitu.serving.gallery.local)
 
 Every change is made in a staging folder inside ``packs/.tmp`` and committed with ``rename`` while holding the
 lock; pointer files are replaced atomically (write a temporary file, fsync, ``os.replace``). So a reader never
@@ -29,8 +29,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import PackError
-from .manifest import MANIFEST_FILE, NAME_RE, VERSION_RE, version_key
+from shitu.plugins.errors import PackError
+from shitu.plugins.manifest import MANIFEST_FILE, NAME_RE, VERSION_RE, version_key
 
 INSTALL_RECORD = "install.json"
 LOCK_FILE = ".lock"

@@ -1,18 +1,11 @@
-"""The runtime the hub modules share. Importing this package imports nothing else; pick the module you need.
+"""The runtime, one sub-package per job. Importing this package imports nothing else; pick the room you need.
 
-Engine (needs paddle):
-
-- :mod:`.predictor` -- one wrapper over paddle.inference (and onnxruntime) for every model.
-- :mod:`.model_spec` -- what a model folder is (``shitu_model.yml`` / PaddleDetection's ``infer_cfg.yml``).
-- :mod:`.transforms` -- pre-processing from PaddleClas op lists.
-- :mod:`.detection`, :mod:`.extraction`, :mod:`.pipeline` -- mainbody boxes, embeddings, recognition.
-- :mod:`.engine` -- ``load_engine()``: one scenario's models, parameters and galleries.
-
-Galleries (faiss + SQLite): :mod:`.gallery`, :mod:`.gallery_file`, :mod:`.gallery_build`, :mod:`.gallery_cli`.
-
-Serving: :mod:`.service` (request handling per capability), :mod:`.hub_module` (the modules' base class),
-:mod:`.hub_app` (PaddleHub/Flask hooks), :mod:`.hub_serving` (install, start, stop ``hub serving``).
-
-Light, no paddle: :mod:`.results` (result types), :mod:`.images` (decoding and limits), :mod:`.client` (SDK),
-:mod:`.draw`, :mod:`.video` + :mod:`.tracking` (videos and streams), :mod:`.timing`.
+- :mod:`.engine` -- models in, answers out: predictor, transforms, detection, extraction, pipeline, engine
+  (``load_engine``), plus the light helpers images, results, draw, timing. Never imports paddlehub.
+- :mod:`.gallery` -- labeled embeddings: the local backend (SQLite + faiss), list files, builds.
+- :mod:`.hub` -- PaddleHub glue: request handling (``service``), the hub module base, Flask hooks, ``hub serving``
+  control. The only room that imports paddlehub.
+- :mod:`.client` -- the SDK (``ShituClient``, ``AsyncShituClient``): HTTP only, no paddle.
+- :mod:`.video` -- frame sources and the tracker.
+- :mod:`.cli` -- every ``shitu`` subcommand and their shared toolkit.
 """

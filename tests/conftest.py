@@ -17,7 +17,7 @@ GENERAL_LITE = {"Global": {"threshold": 0.3}, "IndexProcess": {"score_thres": 0.
 
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
-    from shitu.serving.engine import builtin_models_dir
+    from shitu.serving.engine.engine import builtin_models_dir
 
     return builtin_models_dir()
 
@@ -26,8 +26,8 @@ def models_dir() -> Path:
 def engine(models_dir):
     """The embedded default models, loaded once per test session (oneDNN on, as served)."""
     from shitu.params import merge
-    from shitu.serving.engine import Engine
-    from shitu.serving.model_spec import ModelSpec
+    from shitu.serving.engine.engine import Engine
+    from shitu.model_spec import ModelSpec
 
     eng = Engine(ModelSpec.from_dir(models_dir / "det"), ModelSpec.from_dir(models_dir / "rec"), merge(GENERAL_LITE),
                  gallery_root=_SESSION_HOME / "engine-galleries")
@@ -38,14 +38,14 @@ def engine(models_dir):
 @pytest.fixture(scope="session")
 def photos():
     """label -> BGR real photograph (scikit-image / scikit-learn sample images)."""
-    from shitu.serving.demo import gallery_photos
+    from shitu.serving.cli.demo import gallery_photos
 
     return gallery_photos()
 
 
 @pytest.fixture(scope="session")
 def queries(photos):
-    from shitu.serving.demo import query_photos
+    from shitu.serving.cli.demo import query_photos
 
     return query_photos(photos)
 
@@ -53,7 +53,7 @@ def queries(photos):
 @pytest.fixture(scope="session")
 def memory_gallery(engine, photos):
     """An exact in-memory gallery of the demo photos (IP on normalised embeddings)."""
-    from shitu.serving.pipeline import MemoryIndex
+    from shitu.serving.engine.pipeline import MemoryIndex
 
     index = MemoryIndex(engine.embedding_size, "IP")
     index.add(engine.embed(list(photos.values())), list(photos))
@@ -100,7 +100,7 @@ def start_served(tmp: Path, workers: int = 1, init_args: dict | None = None) -> 
     """Install the four modules into the session HUB_HOME (once) and start ``hub serving -c`` on a free port."""
     import json
 
-    from shitu.serving import hub_serving
+    from shitu.serving.hub import control as hub_serving
 
     global _MODULES_INSTALLED
     if not _MODULES_INSTALLED:
@@ -126,7 +126,7 @@ ADMIN_TOKEN = "test-admin-token-5f1c"
 @pytest.fixture(scope="session")
 def served_multi(tmp_path_factory):
     """``hub serving`` in gunicorn mode with 2 workers and an admin token for gallery changes."""
-    from shitu.serving import hub_serving
+    from shitu.serving.hub import control as hub_serving
 
     s = start_served(tmp_path_factory.mktemp("served-multi"), workers=2, init_args={"token": ADMIN_TOKEN})
     yield s
@@ -136,7 +136,7 @@ def served_multi(tmp_path_factory):
 @pytest.fixture(scope="session")
 def served(tmp_path_factory):
     """One real ``hub serving`` (single process, all four modules) shared by the whole test session."""
-    from shitu.serving import hub_serving
+    from shitu.serving.hub import control as hub_serving
 
     s = start_served(tmp_path_factory.mktemp("served"))
     yield s
@@ -147,6 +147,6 @@ def b64(image) -> str:
     """BGR array -> base64 JPEG string, as a request carries it."""
     import base64
 
-    from shitu.serving.images import encode
+    from shitu.serving.engine.images import encode
 
     return base64.b64encode(encode(image)).decode()

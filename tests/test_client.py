@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import requests
 
-from shitu.serving.client import (AsyncShituClient, Box, ConnectionFailed, Embeddings, GalleryInfo, ImageDetections,
+from shitu.serving.client.sdk import (AsyncShituClient, Box, ConnectionFailed, Embeddings, GalleryInfo, ImageDetections,
                                   ImageFailed, ImageRecognitions, InputError, Match, Recognition, SearchHits,
                                   ServerError, ShituClient, ShituError, Timeout, draw)
-from shitu.serving.images import encode
+from shitu.serving.engine.images import encode
 
 GALLERY = "client-main"
 QUERY_LABELS = {"cat_mirrored_crop": "cat", "coffee_rescaled_crop": "coffee", "rocket_bright_blur": "rocket",
@@ -287,7 +287,7 @@ def test_unavailable_answers_are_retried(fake):
 
 
 def test_connection_refused_is_retried_then_raised():
-    from shitu.serving.hub_serving import free_port
+    from shitu.serving.hub.control import free_port
 
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     c = ShituClient(url, retries=2, backoff=0.001)
@@ -341,7 +341,7 @@ sys.meta_path.insert(0, Blocker())
 for name in BLOCKED:
     sys.modules.pop(name, None)
 
-import shitu.serving.client as client
+import shitu.serving.client.sdk as client
 res = client.ShituClient(sys.argv[1]).detect(open(sys.argv[2], "rb").read())
 assert res.width == 451 and res[-1].is_whole_image, res
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)

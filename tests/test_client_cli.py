@@ -8,10 +8,10 @@ import json
 import cv2
 import pytest
 
-from shitu import cli
-from shitu.cli import EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE
-from shitu.serving import client_cli
-from shitu.serving.client import ShituClient
+from shitu.serving import cli
+from shitu.serving.cli.toolkit import EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE
+from shitu.serving.cli import recognize as client_cli
+from shitu.serving.client.sdk import ShituClient
 
 from .conftest import start_served
 
@@ -22,8 +22,8 @@ TOKEN = "cli-admin-token"
 @pytest.fixture
 def shitu(monkeypatch):
     """``shitu ...`` in this process (with the client commands registered, as the lead wires them)."""
-    if "shitu.serving.client_cli" not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "shitu.serving.client_cli"))
+    if "shitu.serving.cli.recognize" not in cli.COMMAND_MODULES:
+        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "shitu.serving.cli.recognize"))
     monkeypatch.delenv(client_cli.TOKEN_ENV, raising=False)
     return lambda *argv: cli.main([str(a) for a in argv])
 
@@ -43,7 +43,7 @@ def files(tmp_path_factory, photos, queries):
 
 @pytest.fixture(scope="module")
 def local_gallery(tmp_path_factory, photos):
-    from shitu.serving.engine import load_engine
+    from shitu.serving.engine.engine import load_engine
 
     path = tmp_path_factory.mktemp("cli-gallery") / "g"
     engine = load_engine(gallery=path)
@@ -127,7 +127,7 @@ def test_remote_recognize_matches_in_process(shitu, served, files, local_gallery
 
 
 def test_remote_exit_status(shitu, served, files, remote_gallery, tmp_path, capsys):
-    from shitu.serving.hub_serving import free_port
+    from shitu.serving.hub.control import free_port
 
     server = ["--server", served.url, "--gallery", remote_gallery]
     assert shitu("recognize", files["not_in_gallery_ihc"], *server) == EXIT_NOTHING
@@ -150,7 +150,7 @@ def test_remote_exit_status(shitu, served, files, remote_gallery, tmp_path, caps
 # --------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def token_served(tmp_path_factory, served):
-    from shitu.serving import hub_serving
+    from shitu.serving.hub import control as hub_serving
 
     s = start_served(tmp_path_factory.mktemp("served-token"), init_args={"token": TOKEN})
     yield s
@@ -194,7 +194,7 @@ def test_remote_gallery_commands(token_served, files, tmp_path, capsys, monkeypa
     assert client_cli.remote_gallery_list(gallery_args(url)) == EXIT_OK
     assert [r["label"] for r in json_lines(capsys.readouterr().out)] == ["cat", "coffee", "rocket"]
     # recognition needs no token; the new gallery answers
-    shitu_main = cli.main if "shitu.serving.client_cli" in cli.COMMAND_MODULES else client_cli.main
+    shitu_main = cli.main if "shitu.serving.cli.recognize" in cli.COMMAND_MODULES else client_cli.main
     assert shitu_main(["recognize", str(files["rocket_bright_blur"]), "--server", url, "--gallery",
                        "client-remote", "--json"]) == EXIT_OK
     assert json_lines(capsys.readouterr().out)[0]["results"][0]["label"] == "rocket"

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from shitu.params import merge
-from shitu.serving.detection import nms
-from shitu.serving.pipeline import MemoryIndex, accepts, rec_nms
-from shitu.serving.results import Recognition
+from shitu.serving.engine.detection import nms
+from shitu.serving.engine.pipeline import MemoryIndex, accepts, rec_nms
+from shitu.serving.engine.results import Recognition
 
 
 def iou(a, b) -> float:
@@ -159,7 +159,7 @@ def test_extract_with_boxes(engine, photos):
     img = photos["coffee"]
     (feats,) = engine.extract([img], [[[100, 10, 450, 390], [0, 0, 300, 200]]])
     assert feats.shape == (2, 512)
-    from shitu.serving.engine import EngineError
+    from shitu.serving.engine.engine import EngineError
 
     with pytest.raises(EngineError, match="image 0"):
         engine.extract([img], [[[10, 10, 5, 5]]])
@@ -176,9 +176,9 @@ def test_unknown_request_parameter_is_named(engine, photos):
 
 def test_onednn_matches_plain_cpu(models_dir, photos):
     """The oneDNN pass lists in shitu_model.yml are numerically verified against oneDNN off."""
-    from shitu.serving.model_spec import ModelSpec
-    from shitu.serving.predictor import Predictor, RuntimeOptions
-    from shitu.serving.transforms import Transforms
+    from shitu.model_spec import ModelSpec
+    from shitu.serving.engine.predictor import Predictor, RuntimeOptions
+    from shitu.serving.engine.transforms import Transforms
 
     for sub in ("det", "rec"):
         spec = ModelSpec.from_dir(models_dir / sub)
@@ -192,9 +192,9 @@ def test_onednn_matches_plain_cpu(models_dir, photos):
 
 def test_onnxruntime_backend_matches_paddle(models_dir, photos):
     pytest.importorskip("onnxruntime")
-    from shitu.serving.model_spec import ModelSpec
-    from shitu.serving.predictor import Predictor, RuntimeOptions
-    from shitu.serving.transforms import Transforms
+    from shitu.model_spec import ModelSpec
+    from shitu.serving.engine.predictor import Predictor, RuntimeOptions
+    from shitu.serving.engine.transforms import Transforms
 
     spec = ModelSpec.from_dir(models_dir / "rec")
     x = Transforms(spec.transform_ops, spec.input_color)(photos["cat"]).image[None]
@@ -213,8 +213,8 @@ def test_params_merge_precedence():
 def test_onnxruntime_backend_end_to_end(models_dir, photos, memory_gallery, queries):
     """Global.det_backend / rec_backend = onnxruntime: same boxes and labels as paddle.inference."""
     pytest.importorskip("onnxruntime")
-    from shitu.serving.engine import Engine
-    from shitu.serving.model_spec import ModelSpec
+    from shitu.serving.engine.engine import Engine
+    from shitu.model_spec import ModelSpec
 
     from .conftest import GENERAL_LITE
 

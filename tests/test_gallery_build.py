@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from shitu.serving.gallery import Gallery, GalleryError
-from shitu.serving.gallery_build import BuildReport, GalleryBuildError, build_from_entries, build_from_source
-from shitu.serving.gallery_file import parse_list_file
+from shitu.serving.gallery.local import Gallery, GalleryError
+from shitu.serving.gallery.build import BuildReport, GalleryBuildError, build_from_entries, build_from_source
+from shitu.serving.gallery.list_file import parse_list_file
 
 DIM = 48
 
@@ -164,7 +164,7 @@ def test_binary_gallery_build(tmp_path, images):
 
 
 def cli(argv: list[str]) -> int:
-    from shitu.serving.gallery_cli import register
+    from shitu.serving.cli.gallery import register
 
     parser = argparse.ArgumentParser(prog="shitu")
     register(parser.add_subparsers(dest="command"))
@@ -174,7 +174,7 @@ def cli(argv: list[str]) -> int:
 
 @pytest.fixture()
 def fake_engine(monkeypatch):
-    """``shitu.serving.engine.load_engine`` replaced by a fake with the real signature's shape."""
+    """``shitu.serving.engine.engine.load_engine`` replaced by a fake with the real signature's shape."""
     calls = []
 
     class Engine:
@@ -197,9 +197,9 @@ def fake_engine(monkeypatch):
         calls.append({"scenario": scenario, "params": params})
         return Engine(params)
 
-    module = types.ModuleType("shitu.serving.engine")
+    module = types.ModuleType("shitu.serving.engine.engine")
     module.load_engine = load_engine
-    monkeypatch.setitem(sys.modules, "shitu.serving.engine", module)
+    monkeypatch.setitem(sys.modules, "shitu.serving.engine.engine", module)
     return calls
 
 
@@ -274,8 +274,8 @@ def test_cli_hamming_gallery(tmp_path, images, fake_engine, capsys):
 def test_cli_module_imports_nothing_heavy():
     import subprocess
 
-    code = ("import sys, argparse; from shitu.serving import gallery_cli; "
+    code = ("import sys, argparse; from shitu.serving.cli import gallery as gallery_cli; "
             "p = argparse.ArgumentParser(); gallery_cli.register(p.add_subparsers()); "
-            "print(sorted(m for m in ('faiss', 'cv2', 'shitu.serving.engine', 'paddle') if m in sys.modules))")
+            "print(sorted(m for m in ('faiss', 'cv2', 'shitu.serving.engine.engine', 'paddle') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

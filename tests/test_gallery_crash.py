@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shitu.serving.gallery import Gallery
+from shitu.serving.gallery.local import Gallery
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 
@@ -30,7 +30,7 @@ CHILD = textwrap.dedent(
     """
     import sys, zlib
     import numpy as np
-    from shitu.serving.gallery import Gallery
+    from shitu.serving.gallery.local import Gallery
 
     DIM, BATCH = {dim}, {batch}
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from shitu.serving.gallery_file import (
+from shitu.serving.gallery.list_file import (
     GalleryEntry,
     GalleryFileError,
     label_problem,

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from shitu.serving.gallery import Gallery
+from shitu.serving.gallery.local import Gallery
 
 DIM = 32
 DEADLINE = 1.0
@@ -25,7 +25,7 @@ CHILD = textwrap.dedent(
     """
     import json, sys, time
     import numpy as np
-    from shitu.serving.gallery import Gallery
+    from shitu.serving.gallery.local import Gallery
 
     g = Gallery.open(sys.argv[1])
     g.search(np.zeros((1, {dim}), np.float32), k=1)
@@ -111,7 +111,7 @@ def test_two_writers_interleave(tmp_path):
         """
         import sys
         import numpy as np
-        from shitu.serving.gallery import Gallery
+        from shitu.serving.gallery.local import Gallery
         tag = sys.argv[2]
         rng = np.random.default_rng(len(tag))
         with Gallery.open(sys.argv[1]) as g:

@@ -5,7 +5,7 @@ import json
 
 import cv2
 
-from shitu.cli import main
+from shitu.serving.cli import main
 
 
 def test_remote_gallery_commands(served, photos, tmp_path, capsys):

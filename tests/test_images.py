@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shitu.serving.images import ImageError, ImageLimits, b64decode, decode, load, to_bgr
+from shitu.serving.engine.images import ImageError, ImageLimits, b64decode, decode, load, to_bgr
 
 
 def pil_bytes(im: Image.Image, fmt: str, **kw) -> bytes:

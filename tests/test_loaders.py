@@ -6,10 +6,10 @@ import pytest
 import yaml
 
 from shitu.params import merge
-from shitu.serving.detection import MainbodyDetector
-from shitu.serving.extraction import FeatureExtractor
-from shitu.serving.model_spec import ModelSpec, ModelSpecError
-from shitu.serving.predictor import Predictor, PredictorError
+from shitu.serving.engine.detection import MainbodyDetector
+from shitu.serving.engine.extraction import FeatureExtractor
+from shitu.model_spec import ModelSpec, ModelSpecError
+from shitu.serving.engine.predictor import Predictor, PredictorError
 
 from .tiny_models import build
 

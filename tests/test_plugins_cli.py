@@ -11,7 +11,8 @@ sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "plugins"))
 import packkit  # noqa: E402
 from packkit import home  # noqa: E402,F401  (autouse: a fresh SHITU_HOME per test)
 
-from shitu.plugins import cli, registry  # noqa: E402
+from shitu.plugins import registry  # noqa: E402
+from shitu.serving.cli import plugins as cli  # noqa: E402
 
 
 
@@ -109,6 +110,6 @@ def test_errors_are_one_line_messages(tmp_path, capsys):
 
 
 def test_module_entry_point(home):
-    proc = subprocess.run([sys.executable, "-m", "shitu.plugins", "list"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "shitu", "plugins", "list"], capture_output=True, text=True,
                           env={**__import__("os").environ, "SHITU_HOME": str(home)}, timeout=120)
     assert proc.returncode == 0 and "general-lite" in proc.stdout

@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "plugins"))
 import packkit  # noqa: E402
 from packkit import home  # noqa: E402,F401  (autouse: a fresh SHITU_HOME per test)
 
-from shitu.plugins import cli, registry, store  # noqa: E402
+from shitu.plugins import registry, store  # noqa: E402
+from shitu.serving.cli import plugins as cli  # noqa: E402
 from shitu.plugins.errors import PackError  # noqa: E402
 
 

@@ -157,7 +157,7 @@ def test_builtin_manifests_are_valid():
 
 
 def test_general_lite_manifest_matches_its_model_folders():
-    from shitu.serving.model_spec import ModelSpec
+    from shitu.model_spec import ModelSpec
 
     m = mf.read_manifest(PACKS / "general_lite")
     notice = (PACKS / "general_lite" / "models" / "NOTICE.md").read_text()

@@ -90,7 +90,7 @@ keys = st.sampled_from(["images", "operation", "gallery", "scenario", "params", 
 
 @pytest.fixture(scope="module")
 def services():
-    from shitu.serving.service import DetectionService, ExtractionService, RecognitionService, SearchService
+    from shitu.serving.hub.service import DetectionService, ExtractionService, RecognitionService, SearchService
 
     return [cls({}, gallery="fuzz") for cls in (RecognitionService, SearchService, DetectionService,
                                                  ExtractionService)]
@@ -99,7 +99,7 @@ def services():
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(keys, json_values, max_size=5), st.integers(0, 3))
 def test_fuzz_requests_only_raise_request_errors(services, request_body, which):
-    from shitu.serving.service import RequestError
+    from shitu.serving.hub.service import RequestError
 
     if request_body.get("operation") in ("add", "remove"):
         request_body["gallery"] = "fuzz"
@@ -113,7 +113,7 @@ def test_fuzz_requests_only_raise_request_errors(services, request_body, which):
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300) | st.text(max_size=200))
 def test_fuzz_image_bytes(data):
-    from shitu.serving.images import ImageError, b64decode, decode
+    from shitu.serving.engine.images import ImageError, b64decode, decode
 
     try:
         decode(data if isinstance(data, bytes) else b64decode(data))
@@ -176,7 +176,7 @@ def test_killed_worker_is_replaced_and_others_keep_answering(served_multi, photo
 
 def test_server_killed_during_gallery_adds_reopens_consistent(tmp_path, photos):
     """SIGKILL the whole server while adds are in flight; a new server opens the gallery at a committed state."""
-    from shitu.serving import hub_serving
+    from shitu.serving.hub import control as hub_serving
 
     s = start_served(tmp_path)
     g = {"gallery": "rel-crash"}
@@ -217,7 +217,7 @@ def test_server_killed_during_gallery_adds_reopens_consistent(tmp_path, photos):
 DISK_FULL_CHILD = textwrap.dedent("""
     import resource, signal, sys
     import numpy as np
-    from shitu.serving.gallery import Gallery
+    from shitu.serving.gallery.local import Gallery
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     g = Gallery.open(sys.argv[1])
     limit = int(sys.argv[2])
@@ -236,7 +236,7 @@ DISK_FULL_CHILD = textwrap.dedent("""
 
 
 def test_disk_full_during_commit_keeps_previous_state(tmp_path):
-    from shitu.serving.gallery import Gallery
+    from shitu.serving.gallery.local import Gallery
 
     path = tmp_path / "g"
     rng = np.random.default_rng(0)

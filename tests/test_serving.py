@@ -165,7 +165,7 @@ def test_shipped_config_files_are_the_documented_ones():
     from pathlib import Path
 
     from shitu.hub_modules import MODULES, module_dir
-    from shitu.serving.hub_serving import serving_config
+    from shitu.serving.hub.control import serving_config
 
     for m in MODULES:
         assert json.loads((module_dir(m) / "config.json").read_text()) == serving_config((m,), 8866, 1)

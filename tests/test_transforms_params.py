@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from shitu.params import FIELDS, ParamError, merge, resolve
-from shitu.serving.transforms import OPS, TransformError, Transforms, build_op
+from shitu.serving.engine.transforms import OPS, TransformError, Transforms, build_op
 
 
 def test_resize_short_and_crop_like_paddleclas():

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from skimage import data
 
-from shitu.serving import video_cli
-from shitu.serving.results import Recognition
-from shitu.serving.tracking import Tracker
-from shitu.serving.video import (
+from shitu.serving.cli import video as video_cli
+from shitu.serving.engine.results import Recognition
+from shitu.serving.video.tracker import Tracker
+from shitu.serving.video.stream import (
     CaptureSource,
     FrameResult,
     IterableSource,
@@ -170,7 +170,7 @@ def test_open_source_errors_and_kinds(tmp_path, monkeypatch):
 
 
 def test_sampler_every_and_fps():
-    from shitu.serving.video import Frame
+    from shitu.serving.video.stream import Frame
 
     frames = [Frame(i, i / 25.0, None) for i in range(50)]
     s = Sampler(every=3)
@@ -315,7 +315,7 @@ def test_annotated_output_video(video, tmp_path):
 
 def test_real_engine_tracks_the_cat(video, tmp_path):
     """The real default models: a gallery made of the cat's photo, and the video of it moving."""
-    from shitu.serving.engine import load_engine
+    from shitu.serving.engine.engine import load_engine
 
     engine = load_engine(gallery=tmp_path / "g")
     try:
@@ -329,7 +329,7 @@ def test_real_engine_tracks_the_cat(video, tmp_path):
     assert best.frames >= 0.6 * report.frames_processed
     assert best.first_frame <= 8 and best.last_frame >= N_FRAMES - 10
     boxes = {f.index: t.bbox for f in report.frames for t in f.tracks if t.track_id == best.track_id}
-    from shitu.serving.tracking import iou_matrix
+    from shitu.serving.video.tracker import iou_matrix
 
     assert all(iou_matrix([b], [cat_box(i)])[0, 0] > 0.6 for i, b in boxes.items())
 
@@ -346,10 +346,10 @@ def run_cli(argv, monkeypatch, recognizer=None):
             loaded.append(kwargs)
             self.recognize = recognizer or FakeRecognizer()
 
-    fake = types.ModuleType("shitu.serving.engine")
+    fake = types.ModuleType("shitu.serving.engine.engine")
     fake.load_engine = lambda scenario=None, gallery=None, params=None: FakeEngine(scenario=scenario,
                                                                                    gallery=gallery)
-    monkeypatch.setitem(sys.modules, "shitu.serving.engine", fake)
+    monkeypatch.setitem(sys.modules, "shitu.serving.engine.engine", fake)
     return video_cli.main(["recognize-video", *map(str, argv)]), loaded
 
 
@@ -392,9 +392,9 @@ def test_cli_server_mode_uses_the_client(video, monkeypatch, capsys):
             urls.append(base_url)
             self.recognize = FakeRecognizer()
 
-    fake = types.ModuleType("shitu.serving.client")
+    fake = types.ModuleType("shitu.serving.client.sdk")
     fake.ShituClient = FakeClient
-    monkeypatch.setitem(sys.modules, "shitu.serving.client", fake)
+    monkeypatch.setitem(sys.modules, "shitu.serving.client.sdk", fake)
     rc = video_cli.main(["recognize-video", str(video), "--server", "http://srv:8866", "--json", "--no-progress",
                          "--max-frames", "5"])
     assert rc == 0 and urls == ["http://srv:8866"]
@@ -414,7 +414,7 @@ def test_cli_exit_status(video, tmp_path, monkeypatch, capsys):
 
     rc, _ = run_cli([video, "--no-progress"], monkeypatch, recognizer=broken)
     assert rc == 3 and "ConnectionError: server went away" in capsys.readouterr().err
-    monkeypatch.setitem(sys.modules, "shitu.serving.client", None)  # no client SDK installed
+    monkeypatch.setitem(sys.modules, "shitu.serving.client.sdk", None)  # no client SDK installed
     rc = video_cli.main(["recognize-video", str(video), "--server", "http://srv", "--no-progress"])
     assert rc == 3 and "cannot start the client for http://srv" in capsys.readouterr().err
     with pytest.raises(SystemExit):

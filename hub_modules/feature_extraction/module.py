@@ -10,14 +10,14 @@ Answer ``results``::
       "dim": 512, "normalized": true, "binary": false}]
 
 Every request field and operation is documented in the README ("Serving API"); the handling itself is
-:class:`shitu.serving.service.ExtractionService`.
+:class:`shitu.serving.hub.service.ExtractionService`.
 """
 from __future__ import annotations
 
 from paddlehub.module.module import moduleinfo
 
-from shitu.serving.hub_module import ServiceModule
-from shitu.serving.service import ExtractionService
+from shitu.serving.hub.module import ServiceModule
+from shitu.serving.hub.service import ExtractionService
 
 from .params import get_default_params
 

@@ -11,14 +11,14 @@ Answer ``results``::
                    "is_whole_image": true, "id": 3}]}]
 
 Every request field and operation is documented in the README ("Serving API"); the handling itself is
-:class:`shitu.serving.service.RecognitionService`.
+:class:`shitu.serving.hub.service.RecognitionService`.
 """
 from __future__ import annotations
 
 from paddlehub.module.module import moduleinfo
 
-from shitu.serving.hub_module import ServiceModule
-from shitu.serving.service import RecognitionService
+from shitu.serving.hub.module import ServiceModule
+from shitu.serving.hub.service import RecognitionService
 
 from .params import get_default_params
 

@@ -9,14 +9,14 @@ Answer ``results``::
     [{"index": 0, "matches": [{"id": 3, "label": "cat", "score": 0.97, "source": "...", "metadata": null}]}]
 
 Every request field and operation is documented in the README ("Serving API"); the handling itself is
-:class:`shitu.serving.service.SearchService`.
+:class:`shitu.serving.hub.service.SearchService`.
 """
 from __future__ import annotations
 
 from paddlehub.module.module import moduleinfo
 
-from shitu.serving.hub_module import ServiceModule
-from shitu.serving.service import SearchService
+from shitu.serving.hub.module import ServiceModule
+from shitu.serving.hub.service import SearchService
 
 from .params import get_default_params
 

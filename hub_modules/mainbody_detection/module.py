@@ -10,14 +10,14 @@ Answer ``results``::
       "boxes": [{"bbox": [16, 1, 443, 299], "score": 0.49, "is_whole_image": false}, ...]}]
 
 Every request field and operation is documented in the README ("Serving API"); the handling itself is
-:class:`shitu.serving.service.DetectionService`.
+:class:`shitu.serving.hub.service.DetectionService`.
 """
 from __future__ import annotations
 
 from paddlehub.module.module import moduleinfo
 
-from shitu.serving.hub_module import ServiceModule
-from shitu.serving.service import DetectionService
+from shitu.serving.hub.module import ServiceModule
+from shitu.serving.hub.service import DetectionService
 
 from .params import get_default_params
 

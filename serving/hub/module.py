@@ -5,13 +5,13 @@ from typing import Any
 
 from paddlehub.module.module import serving
 
-from . import hub_app
+from shitu.serving.hub import app as hub_app
 
 hub_app.install()
 
 
 class ServiceModule:
-    """Base of the four hub modules: one :class:`~shitu.serving.service.Service` behind PaddleHub's API.
+    """Base of the four hub modules: one :class:`~shitu.serving.hub.service.Service` behind PaddleHub's API.
 
     A module class sets ``service_class`` and ``default_params`` (its ``params.py``) and is decorated with
     ``@moduleinfo``; PaddleHub finds the ``@serving`` method here through the class's bases.

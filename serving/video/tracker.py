@@ -36,7 +36,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .results import Recognition
+from shitu.serving.engine.results import Recognition
 
 __all__ = [
     "Tracker",

@@ -72,14 +72,14 @@ def format_table(name: str, recognitions: list) -> str:
 
 def report(name: str, img: np.ndarray, found: list, out_dir: Path, as_json: bool) -> None:
     """Print one query's answer (table or JSON line) and write its annotated copy."""
-    from .draw import draw_recognitions
+    from shitu.serving.engine.draw import draw_recognitions
 
     print(json.dumps({"image": name, "results": [r.to_dict() for r in found]}) if as_json else format_table(name, found))
     cv2.imwrite(str(out_dir / "annotated" / f"{name}.jpg"), draw_recognitions(img, found))
 
 
 def run_demo(out_dir: Path, as_json: bool = False) -> int:
-    from .engine import load_engine
+    from shitu.serving.engine.engine import load_engine
 
     out_dir = Path(out_dir)
     (out_dir / "annotated").mkdir(parents=True, exist_ok=True)
@@ -105,9 +105,9 @@ def run_served_demo(out_dir: Path, as_json: bool = False) -> int:
 
     import requests
 
-    from . import hub_serving
-    from .images import encode
-    from .results import Recognition
+    from shitu.serving.hub import control as hub_serving
+    from shitu.serving.engine.images import encode
+    from shitu.serving.engine.results import Recognition
 
     out_dir = Path(out_dir).resolve()
     (out_dir / "annotated").mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 ::
 
-    from shitu.serving.client import ShituClient
+    from shitu.serving.client.sdk import ShituClient
 
     with ShituClient("http://127.0.0.1:8866", token="s3cret") as client:
         client.gallery_add(["cat.jpg", "cup.jpg"], ["cat", "cup"], gallery="shop")
@@ -62,7 +62,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import requests
 
-from .results import Match, Recognition
+from shitu.serving.engine.results import Match, Recognition
 
 __all__ = [
     "AsyncShituClient", "Box", "ConnectionFailed", "Embeddings", "GalleryInfo", "GalleryItem", "ImageDetections",
@@ -484,7 +484,7 @@ def image_bytes(image: Any, image_format: str = "jpeg", quality: int = 95) -> by
 
 def load_image(image: Any) -> np.ndarray:
     """One image (path, bytes, numpy array, PIL image) -> BGR uint8 array (needs OpenCV)."""
-    from .images import ImageError, load
+    from shitu.serving.engine.images import ImageError, load
 
     try:
         return load(image)
@@ -495,7 +495,7 @@ def load_image(image: Any) -> np.ndarray:
 def draw(image: Any, results: Iterable[Any], prefix: str = "") -> np.ndarray:
     """A BGR copy of ``image`` with ``results`` drawn on it: :class:`Recognition` or :class:`Box` objects (or
     their dicts), e.g. what ``recognize`` / ``detect`` gave for that image. Needs OpenCV."""
-    from .draw import draw_recognitions
+    from shitu.serving.engine.draw import draw_recognitions
 
     recs = []
     for r in results:

@@ -1,7 +1,7 @@
 """``shitu plugins ...``: list, inspect, install, remove, verify and switch scenario packs.
 
 ``register(subparsers)`` adds the ``plugins`` command to the main ``shitu`` parser; ``main(argv)`` runs it alone
-(``python -m shitu.plugins list``). Every subcommand sets ``func(args) -> int`` (the exit code, as the main
+(``python -m shitu plugins list``). Every subcommand sets ``func(args) -> int`` (the exit code, as the main
 ``shitu`` command uses them): 0 ok, 1 problems found (``verify``), 2 bad usage, 3 an error (printed to stderr as
 ``error: ...``).
 """
@@ -32,7 +32,7 @@ def _out(text: str = "") -> None:
 
 def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from .errors import PackError
+        from shitu.plugins.errors import PackError
 
         try:
             return fn(args)
@@ -51,7 +51,7 @@ def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namesp
 # -- subcommands ---------------------------------------------------------------------------------------------------
 @_guard
 def cmd_list(args: argparse.Namespace) -> int:
-    from . import registry
+    from shitu.plugins import registry
 
     packs = registry.list_packs()
     if not args.all:
@@ -81,7 +81,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_info(args: argparse.Namespace) -> int:
-    from . import registry
+    from shitu.plugins import registry
 
     name = args.name or registry.default_pack_name()
     pack = registry.find_pack(name, args.version)
@@ -128,7 +128,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_install(args: argparse.Namespace) -> int:
-    from . import registry
+    from shitu.plugins import registry
 
     info = registry.install(args.source, name=args.name, trust=args.trust, sha256=args.sha256 or None,
                             progress=not args.no_progress, from_files=args.from_files or None)
@@ -141,7 +141,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_remove(args: argparse.Namespace) -> int:
-    from . import registry
+    from shitu.plugins import registry
 
     if args.version is None and not args.all:
         print(f"error: say which version of {args.name!r} to remove, or --all", file=sys.stderr)
@@ -156,7 +156,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_verify(args: argparse.Namespace) -> int:
-    from . import registry
+    from shitu.plugins import registry
 
     if args.name:
         targets = [(args.name, args.version)]
@@ -182,7 +182,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_use(args: argparse.Namespace) -> int:
-    from . import registry
+    from shitu.plugins import registry
 
     pack = registry.use(args.name, args.version, default=not args.keep_default)
     _out(f"using {pack.name} {pack.version} ({pack.source})"
@@ -195,7 +195,7 @@ def cmd_use(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from . import registry
+    from shitu.plugins import registry
 
     version = registry.rollback(args.name)
     _out(f"{args.name} is back at {version}")

@@ -2,8 +2,8 @@
 
 A video is an input like an image: :func:`recognize_video` reads frames from a *source*, keeps one every ``every``
 frames (or ``fps`` per second of the source's clock), sends them to a *recognizer* in batches, follows the objects
-across frames with :class:`shitu.serving.tracking.Tracker` and returns a :class:`VideoReport` (one
-:class:`FrameResult` per processed frame, one :class:`~shitu.serving.tracking.TrackSummary` per track).
+across frames with :class:`shitu.serving.video.tracker.Tracker` and returns a :class:`VideoReport` (one
+:class:`FrameResult` per processed frame, one :class:`~shitu.serving.video.tracker.TrackSummary` per track).
 
 The recognizer is any callable ``recognizer(images: list[np.ndarray BGR]) -> list[list[Recognition]]``, e.g. the
 in-process ``load_engine(...).recognize`` or the SDK's ``ShituClient(url).recognize``; it may also return
@@ -34,8 +34,8 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, Union,
 
 import numpy as np
 
-from .results import Recognition
-from .tracking import TrackObservation, Tracker, TrackSummary
+from shitu.serving.engine.results import Recognition
+from shitu.serving.video.tracker import TrackObservation, Tracker, TrackSummary
 
 __all__ = [
     "Recognizer",

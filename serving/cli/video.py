@@ -1,10 +1,10 @@
 """``shitu recognize-video``: recognise and track objects in a video file, a stream URL or a camera.
 
-The top-level CLI adds the sub-command with :func:`register`; ``python -m shitu.serving.video_cli recognize-video
+The top-level CLI adds the sub-command with :func:`register`; ``python -m shitu.serving.cli.video recognize-video
 ...`` runs it on its own. Heavy imports (the engine, the client) happen inside :func:`run`, so ``shitu --help``
 stays fast.
 
-Exit status (as ``shitu.cli``): 0 something was tracked, 1 nothing was recognised in any processed frame,
+Exit status (as ``shitu.serving.cli.toolkit``): 0 something was tracked, 1 nothing was recognised in any processed frame,
 2 usage error (bad option, source that can't be opened), 3 engine, client or server error.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 __all__ = ["register", "run", "main", "format_frame", "format_tracks"]
 
-from shitu.cli import EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE, non_negative_int, positive_float, positive_int
+from shitu.serving.cli.toolkit import EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE, non_negative_int, positive_float, positive_int
 
 
 def _iou(text: str) -> float:
@@ -81,7 +81,7 @@ def _fmt_time(t: float | None) -> str:
 
 
 def format_frame(result: Any) -> str:
-    """One human-readable line for a :class:`~shitu.serving.video.FrameResult`."""
+    """One human-readable line for a :class:`~shitu.serving.video.stream.FrameResult`."""
     parts = [f"frame {result.index:>6}  t={result.time:8.3f}s"]
     if result.tracks:
         parts += [f"#{t.track_id} {t.label} {t.score:.3f} [{','.join(map(str, t.bbox))}]" for t in result.tracks]
@@ -96,7 +96,7 @@ def format_frame(result: Any) -> str:
 
 
 def format_tracks(report: Any) -> list[str]:
-    """The human-readable track table and totals of a :class:`~shitu.serving.video.VideoReport`."""
+    """The human-readable track table and totals of a :class:`~shitu.serving.video.stream.VideoReport`."""
     rows = [("track", "label", "conf", "score", "frames", "first", "last")]
     tracks = list(report.tracks)
     if report.frame_label is not None:
@@ -132,10 +132,10 @@ def _recognizer(args: argparse.Namespace) -> Any:
     if args.server:
         if args.scenario or args.gallery:
             print("recognize-video: --scenario/--gallery are the server's with --server; ignored", file=sys.stderr)
-        from shitu.serving.client import ShituClient
+        from shitu.serving.client.sdk import ShituClient
 
         return ShituClient(args.server).recognize
-    from shitu.serving.engine import load_engine
+    from shitu.serving.engine.engine import load_engine
 
     return load_engine(scenario=args.scenario, gallery=args.gallery).recognize
 
@@ -144,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``recognize-video`` for parsed ``args``; returns the exit status."""
     from tqdm import tqdm
 
-    from shitu.serving.tracking import Tracker
-    from shitu.serving.video import VideoSourceError, is_live_url, open_source, recognize_video
+    from shitu.serving.video.tracker import Tracker
+    from shitu.serving.video.stream import VideoSourceError, is_live_url, open_source, recognize_video
 
     out = sys.stdout
     try:
@@ -225,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry: ``python -m shitu.serving.video_cli recognize-video INPUT [options]``."""
+    """Stand-alone entry: ``python -m shitu.serving.cli.video recognize-video INPUT [options]``."""
     parser = argparse.ArgumentParser(prog="shitu")
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)

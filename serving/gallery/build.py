@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .gallery import Gallery, GalleryError
-from .gallery_file import GalleryEntry, GalleryFileError, read_entries
+from shitu.serving.gallery.local import Gallery, GalleryError
+from shitu.serving.gallery.list_file import GalleryEntry, GalleryFileError, read_entries
 
 __all__ = ["BuildReport", "GalleryBuildError", "build_from_entries", "build_from_source", "sha256_file"]
 

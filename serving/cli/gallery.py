@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-#: Exit codes, as in ``shitu.cli``: 0 ok, 1 nothing found, 2 usage error, 3 gallery / engine error.
-from shitu.cli import EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE  # noqa: F401
+#: Exit codes, as in ``shitu.serving.cli.toolkit``: 0 ok, 1 nothing found, 2 usage error, 3 gallery / engine error.
+from shitu.serving.cli.toolkit import EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE  # noqa: F401
 
 
 def _error(message: str) -> int:
@@ -34,8 +34,8 @@ def _guard(fn):
     """Run a command, turning gallery / list-file / OS errors into a message and exit code 3."""
 
     def run(args: argparse.Namespace) -> int:
-        from .gallery import GalleryError
-        from .gallery_file import GalleryFileError
+        from shitu.serving.gallery.local import GalleryError
+        from shitu.serving.gallery.list_file import GalleryFileError
 
         try:
             return fn(args)
@@ -60,7 +60,7 @@ def _param_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _load_engine(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Any:
-    from .engine import load_engine
+    from shitu.serving.engine.engine import load_engine
 
     params = {**(extra or {}), **_param_overrides(args)}
     kwargs: dict[str, Any] = {"params": params or None}
@@ -84,7 +84,7 @@ def _probe_dim(engine: Any) -> tuple[int, bool]:
 
 
 def _print_report(report: Any, gallery: Any, as_json: bool) -> None:
-    from .gallery_build import format_bad
+    from shitu.serving.gallery.build import format_bad
 
     if as_json:
         print(json.dumps({"added": report.added, "skipped_existing": report.skipped_existing,
@@ -96,9 +96,9 @@ def _print_report(report: Any, gallery: Any, as_json: bool) -> None:
 
 
 def _build_or_add(args: argparse.Namespace, create: bool) -> int:
-    from .gallery import DB_NAME, Gallery, GalleryError
-    from .gallery_build import build_from_entries
-    from .gallery_file import GalleryEntry, GalleryFileError, read_entries
+    from shitu.serving.gallery.local import DB_NAME, Gallery, GalleryError
+    from shitu.serving.gallery.build import build_from_entries
+    from shitu.serving.gallery.list_file import GalleryEntry, GalleryFileError, read_entries
 
     path = Path(args.gallery)
     exists = (path / DB_NAME).is_file()
@@ -118,7 +118,7 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
         entries = read_entries(args.sources[0], args.image_root, args.delimiter, errors,
                                max_label_length=args.max_label_length)
     if errors and not args.skip_bad:
-        from .gallery_build import GalleryBuildError
+        from shitu.serving.gallery.build import GalleryBuildError
 
         raise GalleryBuildError([(e.file, e.line_no, e.message) for e in errors])
 
@@ -171,7 +171,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_remove(args: argparse.Namespace) -> int:
-    from .gallery import Gallery
+    from shitu.serving.gallery.local import Gallery
 
     if not args.id and not args.label:
         print("error: give --id and/or --label", file=sys.stderr)
@@ -184,7 +184,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_list(args: argparse.Namespace) -> int:
-    from .gallery import Gallery
+    from shitu.serving.gallery.local import Gallery
 
     with Gallery.open(args.gallery, readonly=True) as g:
         if args.labels:
@@ -207,7 +207,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_info(args: argparse.Namespace) -> int:
-    from .gallery import Gallery
+    from shitu.serving.gallery.local import Gallery
 
     with Gallery.open(args.gallery, readonly=True) as g:
         info = g.info()
@@ -225,7 +225,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     import cv2
     import numpy as np
 
-    from .gallery import Gallery, GalleryError
+    from shitu.serving.gallery.local import Gallery, GalleryError
 
     with Gallery.open(args.gallery, readonly=True) as g:
         extra = {"RecPostProcess.binarize": True} if g.metric == "hamming" else {}
@@ -256,7 +256,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_compact(args: argparse.Namespace) -> int:
-    from .gallery import Gallery
+    from shitu.serving.gallery.local import Gallery
 
     with Gallery.open(args.gallery) as g:
         before = g.info()
@@ -272,7 +272,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_repair(args: argparse.Namespace) -> int:
-    from .gallery import Gallery
+    from shitu.serving.gallery.local import Gallery
 
     with Gallery.repair(args.gallery) as g:
         info = g.info()
@@ -319,7 +319,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
         def run(args: argparse.Namespace) -> int:
             if args.server:
-                from . import client_cli
+                from shitu.serving.cli import recognize as client_cli
 
                 return getattr(client_cli, remote_name)(args)
             return local(args)

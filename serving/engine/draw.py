@@ -9,7 +9,7 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from .results import Recognition
+from shitu.serving.engine.results import Recognition
 
 _PALETTE = [(56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (10, 249, 72),
             (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0), (168, 153, 44), (255, 194, 0)]

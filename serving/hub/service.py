@@ -29,8 +29,8 @@ import numpy as np
 
 from shitu.params import ParamError, flatten, merge
 
-from .engine import GALLERY_NAME, Engine, EngineError, check_boxes, load_engine
-from .images import ImageError, ImageLimits, b64decode, decode
+from shitu.serving.engine.engine import GALLERY_NAME, Engine, EngineError, check_boxes, load_engine
+from shitu.serving.engine.images import ImageError, ImageLimits, b64decode, decode
 
 #: Keys with a meaning of their own; every other top-level key is a parameter override.
 COMMON_FIELDS = {"images", "scenario", "gallery", "params", "operation", "token"}
@@ -104,7 +104,7 @@ class Service:
         self._module_defaults = flatten(module_defaults)
         self._init_params = flatten(extra)  # a bad config.json fails here, at start-up
         self.engines = EngineCache(self._load)
-        from . import hub_app
+        from shitu.serving.hub import app as hub_app
 
         hub_app.set_body_limit(merge(self._module_defaults, self._init_params)["Limits.max_request_bytes"])
 

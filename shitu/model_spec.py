@@ -11,7 +11,7 @@ A folder with neither gets the PaddleClas defaults for its kind.
     params_file: model.pdiparams    # default: the model file's stem + .pdiparams
     onnx_file: model.onnx           # for the onnxruntime backend
     input_color: BGR | RGB          # channel order the network expects (PaddleClas/PaddleDetection: RGB)
-    transform_ops: [...]            # PaddleClas op list, see shitu.serving.transforms
+    transform_ops: [...]            # PaddleClas op list, see shitu.serving.engine.transforms
     decoder: gfl | paddledet        # detectors: raw GFL heads (NanoDet) or PaddleDetection's NMS'd rows
     decoder_args: {...}             # gfl: strides, reg_max, input_size; class_names
     pooling: gap | none             # extractors whose output is a feature map [N, C, H, W]

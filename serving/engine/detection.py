@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from .model_spec import ModelSpec
-from .predictor import Predictor, PredictorError, RuntimeOptions
-from .results import Detections
-from .timing import NULL_TIMER, StageTimer
-from .transforms import Transforms
+from shitu.model_spec import ModelSpec
+from shitu.serving.engine.predictor import Predictor, PredictorError, RuntimeOptions
+from shitu.serving.engine.results import Detections
+from shitu.serving.engine.timing import NULL_TIMER, StageTimer
+from shitu.serving.engine.transforms import Transforms
 
 
 def nms(xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:

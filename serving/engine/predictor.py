@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .model_spec import ModelSpec, ModelSpecError
+from shitu.model_spec import ModelSpec, ModelSpecError
 
 # Silence paddle's C++ logging before paddle is imported anywhere.
 os.environ.setdefault("GLOG_minloglevel", "2")

@@ -8,9 +8,9 @@
 
 Without ``--server`` the engine runs here (``load_engine(scenario, gallery)``; ``--gallery`` is a gallery folder
 when it contains a path separator or names an existing folder, else a gallery name of the scenario pack); with it,
-the client SDK (:mod:`shitu.serving.client`) calls the server and ``--gallery`` is a gallery name there.
+the client SDK (:mod:`shitu.serving.client.sdk`) calls the server and ``--gallery`` is a gallery name there.
 
-Output: a table per image, or one JSON object per line with ``--json``. Exit status (``shitu.cli``): 0 something
+Output: a table per image, or one JSON object per line with ``--json``. Exit status (``shitu.serving.cli.toolkit``): 0 something
 was recognised (detected), 1 nothing was, 2 usage error (bad option, missing file, unknown parameter; in-process
 also an unknown scenario or a missing gallery), 3 server, connection or engine error, or an image that could not
 be decoded.
@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from shitu.cli import EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE, positive_float, positive_int
+from shitu.serving.cli.toolkit import EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE, positive_float, positive_int
 
 __all__ = ["register", "main", "cmd_recognize", "cmd_detect", "remote_gallery_add", "remote_gallery_remove",
            "remote_gallery_info", "remote_gallery_list", "TOKEN_ENV"]
@@ -52,7 +52,7 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
     """Turn usage, client and server errors into a message on stderr and the exit status."""
 
     def run(args: argparse.Namespace) -> int:
-        from .client import InputError, ShituError
+        from shitu.serving.client.sdk import InputError, ShituError
 
         try:
             return fn(args)
@@ -93,9 +93,9 @@ def param_overrides(items: Sequence[str] | None) -> dict[str, Any]:
 
 
 def make_client(args: argparse.Namespace) -> Any:
-    """A :class:`~shitu.serving.client.ShituClient` from ``--server``, ``--token``, ``--timeout``, ``--retries``
+    """A :class:`~shitu.serving.client.sdk.ShituClient` from ``--server``, ``--token``, ``--timeout``, ``--retries``
     and ``--batch-size`` (those missing from ``args`` take the client's defaults)."""
-    from .client import ShituClient
+    from shitu.serving.client.sdk import ShituClient
 
     kwargs: dict[str, Any] = {}
     for name in ("timeout", "retries", "batch_size"):
@@ -176,18 +176,18 @@ def _local_engine(args: argparse.Namespace, overrides: dict[str, Any], need_gall
     gallery = _local_gallery(getattr(args, "gallery", None)) if need_gallery else None
     params = dict(overrides)
     if isinstance(gallery, Path):
-        from .gallery import DB_NAME, Gallery
+        from shitu.serving.gallery.local import DB_NAME, Gallery
 
         if not (gallery / DB_NAME).is_file():
             raise UsageError(f"--gallery {gallery}: not a gallery folder (build one with `shitu gallery build`)")
         with Gallery.open(gallery, readonly=True) as g:
             if g.metric == "hamming":
                 params.setdefault("RecPostProcess.binarize", True)
-    from .engine import load_engine
+    from shitu.serving.engine.engine import load_engine
 
     engine = load_engine(args.scenario, gallery, params or None)
     if need_gallery and not isinstance(gallery, Path):
-        from .gallery import DB_NAME
+        from shitu.serving.gallery.local import DB_NAME
 
         path = engine.gallery_path()
         if not (path / DB_NAME).is_file():
@@ -200,8 +200,8 @@ def _local_engine(args: argparse.Namespace, overrides: dict[str, Any], need_gall
 
 def _run_local(args: argparse.Namespace, overrides: dict[str, Any], op: str) -> list[Any]:
     """Per-image results in the client's types, computed by the engine in this process."""
-    from .client import Box, ImageDetections, ImageRecognitions
-    from .images import ImageError, load
+    from shitu.serving.client.sdk import Box, ImageDetections, ImageRecognitions
+    from shitu.serving.engine.images import ImageError, load
 
     engine = _local_engine(args, overrides, need_gallery=(op == "recognize"))
     out: list[Any] = []
@@ -281,7 +281,7 @@ def format_result(name: str, res: Any) -> str:
 def _write_drawing(folder: Path, path: str, res: Any, all_paths: Sequence[str]) -> None:
     import cv2
 
-    from .client import draw
+    from shitu.serving.client.sdk import draw
 
     stem = Path(path).stem
     if sum(Path(p).stem == stem for p in all_paths) > 1:
@@ -324,7 +324,7 @@ def remote_gallery_add(args: argparse.Namespace) -> int:
     ``image_root``, ``delimiter``, ``max_label_length``, ``skip_bad`` (list files, as ``shitu gallery add``);
     ``batch_size``, ``timeout``, ``retries``, ``param``, ``json`` (all optional). Exit 0 added, 1 nothing to add.
     """
-    from .gallery_file import GalleryFileError, read_entries
+    from shitu.serving.gallery.list_file import GalleryFileError, read_entries
 
     sources = list(getattr(args, "sources", None) or [])
     if not sources:
@@ -421,7 +421,7 @@ def remote_gallery_list(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m shitu.serving.client_cli recognize|detect ...`` (the same commands as ``shitu``)."""
+    """``python -m shitu.serving.cli.recognize recognize|detect ...`` (the same commands as ``shitu``)."""
     parser = argparse.ArgumentParser(prog="shitu-client")
     register(parser.add_subparsers(dest="command", metavar="COMMAND"))
     args = parser.parse_args(argv)

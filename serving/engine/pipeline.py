@@ -17,14 +17,14 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from .detection import MainbodyDetector, nms
-from .extraction import FeatureExtractor, crop
-from .results import Match, Recognition
-from .timing import NULL_TIMER, StageTimer
+from shitu.serving.engine.detection import MainbodyDetector, nms
+from shitu.serving.engine.extraction import FeatureExtractor, crop
+from shitu.serving.engine.results import Match, Recognition
+from shitu.serving.engine.timing import NULL_TIMER, StageTimer
 
 
 class SearchIndex(Protocol):
-    """What the pipeline needs from a gallery (``shitu.serving.gallery.Gallery`` is the real one)."""
+    """What the pipeline needs from a gallery (``shitu.serving.gallery.local.Gallery`` is the real one)."""
 
     higher_is_better: bool
 

@@ -57,8 +57,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import faiss
 import numpy as np
 
-from .gallery_file import DEFAULT_MAX_LABEL_LENGTH, label_problem
-from .results import Match
+from shitu.serving.gallery.list_file import DEFAULT_MAX_LABEL_LENGTH, label_problem
+from shitu.serving.engine.results import Match
 
 __all__ = ["FORMAT_VERSION", "Gallery", "GalleryError", "LabelError", "DB_NAME"]
 

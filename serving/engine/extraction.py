@@ -12,10 +12,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .model_spec import ModelSpec
-from .predictor import Predictor, PredictorError, RuntimeOptions
-from .timing import NULL_TIMER, StageTimer
-from .transforms import Transforms
+from shitu.model_spec import ModelSpec
+from shitu.serving.engine.predictor import Predictor, PredictorError, RuntimeOptions
+from shitu.serving.engine.timing import NULL_TIMER, StageTimer
+from shitu.serving.engine.transforms import Transforms
 
 
 def crop(image: np.ndarray, box: Sequence[float]) -> np.ndarray:

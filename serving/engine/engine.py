@@ -20,13 +20,13 @@ import numpy as np
 
 from shitu.params import Params, merge
 
-from .detection import MainbodyDetector
-from .extraction import FeatureExtractor
-from .model_spec import ModelSpec
-from .pipeline import SearchIndex, accepts, recognize
-from .predictor import RuntimeOptions
-from .results import Detections, Match, Recognition
-from .timing import NULL_TIMER, StageTimer
+from shitu.serving.engine.detection import MainbodyDetector
+from shitu.serving.engine.extraction import FeatureExtractor
+from shitu.model_spec import ModelSpec
+from shitu.serving.engine.pipeline import SearchIndex, accepts, recognize
+from shitu.serving.engine.predictor import RuntimeOptions
+from shitu.serving.engine.results import Detections, Match, Recognition
+from shitu.serving.engine.timing import NULL_TIMER, StageTimer
 
 #: Gallery names a request may use (never a path).
 GALLERY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -94,7 +94,7 @@ class Engine:
         key = str(path.resolve())
         with self._lock:
             if key not in self._galleries:
-                from .gallery import DB_NAME, Gallery
+                from shitu.serving.gallery.local import DB_NAME, Gallery
 
                 named = isinstance(name, str) and name != self.default_gallery
                 if named and not create and not (path / DB_NAME).is_file():
@@ -196,7 +196,9 @@ def check_boxes(boxes: Any, shape: tuple[int, ...], index: int) -> np.ndarray:
 
 def builtin_models_dir() -> Path:
     """The embedded default models (general-lite pack): ``det/`` and ``rec/``."""
-    return Path(__file__).resolve().parent.parent / "plugins" / "packs" / "general_lite" / "models"
+    import shitu.plugins
+
+    return Path(shitu.plugins.__file__).resolve().parent / "packs" / "general_lite" / "models"
 
 
 def load_engine(scenario: str | None = None, gallery: str | Path | None = None,
