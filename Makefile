@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv bench clean system-deps
 
 # The virtualenv, refreshed whenever setup.py changes (the stamp records the extras installed).
 $(PY):
@@ -21,8 +21,12 @@ venv: $(VENV)/.stamp-dev
 demo: $(VENV)/.stamp-dev
 	$(VENV)/bin/shitu demo --out demo_output
 
-## make test: create/refresh the virtualenv with the dev extra and run the whole test suite.
-test: $(VENV)/.stamp-dev
+## Debian packages some tests need (tests/system-packages.txt), installed when missing and possible.
+system-deps:
+	@bash tests/install_system_packages.sh
+
+## make test: create/refresh the virtualenv with the dev extra, install the Debian packages, run the whole suite.
+test: $(VENV)/.stamp-dev system-deps
 	$(PY) -m pytest -q tests
 
 ## make bench: the benchmark suite (tables on stdout, JSON in benchmarks/results/).
