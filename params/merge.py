@@ -12,6 +12,7 @@ Unknown names and ill-typed values raise :class:`ParamError` naming the paramete
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -54,6 +55,10 @@ def coerce(f: Field, value: Any) -> Any:
             return None
         raise ParamError(f.name, "must not be null")
     expected = f.type
+    if isinstance(expected, tuple) and f.choices is not None:  # mixed types: one of the choices, type included
+        if not any(type(value) is type(c) and value == c for c in f.choices):
+            raise ParamError(f.name, f"expected {' or '.join(json.dumps(c) for c in f.choices)}, got {value!r}")
+        return value
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if expected is bool:

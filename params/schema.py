@@ -65,15 +65,20 @@ FIELDS: tuple[Field, ...] = (
     Field("Global", "max_det_results", int, 5,
           "At most this many detector boxes (highest scores first) are kept per image, before the whole-image "
           "box is appended. Together with `threshold` it decides how many boxes come back.", minimum=0, maximum=1000),
-    Field("Global", "append_whole_image", bool, True,
+    Field("Global", "append_whole_image", (bool, str), True,
           "Also search the whole image as one extra box (PP-ShiTu always does); results mark it with "
-          "`is_whole_image`.", aliases=("whole_image_box",)),
+          "`is_whole_image`. `fallback`: search the whole image only when no detected box yields an accepted match "
+          "(`mainbody_detection` then appends it only when no detector box is left).",
+          aliases=("whole_image_box",), choices=(True, False, "fallback")),
     Field("Global", "det_nms_threshold", float, 0.5,
           "IoU above which overlapping detector boxes are merged (class-agnostic NMS on raw-head detectors).",
           minimum=0.0, maximum=1.0),
     Field("Global", "rec_nms_thresold", float, 0.05,
           "IoU above which a recognised box is suppressed by a higher-scoring one (PaddleClas's spelling; "
           "`rec_nms_threshold` is accepted too).", minimum=0.0, maximum=1.0, aliases=("rec_nms_threshold",)),
+    Field("Global", "rec_nms_per_label", bool, False,
+          "Rec-NMS suppresses a box only with a better box of the *same label*, so overlapping different objects "
+          "both stay (PP-ShiTu: off, any label suppresses)."),
     Field("Global", "batch_size", int, 8, "Crops per forward pass of the feature extractor.",
           minimum=1, maximum=256),
     Field("Global", "min_box_size", int, 4, "Detector boxes narrower or lower than this many pixels are dropped.",
@@ -115,7 +120,8 @@ FIELDS: tuple[Field, ...] = (
           choices=("IP", "L2", "hamming"), aliases=("metric_type",), per_request=False),
     Field("IndexProcess", "index_dir", str, None, "Gallery folder (default: the scenario pack's gallery).",
           nullable=True, per_request=False),
-    Field("IndexProcess", "return_k", int, 5, "Matches returned per embedding by `index_search`.",
+    Field("IndexProcess", "return_k", int, 5, "Matches returned per embedding by `index_search` (and per searched "
+          "box in `explain` answers).",
           minimum=1, maximum=1000),
     Field("IndexProcess", "score_thres", float, 0.5,
           "Weakest match accepted. For `IP` a score must be >= it (higher is better); for `L2` and `hamming` "

@@ -5,6 +5,7 @@
     shitu recognize query.jpg --gallery ./my_gallery                 # in-process, a gallery folder
     shitu recognize a.jpg b.jpg --server http://host:8866 --gallery shop --param threshold=0.5 --json
     shitu detect photo.jpg --server http://host:8866 --draw annotated/
+    shitu recognize shelf.jpg --gallery ./my_gallery --explain --draw why/   # why each box was kept or dropped
 
 Without ``--server`` the engine runs here (``load_engine(scenario, gallery)``; ``--gallery`` is a gallery folder
 when it contains a path separator or names an existing folder, else a gallery name of the scenario pack); with it,
@@ -136,6 +137,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                          "a gallery folder")
     r.add_argument("--json", action="store_true", help="one JSON object per image and line")
     r.add_argument("--draw", metavar="DIR", help="write annotated copies of the images into DIR")
+    r.add_argument("--explain", action="store_true",
+                   help="also show why: every detector box (kept or dropped, by which filter), each searched box's "
+                        "top matches and whether score_thres or rec-NMS dropped it; --draw draws dropped boxes dashed")
     r.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="parameter override by PP-ShiTu name, e.g. threshold=0.5 (repeatable)")
     _client_options(r, token=True)
@@ -213,7 +217,11 @@ def _run_local(args: argparse.Namespace, overrides: dict[str, Any], op: str) -> 
                 out.append((ImageRecognitions if op == "recognize" else ImageDetections)((), i, error=exc.reason))
                 continue
             h, w = img.shape[:2]
-            if op == "recognize":
+            if op == "recognize" and getattr(args, "explain", False):
+                recognitions, explanation = engine.recognize_explained([img])[0]
+                out.append(ImageRecognitions(recognitions, i, w, h))
+                out[-1].explanation = explanation
+            elif op == "recognize":
                 out.append(ImageRecognitions(engine.recognize([img])[0], i, w, h))
             else:
                 boxes = [Box.from_dict({k: v for k, v in b.items() if k != "class_id"})
@@ -236,7 +244,7 @@ def _run(args: argparse.Namespace, op: str) -> int:
         client = make_client(args)
         with client:
             call = client.recognize if op == "recognize" else client.detect
-            extra = {"gallery": args.gallery} if op == "recognize" else {}
+            extra = {"gallery": args.gallery, "explain": args.explain} if op == "recognize" else {}
             results = call(list(args.images), scenario=args.scenario, params=overrides, raise_on_error=False,
                            **extra)
     else:
@@ -252,6 +260,8 @@ def _run(args: argparse.Namespace, op: str) -> int:
         found = found or any(not getattr(x, "is_whole_image", False) or op == "recognize" for x in res)
         print(json.dumps({"image": path, **res.to_dict()}, ensure_ascii=False) if args.json
               else format_result(path, res))
+        if getattr(res, "explanation", None) is not None and not args.json:
+            print(f"  why:\n{res.explanation.format()}")
         if args.draw and res.error is None:
             _write_drawing(Path(args.draw), path, res, args.images)
     sys.stdout.flush()
@@ -287,7 +297,14 @@ def _write_drawing(folder: Path, path: str, res: Any, all_paths: Sequence[str]) 
     if sum(Path(p).stem == stem for p in all_paths) > 1:
         stem = f"{res.index}_{stem}"
     out = folder / f"{stem}.jpg"
-    if not cv2.imwrite(str(out), draw(path, res)):
+    if getattr(res, "explanation", None) is not None:
+        from shitu.serving.client.sdk import load_image
+        from shitu.serving.engine.draw import draw_explanation
+
+        image = draw_explanation(load_image(path), res, res.explanation)
+    else:
+        image = draw(path, res)
+    if not cv2.imwrite(str(out), image):
         print(f"warning: could not write {out}", file=sys.stderr)
 
 

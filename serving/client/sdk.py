@@ -62,6 +62,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import requests
 
+from shitu.serving.engine.explain import Explanation
 from shitu.serving.engine.results import Match, Recognition
 
 __all__ = [
@@ -237,10 +238,25 @@ class ImageResult(list):
 
 
 class ImageRecognitions(ImageResult):
-    """:class:`Recognition` objects of one image, best first."""
+    """:class:`Recognition` objects of one image, best first; ``explanation`` (an
+    :class:`~shitu.serving.engine.explain.Explanation`) when asked for with ``explain=True``, else ``None``."""
 
     key = "results"
     item_type = staticmethod(Recognition.from_dict)
+    explanation: Explanation | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], index: int | None = None) -> "ImageResult":
+        out = super().from_dict(d, index)
+        if d.get("explanation") is not None:
+            out.explanation = Explanation.from_dict(d["explanation"])  # type: ignore[attr-defined]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if self.explanation is not None:
+            d["explanation"] = self.explanation.to_dict()
+        return d
 
 
 class ImageDetections(ImageResult):
@@ -718,13 +734,15 @@ class ShituClient:
 
     # -- operations ----------------------------------------------------------------------------------------------
     def recognize(self, images: Any, *, scenario: str | None = None, gallery: str | None = None,
-                  params: Mapping[str, Any] | None = None, raise_on_error: bool = True, **overrides: Any) -> Any:
+                  params: Mapping[str, Any] | None = None, raise_on_error: bool = True, explain: bool = False,
+                  **overrides: Any) -> Any:
         """What and where: one :class:`ImageRecognitions` (a list of :class:`Recognition`, best first) per image;
-        one image in, one out; a list in, a list out."""
+        one image in, one out; a list in, a list out. ``explain``: each also carries its ``explanation``."""
         return self._per_image(
             "image_recognition", "recognize", images,
             lambda d, i: ImageRecognitions.from_dict(d, i), raise_on_error,
-            lambda enc, start: self._payload("recognize", scenario, gallery, params, overrides, images=enc))
+            lambda enc, start: self._payload("recognize", scenario, gallery, params, overrides, images=enc,
+                                             explain=True if explain else None))
 
     def detect(self, images: Any, *, scenario: str | None = None, gallery: str | None = None,
                params: Mapping[str, Any] | None = None, raise_on_error: bool = True, **overrides: Any) -> Any:

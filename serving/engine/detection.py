@@ -10,7 +10,7 @@ Two detector output formats are decoded:
   NMS.
 
 Then ``Global.threshold`` drops weak boxes, ``Global.max_det_results`` keeps the best ones, and the whole image is
-appended as one more box when ``Global.append_whole_image`` is on.
+appended as one more box when ``Global.append_whole_image`` is on (``"fallback"``: only when no box is left).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from shitu.model_spec import ModelSpec
+from shitu.serving.engine.explain import Explanation
 from shitu.serving.engine.predictor import Predictor, PredictorError, RuntimeOptions
 from shitu.serving.engine.results import Detections
 from shitu.serving.engine.timing import NULL_TIMER, StageTimer
@@ -161,22 +162,32 @@ class MainbodyDetector:
         xyxy = np.clip(xyxy, 0, [w, h, w, h]).astype(np.float32)
         return Detections.from_arrays(xyxy, scores, classes)
 
-    def detect(self, image_bgr: np.ndarray, params: Any, timer: StageTimer = NULL_TIMER) -> Detections:
+    def detect(self, image_bgr: np.ndarray, params: Any, timer: StageTimer = NULL_TIMER,
+               explanation: Explanation | None = None) -> Detections:
         """Boxes as ``Global.threshold``, ``Global.max_det_results``, ``Global.append_whole_image`` say."""
         det = self.raw(image_bgr, params["Global.det_nms_threshold"], timer)
         with timer.stage("det_postprocess"):
-            return select_boxes(det, image_bgr.shape[0], image_bgr.shape[1], params)
+            return select_boxes(det, image_bgr.shape[0], image_bgr.shape[1], params, explanation)
 
 
-def select_boxes(det: Detections, height: int, width: int, params: Any) -> Detections:
-    """Apply threshold, minimum size, top-k and the whole-image box to raw detections."""
-    wh = det.xyxy[:, 2:] - det.xyxy[:, :2]
-    keep = (det.scores >= params["Global.threshold"]) & (wh.min(axis=1) >= params["Global.min_box_size"]) \
-        if len(det) else np.zeros(0, bool)
-    det = det[keep]
-    order = np.argsort(-det.scores, kind="stable")[: params["Global.max_det_results"]]
-    det = det[order]
-    if params["Global.append_whole_image"]:
+def select_boxes(det: Detections, height: int, width: int, params: Any,
+                 explanation: Explanation | None = None) -> Detections:
+    """Apply threshold, minimum size, top-k and the whole-image box to raw detections.
+
+    ``Global.append_whole_image``: ``True`` appends the whole-image box, ``"fallback"`` only when no detector box
+    is left (the pipeline also searches it when no detected box gives an accepted match). ``explanation``, when
+    given, records which filter dropped each box.
+    """
+    low = det.scores < params["Global.threshold"]
+    small = (det.xyxy[:, 2:] - det.xyxy[:, :2]).min(axis=1) < params["Global.min_box_size"]
+    passed = np.nonzero(~low & ~small)[0]
+    order = passed[np.argsort(-det.scores[passed], kind="stable")]
+    top = order[: params["Global.max_det_results"]]
+    if explanation is not None:
+        explanation.detector_filters(det, low, small, order[len(top):])
+    det = det[top]
+    whole = params["Global.append_whole_image"]
+    if whole is True or (whole == "fallback" and len(det) == 0):
         det = det.concat(whole_image_box(height, width))
     return det
 

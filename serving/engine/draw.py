@@ -1,14 +1,16 @@
-"""Drawing recognitions on images (annotated copies for the demo, the CLI's ``--draw`` and videos).
+"""Drawing recognitions on images (annotated copies for the demo, the CLI's ``--draw`` and videos), and with
+``--explain`` the boxes an answer left out, dashed, with the reason.
 
 Needs only numpy and OpenCV, so the client SDK can use it.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
 
+from shitu.serving.engine.explain import Explanation
 from shitu.serving.engine.results import Recognition
 
 _PALETTE = [(56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (10, 249, 72),
@@ -39,3 +41,57 @@ def draw_recognitions(image_bgr: np.ndarray, recognitions: Iterable[Recognition]
         cv2.putText(out, text, (x1 + 2, ty - base - 1), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thick, (255, 255, 255),
                     thick, cv2.LINE_AA)
     return out
+
+
+_DROPPED = (128, 128, 128)   # detector boxes dropped by a filter: grey, dashed
+_REJECTED = (0, 140, 255)    # searched, best match under IndexProcess.score_thres: orange, dashed
+_SUPPRESSED = (255, 0, 255)  # searched and accepted, dropped by rec-NMS: magenta, dashed
+
+
+def dashed_rectangle(image: np.ndarray, box: Sequence[int], color: tuple[int, int, int], thickness: int = 1,
+                     dash: int = 8) -> None:
+    """Draw ``box`` [x1, y1, x2, y2] on ``image`` in place as a dashed outline."""
+    x1, y1, x2, y2 = (int(v) for v in box)
+    for (ax, ay), (bx, by) in (((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)), ((x2, y2), (x1, y2)), ((x1, y2), (x1, y1))):
+        length = max(abs(bx - ax), abs(by - ay))
+        for start in range(0, length, 2 * dash):
+            end = min(start + dash, length)
+            p = (ax + (bx - ax) * start // max(length, 1), ay + (by - ay) * start // max(length, 1))
+            q = (ax + (bx - ax) * end // max(length, 1), ay + (by - ay) * end // max(length, 1))
+            cv2.line(image, p, q, color, thickness, cv2.LINE_AA)
+
+
+def draw_explanation(image_bgr: np.ndarray, recognitions: Iterable[Recognition], explanation: Explanation
+                     ) -> np.ndarray:
+    """The answer drawn as :func:`draw_recognitions` does, over every box the answer left out, dashed and captioned
+    with why: detector boxes dropped by a filter (grey), searched boxes rejected by ``score_thres`` (orange) and
+    boxes suppressed by rec-NMS (magenta, with the searched box that won)."""
+    out = image_bgr.copy()
+    thick = max(1, round(min(out.shape[:2]) / 300))
+    notes: list[tuple[list[int], str, tuple[int, int, int]]] = []
+    for i, b in enumerate(explanation.detector):
+        if not b.kept:
+            notes.append((b.bbox, f"d{i} {b.dropped_by.split('.')[-1] if b.dropped_by else ''}", _DROPPED))
+    for i, s in enumerate(explanation.searched):
+        if s.verdict == "kept" or s.is_whole_image:
+            continue
+        if s.suppressed_by is not None:
+            notes.append((s.bbox, f"s{i} {s.matches[0].label} suppressed by s{s.suppressed_by}", _SUPPRESSED))
+        else:
+            best = f"{s.matches[0].label} {s.matches[0].score:.2f}" if s.matches else "no match"
+            notes.append((s.bbox, f"s{i} {best} < score_thres", _REJECTED))
+    for box, text, color in notes:
+        dashed_rectangle(out, box, color, thick)
+        _caption(out, text, box[0], box[3], color, thick, below=True)
+    return draw_recognitions(out, recognitions)
+
+
+def _caption(image: np.ndarray, text: str, x: int, y: int, color: tuple[int, int, int], thick: int,
+             below: bool = False) -> None:
+    """``text`` on a filled ``color`` strip at (x, y): above that point, or inside the box's bottom edge."""
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, thick)
+    ty = y - 2 if below else y
+    ty = max(ty, th + base + 2)
+    cv2.rectangle(image, (x, ty - th - base - 2), (x + tw + 4, ty), color, -1)
+    cv2.putText(image, text, (x + 2, ty - base - 1), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, (255, 255, 255), thick,
+                cv2.LINE_AA)

@@ -21,6 +21,7 @@ import numpy as np
 from shitu.params import Params, merge
 
 from shitu.serving.engine.detection import MainbodyDetector
+from shitu.serving.engine.explain import Explanation
 from shitu.serving.engine.extraction import FeatureExtractor
 from shitu.model_spec import ModelSpec
 from shitu.serving.engine.pipeline import SearchIndex, accepts, recognize
@@ -155,6 +156,18 @@ class Engine:
         p = self.request_params(overrides)
         g = self.gallery(gallery)
         return [recognize(img, self.detector, self.extractor, g, p, timer) for img in images]
+
+    def recognize_explained(self, images: Sequence[np.ndarray], gallery: str | Path | SearchIndex | None = None,
+                            timer: StageTimer = NULL_TIMER, **overrides: Any
+                            ) -> list[tuple[list[Recognition], Explanation]]:
+        """:meth:`recognize` plus, per image, an :class:`~.explain.Explanation` of every stage (``explain``)."""
+        p = self.request_params(overrides)
+        g = self.gallery(gallery)
+        out = []
+        for img in images:
+            explanation = Explanation.start(p)
+            out.append((recognize(img, self.detector, self.extractor, g, p, timer, explanation), explanation))
+        return out
 
     def gallery_add(self, images: Sequence[np.ndarray], labels: Sequence[str], gallery: str | Path | None = None,
                     sources: Sequence[str | None] | None = None, metadata: Sequence[dict | None] | None = None,

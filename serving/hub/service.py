@@ -383,14 +383,20 @@ class RecognitionService(Service):
 
     default_operation = "recognize"
     write_operations = frozenset({"add", "remove"})
-    fields = {"add": {"labels", "metadata"}, "remove": {"ids", "labels"}}
+    fields = {"recognize": {"explain"}, "add": {"labels", "metadata"}, "remove": {"ids", "labels"}}
 
     def op_recognize(self, request: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
         engine = self.engine(request)
         engine.request_params(overrides)  # validate before decoding
+        explain = request.get("explain", False)
+        if not isinstance(explain, bool):
+            raise RequestError(f"field 'explain' must be true or false, got {type(explain).__name__}")
         images = self.decode_images(request, engine)
         gallery = request.get("gallery")
         engine.gallery(gallery)  # an unknown gallery fails the whole request, not each image
+        if explain:
+            return self.per_image(images, lambda i, img: _explained(
+                engine.recognize_explained([img], gallery=gallery, **overrides)[0]))
         return self.per_image(images, lambda i, img: {
             "results": [r.to_dict() for r in engine.recognize([img], gallery=gallery, **overrides)[0]]})
 
@@ -415,3 +421,9 @@ class RecognitionService(Service):
             d["default"] = d.get("name") == default
             out.append(d)
         return out
+
+
+def _explained(answer: tuple[list[Any], Any]) -> dict[str, Any]:
+    """``(recognitions, explanation)`` of one image -> its ``results`` and ``explanation`` fields."""
+    recognitions, explanation = answer
+    return {"results": [r.to_dict() for r in recognitions], "explanation": explanation.to_dict()}
