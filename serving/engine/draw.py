@@ -63,26 +63,34 @@ def dashed_rectangle(image: np.ndarray, box: Sequence[int], color: tuple[int, in
 
 def draw_explanation(image_bgr: np.ndarray, recognitions: Iterable[Recognition], explanation: Explanation
                      ) -> np.ndarray:
-    """The answer drawn as :func:`draw_recognitions` does, over every box the answer left out, dashed and captioned
-    with why: detector boxes dropped by a filter (grey), searched boxes rejected by ``score_thres`` (orange) and
-    boxes suppressed by rec-NMS (magenta, with the searched box that won)."""
+    """The answer drawn as :func:`draw_recognitions` does, over the boxes the answer left out, dashed and captioned
+    with why: detector boxes dropped by a filter (grey; of those under ``Global.threshold`` only the best
+    ``Global.max_det_results``, the explanation lists them all), searched boxes rejected by ``score_thres`` (orange)
+    and boxes suppressed by rec-NMS (magenta, naming the searched box that won). A whole image left out is a banner
+    at the bottom."""
     out = image_bgr.copy()
-    thick = max(1, round(min(out.shape[:2]) / 300))
+    h, w = out.shape[:2]
+    thick = max(1, round(min(h, w) / 300))
     notes: list[tuple[list[int], str, tuple[int, int, int]]] = []
-    for i, b in enumerate(explanation.detector):
-        if not b.kept:
-            notes.append((b.bbox, f"d{i} {b.dropped_by.split('.')[-1] if b.dropped_by else ''}", _DROPPED))
-    for i, s in enumerate(explanation.searched):
-        if s.verdict == "kept" or s.is_whole_image:
+    for i, b in explanation.notable_detector_boxes():
+        if b.kept:
             continue
-        if s.suppressed_by is not None:
-            notes.append((s.bbox, f"s{i} {s.matches[0].label} suppressed by s{s.suppressed_by}", _SUPPRESSED))
+        notes.append((b.bbox, f"d{i} {b.score:.2f} {(b.dropped_by or '').split('.')[-1]}", _DROPPED))
+    banner = ""
+    for i, s in enumerate(explanation.searched):
+        if s.verdict == "kept":
+            continue
+        best = f"{s.matches[0].label} {s.matches[0].score:.2f}" if s.matches else "no match"
+        why = f"suppressed by s{s.suppressed_by}" if s.suppressed_by is not None else "< score_thres"
+        if s.is_whole_image:
+            banner = f"whole image s{i}: {best} {why}"
         else:
-            best = f"{s.matches[0].label} {s.matches[0].score:.2f}" if s.matches else "no match"
-            notes.append((s.bbox, f"s{i} {best} < score_thres", _REJECTED))
+            notes.append((s.bbox, f"s{i} {best} {why}", _SUPPRESSED if s.suppressed_by is not None else _REJECTED))
     for box, text, color in notes:
         dashed_rectangle(out, box, color, thick)
         _caption(out, text, box[0], box[3], color, thick, below=True)
+    if banner:
+        _caption(out, banner, 0, h, _SUPPRESSED if "suppressed" in banner else _REJECTED, thick, below=True)
     return draw_recognitions(out, recognitions)
 
 

@@ -157,6 +157,19 @@ class Explanation:
                     break
 
     # -- reading ----------------------------------------------------------------------------------------------
+    def notable_detector_boxes(self) -> list[tuple[int, DetectorBox]]:
+        """``(index, box)`` of the detector boxes worth showing: all but those under ``Global.threshold`` beyond
+        the best ``max_det_results`` of them (a detector returns dozens of faint boxes; :meth:`to_dict` has all)."""
+        room = int(self.params.get("Global.max_det_results", 5))
+        out = []
+        for i, b in enumerate(self.detector):  # best first, as the detector returns them
+            if b.dropped_by == "Global.threshold":
+                if room <= 0:
+                    continue
+                room -= 1
+            out.append((i, b))
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {"params": dict(self.params), "detector": [b.to_dict() for b in self.detector],
                 "whole_image": self.whole_image, "searched": [s.to_dict() for s in self.searched]}
@@ -167,15 +180,19 @@ class Explanation:
                    str(d.get("whole_image", "off")), [SearchedBox.from_dict(s) for s in d.get("searched") or []])
 
     def format(self, indent: str = "    ") -> str:
-        """A readable table: detector boxes, then searched boxes with their matches and verdicts."""
+        """A readable table: detector boxes (of those under ``Global.threshold`` the best ``max_det_results``), then
+        searched boxes with their top matches and verdicts."""
         p = self.params
         lines = [f"{indent}detector boxes (threshold {p.get('Global.threshold')}, min_box_size "
                  f"{p.get('Global.min_box_size')}, max_det_results {p.get('Global.max_det_results')}):"]
         if not self.detector:
             lines.append(f"{indent}    (none)")
-        for i, b in enumerate(self.detector):
+        shown = self.notable_detector_boxes()
+        for i, b in shown:
             verdict = "kept" if b.kept else f"dropped by {b.dropped_by}: {b.reason}"
             lines.append(f"{indent}  d{i:<3} {str(b.bbox):<24} det {b.score:.3f}   {verdict}")
+        if len(shown) < len(self.detector):
+            lines.append(f"{indent}  ... and {len(self.detector) - len(shown)} more dropped by Global.threshold")
         lines.append(f"{indent}whole image: {self.whole_image} (append_whole_image {p.get('Global.append_whole_image')})")
         lines.append(f"{indent}searched boxes (score_thres {p.get('IndexProcess.score_thres')}, rec_nms_thresold "
                      f"{p.get('Global.rec_nms_thresold')}, per label {p.get('Global.rec_nms_per_label')}):")
