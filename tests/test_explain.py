@@ -82,6 +82,9 @@ def test_explanation_names_score_thres_and_the_rec_nms_winner(engine, gallery, q
     assert "IoU" in box.reason
     text = ex.format()
     assert "suppressed by Global.rec_nms_thresold" in text and "top matches: cat" in text
+    # IndexProcess.labels that no gallery item has: nothing to match, and the explanation says which filter.
+    found, ex = explained(engine, queries["cat_mirrored_crop"], gallery, labels=["no-such-label"])
+    assert found == [] and {(s.dropped_by, len(s.matches)) for s in ex.searched} == {("IndexProcess.labels", 0)}
 
 
 def test_explanation_round_trips_as_json(engine, gallery, queries):
@@ -196,6 +199,25 @@ def test_served_explain_field(served, photos, queries):
                                append_whole_image="fallback")
     assert res.explanation.whole_image == "fallback: searched (no detected box was accepted)"
     assert res.to_dict()["explanation"]["searched"][0]["dropped_by"] == "IndexProcess.score_thres"
+
+
+def test_cli_explain_against_the_server(served, queries, tmp_path, capsys, monkeypatch):
+    from shitu.serving import cli
+
+    if "shitu.serving.cli.recognize" not in cli.COMMAND_MODULES:
+        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "shitu.serving.cli.recognize"))
+    with ShituClient(served.url) as client:
+        client.gallery_add([queries["collage_cat_and_coffee"]], ["collage"], gallery="explain-cli")
+    query = tmp_path / "coffee.png"
+    cv2.imwrite(str(query), queries["coffee_rescaled_crop"])
+    rc = cli.main(["recognize", str(query), "--server", served.url, "--gallery", "explain-cli", "--explain",
+                   "--draw", str(tmp_path / "why")])
+    out = capsys.readouterr().out
+    assert rc == EXIT_OK, out
+    # The cup's detected box matches the collage too weakly; the whole image (the cup and its table) is accepted.
+    assert "rejected by IndexProcess.score_thres: best match collage" in out
+    assert "dropped by Global.threshold" in out
+    assert (tmp_path / "why" / "coffee.jpg").is_file()
 
 
 def test_cli_explain_prints_why_and_draws_dropped_boxes(tmp_path, engine, photos, queries, capsys, monkeypatch):

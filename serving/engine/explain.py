@@ -8,7 +8,8 @@ every line here). It records, per image:
 - **whole image** -- what ``Global.append_whole_image`` did: ``appended``, ``off``, ``fallback: searched`` (no
   detected box gave an accepted match), ``fallback: not needed`` or ``fallback: no detected box``;
 - **searched** -- each box embedded and searched: its top ``IndexProcess.return_k`` gallery matches with scores, and
-  its verdict: ``kept``, rejected by ``IndexProcess.score_thres`` (or by ``IndexProcess.labels``: no match at all),
+  its verdict: ``kept``, rejected by ``IndexProcess.score_thres`` (or by ``IndexProcess.labels``: no match at all;
+  ``dropped_by`` null: an empty gallery),
   or suppressed by ``Global.rec_nms_thresold`` and by which searched box (with their IoU).
 
 Like :mod:`.results` this module needs only numpy, so the client SDK reads explanations without paddle.
@@ -25,7 +26,7 @@ from shitu.serving.engine.results import Detections, Match, Recognition
 #: Parameters that steer the stages an explanation describes (reported with it).
 EXPLAINED_PARAMS = ("Global.threshold", "Global.min_box_size", "Global.max_det_results", "Global.append_whole_image",
                     "IndexProcess.score_thres", "IndexProcess.return_k", "Global.rec_nms_thresold",
-                    "Global.rec_nms_per_label")
+                    "Global.rec_nms_per_label", "IndexProcess.labels")
 
 KEPT = "kept"
 REJECTED = "rejected"
@@ -124,8 +125,10 @@ class Explanation:
         """Record one searched box and whether its best match passed ``IndexProcess.score_thres``; its index."""
         box = SearchedBox(_box(bbox), float(det_score), bool(is_whole_image), list(matches))
         thres = self.params["IndexProcess.score_thres"]
-        if not matches:
-            box.dropped_by, box.reason = "IndexProcess.labels", "no gallery item to match (empty gallery or labels)"
+        if not matches and self.params.get("IndexProcess.labels") is not None:
+            box.dropped_by, box.reason = "IndexProcess.labels", "no gallery item has one of the labels searched"
+        elif not matches:
+            box.reason = "the gallery is empty"
         elif not accepted:
             box.dropped_by = "IndexProcess.score_thres"
             rel = "<" if higher_is_better else ">"

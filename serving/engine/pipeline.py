@@ -111,24 +111,25 @@ def _search(image: np.ndarray, det: Detections, extractor: FeatureExtractor, ind
         k = params["IndexProcess.return_k"] if explanation is not None else 1
         matches = index.search(feats, k, labels=params["IndexProcess.labels"])
     thres = params["IndexProcess.score_thres"]
-    for i, hits in enumerate(matches):
-        ok = bool(hits) and accepts(hits[0].score, thres, index.higher_is_better)
-        if explanation is not None:
-            at = explanation.searched_box(det.xyxy[i], det.scores[i], det.is_whole_image[i], hits, ok,
-                                          index.higher_is_better)
-        if not ok:
-            continue
-        best = hits[0]
-        found.append(Recognition(
-            bbox=[int(round(v)) for v in det.xyxy[i]],
-            label=best.label,
-            score=float(best.score),
-            det_score=float(det.scores[i]),
-            is_whole_image=bool(det.is_whole_image[i]),
-            id=best.id,
-        ))
-        if explanation is not None:
-            searched.append(at)
+    with timer.stage("rec_nms"):  # the score_thres filter, timed with rec-NMS as before
+        for i, hits in enumerate(matches):
+            ok = bool(hits) and accepts(hits[0].score, thres, index.higher_is_better)
+            if explanation is not None:
+                at = explanation.searched_box(det.xyxy[i], det.scores[i], det.is_whole_image[i], hits, ok,
+                                              index.higher_is_better)
+            if not ok:
+                continue
+            best = hits[0]
+            found.append(Recognition(
+                bbox=[int(round(v)) for v in det.xyxy[i]],
+                label=best.label,
+                score=float(best.score),
+                det_score=float(det.scores[i]),
+                is_whole_image=bool(det.is_whole_image[i]),
+                id=best.id,
+            ))
+            if explanation is not None:
+                searched.append(at)
 
 
 class MemoryIndex:
