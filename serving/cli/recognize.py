@@ -297,14 +297,7 @@ def _write_drawing(folder: Path, path: str, res: Any, all_paths: Sequence[str]) 
     if sum(Path(p).stem == stem for p in all_paths) > 1:
         stem = f"{res.index}_{stem}"
     out = folder / f"{stem}.jpg"
-    if getattr(res, "explanation", None) is not None:
-        from shitu.serving.client.sdk import load_image
-        from shitu.serving.engine.draw import draw_explanation
-
-        image = draw_explanation(load_image(path), res, res.explanation)
-    else:
-        image = draw(path, res)
-    if not cv2.imwrite(str(out), image):
+    if not cv2.imwrite(str(out), draw(path, res)):  # with res.explanation: the left-out boxes too
         print(f"warning: could not write {out}", file=sys.stderr)
 
 

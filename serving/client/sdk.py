@@ -510,8 +510,13 @@ def load_image(image: Any) -> np.ndarray:
 
 def draw(image: Any, results: Iterable[Any], prefix: str = "") -> np.ndarray:
     """A BGR copy of ``image`` with ``results`` drawn on it: :class:`Recognition` or :class:`Box` objects (or
-    their dicts), e.g. what ``recognize`` / ``detect`` gave for that image. Needs OpenCV."""
-    from shitu.serving.engine.draw import draw_recognitions
+    their dicts), e.g. what ``recognize`` / ``detect`` gave for that image; an :class:`ImageRecognitions` with an
+    ``explanation`` also shows, dashed, the boxes the answer left out and why. Needs OpenCV."""
+    from shitu.serving.engine.draw import draw_explanation, draw_recognitions
+
+    explanation = getattr(results, "explanation", None)
+    if explanation is not None:
+        return draw_explanation(load_image(image), list(results), explanation)
 
     recs = []
     for r in results:
