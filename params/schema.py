@@ -121,7 +121,7 @@ FIELDS: tuple[Field, ...] = (
     Field("IndexProcess", "index_dir", str, None, "Gallery folder (default: the scenario pack's gallery).",
           nullable=True, per_request=False),
     Field("IndexProcess", "return_k", int, 5, "Matches returned per embedding by `index_search` (and per searched "
-          "box in `explain` answers).",
+          "box in `explain` answers, at most `Limits.max_explain_matches`).",
           minimum=1, maximum=1000),
     Field("IndexProcess", "score_thres", float, 0.5,
           "Weakest match accepted. For `IP` a score must be >= it (higher is better); for `L2` and `hamming` "
@@ -144,6 +144,9 @@ FIELDS: tuple[Field, ...] = (
           "decoding (decompression bombs).", minimum=1, per_request=False),
     Field("Limits", "max_label_length", int, 128, "Characters allowed in a gallery label.", minimum=1,
           per_request=False),
+    Field("Limits", "max_explain_matches", int, 10,
+          "Gallery matches listed per searched box in `explain` answers: the best `IndexProcess.return_k`, at most "
+          "this many.", minimum=1, maximum=1000, per_request=False),
 )
 # fmt: on
 

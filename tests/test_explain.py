@@ -87,6 +87,16 @@ def test_explanation_names_score_thres_and_the_rec_nms_winner(engine, gallery, q
     assert found == [] and {(s.dropped_by, len(s.matches)) for s in ex.searched} == {("IndexProcess.labels", 0)}
 
 
+def test_explained_matches_are_capped_by_the_limit(engine, gallery, queries):
+    from shitu.serving.engine.pipeline import recognize
+
+    p = engine.params.override({"Limits.max_explain_matches": 2, "IndexProcess.return_k": 1000})
+    ex = Explanation.start(p)
+    recognize(queries["collage_cat_and_coffee"], engine.detector, engine.extractor, engine.gallery(gallery), p,
+              explanation=ex)
+    assert ex.searched and all(len(s.matches) == 2 for s in ex.searched)
+
+
 def test_explanation_round_trips_as_json(engine, gallery, queries):
     import json
 

@@ -7,7 +7,8 @@ every line here). It records, per image:
   or which filter dropped it: ``Global.threshold``, ``Global.min_box_size`` or ``Global.max_det_results``;
 - **whole image** -- what ``Global.append_whole_image`` did: ``appended``, ``off``, ``fallback: searched`` (no
   detected box gave an accepted match), ``fallback: not needed`` or ``fallback: no detected box``;
-- **searched** -- each box embedded and searched: its top ``IndexProcess.return_k`` gallery matches with scores, and
+- **searched** -- each box embedded and searched: its top ``IndexProcess.return_k`` gallery matches with scores (at
+  most ``Limits.max_explain_matches``), and
   its verdict: ``kept``, rejected by ``IndexProcess.score_thres`` (or by ``IndexProcess.labels``: no match at all;
   ``dropped_by`` null: an empty gallery),
   or suppressed by ``Global.rec_nms_thresold`` and by which searched box (with their IoU).
@@ -196,7 +197,8 @@ class Explanation:
             lines.append(f"{indent}  d{i:<3} {str(b.bbox):<24} det {b.score:.3f}   {verdict}")
         if len(shown) < len(self.detector):
             lines.append(f"{indent}  ... and {len(self.detector) - len(shown)} more dropped by Global.threshold")
-        lines.append(f"{indent}whole image: {self.whole_image} (append_whole_image {p.get('Global.append_whole_image')})")
+        setting = p.get("Global.append_whole_image")
+        lines.append(f"{indent}whole image: {self.whole_image} (append_whole_image {setting})")
         lines.append(f"{indent}searched boxes (score_thres {p.get('IndexProcess.score_thres')}, rec_nms_thresold "
                      f"{p.get('Global.rec_nms_thresold')}, per label {p.get('Global.rec_nms_per_label')}):")
         if not self.searched:

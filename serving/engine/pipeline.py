@@ -108,7 +108,7 @@ def _search(image: np.ndarray, det: Detections, extractor: FeatureExtractor, ind
         crops = [crop(image, box) for box in det.xyxy]
     feats = extractor.embed(crops, params, timer)
     with timer.stage("search"):
-        k = params["IndexProcess.return_k"] if explanation is not None else 1
+        k = min(params["IndexProcess.return_k"], params["Limits.max_explain_matches"]) if explanation is not None else 1
         matches = index.search(feats, k, labels=params["IndexProcess.labels"])
     thres = params["IndexProcess.score_thres"]
     with timer.stage("rec_nms"):  # the score_thres filter, timed with rec-NMS as before
