@@ -109,7 +109,8 @@ class Explanation:
         over_set = {int(i) for i in over}
         self.detector = []
         for i in range(len(det)):
-            box, score = DetectorBox(_box(det.xyxy[i]), float(det.scores[i])), float(det.scores[i])
+            score = float(det.scores[i])
+            box = DetectorBox(_box(det.xyxy[i]), score)
             w, h = (det.xyxy[i, 2:] - det.xyxy[i, :2]).tolist()
             if low[i]:
                 box.dropped_by, box.reason = "Global.threshold", f"score {score:.3f} < {p['Global.threshold']}"
@@ -159,6 +160,8 @@ class Explanation:
                     me.reason = (f"overlaps searched box {me.suppressed_by} ({other.label} {other.score:.3f}) "
                                  f"with IoU {overlap:.2f} > {iou_threshold}")
                     break
+            else:  # only at an IoU equal to the threshold up to float rounding
+                me.reason = f"overlaps a better box with IoU about {iou_threshold}"
 
     # -- reading ----------------------------------------------------------------------------------------------
     def notable_detector_boxes(self) -> list[tuple[int, DetectorBox]]:
