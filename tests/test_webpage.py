@@ -313,3 +313,45 @@ def _browse(web_served, page, queries, photos, tmp_path: Path) -> None:
     page.screenshot(path=str(tmp_path / "webpage.png"), full_page=True)
     assert (tmp_path / "webpage.png").stat().st_size > 10_000
     assert outside == [] and page_errors == []
+
+
+# -- make demo ------------------------------------------------------------------------------------------------------
+
+def test_demo_serve_prints_the_page_url_and_serves_it_until_ctrl_c(tmp_path):
+    """``make demo`` runs ``shitu demo --serve``: the demo, then the page's URL, serving until Ctrl-C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    shitu = Path(sys.executable).with_name("shitu")
+    proc = subprocess.Popen([str(shitu), "demo", "--out", str(tmp_path / "demo"), "--serve"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 600
+        while not any(line.startswith("web page: ") for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
+            time.sleep(0.5)
+        url = next(line for line in lines if line.startswith("web page: ")).split()[2]
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/web/", url), url
+        assert "collage_cat_and_coffee:" in "".join(lines)  # the demo ran first
+        page = requests.get(url, timeout=60)
+        assert page.status_code == 200 and "<title>shitu-hub" in page.text
+        base = url.removesuffix("/web/")
+        labels = requests.post(f"{base}/predict/image_recognition", json={"operation": "labels", "gallery": "demo"},
+                               timeout=120).json()["results"]["labels"]
+        assert {e["label"] for e in labels} >= {"cat", "coffee", "rocket"}
+        assert all(e["items"][0]["thumbnail"].startswith("data:image/jpeg") for e in labels)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(120) == 0
+        with pytest.raises(requests.ConnectionError):
+            requests.get(url, timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
