@@ -7,7 +7,8 @@ const COLORS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0"
 const LABELS_PER_PAGE = 50;
 
 const $ = (id) => document.getElementById(id);
-const state = { image: null, imageData: null, labelsOffset: 0, timer: null, seq: 0, galleryGeneration: 0 };
+const state = { image: null, imageData: null, labelsOffset: 0, timer: null, seq: 0, galleryGeneration: 0,
+                newGalleries: new Set() };
 
 // -- messages ---------------------------------------------------------------------------------------------------
 function showMessage(text, kind) {
@@ -81,10 +82,13 @@ async function loadGalleries(keep) {
   const info = await call({ operation: "galleries" });
   const select = $("gallery");
   const previous = keep ? select.value : null;
+  if (!keep) state.newGalleries.clear();
+  // names picked with "new gallery..." stay offered (and selected) until their first add creates them
+  const names = [...info.galleries, ...[...state.newGalleries].filter((n) => !info.galleries.includes(n))];
   select.replaceChildren();
-  for (const name of info.galleries) select.add(new Option(name, name));
+  for (const name of names) select.add(new Option(name, name));
   select.add(new Option("new gallery...", "__new__"));
-  select.value = previous && info.galleries.includes(previous) ? previous : info.default;
+  select.value = previous && names.includes(previous) ? previous : info.default;
   for (const name of SLIDERS) {
     if (info.params[name] !== undefined && !keep) setSlider(name, info.params[name]);
   }
@@ -358,6 +362,7 @@ function pickGallery() {
     return;
   }
   const select = $("gallery");
+  state.newGalleries.add(name);
   if (![...select.options].some((o) => o.value === name)) select.add(new Option(name, name), select.options.length - 1);
   select.value = name;
   $("gallery-name").textContent = name;
