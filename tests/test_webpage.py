@@ -22,7 +22,8 @@ import requests
 
 from .conftest import ADMIN_TOKEN, b64, start_served
 
-GALLERY = "web-shop"
+GALLERY = "web-shop"  # seeded once, only read
+EDITED = "web-edit"  # seeded and edited by the main browser test
 MAX_PIXELS = 1_000_000  # Limits.max_pixels of the served test instance: the page shows the refusal
 
 
@@ -33,6 +34,12 @@ def ok(resp) -> object:
     return body["results"]
 
 
+def seed(served, gallery: str, photos) -> None:
+    ok(served.post("image_recognition", {"operation": "add", "gallery": gallery, "token": ADMIN_TOKEN,
+                                         "labels": ["cat", "coffee", "rocket"],
+                                         "images": [b64(photos[k]) for k in ("cat", "coffee", "rocket")]}))
+
+
 @pytest.fixture(scope="module")
 def web_served(tmp_path_factory, photos):
     """A real ``hub serving`` (single process) with an admin token, and a gallery of cat, coffee and rocket."""
@@ -41,9 +48,7 @@ def web_served(tmp_path_factory, photos):
     s = start_served(tmp_path_factory.mktemp("web-served"),
                      init_args={"token": ADMIN_TOKEN, "params": {"Limits": {"max_pixels": MAX_PIXELS}}})
     try:
-        ok(s.post("image_recognition", {"operation": "add", "gallery": GALLERY, "token": ADMIN_TOKEN,
-                                        "labels": ["cat", "coffee", "rocket"],
-                                        "images": [b64(photos[k]) for k in ("cat", "coffee", "rocket")]}))
+        seed(s, GALLERY, photos)
         yield s
     finally:
         hub_serving.stop(s.proc)
@@ -199,6 +204,7 @@ def _set_slider(page, name: str, value: float) -> None:
 
 
 def test_real_browser_recognises_the_collage_and_edits_the_gallery(web_served, chromium, queries, photos, tmp_path):
+    seed(web_served, EDITED, photos)
     context = chromium.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     try:
@@ -209,7 +215,7 @@ def test_real_browser_recognises_the_collage_and_edits_the_gallery(web_served, c
     finally:
         context.close()
     # what the browser did is what the server holds
-    res = ok(web_served.post("image_recognition", {"operation": "labels", "gallery": GALLERY, "per_label": 0}))
+    res = ok(web_served.post("image_recognition", {"operation": "labels", "gallery": EDITED, "per_label": 0}))
     assert [(e["label"], e["count"]) for e in res["labels"]] == [("cat", 1), ("coffee", 1)]
 
 
@@ -249,7 +255,7 @@ def _browse(web_served, page, queries, photos, tmp_path: Path) -> None:
     page.goto(f"{web_served.url}/", timeout=deadline)  # GET / leads to the page
     page.wait_for_selector("body[data-ready=yes]", timeout=deadline)
     assert page.input_value("#scenario") == "general-lite"
-    page.select_option("#gallery", GALLERY)
+    page.select_option("#gallery", EDITED)
     page.wait_for_function("() => document.querySelector('#gallery-info').dataset.count === '3'", timeout=deadline)
     assert page.input_value("#threshold") == "0.3" and page.input_value("#score_thres") == "0.8"
 
