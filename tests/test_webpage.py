@@ -71,6 +71,14 @@ def test_page_files_are_served_offline_with_a_strict_content_security_policy(web
     assert root.status_code in (301, 302, 303, 307, 308) and root.headers["Location"].endswith("/web/")
 
 
+def test_page_is_served_in_the_multiprocess_mode_too(served_multi):
+    """gunicorn workers build their app through the same factory: the page and its operations are there."""
+    page = requests.get(f"{served_multi.url}/web/", timeout=60)
+    assert page.status_code == 200 and "<title>shitu-hub" in page.text
+    res = ok(served_multi.post("image_recognition", {"operation": "galleries"}))
+    assert res["default"] in res["galleries"]
+
+
 @pytest.mark.parametrize("path", ["/web/../setup.py", "/web/%2e%2e/setup.py", "/web/..%2fsetup.py",
                                   "/web/nothing.js"])
 def test_page_files_outside_the_web_folder_are_not_served(web_served, path):
