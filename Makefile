@@ -17,9 +17,10 @@ $(VENV)/.stamp-%: setup.py | $(PY)
 
 venv: $(VENV)/.stamp-dev
 
-## make demo: install, start hub serving on the embedded default models, recognise the demo photos, print answers.
+## make demo: install, start hub serving on the embedded default models, recognise the demo photos, print answers,
+## then print the web page's URL and keep serving it until Ctrl-C.
 demo: $(VENV)/.stamp-dev
-	$(VENV)/bin/shitu demo --out demo_output
+	$(VENV)/bin/shitu demo --out demo_output --serve
 
 ## Debian packages some tests need (tests/system-packages.txt), installed when missing and possible.
 system-deps:

@@ -62,6 +62,7 @@ setup(
         "shitu.plugins": ["packs/*/pack.yaml", "packs/*/*.md", "packs/*/*.txt", "packs/*/models/*",
                           "packs/*/models/*/*", "packs/*/gallery/*", "WRITING_PACKS.md"],
         "shitu.hub_modules": ["*/config.json", "*.json"],
+        "shitu.serving.hub": ["web/*"],
     },
     install_requires=[
         # Engine: paddle.inference, images, search.
@@ -88,6 +89,8 @@ setup(
             "hypothesis>=6.100",
             "scikit-image>=0.22",
             "scikit-learn>=1.3",
+            # drives the Debian chromium in the web page's browser test (never downloads a browser)
+            "playwright>=1.40",
         ],
     },
     entry_points={"console_scripts": ["shitu=shitu.serving.cli:main"]},

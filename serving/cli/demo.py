@@ -107,8 +107,10 @@ def run_demo(out_dir: Path, as_json: bool = False) -> int:
     return 0
 
 
-def run_served_demo(out_dir: Path, as_json: bool = False) -> int:
-    """The main job: install the hub modules, start ``hub serving``, recognise the demo photos over HTTP."""
+def run_served_demo(out_dir: Path, as_json: bool = False, serve: bool = False) -> int:
+    """The main job: install the hub modules, start ``hub serving``, recognise the demo photos over HTTP.
+
+    ``serve``: then print the web page's URL and keep serving until Ctrl-C (``make demo``)."""
     import base64
     import os
 
@@ -154,6 +156,12 @@ def run_served_demo(out_dir: Path, as_json: bool = False) -> int:
             answer = call({"images": [b64(img)], "gallery": "demo"})[0]  # type: ignore[index]
             report(name, img, [Recognition.from_dict(r) for r in answer["results"]], out_dir, as_json)
         print(f"annotated images written to {out_dir / 'annotated'}", file=sys.stderr)
+        if serve:
+            print(f"web page: {url}/web/  (gallery 'demo'; Ctrl-C stops the server)", flush=True)
+            try:
+                proc.wait()
+            except KeyboardInterrupt:
+                pass
     finally:
         hub_serving.stop(proc)
     return 0
@@ -164,4 +172,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="demo_output", help="folder for the gallery and annotated images")
     p.add_argument("--json", action="store_true", help="JSON lines instead of tables")
     p.add_argument("--in-process", action="store_true", help="run the engine in this process, without hub serving")
-    p.set_defaults(func=lambda a: (run_demo if a.in_process else run_served_demo)(Path(a.out), a.json))
+    p.add_argument("--serve", action="store_true",
+                   help="then print the web page's URL and keep serving until Ctrl-C (not with --in-process)")
+    p.set_defaults(func=lambda a: run_demo(Path(a.out), a.json) if a.in_process
+                   else run_served_demo(Path(a.out), a.json, serve=a.serve))

@@ -176,12 +176,17 @@ class Engine:
         if len(images) != len(labels):
             raise EngineError(f"{len(images)} images but {len(labels)} labels")
         feats = self.extractor.embed(list(images), self.params)
-        return self.gallery(gallery, create=True).add(
+        g = self.gallery(gallery, create=True)
+        ids = g.add(
             feats, list(labels),
             sources=list(sources) if sources is not None else None,
             metadata=list(metadata) if metadata is not None else None,
             content_hashes=list(content_hashes) if content_hashes is not None else None,
         )
+        from shitu.serving.gallery import thumbnails
+
+        thumbnails.store(g, ids, images)  # for browsing the gallery (web page); never fails the add
+        return ids
 
     def gallery_remove(self, ids: Sequence[int] | None = None, labels: Sequence[str] | None = None,
                        gallery: str | Path | None = None) -> int:

@@ -9,6 +9,7 @@ creates:
   ``{"status": "<http code>", "msg": "...", "results": ""}``;
 - refuses bodies larger than ``Limits.max_request_bytes`` (default 64 MiB) before reading them;
 - answers ``GET /health`` with the modules it serves (for load balancers and the test suite).
+- serves the web page at ``/web/`` (:mod:`shitu.serving.hub.webpage`).
 """
 from __future__ import annotations
 
@@ -69,7 +70,9 @@ def configure(app: Any) -> Any:
         return jsonify({"status": "000", "msg": "", "results": {"pid": os.getpid(),
                                                                 "modules": sorted(v2_module_info.modules)}})
 
-    return app
+    from shitu.serving.hub import webpage
+
+    return webpage.register(app)
 
 
 def install() -> None:

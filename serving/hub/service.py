@@ -31,6 +31,7 @@ from shitu.params import ParamError, flatten, merge
 
 from shitu.serving.engine.engine import GALLERY_NAME, Engine, EngineError, check_boxes, load_engine
 from shitu.serving.engine.images import ImageError, ImageLimits, b64decode, decode
+from shitu.serving.hub.gallery_view import GalleryViewOps
 
 #: Keys with a meaning of their own; every other top-level key is a parameter override.
 COMMON_FIELDS = {"images", "scenario", "gallery", "params", "operation", "token"}
@@ -378,12 +379,14 @@ class SearchService(Service):
         return [{k: v for k, v in r.items() if k != "vector"} for r in rows]
 
 
-class RecognitionService(Service):
-    """``image_recognition``: the whole pipeline; gallery add / remove / info; the scenarios served."""
+class RecognitionService(GalleryViewOps, Service):
+    """``image_recognition``: the whole pipeline; gallery add / remove / info; the scenarios served; browsing
+    galleries (``galleries``, ``labels``: :mod:`shitu.serving.hub.gallery_view`)."""
 
     default_operation = "recognize"
     write_operations = frozenset({"add", "remove"})
-    fields = {"recognize": {"explain"}, "add": {"labels", "metadata"}, "remove": {"ids", "labels"}}
+    fields = {"recognize": {"explain"}, "add": {"labels", "metadata"}, "remove": {"ids", "labels"},
+              **GalleryViewOps.fields}
 
     def op_recognize(self, request: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
         engine = self.engine(request)
