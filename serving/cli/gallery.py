@@ -1,4 +1,5 @@
-"""``shitu gallery build|add|remove|list|info|search|compact|repair`` on a gallery folder.
+"""``shitu gallery build|add|remove|list|info|search|compact|repair`` on a gallery folder (``backup``,
+``restore``, ``export``, ``import`` and ``import-paddleclas`` are in :mod:`.gallery_ops`).
 
 ``register(subparsers)`` adds the ``gallery`` command to the ``shitu`` CLI. faiss, OpenCV and the engine are
 imported inside the commands, so ``shitu --help`` stays fast.
@@ -380,3 +381,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rp = sub.add_parser("repair", help="rebuild a lost or damaged index snapshot from gallery.db")
     common(rp)
     rp.set_defaults(func=cmd_repair)
+
+    from shitu.serving.cli.gallery_ops import register_ops
+
+    register_ops(sub)  # backup, restore, export, import, import-paddleclas
