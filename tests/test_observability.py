@@ -129,6 +129,11 @@ def test_request_ids_in_answers_envelopes_and_logs(obs_server, photos):
                             headers={"X-Request-ID": "a b\tc" + "x" * 200})
     rid = weird.json()["request_id"]
     assert rid == weird.headers["X-Request-ID"] and len(rid) == 32 and " " not in rid
+    from shitu.serving.client import ServerError, ShituClient
+
+    with pytest.raises(ServerError) as info:
+        ShituClient(obs_server.url).recognize(photos["cat"], threshold=2.0)
+    assert info.value.request_id and len(info.value.request_id) == 32
     too_big = requests.post(f"{obs_server.url}/predict/image_recognition", data=b"{" + b" " * 100, timeout=30,
                             headers={"Content-Type": "application/json"})
     assert too_big.json()["request_id"] == too_big.headers["X-Request-ID"]
@@ -180,8 +185,8 @@ def test_logs_rotate_at_the_cap_and_echoed_input_is_cut(obs_server):
     time.sleep(1)
     grown = obs_server.log.stat().st_size - console_before
     assert grown < 153 * 4000, grown
-    # PaddleHub logs each failed request's traceback (message included) in HubServing-<date>.log: 8 MB of gallery
-    # name wrote 16 MB there per request before; now each message is cut and the file rotates at the cap.
+    # PaddleHub logs each failed request's traceback (message included) in HubServing-<date>.log: an 8 MB gallery
+    # name went there whole before; now each message is cut and the file rotates at the cap.
     hub_logs = _paddlehub_logs()
     hub_grown = sum(f.stat().st_size for f in hub_logs) - hub_before
     assert hub_grown < 153 * 6000, hub_grown
