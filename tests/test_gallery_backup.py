@@ -173,3 +173,22 @@ def test_import_refuses_hostile_or_mismatched_archives(tmp_path):
     with pytest.raises(BackupError, match="not a readable gallery export"):
         import_archive(bad, tmp_path / "new")
     assert not (tmp_path / "new").exists()
+
+
+def test_engine_galleries_record_their_model_and_export_carries_it(engine, photos, tmp_path):
+    from shitu.serving.gallery.backup import read_archive, set_gallery_model_identity
+
+    engine.gallery_add([photos["cat"]], ["cat"], gallery=tmp_path / "served#1?")  # odd characters in the path
+    ident = gallery_model_identity(tmp_path / "served#1?")
+    assert ident == model_identity(engine.extractor.spec)
+    export_archive(tmp_path / "served#1?", tmp_path / "e.tar.gz")
+    manifest, records, vectors = read_archive(tmp_path / "e.tar.gz")
+    assert manifest["model"] == ident and [r["label"] for r in records] == ["cat"]
+    assert vectors.shape == (1, engine.embedding_size)
+    other = Gallery.create(tmp_path / "other", engine.embedding_size, index_method="Flat")
+    other.close()
+    set_gallery_model_identity(tmp_path / "other", {"name": "another-model", "sha256": "1" * 64})
+    with pytest.raises(BackupError, match="different models"):
+        import_archive(tmp_path / "e.tar.gz", tmp_path / "other")
+    with Gallery.open(tmp_path / "other") as g:
+        assert len(g) == 0

@@ -146,6 +146,9 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
                 else engine.params["IndexProcess.hamming_radius"],
                 exist_ok=True, max_label_length=args.max_label_length,
             )
+        from shitu.serving.gallery.backup import remember_model
+
+        remember_model(path, engine.extractor.spec)  # what made the vectors, checked by export/import
         with gallery:
             report = build_from_entries(gallery, entries, _embed_fn(engine), batch_size=args.batch_size,
                                         skip_bad=args.skip_bad, progress=not args.no_progress, pre_bad=errors)

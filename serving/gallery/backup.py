@@ -15,13 +15,15 @@ metadata, content hash per item) and ``vectors.npy`` (float32 or packed bits; re
 gallery's, or whose dimension/metric cannot go into it; into a new gallery the ids are kept.
 
 The model identity is ``{"name": <model folder name>, "sha256": <sha256 of its weights file>}``
-(:func:`model_identity`); a gallery records it in its ``meta`` table (key ``model_identity``) once known.
+(:func:`model_identity`); a gallery records it in its ``meta`` table (key ``model_identity``): the engine and
+``shitu gallery build`` record the model they embed with when a gallery records none (:func:`remember_model`).
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -33,7 +35,9 @@ from typing import Any
 import numpy as np
 
 __all__ = ["BackupError", "backup", "restore", "export_archive", "import_archive", "model_identity",
-           "gallery_model_identity", "set_gallery_model_identity", "MANIFEST"]
+           "gallery_model_identity", "set_gallery_model_identity", "remember_model", "MANIFEST"]
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "backup.json"
 ARCHIVE_FORMAT = "shitu-gallery-export"
@@ -91,7 +95,7 @@ def gallery_model_identity(gallery_dir: str | os.PathLike) -> dict[str, str] | N
     """The model identity a gallery records (``None`` when it records none)."""
     from shitu.serving.gallery.local import DB_NAME
 
-    conn = sqlite3.connect(f"file:{Path(gallery_dir) / DB_NAME}?mode=ro", uri=True, timeout=30)
+    conn = sqlite3.connect(f"{(Path(gallery_dir) / DB_NAME).resolve().as_uri()}?mode=ro", uri=True, timeout=30)
     try:
         value = _meta(conn).get("model_identity")
     finally:
@@ -112,6 +116,16 @@ def set_gallery_model_identity(gallery_dir: str | os.PathLike, identity: dict[st
                      (json.dumps(identity, sort_keys=True),))
     finally:
         conn.close()
+
+
+def remember_model(gallery_dir: str | os.PathLike, spec: Any) -> None:
+    """Record the identity of extractor ``spec`` in a gallery that records none yet (best effort: a gallery that
+    cannot be written keeps working without it)."""
+    try:
+        if gallery_model_identity(gallery_dir) is None:
+            set_gallery_model_identity(gallery_dir, model_identity(spec))
+    except (OSError, sqlite3.Error, BackupError, ValueError) as e:
+        log.warning("%s: model identity not recorded: %s", gallery_dir, e)
 
 
 def _describe(identity: dict[str, str] | None) -> str:
@@ -274,7 +288,7 @@ def export_archive(gallery_dir: str | os.PathLike, out_file: str | os.PathLike,
         raise BackupError(f"{src}: not a gallery (no {DB_NAME})")
     if out.exists():
         raise BackupError(f"{out}: exists already")
-    conn = sqlite3.connect(f"file:{src / DB_NAME}?mode=ro", uri=True, timeout=60)
+    conn = sqlite3.connect(f"{(src / DB_NAME).resolve().as_uri()}?mode=ro", uri=True, timeout=60)
     try:
         conn.execute("BEGIN")
         meta = _meta(conn)

@@ -93,7 +93,7 @@ class _GalleryCollector:
         root = _shitu_home() / "galleries"
         for db in sorted(root.glob("*/*/gallery.db"))[:MAX_GALLERIES]:
             try:
-                conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+                conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=1)
                 try:
                     n = conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
                 finally:
