@@ -148,7 +148,8 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
             )
         from shitu.serving.gallery.backup import remember_model
 
-        remember_model(path, engine.extractor.spec)  # what made the vectors, checked by export/import
+        # What made the vectors, checked by export/import (an engine without a model file has no identity).
+        remember_model(path, getattr(getattr(engine, "extractor", None), "spec", None))
         with gallery:
             report = build_from_entries(gallery, entries, _embed_fn(engine), batch_size=args.batch_size,
                                         skip_bad=args.skip_bad, progress=not args.no_progress, pre_bad=errors)

@@ -120,7 +120,9 @@ def set_gallery_model_identity(gallery_dir: str | os.PathLike, identity: dict[st
 
 def remember_model(gallery_dir: str | os.PathLike, spec: Any) -> None:
     """Record the identity of extractor ``spec`` in a gallery that records none yet (best effort: a gallery that
-    cannot be written keeps working without it)."""
+    cannot be written keeps working without it; ``spec`` None: nothing to record)."""
+    if spec is None:
+        return
     try:
         if gallery_model_identity(gallery_dir) is None:
             set_gallery_model_identity(gallery_dir, model_identity(spec))

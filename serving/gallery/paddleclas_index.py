@@ -183,7 +183,7 @@ class FaissContents:
     index_method: str  # Flat | HNSW<M> | IVF
 
 
-def _method_of(faiss: Any, inner: Any) -> str:
+def _method_of(inner: Any) -> str:
     name = type(inner).__name__
     if "HNSW" in name:
         try:
@@ -240,7 +240,7 @@ def read_faiss_index(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES
         raise IndexImportError(f"{VECTOR_INDEX}: metric {index.metric_type} is neither IP nor L2")
     if len(ids) != n or len(vectors) != n:
         raise IndexImportError(f"{VECTOR_INDEX}: {n} vectors but {len(ids)} ids")
-    contents = FaissContents(ids, np.array(vectors), int(index.d), metric, _method_of(faiss, inner))
+    contents = FaissContents(ids, np.array(vectors), int(index.d), metric, _method_of(inner))
     del owner
     return contents
 
@@ -304,7 +304,9 @@ def import_paddleclas_index(folder: str | os.PathLike, dest: str | os.PathLike, 
                        "metric": contents.metric, "index_method": method}
         finally:
             gallery.close()
-        os.rename(tmp, dest) if not dest.exists() else _replace_empty(tmp, dest)
+        if dest.exists():
+            dest.rmdir()  # an empty folder (checked above)
+        os.rename(tmp, dest)
     except GalleryError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise IndexImportError(str(e).replace(str(tmp), str(dest))) from None
@@ -312,8 +314,3 @@ def import_paddleclas_index(folder: str | os.PathLike, dest: str | os.PathLike, 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
-
-
-def _replace_empty(tmp: Path, dest: Path) -> None:
-    dest.rmdir()  # an empty folder the caller made
-    os.rename(tmp, dest)
