@@ -247,3 +247,25 @@ def test_synthetic_folder_with_gaps_keeps_ids_and_refuses_mismatch(tmp_path):
     with pytest.raises(IndexImportError, match="inconsistent"):
         import_paddleclas_index(folder, tmp_path / "g2")
     assert not (tmp_path / "g2").exists()
+
+
+def test_binary_ivf_folder_made_with_faiss_imports(tmp_path):
+    """PaddleClas 2.6.0 cannot write a binary IVF index (it never trains one); faiss can: the reader takes it."""
+    import faiss
+
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 256, (64, 8), dtype=np.uint8)
+    index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(64), 64, 2)
+    index.train(codes)
+    index.add(codes)
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    faiss.write_index_binary(index, str(folder / "vector.index"))
+    (folder / "id_map.pkl").write_bytes(pickle.dumps({np.int64(i): f"{i}.jpg\tl{i % 4}" for i in range(64)}))
+    summary = import_paddleclas_index(folder, tmp_path / "g")
+    assert summary["metric"] == "hamming" and summary["count"] == 64
+    with Gallery.open(tmp_path / "g") as g:
+        for i in (0, 31, 63):
+            rec = g.get(i, with_vector=True)
+            assert rec["label"] == f"l{i % 4}"
+            np.testing.assert_array_equal(rec["vector"], codes[i])
