@@ -377,8 +377,8 @@ def import_archive(archive: str | os.PathLike, gallery_dir: str | os.PathLike,
     Refused when the archive's model identity differs from the gallery's (or from ``model``, the identity of the
     model the caller will search with), or when dimension or metric differ.
     """
-    from shitu.serving.gallery.local import DB_NAME, Gallery
     from shitu.serving.gallery.keep_ids import add_keeping_ids
+    from shitu.serving.gallery.local import DB_NAME, Gallery, GalleryError
 
     manifest, records, vectors = read_archive(archive)
     dest = Path(gallery_dir)
@@ -389,27 +389,39 @@ def import_archive(archive: str | os.PathLike, gallery_dir: str | os.PathLike,
         if theirs and other and theirs != other:
             raise BackupError(f"{archive}: its vectors come from model {_describe(theirs)}; the gallery's model is "
                               f"{_describe(other)}: vectors of different models cannot be searched together")
-    if exists:
-        g = Gallery.open(dest)
-        if g.dim != manifest["dim"] or g.metric != manifest["metric"]:
-            g.close()
-            raise BackupError(f"{archive}: {manifest['metric']} vectors of dim {manifest['dim']} cannot go into "
-                              f"{dest}, a {g.metric} gallery of dim {g.dim}")
-    else:
-        dist = "cosine" if manifest.get("normalize") else manifest["metric"]
-        g = Gallery.create(dest, int(manifest["dim"]), index_method=manifest["index_method"], dist_type=dist,
-                           hamming_radius=int(manifest.get("hamming_radius", 100)))
-    with g:
-        keep_ids = not exists  # a new gallery keeps the archive's ids
-        fields = dict(sources=[r.get("source") for r in records], metadata=[r.get("metadata") for r in records],
-                      content_hashes=[r.get("content_hash") for r in records])
-        labels = [r["label"] for r in records]
-        ids = np.array([int(r.get("id", 0)) for r in records], np.int64)
-        if keep_ids and len(ids) and np.all(np.diff(ids) > 0) and ids[0] >= 0:
-            added = add_keeping_ids(g, ids, vectors, labels, **fields)
-        else:
+    fields = dict(sources=[r.get("source") for r in records], metadata=[r.get("metadata") for r in records],
+                  content_hashes=[r.get("content_hash") for r in records])
+    labels = [r["label"] for r in records]
+    identity = theirs or model
+    if exists:  # one transaction: all or nothing
+        with Gallery.open(dest) as g:
+            if g.dim != manifest["dim"] or g.metric != manifest["metric"]:
+                raise BackupError(f"{archive}: {manifest['metric']} vectors of dim {manifest['dim']} cannot go "
+                                  f"into {dest}, a {g.metric} gallery of dim {g.dim}")
             added = len(g.add(vectors, labels, **fields))
-        count = len(g)
-    if theirs or model:
-        set_gallery_model_identity(dest, theirs or model)  # type: ignore[arg-type]
+            count = len(g)
+        if identity:
+            set_gallery_model_identity(dest, identity)
+        return {"added": added, "count": count, "kept_ids": False}
+    # A new gallery keeps the archive's ids; built in a private folder and moved into place when complete.
+    _fresh_dir(dest, "import")
+    tmp = _tmp_beside(dest, "import")
+    try:
+        dist = "cosine" if manifest.get("normalize") else manifest["metric"]
+        with Gallery.create(tmp, int(manifest["dim"]), index_method=manifest["index_method"], dist_type=dist,
+                            hamming_radius=int(manifest.get("hamming_radius", 100))) as g:
+            ids = np.array([int(r.get("id", 0)) for r in records], np.int64)
+            keep_ids = bool(len(ids)) and bool(np.all(np.diff(ids) > 0)) and int(ids[0]) >= 0
+            added = add_keeping_ids(g, ids, vectors, labels, **fields) if keep_ids else \
+                len(g.add(vectors, labels, **fields))
+            count = len(g)
+        if identity:
+            set_gallery_model_identity(tmp, identity)
+        _move_into_place(tmp, dest)
+    except GalleryError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BackupError(str(e).replace(str(tmp), str(dest))) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return {"added": added, "count": count, "kept_ids": bool(keep_ids)}
