@@ -44,6 +44,7 @@ SERVING_PINS = [
     "datasets==3.6.0",
     "gradio==6.17.3",
     "gunicorn>=20",
+    "prometheus_client>=0.16",  # GET /metrics (multi-process mode across gunicorn workers)
 ]
 
 setup(

@@ -147,6 +147,18 @@ FIELDS: tuple[Field, ...] = (
     Field("Limits", "max_explain_matches", int, 10,
           "Gallery matches listed per searched box in `explain` answers: the best `IndexProcess.return_k`, at most "
           "this many.", minimum=1, maximum=1000, per_request=False),
+    Field("Limits", "max_index_import_bytes", int, 1 << 30,
+          "Largest `vector.index` or `id_map.pkl` file read when importing a PaddleClas index folder.", minimum=1,
+          per_request=False),
+    Field("Limits", "max_index_import_items", int, 10_000_000,
+          "Most entries read from a PaddleClas index folder (`id_map.pkl`, `vector.index`).", minimum=1,
+          per_request=False),
+    Field("Limits", "max_log_bytes", int, 10 * 1024 * 1024,
+          "Size at which each log file the server writes (its own and PaddleHub's) is rotated.", minimum=1024,
+          per_request=False),
+    Field("Limits", "log_backups", int, 5,
+          "Rotated log files kept per log; the disk used by a log is at most `(log_backups + 1) * max_log_bytes`.",
+          minimum=1, per_request=False),
 )
 # fmt: on
 

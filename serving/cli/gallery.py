@@ -1,4 +1,5 @@
-"""``shitu gallery build|add|remove|list|info|search|compact|repair`` on a gallery folder.
+"""``shitu gallery build|add|remove|list|info|search|compact|repair`` on a gallery folder (``backup``,
+``restore``, ``export``, ``import`` and ``import-paddleclas`` are in :mod:`.gallery_ops`).
 
 ``register(subparsers)`` adds the ``gallery`` command to the ``shitu`` CLI. faiss, OpenCV and the engine are
 imported inside the commands, so ``shitu --help`` stays fast.
@@ -145,6 +146,10 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
                 else engine.params["IndexProcess.hamming_radius"],
                 exist_ok=True, max_label_length=args.max_label_length,
             )
+        from shitu.serving.gallery.backup import remember_model
+
+        # What made the vectors, checked by export/import (an engine without a model file has no identity).
+        remember_model(path, getattr(getattr(engine, "extractor", None), "spec", None))
         with gallery:
             report = build_from_entries(gallery, entries, _embed_fn(engine), batch_size=args.batch_size,
                                         skip_bad=args.skip_bad, progress=not args.no_progress, pre_bad=errors)
@@ -380,3 +385,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rp = sub.add_parser("repair", help="rebuild a lost or damaged index snapshot from gallery.db")
     common(rp)
     rp.set_defaults(func=cmd_repair)
+
+    from shitu.serving.cli.gallery_ops import register_ops
+
+    register_ops(sub)  # backup, restore, export, import, import-paddleclas

@@ -102,13 +102,16 @@ class ServerError(ShituError):
     ``status``: the envelope status (``"101"`` a refused request, ``"111"`` unknown module, HTTP codes such as
     ``"415"``); ``msg``: the server's message; ``http_status``; ``index``: the failing image's position in the
     caller's list when the error names one (``"image N: ..."`` messages, per-image errors), else ``None``;
-    ``module`` / ``operation``: what was called.
+    ``module`` / ``operation``: what was called; ``request_id``: the server's id of the request (quote it to
+    the operator: every log line of the request carries it), when the server gave one.
     """
 
     def __init__(self, msg: str, status: str | None = None, http_status: int | None = None,
-                 index: int | None = None, module: str | None = None, operation: str | None = None):
+                 index: int | None = None, module: str | None = None, operation: str | None = None,
+                 request_id: str | None = None):
         self.msg, self.status, self.http_status = msg, status, http_status
         self.index, self.module, self.operation = index, module, operation
+        self.request_id = request_id
         super().__init__(msg)
 
     def __str__(self) -> str:
@@ -666,7 +669,8 @@ class ShituClient:
         if status != "000" or resp.status_code >= 400:
             msg = str(body.get("msg") or f"error status {status}")
             m = _IMAGE_INDEX.match(msg)
-            raise ServerError(msg, status, resp.status_code, int(m.group(1)) if m else None, module, operation)
+            raise ServerError(msg, status, resp.status_code, int(m.group(1)) if m else None, module, operation,
+                              request_id=body.get("request_id") or resp.headers.get("X-Request-ID"))
         return body.get("results")
 
     def _payload(self, operation: str, scenario: str | None, gallery: str | None,

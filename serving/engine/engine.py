@@ -110,6 +110,9 @@ class Engine:
                     hamming_radius=self.params["IndexProcess.hamming_radius"],
                     max_label_length=self.params["Limits.max_label_length"],
                 )
+                from shitu.serving.gallery.backup import remember_model
+
+                remember_model(path, self.extractor.spec)  # what made the vectors, checked by export/import
             return self._galleries[key]
 
     def close(self) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Iterator
 
 
@@ -34,3 +35,21 @@ class _NullTimer(StageTimer):
 
 
 NULL_TIMER: StageTimer = _NullTimer()
+
+
+_CURRENT: ContextVar[StageTimer] = ContextVar("shitu_stage_timer", default=NULL_TIMER)
+
+
+def current_timer() -> StageTimer:
+    """The timer of the request being handled in this context (:data:`NULL_TIMER` outside one)."""
+    return _CURRENT.get()
+
+
+@contextmanager
+def timing_scope(timer: StageTimer) -> Iterator[StageTimer]:
+    """Make ``timer`` the :func:`current_timer` inside the block (the server does it per request)."""
+    token = _CURRENT.set(timer)
+    try:
+        yield timer
+    finally:
+        _CURRENT.reset(token)

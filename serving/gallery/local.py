@@ -816,8 +816,8 @@ class Gallery:
         if not db.is_file():
             if (path / "id_map.pkl").exists() or (path / "vector.index").exists():
                 raise GalleryError(
-                    f"{path}: a PaddleClas index folder (vector.index + id_map.pkl); its labels are pickled and are "
-                    f"not loaded here -- rebuild the gallery from its list file with `shitu gallery build`"
+                    f"{path}: a PaddleClas index folder (vector.index + id_map.pkl), not a gallery; import it with "
+                    f"`shitu gallery import-paddleclas {path} NEW_GALLERY` (nothing in it is executed)"
                 )
             raise GalleryError(f"{path}: not a gallery (no {DB_NAME})")
         conn = None

@@ -8,7 +8,8 @@ creates:
 - answers HTTP errors (non-JSON body, body too large, unknown route) as
   ``{"status": "<http code>", "msg": "...", "results": ""}``;
 - refuses bodies larger than ``Limits.max_request_bytes`` (default 64 MiB) before reading them;
-- answers ``GET /health`` with the modules it serves (for load balancers and the test suite).
+- answers ``GET /health`` with the modules it serves (for load balancers and the test suite);
+- adds request ids, the request log, log rotation and ``GET /metrics`` (:mod:`.observability`);
 - serves the web page at ``/web/`` (:mod:`shitu.serving.hub.webpage`).
 """
 from __future__ import annotations
@@ -19,12 +20,20 @@ from typing import Any
 
 _installed = False
 _body_limit: int | None = None
+_log_limits: tuple[int, int] | None = None
 
 
 def set_body_limit(max_bytes: int) -> None:
     """The largest request body the next created app accepts (the largest asked for by any module wins)."""
     global _body_limit
     _body_limit = max(_body_limit or 0, int(max_bytes))
+
+
+def set_log_limits(max_bytes: int, backups: int) -> None:
+    """``Limits.max_log_bytes`` / ``Limits.log_backups`` of the next created app (the largest asked for wins)."""
+    global _log_limits
+    old = _log_limits or (0, 0)
+    _log_limits = (max(old[0], int(max_bytes)), max(old[1], int(backups)))
 
 
 def _envelope(status: str, msg: str) -> dict[str, Any]:
@@ -70,6 +79,11 @@ def configure(app: Any) -> Any:
         return jsonify({"status": "000", "msg": "", "results": {"pid": os.getpid(),
                                                                 "modules": sorted(v2_module_info.modules)}})
 
+    from shitu.serving.hub import observability
+
+    log_bytes, log_backups = _log_limits or (BY_NAME["Limits.max_log_bytes"].default,
+                                             BY_NAME["Limits.log_backups"].default)
+    observability.instrument(app, log_bytes, log_backups)
     from shitu.serving.hub import webpage
 
     return webpage.register(app)
@@ -84,9 +98,13 @@ def install() -> None:
         from paddlehub.serving import app_compat
     except ImportError:
         return
+    from shitu.serving.hub import observability
+
+    observability.install_hooks()
     original = app_compat.create_app
 
     def create_app(*args: Any, **kwargs: Any) -> Any:
+        observability.prepare()  # the metrics folder, before prometheus_client is imported
         return configure(original(*args, **kwargs))
 
     app_compat.create_app = create_app

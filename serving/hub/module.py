@@ -6,6 +6,7 @@ from typing import Any
 from paddlehub.module.module import serving
 
 from shitu.serving.hub import app as hub_app
+from shitu.serving.hub import observability
 
 hub_app.install()
 
@@ -35,4 +36,8 @@ class ServiceModule:
 
     @serving  # registered under this class; PaddleHub finds it through the module classes' bases
     def serving_method(self, **request: Any) -> Any:
-        return self.service.handle(request)
+        try:
+            return self.service.handle(request)
+        except Exception as exc:
+            observability.note_error(exc)  # its kind, for the metrics and the request log
+            raise

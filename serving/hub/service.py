@@ -32,6 +32,7 @@ from shitu.params import ParamError, flatten, merge
 from shitu.serving.engine.engine import GALLERY_NAME, Engine, EngineError, check_boxes, load_engine
 from shitu.serving.engine.images import ImageError, ImageLimits, b64decode, decode
 from shitu.serving.hub.gallery_view import GalleryViewOps
+from shitu.serving.engine.timing import current_timer
 
 #: Keys with a meaning of their own; every other top-level key is a parameter override.
 COMMON_FIELDS = {"images", "scenario", "gallery", "params", "operation", "token"}
@@ -107,7 +108,9 @@ class Service:
         self.engines = EngineCache(self._load)
         from shitu.serving.hub import app as hub_app
 
-        hub_app.set_body_limit(merge(self._module_defaults, self._init_params)["Limits.max_request_bytes"])
+        merged = merge(self._module_defaults, self._init_params)
+        hub_app.set_body_limit(merged["Limits.max_request_bytes"])
+        hub_app.set_log_limits(merged["Limits.max_log_bytes"], merged["Limits.log_backups"])
 
     # -- loading ---------------------------------------------------------------------------------------------
     def _load(self, scenario: str | None) -> Engine:
@@ -194,7 +197,8 @@ class Service:
         out: list[np.ndarray | ImageError] = []
         for i, item in enumerate(items):
             try:
-                out.append(decode(b64decode(item, limits), limits))
+                with current_timer().stage("decode"):
+                    out.append(decode(b64decode(item, limits), limits))
             except ImageError as exc:
                 err = ImageError(exc.reason, i)
                 if strict:
@@ -295,7 +299,7 @@ class DetectionService(Service):
         images = self.decode_images(request, engine)
         return self.per_image(images, lambda i, img: {
             "boxes": [{k: v for k, v in d.items() if k != "class_id"}
-                      for d in engine.detector.detect(img, p).to_list()]})
+                      for d in engine.detector.detect(img, p, current_timer()).to_list()]})
 
 
 class ExtractionService(Service):
@@ -349,7 +353,8 @@ class SearchService(Service):
         engine = self.engine(request)
         p = engine.request_params(overrides)
         queries = self._embeddings(request, engine, p["RecPostProcess.binarize"])
-        hits = engine.search(queries, gallery=request.get("gallery"), **overrides)
+        with current_timer().stage("search"):
+            hits = engine.search(queries, gallery=request.get("gallery"), **overrides)
         return [{"index": i, "matches": [m.to_dict() for m in row]} for i, row in enumerate(hits)]
 
     def op_add(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -401,7 +406,8 @@ class RecognitionService(GalleryViewOps, Service):
             return self.per_image(images, lambda i, img: _explained(
                 engine.recognize_explained([img], gallery=gallery, **overrides)[0]))
         return self.per_image(images, lambda i, img: {
-            "results": [r.to_dict() for r in engine.recognize([img], gallery=gallery, **overrides)[0]]})
+            "results": [r.to_dict() for r in engine.recognize([img], gallery=gallery, timer=current_timer(),
+                                                              **overrides)[0]]})
 
     def op_add(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
         return self.gallery_add_images(request, overrides)
