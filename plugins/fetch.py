@@ -14,7 +14,6 @@ size) and ``SHITU_MAX_PACK_BYTES`` (default 8 GiB: total extracted or copied).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import stat
@@ -26,6 +25,7 @@ import zlib
 from pathlib import Path
 from typing import Callable, Iterable
 
+from shitu.files import sha256_file  # noqa: F401 - re-exported (installer, registry)
 from shitu.plugins.errors import PackError
 
 CHUNK = 1 << 20
@@ -52,14 +52,6 @@ class DownloadError(PackError):
         super().__init__(f"cannot download {url}: {reason}")
         self.url = url
         self.reason = reason
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _test_pause(done: int) -> None:

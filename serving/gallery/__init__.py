@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-_LAZY = {"Gallery", "GalleryError", "LabelError", "DB_NAME"}
+from shitu.serving.gallery.backend import GalleryBackend  # no faiss import
 
-from shitu.serving.gallery.backend import GalleryBackend  # noqa: E402  (no faiss import)
+__all__ = ["DB_NAME", "Gallery", "GalleryBackend", "GalleryError", "LabelError"]
+
+_LAZY = {"Gallery", "GalleryError", "LabelError", "DB_NAME"}
 
 
 def __getattr__(name: str) -> Any:

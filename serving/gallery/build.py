@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from shitu.files import sha256_file
 from shitu.serving.gallery.local import Gallery, GalleryError
 from shitu.serving.gallery.list_file import GalleryEntry, GalleryFileError, read_entries
 
@@ -62,12 +63,6 @@ class GalleryBuildError(GalleryError):
         )
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _decode(data: bytes) -> np.ndarray | None:
