@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from shitu.names import GALLERY_NAME
 from shitu.plugins.errors import ManifestError
 
 SCHEMA_VERSION = 1
@@ -36,7 +37,7 @@ MANIFEST_FILE = "pack.yaml"
 
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 VERSION_RE = re.compile(r"^[0-9]+(?:\.[0-9]+){0,3}(?:[.-]?(?:a|b|rc|dev|post)[0-9]*)?$")
-GALLERY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+GALLERY_RE = GALLERY_NAME  # one rule for gallery names (shitu.names)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 ROLES = {"detector": "detector", "recognizer": "extractor"}  # manifest role -> ModelSpec kind

@@ -16,53 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-#: Exit codes, as in ``shitu.serving.cli.toolkit``: 0 ok, 1 nothing found, 2 usage error, 3 gallery / engine error.
-from shitu.serving.cli.toolkit import EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE  # noqa: F401
-
-
-def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return EXIT_ERROR
-
-
-def _guard(fn):
-    """Run a command, turning gallery / list-file / OS errors into a message and exit code 3."""
-
-    def run(args: argparse.Namespace) -> int:
-        from shitu.serving.gallery.local import GalleryError
-        from shitu.serving.gallery.list_file import GalleryFileError
-
-        try:
-            return fn(args)
-        except (GalleryError, GalleryFileError, OSError) as e:
-            return _error(str(e))
-
-    run.__name__ = fn.__name__
-    run.__doc__ = fn.__doc__
-    return run
-
-
-def _param_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in getattr(args, "param", None) or []:
-        if "=" not in item:
-            raise SystemExit(f"error: --param expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
-    return out
+from shitu.serving.cli.toolkit import (EXIT_NOTHING, EXIT_OK, EXIT_USAGE, add_param_option, add_token_option, fail,
+                                      guard, key_values, param_overrides)
 
 
 def _load_engine(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Any:
     from shitu.serving.engine.engine import load_engine
 
-    params = {**(extra or {}), **_param_overrides(args)}
+    params = {**(extra or {}), **param_overrides(getattr(args, "param", None))}
     kwargs: dict[str, Any] = {"params": params or None}
     if getattr(args, "scenario", None):
         kwargs["scenario"] = args.scenario
@@ -103,7 +68,7 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
     path = Path(args.gallery)
     exists = (path / DB_NAME).is_file()
     if not create and not exists:
-        return _error(f"{path}: not a gallery (use `shitu gallery build` to create one)")
+        return fail(f"{path}: not a gallery (use `shitu gallery build` to create one)")
 
     # Entries first: a bad list fails before loading any model.
     errors: list[GalleryFileError] = []
@@ -114,7 +79,7 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
             entries.append(GalleryEntry(p, args.label, None, str(p), p.as_posix()))
     else:
         if len(args.sources) != 1:
-            return _error("give one list file or folder, or images with --label")
+            return fail("give one list file or folder, or images with --label")
         entries = read_entries(args.sources[0], args.image_root, args.delimiter, errors,
                                max_label_length=args.max_label_length)
     if errors and not args.skip_bad:
@@ -157,32 +122,31 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
     return EXIT_OK
 
 
-@_guard
+@guard
 def cmd_build(args: argparse.Namespace) -> int:
     """Create (if needed) and fill a gallery from a list file or a folder tree."""
     return _build_or_add(args, create=True)
 
 
-@_guard
+@guard
 def cmd_add(args: argparse.Namespace) -> int:
     """Add images to an existing gallery."""
     return _build_or_add(args, create=False)
 
 
-@_guard
+@guard
 def cmd_remove(args: argparse.Namespace) -> int:
     from shitu.serving.gallery.local import Gallery
 
     if not args.id and not args.label:
-        print("error: give --id and/or --label", file=sys.stderr)
-        return EXIT_USAGE
+        return fail("give --id and/or --label", EXIT_USAGE)
     with Gallery.open(args.gallery) as g:
         n = g.remove(ids=args.id, labels=args.label)
     print(json.dumps({"removed": n}) if args.json else f"removed {n} item{'s' if n != 1 else ''}")
     return EXIT_OK if n else EXIT_NOTHING
 
 
-@_guard
+@guard
 def cmd_list(args: argparse.Namespace) -> int:
     from shitu.serving.gallery.local import Gallery
 
@@ -205,7 +169,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK if rows else EXIT_NOTHING
 
 
-@_guard
+@guard
 def cmd_info(args: argparse.Namespace) -> int:
     from shitu.serving.gallery.local import Gallery
 
@@ -214,13 +178,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
     else:
-        width = max(len(k) for k in info)
-        for k, v in info.items():
-            print(f"{k:<{width}}  {v}")
+        print(key_values(info))
     return EXIT_OK
 
 
-@_guard
+@guard
 def cmd_search(args: argparse.Namespace) -> int:
     import cv2
     import numpy as np
@@ -254,7 +216,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     return EXIT_OK if found else EXIT_NOTHING
 
 
-@_guard
+@guard
 def cmd_compact(args: argparse.Namespace) -> int:
     from shitu.serving.gallery.local import Gallery
 
@@ -270,7 +232,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_guard
+@guard
 def cmd_repair(args: argparse.Namespace) -> int:
     from shitu.serving.gallery.local import Gallery
 
@@ -293,8 +255,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     def engine_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--scenario", help="scenario pack whose feature extractor is used (default pack)")
-        sp.add_argument("--param", action="append", metavar="KEY=VALUE",
-                        help="parameter override, e.g. Global.batch_size=16 (repeatable)")
+        add_param_option(sp, "Global.batch_size=16")
 
     def build_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--image-root", help="folder the list's image paths are relative to (default: its folder)")
@@ -312,8 +273,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         """``--server URL``: the same subcommand on a served gallery (GALLERY is then its name there)."""
         sp.add_argument("--server", metavar="URL", help="change/inspect the gallery of a running server instead; "
                                                        "GALLERY is then the gallery's name there")
-        sp.add_argument("--token", default=os.environ.get("SHITU_ADMIN_TOKEN"),
-                        help="admin token for a server that protects gallery changes (default $SHITU_ADMIN_TOKEN)")
+        add_token_option(sp)
         if scenario:
             sp.add_argument("--scenario", help="scenario pack on the server (default: the server's)")
 

@@ -16,7 +16,8 @@ from typing import Any, Sequence
 
 __all__ = ["register", "run", "main", "format_frame", "format_tracks"]
 
-from shitu.serving.cli.toolkit import EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE, non_negative_int, positive_float, positive_int
+from shitu.serving.cli.toolkit import (EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE, non_negative_int, positive_float,
+                                      positive_int, resolve_gallery, table)
 
 
 def _iou(text: str) -> float:
@@ -113,8 +114,7 @@ def format_tracks(report: Any) -> list[str]:
                 f"{t.last_frame} @ {_fmt_time(t.last_time)}",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows] if tracks else ["no tracks"]
+    lines = table(rows).splitlines() if tracks else ["no tracks"]
     total = (
         f"{report.frames_processed} frames processed of {report.frames_read} read "
         f"({report.frames_skipped} skipped by sampling, {report.frames_dropped} dropped), "
@@ -137,7 +137,7 @@ def _recognizer(args: argparse.Namespace) -> Any:
         return ShituClient(args.server).recognize
     from shitu.serving.engine.engine import load_engine
 
-    return load_engine(scenario=args.scenario, gallery=args.gallery).recognize
+    return load_engine(scenario=args.scenario, gallery=resolve_gallery(args.gallery)).recognize
 
 
 def run(args: argparse.Namespace) -> int:

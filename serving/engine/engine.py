@@ -11,13 +11,13 @@ Parameters merge as defaults < scenario pack < ``params`` (e.g. ``config.json`` 
 """
 from __future__ import annotations
 
-import re
 import threading
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from shitu.names import GALLERY_NAME  # gallery names a request may use (never a path)
 from shitu.params import Params, merge
 
 from shitu.serving.engine.detection import MainbodyDetector
@@ -28,8 +28,6 @@ from shitu.serving.engine.predictor import RuntimeOptions
 from shitu.serving.engine.results import Detections, Match, Recognition
 from shitu.serving.engine.timing import NULL_TIMER, StageTimer
 
-#: Gallery names a request may use (never a path).
-GALLERY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class EngineError(ValueError):
