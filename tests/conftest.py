@@ -51,13 +51,14 @@ def queries(photos):
 
 
 @pytest.fixture(scope="session")
-def memory_gallery(engine, photos):
-    """An exact in-memory gallery of the demo photos (IP on normalised embeddings)."""
-    from shitu.serving.engine.pipeline import MemoryIndex
+def photo_gallery(engine, photos, tmp_path_factory):
+    """The demo photos in a real gallery (SQLite + faiss Flat, IP on normalised embeddings)."""
+    from shitu.serving.gallery import Gallery
 
-    index = MemoryIndex(engine.embedding_size, "IP")
-    index.add(engine.embed(list(photos.values())), list(photos))
-    return index
+    g = Gallery.create(tmp_path_factory.mktemp("photo-gallery") / "g", engine.embedding_size, index_method="Flat")
+    g.add(engine.embed(list(photos.values())), list(photos))
+    yield g
+    g.close()
 
 
 class Served:

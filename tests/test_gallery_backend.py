@@ -20,10 +20,15 @@ def test_local_gallery_is_a_gallery_backend(tmp_path):
 
 
 def test_backend_signatures_match_the_local_backend():
-    """Every method of the interface exists on Gallery with the same parameter names (a drift guard)."""
+    """Every method of the interface exists on Gallery with the same parameters; the local backend may add only
+    keyword-only ones with defaults (a drift guard)."""
     for name, member in vars(GalleryBackend).items():
         if name.startswith("_") and name != "__len__" or not callable(member):
             continue
         want = list(inspect.signature(member).parameters)
-        have = list(inspect.signature(getattr(Gallery, name)).parameters)
-        assert have == want, f"{name}: interface {want} vs local {have}"
+        params = inspect.signature(getattr(Gallery, name)).parameters
+        have = list(params)
+        assert have[: len(want)] == want, f"{name}: interface {want} vs local {have}"
+        for extra in have[len(want):]:
+            p = params[extra]
+            assert p.kind is p.KEYWORD_ONLY and p.default is not p.empty, f"{name}: extra parameter {extra}"

@@ -23,7 +23,7 @@ from shitu.params import Params, merge
 from shitu.serving.engine.detection import MainbodyDetector
 from shitu.serving.engine.extraction import FeatureExtractor
 from shitu.model_spec import ModelSpec
-from shitu.serving.engine.pipeline import SearchIndex, accepts, recognize
+from shitu.serving.engine.pipeline import SearchIndex, accepts, recognize, search_options
 from shitu.serving.engine.predictor import RuntimeOptions
 from shitu.serving.engine.results import Detections, Match, Recognition
 from shitu.serving.engine.timing import NULL_TIMER, StageTimer
@@ -52,6 +52,8 @@ class Engine:
                  gallery_root: Path | None = None, default_gallery: str = "default", scenario: str = "custom"):
         self.params = params or merge()
         self.scenario = scenario
+        detector_spec = detector_spec.with_transform_ops(self.params["DetPreProcess.transform_ops"])
+        extractor_spec = extractor_spec.with_transform_ops(self.params["RecPreProcess.transform_ops"])
         self.detector = MainbodyDetector(detector_spec, runtime_options(self.params, "det"))
         self.extractor = FeatureExtractor(extractor_spec, runtime_options(self.params, "rec"))
         self.gallery_root = Path(gallery_root) if gallery_root else None
@@ -143,7 +145,7 @@ class Engine:
         """Top ``IndexProcess.return_k`` matches per embedding that pass ``IndexProcess.score_thres``."""
         p = self.request_params(overrides)
         g = self.gallery(gallery)
-        hits = g.search(np.asarray(embeddings), p["IndexProcess.return_k"], labels=p["IndexProcess.labels"])
+        hits = g.search(np.asarray(embeddings), p["IndexProcess.return_k"], **search_options(g, p))
         thres = p["IndexProcess.score_thres"]
         return [[m for m in row if accepts(m.score, thres, g.higher_is_better)] for row in hits]
 

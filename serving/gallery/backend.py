@@ -58,7 +58,10 @@ class GalleryBackend(Protocol):
         ...
 
     def search(self, queries: np.ndarray, k: int = 5, labels: Sequence[str] | None = None) -> list[list[Match]]:
-        """The ``k`` best matches of each query, best first; ``labels`` restricts the labels searched."""
+        """The ``k`` best matches of each query, best first; ``labels`` restricts the labels searched.
+
+        A backend holding binary (``hamming``) galleries also takes ``hamming_radius=`` (keyword): the largest
+        distance returned by this call (``IndexProcess.hamming_radius`` per request)."""
         ...
 
     def get(self, id: int, with_vector: bool = False) -> dict[str, Any] | None:

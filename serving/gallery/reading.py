@@ -21,32 +21,35 @@ __all__ = ["ReadingMixin"]
 class ReadingMixin(ReplicationMixin):
     """``search``, ``get``, ``list``, ``label_counts``, ``hashes_present``, ``len()`` and ``info``."""
 
-    def search(self, queries: np.ndarray, k: int = 5, labels: Sequence[str] | None = None) -> list[list[Match]]:
+    def search(self, queries: np.ndarray, k: int = 5, labels: Sequence[str] | None = None, *,
+               hamming_radius: int | None = None) -> list[list[Match]]:
         """The ``k`` best matches of each query (one list per query, best first).
 
         ``score`` is the raw metric: IP similarity (higher is better), squared L2 distance or hamming distance
-        (smaller is better; hamming hits farther than ``hamming_radius`` are dropped). ``labels`` restricts the
-        search to items with those labels.
+        (smaller is better; hamming hits farther than ``hamming_radius`` -- this call's, else the gallery's -- are
+        dropped). ``labels`` restricts the search to items with those labels.
         """
         self._check_open()
         q = self._vectors(queries, "queries")
         k = int(k)
         if k <= 0:
             raise GalleryError(f"k must be positive, not {k}")
+        if hamming_radius is not None and (not isinstance(hamming_radius, (int, np.integer)) or hamming_radius < 0):
+            raise GalleryError(f"hamming_radius must be a non-negative integer, not {hamming_radius!r}")
         if isinstance(labels, str):
             labels = [labels]
         label_set = None if labels is None else set(labels)
         with self._lock:
             self._maybe_refresh()
             for attempt in range(2):
-                result, stale = self._search_locked(q, k, label_set)
+                result, stale = self._search_locked(q, k, label_set, hamming_radius)
                 if not stale or attempt:
                     return result
                 self._refresh_locked()  # a hit was removed elsewhere: catch up and search again
         return result  # pragma: no cover
 
     def _search_locked(
-        self, q: np.ndarray, k: int, labels: set[str] | None
+        self, q: np.ndarray, k: int, labels: set[str] | None, hamming_radius: int | None = None
     ) -> tuple[list[list[Match]], bool]:
         state = self._state
         assert state is not None
@@ -104,7 +107,7 @@ class ReadingMixin(ReplicationMixin):
                 records[row[0]] = row
         stale = False
         out: list[list[Match]] = []
-        radius = spec.hamming_radius if spec.binary else None
+        radius = (spec.hamming_radius if hamming_radius is None else int(hamming_radius)) if spec.binary else None
         for d_row, s_row in zip(dist.tolist(), found.tolist()):
             matches: list[Match] = []
             for d, s in zip(d_row, s_row):
