@@ -15,6 +15,20 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 GENERAL_LITE = {"Global": {"threshold": 0.3}, "IndexProcess": {"score_thres": 0.8, "index_method": "Flat"}}
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "timing: asserts a wall-clock bound; run by `make bench` (pytest -m timing)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that assert a time run only when asked for (``-m timing``, as ``make bench`` does)."""
+    if "timing" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="asserts a wall-clock bound: run by `make bench` (pytest -m timing)")
+    for item in items:
+        if "timing" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     from shitu.serving.engine.engine import builtin_models_dir
@@ -97,16 +111,29 @@ def warm_every_worker(served: Served, request: dict, gallery: str, workers: int 
     raise AssertionError(f"not every worker opened gallery {gallery!r}")
 
 
-def start_served(tmp: Path, workers: int = 1, init_args: dict | None = None) -> Served:
-    """Install the four modules into the session HUB_HOME (once) and start ``hub serving -c`` on a free port."""
-    import json
-
+def install_modules_once() -> None:
+    """``hub install`` the four modules into the session HUB_HOME, once per session."""
     from shitu.serving.hub import control as hub_serving
 
     global _MODULES_INSTALLED
     if not _MODULES_INSTALLED:
         hub_serving.install_modules()
         _MODULES_INSTALLED = True
+
+
+@pytest.fixture(scope="session")
+def hub_modules_installed() -> None:
+    """The four modules installed with the real ``hub install`` (what ``hub.Module(name=...)`` loads)."""
+    install_modules_once()
+
+
+def start_served(tmp: Path, workers: int = 1, init_args: dict | None = None) -> Served:
+    """Install the four modules into the session HUB_HOME (once) and start ``hub serving -c`` on a free port."""
+    import json
+
+    from shitu.serving.hub import control as hub_serving
+
+    install_modules_once()
     port = hub_serving.free_port()
     cfg = tmp / f"config-{port}.json"
     cfg.write_text(json.dumps(hub_serving.serving_config(port=port, workers=workers, init_args=init_args)))

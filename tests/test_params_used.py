@@ -90,3 +90,17 @@ def test_per_request_hamming_radius_narrows_and_widens(engine, tmp_path):
         assert engine.params["IndexProcess.hamming_radius"] == 100
         assert len(engine.search(q, gallery=g, **far)[0]) == 20
         assert len(g.search(q, 20)[0]) == 1  # the gallery alone: its own radius
+
+
+def test_hub_module_params_hold_only_what_differs_from_the_schema():
+    """``hub_modules/*/params.py`` used to restate schema defaults (two places to change one default)."""
+    import importlib
+
+    from shitu.hub_modules import MODULES
+    from shitu.params import flatten
+    from shitu.params.schema import BY_NAME
+
+    for name in MODULES:
+        own = flatten(importlib.import_module(f"shitu.hub_modules.{name}.params").get_default_params())
+        same = [k for k, v in own.items() if BY_NAME[k].default == v]
+        assert same == [], f"{name}/params.py repeats schema defaults: {same}"
