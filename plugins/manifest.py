@@ -17,6 +17,9 @@ Layout of a manifest (schema version 1)::
     default_gallery: <name>
 
 Keys starting with ``x-`` are extensions and are ignored anywhere.
+
+Longer than 600 lines: the manifest schema is one table of keys and their key-by-key checks, read top to
+bottom.
 """
 from __future__ import annotations
 

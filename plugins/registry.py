@@ -17,6 +17,9 @@ Example::
     pack = registry.get_pack()                     # the default pack
     det, rec = pack.detector_spec(), pack.extractor_spec()
     gallery = pack.gallery()                       # its default gallery: folder, dimension, index settings
+
+Longer than 600 lines: discovery from the three sources and the store operations share one resolution rule
+(store > entry point > built-in), kept in one place.
 """
 from __future__ import annotations
 

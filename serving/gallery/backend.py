@@ -5,18 +5,33 @@
 only public methods the local backend has today; anything else (``compact``, ``repair``, snapshots, tuning) is
 specific to one backend.
 
-``score`` of a :class:`~shitu.serving.engine.results.Match` is the raw metric: similarity when
+``score`` of a :class:`Match` (also ``shitu.serving.engine.results.Match``) is the raw metric: similarity when
 ``higher_is_better`` (inner product), a distance otherwise (squared L2, hamming).
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from shitu.serving.engine.results import Match
+__all__ = ["GalleryBackend", "Match"]
 
-__all__ = ["GalleryBackend"]
+
+@dataclass
+class Match:
+    """One gallery hit: item ``id``, its ``label`` and the raw metric ``score`` (IP: similarity; L2/hamming: distance)."""
+
+    id: int
+    label: str
+    score: float
+    source: str | None = None
+    metadata: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["score"] = round(float(self.score), 6)
+        return d
 
 
 @runtime_checkable

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from shitu.serving.engine.results import Match
+from shitu.serving.gallery.backend import Match
 from shitu.serving.gallery.index import describe, exact_search
 from shitu.serving.gallery.replication import ReplicationMixin
 from shitu.serving.gallery.storage import GalleryError, chunks, read_meta, read_txn
