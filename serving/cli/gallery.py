@@ -34,8 +34,12 @@ def _load_engine(args: argparse.Namespace, extra: dict[str, Any] | None = None) 
     return load_engine(**kwargs)
 
 
-def _embed_fn(engine: Any):
-    return lambda images: engine.embed(images)
+def _decode_fn(engine: Any):
+    """The engine's image decoder with its limits (``Limits.max_image_bytes``, ``Limits.max_pixels``)."""
+    from shitu.serving.engine.images import ImageLimits, decode
+
+    limits = ImageLimits.from_params(engine.params)
+    return lambda data: decode(data, limits)
 
 
 def _probe_dim(engine: Any) -> tuple[int, bool]:
@@ -62,7 +66,7 @@ def _print_report(report: Any, gallery: Any, as_json: bool) -> None:
 
 def _build_or_add(args: argparse.Namespace, create: bool) -> int:
     from shitu.serving.gallery.local import DB_NAME, Gallery, GalleryError
-    from shitu.serving.gallery.build import build_from_entries
+    from shitu.serving.gallery.build import build_from_entries, embed_images_fn
     from shitu.serving.gallery.list_file import GalleryEntry, GalleryFileError, read_entries
 
     path = Path(args.gallery)
@@ -111,8 +115,9 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
                 exist_ok=True, max_label_length=args.max_label_length,
             )
         with gallery:
-            report = build_from_entries(gallery, entries, _embed_fn(engine), batch_size=args.batch_size,
-                                        skip_bad=args.skip_bad, progress=not args.no_progress, pre_bad=errors)
+            report = build_from_entries(gallery, entries, embed_images_fn(engine), batch_size=args.batch_size,
+                                        skip_bad=args.skip_bad, progress=not args.no_progress, pre_bad=errors,
+                                        decode_fn=_decode_fn(engine))
             gallery.checkpoint()
             _print_report(report, gallery, args.json)
     finally:
@@ -184,21 +189,24 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 @guard
 def cmd_search(args: argparse.Namespace) -> int:
-    import cv2
     import numpy as np
 
     from shitu.serving.gallery.local import Gallery, GalleryError
 
     with Gallery.open(args.gallery, readonly=True) as g:
         extra = {"RecPostProcess.binarize": True} if g.metric == "hamming" else {}
-        images = []
-        for name in args.images:
-            img = cv2.imdecode(np.fromfile(name, np.uint8), cv2.IMREAD_COLOR) if Path(name).is_file() else None
-            if img is None:
-                raise GalleryError(f"{name}: not a readable image")
-            images.append(img)
+        for name in args.images:  # before loading any model
+            if not Path(name).is_file():
+                raise GalleryError(f"{name}: not a readable image (no such file)")
         engine = _load_engine(args, extra)
         try:
+            decode = _decode_fn(engine)
+            images = []
+            for name in args.images:
+                try:
+                    images.append(decode(Path(name).read_bytes()))
+                except ValueError as exc:
+                    raise GalleryError(f"{name}: not a readable image ({exc})") from None
             hits = g.search(np.asarray(engine.embed(images)), k=args.k, labels=args.label or None)
         finally:
             close = getattr(engine, "close", None)
