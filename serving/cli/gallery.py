@@ -67,7 +67,7 @@ def _print_report(report: Any, gallery: Any, as_json: bool) -> None:
 def _build_or_add(args: argparse.Namespace, create: bool) -> int:
     from shitu.serving.gallery.local import DB_NAME, Gallery, GalleryError
     from shitu.serving.gallery.build import build_from_entries, embed_images_fn
-    from shitu.serving.gallery.list_file import GalleryEntry, GalleryFileError, read_entries
+    from shitu.serving.gallery.list_file import ListEntry, GalleryFileError, read_entries
 
     path = Path(args.gallery)
     exists = (path / DB_NAME).is_file()
@@ -80,7 +80,7 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
         entries = []
         for src in args.sources:
             p = Path(src)
-            entries.append(GalleryEntry(p, args.label, None, str(p), p.as_posix()))
+            entries.append(ListEntry(p, args.label, None, str(p), p.as_posix()))
     else:
         if len(args.sources) != 1:
             return fail("give one list file or folder, or images with --label")

@@ -25,7 +25,7 @@ import numpy as np
 
 from shitu.files import sha256_file
 from shitu.serving.gallery.local import Gallery, GalleryError
-from shitu.serving.gallery.list_file import GalleryEntry, GalleryFileError, read_entries
+from shitu.serving.gallery.list_file import ListEntry, GalleryFileError, read_entries
 
 __all__ = ["BuildReport", "GalleryBuildError", "build_from_entries", "build_from_source", "sha256_file"]
 
@@ -90,7 +90,7 @@ def _as_bad(err: GalleryFileError | BadEntry) -> BadEntry:
 
 def build_from_entries(
     gallery: Gallery,
-    entries: Sequence[GalleryEntry],
+    entries: Sequence[ListEntry],
     embed_fn: EmbedFn,
     batch_size: int = 16,
     skip_bad: bool = False,
@@ -112,7 +112,7 @@ def build_from_entries(
             raise GalleryBuildError(report.bad)
 
     # Cheap checks first, so a list with missing images fails before any embedding.
-    todo: list[GalleryEntry] = []
+    todo: list[ListEntry] = []
     for e in entries:
         problem = None
         if not Path(e.path).is_file():
@@ -134,9 +134,9 @@ def build_from_entries(
     sources: list[str] = []
     hashes: list[str] = []
 
-    def read_new(chunk: Sequence[GalleryEntry]) -> list[tuple[GalleryEntry, str, bytes]]:
+    def read_new(chunk: Sequence[ListEntry]) -> list[tuple[ListEntry, str, bytes]]:
         """Read and hash a chunk; keep the images not yet in the gallery (nor earlier in this build)."""
-        read: list[tuple[GalleryEntry, bytes, str]] = []
+        read: list[tuple[ListEntry, bytes, str]] = []
         for e in chunk:
             try:
                 data = Path(e.path).read_bytes()
@@ -154,9 +154,9 @@ def build_from_entries(
             fresh.append((e, h, data))
         return fresh
 
-    def embed_chunk(fresh: list[tuple[GalleryEntry, str, bytes]], decoded: list[np.ndarray | str]) -> None:
+    def embed_chunk(fresh: list[tuple[ListEntry, str, bytes]], decoded: list[np.ndarray | str]) -> None:
         images: list[np.ndarray] = []
-        keep: list[tuple[GalleryEntry, str]] = []
+        keep: list[tuple[ListEntry, str]] = []
         for (e, h, _data), img in zip(fresh, decoded):
             if isinstance(img, str):
                 report.bad.append((e.source, e.line_no, f"not a readable image: {e.path} ({img})"))
@@ -178,7 +178,7 @@ def build_from_entries(
 
     # Decoding the next chunk (a thread: OpenCV releases the GIL) overlaps the model's work on this one.
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, leave=False)
-    pending: tuple[list[tuple[GalleryEntry, str, bytes]], Future[list[np.ndarray | str]], int] | None = None
+    pending: tuple[list[tuple[ListEntry, str, bytes]], Future[list[np.ndarray | str]], int] | None = None
     with ThreadPoolExecutor(1, thread_name_prefix="gallery-decode") as pool:
         try:
             for start in range(0, len(todo), batch_size):
