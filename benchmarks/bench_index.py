@@ -101,14 +101,7 @@ def raw_search_fn(g, k: int):
 
     state = g._state
     index = state.index
-    if state.mode == "hnsw":
-        params = faiss.SearchParametersHNSW()
-        params.efSearch = max(int(g.tuning["ef_search"]), k)
-    elif state.mode == "ivf":
-        params = faiss.SearchParametersIVF()
-        params.nprobe = state.nprobe
-    else:
-        params = None
+    params = state.search_parameters(k)  # the very parameters the layer uses
 
     def search(q: np.ndarray):
         return index.search(q, k) if params is None else index.search(q, k, params=params)

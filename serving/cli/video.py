@@ -10,6 +10,7 @@ Exit status (as ``shitu.serving.cli.toolkit``): 0 something was tracked, 1 nothi
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from typing import Any, Sequence
@@ -39,9 +40,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("input", help="video file, stream URL (rtsp://..., http://...) or camera index (0, 1, ...)")
     where = p.add_argument_group("where to recognise")
     where.add_argument("--server", metavar="URL", help="recognise on a shitu server (default: in-process engine)")
-    where.add_argument("--scenario", help="scenario pack of the in-process engine")
+    where.add_argument("--scenario", help="scenario pack (in-process, or on the server with --server)")
     where.add_argument(
-        "--gallery", metavar="NAME|PATH", help="gallery of the in-process engine: a name in the pack, or a folder"
+        "--gallery", metavar="NAME|PATH", help="gallery: a name in the pack, or a folder (with --server: a gallery "
+        "name on the server)"
     )
     sampling = p.add_argument_group("sampling").add_mutually_exclusive_group()
     sampling.add_argument("--every", type=positive_int, metavar="N", help="process every N-th frame")
@@ -130,11 +132,11 @@ def format_tracks(report: Any) -> list[str]:
 
 def _recognizer(args: argparse.Namespace) -> Any:
     if args.server:
-        if args.scenario or args.gallery:
-            print("recognize-video: --scenario/--gallery are the server's with --server; ignored", file=sys.stderr)
         from shitu.serving.client.sdk import ShituClient
 
-        return ShituClient(args.server).recognize
+        recognize = ShituClient(args.server).recognize
+        where = {k: v for k, v in (("scenario", args.scenario), ("gallery", args.gallery)) if v}
+        return functools.partial(recognize, **where) if where else recognize
     from shitu.serving.engine.engine import load_engine
 
     return load_engine(scenario=args.scenario, gallery=resolve_gallery(args.gallery)).recognize

@@ -357,6 +357,23 @@ class IndexState:
         finally:
             faiss.omp_set_num_threads(prev)
 
+    def search_parameters(self, k: int, sel: Any = None) -> Any:
+        """faiss ``SearchParameters`` for this index (HNSW ``efSearch``, IVF ``nprobe``) with selector ``sel``;
+        ``None`` when a plain search will do."""
+        if self.mode == "hnsw":
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(int(self.spec.tuning["ef_search"]), k)
+        elif self.mode == "ivf":
+            params = faiss.SearchParametersIVF()
+            params.nprobe = self.nprobe
+        elif sel is None:
+            return None
+        else:
+            params = faiss.SearchParameters()
+        if sel is not None:
+            params.sel = sel
+        return params
+
     def _search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         ntotal = self.index.ntotal
         nq = len(queries)
@@ -364,25 +381,7 @@ class IndexState:
             return np.zeros((nq, 0), np.float32), np.full((nq, 0), -1, np.int64)
         if self.mode != "nosel":
             sel, keep = self._selector(allowed)
-            if sel is None:
-                if self.mode == "hnsw":
-                    params = faiss.SearchParametersHNSW()
-                    params.efSearch = max(int(self.spec.tuning["ef_search"]), k)
-                elif self.mode == "ivf":
-                    params = faiss.SearchParametersIVF()
-                    params.nprobe = self.nprobe
-                else:
-                    params = None
-            else:
-                if self.mode == "hnsw":
-                    params = faiss.SearchParametersHNSW()
-                    params.efSearch = max(int(self.spec.tuning["ef_search"]), k)
-                elif self.mode == "ivf":
-                    params = faiss.SearchParametersIVF()
-                    params.nprobe = self.nprobe
-                else:
-                    params = faiss.SearchParameters()
-                params.sel = sel
+            params = self.search_parameters(k, sel)
             try:
                 kk = min(k, ntotal)
                 if params is None:
