@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -76,15 +77,18 @@ def test_gallery_repair_rebuilds_a_lost_snapshot(tmp_path, capsys):
     assert info["count"] == 20 and info["snapshot_file"]
 
 
-def _run_shitu(args: list[str], **kw) -> subprocess.Popen:
+def _run_shitu(args: list[str], home: Path, **kw) -> subprocess.Popen:
+    """``python -m shitu ARGS`` with its own HUB_HOME and SHITU_HOME under ``home``: its `hub install` never
+    rewrites the modules the session's servers run from, nor its galleries."""
+    env = {**os.environ, "HUB_HOME": str(home / "hub"), "SHITU_HOME": str(home / "shitu")}
     return subprocess.Popen([sys.executable, "-m", "shitu", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, **kw)
+                            text=True, env=env, **kw)
 
 
 def test_shitu_demo_recognises_the_demo_photos_over_hub_serving(tmp_path):
     """What `make demo` runs: hub install, hub serving, the demo queries over HTTP, answers and pictures."""
     out = tmp_path / "demo"
-    proc = _run_shitu(["demo", "--out", str(out), "--json"])
+    proc = _run_shitu(["demo", "--out", str(out), "--json"], tmp_path)
     stdout, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, stdout[-3000:]
     answers = {a["image"]: [r["label"] for r in a["results"]]
@@ -103,7 +107,7 @@ def test_shitu_serve_installs_and_serves_the_modules(tmp_path):
     port = free_port()
     config = tmp_path / "serving.json"
     proc = _run_shitu(["serve", "--port", str(port), "--modules", "mainbody_detection", "--config-out", str(config)],
-                      start_new_session=True)
+                      tmp_path, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         health = None
