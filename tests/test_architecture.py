@@ -74,6 +74,24 @@ def test_no_import_cycle_between_rooms():
     assert cycles == [], f"rooms importing each other: {cycles}"
 
 
+def test_no_import_cycle_between_the_modules_of_plugins():
+    """Inside plugins/ too (the installer used to import the registry, which imports the installer)."""
+    mods = {n: p for n, p in modules().items() if n.startswith("shitu.plugins.")}
+    edges = {n: {m for m in mods if m != n and any(i == m or i.startswith(m + ".") for i in imports(p))}
+             for n, p in mods.items()}
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in edges.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    assert sorted(n for n in edges if n in reach(n)) == []
+
+
 def test_forbidden_arrows():
     edges = room_graph()
     assert not {r for r in edges["plugins"] if r.startswith("serving")}, "plugins must not import serving"
