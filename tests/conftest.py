@@ -75,6 +75,12 @@ def photo_gallery(engine, photos, tmp_path_factory):
     g.close()
 
 
+@pytest.fixture(scope="session")
+def memory_gallery(photo_gallery):
+    """The former name of ``photo_gallery`` (now a real faiss gallery), for tests written before the rename."""
+    return photo_gallery
+
+
 class Served:
     """A running ``hub serving`` subprocess: ``url``, ``proc``, ``log``."""
 
