@@ -37,7 +37,8 @@ system-deps:
 test: $(VENV)/.stamp-dev $(VENV)/.stamp-paddleclas system-deps
 	$(PY) -m pytest -q tests
 
-## make bench: the benchmark suite (tables on stdout, JSON in benchmarks/results/).
+## make bench: the benchmark suite (tables on stdout, JSON in benchmarks/results/), then the tests that assert a
+## wall-clock bound (pytest -m timing; a plain pytest skips them).
 bench: $(VENV)/.stamp-dev
 	$(PY) benchmarks/run_all.py
 

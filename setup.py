@@ -86,6 +86,8 @@ setup(
         + [
             "onnxruntime>=1.17",
             "pytest>=8",
+            # Random test order by default (the suite passes in any order); `-p no:randomly` turns it off.
+            "pytest-randomly>=3.15",
             "psutil>=5.9",
             "hypothesis>=6.100",
             "scikit-image>=0.22",

@@ -57,12 +57,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
             return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
         return str(v)
 
-    cells = [[fmt(v) for v in row] for row in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) if cells else len(str(h)) for i, h in enumerate(headers)]
-    lines = ["  ".join(str(h).rjust(w) for h, w in zip(headers, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
-    return "\n".join(lines)
+    from shitu.serving.cli.toolkit import table as text_table  # the one table printer
+
+    return text_table([[fmt(v) for v in row] for row in rows], [str(h) for h in headers], right=True)
 
 
 def write_json(name: str, data: dict[str, Any], path: str | None = None) -> Path:

@@ -126,8 +126,8 @@ FIELDS: tuple[Field, ...] = (
     Field("IndexProcess", "score_thres", float, 0.5,
           "Weakest match accepted. For `IP` a score must be >= it (higher is better); for `L2` and `hamming` "
           "the distance must be <= it (smaller is better).", minimum=0.0, aliases=("score_threshold",)),
-    Field("IndexProcess", "hamming_radius", int, 100, "Largest hamming distance searched in binary galleries.",
-          minimum=0),
+    Field("IndexProcess", "hamming_radius", int, 100, "Largest hamming distance searched in binary galleries "
+          "(per request too); new galleries also store it as their own default.", minimum=0),
     Field("IndexProcess", "delimiter", str, "\t",
           "Column separator of gallery list files; any whitespace is accepted as well."),
     Field("IndexProcess", "labels", list, None,

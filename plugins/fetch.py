@@ -14,24 +14,23 @@ size) and ``SHITU_MAX_PACK_BYTES`` (default 8 GiB: total extracted or copied).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import stat
 import sys
 import tarfile
-import time
 import zipfile
 import zlib
 from pathlib import Path
 from typing import Callable, Iterable
 
+from shitu.files import sha256_file  # noqa: F401 - re-exported (installer, registry)
 from shitu.plugins.errors import PackError
 
 CHUNK = 1 << 20
-#: Test hook (see tests/test_plugins_store.py): a folder; copying a file of >= 1 MiB creates ``<folder>/copying``
-#: after the first chunk and then waits (up to 60 s) so a test can kill the process half-way through a copy.
-TEST_HOOK_ENV = "SHITU_PACKS_TEST_HOOK"
+#: Called by :func:`copy_file` with the bytes copied so far after each chunk (``None``: nothing is called). An
+#: observer's hook: e.g. a test pauses here to kill the process half-way through a copy.
+on_copy_chunk: Callable[[int], None] | None = None
 
 
 def _env_number(name: str, default: float) -> float:
@@ -54,36 +53,16 @@ class DownloadError(PackError):
         self.reason = reason
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _test_pause(done: int) -> None:
-    hook = os.environ.get(TEST_HOOK_ENV)
-    if not hook or done < CHUNK:
-        return
-    Path(hook, "copying").touch()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 def copy_file(src: Path, dst: Path) -> int:
     """Copy a regular file in chunks (no metadata); return its size."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     done = 0
     with open(src, "rb") as fin, open(dst, "xb") as fout:
-        paused = False
         for chunk in iter(lambda: fin.read(CHUNK), b""):
             fout.write(chunk)
             done += len(chunk)
-            if not paused and done >= CHUNK:
-                paused = True
-                _test_pause(done)
+            if on_copy_chunk is not None:
+                on_copy_chunk(done)
         fout.flush()
         os.fsync(fout.fileno())
     return done

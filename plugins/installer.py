@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
 from shitu.plugins import store
@@ -44,6 +44,7 @@ class _Ctx:
         self.source_arg = ""  # the source as the user gave it (for instructions)
         self.provenance: dict[str, str] = {}  # pack-relative path -> how it was verified when it has no sha256
         self.downloads_dir = tmp / "downloads"
+        self.find_pack: Callable[[str], list[Any]] | None = None  # the registry's discovery, for a pack name
         self._n = 0
 
     def scratch(self, prefix: str) -> Path:
@@ -68,7 +69,11 @@ def _normalize_hashes(sha256: str | Iterable[str] | None) -> set[str]:
 
 def install(source: str, *, name: str | None = None, trust: bool = False,
             sha256: str | Iterable[str] | None = None, progress: bool = True,
-            from_files: Iterable[str | os.PathLike] | None = None) -> tuple[str, str]:
+            from_files: Iterable[str | os.PathLike] | None = None,
+            find_pack: Callable[[str], list[Any]] | None = None) -> tuple[str, str]:
+    """Install ``source`` into the store (see ``registry.install``); ``find_pack(name)`` lists the packs known by
+    that name (the registry's discovery: items with ``source``, ``manifest``, ``root``, ``error``), for a source
+    that is a pack name."""
     hashes = _normalize_hashes(sha256)
     files = [Path(p).expanduser() for p in (from_files or [])]
     for f in files:
@@ -79,6 +84,7 @@ def install(source: str, *, name: str | None = None, trust: bool = False,
     with store.lock():
         with store.staging() as tmp:
             ctx = _Ctx(tmp, trust, hashes, [f.resolve() for f in files], progress)
+            ctx.find_pack = find_pack
             stage = tmp / "pack"
             ctx.source_arg = str(source)
             manifest = _stage(str(source), stage, ctx)
@@ -177,9 +183,7 @@ def _stage_archive(archive: Path, stage: Path, ctx: _Ctx, label: str) -> Manifes
 
 
 def _stage_named(name: str, stage: Path, ctx: _Ctx) -> Manifest:
-    from shitu.plugins.registry import _discover
-
-    items = [i for i in _discover(name) if i.source != "store"]
+    items = [i for i in (ctx.find_pack(name) if ctx.find_pack else []) if i.source != "store"]
     good = [i for i in items if i.manifest is not None]
     if not good:
         if items:
@@ -193,6 +197,30 @@ def _stage_named(name: str, stage: Path, ctx: _Ctx) -> Manifest:
     ctx.source_desc = f"{item.source}:{name} ({item.root})"
     copy_tree(item.root, stage)
     return read_manifest(stage / MANIFEST_FILE)
+
+
+def install_hint(target: str, downloads: Sequence[tuple[str, str, str | None]]) -> str:
+    """How to install a pack whose model files are remote, with and without network on this machine.
+
+    ``target`` is what to pass to ``shitu plugins install`` (a pack name, folder, archive or URL)."""
+    import shlex
+
+    if not downloads:
+        return ("The manifest says nowhere to download them; get the complete pack from its author and run "
+                "`shitu plugins install <folder or archive>`.")
+    trust = any(sha is None for _, _, sha in downloads)
+    from_args = " ".join(f"--from {shlex.quote(fname)}" for _, fname, _ in downloads)
+    target = shlex.quote(target)
+    cmd = f"shitu plugins install {target} {from_args}" + (" --trust" if trust else "")
+    lines = [f"With network: shitu plugins install {target}" + (" --trust" if trust else ""),
+             "Without network here: on a connected machine download"]
+    lines += [f"  {url}" for url, _, _ in downloads]
+    lines.append("copy the file(s) to this machine, and in the folder holding them run:")
+    lines.append(f"  {cmd}")
+    if trust:
+        lines.append("(--trust: no sha256 is published for these files; instead of --trust you may pass "
+                     "--sha256 <hex> for each file you checked.)")
+    return "\n".join(lines)
 
 
 # -- model files ---------------------------------------------------------------------------------------------------
@@ -215,8 +243,6 @@ def _fetch(m: Manifest, url: str, filename: str, size: int | None, ctx: _Ctx) ->
     try:
         download(url, dest, expected_size=size, progress=ctx.progress, desc=filename)
     except DownloadError as exc:
-        from shitu.plugins.registry import install_hint
-
         downloads = []
         for model in m.models.values():
             if model.archive:

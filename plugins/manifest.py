@@ -17,6 +17,9 @@ Layout of a manifest (schema version 1)::
     default_gallery: <name>
 
 Keys starting with ``x-`` are extensions and are ignored anywhere.
+
+Longer than 600 lines: the manifest schema is one table of keys and their key-by-key checks, read top to
+bottom.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from shitu.names import GALLERY_NAME
 from shitu.plugins.errors import ManifestError
 
 SCHEMA_VERSION = 1
@@ -36,7 +40,7 @@ MANIFEST_FILE = "pack.yaml"
 
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 VERSION_RE = re.compile(r"^[0-9]+(?:\.[0-9]+){0,3}(?:[.-]?(?:a|b|rc|dev|post)[0-9]*)?$")
-GALLERY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+GALLERY_RE = GALLERY_NAME  # one rule for gallery names (shitu.names)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 ROLES = {"detector": "detector", "recognizer": "extractor"}  # manifest role -> ModelSpec kind

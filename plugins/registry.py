@@ -26,9 +26,11 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 from shitu.plugins import store
+from shitu.plugins.installer import install as _install
+from shitu.plugins.installer import install_hint  # noqa: F401 - also the registry's (Pack.unavailable_reason)
 from shitu.plugins.errors import ManifestError, PackError
 from shitu.plugins.manifest import (MANIFEST_FILE, GalleryEntry, Manifest, ModelEntry, read_manifest, version_key,
                        version_matches)
@@ -235,30 +237,6 @@ class Pack:
     def gallery_dir(self, name: str | None = None) -> Path:
         """``$SHITU_HOME/galleries/<pack>/<gallery>``."""
         return self.gallery(name).dir()
-
-
-def install_hint(target: str, downloads: Sequence[tuple[str, str, str | None]]) -> str:
-    """How to install a pack whose model files are remote, with and without network on this machine.
-
-    ``target`` is what to pass to ``shitu plugins install`` (a pack name, folder, archive or URL)."""
-    import shlex
-
-    if not downloads:
-        return ("The manifest says nowhere to download them; get the complete pack from its author and run "
-                "`shitu plugins install <folder or archive>`.")
-    trust = any(sha is None for _, _, sha in downloads)
-    from_args = " ".join(f"--from {shlex.quote(fname)}" for _, fname, _ in downloads)
-    target = shlex.quote(target)
-    cmd = f"shitu plugins install {target} {from_args}" + (" --trust" if trust else "")
-    lines = [f"With network: shitu plugins install {target}" + (" --trust" if trust else ""),
-             "Without network here: on a connected machine download"]
-    lines += [f"  {url}" for url, _, _ in downloads]
-    lines.append("copy the file(s) to this machine, and in the folder holding them run:")
-    lines.append(f"  {cmd}")
-    if trust:
-        lines.append("(--trust: no sha256 is published for these files; instead of --trust you may pass "
-                     "--sha256 <hex> for each file you checked.)")
-    return "\n".join(lines)
 
 
 # -- discovery -----------------------------------------------------------------------------------------------------
@@ -492,10 +470,8 @@ def install(source: str, *, name: str | None = None, trust: bool = False,
     whose manifest publishes none (and for a URL / archive source itself); ``trust``: accept such files unverified
     (their hashes are recorded, so ``verify`` notices later changes).
     """
-    from shitu.plugins.installer import install as _install
-
     installed_name, version = _install(source, name=name, trust=trust, sha256=sha256, progress=progress,
-                                       from_files=from_files)
+                                       from_files=from_files, find_pack=_discover)
     return _info_of(installed_name, version)
 
 

@@ -29,6 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+from shitu.files import fsync_dir as _fsync_dir
 from shitu.plugins.errors import PackError
 from shitu.plugins.manifest import MANIFEST_FILE, NAME_RE, VERSION_RE, version_key
 
@@ -57,19 +58,6 @@ def version_dir(name: str, version: str) -> Path:
 
 
 # -- small atomic helpers ------------------------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` so that readers see the old or the new content, never a mix."""
     path.parent.mkdir(parents=True, exist_ok=True)

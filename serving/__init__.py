@@ -2,7 +2,8 @@
 
 - :mod:`.engine` -- models in, answers out: predictor, transforms, detection, extraction, pipeline, engine
   (``load_engine``), plus the light helpers images, results, draw, timing. Never imports paddlehub.
-- :mod:`.gallery` -- labeled embeddings: the local backend (SQLite + faiss), list files, builds.
+- :mod:`.gallery` -- labeled embeddings: the backend interface, the local backend (SQLite + faiss, in parts:
+  storage, index, snapshot, replication, maintenance, reading), list files, builds.
 - :mod:`.hub` -- PaddleHub glue: request handling (``service``), the hub module base, Flask hooks, ``hub serving``
   control. The only room that imports paddlehub.
 - :mod:`.client` -- the SDK (``ShituClient``, ``AsyncShituClient``): HTTP only, no paddle.

@@ -21,7 +21,7 @@ A folder with neither gets the PaddleClas defaults for its kind.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,12 @@ class ModelSpec:
         if kind == "detector":
             data["decoder"] = "paddledet"
         return cls.from_dict(data, model_dir)
+
+    def with_transform_ops(self, ops: list[dict[str, Any]] | None) -> "ModelSpec":
+        """This description with pre-processing ``ops`` instead of the folder's (``None``: unchanged).
+
+        ``DetPreProcess.transform_ops`` / ``RecPreProcess.transform_ops`` reach the engine through this."""
+        return self if ops is None else replace(self, transform_ops=[dict(op) for op in ops])
 
     def files(self) -> tuple[Path, Path]:
         """(graph file, weights file), checked to exist; a clear error names the missing path."""

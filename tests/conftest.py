@@ -15,6 +15,20 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 GENERAL_LITE = {"Global": {"threshold": 0.3}, "IndexProcess": {"score_thres": 0.8, "index_method": "Flat"}}
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "timing: asserts a wall-clock bound; run by `make bench` (pytest -m timing)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that assert a time run only when asked for (``-m timing``, as ``make bench`` does)."""
+    if "timing" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="asserts a wall-clock bound: run by `make bench` (pytest -m timing)")
+    for item in items:
+        if "timing" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     from shitu.serving.engine.engine import builtin_models_dir
@@ -51,13 +65,20 @@ def queries(photos):
 
 
 @pytest.fixture(scope="session")
-def memory_gallery(engine, photos):
-    """An exact in-memory gallery of the demo photos (IP on normalised embeddings)."""
-    from shitu.serving.engine.pipeline import MemoryIndex
+def photo_gallery(engine, photos, tmp_path_factory):
+    """The demo photos in a real gallery (SQLite + faiss Flat, IP on normalised embeddings)."""
+    from shitu.serving.gallery import Gallery
 
-    index = MemoryIndex(engine.embedding_size, "IP")
-    index.add(engine.embed(list(photos.values())), list(photos))
-    return index
+    g = Gallery.create(tmp_path_factory.mktemp("photo-gallery") / "g", engine.embedding_size, index_method="Flat")
+    g.add(engine.embed(list(photos.values())), list(photos))
+    yield g
+    g.close()
+
+
+@pytest.fixture(scope="session")
+def memory_gallery(photo_gallery):
+    """The former name of ``photo_gallery`` (now a real faiss gallery), for tests written before the rename."""
+    return photo_gallery
 
 
 class Served:
@@ -96,16 +117,29 @@ def warm_every_worker(served: Served, request: dict, gallery: str, workers: int 
     raise AssertionError(f"not every worker opened gallery {gallery!r}")
 
 
-def start_served(tmp: Path, workers: int = 1, init_args: dict | None = None) -> Served:
-    """Install the four modules into the session HUB_HOME (once) and start ``hub serving -c`` on a free port."""
-    import json
-
+def install_modules_once() -> None:
+    """``hub install`` the four modules into the session HUB_HOME, once per session."""
     from shitu.serving.hub import control as hub_serving
 
     global _MODULES_INSTALLED
     if not _MODULES_INSTALLED:
         hub_serving.install_modules()
         _MODULES_INSTALLED = True
+
+
+@pytest.fixture(scope="session")
+def hub_modules_installed() -> None:
+    """The four modules installed with the real ``hub install`` (what ``hub.Module(name=...)`` loads)."""
+    install_modules_once()
+
+
+def start_served(tmp: Path, workers: int = 1, init_args: dict | None = None) -> Served:
+    """Install the four modules into the session HUB_HOME (once) and start ``hub serving -c`` on a free port."""
+    import json
+
+    from shitu.serving.hub import control as hub_serving
+
+    install_modules_once()
     port = hub_serving.free_port()
     cfg = tmp / f"config-{port}.json"
     cfg.write_text(json.dumps(hub_serving.serving_config(port=port, workers=workers, init_args=init_args)))

@@ -257,7 +257,7 @@ def fake():
     f.close()
 
 
-def test_timeouts_are_retried_for_safe_calls_only(fake):
+def test_timeouts_are_retried_for_safe_calls_only_on_a_fake_server(fake):
     c = ShituClient(fake.url, timeout=0.3, retries=2, backoff=0, token="s3cret")
     with pytest.raises(Timeout) as err:
         c.recognize(b"\xff\xd8 any bytes")
@@ -276,7 +276,7 @@ def test_timeouts_are_retried_for_safe_calls_only(fake):
     assert err.value.attempts == 1 and fake.count_settles(1) == 1
 
 
-def test_unavailable_answers_are_retried(fake):
+def test_unavailable_answers_are_retried_on_a_fake_server(fake):
     fake.reset("503")
     assert ShituClient(fake.url, retries=2, backoff=0).scenarios() == []
     assert len(fake.requests) == 3

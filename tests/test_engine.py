@@ -6,7 +6,8 @@ import pytest
 
 from shitu.params import merge
 from shitu.serving.engine.detection import nms
-from shitu.serving.engine.pipeline import MemoryIndex, accepts, rec_nms
+from shitu.serving.engine.pipeline import accepts, rec_nms
+from shitu.serving.gallery import Gallery
 from shitu.serving.engine.results import Recognition
 
 
@@ -35,23 +36,23 @@ def test_detector_box_in_a_collage(engine, queries):
 
 @pytest.mark.parametrize("name,label", [("cat_mirrored_crop", "cat"), ("coffee_rescaled_crop", "coffee"),
                                         ("rocket_bright_blur", "rocket")])
-def test_other_view_gets_the_right_label(engine, memory_gallery, queries, name, label):
-    found = engine.recognize([queries[name]], gallery=memory_gallery)[0]
+def test_other_view_gets_the_right_label(engine, photo_gallery, queries, name, label):
+    found = engine.recognize([queries[name]], gallery=photo_gallery)[0]
     assert found, f"{name}: nothing recognised"
     assert found[0].label == label
     assert found[0].score >= 0.8
 
 
-def test_collage_recognises_both_objects(engine, memory_gallery, queries):
-    found = engine.recognize([queries["collage_cat_and_coffee"]], gallery=memory_gallery, threshold=0.25,
+def test_collage_recognises_both_objects(engine, photo_gallery, queries):
+    found = engine.recognize([queries["collage_cat_and_coffee"]], gallery=photo_gallery, threshold=0.25,
                              append_whole_image=False, rec_nms_thresold=0.3)[0]
     assert {"cat", "coffee"} <= {r.label for r in found}
 
 
-def test_object_absent_from_gallery_is_rejected(engine, memory_gallery, queries):
-    assert engine.recognize([queries["not_in_gallery_ihc"]], gallery=memory_gallery)[0] == []
+def test_object_absent_from_gallery_is_rejected(engine, photo_gallery, queries):
+    assert engine.recognize([queries["not_in_gallery_ihc"]], gallery=photo_gallery)[0] == []
     # ...and it is score_thres that rejects it: with a permissive threshold something comes back.
-    assert engine.recognize([queries["not_in_gallery_ihc"]], gallery=memory_gallery, score_thres=0.0)[0]
+    assert engine.recognize([queries["not_in_gallery_ihc"]], gallery=photo_gallery, score_thres=0.0)[0]
 
 
 def test_threshold_controls_box_count(engine, photos):
@@ -82,22 +83,22 @@ def test_whole_image_box_on_off(engine, photos):
     assert len(only_whole) == 1 and only_whole.is_whole_image[0]
 
 
-def test_whole_image_result_is_marked(engine, memory_gallery, queries):
-    found = engine.recognize([queries["coffee_rescaled_crop"]], gallery=memory_gallery, threshold=1.0)[0]
+def test_whole_image_result_is_marked(engine, photo_gallery, queries):
+    found = engine.recognize([queries["coffee_rescaled_crop"]], gallery=photo_gallery, threshold=1.0)[0]
     assert len(found) == 1 and found[0].is_whole_image and found[0].label == "coffee"
-    assert engine.recognize([queries["coffee_rescaled_crop"]], gallery=memory_gallery, threshold=1.0,
+    assert engine.recognize([queries["coffee_rescaled_crop"]], gallery=photo_gallery, threshold=1.0,
                             append_whole_image=False)[0] == []
 
 
-def test_score_thres_ip_higher_is_better(engine, memory_gallery, queries):
+def test_score_thres_ip_higher_is_better(engine, photo_gallery, queries):
     q = queries["cat_mirrored_crop"]
-    best = engine.recognize([q], gallery=memory_gallery)[0][0].score
-    assert engine.recognize([q], gallery=memory_gallery, score_thres=best - 0.01)[0]
-    assert engine.recognize([q], gallery=memory_gallery, score_thres=min(best + 0.01, 1.0))[0] == []
+    best = engine.recognize([q], gallery=photo_gallery)[0][0].score
+    assert engine.recognize([q], gallery=photo_gallery, score_thres=best - 0.01)[0]
+    assert engine.recognize([q], gallery=photo_gallery, score_thres=min(best + 0.01, 1.0))[0] == []
 
 
-def test_score_thres_l2_smaller_is_better(engine, photos, queries):
-    l2 = MemoryIndex(engine.embedding_size, "L2")
+def test_score_thres_l2_smaller_is_better(engine, photos, queries, tmp_path):
+    l2 = Gallery.create(tmp_path / "l2", engine.embedding_size, index_method="Flat", dist_type="L2")
     l2.add(engine.embed(list(photos.values())), list(photos))
     q = queries["cat_mirrored_crop"]
     found = engine.recognize([q], gallery=l2, score_thres=2.0)[0]
@@ -112,9 +113,9 @@ def test_score_thres_l2_smaller_is_better(engine, photos, queries):
     assert [r.score for r in many] == sorted(r.score for r in many)
 
 
-def test_rec_nms_threshold_effect(engine, memory_gallery, queries):
+def test_rec_nms_threshold_effect(engine, photo_gallery, queries):
     q = queries["collage_cat_and_coffee"]
-    kw = dict(gallery=memory_gallery, threshold=0.2, max_det_results=10, score_thres=0.5)
+    kw = dict(gallery=photo_gallery, threshold=0.2, max_det_results=10, score_thres=0.5)
     loose = engine.recognize([q], rec_nms_thresold=1.0, **kw)[0]
     strict = engine.recognize([q], rec_nms_thresold=0.05, **kw)[0]
     assert len(strict) < len(loose)
@@ -210,7 +211,7 @@ def test_params_merge_precedence():
     assert merge({"IndexProcess": {"score_thres": 0.8}})["score_thres"] == 0.8
 
 
-def test_onnxruntime_backend_end_to_end(models_dir, photos, memory_gallery, queries):
+def test_onnxruntime_backend_end_to_end(models_dir, photos, photo_gallery, queries):
     """Global.det_backend / rec_backend = onnxruntime: same boxes and labels as paddle.inference."""
     pytest.importorskip("onnxruntime")
     from shitu.serving.engine.engine import Engine
@@ -225,5 +226,5 @@ def test_onnxruntime_backend_end_to_end(models_dir, photos, memory_gallery, quer
     a = ort.detect([photos["astronaut"]])[0]
     b = paddle_engine.detect([photos["astronaut"]])[0]
     np.testing.assert_allclose(a.xyxy, b.xyxy, atol=0.5)
-    found = ort.recognize([queries["collage_cat_and_coffee"]], gallery=memory_gallery, threshold=0.25)[0]
+    found = ort.recognize([queries["collage_cat_and_coffee"]], gallery=photo_gallery, threshold=0.25)[0]
     assert {"cat", "coffee"} <= {r.label for r in found}

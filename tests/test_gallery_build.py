@@ -180,7 +180,8 @@ def fake_engine(monkeypatch):
     class Engine:
         embedding_size = DIM
         params = {"IndexProcess.index_method": "HNSW32", "IndexProcess.dist_type": "IP",
-                  "IndexProcess.hamming_radius": 100}
+                  "IndexProcess.hamming_radius": 100, "Limits.max_image_bytes": 20_000_000,
+                  "Limits.max_pixels": 40_000_000}
 
         def __init__(self, params):
             self.binary = bool((params or {}).get("RecPostProcess.binarize"))
@@ -203,7 +204,8 @@ def fake_engine(monkeypatch):
     return calls
 
 
-def test_cli_build_add_list_info_search_remove_compact(tmp_path, images, fake_engine, capsys):
+def test_cli_build_add_list_info_search_remove_compact_with_a_fake_engine(tmp_path, images, fake_engine, capsys):
+    """Every subcommand's bookkeeping, isolated from the models (the real extractor: the test below)."""
     lst = write_list(images, [f"gallery/{i % 3}/{i}.png\tlabel {i % 3}" for i in range(9)])
     g = str(tmp_path / "g")
     assert cli(["gallery", "build", g, str(lst), "--no-progress", "--index-method", "Flat",
@@ -279,3 +281,53 @@ def test_cli_module_imports_nothing_heavy():
             "print(sorted(m for m in ('faiss', 'cv2', 'shitu.serving.engine.engine', 'paddle') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_cli_build_and_search_with_the_real_extractor(tmp_path, photos, queries, capsys):
+    """`shitu gallery build` then `shitu gallery search` through the real entry point, real models and faiss."""
+    import cv2
+
+    from shitu.serving.cli import main
+
+    tree = tmp_path / "photos"
+    for label in ("cat", "coffee", "rocket"):
+        (tree / label).mkdir(parents=True)
+        cv2.imwrite(str(tree / label / f"{label}.jpg"), photos[label])
+    query = tmp_path / "query.jpg"
+    cv2.imwrite(str(query), queries["cat_mirrored_crop"])
+    g = tmp_path / "g"
+    assert main(["gallery", "build", str(g), str(tree), "--no-progress", "--index-method", "Flat", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["added"] == 3
+    assert main(["gallery", "search", str(g), str(query), "-k", "3", "--json"]) == 0
+    matches = json.loads(capsys.readouterr().out)["matches"]
+    assert [m["label"] for m in matches][0] == "cat" and matches[0]["score"] > 0.8
+    assert matches[0]["score"] > matches[1]["score"] + 0.1  # the right photo, by a margin
+
+
+def test_cli_build_refuses_a_pixel_bomb_as_a_bad_entry(tmp_path, photos, capsys):
+    """The build decodes with the engine's limits: a small PNG declaring 30000 x 30000 pixels is refused before
+    decoding (the build used to call cv2.imdecode on it)."""
+    import struct
+    import zlib
+
+    import cv2
+
+    from shitu.serving.cli import main
+
+    tree = tmp_path / "photos"
+    (tree / "cat").mkdir(parents=True)
+    (tree / "bomb").mkdir(parents=True)
+    cv2.imwrite(str(tree / "cat" / "cat.jpg"), photos["cat"])
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
+    (tree / "bomb" / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                                             + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    g = tmp_path / "g"
+    code = main(["gallery", "build", str(g), str(tree), "--no-progress", "--index-method", "Flat"])
+    err = capsys.readouterr().err
+    assert code == 3 and "bomb.png" in err and "more pixels than the limit" in err and "nothing was added" in err
+    assert main(["gallery", "build", str(g), str(tree), "--no-progress", "--skip-bad", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["added"] == 1

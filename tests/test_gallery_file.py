@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from shitu.serving.gallery.list_file import (
-    GalleryEntry,
+    ListEntry,
     GalleryFileError,
     label_problem,
     parse_list_file,
@@ -38,7 +38,7 @@ def test_paddleclas_tab_format(root):
         (root / "gallery/0/1.jpg", "0", 2),
         (root / "gallery/1/0.jpg", "1", 3),
     ]
-    assert all(isinstance(e, GalleryEntry) and e.source == str(lst) for e in entries)
+    assert all(isinstance(e, ListEntry) and e.source == str(lst) for e in entries)
     assert entries[0].key == "gallery/0/0.jpg" and entries[0].record_source == "gallery/0/0.jpg"
 
 

@@ -1,9 +1,10 @@
-"""Two processes share one gallery: changes committed by one are seen by the other's searches within a second.
+"""Two processes share one gallery: changes committed by one are seen by the other's searches.
 
 The child process holds its own copy of the index (like a gunicorn worker) and only searches: it never calls
 ``refresh()``, so visibility comes from the throttled log check inside ``search``. The parent adds, removes and
 updates; after each change returns it asks the child to poll until the change is visible, and the child reports
-the (system-wide monotonic) time it saw it. The deadline is functional: one second after the commit returned.
+the (system-wide monotonic) time it saw it. The behaviour test gives the child a generous deadline; the
+one-second figure the README promises is checked by the ``timing`` test, run by ``make bench``.
 """
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ import pytest
 from shitu.serving.gallery.local import Gallery
 
 DIM = 32
-DEADLINE = 1.0
+#: The child polls this long for a change (generous: a loaded machine must not fail the behaviour test).
+POLL_SECONDS = 30.0
+#: What the README promises (checked by the timing test only).
+VISIBLE_WITHIN = 1.0
 
 CHILD = textwrap.dedent(
     """
@@ -33,7 +37,7 @@ CHILD = textwrap.dedent(
     for line in sys.stdin:
         cmd = json.loads(line)
         q = np.asarray(cmd["vector"], np.float32)[None]
-        end = time.monotonic() + 3.0
+        end = time.monotonic() + {poll}
         seen = None
         while time.monotonic() < end:
             top = g.search(q, k=1)[0]
@@ -48,8 +52,8 @@ CHILD = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("method", ["HNSW32", "Flat"])
-def test_changes_visible_in_another_process_within_one_second(tmp_path, method):
+def visibility_delays(tmp_path, method: str) -> list[float]:
+    """Seconds from each change's commit to the other process seeing it (asserts each one is seen)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((200, DIM)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -57,7 +61,7 @@ def test_changes_visible_in_another_process_within_one_second(tmp_path, method):
     g = Gallery.create(path, DIM, method)
     ids = g.add(x[:100], [f"l{i}" for i in range(100)])
     script = tmp_path / "child.py"
-    script.write_text(CHILD.format(dim=DIM))
+    script.write_text(CHILD.format(dim=DIM, poll=POLL_SECONDS))
     proc = subprocess.Popen([sys.executable, str(script), str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -93,13 +97,26 @@ def test_changes_visible_in_another_process_within_one_second(tmp_path, method):
         more = g.add(x[170:180], ["batch"] * 10)
         delays.append(visible(x[175], more[5], label="batch"))
         print("visibility delays (s):", [round(d, 3) for d in delays])
-        assert max(delays) < DEADLINE, delays
+        return delays
     finally:
         proc.stdin.close()
         proc.wait(timeout=10)
         proc.stdout.close()
         proc.stderr.close()
         g.close()
+
+
+@pytest.mark.parametrize("method", ["HNSW32", "Flat"])
+def test_changes_visible_in_another_process(tmp_path, method):
+    """Adds, removes, relabels and new vectors all reach the other process's searches (none is missed)."""
+    assert len(visibility_delays(tmp_path, method)) == 7
+
+
+@pytest.mark.timing
+@pytest.mark.parametrize("method", ["HNSW32", "Flat"])
+def test_changes_visible_in_another_process_within_one_second(tmp_path, method):
+    delays = visibility_delays(tmp_path, method)
+    assert max(delays) < VISIBLE_WITHIN, delays
 
 
 def test_two_writers_interleave(tmp_path):

@@ -44,6 +44,16 @@ def test_formats_decode_to_bgr8(rgb, fmt, mode, kw):
                                                                     * 257), "I;16")
     out = decode(pil_bytes(im, fmt, **kw))
     assert out.dtype == np.uint8 and out.shape == (60, 90, 3)
+    # The values, not only the shape: each band's colour (BGR), or its gray level for gray images (16-bit
+    # scaled back to 8 bits, CMYK not inverted). Lossy formats get a tolerance.
+    if mode in ("L", "I;16"):
+        gray = np.asarray(rgb.convert("L"))[30, [15, 45, 75]]
+        want = [[int(v)] * 3 for v in gray]
+    else:
+        want = [[0, 0, 255], [0, 255, 0], [255, 0, 0]]  # red, green, blue bands as BGR
+    got = out[30, [15, 45, 75]].astype(int)
+    tol = 40 if fmt in ("JPEG", "WEBP") else 2
+    assert np.abs(got - np.array(want)).max() <= tol, (mode, got.tolist(), want)
 
 
 def test_truncated_and_garbage_are_errors(rgb):

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -218,8 +219,22 @@ def test_install_killed_halfway_leaves_previous_version_working(tmp_path, home):
     src = packkit.make_pack(tmp_path / "v2", version="2.0.0", big=4 << 20)
     hook = tmp_path / "hook"
     hook.mkdir()
-    env = {**os.environ, "SHITU_HOME": str(home), store_hook(): str(hook)}
-    code = f"from shitu.plugins import registry; registry.install({str(src)!r}, progress=False)"
+    env = {**os.environ, "SHITU_HOME": str(home)}
+    # The test's own hook, injected into the installing process: after the first MiB of a big file it marks the
+    # moment and waits to be killed (the product carries no test switch).
+    code = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from shitu.plugins import fetch, registry
+
+        def pause(done):
+            if done >= fetch.CHUNK:
+                Path({str(hook)!r}, "copying").touch()
+                time.sleep(60)
+
+        fetch.on_copy_chunk = pause
+        registry.install({str(src)!r}, progress=False)
+    """)
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -245,12 +260,6 @@ def test_install_killed_halfway_leaves_previous_version_working(tmp_path, home):
     registry.install(str(src), progress=False)
     assert registry.get_pack("testpack").version == "2.0.0"
     assert list((home / "packs" / ".tmp").iterdir()) == []
-
-
-def store_hook() -> str:
-    from shitu.plugins.fetch import TEST_HOOK_ENV
-
-    return TEST_HOOK_ENV
 
 
 # -- packs whose models are downloaded (the official layout) --------------------------------------------------------

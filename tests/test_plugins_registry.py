@@ -1,6 +1,8 @@
 """Discovery (built-in, entry points, store), selection, defaults, versions side by side, use and rollback."""
 from __future__ import annotations
 
+import importlib
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -184,18 +186,22 @@ def test_verify_reports_missing_and_mismatched(tmp_path):
 
 
 # -- entry points --------------------------------------------------------------------------------------------------
+def pip_install_beside(wheel: Path, site: Path, monkeypatch) -> None:
+    """``pip install --target site wheel`` and put ``site`` on ``sys.path`` for this test only: a real pip install
+    that cannot leave the running virtualenv changed, even if the test is killed half-way."""
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet", "--target",
+                    str(site), str(wheel)], check=True, capture_output=True)
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+
+
 @pytest.fixture
-def entrypoint_dist(tmp_path):
-    """A distribution declaring ``[shitu.packs] mypack = mypack_pkg``, pip-installed into this virtualenv."""
+def entrypoint_dist(tmp_path, monkeypatch):
+    """A distribution declaring ``[shitu.packs] mypack = mypack_pkg``, pip-installed beside the virtualenv."""
     pack_dir = packkit.make_pack(tmp_path / "mypack", name="mypack", version="0.3.0")
     wheel = packkit.build_wheel(tmp_path, pack_dir)
-    pip = [sys.executable, "-m", "pip"]
-    subprocess.run(pip + ["install", "--no-deps", "--no-index", "--no-build-isolation", "--quiet", str(wheel)],
-                   check=True, capture_output=True)
-    try:
-        yield "mypack"
-    finally:
-        subprocess.run(pip + ["uninstall", "-y", "--quiet", "shitu-test-mypack"], check=False, capture_output=True)
+    pip_install_beside(wheel, tmp_path / "site", monkeypatch)
+    return "mypack"
 
 
 def test_discovery_from_all_three_sources(tmp_path, entrypoint_dist):
@@ -217,15 +223,13 @@ def test_discovery_from_all_three_sources(tmp_path, entrypoint_dist):
     assert registry.get_pack("mypack").source == "store"
 
 
-def test_entrypoint_pack_disappears_after_uninstall(tmp_path):
+def test_entrypoint_pack_disappears_after_uninstall(tmp_path, monkeypatch):
     pack_dir = packkit.make_pack(tmp_path / "mypack", name="mypack", version="0.3.0")
     wheel = packkit.build_wheel(tmp_path, pack_dir, dist="shitu_test_other", pkg="other_pkg", ep_name="wrongname")
-    pip = [sys.executable, "-m", "pip"]
-    subprocess.run(pip + ["install", "--no-deps", "--no-index", "--quiet", str(wheel)], check=True,
-                   capture_output=True)
-    try:
-        (info,) = [p for p in registry.list_packs() if p.source == "entrypoint" and p.name == "wrongname"]
-        assert "the entry point name must be the pack name" in info.error
-    finally:
-        subprocess.run(pip + ["uninstall", "-y", "--quiet", "shitu-test-other"], check=False, capture_output=True)
+    site = tmp_path / "site"
+    pip_install_beside(wheel, site, monkeypatch)
+    (info,) = [p for p in registry.list_packs() if p.source == "entrypoint" and p.name == "wrongname"]
+    assert "the entry point name must be the pack name" in info.error
+    shutil.rmtree(site)  # uninstalled
+    importlib.invalidate_caches()
     assert not [p for p in registry.list_packs() if p.source == "entrypoint"]

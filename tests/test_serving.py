@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import time
 
 import numpy as np
 import pytest
 import requests
 
-from .conftest import ADMIN_TOKEN, b64, warm_every_worker
+from .conftest import ADMIN_TOKEN, b64, warm_every_worker, workers_with_gallery_open
 
 
 def ok(resp) -> object:
@@ -135,8 +136,9 @@ def test_scenarios_are_listed(served):
     assert "general-lite" in names and any(s["default"] for s in res)
 
 
-def test_in_process_hub_module(photos):
-    """The same module works in-process through hub.Module(name=...) (installed by the served fixture)."""
+def test_in_process_hub_module(photos, hub_modules_installed):
+    """The same module works in-process through hub.Module(name=...) after a real `hub install` (its own fixture:
+    alone, this test used to depend on another test's server having installed the modules)."""
     import paddlehub as hub
 
     m = hub.Module(name="mainbody_detection")
@@ -154,9 +156,17 @@ def test_multiprocess_gallery_change_seen_by_every_worker(served_multi, photos, 
     warm_every_worker(s, query, "srv-multi")
     assert ok(s.post("image_recognition", query))[0]["results"] == []
     ok(s.post("image_recognition", {"operation": "add", "images": [b64(photos["rocket"])], "labels": ["rocket"], **g}))
-    with cf.ThreadPoolExecutor(2) as pool:
-        answers = list(pool.map(lambda _: ok(s.post("image_recognition", query)), range(10)))
-    assert all(a[0]["results"] and a[0]["results"][0]["label"] == "rocket" for a in answers)
+    # Each worker follows the change log on its own (throttled) schedule: poll with a generous deadline until
+    # every concurrent answer, from both workers, knows the rocket (no assumption on how long a request takes).
+    deadline = time.monotonic() + 60
+    while True:
+        with cf.ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda _: ok(s.post("image_recognition", query)), range(10)))
+        if all(a[0]["results"] and a[0]["results"][0]["label"] == "rocket" for a in answers):
+            break
+        assert time.monotonic() < deadline, f"a worker never saw the added item: {answers}"
+        time.sleep(0.2)
+    assert len(workers_with_gallery_open(s, "srv-multi")) == 2  # both workers answered from their own copy
 
 
 def test_shipped_config_files_are_the_documented_ones():

@@ -337,6 +337,26 @@ def test_real_engine_tracks_the_cat(video, tmp_path):
 # --- the CLI -------------------------------------------------------------------------------------------------
 
 
+def test_cli_in_process_with_the_real_engine(video, tmp_path, capsys):
+    """`shitu recognize-video VIDEO --gallery DIR` through the real entry point, real models, real faiss."""
+    from shitu.serving.cli import main as shitu_main
+    from shitu.serving.engine.engine import load_engine
+
+    engine = load_engine(gallery=tmp_path / "g")
+    try:
+        engine.gallery_add([CAT_PHOTO], ["cat"])
+    finally:
+        engine.close()
+    rc = shitu_main(["recognize-video", str(video), "--gallery", str(tmp_path / "g"), "--every", "4", "--json",
+                     "--no-progress"])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert rc == 0
+    tracks = [x for x in lines if x["type"] == "track"]
+    assert any(t["label"] == "cat" for t in tracks), tracks
+    assert lines[-1]["type"] == "summary" and lines[-1]["frames_processed"] == N_FRAMES // 4
+
+
+
 def run_cli(argv, monkeypatch, recognizer=None):
     """Run ``recognize-video`` through :func:`video_cli.main` with a fake engine (records load_engine's args)."""
     loaded = []
@@ -353,7 +373,7 @@ def run_cli(argv, monkeypatch, recognizer=None):
     return video_cli.main(["recognize-video", *map(str, argv)]), loaded
 
 
-def test_cli_json_lines(video, monkeypatch, capsys):
+def test_cli_json_lines_with_a_fake_engine(video, monkeypatch, capsys):
     rc, loaded = run_cli([video, "--json", "--no-progress", "--every", "2", "--gallery", "g1"], monkeypatch)
     assert rc == 0 and loaded == [{"scenario": None, "gallery": "g1"}]
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
@@ -370,7 +390,7 @@ def test_cli_json_lines(video, monkeypatch, capsys):
     assert summary["frames_skipped"] == N_FRAMES // 2 and summary["live"] is False
 
 
-def test_cli_human_output_progress_and_video(video, monkeypatch, capsys, tmp_path):
+def test_cli_human_output_progress_and_video_with_a_fake_engine(video, monkeypatch, capsys, tmp_path):
     out = tmp_path / "a.avi"
     rc, _ = run_cli([video, "--fps", "5", "--output-video", out, "--batch-size", "3"], monkeypatch)
     assert rc == 0
@@ -384,7 +404,7 @@ def test_cli_human_output_progress_and_video(video, monkeypatch, capsys, tmp_pat
     assert out.exists() and out.stat().st_size > 0
 
 
-def test_cli_server_mode_uses_the_client(video, monkeypatch, capsys):
+def test_cli_server_mode_builds_the_client_with_a_fake_client(video, monkeypatch, capsys):
     urls = []
 
     class FakeClient:
@@ -402,7 +422,7 @@ def test_cli_server_mode_uses_the_client(video, monkeypatch, capsys):
         "track", "track", "summary"]
 
 
-def test_cli_exit_status(video, tmp_path, monkeypatch, capsys):
+def test_cli_exit_status_with_fakes(video, tmp_path, monkeypatch, capsys):
     rc, loaded = run_cli([tmp_path / "nope.avi", "--no-progress"], monkeypatch)
     assert rc == 2 and loaded == [] and "no such video file" in capsys.readouterr().err
     rc, _ = run_cli([video, "--no-progress", "--max-frames", "3"], monkeypatch,

@@ -1,8 +1,10 @@
 """Live mode: when recognition is slower than the stream, frames are dropped (never queued) and lag stays bounded.
 
 The sources here run on their own clock like a camera: a synthetic 100 fps source delivers frame i at
-``t0 + i / 100`` whether or not anybody is ready for it. The bounds are generous functional ones (half a second
-of lag against a 50 ms recognizer), not timing benchmarks.
+``t0 + i / 100`` whether or not anybody is ready for it. The behaviour tests assert what must hold however slow
+the machine is (frames dropped, never queued; every frame accounted for; capture order); the bounds that depend
+on the machine's speed (lag under half a second against a 50 ms recognizer, how many frames keep up) are the
+``timing`` tests, run by ``make bench``.
 """
 from __future__ import annotations
 
@@ -65,7 +67,7 @@ class SlowRecognizer:
         return out
 
 
-def test_live_mode_drops_frames_and_keeps_lag_bounded():
+def test_live_mode_drops_frames_instead_of_queueing():
     source = PacedSource(n=200, fps=100.0)  # 2 s of stream
     rec = SlowRecognizer(0.05)  # 20 frames/s at best: 5x slower than the stream
     threads_before = threading.active_count()
@@ -75,14 +77,14 @@ def test_live_mode_drops_frames_and_keeps_lag_bounded():
     assert report.frames_dropped > 0
     # Every frame is accounted for: processed, dropped, or (nothing here) skipped by sampling.
     assert report.frames_processed + report.frames_dropped + report.frames_skipped == report.frames_read
-    assert report.frames_processed < 60  # about 2 s / 50 ms; certainly not all 200
     assert set(rec.batches) == {1}  # one frame per call in live mode, whatever batch_size says
     # Lag is reported per processed frame and stays bounded, at the start and at the end: no queue builds up.
     assert len(report.lags) == report.frames_processed == len(report.frames)
-    assert all(f.lag is not None and 0 <= f.lag < LAG_BOUND for f in report.frames)
-    assert max(report.lags[-5:]) < LAG_BOUND
+    assert all(f.lag is not None and f.lag >= 0 for f in report.frames)
     stats = report.lag_stats()
-    assert stats["max"] < LAG_BOUND and stats["mean"] <= stats["p95"] <= stats["max"]
+    assert stats["mean"] <= stats["max"] and stats["p95"] <= stats["max"]
+    assert stats["max"] == pytest.approx(max(report.lags), abs=1e-3)
+    assert stats["mean"] == pytest.approx(sum(report.lags) / len(report.lags), abs=1e-3)
     # Frames are processed in capture order, skipping ahead to the latest; 'dropped' counts up to the total.
     indices = [f.index for f in report.frames]
     assert indices == sorted(set(indices)) and indices[-1] >= 190
@@ -104,8 +106,6 @@ def test_live_mode_samples_before_dropping():
     report = recognize_video(PacedSource(n=100, fps=100.0), SlowRecognizer(0.005), live=True, fps=20)
     assert report.frames_read == 100
     assert report.frames_skipped == 80 and report.frames_processed + report.frames_dropped == 20
-    assert report.frames_dropped <= 2  # 5 ms of work every 50 ms: at most a scheduling hiccup
-    assert all(f.lag < LAG_BOUND for f in report.frames)
 
 
 def test_latest_frame_reader_holds_one_frame():
@@ -127,9 +127,7 @@ def test_a_file_in_live_mode_is_read_at_its_own_rate():
     assert report.frames_read == 50 and report.frames_dropped > 0
     # Read all at once, the recognizer would only ever see the first and the last frame; paced, it keeps up
     # with about every other one.
-    assert report.frames_processed >= 10
     assert report.frames_processed + report.frames_dropped == 50
-    assert all(f.lag < LAG_BOUND for f in report.frames)
 
 
 def test_live_mode_stops_at_max_frames_and_surfaces_reader_errors():
@@ -144,3 +142,28 @@ def test_live_mode_stops_at_max_frames_and_surfaces_reader_errors():
 
     with pytest.raises(OSError, match="camera unplugged"):
         recognize_video(Broken(), SlowRecognizer(0.0), live=True)
+
+
+# -- timing (make bench): bounds that hold on an unloaded machine ------------------------------------------------
+@pytest.mark.timing
+def test_live_mode_lag_stays_bounded():
+    report = recognize_video(PacedSource(n=200, fps=100.0), SlowRecognizer(0.05), live=True, batch_size=8)
+    assert report.frames_processed < 60  # about 2 s / 50 ms
+    assert all(f.lag < LAG_BOUND for f in report.frames)
+    assert max(report.lags[-5:]) < LAG_BOUND  # no queue builds up towards the end
+    assert report.lag_stats()["max"] < LAG_BOUND
+
+
+@pytest.mark.timing
+def test_live_mode_fast_recognizer_drops_almost_nothing():
+    report = recognize_video(PacedSource(n=100, fps=100.0), SlowRecognizer(0.005), live=True, fps=20)
+    assert report.frames_dropped <= 2  # 5 ms of work every 50 ms: at most a scheduling hiccup
+    assert all(f.lag < LAG_BOUND for f in report.frames)
+
+
+@pytest.mark.timing
+def test_paced_file_keeps_up_with_every_other_frame():
+    frames = [np.full((8, 8, 3), i, np.uint8) for i in range(50)]
+    report = recognize_video(IterableSource(frames, fps=50.0), SlowRecognizer(0.04), live=True)
+    assert report.frames_processed >= 10
+    assert all(f.lag < LAG_BOUND for f in report.frames)

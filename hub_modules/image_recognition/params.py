@@ -1,17 +1,15 @@
-"""Default parameters of the ``image_recognition`` hub module, in PP-ShiTu's section/key names.
+"""Parameters of the ``image_recognition`` hub module that differ from the schema's defaults (:mod:`shitu.params`).
 
-Built from the typed schema in :mod:`shitu.params`; precedence when serving:
-these defaults < scenario pack < ``config.json`` ``init_args`` < per-request arguments.
+None do: the module reads every pipeline parameter (Global.threshold, max_det_results, append_whole_image,
+rec_nms_thresold, batch_size; IndexProcess.score_thres, labels, ...) with the schema's defaults, which live in one
+place only. Put a value here only when this module needs another default than every other one. Precedence when
+serving: schema defaults < these < scenario pack < ``config.json`` ``init_args`` < per-request arguments.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from shitu.params import section_defaults
-
 
 def get_default_params() -> dict[str, dict[str, Any]]:
-    """Every pipeline parameter that a request may change."""
-    return {**section_defaults("Global", ["threshold", "max_det_results", "append_whole_image", "rec_nms_thresold",
-                                          "batch_size"]),
-            **section_defaults("IndexProcess", ["score_thres"])}
+    """``{Section: {key: value}}`` of this module's own defaults (none)."""
+    return {}

@@ -1,15 +1,15 @@
-"""Default parameters of the ``index_search`` hub module, in PP-ShiTu's section/key names.
+"""Parameters of the ``index_search`` hub module that differ from the schema's defaults (:mod:`shitu.params`).
 
-Built from the typed schema in :mod:`shitu.params`; precedence when serving:
-these defaults < scenario pack < ``config.json`` ``init_args`` < per-request arguments.
+None do: the module reads IndexProcess.return_k, score_thres, hamming_radius, labels with the schema's defaults,
+which live in one place only. Put a value here only when this module needs another default than every other one.
+Precedence when serving: schema defaults < these < scenario pack < ``config.json`` ``init_args`` < per-request
+arguments.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from shitu.params import section_defaults
-
 
 def get_default_params() -> dict[str, dict[str, Any]]:
-    """Search parameters with PaddleClas's IndexProcess names."""
-    return section_defaults("IndexProcess", ["return_k", "score_thres", "hamming_radius"])
+    """``{Section: {key: value}}`` of this module's own defaults (none)."""
+    return {}

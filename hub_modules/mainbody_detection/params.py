@@ -1,16 +1,15 @@
-"""Default parameters of the ``mainbody_detection`` hub module, in PP-ShiTu's section/key names.
+"""Parameters of the ``mainbody_detection`` hub module that differ from the schema's defaults (:mod:`shitu.params`).
 
-Built from the typed schema in :mod:`shitu.params`; precedence when serving:
-these defaults < scenario pack < ``config.json`` ``init_args`` < per-request arguments.
+None do: the module reads Global.threshold, max_det_results, append_whole_image, det_nms_threshold, min_box_size
+with the schema's defaults, which live in one place only. Put a value here only when this module needs another
+default than every other one. Precedence when serving: schema defaults < these < scenario pack < ``config.json``
+``init_args`` < per-request arguments.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from shitu.params import section_defaults
-
 
 def get_default_params() -> dict[str, dict[str, Any]]:
-    """Detection parameters: how many boxes come back (``threshold`` + ``max_det_results``), whole-image box."""
-    return section_defaults("Global", ["threshold", "max_det_results", "append_whole_image", "det_nms_threshold",
-                                       "min_box_size"])
+    """``{Section: {key: value}}`` of this module's own defaults (none)."""
+    return {}

@@ -2,7 +2,7 @@
 
 - :mod:`.demo` -- ``shitu demo``; :mod:`.recognize` -- ``shitu recognize`` / ``detect``;
   :mod:`.gallery` -- ``shitu gallery ...``; :mod:`.plugins` -- ``shitu plugins ...``;
-  :mod:`.video` -- ``shitu recognize-video``; ``shitu serve`` is registered by :mod:`shitu.serving.hub.control`.
+  :mod:`.video` -- ``shitu recognize-video``; :mod:`.serve` -- ``shitu serve``.
 
 Each module adds its subcommands with ``register(subparsers)`` and imports its heavy dependencies only when run,
 so ``shitu --help`` stays fast.
@@ -18,7 +18,7 @@ from shitu.serving.cli.toolkit import EXIT_USAGE
 COMMAND_MODULES = (
     "shitu.serving.cli.demo",
     "shitu.serving.cli.recognize",
-    "shitu.serving.hub.control",
+    "shitu.serving.cli.serve",
     "shitu.serving.cli.gallery",
     "shitu.serving.cli.plugins",
     "shitu.serving.cli.video",

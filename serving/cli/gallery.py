@@ -17,61 +17,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-#: Exit codes, as in ``shitu.serving.cli.toolkit``: 0 ok, 1 nothing found, 2 usage error, 3 gallery / engine error.
-from shitu.serving.cli.toolkit import EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE  # noqa: F401
-
-
-def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return EXIT_ERROR
-
-
-def _guard(fn):
-    """Run a command, turning gallery / list-file / OS errors into a message and exit code 3."""
-
-    def run(args: argparse.Namespace) -> int:
-        from shitu.serving.gallery.local import GalleryError
-        from shitu.serving.gallery.list_file import GalleryFileError
-
-        try:
-            return fn(args)
-        except (GalleryError, GalleryFileError, OSError) as e:
-            return _error(str(e))
-
-    run.__name__ = fn.__name__
-    run.__doc__ = fn.__doc__
-    return run
-
-
-def _param_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in getattr(args, "param", None) or []:
-        if "=" not in item:
-            raise SystemExit(f"error: --param expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
-    return out
+from shitu.serving.cli.toolkit import (EXIT_NOTHING, EXIT_OK, EXIT_USAGE, add_param_option, add_token_option, fail,
+                                      guard, key_values, param_overrides)
 
 
 def _load_engine(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Any:
     from shitu.serving.engine.engine import load_engine
 
-    params = {**(extra or {}), **_param_overrides(args)}
+    params = {**(extra or {}), **param_overrides(getattr(args, "param", None))}
     kwargs: dict[str, Any] = {"params": params or None}
     if getattr(args, "scenario", None):
         kwargs["scenario"] = args.scenario
     return load_engine(**kwargs)
 
 
-def _embed_fn(engine: Any):
-    return lambda images: engine.embed(images)
+def _decode_fn(engine: Any):
+    """The engine's image decoder with its limits (``Limits.max_image_bytes``, ``Limits.max_pixels``)."""
+    from shitu.serving.engine.images import ImageLimits, decode
+
+    limits = ImageLimits.from_params(engine.params)
+    return lambda data: decode(data, limits)
 
 
 def _probe_dim(engine: Any) -> tuple[int, bool]:
@@ -98,13 +67,13 @@ def _print_report(report: Any, gallery: Any, as_json: bool) -> None:
 
 def _build_or_add(args: argparse.Namespace, create: bool) -> int:
     from shitu.serving.gallery.local import DB_NAME, Gallery, GalleryError
-    from shitu.serving.gallery.build import build_from_entries
-    from shitu.serving.gallery.list_file import GalleryEntry, GalleryFileError, read_entries
+    from shitu.serving.gallery.build import build_from_entries, embed_images_fn
+    from shitu.serving.gallery.list_file import ListEntry, GalleryFileError, read_entries
 
     path = Path(args.gallery)
     exists = (path / DB_NAME).is_file()
     if not create and not exists:
-        return _error(f"{path}: not a gallery (use `shitu gallery build` to create one)")
+        return fail(f"{path}: not a gallery (use `shitu gallery build` to create one)")
 
     # Entries first: a bad list fails before loading any model.
     errors: list[GalleryFileError] = []
@@ -112,10 +81,10 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
         entries = []
         for src in args.sources:
             p = Path(src)
-            entries.append(GalleryEntry(p, args.label, None, str(p), p.as_posix()))
+            entries.append(ListEntry(p, args.label, None, str(p), p.as_posix()))
     else:
         if len(args.sources) != 1:
-            return _error("give one list file or folder, or images with --label")
+            return fail("give one list file or folder, or images with --label")
         entries = read_entries(args.sources[0], args.image_root, args.delimiter, errors,
                                max_label_length=args.max_label_length)
     if errors and not args.skip_bad:
@@ -151,8 +120,9 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
         # What made the vectors, checked by export/import (an engine without a model file has no identity).
         remember_model(path, getattr(getattr(engine, "extractor", None), "spec", None))
         with gallery:
-            report = build_from_entries(gallery, entries, _embed_fn(engine), batch_size=args.batch_size,
-                                        skip_bad=args.skip_bad, progress=not args.no_progress, pre_bad=errors)
+            report = build_from_entries(gallery, entries, embed_images_fn(engine), batch_size=args.batch_size,
+                                        skip_bad=args.skip_bad, progress=not args.no_progress, pre_bad=errors,
+                                        decode_fn=_decode_fn(engine))
             gallery.checkpoint()
             _print_report(report, gallery, args.json)
     finally:
@@ -162,32 +132,31 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
     return EXIT_OK
 
 
-@_guard
+@guard
 def cmd_build(args: argparse.Namespace) -> int:
     """Create (if needed) and fill a gallery from a list file or a folder tree."""
     return _build_or_add(args, create=True)
 
 
-@_guard
+@guard
 def cmd_add(args: argparse.Namespace) -> int:
     """Add images to an existing gallery."""
     return _build_or_add(args, create=False)
 
 
-@_guard
+@guard
 def cmd_remove(args: argparse.Namespace) -> int:
     from shitu.serving.gallery.local import Gallery
 
     if not args.id and not args.label:
-        print("error: give --id and/or --label", file=sys.stderr)
-        return EXIT_USAGE
+        return fail("give --id and/or --label", EXIT_USAGE)
     with Gallery.open(args.gallery) as g:
         n = g.remove(ids=args.id, labels=args.label)
     print(json.dumps({"removed": n}) if args.json else f"removed {n} item{'s' if n != 1 else ''}")
     return EXIT_OK if n else EXIT_NOTHING
 
 
-@_guard
+@guard
 def cmd_list(args: argparse.Namespace) -> int:
     from shitu.serving.gallery.local import Gallery
 
@@ -210,7 +179,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK if rows else EXIT_NOTHING
 
 
-@_guard
+@guard
 def cmd_info(args: argparse.Namespace) -> int:
     from shitu.serving.gallery.local import Gallery
 
@@ -219,29 +188,30 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
     else:
-        width = max(len(k) for k in info)
-        for k, v in info.items():
-            print(f"{k:<{width}}  {v}")
+        print(key_values(info))
     return EXIT_OK
 
 
-@_guard
+@guard
 def cmd_search(args: argparse.Namespace) -> int:
-    import cv2
     import numpy as np
 
     from shitu.serving.gallery.local import Gallery, GalleryError
 
     with Gallery.open(args.gallery, readonly=True) as g:
         extra = {"RecPostProcess.binarize": True} if g.metric == "hamming" else {}
-        images = []
-        for name in args.images:
-            img = cv2.imdecode(np.fromfile(name, np.uint8), cv2.IMREAD_COLOR) if Path(name).is_file() else None
-            if img is None:
-                raise GalleryError(f"{name}: not a readable image")
-            images.append(img)
+        for name in args.images:  # before loading any model
+            if not Path(name).is_file():
+                raise GalleryError(f"{name}: not a readable image (no such file)")
         engine = _load_engine(args, extra)
         try:
+            decode = _decode_fn(engine)
+            images = []
+            for name in args.images:
+                try:
+                    images.append(decode(Path(name).read_bytes()))
+                except ValueError as exc:
+                    raise GalleryError(f"{name}: not a readable image ({exc})") from None
             hits = g.search(np.asarray(engine.embed(images)), k=args.k, labels=args.label or None)
         finally:
             close = getattr(engine, "close", None)
@@ -259,7 +229,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     return EXIT_OK if found else EXIT_NOTHING
 
 
-@_guard
+@guard
 def cmd_compact(args: argparse.Namespace) -> int:
     from shitu.serving.gallery.local import Gallery
 
@@ -275,7 +245,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_guard
+@guard
 def cmd_repair(args: argparse.Namespace) -> int:
     from shitu.serving.gallery.local import Gallery
 
@@ -298,8 +268,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     def engine_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--scenario", help="scenario pack whose feature extractor is used (default pack)")
-        sp.add_argument("--param", action="append", metavar="KEY=VALUE",
-                        help="parameter override, e.g. Global.batch_size=16 (repeatable)")
+        add_param_option(sp, "Global.batch_size=16")
 
     def build_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--image-root", help="folder the list's image paths are relative to (default: its folder)")
@@ -317,8 +286,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         """``--server URL``: the same subcommand on a served gallery (GALLERY is then its name there)."""
         sp.add_argument("--server", metavar="URL", help="change/inspect the gallery of a running server instead; "
                                                        "GALLERY is then the gallery's name there")
-        sp.add_argument("--token", default=os.environ.get("SHITU_ADMIN_TOKEN"),
-                        help="admin token for a server that protects gallery changes (default $SHITU_ADMIN_TOKEN)")
+        add_token_option(sp)
         if scenario:
             sp.add_argument("--scenario", help="scenario pack on the server (default: the server's)")
 

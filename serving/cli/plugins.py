@@ -10,46 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
-EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
-
-
-def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = []
-    for n, r in enumerate(cells):
-        lines.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+from shitu.serving.cli.toolkit import EXIT_USAGE, guard
+from shitu.serving.cli.toolkit import EXIT_NOTHING as EXIT_PROBLEMS
+from shitu.serving.cli.toolkit import table as _table
 
 
 def _out(text: str = "") -> None:
     print(text, file=sys.stdout)
 
 
-def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        from shitu.plugins.errors import PackError
-
-        try:
-            return fn(args)
-        except PackError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_ERROR
-        except KeyboardInterrupt:
-            print("interrupted; the pack store is unchanged", file=sys.stderr)
-            return 130
-
-    run.__name__ = fn.__name__
-    run.__doc__ = fn.__doc__
-    return run
-
-
 # -- subcommands ---------------------------------------------------------------------------------------------------
-@_guard
+@guard
 def cmd_list(args: argparse.Namespace) -> int:
     from shitu.plugins import registry
 
@@ -79,7 +52,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guard
+@guard
 def cmd_info(args: argparse.Namespace) -> int:
     from shitu.plugins import registry
 
@@ -126,7 +99,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guard
+@guard
 def cmd_install(args: argparse.Namespace) -> int:
     from shitu.plugins import registry
 
@@ -139,7 +112,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guard
+@guard
 def cmd_remove(args: argparse.Namespace) -> int:
     from shitu.plugins import registry
 
@@ -154,7 +127,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guard
+@guard
 def cmd_verify(args: argparse.Namespace) -> int:
     from shitu.plugins import registry
 
@@ -180,7 +153,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guard
+@guard
 def cmd_use(args: argparse.Namespace) -> int:
     from shitu.plugins import registry
 
@@ -193,7 +166,7 @@ def cmd_use(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guard
+@guard
 def cmd_rollback(args: argparse.Namespace) -> int:
     from shitu.plugins import registry
 

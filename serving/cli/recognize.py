@@ -7,8 +7,9 @@
     shitu detect photo.jpg --server http://host:8866 --draw annotated/
     shitu recognize shelf.jpg --gallery ./my_gallery --explain --draw why/   # why each box was kept or dropped
 
-Without ``--server`` the engine runs here (``load_engine(scenario, gallery)``; ``--gallery`` is a gallery folder
-when it contains a path separator or names an existing folder, else a gallery name of the scenario pack); with it,
+Without ``--server`` the engine runs here (``load_engine(scenario, gallery)``; ``--gallery`` is resolved by the
+one rule of :func:`shitu.serving.cli.toolkit.resolve_gallery`: a folder when it contains a path separator, names an
+existing folder or is not a valid gallery name, else a gallery name of the scenario pack); with it,
 the client SDK (:mod:`shitu.serving.client.sdk`) calls the server and ``--gallery`` is a gallery name there.
 
 Output: a table per image, or one JSON object per line with ``--json``. Exit status (``shitu.serving.cli.toolkit``): 0 something
@@ -26,71 +27,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from shitu.serving.cli.toolkit import EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE, positive_float, positive_int
+from shitu.serving.cli.toolkit import (EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE, TOKEN_ENV, UsageError, add_param_option,
+                                      add_token_option, fail, guard, key_values, param_overrides, positive_float,
+                                      positive_int, resolve_gallery, token_from)
 
 __all__ = ["register", "main", "cmd_recognize", "cmd_detect", "remote_gallery_add", "remote_gallery_remove",
-           "remote_gallery_info", "remote_gallery_list", "TOKEN_ENV"]
-
-#: Environment variable read for ``--token`` (the same name the server reads its admin token from).
-TOKEN_ENV = "SHITU_ADMIN_TOKEN"
-
-
-class UsageError(Exception):
-    """A bad command line: reported with exit status 2."""
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
-
-
-def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn usage, client and server errors into a message on stderr and the exit status."""
-
-    def run(args: argparse.Namespace) -> int:
-        from shitu.serving.client.sdk import InputError, ShituError
-
-        try:
-            return fn(args)
-        except (UsageError, InputError) as exc:
-            return _fail(str(exc), EXIT_USAGE)
-        except ShituError as exc:
-            return _fail(str(exc), EXIT_ERROR)
-
-    run.__name__, run.__doc__ = fn.__name__, fn.__doc__
-    return run
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# options
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def param_overrides(items: Sequence[str] | None) -> dict[str, Any]:
-    """``["threshold=0.5", "IndexProcess.return_k=3"]`` -> checked overrides (values read as YAML scalars)."""
-    import yaml
-
-    from shitu.params import ParamError, flatten
-
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--param expects KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            raise UsageError(f"--param {key.strip()}: cannot read the value {value!r}") from None
-    try:
-        flatten(out)  # names and types, as the server would check them
-    except ParamError as exc:
-        raise UsageError(f"--param: {exc}") from None
-    return out
+           "remote_gallery_info", "remote_gallery_list", "TOKEN_ENV", "UsageError", "param_overrides"]
 
 
 def make_client(args: argparse.Namespace) -> Any:
@@ -102,7 +48,7 @@ def make_client(args: argparse.Namespace) -> Any:
     for name in ("timeout", "retries", "batch_size"):
         if getattr(args, name, None) is not None:
             kwargs[name] = getattr(args, name)
-    token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV) or None
+    token = token_from(args)
     try:
         return ShituClient(args.server, token=token, **kwargs)
     except ValueError as exc:
@@ -119,7 +65,7 @@ def _client_options(p: argparse.ArgumentParser, token: bool) -> None:
     p.add_argument("--server", metavar="URL", help="shitu-hub server (http://host:8866); default: run in-process")
     p.add_argument("--scenario", metavar="NAME", help="scenario pack (default: the server's / the default pack)")
     if token:
-        p.add_argument("--token", help=f"admin token sent as 'Authorization: Bearer' (default: ${TOKEN_ENV})")
+        add_token_option(p)
     p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per request (default 60)")
     p.add_argument("--retries", type=int, default=2, help="retries of failed connections (default 2)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="images per request (default 8)")
@@ -140,8 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--explain", action="store_true",
                    help="also show why: every detector box (kept or dropped, by which filter), each searched box's "
                         "top matches and whether score_thres or rec-NMS dropped it; --draw draws dropped boxes dashed")
-    r.add_argument("--param", action="append", metavar="KEY=VALUE",
-                   help="parameter override by PP-ShiTu name, e.g. threshold=0.5 (repeatable)")
+    add_param_option(r)
     _client_options(r, token=True)
     r.set_defaults(func=cmd_recognize)
 
@@ -151,8 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     d.add_argument("--json", action="store_true", help="one JSON object per image and line")
     d.add_argument("--draw", metavar="DIR", help="write annotated copies of the images into DIR")
-    d.add_argument("--param", action="append", metavar="KEY=VALUE",
-                   help="parameter override by PP-ShiTu name, e.g. threshold=0.5 (repeatable)")
+    add_param_option(d)
     _client_options(d, token=False)
     d.set_defaults(func=cmd_detect)
 
@@ -160,15 +104,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # in-process engine
 # ---------------------------------------------------------------------------------------------------------------
-def _local_gallery(arg: str | None) -> str | Path | None:
-    """``--gallery`` in-process: a folder when it has a path separator or is an existing folder, else a name."""
-    if arg is None:
-        return None
-    if "/" in arg or os.sep in arg or (os.altsep and os.altsep in arg) or Path(arg).is_dir():
-        return Path(arg)
-    return arg
-
-
 def _local_engine(args: argparse.Namespace, overrides: dict[str, Any], need_gallery: bool) -> Any:
     from shitu.plugins import registry
     from shitu.plugins.errors import PackError
@@ -177,7 +112,7 @@ def _local_engine(args: argparse.Namespace, overrides: dict[str, Any], need_gall
         registry.get_pack(args.scenario)
     except PackError as exc:
         raise UsageError(f"--scenario: {exc}") from None
-    gallery = _local_gallery(getattr(args, "gallery", None)) if need_gallery else None
+    gallery = resolve_gallery(getattr(args, "gallery", None)) if need_gallery else None
     params = dict(overrides)
     if isinstance(gallery, Path):
         from shitu.serving.gallery.local import DB_NAME, Gallery
@@ -253,7 +188,7 @@ def _run(args: argparse.Namespace, op: str) -> int:
         except UsageError:
             raise
         except Exception as exc:  # noqa: BLE001 -- an engine that cannot load or run: exit status 3
-            return _fail(f"engine: {type(exc).__name__}: {exc}", EXIT_ERROR)
+            return fail(f"engine: {type(exc).__name__}: {exc}", EXIT_ERROR)
     found = failed = False
     for path, res in zip(args.images, results):
         failed = failed or res.error is not None
@@ -301,13 +236,13 @@ def _write_drawing(folder: Path, path: str, res: Any, all_paths: Sequence[str]) 
         print(f"warning: could not write {out}", file=sys.stderr)
 
 
-@_guarded
+@guard
 def cmd_recognize(args: argparse.Namespace) -> int:
     """``shitu recognize IMAGE...``"""
     return _run(args, "recognize")
 
 
-@_guarded
+@guard
 def cmd_detect(args: argparse.Namespace) -> int:
     """``shitu detect IMAGE...``"""
     return _run(args, "detect")
@@ -325,7 +260,7 @@ def _where(args: argparse.Namespace) -> str:
     return f"gallery {name!r} on {args.server}" if name else f"the default gallery on {args.server}"
 
 
-@_guarded
+@guard
 def remote_gallery_add(args: argparse.Namespace) -> int:
     """Add images to a gallery on a server.
 
@@ -354,7 +289,7 @@ def remote_gallery_add(args: argparse.Namespace) -> int:
         for e in errors:
             print(f"{'skipped' if getattr(args, 'skip_bad', False) else 'error'}: {e}", file=sys.stderr)
         if errors and not getattr(args, "skip_bad", False):
-            return _fail(f"{len(errors)} bad entr{'y' if len(errors) == 1 else 'ies'} in {sources[0]}; nothing "
+            return fail(f"{len(errors)} bad entr{'y' if len(errors) == 1 else 'ies'} in {sources[0]}; nothing "
                          "added (--skip-bad adds the good ones)", EXIT_ERROR)
         paths, labels = [str(e.path) for e in entries], [e.label for e in entries]
     if not paths:
@@ -377,7 +312,7 @@ def remote_gallery_add(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_guarded
+@guard
 def remote_gallery_remove(args: argparse.Namespace) -> int:
     """Remove items from a gallery on a server.
 
@@ -397,7 +332,7 @@ def remote_gallery_remove(args: argparse.Namespace) -> int:
     return EXIT_OK if n else EXIT_NOTHING
 
 
-@_guarded
+@guard
 def remote_gallery_info(args: argparse.Namespace) -> int:
     """Counts and configuration of a gallery on a server. ``args``: ``server``, ``gallery``, ``scenario``,
     ``token``, ``json``, ``timeout``, ``retries`` (all but ``server`` optional)."""
@@ -409,13 +344,11 @@ def remote_gallery_info(args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
         print(json.dumps(d, ensure_ascii=False))
     else:
-        width = max(len(k) for k in d)
-        for k, v in d.items():
-            print(f"{k:<{width}}  {v}")
+        print(key_values(d))
     return EXIT_OK
 
 
-@_guarded
+@guard
 def remote_gallery_list(args: argparse.Namespace) -> int:
     """Items of a gallery on a server. ``args``: ``server``, ``gallery``, ``scenario``, ``token``, ``label``,
     ``limit``, ``offset``, ``json`` (``labels=True``, the label counts, is not served). Exit 1 when empty."""

@@ -10,13 +10,15 @@ Exit status (as ``shitu.serving.cli.toolkit``): 0 something was tracked, 1 nothi
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from typing import Any, Sequence
 
 __all__ = ["register", "run", "main", "format_frame", "format_tracks"]
 
-from shitu.serving.cli.toolkit import EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE, non_negative_int, positive_float, positive_int
+from shitu.serving.cli.toolkit import (EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE, non_negative_int, positive_float,
+                                      positive_int, resolve_gallery, table)
 
 
 def _iou(text: str) -> float:
@@ -38,9 +40,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("input", help="video file, stream URL (rtsp://..., http://...) or camera index (0, 1, ...)")
     where = p.add_argument_group("where to recognise")
     where.add_argument("--server", metavar="URL", help="recognise on a shitu server (default: in-process engine)")
-    where.add_argument("--scenario", help="scenario pack of the in-process engine")
+    where.add_argument("--scenario", help="scenario pack (in-process, or on the server with --server)")
     where.add_argument(
-        "--gallery", metavar="NAME|PATH", help="gallery of the in-process engine: a name in the pack, or a folder"
+        "--gallery", metavar="NAME|PATH", help="gallery: a name in the pack, or a folder (with --server: a gallery "
+        "name on the server)"
     )
     sampling = p.add_argument_group("sampling").add_mutually_exclusive_group()
     sampling.add_argument("--every", type=positive_int, metavar="N", help="process every N-th frame")
@@ -113,8 +116,7 @@ def format_tracks(report: Any) -> list[str]:
                 f"{t.last_frame} @ {_fmt_time(t.last_time)}",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows] if tracks else ["no tracks"]
+    lines = table(rows).splitlines() if tracks else ["no tracks"]
     total = (
         f"{report.frames_processed} frames processed of {report.frames_read} read "
         f"({report.frames_skipped} skipped by sampling, {report.frames_dropped} dropped), "
@@ -130,14 +132,14 @@ def format_tracks(report: Any) -> list[str]:
 
 def _recognizer(args: argparse.Namespace) -> Any:
     if args.server:
-        if args.scenario or args.gallery:
-            print("recognize-video: --scenario/--gallery are the server's with --server; ignored", file=sys.stderr)
         from shitu.serving.client.sdk import ShituClient
 
-        return ShituClient(args.server).recognize
+        recognize = ShituClient(args.server).recognize
+        where = {k: v for k, v in (("scenario", args.scenario), ("gallery", args.gallery)) if v}
+        return functools.partial(recognize, **where) if where else recognize
     from shitu.serving.engine.engine import load_engine
 
-    return load_engine(scenario=args.scenario, gallery=args.gallery).recognize
+    return load_engine(scenario=args.scenario, gallery=resolve_gallery(args.gallery)).recognize
 
 
 def run(args: argparse.Namespace) -> int:

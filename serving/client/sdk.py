@@ -42,6 +42,9 @@ backoff (``backoff * 2**n`` seconds, at most ``max_backoff``) for the operations
 ``gallery_info``, ``gallery_list``, ``scenarios``. ``gallery_add`` is not idempotent: it is retried only when the
 connection could not even be opened (refused, connect timeout), as urllib3 does for connect errors; a read
 timeout or a dropped connection after sending is raised at once, since the server may have added the images.
+
+Longer than 600 lines: the blocking and the asyncio client share request building and answer parsing here,
+so the two forms of every method change together.
 """
 from __future__ import annotations
 

@@ -11,26 +11,24 @@ Parameters merge as defaults < scenario pack < ``params`` (e.g. ``config.json`` 
 """
 from __future__ import annotations
 
-import re
 import threading
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from shitu.names import GALLERY_NAME  # gallery names a request may use (never a path)
 from shitu.params import Params, merge
 
 from shitu.serving.engine.detection import MainbodyDetector
 from shitu.serving.engine.explain import Explanation
 from shitu.serving.engine.extraction import FeatureExtractor
 from shitu.model_spec import ModelSpec
-from shitu.serving.engine.pipeline import SearchIndex, accepts, recognize
+from shitu.serving.engine.pipeline import SearchIndex, accepts, recognize, search_options
 from shitu.serving.engine.predictor import RuntimeOptions
 from shitu.serving.engine.results import Detections, Match, Recognition
 from shitu.serving.engine.timing import NULL_TIMER, StageTimer
 
-#: Gallery names a request may use (never a path).
-GALLERY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class EngineError(ValueError):
@@ -55,6 +53,8 @@ class Engine:
                  gallery_root: Path | None = None, default_gallery: str = "default", scenario: str = "custom"):
         self.params = params or merge()
         self.scenario = scenario
+        detector_spec = detector_spec.with_transform_ops(self.params["DetPreProcess.transform_ops"])
+        extractor_spec = extractor_spec.with_transform_ops(self.params["RecPreProcess.transform_ops"])
         self.detector = MainbodyDetector(detector_spec, runtime_options(self.params, "det"))
         self.extractor = FeatureExtractor(extractor_spec, runtime_options(self.params, "rec"))
         self.gallery_root = Path(gallery_root) if gallery_root else None
@@ -149,7 +149,7 @@ class Engine:
         """Top ``IndexProcess.return_k`` matches per embedding that pass ``IndexProcess.score_thres``."""
         p = self.request_params(overrides)
         g = self.gallery(gallery)
-        hits = g.search(np.asarray(embeddings), p["IndexProcess.return_k"], labels=p["IndexProcess.labels"])
+        hits = g.search(np.asarray(embeddings), p["IndexProcess.return_k"], **search_options(g, p))
         thres = p["IndexProcess.score_thres"]
         return [[m for m in row if accepts(m.score, thres, g.higher_is_better)] for row in hits]
 

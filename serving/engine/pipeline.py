@@ -14,7 +14,7 @@ Stages, with the PP-ShiTu parameters that steer them:
 """
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -31,6 +31,15 @@ class SearchIndex(Protocol):
     higher_is_better: bool
 
     def search(self, queries: np.ndarray, k: int = 5, labels: list[str] | None = None) -> list[list[Match]]: ...
+
+
+def search_options(index: SearchIndex, params: Any) -> dict[str, Any]:
+    """Keyword arguments of ``index.search`` from the request: ``IndexProcess.labels``, and for hamming galleries
+    ``IndexProcess.hamming_radius`` (the largest distance searched, per request)."""
+    options: dict[str, Any] = {"labels": params["IndexProcess.labels"]}
+    if getattr(index, "metric", None) == "hamming":
+        options["hamming_radius"] = params["IndexProcess.hamming_radius"]
+    return options
 
 
 def accepts(score: float, threshold: float, higher_is_better: bool) -> bool:
@@ -109,7 +118,7 @@ def _search(image: np.ndarray, det: Detections, extractor: FeatureExtractor, ind
     feats = extractor.embed(crops, params, timer)
     with timer.stage("search"):
         k = min(params["IndexProcess.return_k"], params["Limits.max_explain_matches"]) if explanation is not None else 1
-        matches = index.search(feats, k, labels=params["IndexProcess.labels"])
+        matches = index.search(feats, k, **search_options(index, params))
     thres = params["IndexProcess.score_thres"]
     with timer.stage("rec_nms"):  # the score_thres filter, timed with rec-NMS as before
         for i, hits in enumerate(matches):
@@ -131,41 +140,3 @@ def _search(image: np.ndarray, det: Detections, extractor: FeatureExtractor, ind
             if explanation is not None:
                 searched.append(at)
 
-
-class MemoryIndex:
-    """An exact in-memory gallery (numpy), for tests and throw-away use. IP (higher is better) or L2."""
-
-    def __init__(self, dim: int, metric: str = "IP"):
-        if metric not in ("IP", "L2"):
-            raise ValueError("MemoryIndex metric must be IP or L2")
-        self.dim = dim
-        self.metric = metric
-        self.higher_is_better = metric == "IP"
-        self._vectors = np.zeros((0, dim), np.float32)
-        self._labels: list[str] = []
-
-    def __len__(self) -> int:
-        return len(self._labels)
-
-    def add(self, vectors: np.ndarray, labels: Sequence[str]) -> list[int]:
-        vectors = np.asarray(vectors, np.float32).reshape(-1, self.dim)
-        if len(vectors) != len(labels):
-            raise ValueError(f"{len(vectors)} vectors but {len(labels)} labels")
-        first = len(self._labels)
-        self._vectors = np.concatenate([self._vectors, vectors])
-        self._labels.extend(labels)
-        return list(range(first, len(self._labels)))
-
-    def search(self, queries: np.ndarray, k: int = 5, labels: list[str] | None = None) -> list[list[Match]]:
-        q = np.asarray(queries, np.float32).reshape(-1, self.dim)
-        if self.metric == "IP":
-            scores = q @ self._vectors.T
-        else:
-            scores = ((q[:, None, :] - self._vectors[None]) ** 2).sum(-1)
-        allowed = np.array([labels is None or lab in labels for lab in self._labels], bool)
-        out = []
-        for row in scores:
-            idx = np.nonzero(allowed)[0]
-            order = idx[np.argsort(-row[idx] if self.higher_is_better else row[idx], kind="stable")][:k]
-            out.append([Match(int(i), self._labels[i], float(row[i])) for i in order])
-        return out

@@ -283,7 +283,8 @@ def build_op(entry: dict[str, Any]) -> Op:
 
 
 class Transforms:
-    """A pre-processing pipeline: BGR uint8 image -> network input (float32 CHW) plus geometry."""
+    """A pre-processing pipeline: BGR uint8 image -> network input (float32 CHW, float16 with ``output_fp16``)
+    plus geometry."""
 
     def __init__(self, ops: list[dict[str, Any]], input_color: str = "RGB"):
         self.config = ops
@@ -299,5 +300,7 @@ class Transforms:
             raise TransformError("the transform pipeline must end with a 3-d image")
         if not s.chw:
             s.image, s.chw = s.image.transpose(2, 0, 1), True  # ops left it HWC: the network takes CHW
-        s.image = np.ascontiguousarray(s.image, dtype=np.float32)
+        # float32, or float16 when NormalizeImage(output_fp16=True) asked for it (models taking fp16 input).
+        dtype = np.float16 if s.image.dtype == np.float16 else np.float32
+        s.image = np.ascontiguousarray(s.image, dtype=dtype)
         return s

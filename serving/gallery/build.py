@@ -2,7 +2,9 @@
 
 :func:`build_from_entries` takes any ``embed_fn(list of BGR uint8 images) -> [n, d] array`` (the engine's
 ``embed``, or a fake in tests). Images are read as bytes, hashed (sha256 of the file bytes: the content hash) and
-decoded with ``cv2.imdecode``. Images whose hash the gallery already holds (or that appeared earlier in the same
+decoded with ``decode_fn(bytes) -> BGR uint8`` (raising ``ValueError`` with the reason): the CLI passes the engine's
+decoder with its ``Limits`` (``shitu.serving.engine.images.decode``: byte and pixel limits checked before decoding);
+without one, plain ``cv2.imdecode`` reads trusted files. Images whose hash the gallery already holds (or that appeared earlier in the same
 build) are skipped without being embedded, so re-running a build over the same list only embeds the new images.
 
 Everything is added with **one** :meth:`Gallery.add` call -- one transaction -- at the end. A bad entry (missing,
@@ -21,12 +23,15 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from shitu.files import sha256_file
 from shitu.serving.gallery.local import Gallery, GalleryError
-from shitu.serving.gallery.list_file import GalleryEntry, GalleryFileError, read_entries
+from shitu.serving.gallery.list_file import ListEntry, GalleryFileError, read_entries
 
 __all__ = ["BuildReport", "GalleryBuildError", "build_from_entries", "build_from_source", "sha256_file"]
 
 EmbedFn = Callable[[list[np.ndarray]], np.ndarray]
+#: Encoded file bytes -> BGR uint8 image; raises ``ValueError`` (e.g. ``ImageError``) saying why it cannot.
+DecodeFn = Callable[[bytes], np.ndarray]
 BadEntry = tuple[str, "int | None", str]
 
 
@@ -62,21 +67,19 @@ class GalleryBuildError(GalleryError):
         )
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
-def _decode(data: bytes) -> np.ndarray | None:
+def _decode(data: bytes, decode_fn: DecodeFn | None) -> np.ndarray | str:
+    """The image, or why it cannot be used."""
+    if decode_fn is not None:
+        try:
+            return decode_fn(data)
+        except ValueError as exc:
+            return str(exc)
     import cv2
 
-    if not data:
-        return None
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return img if img is not None and img.size else None
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    return img if img is not None and img.size else "not an image (unknown or corrupt format)"
 
 
 def _as_bad(err: GalleryFileError | BadEntry) -> BadEntry:
@@ -87,7 +90,7 @@ def _as_bad(err: GalleryFileError | BadEntry) -> BadEntry:
 
 def build_from_entries(
     gallery: Gallery,
-    entries: Sequence[GalleryEntry],
+    entries: Sequence[ListEntry],
     embed_fn: EmbedFn,
     batch_size: int = 16,
     skip_bad: bool = False,
@@ -95,6 +98,7 @@ def build_from_entries(
     *,
     pre_bad: Iterable[GalleryFileError | BadEntry] = (),
     desc: str = "embedding",
+    decode_fn: DecodeFn | None = None,
 ) -> BuildReport:
     """Embed ``entries`` not yet in ``gallery`` and add them in one transaction (see the module doc)."""
     from tqdm import tqdm
@@ -108,7 +112,7 @@ def build_from_entries(
             raise GalleryBuildError(report.bad)
 
     # Cheap checks first, so a list with missing images fails before any embedding.
-    todo: list[GalleryEntry] = []
+    todo: list[ListEntry] = []
     for e in entries:
         problem = None
         if not Path(e.path).is_file():
@@ -130,9 +134,9 @@ def build_from_entries(
     sources: list[str] = []
     hashes: list[str] = []
 
-    def read_new(chunk: Sequence[GalleryEntry]) -> list[tuple[GalleryEntry, str, bytes]]:
+    def read_new(chunk: Sequence[ListEntry]) -> list[tuple[ListEntry, str, bytes]]:
         """Read and hash a chunk; keep the images not yet in the gallery (nor earlier in this build)."""
-        read: list[tuple[GalleryEntry, bytes, str]] = []
+        read: list[tuple[ListEntry, bytes, str]] = []
         for e in chunk:
             try:
                 data = Path(e.path).read_bytes()
@@ -150,12 +154,12 @@ def build_from_entries(
             fresh.append((e, h, data))
         return fresh
 
-    def embed_chunk(fresh: list[tuple[GalleryEntry, str, bytes]], decoded: list[np.ndarray | None]) -> None:
+    def embed_chunk(fresh: list[tuple[ListEntry, str, bytes]], decoded: list[np.ndarray | str]) -> None:
         images: list[np.ndarray] = []
-        keep: list[tuple[GalleryEntry, str]] = []
+        keep: list[tuple[ListEntry, str]] = []
         for (e, h, _data), img in zip(fresh, decoded):
-            if img is None:
-                report.bad.append((e.source, e.line_no, f"not a readable image: {e.path}"))
+            if isinstance(img, str):
+                report.bad.append((e.source, e.line_no, f"not a readable image: {e.path} ({img})"))
                 continue
             images.append(img)
             keep.append((e, h))
@@ -174,13 +178,13 @@ def build_from_entries(
 
     # Decoding the next chunk (a thread: OpenCV releases the GIL) overlaps the model's work on this one.
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, leave=False)
-    pending: tuple[list[tuple[GalleryEntry, str, bytes]], Future[list[np.ndarray | None]], int] | None = None
+    pending: tuple[list[tuple[ListEntry, str, bytes]], Future[list[np.ndarray | str]], int] | None = None
     with ThreadPoolExecutor(1, thread_name_prefix="gallery-decode") as pool:
         try:
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start : start + batch_size]
                 fresh = read_new(chunk)
-                decoding = pool.submit(lambda items: [_decode(d) for _e, _h, d in items], fresh)
+                decoding = pool.submit(lambda items: [_decode(d, decode_fn) for _e, _h, d in items], fresh)
                 if pending is not None:
                     embed_chunk(pending[0], pending[1].result())
                     bar.update(pending[2])
@@ -206,12 +210,14 @@ def build_from_source(
     batch_size: int = 16,
     skip_bad: bool = False,
     progress: bool = True,
+    decode_fn: DecodeFn | None = None,
 ) -> BuildReport:
     """Build from a list file (PaddleClas format and variants) or a folder tree ``label/image``."""
     errors: list[GalleryFileError] = []
     entries = read_entries(source, image_root, delimiter, errors, max_label_length=gallery.max_label_length)
     return build_from_entries(
-        gallery, entries, embed_fn, batch_size=batch_size, skip_bad=skip_bad, progress=progress, pre_bad=errors
+        gallery, entries, embed_fn, batch_size=batch_size, skip_bad=skip_bad, progress=progress, pre_bad=errors,
+        decode_fn=decode_fn,
     )
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "GalleryEntry",
+    "ListEntry",
     "GalleryFileError",
     "label_problem",
     "parse_list_file",
@@ -54,8 +54,10 @@ class GalleryFileError(ValueError):
 
 
 @dataclass
-class GalleryEntry:
-    """One image of a gallery source.
+class ListEntry:
+    """One image of a gallery source: a line of a list file, or an image of a ``label/image`` folder tree.
+
+    (``shitu.plugins.manifest.GalleryEntry`` is something else: a gallery a pack's manifest declares.)
 
     ``path`` is the image file; ``label`` its label; ``line_no`` the 1-based line of the list file (``None`` for
     folder scans); ``source`` where the entry came from, for messages (the list file, or the image itself for
@@ -72,6 +74,10 @@ class GalleryEntry:
     @property
     def record_source(self) -> str:
         return self.key if self.key is not None else str(self.path)
+
+
+#: The former name of :class:`ListEntry` (kept for callers written before the rename).
+GalleryEntry = ListEntry
 
 
 def label_problem(label: object, max_length: int = DEFAULT_MAX_LABEL_LENGTH) -> str | None:
@@ -138,7 +144,7 @@ def parse_list_file(
     check_images: bool = True,
     max_label_length: int = DEFAULT_MAX_LABEL_LENGTH,
     encoding: str = "utf-8-sig",
-) -> list[GalleryEntry]:
+) -> list[ListEntry]:
     """Read a gallery list file into entries (see the module doc for the accepted formats).
 
     Image paths are resolved against ``image_root`` (default: the list file's folder); absolute paths are kept.
@@ -156,7 +162,7 @@ def parse_list_file(
     except OSError as e:
         raise GalleryFileError(list_path, None, f"cannot read the list file: {e.strerror or e}") from None
 
-    entries: list[GalleryEntry] = []
+    entries: list[ListEntry] = []
 
     def bad(line_no: int, message: str) -> None:
         err = GalleryFileError(list_path, line_no, message)
@@ -190,7 +196,7 @@ def parse_list_file(
         if check_images and not image.is_file():
             bad(line_no, f"image not found: {image}")
             continue
-        entries.append(GalleryEntry(image, label, line_no, str(list_path), rel.replace("\\", "/")))
+        entries.append(ListEntry(image, label, line_no, str(list_path), rel.replace("\\", "/")))
     return entries
 
 
@@ -200,7 +206,7 @@ def scan_folder(
     *,
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
     max_label_length: int = DEFAULT_MAX_LABEL_LENGTH,
-) -> list[GalleryEntry]:
+) -> list[ListEntry]:
     """Entries of a folder tree ``root/<label>/<image>`` (images deeper down take the top folder's label).
 
     Sorted by path. Files directly under ``root`` and non-image files are ignored; a label folder whose name is
@@ -209,7 +215,7 @@ def scan_folder(
     root = Path(root)
     if not root.is_dir():
         raise GalleryFileError(root, None, "not a folder")
-    entries: list[GalleryEntry] = []
+    entries: list[ListEntry] = []
     for label_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         label = label_dir.name
         problem = label_problem(label, max_label_length)
@@ -227,7 +233,7 @@ def scan_folder(
                     found.append(Path(dirpath) / name)
         for image in sorted(found):
             key = image.relative_to(root).as_posix()
-            entries.append(GalleryEntry(image, label, None, str(image), key))
+            entries.append(ListEntry(image, label, None, str(image), key))
     return entries
 
 
@@ -238,7 +244,7 @@ def read_entries(
     errors: list[GalleryFileError] | None = None,
     *,
     max_label_length: int = DEFAULT_MAX_LABEL_LENGTH,
-) -> list[GalleryEntry]:
+) -> list[ListEntry]:
     """A list file or a folder tree, whichever ``source`` is."""
     if Path(source).is_dir():
         return scan_folder(source, errors, max_label_length=max_label_length)

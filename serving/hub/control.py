@@ -1,6 +1,6 @@
 """Running the modules under the real ``hub`` command: install, write ``config.json``, start, wait, stop.
 
-``shitu serve`` is a convenience over exactly the documented commands::
+``shitu serve`` (:mod:`shitu.serving.cli.serve`) is a convenience over exactly the documented commands::
 
     hub install hub_modules/mainbody_detection hub_modules/feature_extraction \\
                 hub_modules/index_search hub_modules/image_recognition
@@ -11,9 +11,7 @@ It also keeps PaddleHub offline: PaddleHub reports each ``hub install`` / ``hub 
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import os
 import signal
 import socket
@@ -122,28 +120,3 @@ def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
         proc.wait(timeout)
     except ProcessLookupError:
         pass
-
-
-def run_serve(args: argparse.Namespace) -> int:
-    modules = tuple(args.modules.split(",")) if args.modules else MODULES
-    init_args: dict[str, Any] = {}
-    if args.scenario:
-        init_args["scenario"] = args.scenario
-    cfg = serving_config(modules, args.port, args.workers, init_args)
-    config_path = Path(args.config_out)
-    config_path.write_text(json.dumps(cfg, indent=2))
-    print(f"installing {', '.join(modules)} into {hub_home() / 'modules'}", file=sys.stderr)
-    install_modules(modules)
-    print(f"hub serving start -c {config_path}  (port {args.port}, {args.workers} worker(s))", file=sys.stderr)
-    os.execv(hub_command()[0], [*hub_command(), "serving", "start", "-c", str(config_path)])
-    return 0  # pragma: no cover - exec does not return
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("serve", help="hub install the modules and run `hub serving start -c config.json`")
-    p.add_argument("--port", type=int, default=8866)
-    p.add_argument("--workers", type=int, default=1, help=">1: gunicorn multi-process mode")
-    p.add_argument("--modules", help=f"comma-separated subset of {','.join(MODULES)}")
-    p.add_argument("--scenario", help="default scenario pack of the served modules")
-    p.add_argument("--config-out", default="shitu_serving.json", help="where to write the config.json used")
-    p.set_defaults(func=run_serve)

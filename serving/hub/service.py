@@ -33,6 +33,7 @@ from shitu.serving.engine.engine import GALLERY_NAME, Engine, EngineError, check
 from shitu.serving.engine.images import ImageError, ImageLimits, b64decode, decode
 from shitu.serving.hub.gallery_view import GalleryViewOps
 from shitu.serving.engine.timing import current_timer
+from shitu.serving.gallery.list_file import label_problem
 
 #: Keys with a meaning of their own; every other top-level key is a parameter override.
 COMMON_FIELDS = {"images", "scenario", "gallery", "params", "operation", "token"}
@@ -233,12 +234,9 @@ class Service:
             raise RequestError(f"{count} items but {len(labels)} labels")
         limit = engine.params["Limits.max_label_length"]
         for i, lab in enumerate(labels):
-            if not isinstance(lab, str) or not lab.strip():
-                raise RequestError(f"labels[{i}] must be a non-empty string")
-            if len(lab) > limit:
-                raise RequestError(f"labels[{i}] is {len(lab)} characters; the limit is {limit}")
-            if any(ord(c) < 32 or ord(c) == 127 for c in lab):
-                raise RequestError(f"labels[{i}] contains control characters")
+            problem = label_problem(lab, limit)  # the gallery's own rule, checked before any image is embedded
+            if problem:
+                raise RequestError(f"labels[{i}] {problem}")
         return labels
 
     def _metadata(self, request: dict[str, Any], count: int) -> list[dict | None] | None:

@@ -21,6 +21,9 @@ frames and add latency). A source that is not live by nature (a file) is read at
 so a file can stand in for a broadcast.
 
 This module imports numpy only at import time (OpenCV and tqdm when used), so the client SDK can use it.
+
+Longer than 600 lines: sources, sampling, the live reader and the loop that joins them keep one
+frame-accounting contract (read = processed + dropped + skipped) in one place.
 """
 from __future__ import annotations
 

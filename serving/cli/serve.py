@@ -1,0 +1,45 @@
+"""``shitu serve``: ``hub install`` the modules and run ``hub serving start -c config.json`` in their place.
+
+The work is done by :mod:`shitu.serving.hub.control` (config, install, the ``hub`` command); this is the command line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from shitu.hub_modules import MODULES
+from shitu.serving.cli.toolkit import non_negative_int, positive_int
+from shitu.serving.hub.control import hub_command, hub_home, install_modules, serving_config
+
+__all__ = ["register", "run_serve"]
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Write the config, ``hub install`` the modules, then become ``hub serving start -c`` (exec)."""
+    modules = tuple(args.modules.split(",")) if args.modules else MODULES
+    init_args: dict[str, Any] = {}
+    if args.scenario:
+        init_args["scenario"] = args.scenario
+    cfg = serving_config(modules, args.port, args.workers, init_args)
+    config_path = Path(args.config_out)
+    config_path.write_text(json.dumps(cfg, indent=2))
+    print(f"installing {', '.join(modules)} into {hub_home() / 'modules'}", file=sys.stderr)
+    install_modules(modules)
+    print(f"hub serving start -c {config_path}  (port {args.port}, {args.workers} worker(s))", file=sys.stderr)
+    os.execv(hub_command()[0], [*hub_command(), "serving", "start", "-c", str(config_path)])
+    return 0  # pragma: no cover - exec does not return
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``serve`` to the ``shitu`` parser."""
+    p = subparsers.add_parser("serve", help="hub install the modules and run `hub serving start -c config.json`")
+    p.add_argument("--port", type=non_negative_int, default=8866)
+    p.add_argument("--workers", type=positive_int, default=1, help=">1: gunicorn multi-process mode")
+    p.add_argument("--modules", help=f"comma-separated subset of {','.join(MODULES)}")
+    p.add_argument("--scenario", help="default scenario pack of the served modules")
+    p.add_argument("--config-out", default="shitu_serving.json", help="where to write the config.json used")
+    p.set_defaults(func=run_serve)
