@@ -8,7 +8,8 @@ creates:
 - answers HTTP errors (non-JSON body, body too large, unknown route) as
   ``{"status": "<http code>", "msg": "...", "results": ""}``;
 - refuses bodies larger than ``Limits.max_request_bytes`` (default 64 MiB) before reading them;
-- answers ``GET /health`` with the modules it serves (for load balancers and the test suite).
+- answers ``GET /health`` with the modules it serves (for load balancers and the test suite);
+- serves the PaddleX and Paddle Serving recognition APIs (:mod:`shitu.serving.hub.peers`).
 """
 from __future__ import annotations
 
@@ -69,6 +70,9 @@ def configure(app: Any) -> Any:
         return jsonify({"status": "000", "msg": "", "results": {"pid": os.getpid(),
                                                                 "modules": sorted(v2_module_info.modules)}})
 
+    from shitu.serving.hub import peers
+
+    peers.register(app)  # PaddleX and Paddle Serving APIs next to /predict/<module>
     return app
 
 
