@@ -69,7 +69,8 @@ FIELDS: tuple[Field, ...] = (
           "Also search the whole image as one extra box (PP-ShiTu always does); results mark it with "
           "`is_whole_image`.", aliases=("whole_image_box",)),
     Field("Global", "det_nms_threshold", float, 0.5,
-          "IoU above which overlapping detector boxes are merged (class-agnostic NMS on raw-head detectors).",
+          "IoU above which overlapping detector boxes are merged (class-agnostic NMS on raw-head `gfl` detectors; "
+          "PaddleDetection exports keep their graph's own NMS, as PaddleClas does).",
           minimum=0.0, maximum=1.0),
     Field("Global", "rec_nms_thresold", float, 0.05,
           "IoU above which a recognised box is suppressed by a higher-scoring one (PaddleClas's spelling; "
