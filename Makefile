@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test venv bench clean system-deps
+.PHONY: demo test venv bench clean system-deps peer-deps
 
 # The virtualenv, refreshed whenever setup.py changes (the stamp records the extras installed).
 $(PY):
@@ -25,8 +25,14 @@ demo: $(VENV)/.stamp-dev
 system-deps:
 	@bash tests/install_system_packages.sh
 
+## PaddleClas 2.6.0, whose deploy/python scripts the parity test runs as the reference. --no-deps: its own pins
+## (numpy==1.24.4, opencv<=4.6) would break the environment; the scripts need only what the dev extra installs.
+peer-deps: $(VENV)/.stamp-dev
+	@$(PY) -c "import paddleclas" 2>/dev/null || $(PIP) install -q --no-deps paddleclas==2.6.0 \
+		|| echo "paddleclas not installed: the PaddleClas parity test will be skipped"
+
 ## make test: create/refresh the virtualenv with the dev extra, install the Debian packages, run the whole suite.
-test: $(VENV)/.stamp-dev system-deps
+test: $(VENV)/.stamp-dev system-deps peer-deps
 	$(PY) -m pytest -q tests
 
 ## make bench: the benchmark suite (tables on stdout, JSON in benchmarks/results/).
