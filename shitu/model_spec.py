@@ -18,7 +18,8 @@ A folder with neither gets the PaddleClas defaults for its kind.
     decoder_args: {...}             # gfl: strides, reg_max, input_size; class_names
     pooling: gap | none             # extractors whose output is a feature map [N, C, H, W]
     onednn: false                   # oneDNN only where verified: Paddle 3.3.1's default passes crash some
-                                    # models (conv + leaky_relu), so it is off unless the folder says so
+                                    # models (conv + leaky_relu), so it is off unless the folder says so or
+                                    # `shitu plugins verify` recorded a pass list verified on the model
     onednn_passes: [...]            # custom oneDNN pass list verified for this model (null: paddle's default)
 """
 from __future__ import annotations
@@ -64,7 +65,8 @@ class ModelSpec:
     decoder: str | None = None
     decoder_args: dict[str, Any] = field(default_factory=dict)
     pooling: str = "none"
-    onednn: bool = False
+    #: None (unset): off unless a pass list was verified on this model (shitu.serving.engine.onednn).
+    onednn: bool | None = None
     onednn_passes: list[str] | None = None
 
     @classmethod
