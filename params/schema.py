@@ -83,7 +83,8 @@ FIELDS: tuple[Field, ...] = (
     Field("Global", "cpu_num_threads", int, 2, "paddle.inference CPU math threads per predictor.",
           minimum=1, maximum=256, per_request=False),
     Field("Global", "enable_mkldnn", bool, True,
-          "Use oneDNN with each model's verified pass list (see the model's shitu_model.yml).", per_request=False),
+          "Use oneDNN with each model's verified pass list (see the model's shitu_model.yml; for official models, "
+          "the one `shitu plugins verify --onednn` recorded).", per_request=False),
     Field("Global", "use_gpu", bool, False, "Run on the GPU when paddle is built with CUDA.", per_request=False),
     Field("Global", "gpu_id", int, 0, "GPU device id when `use_gpu` is on.", minimum=0, per_request=False),
     Field("Global", "det_inference_model_dir", str, None,

@@ -62,8 +62,11 @@ def test_real_pir_detector_default_passes_fail_then_short_list_verified(onednn_h
     record = onednn.verify(spec)
     first, second = record["tried"]
     assert first["passes"] is None and not first["ok"]  # paddle's default list fails on this graph ...
-    assert second["ok"] and record["ok"] and record["passes"] == second["passes"]  # ... the short list does not
-    assert "oneDNN on" in Predictor(spec).description
+    assert "same answers" not in first["detail"], first
+    assert "same answers" in second["detail"], second  # ... the short list gives the same answers
+    # it is used only when it was also measured faster (MIN_SPEEDUP); the predictor follows the record
+    assert record["ok"] == second["ok"]
+    assert ("oneDNN on" if record["ok"] else "oneDNN off") in Predictor(spec).description
 
 
 def test_real_explicit_onednn_setting_is_never_changed(onednn_home, models_dir):

@@ -6,7 +6,8 @@ description leaves ``onednn`` unset runs without oneDNN until a pass list has be
 
 - :func:`verify` tries :data:`OFFICIAL_PASS_LISTS` in order, each in a subprocess (a crash cannot kill the caller),
   comparing the model's outputs with and without oneDNN on fixed synthetic images (extractors: cos >= 0.9999;
-  detectors: the same boxes within 1 px and scores within 2e-3) and timing both;
+  detectors: the same boxes within 1 px and scores within 2e-3) and timing both (a list must also be at least
+  ``MIN_SPEEDUP`` times faster);
 - the first list that passes is recorded in ``$SHITU_HOME/onednn/<sha256 of the graph and weights>.json`` together
   with the measured speed-up; :func:`resolve` (called for every predictor) then turns oneDNN on with it.
 
@@ -37,6 +38,8 @@ OFFICIAL_PASS_LISTS: tuple[list[str] | None, ...] = (
     ["conv2d_bias_fuse_pass", "conv_elementwise_add_onednn_fuse_pass"],
 )
 VERIFY_TIMEOUT_S = 900
+#: A verified list is used only when it was also measured this much faster than plain CPU.
+MIN_SPEEDUP = 1.1
 _MIN_DET_SCORE = 0.1
 
 
@@ -135,8 +138,11 @@ def check(spec: ModelSpec, passes: list[str] | None) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - paddle raises its own types
         return {"ok": False, "passes": passes, "detail": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
     ok, detail = _same(spec.kind, ref, got)
+    speedup = round(t_plain / max(t_onednn, 1e-9), 2)
+    if ok and speedup < MIN_SPEEDUP:
+        ok, detail = False, f"same answers but not faster ({speedup}x < {MIN_SPEEDUP}x)"
     return {"ok": ok, "passes": passes, "detail": detail, "ms_plain": round(t_plain * 1000, 1),
-            "ms_onednn": round(t_onednn * 1000, 1), "speedup": round(t_plain / max(t_onednn, 1e-9), 2)}
+            "ms_onednn": round(t_onednn * 1000, 1), "speedup": speedup}
 
 
 def _spec_json(spec: ModelSpec) -> str:
