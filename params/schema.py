@@ -138,6 +138,13 @@ FIELDS: tuple[Field, ...] = (
     Field("Limits", "max_pixels", int, 40_000_000,
           "Decoded pixels (width x height) accepted per image; a header declaring more is refused before "
           "decoding (decompression bombs).", minimum=1, per_request=False),
+    Field("Limits", "image_url_fetch", bool, False,
+          "Let PaddleX-API requests give an image as an http(s) URL that the server fetches (off: such URLs are "
+          "refused). A fetch follows no redirects, stops at `max_image_bytes` and `image_url_timeout_s`.",
+          per_request=False),
+    Field("Limits", "image_url_timeout_s", float, 10.0,
+          "Seconds allowed to fetch one image URL (connect and read together), when `image_url_fetch` is on.",
+          minimum=0.1, maximum=300.0, per_request=False),
     Field("Limits", "max_label_length", int, 128, "Characters allowed in a gallery label.", minimum=1,
           per_request=False),
 )

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import requests
 
+from shitu.serving.hub.service import RequestError
 from tests.conftest import b64, start_served
 
 TOKEN = "peer-admin-token-7c1d"
@@ -235,3 +236,36 @@ def test_real_paddlex_writes_need_the_admin_token(peer_served, photos):
         assert "admin token" in px.call(endpoint, payload, expect=422)["errorMsg"]
     info = peer_served.post("image_recognition", {"operation": "info"}).json()["results"]
     assert info["count"] == 3  # nothing changed
+
+
+def test_real_paddlex_image_urls_fetched_only_when_enabled(tmp_path, photos, queries):
+    """In-process (the same service the routes call), against a real HTTP server on loopback."""
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "plugins"))
+    from packkit import http_server
+
+    from shitu.serving.hub.peers import paddlex
+    from shitu.serving.hub.service import RecognitionService
+
+    site = tmp_path / "site"
+    (site / "folder").mkdir(parents=True)
+    for name, img in (("cat", photos["cat"]), ("rocket", photos["rocket"]), ("query", queries["cat_mirrored_crop"])):
+        (site / f"{name}.jpg").write_bytes(base64.b64decode(b64(img)))
+    (site / "big.jpg").write_bytes(b"\xff\xd8" + b"0" * 400_000)
+    limits = {"Limits": {"image_url_fetch": True, "image_url_timeout_s": 5.0, "max_image_bytes": 300_000}}
+    fetching = RecognitionService(None, params=limits)
+    refusing = RecognitionService(None)
+    with http_server(site) as base:
+        with pytest.raises(RequestError, match="does not fetch images from URLs"):
+            paddlex.infer(refusing, {"image": f"{base}/query.jpg"})
+        built = paddlex.build_index(fetching, {"imageLabelPairs": [{"image": f"{base}/cat.jpg", "label": "cat"},
+                                                                   {"image": f"{base}/rocket.jpg", "label": "rocket"}]})
+        assert built["imageCount"] == 2
+        result = paddlex.infer(fetching, {"image": f"{base}/query.jpg", "indexKey": built["indexKey"],
+                                          "recThreshold": 0.5})
+        assert "cat" in {r["label"] for o in result["detectedObjects"] for r in o["recResults"]}
+        for url, needle in ((f"{base}/big.jpg", "larger than the limit of 300000 bytes"),
+                            (f"{base}/folder", "answered HTTP 301"),  # a redirect is not followed
+                            (f"{base}/missing.jpg", "answered HTTP 404"),
+                            ("file:///etc/passwd", "only http and https")):
+            with pytest.raises(RequestError, match=needle):
+                paddlex.infer(fetching, {"image": url})

@@ -14,6 +14,7 @@ PaddleHub's Flask app by :func:`shitu.serving.hub.app.configure`.
 """
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -53,14 +54,48 @@ def json_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def image_field(value: Any, name: str) -> str:
-    """A base64 image field. URLs are refused: this server never fetches images from elsewhere."""
+def is_url(value: str) -> bool:
+    return value[:8].lower().startswith(("http://", "https://", "ftp://", "file:"))
+
+
+def image_field(value: Any, name: str, params: Any = None) -> str:
+    """A base64 image field. A URL is fetched only when ``Limits.image_url_fetch`` is on in ``params``; else refused."""
     if not isinstance(value, str) or not value:
         raise PeerError(f"field {name!r} must be a non-empty base64 string of an image file")
-    if value[:8].lower().startswith(("http://", "https://", "ftp://", "file:")):
+    if not is_url(value):
+        return value
+    if params is None or not params["Limits.image_url_fetch"]:
         raise PeerError(f"field {name!r} is a URL; this server does not fetch images from URLs (no server-side "
-                        "fetches): send the image file's bytes as base64")
-    return value
+                        "fetches unless Limits.image_url_fetch is on): send the image file's bytes as base64")
+    return base64.b64encode(fetch_image(value, name, params)).decode("ascii")
+
+
+def fetch_image(url: str, name: str, params: Any) -> bytes:
+    """GET an http(s) image URL: no redirects, at most ``Limits.max_image_bytes``, within ``image_url_timeout_s``."""
+    import time
+
+    import requests
+
+    if not url.lower().startswith(("http://", "https://")):
+        raise PeerError(f"field {name!r}: only http and https image URLs are fetched")
+    limit, timeout = params["Limits.max_image_bytes"], params["Limits.image_url_timeout_s"]
+    deadline = time.monotonic() + timeout
+    try:
+        with requests.get(url, stream=True, allow_redirects=False, timeout=(timeout, timeout)) as response:
+            if response.status_code != 200:
+                raise PeerError(f"field {name!r}: fetching the image URL answered HTTP {response.status_code}")
+            data = bytearray()
+            for chunk in response.iter_content(65536):
+                data += chunk
+                if len(data) > limit:
+                    raise PeerError(f"field {name!r}: the image at the URL is larger than the limit of {limit} "
+                                    "bytes (Limits.max_image_bytes)")
+                if time.monotonic() > deadline:
+                    raise PeerError(f"field {name!r}: fetching the image URL took longer than {timeout} s "
+                                    "(Limits.image_url_timeout_s)")
+    except requests.RequestException as exc:
+        raise PeerError(f"field {name!r}: cannot fetch the image URL ({type(exc).__name__})") from None
+    return bytes(data)
 
 
 def register(app: Any) -> None:

@@ -8,7 +8,8 @@ as Paddle Serving writes it::
      'rec_scores': 0.83}]"], "tensors": []}
 
 ``value[0]`` is Python's ``str()`` of the list of recognised objects, best first: the whole pipeline of the
-``image_recognition`` module (its default scenario and gallery, parameters and limits). Errors keep HTTP 200 and
+``image_recognition`` module (its default scenario and gallery, parameters and limits; image URLs are refused, as
+Paddle Serving takes none). Errors keep HTTP 200 and
 set ``err_no`` as Paddle Serving does: 5000 for bad input (the message names the problem), 10000 otherwise.
 
 ``paddle-serving-server`` itself has no wheel for Python 3.11; this route takes its place for HTTP clients. Its

@@ -25,7 +25,8 @@ How it maps onto shitu-hub (the ``image_recognition`` module's service: its scen
   ``IndexProcess.return_k``, ``hammingRadius`` -> ``IndexProcess.hamming_radius``; a field left out keeps the
   server's value. As in PaddleX, every detected box is listed (``recResults`` empty when nothing in the gallery
   passes ``recThreshold``) and the whole image is searched only when no box is found (with ``score`` 0);
-- ``image`` must be base64: URLs are refused (this server never fetches images from elsewhere);
+- ``image`` is base64; an http(s) URL is refused unless ``Limits.image_url_fetch`` is on (then it is fetched
+  without redirects, within ``Limits.image_url_timeout_s`` and ``Limits.max_image_bytes``);
 - ``visualize`` (default false) returns the image with the recognised boxes drawn, base64 JPEG;
 - build / add / remove change a gallery and need the admin token (header ``Authorization: Bearer ...``) when the
   server has one.
@@ -79,7 +80,7 @@ def _index_key(value: Any) -> str:
     return value
 
 
-def _pairs(body: dict[str, Any]) -> tuple[list[str], list[str]]:
+def _pairs(body: dict[str, Any], params: Any) -> tuple[list[str], list[str]]:
     pairs = body["imageLabelPairs"]
     if not isinstance(pairs, list) or not pairs:
         raise PeerError("field 'imageLabelPairs' must be a non-empty list of {image, label} objects")
@@ -87,7 +88,7 @@ def _pairs(body: dict[str, Any]) -> tuple[list[str], list[str]]:
     for i, pair in enumerate(pairs):
         if not isinstance(pair, dict) or set(pair) != {"image", "label"}:
             raise PeerError(f"imageLabelPairs[{i}] must be an object with exactly 'image' and 'label'")
-        images.append(image_field(pair["image"], f"imageLabelPairs[{i}].image"))
+        images.append(image_field(pair["image"], f"imageLabelPairs[{i}].image", params))
         labels.append(pair["label"])
     return images, labels
 
@@ -107,7 +108,8 @@ def _image_count(service: RecognitionService, key: str) -> int:
 
 def build_index(service: RecognitionService, body: dict[str, Any]) -> dict[str, Any]:
     _fields(body, {"imageLabelPairs"})
-    images, labels = _pairs(body)
+    service.authorize({}, write=True)  # before any image URL is fetched
+    images, labels = _pairs(body, service.engine({}).params)
     key = INDEX_PREFIX + uuid.uuid4().hex[:20]
     service.handle({"operation": "add", "gallery": key, "images": images, "labels": labels})
     return {"indexKey": key, "imageCount": _image_count(service, key)}
@@ -116,8 +118,10 @@ def build_index(service: RecognitionService, body: dict[str, Any]) -> dict[str, 
 def add_images(service: RecognitionService, body: dict[str, Any]) -> dict[str, Any]:
     _fields(body, {"imageLabelPairs", "indexKey"})
     key = _index_key(body["indexKey"])
-    images, labels = _pairs(body)
-    service.engine({}).gallery(key)  # an unknown index key is an error, not a new gallery
+    service.authorize({}, write=True)
+    engine = service.engine({})
+    engine.gallery(key)  # an unknown index key is an error, not a new gallery
+    images, labels = _pairs(body, engine.params)
     service.handle({"operation": "add", "gallery": key, "images": images, "labels": labels})
     return {"imageCount": _image_count(service, key)}
 
@@ -155,7 +159,7 @@ def infer(service: RecognitionService, body: dict[str, Any]) -> dict[str, Any]:
     except ParamError as exc:
         raise PeerError(str(exc).replace("parameter ", "field mapped to parameter ", 1)) from None
     engine.gallery(key)  # an unknown index key fails before any image is decoded
-    (image,) = service.decode_images({"images": [image_field(body["image"], "image")]}, engine, strict=True)
+    (image,) = service.decode_images({"images": [image_field(body["image"], "image", params)]}, engine, strict=True)
     assert isinstance(image, np.ndarray)
     h, w = image.shape[:2]
     det = engine.detector.detect(image, params)
