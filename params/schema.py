@@ -71,7 +71,8 @@ FIELDS: tuple[Field, ...] = (
           "(`mainbody_detection` then appends it only when no detector box is left).",
           aliases=("whole_image_box",), choices=(True, False, "fallback")),
     Field("Global", "det_nms_threshold", float, 0.5,
-          "IoU above which overlapping detector boxes are merged (class-agnostic NMS on raw-head detectors).",
+          "IoU above which overlapping detector boxes are merged (class-agnostic NMS on raw-head `gfl` detectors; "
+          "PaddleDetection exports keep their graph's own NMS, as PaddleClas does).",
           minimum=0.0, maximum=1.0),
     Field("Global", "rec_nms_thresold", float, 0.05,
           "IoU above which a recognised box is suppressed by a higher-scoring one (PaddleClas's spelling; "
@@ -87,7 +88,8 @@ FIELDS: tuple[Field, ...] = (
     Field("Global", "cpu_num_threads", int, 2, "paddle.inference CPU math threads per predictor.",
           minimum=1, maximum=256, per_request=False),
     Field("Global", "enable_mkldnn", bool, True,
-          "Use oneDNN with each model's verified pass list (see the model's shitu_model.yml).", per_request=False),
+          "Use oneDNN with each model's verified pass list (see the model's shitu_model.yml; for official models, "
+          "the one `shitu plugins verify --onednn` recorded).", per_request=False),
     Field("Global", "use_gpu", bool, False, "Run on the GPU when paddle is built with CUDA.", per_request=False),
     Field("Global", "gpu_id", int, 0, "GPU device id when `use_gpu` is on.", minimum=0, per_request=False),
     Field("Global", "det_inference_model_dir", str, None,
@@ -142,6 +144,13 @@ FIELDS: tuple[Field, ...] = (
     Field("Limits", "max_pixels", int, 40_000_000,
           "Decoded pixels (width x height) accepted per image; a header declaring more is refused before "
           "decoding (decompression bombs).", minimum=1, per_request=False),
+    Field("Limits", "image_url_fetch", bool, False,
+          "Let PaddleX-API requests give an image as an http(s) URL that the server fetches (off: such URLs are "
+          "refused). A fetch follows no redirects, stops at `max_image_bytes` and `image_url_timeout_s`.",
+          per_request=False),
+    Field("Limits", "image_url_timeout_s", float, 10.0,
+          "Seconds allowed to fetch one image URL (connect and read together), when `image_url_fetch` is on.",
+          minimum=0.1, maximum=300.0, per_request=False),
     Field("Limits", "max_label_length", int, 128, "Characters allowed in a gallery label.", minimum=1,
           per_request=False),
     Field("Limits", "max_explain_matches", int, 10,

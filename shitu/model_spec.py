@@ -1,7 +1,9 @@
 """What the engine needs to know about a model folder: files, pre-processing, decoding and runtime settings.
 
 A model folder describes itself in ``shitu_model.yml`` (written for the embedded defaults and by scenario packs).
-PaddleDetection exports, as PP-ShiTu ships its mainbody detector, carry ``infer_cfg.yml`` instead; it is read too.
+PaddleDetection exports, as PP-ShiTu ships its mainbody detector, carry ``infer_cfg.yml`` instead; it is read too,
+and also completes a ``paddledet`` description (a pack's, or ``shitu_model.yml``) that leaves out the pre-processing
+or the class names.
 A folder with neither gets the PaddleClas defaults for its kind.
 
 ``shitu_model.yml`` keys (all optional but ``kind``)::
@@ -16,7 +18,8 @@ A folder with neither gets the PaddleClas defaults for its kind.
     decoder_args: {...}             # gfl: strides, reg_max, input_size; class_names
     pooling: gap | none             # extractors whose output is a feature map [N, C, H, W]
     onednn: false                   # oneDNN only where verified: Paddle 3.3.1's default passes crash some
-                                    # models (conv + leaky_relu), so it is off unless the folder says so
+                                    # models (conv + leaky_relu), so it is off unless the folder says so or
+                                    # `shitu plugins verify` recorded a pass list verified on the model
     onednn_passes: [...]            # custom oneDNN pass list verified for this model (null: paddle's default)
 """
 from __future__ import annotations
@@ -62,12 +65,14 @@ class ModelSpec:
     decoder: str | None = None
     decoder_args: dict[str, Any] = field(default_factory=dict)
     pooling: str = "none"
-    onednn: bool = False
+    #: None (unset): off unless a pass list was verified on this model (shitu.serving.engine.onednn).
+    onednn: bool | None = None
     onednn_passes: list[str] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], model_dir: str | Path) -> "ModelSpec":
         model_dir = Path(model_dir)
+        data = _with_paddledet_cfg(data, model_dir)
         known = set(cls.__dataclass_fields__) - {"model_dir"}
         unknown = set(data) - known
         if unknown:
@@ -137,6 +142,26 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ModelSpecError(f"{path}: cannot read: {exc}") from exc
     if not isinstance(data, dict):
         raise ModelSpecError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _with_paddledet_cfg(data: dict[str, Any], model_dir: Path) -> dict[str, Any]:
+    """A ``paddledet`` detector description completed from its folder's ``infer_cfg.yml`` (packs included).
+
+    The export's ``Preprocess`` and ``label_list`` fill ``transform_ops`` and ``decoder_args.class_names`` where the
+    description does not set them; what the description sets wins.
+    """
+    cfg_path = model_dir / PADDLEDET_CFG
+    if data.get("kind") != "detector" or data.get("decoder") != "paddledet" or not cfg_path.is_file():
+        return data
+    cfg = _from_paddledet_cfg(_read_yaml(cfg_path), cfg_path)
+    data = dict(data)
+    if not data.get("transform_ops"):
+        data["transform_ops"] = cfg["transform_ops"]
+    args = dict(data.get("decoder_args") or {})
+    if not args.get("class_names") and cfg["decoder_args"]["class_names"]:
+        args["class_names"] = cfg["decoder_args"]["class_names"]
+    data["decoder_args"] = args
     return data
 
 

@@ -150,7 +150,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
             _out(f"  {p}")
         return EXIT_PROBLEMS
     _out(f"ok: {len(rows)} file(s) in {len(targets)} pack(s) verified")
+    if getattr(args, "onednn", False):
+        return _verify_onednn(targets)
     return 0
+
+
+def _verify_onednn(targets: list[tuple[str, str | None]]) -> int:
+    """oneDNN pass lists verified on each pack model that leaves ``onednn`` unset (each check in a subprocess)."""
+    from shitu.plugins import registry
+    from shitu.serving.engine import onednn
+
+    failed = 0
+    for name, version in targets:
+        pack = registry.find_pack(name, version)
+        for role, spec in (("detector", pack.detector_spec()), ("recognizer", pack.extractor_spec())):
+            if spec.onednn is not None:
+                _out(f"{name} {role}: oneDNN {'on' if spec.onednn else 'off'} as the pack says")
+                continue
+            record = onednn.verify(spec)
+            failed += not record["ok"]
+            _out(f"{name} {role}: {onednn.describe(record)}")
+    return EXIT_PROBLEMS if failed else 0
 
 
 @guard
@@ -224,6 +244,9 @@ def _build(p: argparse.ArgumentParser) -> None:
     s = sub.add_parser("verify", help="check every file against its sha256")
     s.add_argument("name", nargs="?", help="pack name (default: every installed or ready pack)")
     s.add_argument("--version", help="a specific version")
+    s.add_argument("--onednn", action="store_true",
+                   help="also verify a oneDNN pass list on models that leave it unset (official models), each in a "
+                        "subprocess, and record it so they run with oneDNN")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("use", help="make a pack (version) current and the default pack")

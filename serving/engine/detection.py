@@ -4,10 +4,12 @@ Two detector output formats are decoded:
 
 - ``paddledet``: PaddleDetection exports as PP-ShiTu ships them. Inputs ``image``, ``scale_factor`` and sometimes
   ``im_shape``; outputs rows ``[class, score, x1, y1, x2, y2]`` in original-image pixels (NMS already done inside
-  the graph) plus the number of boxes per image.
+  the graph) plus the number of boxes per image. Those rows are used as the graph gives them (no second NMS), so
+  boxes equal PaddleClas's ``predict_det.py`` on the same export; the one intended difference is that boxes are
+  clipped to the image (PaddleClas keeps negative coordinates and then fails to crop them).
 - ``gfl``: raw GFL heads (NanoDet, the offline default): per stride a score map ``[1, N, classes]`` and a box
   distribution ``[1, N, 4 * (reg_max + 1)]``; decoded here (integral of the softmax per side), then class-agnostic
-  NMS.
+  NMS (``Global.det_nms_threshold``).
 
 Then ``Global.threshold`` drops weak boxes, ``Global.max_det_results`` keeps the best ones, and the whole image is
 appended as one more box when ``Global.append_whole_image`` is on (``"fallback"``: only when no box is left).
@@ -133,7 +135,10 @@ class MainbodyDetector:
             self._gfl = None
 
     def raw(self, image_bgr: np.ndarray, nms_iou: float = 0.5, timer: StageTimer = NULL_TIMER) -> Detections:
-        """Every box the model finds (after its NMS), before threshold / top-k / whole-image box."""
+        """Every box the model finds (after its NMS), before threshold / top-k / whole-image box.
+
+        ``nms_iou`` is used by the ``gfl`` decoder only: a PaddleDetection export has run its own NMS.
+        """
         with timer.stage("det_preprocess"):
             sample = self.transforms(image_bgr)
             x = sample.image[None]
@@ -155,9 +160,7 @@ class MainbodyDetector:
             with timer.stage("det_forward"):
                 outputs = self.predictor.run(feed)
             with timer.stage("det_postprocess"):
-                xyxy, scores, classes = _decode_paddledet(outputs)
-                keep = nms(xyxy, scores, nms_iou) if len(xyxy) else np.zeros(0, np.int64)
-                xyxy, scores, classes = xyxy[keep], scores[keep], classes[keep]
+                xyxy, scores, classes = _decode_paddledet(outputs)  # the graph's own NMS, no second pass
         h, w = sample.orig_shape
         xyxy = np.clip(xyxy, 0, [w, h, w, h]).astype(np.float32)
         return Detections.from_arrays(xyxy, scores, classes)

@@ -46,6 +46,9 @@ class Predictor:
     """
 
     def __init__(self, spec: ModelSpec, options: RuntimeOptions = RuntimeOptions()):
+        from shitu.serving.engine.onednn import resolve
+
+        spec = resolve(spec) if options.backend == "paddle" and options.enable_mkldnn else spec
         self.spec = spec
         self.options = options
         self._lock = threading.Lock()
@@ -163,7 +166,7 @@ class _PaddleBackend(_Backend):
         else:
             config.disable_gpu()
             config.set_cpu_math_library_num_threads(options.cpu_threads)
-            mkldnn = options.enable_mkldnn and spec.onednn
+            mkldnn = bool(options.enable_mkldnn and spec.onednn)
             if mkldnn:
                 config.enable_mkldnn()
                 if spec.onednn_passes is not None:

@@ -10,7 +10,8 @@ creates:
 - refuses bodies larger than ``Limits.max_request_bytes`` (default 64 MiB) before reading them;
 - answers ``GET /health`` with the modules it serves (for load balancers and the test suite);
 - adds request ids, the request log, log rotation and ``GET /metrics`` (:mod:`.observability`);
-- serves the web page at ``/web/`` (:mod:`shitu.serving.hub.webpage`).
+- serves the web page at ``/web/`` (:mod:`shitu.serving.hub.webpage`);
+- serves the PaddleX and Paddle Serving recognition APIs (:mod:`shitu.serving.hub.peers`).
 """
 from __future__ import annotations
 
@@ -84,8 +85,9 @@ def configure(app: Any) -> Any:
     log_bytes, log_backups = _log_limits or (BY_NAME["Limits.max_log_bytes"].default,
                                              BY_NAME["Limits.log_backups"].default)
     observability.instrument(app, log_bytes, log_backups)
-    from shitu.serving.hub import webpage
+    from shitu.serving.hub import peers, webpage
 
+    peers.register(app)  # PaddleX and Paddle Serving APIs next to /predict/<module>
     return webpage.register(app)
 
 

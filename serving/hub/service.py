@@ -165,6 +165,11 @@ class Service:
             raise RequestError(str(exc)) from None
         return overrides
 
+    def authorize(self, request: dict[str, Any], write: bool) -> None:
+        """RequestError unless the admin token allows a write (or, with ``protect_reads``, any) operation."""
+        if write or self._protect_reads:
+            self._check_token(request)
+
     def _check_token(self, request: dict[str, Any]) -> None:
         if not self._token:
             return
