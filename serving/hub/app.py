@@ -8,7 +8,8 @@ creates:
 - answers HTTP errors (non-JSON body, body too large, unknown route) as
   ``{"status": "<http code>", "msg": "...", "results": ""}``;
 - refuses bodies larger than ``Limits.max_request_bytes`` (default 64 MiB) before reading them;
-- answers ``GET /health`` with the modules it serves (for load balancers and the test suite).
+- answers ``GET /health`` with the modules it serves (for load balancers and the test suite);
+- is served so that slow or idle clients cost a bounded amount (:mod:`shitu.serving.hub.connections`).
 """
 from __future__ import annotations
 
@@ -69,6 +70,10 @@ def configure(app: Any) -> Any:
         return jsonify({"status": "000", "msg": "", "results": {"pid": os.getpid(),
                                                                 "modules": sorted(v2_module_info.modules)}})
 
+    from shitu.serving.hub import connections
+
+    app.wsgi_app = connections.BodyReader(app.wsgi_app, lambda: app.config["MAX_CONTENT_LENGTH"])
+    app.run = lambda host=None, port=8866, **_: connections.serve_single(app, port)  # PaddleHub's threaded=False
     return app
 
 
@@ -87,5 +92,8 @@ def install() -> None:
         return configure(original(*args, **kwargs))
 
     app_compat.create_app = create_app
+    from shitu.serving.hub import connections
+
+    connections.install_gunicorn()
     _installed = True
 

@@ -106,7 +106,11 @@ class Service:
         self.engines = EngineCache(self._load)
         from shitu.serving.hub import app as hub_app
 
-        hub_app.set_body_limit(merge(self._module_defaults, self._init_params)["Limits.max_request_bytes"])
+        from shitu.serving.hub import connections
+
+        limits = merge(self._module_defaults, self._init_params)
+        hub_app.set_body_limit(limits["Limits.max_request_bytes"])
+        connections.configure(limits)
 
     # -- loading ---------------------------------------------------------------------------------------------
     def _load(self, scenario: str | None) -> Engine:
