@@ -103,3 +103,86 @@ def test_real_single_process_idle_and_slow_sockets_do_not_block(served):
 
 def test_real_gunicorn_idle_and_slow_sockets_do_not_block(served_multi):
     _slow_and_idle_sockets_cost_bounded(served_multi)
+
+
+# -- pixel bombs -------------------------------------------------------------------------------------------------
+def bmp_rle8_bomb(side: int = 15000, header_size: int = 44) -> bytes:
+    """A 1 KB RLE8 BMP declaring side x side pixels with a header size PIL does not know (OpenCV decodes it)."""
+    import struct
+
+    pixels = b"\x00\x01"  # RLE8 "end of bitmap": every pixel is palette entry 0
+    palette = b"\x00\x00\x00\x00" * 256
+    info = struct.pack("<IiiHHIIiiII", header_size, side, side, 1, 8, 1, len(pixels), 2835, 2835, 256, 0)
+    info += b"\x00" * (header_size - len(info))
+    offset = 14 + header_size + len(palette)
+    return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info + palette + pixels
+
+
+def jpeg_marker_bomb(side: int = 15000) -> bytes:
+    """A tiny JPEG whose SOF declares side x side, with a TEM marker after SOI (PIL cannot read it, OpenCV can)."""
+    import struct
+
+    import cv2
+    import numpy as np
+
+    ok, buf = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 10])
+    data = bytearray(buf.tobytes())
+    sof = data.find(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, side, side)
+    return bytes(data[:2]) + b"\xff\x01" + bytes(data[2:])
+
+
+def test_pixel_bombs_the_header_check_cannot_read_are_refused_before_decoding():
+    from shitu.serving.engine.images import ImageError, decode
+
+    for bomb in (bmp_rle8_bomb(), jpeg_marker_bomb()):
+        assert len(bomb) < 1200
+        with pytest.raises(ImageError, match="not an image"):
+            decode(bomb)
+
+
+def _rss_mb(served) -> float:
+    import psutil
+
+    procs = [psutil.Process(served.proc.pid), *psutil.Process(served.proc.pid).children(recursive=True)]
+    return max(p.memory_info().rss for p in procs) / 2**20
+
+
+def test_real_pixel_bombs_get_envelopes_and_cost_no_memory(served):
+    import base64
+
+    bombs = [base64.b64encode(b).decode() for b in (bmp_rle8_bomb(), jpeg_marker_bomb())] * 8
+    before = _rss_mb(served)
+    for module in ("mainbody_detection", "image_recognition"):
+        r = served.post(module, {"images": bombs}, timeout=60)
+        body = r.json()
+        assert body["status"] == "101" and "not an image" in body["msg"], body
+        _probe_health(served, probes=1)
+    assert _rss_mb(served) - before < 300  # one decoded bomb alone is 640 MB
+
+
+def test_real_total_pixels_per_request_are_bounded_before_decoding(served):
+    import base64
+
+    import cv2
+    import numpy as np
+
+    ok, png = cv2.imencode(".png", np.zeros((6000, 6000), np.uint8))  # 36 Mpx: legal alone, 120 KB
+    images = [base64.b64encode(png.tobytes()).decode()] * 5  # 180 Mpx together: over 160 Mpx
+    r = served.post("mainbody_detection", {"images": images}, timeout=60)
+    body = r.json()
+    assert body["status"] == "101" and "pixels together" in body["msg"] and "160000000" in body["msg"], body
+
+
+# -- unbounded work ----------------------------------------------------------------------------------------------
+def test_real_work_per_request_is_bounded_before_any_work(served, photos):
+    from tests.conftest import b64
+
+    img = b64(next(iter(photos.values())))
+    r = served.post("feature_extraction", {"images": [img], "boxes": [[[0, 0, 10, 10]] * 2000]}, timeout=60)
+    assert r.json()["status"] == "101" and "2000 boxes" in r.json()["msg"], r.text
+    r = served.post("index_search", {"embeddings": [[0.0] * 4] * 300}, timeout=60)
+    assert r.json()["status"] == "101" and "300 embeddings" in r.json()["msg"], r.text
+    r = served.post("index_search", {"embeddings": [[0.0] * 4], "return_k": 1000}, timeout=60)
+    assert r.json()["status"] == "101" and "Limits.max_return_k" in r.json()["msg"], r.text
+    _probe_health(served, probes=1)

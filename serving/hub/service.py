@@ -30,7 +30,7 @@ import numpy as np
 from shitu.params import ParamError, flatten, merge
 
 from shitu.serving.engine.engine import GALLERY_NAME, Engine, EngineError, check_boxes, load_engine
-from shitu.serving.engine.images import ImageError, ImageLimits, b64decode, decode
+from shitu.serving.engine.images import ImageError, ImageLimits, b64decode, check_bytes, decode, header_size
 
 #: Keys with a meaning of their own; every other top-level key is a parameter override.
 COMMON_FIELDS = {"images", "scenario", "gallery", "params", "operation", "token"}
@@ -194,10 +194,25 @@ class Service:
         limits = ImageLimits.from_params(engine.params)
         if len(items) > engine.params["Limits.max_images"]:
             raise RequestError(f"{len(items)} images in one request; the limit is {engine.params['Limits.max_images']}")
-        out: list[np.ndarray | ImageError] = []
+        raw: list[bytes | ImageError] = []
+        total = 0  # pixels of the whole request, from the headers, before anything is decoded
         for i, item in enumerate(items):
             try:
-                out.append(decode(b64decode(item, limits), limits))
+                data = check_bytes(b64decode(item, limits), limits)
+                width, height = header_size(data, limits)
+                total += width * height
+                raw.append(data)
+            except ImageError as exc:
+                raw.append(ImageError(exc.reason, i))
+        if total > engine.params["Limits.max_request_pixels"]:
+            raise RequestError(f"the images of this request have {total} pixels together, more than the limit of "
+                               f"{engine.params['Limits.max_request_pixels']}; send fewer or smaller images")
+        out: list[np.ndarray | ImageError] = []
+        for i, data in enumerate(raw):
+            try:
+                if isinstance(data, ImageError):
+                    raise data
+                out.append(decode(data, limits))
             except ImageError as exc:
                 err = ImageError(exc.reason, i)
                 if strict:
@@ -309,8 +324,11 @@ class ExtractionService(Service):
     def op_predict(self, request: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
         engine = self.engine(request)
         p = engine.request_params(overrides)
-        images = self.decode_images(request, engine)
         boxes = self._list_field(request, "boxes", required=False)
+        count = sum(len(b) for b in boxes or () if isinstance(b, list))
+        if count > engine.params["Limits.max_boxes"]:  # checked before any image is decoded
+            raise RequestError(f"{count} boxes in one request; the limit is {engine.params['Limits.max_boxes']}")
+        images = self.decode_images(request, engine)
         if boxes is not None and len(boxes) != len(images):
             raise RequestError(f"field 'boxes' must hold one list per image ({len(images)}), got {len(boxes)}")
 
@@ -338,6 +356,10 @@ class SearchService(Service):
 
     def _embeddings(self, request: dict[str, Any], engine: Engine, binary: bool) -> np.ndarray:
         rows = self._list_field(request, "embeddings")
+        assert rows is not None
+        if len(rows) > engine.params["Limits.max_queries"]:
+            raise RequestError(f"{len(rows)} embeddings in one request; the limit is "
+                               f"{engine.params['Limits.max_queries']}")
         dim = engine.embedding_size // 8 if binary else engine.embedding_size
         try:
             arr = np.asarray(rows, np.uint8 if binary else np.float32)
@@ -351,6 +373,9 @@ class SearchService(Service):
     def op_search(self, request: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
         engine = self.engine(request)
         p = engine.request_params(overrides)
+        if p["IndexProcess.return_k"] > engine.params["Limits.max_return_k"]:
+            raise RequestError(f"return_k {p['IndexProcess.return_k']} is more than the limit of "
+                               f"{engine.params['Limits.max_return_k']} (Limits.max_return_k)")
         queries = self._embeddings(request, engine, p["RecPostProcess.binarize"])
         hits = engine.search(queries, gallery=request.get("gallery"), **overrides)
         return [{"index": i, "matches": [m.to_dict() for m in row]} for i, row in enumerate(hits)]
