@@ -186,3 +186,112 @@ def test_real_work_per_request_is_bounded_before_any_work(served, photos):
     r = served.post("index_search", {"embeddings": [[0.0] * 4], "return_k": 1000}, timeout=60)
     assert r.json()["status"] == "101" and "Limits.max_return_k" in r.json()["msg"], r.text
     _probe_health(served, probes=1)
+
+
+# -- hostile JSON ------------------------------------------------------------------------------------------------
+def _raw_post(served, module: str, body: bytes, **headers):
+    return requests.post(f"{served.url}/predict/{module}", data=body, timeout=120,
+                         headers={"Content-Type": "application/json", **headers})
+
+
+def _server_paths() -> list[str]:
+    import os
+    from pathlib import Path
+
+    import shitu
+
+    return [str(Path(shitu.__file__).resolve().parent.parent), os.environ["HUB_HOME"], os.environ["SHITU_HOME"],
+            str(Path.home())]
+
+
+def test_real_huge_names_are_not_echoed_nor_compared(served):
+    for payload in ({"operation": "x" * 8_000_000}, {"x" * 8_000_000: 1}, {"params": {"Global": {"y" * 100: 1}}}):
+        r = served.post("index_search", payload, timeout=120)
+        body = r.json()
+        assert body["status"] == "101" and len(r.content) < 2000, r.content[:300]
+    assert "characters)" in body["msg"] or "unknown parameter" in body["msg"]
+    _probe_health(served, probes=1)
+
+
+def test_real_malformed_bodies_get_envelopes(served):
+    deep = b'{"images": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    r = _raw_post(served, "mainbody_detection", deep)
+    assert r.status_code == 400 and r.json() == {"status": "400", "msg": "the request JSON is nested too deeply",
+                                                 "results": ""}
+    for body in (b"null", b"[1, 2]", b"42", b'"x"'):
+        r = _raw_post(served, "mainbody_detection", body)
+        assert r.status_code == 400 and r.json()["msg"] == "the request body must be a JSON object", body
+
+    def chunks():
+        yield b'{"images": ["'
+        for _ in range(65):
+            yield b"A" * (1 << 20)
+    r = requests.post(f"{served.url}/predict/mainbody_detection", data=chunks(), timeout=120,
+                      headers={"Content-Type": "application/json"})  # chunked: no Content-Length to refuse early
+    assert r.status_code == 413 and r.json()["status"] == "413" and "larger than the limit" in r.json()["msg"]
+    _probe_health(served, probes=1)
+
+
+def test_real_odd_values_get_clear_errors(served):
+    dim = served.post("index_search", {"operation": "info"}).json()["results"].get("dim", 4)
+    cases = [
+        ({"operation": "remove", "ids": [2**70]}, "0..2**63-1"),
+        ({"operation": "add", "embeddings": [[0.1] * dim], "labels": ["\ud800"]}, "not valid Unicode"),
+        ({"operation": "add", "embeddings": [[0.1] * dim], "labels": ["a"], "metadata": [json.loads(
+            '{"a": ' + "[" * 700 + "]" * 700 + "}")]}, "nested more than"),
+        ({"operation": "add", "embeddings": [[0.1] * dim], "labels": ["a"], "metadata": [{"a": "x" * 20000}]},
+         "Limits.max_metadata_bytes"),
+        ({"operation": "info", "gallery": "tokg\n"}, "invalid gallery name"),
+        ({"operation": "info", "scenario": "no-such-pack"}, "no pack named"),
+    ]
+    for payload, expected in cases:
+        r = _raw_post(served, "index_search", json.dumps(payload).encode())
+        body = r.json()
+        assert body["status"] == "101" and expected in body["msg"], (payload, body)
+        assert not any(p in body["msg"] for p in _server_paths()), body["msg"]
+
+
+def test_error_messages_clip_input_and_drop_server_paths():
+    from shitu.echo import client_message, clip
+
+    assert len(clip("x" * 1_000_000)) < 120 and "1000000 characters" in clip("x" * 1_000_000)
+    msg = client_message("pack 'p' 1.0 (builtin, /srv/app/plugins/packs/p): model files are not installed")
+    assert msg == "pack 'p' 1.0 (builtin, <server path>): model files are not installed"
+    assert client_message("see http://example.org/a/b") == "see http://example.org/a/b"
+    assert len(client_message("y" * 10**6)) <= 2003
+
+
+def test_unknown_parameter_suggestions_only_for_short_names():
+    from shitu.params import ParamError, flatten
+
+    with pytest.raises(ParamError, match="did you mean"):
+        flatten({"thresold": 0.3})
+    with pytest.raises(ParamError) as info:
+        flatten({"t" * 5_000_000: 1})  # difflib on this took seconds and a gigabyte
+    assert "did you mean" not in str(info.value) and len(str(info.value)) < 200
+
+
+def test_open_galleries_are_bounded(tmp_path, models_dir):
+    import numpy as np
+    import psutil
+
+    from shitu.model_spec import ModelSpec
+    from shitu.params import merge
+    from shitu.serving.engine.engine import Engine
+
+    eng = Engine(ModelSpec.from_dir(models_dir / "det"), ModelSpec.from_dir(models_dir / "rec"),
+                 merge({"Limits": {"max_open_galleries": 3}, "IndexProcess": {"index_method": "Flat"}}),
+                 gallery_root=tmp_path)
+    try:
+        vec = np.ones((1, eng.embedding_size), np.float32)
+        eng.gallery("g0", create=True).add(vec, ["a"])
+        me = psutil.Process()
+        fds = me.num_fds()
+        for i in range(1, 30):
+            eng.gallery(f"g{i}", create=True).add(vec, ["a"])
+        assert len(eng._galleries) == 3
+        assert me.num_fds() - fds < 3 * 8  # 29 galleries opened, at most 3 (and their files) still open
+        for i in (0, 29):  # evicted and current galleries are all still good
+            assert eng.gallery_info(f"g{i}")["count"] == 1
+    finally:
+        eng.close()

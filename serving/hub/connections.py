@@ -192,6 +192,8 @@ class BodyReader:
         if WATCHDOG.disarm():  # the deadline passed just as the last byte came
             return _envelope_response(start_response, 408, "Request Timeout",
                                       f"the request did not arrive within {SETTINGS.request_timeout:g} s")
+        if environ.get("PATH_INFO", "").startswith("/predict/") and data.strip() and data.lstrip()[:1] != b"{":
+            return _envelope_response(start_response, 400, "Bad Request", "the request body must be a JSON object")
         environ["wsgi.input"] = io.BytesIO(data)
         environ["CONTENT_LENGTH"] = str(len(data))
         environ.pop("HTTP_TRANSFER_ENCODING", None)
