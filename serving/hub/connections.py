@@ -12,7 +12,9 @@ it). This module replaces both transports, keeping PaddleHub's app and its ``con
 - **both**: from its first byte, a request (headers and body) must arrive within ``Limits.request_timeout``
   seconds. A :class:`Watchdog` thread shuts the reading side of a socket whose deadline passed, which wakes the
   thread blocked on it whatever the server; :class:`BodyReader` reads the whole body before the app runs and
-  answers a late one with a ``408`` envelope, an oversized (also chunked) one with ``413``.
+  answers a late one with a ``408`` envelope, an oversized (also chunked) one with ``413``. Then the module
+  works on the process's one compute thread (requests of a process run one at a time, as before), while
+  ``/health`` answers on the connection's own thread.
 
 Both listen on ``127.0.0.1`` unless told otherwise (:data:`HOST_ENV`, ``init_args`` ``host``,
 ``shitu serve --host``).
@@ -192,13 +194,32 @@ class BodyReader:
         if WATCHDOG.disarm():  # the deadline passed just as the last byte came
             return _envelope_response(start_response, 408, "Request Timeout",
                                       f"the request did not arrive within {SETTINGS.request_timeout:g} s")
-        if environ.get("PATH_INFO", "").startswith("/predict/") and data.strip() and data.lstrip()[:1] != b"{":
+        predict = environ.get("PATH_INFO", "").startswith("/predict/")
+        if predict and "json" in environ.get("CONTENT_TYPE", "") and data.strip() and data.lstrip()[:1] != b"{":
             return _envelope_response(start_response, 400, "Bad Request", "the request body must be a JSON object")
         environ["wsgi.input"] = io.BytesIO(data)
         environ["CONTENT_LENGTH"] = str(len(data))
         environ.pop("HTTP_TRANSFER_ENCODING", None)
         environ["wsgi.input_terminated"] = True
-        return self.app(environ, start_response)
+        if not predict:  # /health and the like answer at once, whatever the modules are doing
+            return self.app(environ, start_response)
+        return list(_compute().submit(lambda: list(self.app(environ, start_response))).result())
+
+
+_executor: tuple[int, Any] | None = None
+_executor_lock = threading.Lock()
+
+
+def _compute() -> Any:
+    """This process's single compute thread: module work runs there, one request at a time, as with PaddleHub's
+    own servers (paddle predictors keep per-thread state; many threads would multiply their memory and break)."""
+    global _executor
+    with _executor_lock:
+        if _executor is None or _executor[0] != os.getpid():
+            from concurrent.futures import ThreadPoolExecutor
+
+            _executor = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="shitu-compute"))
+        return _executor[1]
 
 
 # -- single process: threaded Werkzeug ---------------------------------------------------------------------------
