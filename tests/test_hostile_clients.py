@@ -7,70 +7,21 @@ JSON envelopes.
 from __future__ import annotations
 
 import json
-import socket
-import threading
+import sys
 import time
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 import requests
 
-from tests.conftest import ADMIN_TOKEN
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from slow_clients import SlowClients  # noqa: E402
 
 
 def _addr(served) -> tuple[str, int]:
     u = urlparse(served.url)
     return u.hostname, u.port
-
-
-class SocketAttack:
-    """``idle`` connections that send nothing and ``slow`` ones that drip a request body a byte a second."""
-
-    def __init__(self, served, idle: int, slow: int, body_bytes: int = 5000):
-        self.addr = _addr(served)
-        self.stop = threading.Event()
-        self.idle = [socket.create_connection(self.addr, timeout=60) for _ in range(idle)]
-        head = (f"POST /predict/index_search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {body_bytes}\r\n\r\n{{").encode()
-        self.slow = []
-        for _ in range(slow):
-            s = socket.create_connection(self.addr, timeout=60)
-            s.sendall(head)
-            self.slow.append(s)
-        self.thread = threading.Thread(target=self._drip, daemon=True)
-        self.thread.start()
-
-    def _drip(self) -> None:
-        while not self.stop.wait(1.0):
-            for s in self.slow:
-                try:
-                    s.send(b" ")
-                except OSError:
-                    pass
-
-    def answers(self, deadline_s: float = 90.0) -> list[bytes]:
-        """What each slow socket received before the server closed it."""
-        out = []
-        end = time.monotonic() + deadline_s
-        for s in self.slow:
-            data = b""
-            s.settimeout(max(1.0, end - time.monotonic()))
-            try:
-                while True:
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-            except OSError:
-                pass
-            out.append(data)
-        return out
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        for s in self.idle + self.slow:
-            s.close()
 
 
 def _probe_health(served, probes: int = 10) -> None:
@@ -81,15 +32,16 @@ def _probe_health(served, probes: int = 10) -> None:
 
 
 def _slow_and_idle_sockets_cost_bounded(served) -> None:
-    attack = SocketAttack(served, idle=20, slow=20)
+    attack = SlowClients(*_addr(served), idle=20, slow=20)
     try:
         time.sleep(1.0)
         _probe_health(served)
         r = served.post("index_search", {"operation": "info"}, timeout=30)
         assert r.json()["status"] == "000", r.text
-        answers = attack.answers()
+        answers = attack.wait_answers(20, timeout=90)
     finally:
         attack.close()
+    assert len(answers) == 20
     for data in answers:  # each slow body is refused with an envelope once its deadline passed
         assert data.startswith(b"HTTP/1.1 408"), data[:200]
         body = json.loads(data.partition(b"\r\n\r\n")[2])
