@@ -247,3 +247,40 @@ def test_open_galleries_are_bounded(tmp_path, models_dir):
             assert eng.gallery_info(f"g{i}")["count"] == 1
     finally:
         eng.close()
+
+
+# -- exposure by default -----------------------------------------------------------------------------------------
+def test_real_shitu_serve_listens_on_loopback_with_gunicorn_state_under_its_home(tmp_path):
+    import os
+    import subprocess
+
+    import psutil
+
+    from shitu.serving.hub import control
+
+    port = control.free_port()
+    env = {**os.environ, "SHITU_ADMIN_TOKEN": ""}
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("shitu")), "serve", "--port", str(port), "--workers",
+                             "2", "--modules", "index_search", "--config-out", str(tmp_path / "serve.json")],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        control.wait_ready(f"http://127.0.0.1:{port}", proc)
+        listening = {c.laddr for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+                     for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        assert listening and all(a.ip == "127.0.0.1" for a in listening), listening
+        assert (Path(os.environ["HUB_HOME"]) / "gunicorn" / f"serving-{port}.ctl").exists()
+        cfg = json.loads((tmp_path / "serve.json").read_text())
+        assert cfg["modules_info"]["index_search"]["init_args"]["host"] == "127.0.0.1"
+        assert "token" not in json.dumps(cfg)  # a --token would travel in the environment, never in the file
+    finally:
+        control.stop(proc)
+        log.close()
+    assert "gthread" in (tmp_path / "serve.log").read_text()
+
+
+def test_listening_beyond_loopback_without_a_token_warns():
+    from shitu.serving.hub.connections import warn_if_exposed
+
+    assert warn_if_exposed("127.0.0.1", None) is None and warn_if_exposed("0.0.0.0", "s3cret") is None
+    assert "WARNING" in warn_if_exposed("0.0.0.0", None) and "--token" in warn_if_exposed("0.0.0.0", None)
