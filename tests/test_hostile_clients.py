@@ -269,7 +269,11 @@ def test_real_shitu_serve_listens_on_loopback_with_gunicorn_state_under_its_home
         listening = {c.laddr for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
                      for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
         assert listening and all(a.ip == "127.0.0.1" for a in listening), listening
-        assert (Path(os.environ["HUB_HOME"]) / "gunicorn" / f"serving-{port}.ctl").exists()
+        ctl = Path(os.environ["HUB_HOME"]) / "gunicorn" / f"serving-{port}.ctl"
+        deadline = time.monotonic() + 60  # the arbiter opens its control socket on its own schedule
+        while not ctl.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert ctl.exists()
         cfg = json.loads((tmp_path / "serve.json").read_text())
         assert cfg["modules_info"]["index_search"]["init_args"]["host"] == "127.0.0.1"
         assert "token" not in json.dumps(cfg)  # a --token would travel in the environment, never in the file

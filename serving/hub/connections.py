@@ -327,7 +327,7 @@ def gunicorn_settings(port: int | str) -> dict[str, Any]:
     ctl = server_home() / "gunicorn" / f"serving-{port}.ctl"
     ctl.parent.mkdir(parents=True, exist_ok=True)
     return {
-        "bind": f"{listen_host()}:{port}",
+        "bind": f"[{listen_host()}]:{port}" if ":" in listen_host() else f"{listen_host()}:{port}",  # IPv6 in []
         "worker_class": f"{__name__}.ThreadWorker",
         "threads": SETTINGS.max_connections,
         "worker_connections": SETTINGS.max_connections * 2,
