@@ -286,5 +286,5 @@ def test_real_shitu_serve_listens_on_loopback_with_gunicorn_state_under_its_home
 def test_listening_beyond_loopback_without_a_token_warns():
     from shitu.serving.hub.connections import warn_if_exposed
 
-    assert warn_if_exposed("127.0.0.1", None) is None and warn_if_exposed("0.0.0.0", "s3cret") is None
-    assert "WARNING" in warn_if_exposed("0.0.0.0", None) and "--token" in warn_if_exposed("0.0.0.0", None)
+    assert warn_if_exposed("127.0.0.1", False) is None and warn_if_exposed("0.0.0.0", True) is None
+    assert "WARNING" in warn_if_exposed("0.0.0.0", False) and "--token" in warn_if_exposed("0.0.0.0", False)

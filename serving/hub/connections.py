@@ -47,6 +47,8 @@ class Settings:
 
     configured = False
     host: str | None = None
+    #: Whether some served module has no admin token (its galleries can be changed by anyone who connects).
+    open_writes = False
     request_timeout: float = 20.0
     max_connections: int = 64
 
@@ -62,6 +64,17 @@ def configure(params: Any) -> None:
     SETTINGS.request_timeout, SETTINGS.max_connections, SETTINGS.configured = timeout, connections, True
 
 
+def note_token(token: str | None) -> None:
+    """Record whether a served module has an admin token (for :func:`warn_if_exposed` at start)."""
+    SETTINGS.open_writes = SETTINGS.open_writes or not token
+
+
+def _warn_exposed(host: str) -> None:
+    warning = warn_if_exposed(host, not SETTINGS.open_writes)
+    if warning:
+        log.warning(warning)
+
+
 def set_host(host: str | None) -> None:
     """The address to listen on, from a module's ``init_args`` ``host`` (default: ``$SHITU_HOST``, loopback)."""
     if host is not None:
@@ -74,9 +87,9 @@ def listen_host() -> str:
     return SETTINGS.host or os.environ.get(HOST_ENV) or DEFAULT_HOST
 
 
-def warn_if_exposed(host: str, token: str | None) -> str | None:
+def warn_if_exposed(host: str, has_token: bool) -> str | None:
     """The warning to print when listening beyond loopback without an admin token (None when fine)."""
-    if host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.") or token:
+    if host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.") or has_token:
         return None
     return (f"WARNING: listening on {host} without an admin token: anyone who can reach this address can add to "
             "and remove from the galleries. Set a token (shitu serve --token, init_args token or "
@@ -284,6 +297,7 @@ def serve_single(app: Any, port: int) -> None:
     handler, server_class = _werkzeug_classes()
     host = listen_host()
     server = server_class(host, int(port), app, handler=handler)
+    _warn_exposed(host)
     log.warning("serving on http://%s:%s (threaded, %d connections, requests within %g s)", host, port,
                 SETTINGS.max_connections, SETTINGS.request_timeout)
     try:
@@ -355,6 +369,7 @@ def install_gunicorn() -> None:
                 self.cfg.set(key, value)
         log.warning("serving on http://%s (gunicorn gthread, %s threads per worker, requests within %g s)",
                     self.cfg.bind[0], SETTINGS.max_connections, SETTINGS.request_timeout)
+        _warn_exposed(listen_host())
 
     StandaloneApplication.load_config = load_config
     StandaloneApplication._shitu_hardened = True

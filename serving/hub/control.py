@@ -135,7 +135,7 @@ def run_serve(args: argparse.Namespace) -> int:
         init_args["scenario"] = args.scenario
     if args.token:  # passed through the environment: a secret is never written into the config file
         os.environ[TOKEN_ENV] = args.token
-    warning = warn_if_exposed(args.host, os.environ.get(TOKEN_ENV))
+    warning = warn_if_exposed(args.host, bool(os.environ.get(TOKEN_ENV)))
     if warning:
         print(warning, file=sys.stderr)
     cfg = serving_config(modules, args.port, args.workers, init_args)

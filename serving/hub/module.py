@@ -1,12 +1,14 @@
 """The base class of the four PaddleHub modules (imports paddlehub; the modules' ``module.py`` files use it)."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from paddlehub.module.module import serving
 
 from shitu.serving.hub import app as hub_app
 from shitu.serving.hub import connections
+from shitu.serving.hub.service import TOKEN_ENV
 
 hub_app.install()
 
@@ -30,6 +32,7 @@ class ServiceModule:
         connections.set_host(host)  # where `hub serving` listens (default 127.0.0.1)
         self.service = self.service_class(type(self).default_params(), scenario=scenario, gallery=gallery,
                                           token=token, protect_reads=protect_reads, **init_args)
+        connections.note_token(token or os.environ.get(TOKEN_ENV))
 
     def predict(self, **request: Any) -> Any:
         """In-process use (``hub.Module(name=...).predict(images=[...])``): the same fields as over HTTP."""
