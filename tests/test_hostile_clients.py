@@ -31,6 +31,17 @@ def _probe_health(served, probes: int = 10) -> None:
         time.sleep(0.3)
 
 
+def _while_attacking(served, attack):
+    """Run ``attack()`` (requests) in a thread while probing ``/health``; return what ``attack`` returned."""
+    import concurrent.futures as cf
+
+    with cf.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(attack)
+        while not future.done():
+            _probe_health(served, probes=1)
+        return future.result()
+
+
 def _slow_and_idle_sockets_cost_bounded(served) -> None:
     attack = SlowClients(*_addr(served), idle=20, slow=20)
     try:
@@ -103,13 +114,12 @@ def _rss_mb(served) -> float:
 def test_real_pixel_bombs_get_envelopes_and_cost_no_memory(served):
     import base64
 
-    bombs = [base64.b64encode(b).decode() for b in (bmp_rle8_bomb(), jpeg_marker_bomb())] * 8
+    bombs = [base64.b64encode(b).decode() for b in (bmp_rle8_bomb(), jpeg_marker_bomb())] * 16  # 32 images
     before = _rss_mb(served)
     for module in ("mainbody_detection", "image_recognition"):
-        r = served.post(module, {"images": bombs}, timeout=60)
+        r = _while_attacking(served, lambda m=module: served.post(m, {"images": bombs}, timeout=60))
         body = r.json()
         assert body["status"] == "101" and "not an image" in body["msg"], body
-        _probe_health(served, probes=1)
     assert _rss_mb(served) - before < 300  # one decoded bomb alone is 640 MB
 
 
@@ -121,7 +131,7 @@ def test_real_total_pixels_per_request_are_bounded_before_decoding(served):
 
     ok, png = cv2.imencode(".png", np.zeros((6000, 6000), np.uint8))  # 36 Mpx: legal alone, 120 KB
     images = [base64.b64encode(png.tobytes()).decode()] * 5  # 180 Mpx together: over 160 Mpx
-    r = served.post("mainbody_detection", {"images": images}, timeout=60)
+    r = _while_attacking(served, lambda: served.post("mainbody_detection", {"images": images}, timeout=60))
     body = r.json()
     assert body["status"] == "101" and "pixels together" in body["msg"] and "160000000" in body["msg"], body
 
@@ -131,13 +141,12 @@ def test_real_work_per_request_is_bounded_before_any_work(served, photos):
     from tests.conftest import b64
 
     img = b64(next(iter(photos.values())))
-    r = served.post("feature_extraction", {"images": [img], "boxes": [[[0, 0, 10, 10]] * 2000]}, timeout=60)
-    assert r.json()["status"] == "101" and "2000 boxes" in r.json()["msg"], r.text
-    r = served.post("index_search", {"embeddings": [[0.0] * 4] * 300}, timeout=60)
-    assert r.json()["status"] == "101" and "300 embeddings" in r.json()["msg"], r.text
-    r = served.post("index_search", {"embeddings": [[0.0] * 4], "return_k": 1000}, timeout=60)
-    assert r.json()["status"] == "101" and "Limits.max_return_k" in r.json()["msg"], r.text
-    _probe_health(served, probes=1)
+    cases = [("feature_extraction", {"images": [img], "boxes": [[[0, 0, 10, 10]] * 2000]}, "2000 boxes"),
+             ("index_search", {"embeddings": [[0.0] * 4] * 300}, "300 embeddings"),
+             ("index_search", {"embeddings": [[0.0] * 4], "return_k": 1000}, "Limits.max_return_k")]
+    for module, payload, expected in cases:
+        r = _while_attacking(served, lambda m=module, p=payload: served.post(m, p, timeout=60))
+        assert r.json()["status"] == "101" and expected in r.json()["msg"], r.text
 
 
 # -- hostile JSON ------------------------------------------------------------------------------------------------
