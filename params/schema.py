@@ -143,8 +143,9 @@ FIELDS: tuple[Field, ...] = (
           "start one on an open connection; a late body gets a `408` envelope.", minimum=0.5, maximum=3600,
           per_request=False),
     Field("Limits", "max_connections", int, 64,
-          "Connections served at once per serving process (threads of the single-process server; gthread "
-          "threads per gunicorn worker); more are answered `503` at once.", minimum=1, maximum=4096,
+          "Connections served at once per serving process: threads of the single-process server (more are "
+          "answered `503` at once), gthread threads per gunicorn worker (which holds at most twice as many "
+          "connections; more wait in the listen backlog).", minimum=1, maximum=4096,
           per_request=False),
     Field("Limits", "max_request_pixels", int, 160_000_000,
           "Decoded pixels accepted in one request, all its images together.", minimum=1, per_request=False),

@@ -64,6 +64,30 @@ def test_real_single_process_idle_and_slow_sockets_do_not_block(served):
     _slow_and_idle_sockets_cost_bounded(served)
 
 
+def test_real_single_process_connections_beyond_the_limit_get_503(served):
+    import socket
+
+    held = [socket.create_connection(_addr(served), timeout=10) for _ in range(64)]  # Limits.max_connections
+    try:
+        time.sleep(1.0)
+        extra = socket.create_connection(_addr(served), timeout=10)
+        with extra:
+            data = extra.recv(4096)
+        assert data.startswith(b"HTTP/1.1 503") and json.loads(data.partition(b"\r\n\r\n")[2])["status"] == "503"
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + 30
+    while True:  # the held slots free as their threads see the connections closed
+        try:
+            if requests.get(f"{served.url}/health", timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+
+
 def test_real_gunicorn_idle_and_slow_sockets_do_not_block(served_multi):
     _slow_and_idle_sockets_cost_bounded(served_multi)
 

@@ -236,10 +236,9 @@ def _compute() -> Any:
 
 
 # -- single process: threaded Werkzeug ---------------------------------------------------------------------------
+_BUSY_BODY = json.dumps({"status": "503", "msg": "too many open connections; retry", "results": ""}).encode()
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
-         b"Content-Length: 77\r\n\r\n"
-         + json.dumps({"status": "503", "msg": "too many open connections; retry", "results": ""}).encode()
-         .ljust(77))
+         + f"Content-Length: {len(_BUSY_BODY)}\r\n\r\n".encode() + _BUSY_BODY)
 
 
 def _werkzeug_classes() -> tuple[type, type]:
