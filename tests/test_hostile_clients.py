@@ -43,18 +43,23 @@ def _while_attacking(served, attack):
 
 
 def _slow_and_idle_sockets_cost_bounded(served) -> None:
-    attack = SlowClients(*_addr(served), idle=20, slow=20)
+    attack = SlowClients(*_addr(served), idle=20, slow=20, headers=5)
     try:
         time.sleep(1.0)
         _probe_health(served)
         r = served.post("index_search", {"operation": "info"}, timeout=30)
         assert r.json()["status"] == "000", r.text
         answers = attack.wait_answers(20, timeout=90)
+        deadline = time.monotonic() + 60
+        while attack.closed["headers"] < 5 and time.monotonic() < deadline:
+            time.sleep(0.5)
     finally:
         attack.close()
-    assert len(answers) == 20
+    assert attack.closed["headers"] == 5  # a request line dripping headers is cut at its deadline too
+    assert len([a for a in answers if a.startswith(b"HTTP/1.1 408")]) >= 20  # every slow body (Werkzeug: slowloris too)
     for data in answers:  # each slow body is refused with an envelope once its deadline passed
-        assert data.startswith(b"HTTP/1.1 408"), data[:200]
+        if not data.startswith(b"HTTP/1.1 408"):
+            continue  # what the single-process server says to a cut slowloris (400), if anything
         body = json.loads(data.partition(b"\r\n\r\n")[2])
         assert body["status"] == "408" and "did not arrive within" in body["msg"]
     _probe_health(served, probes=2)
