@@ -1,10 +1,13 @@
 """A bounded soak on loopback: 4 clients mixing recognitions with gallery adds and removes for 2 minutes.
 
-    python benchmarks/soak.py [--seconds 120] [--clients 4] [--workers 2] [--json OUT]
+    python benchmarks/soak.py [--seconds 120] [--clients 4] [--workers 2] [--idle 20 --slow 20] [--json OUT]
 
-Starts `hub serving` (gunicorn, 2 workers, an admin token), then: client 0 alternately adds a new labelled image and
-removes the previous one; the others recognise a query that must always find "coffee". Reports failed requests,
-adds not found afterwards, removed labels still listed, and the workers' memory (RSS) every 15 s after warm-up.
+Starts `hub serving` (gunicorn, 2 workers, an admin token), then: client 0 adds a new labelled image three steps of
+four and removes its latest add on the fourth, so two adds of three stay; the others recognise a query that must always
+find "coffee". With ``--idle``/``--slow``, that many idle and slow-body connections (benchmarks/slow_clients.py)
+stay open against the server the whole time, reopened as soon as the server drops them. Reports failed requests,
+adds not found afterwards, removed labels still listed, the answers the slow connections got, and the workers'
+memory (RSS) every 15 s after warm-up.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import describe, machine, table, write_json  # noqa: E402
+from slow_clients import SlowClients  # noqa: E402
 
 
 def main() -> int:
@@ -29,6 +33,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=120)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--idle", type=int, default=0, help="idle connections kept open during the soak")
+    ap.add_argument("--slow", type=int, default=0, help="slow-body connections kept open during the soak")
     ap.add_argument("--json")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="soak-"))
@@ -87,7 +93,7 @@ def main() -> int:
             i = 0
             while time.monotonic() < end:
                 try:
-                    if n == 0 and i % 2 == 0:
+                    if n == 0 and (i % 4 != 3 or len(added) - len(removed) < 2):
                         label = f"rocket-{i}"
                         r = s.post(f"{url}/predict/image_recognition", timeout=120, json={
                             "operation": "add", "images": [b64["rocket"]], "labels": [label], "token": token, **g})
@@ -95,7 +101,7 @@ def main() -> int:
                         with lock:
                             added.append(label)
                             counts["add"] += 1
-                    elif n == 0:
+                    elif n == 0:  # one add of three is removed again (the latest); the others stay
                         r = s.post(f"{url}/predict/image_recognition", timeout=120, json={
                             "operation": "remove", "labels": [added[-1]], "token": token, **g})
                         assert r.json()["status"] == "000", r.text
@@ -119,26 +125,38 @@ def main() -> int:
                 time.sleep(min(15, max(0.1, end - time.monotonic())))
                 samples.append((time.monotonic() - start, rss()))
 
-        with cf.ThreadPoolExecutor(args.clients + 1) as pool:
-            futures = [pool.submit(client, n) for n in range(args.clients)] + [pool.submit(sampler)]
-            for f in futures:
-                f.result()
+        attack = SlowClients("127.0.0.1", port, args.idle, args.slow, reconnect=True) if args.idle or args.slow \
+            else None
+        try:
+            with cf.ThreadPoolExecutor(args.clients + 1) as pool:
+                futures = [pool.submit(client, n) for n in range(args.clients)] + [pool.submit(sampler)]
+                for f in futures:
+                    f.result()
+        finally:
+            if attack is not None:
+                attack.close()
         listed = {r["label"] for r in post("index_search", {"operation": "list", "limit": 10000, **g})}
         lost = sorted(set(added) - set(removed) - listed)
         resurrected = sorted(set(removed) & listed)
     finally:
         hub_serving.stop(proc)
     total = sum(counts.values())
-    print(describe(info, f"{args.workers} workers, {args.clients} clients, {args.seconds:.0f} s"))
-    print(table(["requests", "recognize", "add", "remove", "failed", "adds lost", "removes resurrected"],
-                [[total, counts["recognize"], counts["add"], counts["remove"], len(failures), len(lost),
-                  len(resurrected)]]))
+    print(describe(info, f"{args.workers} workers, {args.clients} clients, {args.seconds:.0f} s, "
+                         f"{args.idle} idle + {args.slow} slow-body connections"))
+    print(table(["requests", "recognize", "add", "remove", "adds kept", "failed", "adds lost", "removes resurrected"],
+                [[total, counts["recognize"], counts["add"], counts["remove"], len(set(added) - set(removed)),
+                  len(failures), len(lost), len(resurrected)]]))
+    slow_answers = dict(attack.answers) if attack is not None else {}
+    if slow_answers:
+        print("\nanswers to the slow-body connections:")
+        print(table(["status line", "count"], [[k, v] for k, v in sorted(slow_answers.items())]))
     print("\nworker memory (RSS, all workers):")
     print(table(["t (s)", "RSS MiB", "vs first"], [[round(t), r / 2**20, r / samples[0][1]] for t, r in samples]))
     for f in failures[:5]:
         print("failure:", f)
     write_json("soak", {"machine": info, "counts": counts, "failures": failures, "lost": lost,
-                        "resurrected": resurrected, "rss": samples}, args.json)
+                        "resurrected": resurrected, "kept": len(set(added) - set(removed)), "rss": samples,
+                        "idle": args.idle, "slow": args.slow, "slow_answers": slow_answers}, args.json)
     return 0 if not failures and not lost and not resurrected else 1
 
 

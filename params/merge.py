@@ -17,6 +17,7 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from shitu.echo import MAX_SUGGEST_CHARS, clip
 from shitu.params.schema import BY_NAME, FIELDS, SECTIONS, SHORT, Field
 
 
@@ -24,7 +25,7 @@ class ParamError(ValueError):
     """A parameter name is unknown or its value is invalid. ``name`` is the offending parameter."""
 
     def __init__(self, name: str, message: str):
-        super().__init__(f"parameter {name!r}: {message}")
+        super().__init__(f"parameter {clip(name)}: {message}")
         self.name = name
 
 
@@ -44,6 +45,8 @@ def resolve(name: str) -> Field:
 def _suggest(name: str) -> str:
     import difflib
 
+    if len(name) > MAX_SUGGEST_CHARS:
+        return ""
     close = difflib.get_close_matches(name, [*BY_NAME, *SHORT], n=3)
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
@@ -63,20 +66,20 @@ def coerce(f: Field, value: Any) -> Any:
         value = float(value)
     if expected is bool:
         if not isinstance(value, bool):
-            raise ParamError(f.name, f"expected true or false, got {type(value).__name__} {value!r}")
+            raise ParamError(f.name, f"expected true or false, got {type(value).__name__} {clip(value)}")
     elif expected is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ParamError(f.name, f"expected an integer, got {type(value).__name__} {value!r}")
+            raise ParamError(f.name, f"expected an integer, got {type(value).__name__} {clip(value)}")
     elif not isinstance(value, expected) or isinstance(value, bool):
         raise ParamError(f.name, f"expected {getattr(expected, '__name__', expected)}, got {type(value).__name__}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise ParamError(f.name, f"must be a finite number, got {value!r}")
+        raise ParamError(f.name, f"must be a finite number, got {clip(value)}")
     if f.minimum is not None and value < f.minimum:
-        raise ParamError(f.name, f"must be >= {f.minimum}, got {value!r}")
+        raise ParamError(f.name, f"must be >= {f.minimum}, got {clip(value)}")
     if f.maximum is not None and value > f.maximum:
-        raise ParamError(f.name, f"must be <= {f.maximum}, got {value!r}")
+        raise ParamError(f.name, f"must be <= {f.maximum}, got {clip(value)}")
     if f.choices is not None and value not in f.choices:
-        raise ParamError(f.name, f"must be one of {list(f.choices)}, got {value!r}")
+        raise ParamError(f.name, f"must be one of {list(f.choices)}, got {clip(value)}")
     if f.check is not None:
         problem = f.check(value)
         if problem:

@@ -168,6 +168,31 @@ FIELDS: tuple[Field, ...] = (
     Field("Limits", "log_backups", int, 5,
           "Rotated log files kept per log; the disk used by a log is at most `(log_backups + 1) * max_log_bytes`.",
           minimum=1, per_request=False),
+    Field("Limits", "request_timeout", float, 20.0,
+          "Seconds a client may take to send one whole request (headers and body) from its first byte, and to "
+          "start one on an open connection; a late body gets a `408` envelope.", minimum=0.5, maximum=3600,
+          per_request=False),
+    Field("Limits", "max_connections", int, 64,
+          "Connections served at once per serving process: threads of the single-process server (more are "
+          "answered `503` at once), gthread threads per gunicorn worker (which holds at most twice as many "
+          "connections; more wait in the listen backlog).", minimum=1, maximum=4096,
+          per_request=False),
+    Field("Limits", "max_request_pixels", int, 160_000_000,
+          "Decoded pixels accepted in one request, all its images together.", minimum=1, per_request=False),
+    Field("Limits", "max_boxes", int, 256,
+          "Boxes accepted in one `feature_extraction` request (`boxes`, all images together).", minimum=1,
+          per_request=False),
+    Field("Limits", "max_queries", int, 256, "Embeddings accepted in one `index_search` search or add.",
+          minimum=1, per_request=False),
+    Field("Limits", "max_return_k", int, 100, "Largest `IndexProcess.return_k` a request may ask for.",
+          minimum=1, maximum=1000, per_request=False),
+    Field("Limits", "max_metadata_bytes", int, 16384,
+          "JSON size of one gallery item's metadata, checked when it is added.", minimum=2, per_request=False),
+    Field("Limits", "max_metadata_depth", int, 8, "Nesting depth of one gallery item's metadata.", minimum=1,
+          maximum=64, per_request=False),
+    Field("Limits", "max_open_galleries", int, 32,
+          "Galleries a serving process keeps open (least recently used ones are closed beyond it).", minimum=1,
+          per_request=False),
 )
 # fmt: on
 

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import os
 import posixpath
+import socket
 import stat
 import sys
 import tarfile
+import threading
+import time
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from shitu.files import sha256_file  # noqa: F401 - re-exported (installer, registry)
 from shitu.plugins.errors import PackError
@@ -42,6 +45,40 @@ def _env_number(name: str, default: float) -> float:
 
 def max_pack_bytes() -> int:
     return int(_env_number("SHITU_MAX_PACK_BYTES", 8 << 30))
+
+
+def max_expansion(archive_bytes: int) -> int:
+    """Bytes an archive of ``archive_bytes`` may declare in all: ``SHITU_MAX_PACK_RATIO`` (50) times its size, at
+    least 256 MiB, at most :func:`max_pack_bytes`. Model weights barely compress; a bomb expands a thousandfold."""
+    ratio = _env_number("SHITU_MAX_PACK_RATIO", 50.0)
+    return int(min(max_pack_bytes(), max(256 << 20, archive_bytes * ratio)))
+
+
+def download_deadline() -> float:
+    """Seconds a whole download may take (``SHITU_DOWNLOAD_DEADLINE``, default 1800): a server that drips a byte
+    now and then never trips the read timeout, and the store lock is held meanwhile."""
+    return _env_number("SHITU_DOWNLOAD_DEADLINE", 1800.0)
+
+
+def _abort_after(seconds: float, resp: Any) -> tuple[threading.Timer, threading.Event]:
+    """Shut ``resp``'s socket after ``seconds`` (wakes a read blocked on it); the event says it happened."""
+    expired = threading.Event()
+
+    def abort() -> None:
+        expired.set()
+        sock = getattr(getattr(resp.raw, "connection", None), "sock", None)
+        try:
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+            else:
+                resp.close()
+        except OSError:
+            pass
+
+    timer = threading.Timer(seconds, abort)
+    timer.daemon = True
+    timer.start()
+    return timer, expired
 
 
 class DownloadError(PackError):
@@ -121,8 +158,12 @@ def download(url: str, dest: Path, *, expected_size: int | None = None, progress
     read_timeout = _env_number("SHITU_READ_TIMEOUT", 60.0)
     limit = expected_size if expected_size is not None else int(_env_number("SHITU_MAX_DOWNLOAD_BYTES", 4 << 30))
     done = 0
+    deadline = download_deadline()
+    timer: threading.Timer | None = None
+    expired = threading.Event()
     try:
         with requests.get(url, stream=True, timeout=(connect_timeout, read_timeout)) as resp:
+            timer, expired = _abort_after(deadline, resp)
             if resp.status_code != 200:
                 raise DownloadError(url, f"HTTP {resp.status_code} {resp.reason or ''}".strip())
             length = resp.headers.get("Content-Length")
@@ -149,10 +190,18 @@ def download(url: str, dest: Path, *, expected_size: int | None = None, progress
         raise
     except requests.RequestException as exc:
         Path(dest).unlink(missing_ok=True)
+        if expired.is_set():
+            raise DownloadError(url, f"not finished within {deadline:g} s (SHITU_DOWNLOAD_DEADLINE)") from None
         raise DownloadError(url, _reason(exc)) from None
     except OSError as exc:
         Path(dest).unlink(missing_ok=True)
         raise DownloadError(url, f"cannot write {dest}: {exc}") from None
+    finally:
+        if timer is not None:
+            timer.cancel()
+    if expired.is_set() and (expected_size is None or done != expected_size):
+        Path(dest).unlink(missing_ok=True)
+        raise DownloadError(url, f"not finished within {deadline:g} s (SHITU_DOWNLOAD_DEADLINE)")
     if expected_size is not None and done != expected_size:
         Path(dest).unlink(missing_ok=True)
         raise DownloadError(url, f"got {done} bytes, the manifest says {expected_size}")
@@ -204,11 +253,17 @@ class _Plan:
         self.total = 0
 
 
+def _budget(archive: Path, plan: _Plan, limit: int) -> None:
+    if plan.total > limit:
+        raise PackError(f"{archive}: declares more than {limit} bytes when extracted (SHITU_MAX_PACK_BYTES, "
+                        "SHITU_MAX_PACK_RATIO times the archive's size); refused before extracting")
+
+
 def _plan_tar(tf: tarfile.TarFile, archive: Path) -> _Plan:
     plan = _Plan()
-    limit = max_pack_bytes()
+    limit = max_expansion(archive.stat().st_size)
     raw_links: list[tuple[str, str, bool]] = []
-    for m in tf.getmembers():
+    for m in tf:  # member by member: an oversized header is refused before the data behind it is decompressed
         name = _clean_name(m.name, archive)
         if not name:
             if m.isdir():
@@ -219,8 +274,7 @@ def _plan_tar(tf: tarfile.TarFile, archive: Path) -> _Plan:
         if m.isreg():
             plan.files[name] = m
             plan.total += m.size
-            if plan.total > limit:
-                raise PackError(f"{archive}: more than {limit} bytes when extracted (SHITU_MAX_PACK_BYTES)")
+            _budget(archive, plan, limit)
         elif m.isdir():
             plan.dirs.add(name)
         elif m.issym() or m.islnk():
@@ -254,7 +308,7 @@ def _resolve_links(plan: _Plan, raw_links: list[tuple[str, str, bool]], archive:
 
 def _plan_zip(zf: zipfile.ZipFile, archive: Path) -> _Plan:
     plan = _Plan()
-    limit = max_pack_bytes()
+    limit = max_expansion(archive.stat().st_size)
     raw_links: list[tuple[str, str, bool]] = []
     for info in zf.infolist():
         name = _clean_name(info.filename, archive)
@@ -277,8 +331,7 @@ def _plan_zip(zf: zipfile.ZipFile, archive: Path) -> _Plan:
         elif ftype in (0, stat.S_IFREG):
             plan.files[name] = info
             plan.total += info.file_size
-            if plan.total > limit:
-                raise PackError(f"{archive}: more than {limit} bytes when extracted (SHITU_MAX_PACK_BYTES)")
+            _budget(archive, plan, limit)
         else:
             raise PackError(f"{archive}: member {name!r} is a device file, FIFO or socket; only regular files "
                             "and folders are allowed")

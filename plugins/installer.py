@@ -93,10 +93,7 @@ def install(source: str, *, name: str | None = None, trust: bool = False,
             if not version_matches(_shitu_version(), manifest.shitu_hub):
                 raise PackError(f"pack {manifest.name!r} {manifest.version} needs shitu-hub {manifest.shitu_hub}; "
                                 f"this is {_shitu_version()}")
-            if store.version_dir(manifest.name, manifest.version).exists():
-                raise PackError(f"pack {manifest.name!r} {manifest.version} is already installed; switch to it with "
-                                f"`shitu plugins use {manifest.name} {manifest.version}`, or remove it first "
-                                f"(`shitu plugins remove {manifest.name} {manifest.version}`)")
+            _refuse_installed(manifest)
             for model in manifest.models.values():
                 _complete_model(manifest, model, stage, ctx)
             record_files = _check_files(manifest, stage, ctx)
@@ -120,6 +117,13 @@ def install(source: str, *, name: str | None = None, trust: bool = False,
             store.commit(stage, manifest.name, manifest.version)
             store.set_current(manifest.name, manifest.version)
     return manifest.name, manifest.version
+
+
+def _refuse_installed(manifest: Manifest) -> None:
+    if store.version_dir(manifest.name, manifest.version).exists():
+        raise PackError(f"pack {manifest.name!r} {manifest.version} is already installed; switch to it with "
+                        f"`shitu plugins use {manifest.name} {manifest.version}`, or remove it first "
+                        f"(`shitu plugins remove {manifest.name} {manifest.version}`)")
 
 
 def _shitu_version() -> str:
@@ -168,6 +172,14 @@ def _stage(source: str, stage: Path, ctx: _Ctx) -> Manifest:
 
 
 def _stage_archive(archive: Path, stage: Path, ctx: _Ctx, label: str) -> Manifest:
+    # The manifest first (its size budget checked, nothing else written): a pack already installed is refused
+    # before the rest of the archive is extracted.
+    peek = ctx.scratch("peek")
+    extract_archive(archive, peek, lambda n: n if n.count("/") <= 1 and n.rpartition("/")[2] == MANIFEST_FILE
+                    else None)
+    found = [p for p in (peek / MANIFEST_FILE, *peek.glob(f"*/{MANIFEST_FILE}")) if p.is_file()]
+    if len(found) == 1:
+        _refuse_installed(read_manifest(found[0]))
     out = ctx.scratch("extract")
     extract_archive(archive, out)
     root = out

@@ -38,10 +38,10 @@ from shitu.plugins.errors import ManifestError
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "pack.yaml"
 
-NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
-VERSION_RE = re.compile(r"^[0-9]+(?:\.[0-9]+){0,3}(?:[.-]?(?:a|b|rc|dev|post)[0-9]*)?$")
+NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?\Z")
+VERSION_RE = re.compile(r"^[0-9]+(?:\.[0-9]+){0,3}(?:[.-]?(?:a|b|rc|dev|post)[0-9]*)?\Z")
 GALLERY_RE = GALLERY_NAME  # one rule for gallery names (shitu.names)
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 ROLES = {"detector": "detector", "recognizer": "extractor"}  # manifest role -> ModelSpec kind
 FORMATS = ("paddle", "onnx")
@@ -149,7 +149,18 @@ def _join(folder: str, rel: str) -> str:
 
 # -- reading -------------------------------------------------------------------------------------------------------
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys (plain YAML silently keeps the last one)."""
+    """SafeLoader that refuses duplicate mapping keys (plain YAML silently keeps the last one) and aliases.
+
+    Aliases (``*name``) are refused outright: a 2 KB "billion laughs" manifest would otherwise expand to gigabytes
+    the first time something walks it (``plugins info --json``). A manifest has no use for them.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in a pack manifest",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:

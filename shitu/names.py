@@ -9,4 +9,5 @@ import re
 
 __all__ = ["GALLERY_NAME"]
 
-GALLERY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: ``\Z``, not ``$``: ``$`` also matches before a final newline.
+GALLERY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")

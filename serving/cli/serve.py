@@ -21,15 +21,24 @@ __all__ = ["register", "run_serve"]
 def run_serve(args: argparse.Namespace) -> int:
     """Write the config, ``hub install`` the modules, then become ``hub serving start -c`` (exec)."""
     modules = tuple(args.modules.split(",")) if args.modules else MODULES
-    init_args: dict[str, Any] = {}
+    from shitu.serving.hub.connections import warn_if_exposed
+    from shitu.serving.hub.service import TOKEN_ENV
+
+    init_args: dict[str, Any] = {"host": args.host}
     if args.scenario:
         init_args["scenario"] = args.scenario
+    if args.token:  # passed through the environment: a secret is never written into the config file
+        os.environ[TOKEN_ENV] = args.token
+    warning = warn_if_exposed(args.host, bool(os.environ.get(TOKEN_ENV)))
+    if warning:
+        print(warning, file=sys.stderr)
     cfg = serving_config(modules, args.port, args.workers, init_args)
     config_path = Path(args.config_out)
     config_path.write_text(json.dumps(cfg, indent=2))
     print(f"installing {', '.join(modules)} into {hub_home() / 'modules'}", file=sys.stderr)
     install_modules(modules)
-    print(f"hub serving start -c {config_path}  (port {args.port}, {args.workers} worker(s))", file=sys.stderr)
+    print(f"hub serving start -c {config_path}  ({args.host}:{args.port}, {args.workers} worker(s))",
+          file=sys.stderr)
     os.execv(hub_command()[0], [*hub_command(), "serving", "start", "-c", str(config_path)])
     return 0  # pragma: no cover - exec does not return
 
@@ -38,6 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``serve`` to the ``shitu`` parser."""
     p = subparsers.add_parser("serve", help="hub install the modules and run `hub serving start -c config.json`")
     p.add_argument("--port", type=non_negative_int, default=8866)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    p.add_argument("--token", help="admin token for gallery changes (default: $SHITU_ADMIN_TOKEN); strongly "
+                   "advised with --host beyond loopback")
     p.add_argument("--workers", type=positive_int, default=1, help=">1: gunicorn multi-process mode")
     p.add_argument("--modules", help=f"comma-separated subset of {','.join(MODULES)}")
     p.add_argument("--scenario", help="default scenario pack of the served modules")

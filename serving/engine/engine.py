@@ -18,11 +18,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from shitu.names import GALLERY_NAME  # gallery names a request may use (never a path)
+from shitu.echo import clip
 from shitu.params import Params, merge
 
 from shitu.serving.engine.detection import MainbodyDetector
 from shitu.serving.engine.explain import Explanation
 from shitu.serving.engine.extraction import FeatureExtractor
+from shitu.serving.engine.open_galleries import OpenGalleries
 from shitu.model_spec import ModelSpec
 from shitu.serving.engine.pipeline import SearchIndex, accepts, recognize, search_options
 from shitu.serving.engine.predictor import RuntimeOptions
@@ -59,7 +61,7 @@ class Engine:
         self.extractor = FeatureExtractor(extractor_spec, runtime_options(self.params, "rec"))
         self.gallery_root = Path(gallery_root) if gallery_root else None
         self.default_gallery = default_gallery
-        self._galleries: dict[str, Any] = {}
+        self._galleries = OpenGalleries(self.params["Limits.max_open_galleries"])
         self._lock = threading.Lock()
 
     # -- parameters ----------------------------------------------------------------------------------------------
@@ -76,7 +78,7 @@ class Engine:
         """Folder of gallery ``name`` (a name, never a path: requests pick galleries by name)."""
         name = name or self.default_gallery
         if not GALLERY_NAME.match(name):
-            raise EngineError(f"invalid gallery name {name!r}: use letters, digits, '_', '-', '.' (max 64)")
+            raise EngineError(f"invalid gallery name {clip(name)}: use letters, digits, '_', '-', '.' (max 64)")
         if name == self.default_gallery and self.params["IndexProcess.index_dir"]:
             return Path(self.params["IndexProcess.index_dir"])
         if self.gallery_root is None:
@@ -95,31 +97,33 @@ class Engine:
         key = str(path.resolve())
         with self._lock:
             if key not in self._galleries:
-                from shitu.serving.gallery.local import DB_NAME, Gallery
+                from shitu.serving.gallery.local import DB_NAME
 
                 named = isinstance(name, str) and name != self.default_gallery
                 if named and not create and not (path / DB_NAME).is_file():
                     raise EngineError(f"no gallery named {name!r} in scenario {self.scenario!r} "
                                       "(adding images creates it)")
+            return self._galleries.get(key, lambda: self._open_gallery(path))
 
-                binary = self.params["RecPostProcess.binarize"]
-                self._galleries[key] = Gallery.open_or_create(
-                    path, self.embedding_size,
-                    index_method=self.params["IndexProcess.index_method"],
-                    dist_type="hamming" if binary else self.params["IndexProcess.dist_type"],
-                    hamming_radius=self.params["IndexProcess.hamming_radius"],
-                    max_label_length=self.params["Limits.max_label_length"],
-                )
-                from shitu.serving.gallery.backup import remember_model
+    def _open_gallery(self, path: Path) -> Any:
+        from shitu.serving.gallery.local import Gallery
 
-                remember_model(path, self.extractor.spec)  # what made the vectors, checked by export/import
-            return self._galleries[key]
+        binary = self.params["RecPostProcess.binarize"]
+        gallery = Gallery.open_or_create(
+            path, self.embedding_size,
+            index_method=self.params["IndexProcess.index_method"],
+            dist_type="hamming" if binary else self.params["IndexProcess.dist_type"],
+            hamming_radius=self.params["IndexProcess.hamming_radius"],
+            max_label_length=self.params["Limits.max_label_length"],
+        )
+        from shitu.serving.gallery.backup import remember_model
+
+        remember_model(path, self.extractor.spec)  # what made the vectors, checked by export/import
+        return gallery
 
     def close(self) -> None:
         with self._lock:
-            for g in self._galleries.values():
-                g.close()
-            self._galleries.clear()
+            self._galleries.close()
 
     # -- operations ----------------------------------------------------------------------------------------------
     def detect(self, images: Sequence[np.ndarray], **overrides: Any) -> list[Detections]:

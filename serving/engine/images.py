@@ -2,7 +2,8 @@
 
 Every image becomes a BGR ``uint8`` ``H x W x 3`` array, decoded once with OpenCV, which also applies the EXIF
 orientation, flattens alpha, converts grayscale, 16-bit and CMYK. The pixel count is checked from the file header
-*before* decoding, so a small PNG declaring 30000x30000 is refused without allocating it.
+*before* decoding, so a small PNG declaring 30000x30000 is refused without allocating it; a file whose header
+cannot be read that way is refused, never handed to OpenCV to find out.
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+
+NOT_AN_IMAGE = "not an image (unknown or corrupt format)"
 
 
 class ImageError(ValueError):
@@ -58,17 +62,25 @@ def b64decode(text: str, limits: ImageLimits = ImageLimits()) -> bytes:
         raise ImageError("not valid base64") from None
 
 
-def _header_size(data: bytes, limits: ImageLimits) -> tuple[int, int] | None:
-    """(width, height) from the file header without decoding pixels; None if PIL cannot tell."""
+def header_size(data: bytes, limits: ImageLimits = ImageLimits()) -> tuple[int, int]:
+    """(width, height) read from the file header without decoding pixels.
+
+    An image whose header PIL cannot read is refused *before* decoding: OpenCV would otherwise allocate whatever
+    its own parser finds (a 1 KB RLE8 BMP with an unusual header size, or a JPEG with a stray marker after SOI,
+    decodes to 15000x15000). Declaring more than ``limits.max_pixels`` is refused too.
+    """
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return im.size
+            size = im.size
     except Image.DecompressionBombError:
         raise ImageError(f"image declares more pixels than the limit of {limits.max_pixels}") from None
     except Exception:
-        return None
+        raise ImageError(NOT_AN_IMAGE) from None
+    if size[0] * size[1] > limits.max_pixels:
+        raise ImageError(f"image is {size[0]}x{size[1]} pixels, more than the limit of {limits.max_pixels}")
+    return size
 
 
 def _truncated(data: bytes) -> bool:
@@ -81,25 +93,30 @@ def _truncated(data: bytes) -> bool:
     return False
 
 
-def decode(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray:
-    """Encoded file bytes (JPEG, PNG, BMP, WebP, TIFF...) -> BGR uint8 image."""
+def check_bytes(data: Any, limits: ImageLimits) -> bytes:
+    """Encoded bytes checked for type and size before anything reads them."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ImageError(f"expected image bytes, got {type(data).__name__}")
     if len(data) == 0:
         raise ImageError("empty image data")
     if len(data) > limits.max_image_bytes:
         raise ImageError(f"image is {len(data)} bytes, larger than the limit of {limits.max_image_bytes}")
-    data = bytes(data)
-    size = _header_size(data, limits)
-    if size is not None and size[0] * size[1] > limits.max_pixels:
-        raise ImageError(f"image is {size[0]}x{size[1]} pixels, more than the limit of {limits.max_pixels}")
+    return bytes(data)
+
+
+def decode(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray:
+    """Encoded file bytes (JPEG, PNG, BMP, WebP, TIFF...) -> BGR uint8 image."""
+    data = check_bytes(data, limits)
     if _truncated(data):
         raise ImageError("truncated image (the file ends before its last marker)")
+    header_size(data, limits)
     buf = np.frombuffer(data, np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # applies EXIF orientation; gray, alpha, 16-bit, CMYK -> BGR8
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # applies EXIF orientation; gray, alpha, 16-bit, CMYK -> BGR8
+    except cv2.error:  # e.g. beyond OPENCV_IO_MAX_IMAGE_PIXELS when the environment sets it
+        img = None
     if img is None:
-        kind = "truncated or corrupt image" if size is not None else "not an image (unknown or corrupt format)"
-        raise ImageError(kind)
+        raise ImageError("truncated or corrupt image")
     if img.shape[0] * img.shape[1] > limits.max_pixels:
         raise ImageError(f"image is {img.shape[1]}x{img.shape[0]} pixels, more than the limit of {limits.max_pixels}")
     if img.dtype != np.uint8:

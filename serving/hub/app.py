@@ -12,6 +12,7 @@ creates:
 - adds request ids, the request log, log rotation and ``GET /metrics`` (:mod:`.observability`);
 - serves the web page at ``/web/`` (:mod:`shitu.serving.hub.webpage`);
 - serves the PaddleX and Paddle Serving recognition APIs (:mod:`shitu.serving.hub.peers`).
+- is served so that slow or idle clients cost a bounded amount (:mod:`shitu.serving.hub.connections`).
 """
 from __future__ import annotations
 
@@ -68,9 +69,11 @@ def configure(app: Any) -> Any:
             return _http_error(exc)
         logging.getLogger("shitu.serving").error("unhandled error: %s", exc, exc_info=exc)
         msg = "the request body must be a JSON object" if isinstance(exc, (TypeError, ValueError, AttributeError)) \
+            else "the request JSON is nested too deeply" if isinstance(exc, RecursionError) \
             else f"internal error ({type(exc).__name__})"
-        response = jsonify(_envelope("500", msg))
-        response.status_code = 400 if msg.startswith("the request") else 500
+        code = 400 if msg.startswith("the request") else 500
+        response = jsonify(_envelope(str(code), msg))
+        response.status_code = code
         return response
 
     @app.route("/health", methods=["GET"])
@@ -85,7 +88,10 @@ def configure(app: Any) -> Any:
     log_bytes, log_backups = _log_limits or (BY_NAME["Limits.max_log_bytes"].default,
                                              BY_NAME["Limits.log_backups"].default)
     observability.instrument(app, log_bytes, log_backups)
-    from shitu.serving.hub import peers, webpage
+    from shitu.serving.hub import connections, peers, webpage
+
+    app.wsgi_app = connections.BodyReader(app.wsgi_app, lambda: app.config["MAX_CONTENT_LENGTH"])
+    app.run = lambda host=None, port=8866, **_: connections.serve_single(app, port)  # PaddleHub's threaded=False
 
     peers.register(app)  # PaddleX and Paddle Serving APIs next to /predict/<module>
     return webpage.register(app)
@@ -110,5 +116,8 @@ def install() -> None:
         return configure(original(*args, **kwargs))
 
     app_compat.create_app = create_app
+    from shitu.serving.hub import connections
+
+    connections.install_gunicorn()
     _installed = True
 

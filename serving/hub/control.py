@@ -1,6 +1,8 @@
 """Running the modules under the real ``hub`` command: install, write ``config.json``, start, wait, stop.
 
-``shitu serve`` (:mod:`shitu.serving.cli.serve`) is a convenience over exactly the documented commands::
+``shitu serve`` (:mod:`shitu.serving.cli.serve`) is a convenience over exactly the documented commands (listening on
+``--host``, default ``127.0.0.1``; ``--token`` reaches the server as ``SHITU_ADMIN_TOKEN``, never through the config
+file)::
 
     hub install hub_modules/mainbody_detection hub_modules/feature_extraction \\
                 hub_modules/index_search hub_modules/image_recognition

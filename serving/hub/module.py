@@ -1,12 +1,15 @@
 """The base class of the four PaddleHub modules (imports paddlehub; the modules' ``module.py`` files use it)."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from paddlehub.module.module import serving
 
 from shitu.serving.hub import app as hub_app
 from shitu.serving.hub import observability
+from shitu.serving.hub import connections
+from shitu.serving.hub.service import TOKEN_ENV
 
 hub_app.install()
 
@@ -17,18 +20,20 @@ class ServiceModule:
     A module class sets ``service_class`` and ``default_params`` (its ``params.py``) and is decorated with
     ``@moduleinfo``; PaddleHub finds the ``@serving`` method here through the class's bases.
 
-    ``init_args`` (config.json): ``scenario``, ``gallery``, ``token``, ``protect_reads``, ``params`` and any
-    parameter by name.
+    ``init_args`` (config.json): ``scenario``, ``gallery``, ``token``, ``protect_reads``, ``host`` (address to
+    listen on, default 127.0.0.1), ``params`` and any parameter by name.
     """
 
     service_class: Any = None
     default_params: Any = None
 
     def __init__(self, scenario: str | None = None, gallery: str | None = None, token: str | None = None,
-                 protect_reads: bool = False, **init_args: Any):
+                 protect_reads: bool = False, host: str | None = None, **init_args: Any):
         init_args.pop("directory", None)
+        connections.set_host(host)  # where `hub serving` listens (default 127.0.0.1)
         self.service = self.service_class(type(self).default_params(), scenario=scenario, gallery=gallery,
                                           token=token, protect_reads=protect_reads, **init_args)
+        connections.note_token(token or os.environ.get(TOKEN_ENV))
 
     def predict(self, **request: Any) -> Any:
         """In-process use (``hub.Module(name=...).predict(images=[...])``): the same fields as over HTTP."""

@@ -21,16 +21,19 @@ place of the failed images' results.
 from __future__ import annotations
 
 import hmac
+import json
+import logging
 import os
 import threading
 from typing import Any, Callable
 
 import numpy as np
 
+from shitu.echo import clip
 from shitu.params import ParamError, flatten, merge
 
 from shitu.serving.engine.engine import GALLERY_NAME, Engine, EngineError, check_boxes, load_engine
-from shitu.serving.engine.images import ImageError, ImageLimits, b64decode, decode
+from shitu.serving.engine.images import ImageError, ImageLimits, b64decode, check_bytes, decode, header_size
 from shitu.serving.hub.gallery_view import GalleryViewOps
 from shitu.serving.engine.timing import current_timer
 from shitu.serving.gallery.list_file import label_problem
@@ -109,9 +112,12 @@ class Service:
         self.engines = EngineCache(self._load)
         from shitu.serving.hub import app as hub_app
 
+        from shitu.serving.hub import connections
+
         merged = merge(self._module_defaults, self._init_params)
         hub_app.set_body_limit(merged["Limits.max_request_bytes"])
         hub_app.set_log_limits(merged["Limits.max_log_bytes"], merged["Limits.log_backups"])
+        connections.configure(merged)
 
     # -- loading ---------------------------------------------------------------------------------------------
     def _load(self, scenario: str | None) -> Engine:
@@ -122,7 +128,7 @@ class Service:
         try:
             return load_engine(scenario, self.default_gallery, self._init_params, defaults=self._module_defaults)
         except PackError as exc:  # unknown pack, or one whose models are not installed
-            raise RequestError(f"scenario {scenario!r}: {exc}") from None
+            raise RequestError(f"scenario {clip(scenario)}: {exc}") from None
 
     def engine(self, request: dict[str, Any]) -> Engine:
         scenario = request.get("scenario")
@@ -132,20 +138,39 @@ class Service:
 
     # -- request handling --------------------------------------------------------------------------------------
     def handle(self, request: dict[str, Any]) -> Any:
-        """One request (the JSON object) -> plain-JSON results. Raises RequestError/ParamError on bad input."""
+        """One request (the JSON object) -> plain-JSON results. Raises RequestError on bad input.
+
+        Whatever goes wrong, the message a client gets holds no server path and quotes at most a little of its
+        input; an unexpected error is logged here and named only by its type.
+        """
+        from shitu.echo import client_message
+        from shitu.plugins.errors import PackError
+        from shitu.serving.gallery.local import GalleryError
+
+        try:
+            return self._handle(request)
+        except (ValueError, PackError, GalleryError) as exc:
+            raise RequestError(client_message(str(exc))) from None
+        except RecursionError:
+            raise RequestError("the request is nested too deeply") from None
+        except Exception as exc:
+            logging.getLogger("shitu.serving").error("request failed: %s", exc, exc_info=exc)
+            raise RequestError(f"internal error ({type(exc).__name__}); the server log has the details") from None
+
+    def _handle(self, request: dict[str, Any]) -> Any:
         if not isinstance(request, dict):
             raise RequestError("the request body must be a JSON object")
         operation = request.get("operation", self.default_operation)
         if not isinstance(operation, str) or not hasattr(self, f"op_{operation}"):
             ops = sorted(n[3:] for n in dir(self) if n.startswith("op_"))
-            raise RequestError(f"unknown operation {operation!r}; this module supports {ops}")
+            raise RequestError(f"unknown operation {clip(operation)}; this module supports {ops}")
         if operation in self.write_operations or self._protect_reads:
             self._check_token(request)
         known = COMMON_FIELDS | self.fields.get(operation, set())
         overrides = self._overrides(request, known)
         gallery = request.get("gallery")
         if gallery is not None and (not isinstance(gallery, str) or not GALLERY_NAME.match(gallery)):
-            raise RequestError(f"invalid gallery name {gallery!r}: a gallery is named with letters, digits, "
+            raise RequestError(f"invalid gallery name {clip(gallery)}: a gallery is named with letters, digits, "
                                "'_', '-' and '.' (max 64), never by a path")
         try:
             result = getattr(self, f"op_{operation}")(request, overrides)
@@ -200,11 +225,26 @@ class Service:
         limits = ImageLimits.from_params(engine.params)
         if len(items) > engine.params["Limits.max_images"]:
             raise RequestError(f"{len(items)} images in one request; the limit is {engine.params['Limits.max_images']}")
-        out: list[np.ndarray | ImageError] = []
+        raw: list[bytes | ImageError] = []
+        total = 0  # pixels of the whole request, from the headers, before anything is decoded
         for i, item in enumerate(items):
             try:
+                data = check_bytes(b64decode(item, limits), limits)
+                width, height = header_size(data, limits)
+                total += width * height
+                raw.append(data)
+            except ImageError as exc:
+                raw.append(ImageError(exc.reason, i))
+        if total > engine.params["Limits.max_request_pixels"]:
+            raise RequestError(f"the images of this request have {total} pixels together, more than the limit of "
+                               f"{engine.params['Limits.max_request_pixels']}; send fewer or smaller images")
+        out: list[np.ndarray | ImageError] = []
+        for i, data in enumerate(raw):
+            try:
+                if isinstance(data, ImageError):
+                    raise data
                 with current_timer().stage("decode"):
-                    out.append(decode(b64decode(item, limits), limits))
+                    out.append(decode(data, limits))
             except ImageError as exc:
                 err = ImageError(exc.reason, i)
                 if strict:
@@ -242,14 +282,29 @@ class Service:
             problem = label_problem(lab, limit)  # the gallery's own rule, checked before any image is embedded
             if problem:
                 raise RequestError(f"labels[{i}] {problem}")
+            if not _is_text(lab):
+                raise RequestError(f"labels[{i}] is not valid Unicode (a lone surrogate)")
         return labels
 
-    def _metadata(self, request: dict[str, Any], count: int) -> list[dict | None] | None:
+    def _metadata(self, request: dict[str, Any], count: int, engine: Engine) -> list[dict | None] | None:
         meta = self._list_field(request, "metadata", required=False)
         if meta is None:
             return None
         if len(meta) != count or not all(m is None or isinstance(m, dict) for m in meta):
             raise RequestError(f"field 'metadata' must be a list of {count} objects or nulls")
+        max_bytes, max_depth = engine.params["Limits.max_metadata_bytes"], engine.params["Limits.max_metadata_depth"]
+        for i, m in enumerate(meta):
+            if m is None:
+                continue
+            if _depth(m, max_depth + 1) > max_depth:  # before json.dumps, which would recurse
+                raise RequestError(f"metadata[{i}] is nested more than {max_depth} levels deep "
+                                   "(Limits.max_metadata_depth)")
+            text = json.dumps(m, ensure_ascii=False)
+            if not _is_text(text):
+                raise RequestError(f"metadata[{i}] is not valid Unicode (a lone surrogate)")
+            if len(text.encode()) > max_bytes:
+                raise RequestError(f"metadata[{i}] is {len(text.encode())} bytes of JSON, more than the limit of "
+                                   f"{max_bytes} (Limits.max_metadata_bytes)")
         return meta
 
     def gallery_add_images(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -258,7 +313,7 @@ class Service:
         labels = self._labels(request, len(images), engine)
         ids = engine.gallery_add(images, labels, gallery=request.get("gallery"),  # type: ignore[arg-type]
                                  sources=[f"request:{i}" for i in range(len(images))],
-                                 metadata=self._metadata(request, len(images)))
+                                 metadata=self._metadata(request, len(images), engine))
         return {"ids": ids, "added": len(ids)}
 
     def gallery_remove(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -266,10 +321,10 @@ class Service:
         labels = self._list_field(request, "labels", required=False)
         if not ids and not labels:
             raise RequestError("remove needs 'ids' (list of integers) or 'labels' (list of strings)")
-        if ids and not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-            raise RequestError("field 'ids' must be a list of integers")
-        if labels and not all(isinstance(lab, str) for lab in labels):
-            raise RequestError("field 'labels' must be a list of strings")
+        if ids and not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**63 for i in ids):
+            raise RequestError("field 'ids' must be a list of integers in 0..2**63-1")
+        if labels and not all(isinstance(lab, str) and _is_text(lab) for lab in labels):
+            raise RequestError("field 'labels' must be a list of strings (valid Unicode)")
         removed = self.engine(request).gallery_remove(ids=ids, labels=labels, gallery=request.get("gallery"))
         return {"removed": removed}
 
@@ -277,6 +332,28 @@ class Service:
         info = dict(self.engine(request).gallery_info(request.get("gallery")))
         info.pop("path", None)  # server paths stay on the server
         return info
+
+
+def _is_text(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (JSON's ``\\ud800`` escapes can carry lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _depth(value: Any, cap: int) -> int:
+    """Nesting depth of a JSON value, counted iteratively and no further than ``cap``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            if d >= cap:
+                return d
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
 
 
 def _bearer_token() -> str | None:
@@ -313,8 +390,11 @@ class ExtractionService(Service):
     def op_predict(self, request: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
         engine = self.engine(request)
         p = engine.request_params(overrides)
-        images = self.decode_images(request, engine)
         boxes = self._list_field(request, "boxes", required=False)
+        count = sum(len(b) for b in boxes or () if isinstance(b, list))
+        if count > engine.params["Limits.max_boxes"]:  # checked before any image is decoded
+            raise RequestError(f"{count} boxes in one request; the limit is {engine.params['Limits.max_boxes']}")
+        images = self.decode_images(request, engine)
         if boxes is not None and len(boxes) != len(images):
             raise RequestError(f"field 'boxes' must hold one list per image ({len(images)}), got {len(boxes)}")
 
@@ -342,6 +422,10 @@ class SearchService(Service):
 
     def _embeddings(self, request: dict[str, Any], engine: Engine, binary: bool) -> np.ndarray:
         rows = self._list_field(request, "embeddings")
+        assert rows is not None
+        if len(rows) > engine.params["Limits.max_queries"]:
+            raise RequestError(f"{len(rows)} embeddings in one request; the limit is "
+                               f"{engine.params['Limits.max_queries']}")
         dim = engine.embedding_size // 8 if binary else engine.embedding_size
         try:
             arr = np.asarray(rows, np.uint8 if binary else np.float32)
@@ -355,6 +439,9 @@ class SearchService(Service):
     def op_search(self, request: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
         engine = self.engine(request)
         p = engine.request_params(overrides)
+        if p["IndexProcess.return_k"] > engine.params["Limits.max_return_k"]:
+            raise RequestError(f"return_k {p['IndexProcess.return_k']} is more than the limit of "
+                               f"{engine.params['Limits.max_return_k']} (Limits.max_return_k)")
         queries = self._embeddings(request, engine, p["RecPostProcess.binarize"])
         with current_timer().stage("search"):
             hits = engine.search(queries, gallery=request.get("gallery"), **overrides)
@@ -367,7 +454,7 @@ class SearchService(Service):
         vectors = self._embeddings(request, engine, engine.params["RecPostProcess.binarize"])
         labels = self._labels(request, len(vectors), engine)
         ids = engine.gallery(request.get("gallery"), create=True).add(
-            vectors, labels, metadata=self._metadata(request, len(vectors)))
+            vectors, labels, metadata=self._metadata(request, len(vectors), engine))
         return {"ids": ids, "added": len(ids)}
 
     def op_remove(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
