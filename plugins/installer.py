@@ -11,6 +11,8 @@ Steps (all inside ``$SHITU_HOME/packs/.tmp/stage-*``, removed whatever happens):
 4. check every listed file: present, size, sha256. Files without a published sha256 need ``--sha256`` (the hash
    the user checked) or ``--trust``; their hashes are recorded in ``install.json`` so ``verify`` sees later
    changes;
+4b. run each model once in a child process with the pack's runtime settings (:mod:`.runtime_check`): a model
+   that crashes or hangs is refused; the outcome is recorded (oneDNN is later enabled only as recorded);
 5. write ``install.json``, rename the staged folder to ``packs/<name>/<version>``, make it current.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
-from shitu.plugins import store
+from shitu.plugins import runtime_check, store
 from shitu.plugins.errors import PackError
 from shitu.plugins.fetch import DownloadError, archive_names, copy_tree, download, extract_archive, sha256_file
 from shitu.plugins.manifest import MANIFEST_FILE, NAME_RE, SHA256_RE, Manifest, ModelEntry, read_manifest, version_matches
@@ -102,6 +104,10 @@ def install(source: str, *, name: str | None = None, trust: bool = False,
             if unused_from:
                 raise PackError(f"--from {', '.join(unused_from)}: not needed by pack {manifest.name!r} (it needs: "
                                 f"{', '.join(_needed_names(manifest)) or 'nothing'})")
+            runtime = runtime_check.check_models(manifest, stage)
+            refused = runtime_check.refusal(manifest, runtime, f"pack {manifest.name!r} {manifest.version}")
+            if refused:
+                raise PackError(refused)
             store.write_record(stage, {
                 "name": manifest.name,
                 "version": manifest.version,
@@ -110,6 +116,7 @@ def install(source: str, *, name: str | None = None, trust: bool = False,
                 "shitu_hub": _shitu_version(),
                 "trusted": ctx.trust and any(v.get("verified") == "trust" for v in record_files.values()),
                 "files": record_files,
+                "runtime": runtime,
             })
             store.commit(stage, manifest.name, manifest.version)
             store.set_current(manifest.name, manifest.version)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from shitu.plugins import store
+from shitu.plugins import runtime_check, store
 from shitu.plugins.errors import ManifestError, PackError
 from shitu.plugins.manifest import (MANIFEST_FILE, GalleryEntry, Manifest, ModelEntry, read_manifest, version_key,
                        version_matches)
@@ -184,9 +184,12 @@ class Pack:
             raise PackError(self.fetch_instructions())
         entry = self._m.models[role]
         try:
-            return ModelSpec.from_dict(copy.deepcopy(entry.description), self.root / entry.path)
+            spec = ModelSpec.from_dict(copy.deepcopy(entry.description), self.root / entry.path)
         except ModelSpecError as exc:
             raise PackError(f"pack {self.name!r} {self.version}: models.{role}: {exc}") from None
+        if self.source != "builtin" and not runtime_check.onednn_allowed(self.record, role, entry.description):
+            spec.onednn = False  # only what `shitu plugins install/verify` ran in a child process is used
+        return spec
 
     def downloads(self) -> list[tuple[str, str, str | None]]:
         """What must be fetched for the missing model files: ``(url, file name, sha256 or None)``."""
@@ -598,6 +601,21 @@ def verify_files(name: str, version: str | None = None) -> list[FileCheck]:
     for rel, f in pack._m.all_files():
         check(rel, f.sha256, f.size, f.optional)
     return out
+
+
+def check_runtime(name: str, version: str | None = None) -> dict[str, dict[str, Any]]:
+    """Run each model of the pack once in a child process with its runtime settings (see :mod:`.runtime_check`);
+    for store packs the outcome replaces ``runtime`` in ``install.json`` (what enables oneDNN at load)."""
+    pack = find_pack(name, version)
+    if pack.missing_files():
+        return {}
+    results = runtime_check.check_models(pack._m, pack.root)
+    if pack.source == "store":
+        with store.lock():
+            record = store.read_record(pack.root) or {}
+            record["runtime"] = results
+            store.write_record(pack.root, record)
+    return results
 
 
 def verify(name: str, version: str | None = None) -> list[str]:

@@ -17,7 +17,8 @@ A folder with neither gets the PaddleClas defaults for its kind.
     pooling: gap | none             # extractors whose output is a feature map [N, C, H, W]
     onednn: false                   # oneDNN only where verified: Paddle 3.3.1's default passes crash some
                                     # models (conv + leaky_relu), so it is off unless the folder says so
-    onednn_passes: [...]            # custom oneDNN pass list verified for this model (null: paddle's default)
+    onednn_passes: [...]            # the oneDNN pass list verified for this model; without one oneDNN stays
+                                    # off (paddle's default list is never used: it can segfault)
 """
 from __future__ import annotations
 

@@ -156,7 +156,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_verify(args: argparse.Namespace) -> int:
-    from shitu.plugins import registry
+    from shitu.plugins import registry, runtime_check
 
     if args.name:
         targets = [(args.name, args.version)]
@@ -169,6 +169,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for c in registry.verify_files(name, pack.version):
             rows.append([c.pack, c.version, c.path, c.status.upper() if c.problem else c.status, c.detail])
         problems += registry.verify(name, pack.version)
+        if not args.files_only:
+            runtime = registry.check_runtime(name, pack.version)
+            for role, rec in runtime.items():
+                status = rec["status"]
+                rows.append([pack.name, pack.version, f"(run {role})",
+                             status.upper() if status in runtime_check.FATAL else status,
+                             f"oneDNN {'on' if rec.get('onednn') else 'off'}" + (f": {rec['detail']}"
+                                                                                if rec.get("detail") else "")])
+            refused = runtime_check.refusal(pack._m, runtime, f"{pack.name} {pack.version}")
+            if refused:
+                problems.append(refused)
     _out(_table(rows, ["PACK", "VERSION", "FILE", "STATUS", "DETAIL"]))
     _out()
     if problems:
@@ -176,7 +187,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for p in problems:
             _out(f"  {p}")
         return EXIT_PROBLEMS
-    _out(f"ok: {len(rows)} file(s) in {len(targets)} pack(s) verified")
+    files = sum(1 for row in rows if not row[2].startswith("(run "))
+    _out(f"ok: {files} file(s) in {len(targets)} pack(s) verified"
+         + (f", {len(rows) - files} model run(s)" if len(rows) > files else ""))
     return 0
 
 
@@ -248,9 +261,11 @@ def _build(p: argparse.ArgumentParser) -> None:
     s.add_argument("--all", action="store_true", help="remove every version")
     s.set_defaults(func=cmd_remove)
 
-    s = sub.add_parser("verify", help="check every file against its sha256")
+    s = sub.add_parser("verify", help="check every file against its sha256 and run each model once (in a "
+                       "child process, with the pack's runtime settings)")
     s.add_argument("name", nargs="?", help="pack name (default: every installed or ready pack)")
     s.add_argument("--version", help="a specific version")
+    s.add_argument("--files-only", action="store_true", help="only check the files (no test forward)")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("use", help="make a pack (version) current and the default pack")
