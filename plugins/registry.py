@@ -87,6 +87,11 @@ class GallerySpec:
     image_root: Path | None = None  # the list's image paths are relative to it (default: the list's folder)
     folder: Path | None = None  # alternative to list_file: one sub-folder of images per label
     data_url: str | None = None  # where published demo images live (never downloaded automatically)
+    vectors_file: Path | None = None  # precomputed embeddings (JSON) the gallery starts with
+
+    def source(self) -> Path | None:
+        """What the gallery is built from on first use (list file, folder or vectors file), if anything."""
+        return self.list_file or self.folder or self.vectors_file
 
     def dir(self) -> Path:
         """``$SHITU_HOME/galleries/<pack>/<gallery>`` (``SHITU_HOME`` read now)."""
@@ -224,6 +229,7 @@ class Pack:
             image_root=self.root / g.image_root if g.image_root else None,
             folder=self.root / g.folder if g.folder else None,
             data_url=g.data_url,
+            vectors_file=self.root / g.vectors_file if g.vectors_file else None,
         )
 
     def gallery(self, name: str | None = None) -> GallerySpec:

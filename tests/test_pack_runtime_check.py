@@ -7,7 +7,6 @@ request (``FusedConv2dOp``); a crashing pass list is now refused at install.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,29 +18,7 @@ import yaml
 from shitu.plugins import registry, store
 from shitu.plugins.errors import PackError
 
-BUILTIN = Path(registry.BUILTIN_DIR) / "general_lite"
-CRASHING_PASSES = ["conv2d_bias_fuse_pass", "conv_activation_onednn_fuse_pass"]
-
-
-def lite_pack(folder: Path, name: str, det_passes="keep", version: str = "1.0.0") -> Path:
-    """A store-installable copy of general-lite (paddle files only), with the detector's pass list changed:
-    ``None`` drops the key (the README template's optional list), a list replaces it."""
-    data = yaml.safe_load((BUILTIN / "pack.yaml").read_text())
-    data["name"], data["version"] = name, version
-    for role, sub in (("detector", "det"), ("recognizer", "rec")):
-        model = data["models"][role]
-        model.pop("onnx_file", None)
-        model["files"] = [f for f in model["files"] if f["path"] in ("model.json", "model.pdiparams")]
-        (folder / "models" / sub).mkdir(parents=True, exist_ok=True)
-        for f in model["files"]:
-            shutil.copyfile(BUILTIN / "models" / sub / f["path"], folder / "models" / sub / f["path"])
-    det = data["models"]["detector"]
-    if det_passes is None:
-        det.pop("onednn_passes")
-    elif det_passes != "keep":
-        det["onednn_passes"] = list(det_passes)
-    (folder / "pack.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    return folder
+from .lite_packs import CRASHING_PASSES, lite_pack
 
 
 def recognize_in_child(scenario: str) -> subprocess.CompletedProcess:

@@ -150,9 +150,35 @@ def run_served_demo(out_dir: Path, as_json: bool = False) -> int:
     return 0
 
 
+def write_photos(folder: Path) -> int:
+    """Save the demo's gallery photographs and queries as JPEG files (the README's example photos)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    gallery = gallery_photos()
+    for name, img in {**gallery, **query_photos(gallery)}.items():
+        cv2.imwrite(str(folder / f"{name}.jpg"), img)
+        print(folder / f"{name}.jpg")
+    print(f"try: shitu recognize {folder / 'collage_cat_and_coffee.jpg'}   (general-lite's demo gallery holds "
+          f"{', '.join(sorted(gallery))})", file=sys.stderr)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.photos:
+        return write_photos(Path(args.photos))
+    return (run_demo if args.in_process else run_served_demo)(Path(args.out), args.json)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="recognise the demo photographs with the embedded default models")
-    p.add_argument("--out", default="demo_output", help="folder for the gallery and annotated images")
+    p = subparsers.add_parser(
+        "demo", help="recognise the demo photographs with the embedded default models",
+        description="Start hub serving on the embedded general-lite models, add the demo photographs (scikit-image "
+                    "and scikit-learn sample images) to the gallery 'demo', recognise other views of them and print "
+                    "the answers; annotated copies go to OUT/annotated. With --photos DIR, only write the "
+                    "photographs (gallery and queries) as JPEG files, e.g. to try `shitu recognize` on them.")
+    p.add_argument("--out", default="demo_output", help="folder for the gallery and annotated images "
+                                                        "(default: %(default)s)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of tables")
     p.add_argument("--in-process", action="store_true", help="run the engine in this process, without hub serving")
-    p.set_defaults(func=lambda a: (run_demo if a.in_process else run_served_demo)(Path(a.out), a.json))
+    p.add_argument("--photos", metavar="DIR", help="write the demo photographs to DIR as JPEG files and stop")
+    p.set_defaults(func=_run)

@@ -189,7 +189,10 @@ def _local_engine(args: argparse.Namespace, overrides: dict[str, Any], need_gall
     if need_gallery and not isinstance(gallery, Path):
         from shitu.serving.gallery.local import DB_NAME
 
-        path = engine.gallery_path()
+        path = engine.gallery_path(gallery)
+        spec = engine.gallery_specs.get(gallery or engine.default_gallery)
+        if spec is not None and spec.source() is not None:
+            engine.gallery(gallery)  # a gallery the pack brings: built on first use
         if not (path / DB_NAME).is_file():
             engine.close()
             what = f"gallery {gallery!r}" if gallery else "the default gallery"
