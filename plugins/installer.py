@@ -24,7 +24,7 @@ from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 from shitu.plugins import runtime_check, store
-from shitu.plugins.errors import PackError
+from shitu.plugins.errors import ManifestError, PackError
 from shitu.plugins.fetch import DownloadError, archive_names, copy_tree, download, extract_archive, sha256_file
 from shitu.plugins.manifest import MANIFEST_FILE, NAME_RE, SHA256_RE, Manifest, ModelEntry, read_manifest, version_matches
 
@@ -152,11 +152,11 @@ def _stage(source: str, stage: Path, ctx: _Ctx) -> Manifest:
     if path.is_dir() and (path / MANIFEST_FILE).is_file():
         ctx.source_desc = str(path.resolve())
         copy_tree(path, stage)
-        return read_manifest(stage / MANIFEST_FILE)
+        return _read_staged(stage, str(path / MANIFEST_FILE))
     if path.is_file() and path.name == MANIFEST_FILE:
         ctx.source_desc = str(path.resolve())
         copy_tree(path.parent, stage)
-        return read_manifest(stage / MANIFEST_FILE)
+        return _read_staged(stage, str(path))
     if path.is_file():
         ctx.source_desc = str(path.resolve())
         _check_archive_hash(path, None, source, ctx, required=False)
@@ -179,8 +179,9 @@ def _stage_archive(archive: Path, stage: Path, ctx: _Ctx, label: str) -> Manifes
         else:
             raise PackError(f"{label}: the archive has no {MANIFEST_FILE} at its top level or in a single top "
                             "folder")
+    inner = root.relative_to(out).as_posix()
     os.rename(root, stage)
-    return read_manifest(stage / MANIFEST_FILE)
+    return _read_staged(stage, f"{label} ({inner + '/' if inner != '.' else ''}{MANIFEST_FILE})")
 
 
 def _stage_named(name: str, stage: Path, ctx: _Ctx) -> Manifest:
@@ -199,7 +200,15 @@ def _stage_named(name: str, stage: Path, ctx: _Ctx) -> Manifest:
     item = next((i for i in good if i.source == "entrypoint"), good[0])
     ctx.source_desc = f"{item.source}:{name} ({item.root})"
     copy_tree(item.root, stage)
-    return read_manifest(stage / MANIFEST_FILE)
+    return _read_staged(stage, str(item.root / MANIFEST_FILE))
+
+
+def _read_staged(stage: Path, shown: str) -> Manifest:
+    """Read the staged copy's manifest; an error names the user's file (``shown``), not the staging folder."""
+    try:
+        return read_manifest(stage / MANIFEST_FILE)
+    except ManifestError as exc:
+        raise ManifestError(exc.key, exc.problem, shown) from None
 
 
 # -- model files ---------------------------------------------------------------------------------------------------

@@ -607,9 +607,10 @@ def _parse_gallery(name: str, value: Any, key: str, defaults: dict[str, Any]) ->
         else None
     vectors_file = safe_relpath(data["vectors_file"], f"{key}.vectors_file") \
         if data.get("vectors_file") is not None else None
-    if sum(x is not None for x in (list_file, folder, vectors_file)) > 1:
-        raise ManifestError(f"{key}.{'folder' if folder else 'vectors_file'}",
-                            "give one of list_file, folder or vectors_file")
+    if list_file and folder:
+        raise ManifestError(f"{key}.folder", "give either list_file or folder, not both")
+    if vectors_file and (list_file or folder):
+        raise ManifestError(f"{key}.vectors_file", "give one of list_file, folder or vectors_file")
     if image_root and not list_file:
         raise ManifestError(f"{key}.image_root", "only used with list_file")
     dist_type = data.get("dist_type", defaults["dist_type"])

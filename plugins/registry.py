@@ -561,8 +561,12 @@ def rollback(name: str) -> str:
         current, history = store.read_pointer(name)
         history = [v for v in history if v in versions and v != current]
         if not history:
-            raise PackError(f"pack {name!r}: no earlier version to roll back to"
-                            + (f" (installed: {', '.join(versions)})" if versions else " (not in the store)"))
+            if not versions:
+                raise PackError(f"pack {name!r}: no earlier version to roll back to (not in the store)")
+            served = store.current_version(name)
+            raise PackError(f"pack {name!r}: no earlier version to roll back to: {served} is current and no other "
+                            f"version was current before it (installed: {', '.join(versions)}); switch to any "
+                            f"installed version with `shitu plugins use {name} VERSION`")
         previous = history.pop(0)
         store.write_pointer(name, previous, history)
     return previous

@@ -16,7 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 
@@ -42,6 +41,8 @@ def gallery_photos() -> dict[str, np.ndarray]:
 
 def query_photos(gallery: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """name -> BGR query image; every name says what it should be recognised as."""
+    import cv2
+
     from skimage import data
 
     cat, coffee, rocket = gallery["cat"], gallery["coffee"], gallery["rocket"]
@@ -72,6 +73,8 @@ def format_table(name: str, recognitions: list) -> str:
 
 def report(name: str, img: np.ndarray, found: list, out_dir: Path, as_json: bool) -> None:
     """Print one query's answer (table or JSON line) and write its annotated copy."""
+    import cv2
+
     from shitu.serving.engine.draw import draw_recognitions
 
     print(json.dumps({"image": name, "results": [r.to_dict() for r in found]}) if as_json else format_table(name, found))
@@ -152,6 +155,8 @@ def run_served_demo(out_dir: Path, as_json: bool = False) -> int:
 
 def write_photos(folder: Path) -> int:
     """Save the demo's gallery photographs and queries as JPEG files (the README's example photos)."""
+    import cv2
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     gallery = gallery_photos()

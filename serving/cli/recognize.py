@@ -245,7 +245,7 @@ def _run(args: argparse.Namespace, op: str) -> int:
     else:
         try:
             results = _run_local(args, overrides, op)
-        except UsageError:
+        except (UsageError, ModuleNotFoundError):  # missing serving stack: explained by the shitu command
             raise
         except Exception as exc:  # noqa: BLE001 -- an engine that cannot load or run: exit status 3
             return _fail(f"engine: {type(exc).__name__}: {exc}", EXIT_ERROR)
@@ -282,14 +282,22 @@ def format_result(name: str, res: Any) -> str:
 
 
 def _write_drawing(folder: Path, path: str, res: Any, all_paths: Sequence[str]) -> None:
-    import cv2
-
-    from shitu.serving.client.sdk import draw
-
     stem = Path(path).stem
     if sum(Path(p).stem == stem for p in all_paths) > 1:
         stem = f"{res.index}_{stem}"
     out = folder / f"{stem}.jpg"
+    try:
+        import cv2
+    except ModuleNotFoundError:  # a client-only install: PIL draws the same
+        from shitu.serving.client.pil_draw import draw_file
+
+        try:
+            draw_file(path, res, out)
+        except OSError as exc:
+            print(f"warning: could not write {out}: {exc}", file=sys.stderr)
+        return
+    from shitu.serving.client.sdk import draw
+
     if not cv2.imwrite(str(out), draw(path, res)):
         print(f"warning: could not write {out}", file=sys.stderr)
 

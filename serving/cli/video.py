@@ -38,9 +38,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("input", help="video file, stream URL (rtsp://..., http://...) or camera index (0, 1, ...)")
     where = p.add_argument_group("where to recognise")
     where.add_argument("--server", metavar="URL", help="recognise on a shitu server (default: in-process engine)")
-    where.add_argument("--scenario", help="scenario pack of the in-process engine")
+    where.add_argument("--scenario", help="scenario pack (in-process, or on the server with --server)")
     where.add_argument(
-        "--gallery", metavar="NAME|PATH", help="gallery of the in-process engine: a name in the pack, or a folder"
+        "--gallery", metavar="NAME|PATH", help="gallery: a name in the pack, or (in-process) a folder"
     )
     sampling = p.add_argument_group("sampling").add_mutually_exclusive_group()
     sampling.add_argument("--every", type=positive_int, metavar="N", help="process every N-th frame")
@@ -130,11 +130,13 @@ def format_tracks(report: Any) -> list[str]:
 
 def _recognizer(args: argparse.Namespace) -> Any:
     if args.server:
-        if args.scenario or args.gallery:
-            print("recognize-video: --scenario/--gallery are the server's with --server; ignored", file=sys.stderr)
+        import functools
+
         from shitu.serving.client.sdk import ShituClient
 
-        return ShituClient(args.server).recognize
+        chosen = {k: v for k, v in (("scenario", args.scenario), ("gallery", args.gallery)) if v}
+        client = ShituClient(args.server)
+        return functools.partial(client.recognize, **chosen) if chosen else client.recognize
     from shitu.serving.engine.engine import load_engine
 
     return load_engine(scenario=args.scenario, gallery=args.gallery).recognize

@@ -58,8 +58,9 @@ def configure(app: Any) -> Any:
         logging.getLogger("shitu.serving").error("unhandled error: %s", exc, exc_info=exc)
         msg = "the request body must be a JSON object" if isinstance(exc, (TypeError, ValueError, AttributeError)) \
             else f"internal error ({type(exc).__name__})"
-        response = jsonify(_envelope("500", msg))
-        response.status_code = 400 if msg.startswith("the request") else 500
+        code = 400 if msg.startswith("the request") else 500
+        response = jsonify(_envelope(str(code), msg))  # the envelope's status agrees with the HTTP code
+        response.status_code = code
         return response
 
     @app.route("/health", methods=["GET"])

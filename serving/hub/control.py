@@ -124,8 +124,29 @@ def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
         pass
 
 
+def check_serve_args(modules: tuple[str, ...], scenario: str | None) -> str | None:
+    """What is wrong with ``shitu serve``'s modules or scenario (None: fine), found before anything starts."""
+    unknown = [m for m in modules if m not in MODULES]
+    if unknown or not modules:
+        return f"--modules: unknown module(s) {', '.join(unknown) or '(none given)'}; choose from {','.join(MODULES)}"
+    from shitu.plugins import registry
+    from shitu.plugins.errors import PackError
+
+    try:
+        pack = registry.get_pack(scenario)
+    except PackError as exc:
+        return f"--scenario: {exc}"
+    if not pack.is_available():
+        return f"--scenario: {pack.fetch_instructions()}"
+    return None
+
+
 def run_serve(args: argparse.Namespace) -> int:
-    modules = tuple(args.modules.split(",")) if args.modules else MODULES
+    modules = tuple(m.strip() for m in args.modules.split(",") if m.strip()) if args.modules else MODULES
+    problem = check_serve_args(modules, args.scenario)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     init_args: dict[str, Any] = {}
     if args.scenario:
         init_args["scenario"] = args.scenario
@@ -140,9 +161,13 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("serve", help="hub install the modules and run `hub serving start -c config.json`")
-    p.add_argument("--port", type=int, default=8866)
-    p.add_argument("--workers", type=int, default=1, help=">1: gunicorn multi-process mode")
+    p = subparsers.add_parser("serve", help="hub install the modules and run `hub serving start -c config.json`",
+                              description="Write config.json, `hub install` the modules and exec `hub serving start "
+                                          "-c config.json`. An unknown module or scenario, or a scenario whose "
+                                          "models are not installed, stops here, before anything starts.")
+    p.add_argument("--port", type=int, default=8866, help="port to listen on (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1,
+                   help=">1: gunicorn multi-process mode with that many workers (default: %(default)s)")
     p.add_argument("--modules", help=f"comma-separated subset of {','.join(MODULES)}")
     p.add_argument("--scenario", help="default scenario pack of the served modules")
     p.add_argument("--config-out", default="shitu_serving.json", help="where to write the config.json used")

@@ -63,21 +63,25 @@ class EngineCache:
     predictor must not cross a fork, so each worker (pid) loads its own engine on its first request.
     """
 
-    def __init__(self, loader: Callable[[str | None], Engine]):
+    def __init__(self, loader: Callable[[str | None], Engine], stamp: Callable[[str | None], Any] | None = None):
         self._loader = loader
-        self._engines: dict[tuple[int, str | None], Engine] = {}
+        #: ``stamp(scenario)``: a cheap fingerprint of the store's pointers for that pack; when it changes
+        #: (``shitu plugins use`` / ``install`` / ``rollback``) the next request loads the version now current.
+        self._stamp = stamp
+        self._engines: dict[tuple[int, str | None], tuple[Engine, Any]] = {}
         self._lock = threading.Lock()
 
     def get(self, scenario: str | None) -> Engine:
         key = (os.getpid(), scenario)
-        engine = self._engines.get(key)
-        if engine is None:
+        stamp = self._stamp(scenario) if self._stamp else None
+        hit = self._engines.get(key)
+        if hit is None or hit[1] != stamp:
             with self._lock:
-                engine = self._engines.get(key)
-                if engine is None:
-                    engine = self._loader(scenario)
-                    self._engines[key] = engine
-        return engine
+                hit = self._engines.get(key)
+                if hit is None or hit[1] != stamp:
+                    hit = (self._loader(scenario), stamp)  # requests in flight keep the engine they hold
+                    self._engines[key] = hit
+        return hit[0]
 
 
 class Service:
@@ -103,7 +107,8 @@ class Service:
         extra.update(init_params)
         self._module_defaults = flatten(module_defaults)
         self._init_params = flatten(extra)  # a bad config.json fails here, at start-up
-        self.engines = EngineCache(self._load)
+        self.engines = EngineCache(self._load, stamp=self._pack_stamp)
+        self._check_scenario(self.default_scenario)  # an unknown or uninstalled pack fails at start
         from shitu.serving.hub import app as hub_app
 
         hub_app.set_body_limit(merge(self._module_defaults, self._init_params)["Limits.max_request_bytes"])
@@ -118,6 +123,23 @@ class Service:
             return load_engine(scenario, self.default_gallery, self._init_params, defaults=self._module_defaults)
         except PackError as exc:  # unknown pack, or one whose models are not installed
             raise RequestError(f"scenario {scenario!r}: {exc}") from None
+
+    def _pack_stamp(self, scenario: str | None) -> Any:
+        from shitu.plugins import registry, store
+
+        return store.pointer_stamp(scenario or self.default_scenario or registry.default_pack_name())
+
+    @staticmethod
+    def _check_scenario(scenario: str | None) -> None:
+        from shitu.plugins import registry
+        from shitu.plugins.errors import PackError
+
+        try:
+            pack = registry.get_pack(scenario)
+        except PackError as exc:
+            raise ValueError(f"scenario {scenario!r}: {exc}") from None
+        if not pack.is_available():
+            raise ValueError(f"scenario {pack.name!r}: {pack.fetch_instructions()}")
 
     def engine(self, request: dict[str, Any]) -> Engine:
         scenario = request.get("scenario")
@@ -314,8 +336,9 @@ class ExtractionService(Service):
             img_boxes = boxes[i] if boxes is not None else None
             if img_boxes is not None and not isinstance(img_boxes, list):
                 raise RequestError(f"boxes[{i}] must be a list of [x1, y1, x2, y2]")
-            if img_boxes:
-                check_boxes(img_boxes, img.shape, i)
+            if img_boxes:  # answered as used: clipped to the image, as the crops are
+                h, w = img.shape[:2]
+                img_boxes = np.clip(check_boxes(img_boxes, img.shape, i), 0, [w, h, w, h]).round().astype(int).tolist()
             (feats,) = engine.extract([img], [img_boxes] if img_boxes else None, **overrides)
             used = img_boxes or [[0, 0, img.shape[1], img.shape[0]]]
             return {"boxes": used, "embeddings": feats, "dim": engine.embedding_size,
