@@ -138,3 +138,32 @@ def test_feature_extraction_answers_the_box_it_used_real(served, photos):
     res = ok(served.post("feature_extraction", {"images": [b64(photos["cat"])],
                                                 "boxes": [[[100, 50, 10000, 10000]]]}))
     assert res[0]["boxes"] == [[100, 50, 451, 300]]  # was: [[100, 50, 10000, 10000]] on a 451x300 image
+
+
+def test_server_side_adds_keep_the_file_names_real(served, photos, tmp_path):
+    from shitu.serving.client import ShituClient
+
+    path = tmp_path / "tabby.jpg"
+    cv2_write(path, photos["cat"])
+    with ShituClient(served.url) as client:
+        client.gallery_add([path, photos["coffee"]], ["cat", "coffee"], gallery="named-sources")
+        items = {item.label: item.source for item in client.gallery_list(gallery="named-sources")}
+    assert items == {"cat": "tabby.jpg", "coffee": "request:1"}  # was: "request:0" for the file too
+
+
+def test_in_process_hub_module_takes_arrays_and_paths_real(served, photos, tmp_path):
+    import paddlehub as hub
+
+    path = tmp_path / "cat.png"
+    cv2_write(path, photos["cat"])
+    module = hub.Module(name="mainbody_detection")
+    by_array = module.predict(images=[photos["cat"]], threshold=0.3)  # PaddleHub's CV convention
+    by_path = module.predict(paths=[str(path)], threshold=0.3)
+    assert by_array[0]["width"] == by_path[0]["width"] == photos["cat"].shape[1]
+    assert [b["bbox"] for b in by_array[0]["boxes"]] == [b["bbox"] for b in by_path[0]["boxes"]]
+
+
+def cv2_write(path, image) -> None:
+    import cv2
+
+    assert cv2.imwrite(str(path), image)

@@ -266,12 +266,23 @@ class Service:
             raise RequestError(f"field 'metadata' must be a list of {count} objects or nulls")
         return meta
 
+    def _sources(self, request: dict[str, Any], count: int) -> list[str]:
+        """The client's names for the added images (``sources``, e.g. file names), else ``request:<i>``."""
+        given = self._list_field(request, "sources", required=False)
+        if given is None:
+            return [f"request:{i}" for i in range(count)]
+        if len(given) != count or not all(v is None or (isinstance(v, str) and len(v) <= 256 and v.isprintable())
+                                          for v in given):
+            raise RequestError(f"field 'sources' must be a list of {count} names (printable, at most 256 "
+                               "characters) or nulls")
+        return [v if v else f"request:{i}" for i, v in enumerate(given)]
+
     def gallery_add_images(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
         engine = self.engine(request)
         images = self.decode_images(request, engine, strict=True)  # all or nothing
         labels = self._labels(request, len(images), engine)
         ids = engine.gallery_add(images, labels, gallery=request.get("gallery"),  # type: ignore[arg-type]
-                                 sources=[f"request:{i}" for i in range(len(images))],
+                                 sources=self._sources(request, len(images)),
                                  metadata=self._metadata(request, len(images)))
         return {"ids": ids, "added": len(ids)}
 
@@ -352,7 +363,7 @@ class SearchService(Service):
 
     default_operation = "search"
     write_operations = frozenset({"add", "remove"})
-    fields = {"search": {"embeddings"}, "add": {"embeddings", "labels", "metadata"},
+    fields = {"search": {"embeddings"}, "add": {"embeddings", "labels", "metadata", "sources"},
               "remove": {"ids", "labels"}, "list": {"label", "limit", "offset"}}
 
     def _embeddings(self, request: dict[str, Any], engine: Engine, binary: bool) -> np.ndarray:
@@ -381,7 +392,8 @@ class SearchService(Service):
         vectors = self._embeddings(request, engine, engine.params["RecPostProcess.binarize"])
         labels = self._labels(request, len(vectors), engine)
         ids = engine.gallery(request.get("gallery"), create=True).add(
-            vectors, labels, metadata=self._metadata(request, len(vectors)))
+            vectors, labels, sources=self._sources(request, len(vectors)) if "sources" in request else None,
+            metadata=self._metadata(request, len(vectors)))
         return {"ids": ids, "added": len(ids)}
 
     def op_remove(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -406,7 +418,7 @@ class RecognitionService(Service):
 
     default_operation = "recognize"
     write_operations = frozenset({"add", "remove"})
-    fields = {"add": {"labels", "metadata"}, "remove": {"ids", "labels"}}
+    fields = {"add": {"labels", "metadata", "sources"}, "remove": {"ids", "labels"}}
 
     def op_recognize(self, request: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
         engine = self.engine(request)
