@@ -167,3 +167,15 @@ def cv2_write(path, image) -> None:
     import cv2
 
     assert cv2.imwrite(str(path), image)
+
+
+def test_bad_list_lines_and_undecodable_images_are_reported_in_one_round(tmp_path, photos, capsys):
+    from shitu.serving.cli import main
+
+    cv2_write(tmp_path / "cat.jpg", photos["cat"])
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    (tmp_path / "list.txt").write_text("cat.jpg\tcat\nbroken.jpg\tbroken\ncat.jpg\n")
+    assert main(["gallery", "build", str(tmp_path / "g"), str(tmp_path / "list.txt"), "--no-progress"]) == 3
+    err = capsys.readouterr().err
+    # was: only line 3 (missing label); the undecodable image came up after fixing it
+    assert "2 bad gallery entries" in err and "list.txt:2: not a readable image" in err and "list.txt:3" in err

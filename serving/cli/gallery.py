@@ -182,10 +182,10 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
             return _error("give one list file or folder, or images with --label")
         entries = read_entries(args.sources[0], args.image_root, args.delimiter, errors,
                                max_label_length=args.max_label_length)
-    if errors and not args.skip_bad:
-        from shitu.serving.gallery.build import GalleryBuildError
+    if errors and not args.skip_bad:  # every bad entry at once, unreadable images included
+        from shitu.serving.gallery.build import GalleryBuildError, all_bad
 
-        raise GalleryBuildError([(e.file, e.line_no, e.message) for e in errors])
+        raise GalleryBuildError(all_bad(errors, entries))
 
     extra: dict[str, Any] = {}
     dist_type = getattr(args, "dist_type", None)

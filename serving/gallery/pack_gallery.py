@@ -78,7 +78,7 @@ def ensure_built(spec: Any, embed_fn: EmbedFn, dim: int, *, max_label_length: in
     source = spec.source()
     if source is None or is_built(spec):
         return False
-    from shitu.serving.gallery.build import GalleryBuildError, build_from_entries
+    from shitu.serving.gallery.build import GalleryBuildError, all_bad, build_from_entries
     from shitu.serving.gallery.list_file import GalleryFileError, read_entries
 
     entries: list[Any] = []
@@ -86,7 +86,7 @@ def ensure_built(spec: Any, embed_fn: EmbedFn, dim: int, *, max_label_length: in
         errors: list[GalleryFileError] = []  # bad lines and missing images, all of them
         entries = read_entries(source, spec.image_root, spec.delimiter, errors, max_label_length=max_label_length)
         if errors and not skip_bad:
-            raise GalleryBuildError([(e.file, e.line_no, e.message) for e in errors])
+            raise GalleryBuildError(all_bad(errors, entries))
     target = spec.dir()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
