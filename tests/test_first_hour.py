@@ -179,3 +179,31 @@ def test_bad_list_lines_and_undecodable_images_are_reported_in_one_round(tmp_pat
     err = capsys.readouterr().err
     # was: only line 3 (missing label); the undecodable image came up after fixing it
     assert "2 bad gallery entries" in err and "list.txt:2: not a readable image" in err and "list.txt:3" in err
+
+
+def test_every_command_and_positional_is_described():
+    import argparse
+
+    from shitu.serving.cli import build_parser
+
+    missing = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {c.dest: c.help for c in action._choices_actions}
+                for name, sub in action.choices.items():
+                    if not (sub.description or helps.get(name)):
+                        missing.append(" ".join(path + [name]))
+                    walk(sub, path + [name])
+            elif not action.option_strings and not action.help:
+                missing.append(" ".join(path + [action.dest]))
+
+    walk(build_parser(), [])
+    assert not missing  # was: plugins install/remove/use/rollback positionals without help
+    sub = {a.dest: a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)}
+    gallery = next(iter(sub.values())).choices["gallery"]
+    commands = {a.dest: a for a in gallery._actions if isinstance(a, argparse._SubParsersAction)}
+    for name in ("compact", "repair"):
+        assert next(iter(commands.values())).choices[name].description
+    assert next(iter(sub.values())).choices["demo"].description

@@ -243,7 +243,8 @@ def _build(p: argparse.ArgumentParser) -> None:
                        description="Install a pack into the store and make it current. SOURCE: a pack folder, "
                                    "a .tar/.tar.gz/.zip archive, an http(s) URL of one, or the name of a built-in "
                                    "pack (its model files are downloaded, or taken from --from files).")
-    s.add_argument("source")
+    s.add_argument("source", help="a pack folder, a pack.yaml, a .tar.gz/.zip archive, an http(s) URL of one, "
+                                   "or the name of a built-in / entry-point pack")
     s.add_argument("--name", help="the pack name SOURCE must hold")
     s.add_argument("--from", dest="from_files", action="append", metavar="FILE",
                    help="a model archive/file downloaded elsewhere (repeatable); matched by file name")
@@ -256,8 +257,8 @@ def _build(p: argparse.ArgumentParser) -> None:
     s.set_defaults(func=cmd_install)
 
     s = sub.add_parser("remove", help="remove a version (or --all) from the store")
-    s.add_argument("name")
-    s.add_argument("version", nargs="?")
+    s.add_argument("name", help="pack name")
+    s.add_argument("version", nargs="?", help="the version to remove (or --all)")
     s.add_argument("--all", action="store_true", help="remove every version")
     s.set_defaults(func=cmd_remove)
 
@@ -269,13 +270,13 @@ def _build(p: argparse.ArgumentParser) -> None:
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("use", help="make a pack (version) current and the default pack")
-    s.add_argument("name")
-    s.add_argument("version", nargs="?")
+    s.add_argument("name", help="pack name")
+    s.add_argument("version", nargs="?", help="an installed version (default: the current one)")
     s.add_argument("--keep-default", action="store_true", help="switch the version only, keep the default pack")
     s.set_defaults(func=cmd_use)
 
     s = sub.add_parser("rollback", help="go back to the previous current version")
-    s.add_argument("name")
+    s.add_argument("name", help="pack name")
     s.set_defaults(func=cmd_rollback)
 
 
