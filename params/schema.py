@@ -138,6 +138,9 @@ FIELDS: tuple[Field, ...] = (
           "decoding (decompression bombs).", minimum=1, per_request=False),
     Field("Limits", "max_label_length", int, 128, "Characters allowed in a gallery label.", minimum=1,
           per_request=False),
+    Field("Limits", "max_source_length", int, 256,
+          "Characters allowed in an added image's `sources` name (the client's file name).", minimum=1,
+          per_request=False),
 )
 # fmt: on
 

@@ -98,6 +98,7 @@ def run_demo(out_dir: Path, as_json: bool = False) -> int:
         report(name, img, engine.recognize([img])[0], out_dir, as_json)
     print(f"annotated images written to {out_dir / 'annotated'}", file=sys.stderr)
     engine.close()
+    _example_photos(out_dir / "photos")
     return 0
 
 
@@ -150,7 +151,17 @@ def run_served_demo(out_dir: Path, as_json: bool = False) -> int:
         print(f"annotated images written to {out_dir / 'annotated'}", file=sys.stderr)
     finally:
         hub_serving.stop(proc)
+    _example_photos(out_dir / "photos")
     return 0
+
+
+def _example_photos(folder: Path) -> None:
+    """Leave the demo photographs beside the answers, for trying ``shitu recognize`` next."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        write_photos(folder)
 
 
 def write_photos(folder: Path) -> int:
@@ -163,8 +174,8 @@ def write_photos(folder: Path) -> int:
     for name, img in {**gallery, **query_photos(gallery)}.items():
         cv2.imwrite(str(folder / f"{name}.jpg"), img)
         print(folder / f"{name}.jpg")
-    print(f"try: shitu recognize {folder / 'collage_cat_and_coffee.jpg'}   (general-lite's demo gallery holds "
-          f"{', '.join(sorted(gallery))})", file=sys.stderr)
+    print(f"example photos in {folder}; try: shitu recognize {folder / 'collage_cat_and_coffee.jpg'}   "
+          f"(general-lite's demo gallery holds {', '.join(sorted(gallery))})", file=sys.stderr)
     return 0
 
 

@@ -266,15 +266,16 @@ class Service:
             raise RequestError(f"field 'metadata' must be a list of {count} objects or nulls")
         return meta
 
-    def _sources(self, request: dict[str, Any], count: int) -> list[str]:
+    def _sources(self, request: dict[str, Any], count: int, engine: Engine) -> list[str]:
         """The client's names for the added images (``sources``, e.g. file names), else ``request:<i>``."""
         given = self._list_field(request, "sources", required=False)
         if given is None:
             return [f"request:{i}" for i in range(count)]
-        if len(given) != count or not all(v is None or (isinstance(v, str) and len(v) <= 256 and v.isprintable())
+        limit = engine.params["Limits.max_source_length"]
+        if len(given) != count or not all(v is None or (isinstance(v, str) and len(v) <= limit and v.isprintable())
                                           for v in given):
-            raise RequestError(f"field 'sources' must be a list of {count} names (printable, at most 256 "
-                               "characters) or nulls")
+            raise RequestError(f"field 'sources' must be a list of {count} names (printable, at most {limit} "
+                               "characters; Limits.max_source_length) or nulls")
         return [v if v else f"request:{i}" for i, v in enumerate(given)]
 
     def gallery_add_images(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -282,7 +283,7 @@ class Service:
         images = self.decode_images(request, engine, strict=True)  # all or nothing
         labels = self._labels(request, len(images), engine)
         ids = engine.gallery_add(images, labels, gallery=request.get("gallery"),  # type: ignore[arg-type]
-                                 sources=self._sources(request, len(images)),
+                                 sources=self._sources(request, len(images), engine),
                                  metadata=self._metadata(request, len(images)))
         return {"ids": ids, "added": len(ids)}
 
@@ -392,7 +393,7 @@ class SearchService(Service):
         vectors = self._embeddings(request, engine, engine.params["RecPostProcess.binarize"])
         labels = self._labels(request, len(vectors), engine)
         ids = engine.gallery(request.get("gallery"), create=True).add(
-            vectors, labels, sources=self._sources(request, len(vectors)) if "sources" in request else None,
+            vectors, labels, sources=self._sources(request, len(vectors), engine) if "sources" in request else None,
             metadata=self._metadata(request, len(vectors)))
         return {"ids": ids, "added": len(ids)}
 
