@@ -61,6 +61,11 @@ def test_gallery_cli_scenario_gallery_form_builds_and_inspects_real(tmp_path, ph
     assert info["count"] == 3 and info["index_method"] == "Flat" and info["metric"] == "IP"
     assert main(["gallery", "info", "--scenario", "shelf-b", "--gallery", "nosuch"]) == 2
     assert "has no gallery 'nosuch'" in capsys.readouterr().err
+    query = tmp_path / "query.jpg"
+    cv2.imwrite(str(query), photos["rocket"])
+    assert main(["gallery", "search", "--scenario", "shelf-b", "--gallery", "shelf", str(query), "-k", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "SCORE" in out and "LABEL" in out and "rocket" in out  # column headers (were missing)
 
 
 def test_bad_pack_list_lines_are_reported_with_the_pack_file(tmp_path, photos, capsys):
@@ -71,6 +76,17 @@ def test_bad_pack_list_lines_are_reported_with_the_pack_file(tmp_path, photos, c
     assert main(["gallery", "build", "--scenario", "shelf-bad", "--gallery", "shelf", "--no-progress"]) == 3
     err = capsys.readouterr().err
     assert "2 bad gallery entries" in err and "list.txt:2" in err and "list.txt:3" in err  # both at once
+    # A request meets the same gallery: a clear error without this machine's paths.
+    from shitu.serving.engine.engine import EngineError, load_engine
+
+    engine = load_engine("shelf-bad")
+    try:
+        with pytest.raises(EngineError) as exc:
+            engine.recognize([photos["cat"]])
+    finally:
+        engine.close()
+    assert "cannot be built from the pack's list.txt (2 bad gallery entries" in str(exc.value)
+    assert str(tmp_path) not in str(exc.value) and "/packs/" not in str(exc.value)
 
 
 def test_served_pack_gallery_answers_instead_of_an_empty_list_real(served, tmp_path, photos, queries):

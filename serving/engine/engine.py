@@ -123,9 +123,17 @@ class Engine:
         spec = self.gallery_specs.get(name or self.default_gallery) if not isinstance(name, Path) else None
         if spec is None or Path(spec.dir()).resolve() != path.resolve():
             return None
+        from shitu.serving.gallery.local import GalleryError
         from shitu.serving.gallery.pack_gallery import ensure_built
 
-        ensure_built(spec, self.embed, self.embedding_size, max_label_length=self.params["Limits.max_label_length"])
+        try:
+            ensure_built(spec, self.embed, self.embedding_size,
+                         max_label_length=self.params["Limits.max_label_length"])
+        except GalleryError as exc:  # the details name files on this machine: point to the command that shows them
+            first = str(exc).splitlines()[0]
+            raise EngineError(f"gallery {spec.name!r} of scenario {self.scenario!r} cannot be built from the pack's "
+                              f"{spec.source().name} ({first.split(';')[0]}); `shitu gallery build --scenario "
+                              f"{self.scenario} --gallery {spec.name}` on the server shows why") from None
         return spec
 
     def close(self) -> None:
