@@ -129,3 +129,13 @@ def test_manifest_allows_one_gallery_source(tmp_path):
     with pytest.raises(ManifestError, match="give one of list_file, folder or vectors_file"):
         read_manifest(folder / "pack.yaml")
 
+
+
+def test_plugins_install_builds_the_galleries_the_pack_brings_real(tmp_path, photos, capsys):
+    from shitu.plugins import store
+    from shitu.serving.cli import main
+
+    assert main(["plugins", "install", str(shelf_pack(tmp_path / "src", photos, "shelf-d")), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "gallery shelf-d/shelf built from list.txt" in out and "gallery shelf-d/demo built" in out
+    assert (store.galleries_dir() / "shelf-d" / "shelf" / "gallery.db").is_file()  # before any use

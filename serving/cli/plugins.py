@@ -136,7 +136,38 @@ def cmd_install(args: argparse.Namespace) -> int:
     if args.use:
         registry.use(info.name, info.version)
         _out(f"{info.name} is now the default pack")
+    if not args.no_galleries:
+        _build_galleries(info.name, info.version, progress=not args.no_progress)
     return 0
+
+
+def _build_galleries(name: str, version: str, progress: bool) -> None:
+    """Build the galleries the pack brings (``list_file`` / ``folder`` / ``vectors_file``) that have no folder yet;
+    a failure is reported, not fatal: the gallery is built on first use (or by ``shitu gallery build``)."""
+    from shitu.plugins import registry
+
+    pack = registry.get_pack(name, version)
+    todo = [g for g in pack.galleries.values() if g.source() is not None]
+    if not todo:
+        return
+    try:
+        from shitu.serving.engine.engine import load_engine
+        from shitu.serving.gallery.pack_gallery import ensure_built, is_built
+
+        todo = [g for g in todo if not is_built(g)]
+        if not todo:
+            return
+        engine = load_engine(name)
+        try:
+            for g in todo:
+                ensure_built(g, engine.embed, engine.embedding_size, progress=progress)
+                _out(f"gallery {name}/{g.name} built from {g.source().name} into {g.dir()}")
+        finally:
+            engine.close()
+    except Exception as exc:  # noqa: BLE001 -- the pack is installed; its galleries can be built later
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        print(f"warning: galleries of {name} not built now ({first}); they are built on first use, or run "
+              f"`shitu gallery build --scenario {name} --gallery NAME`", file=sys.stderr)
 
 
 @_guard
@@ -254,6 +285,8 @@ def _build(p: argparse.ArgumentParser) -> None:
                    help="accept files without a published sha256 (their hashes are recorded)")
     s.add_argument("--use", action="store_true", help="also make it the default pack")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument("--no-galleries", action="store_true",
+                   help="do not build the galleries the pack brings now (they are built on first use)")
     s.set_defaults(func=cmd_install)
 
     s = sub.add_parser("remove", help="remove a version (or --all) from the store")
