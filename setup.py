@@ -30,7 +30,18 @@ def _packages() -> tuple[list[str], dict[str, str]]:
     return packages, package_dir
 
 
+def _pack_data() -> dict[str, list[str]]:
+    """The built-in scenario packs' folders (manifests, models, galleries) as data-only packages, every file."""
+    out = {}
+    for folder in sorted(p for p in (HERE / "plugins" / "packs").rglob("*") if p.is_dir()) + [HERE / "plugins" / "packs"]:
+        if "__pycache__" not in folder.parts:
+            out[".".join(["shitu", *folder.relative_to(HERE).parts])] = ["*"]
+    return out
+
+
 PACKAGES, PACKAGE_DIR = _packages()
+PACK_DATA = _pack_data()
+PACKAGES += sorted(set(PACK_DATA) - set(PACKAGES))  # listed, so setuptools installs them without warnings
 VERSION = {}
 exec((HERE / "shitu" / "_version.py").read_text(), VERSION)
 
@@ -47,6 +58,22 @@ SERVING_PINS = [
     "prometheus_client>=0.16",  # GET /metrics (multi-process mode across gunicorn workers)
 ]
 
+#: The client install: pure-Python or small wheels only (no paddle, OpenCV or faiss).
+CLIENT = [
+    "numpy>=1.24",
+    "requests>=2.28",
+    "pyyaml>=6",
+    "tqdm>=4.60",
+    "Pillow>=9",
+]
+#: The in-process engine: paddle.inference, images, search.
+ENGINE = [
+    "paddlepaddle==3.3.1",
+    # paddlehub depends on opencv-python; the headless wheel would share its cv2/ folder, so use this one.
+    "opencv-python>=4.8",
+    "faiss-cpu>=1.8",
+]
+
 setup(
     name="shitu-hub",
     version=VERSION["__version__"],
@@ -60,29 +87,21 @@ setup(
     package_dir=PACKAGE_DIR,
     include_package_data=True,
     package_data={
-        "shitu.plugins": ["packs/*/pack.yaml", "packs/*/*.md", "packs/*/*.txt", "packs/*/models/*",
-                          "packs/*/models/*/*", "packs/*/gallery/*", "WRITING_PACKS.md"],
+        "shitu.plugins": ["WRITING_PACKS.md"],
+        **PACK_DATA,
         "shitu.hub_modules": ["*/config.json", "*.json"],
         "shitu.serving.hub": ["web/*"],
     },
-    install_requires=[
-        # Engine: paddle.inference, images, search.
-        "paddlepaddle==3.3.1",
-        "numpy>=1.24",
-        # paddlehub depends on opencv-python; the headless wheel would share its cv2/ folder, so use this one.
-        "opencv-python>=4.8",
-        "faiss-cpu>=1.8",
-        "pyyaml>=6",
-        "tqdm>=4.60",
-        "requests>=2.28",
-        "Pillow>=9",
-    ],
+    # `pip install shitu-hub` is the client: the SDK, `shitu ... --server URL`, `shitu plugins`, drawing (PIL).
+    install_requires=CLIENT,
     extras_require={
-        "serving": SERVING_PINS,
+        # `pip install "shitu-hub[serving]"`: the engine (paddle.inference, OpenCV, faiss) and PaddleHub serving.
+        "serving": ENGINE + SERVING_PINS,
         "onnx": ["onnxruntime>=1.17"],
         # The demo's photographs ship in these wheels.
         "demo": ["scikit-image>=0.22", "scikit-learn>=1.3"],
-        "dev": SERVING_PINS
+        "dev": ENGINE
+        + SERVING_PINS
         + [
             "onnxruntime>=1.17",
             "pytest>=8",

@@ -193,6 +193,9 @@ FIELDS: tuple[Field, ...] = (
     Field("Limits", "max_open_galleries", int, 32,
           "Galleries a serving process keeps open (least recently used ones are closed beyond it).", minimum=1,
           per_request=False),
+    Field("Limits", "max_source_length", int, 256,
+          "Characters allowed in an added image's `sources` name (the client's file name).", minimum=1,
+          per_request=False),
 )
 # fmt: on
 

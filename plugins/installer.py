@@ -11,6 +11,8 @@ Steps (all inside ``$SHITU_HOME/packs/.tmp/stage-*``, removed whatever happens):
 4. check every listed file: present, size, sha256. Files without a published sha256 need ``--sha256`` (the hash
    the user checked) or ``--trust``; their hashes are recorded in ``install.json`` so ``verify`` sees later
    changes;
+4b. run each model once in a child process with the pack's runtime settings (:mod:`.runtime_check`): a model
+   that crashes or hangs is refused; the outcome is recorded (oneDNN is later enabled only as recorded);
 5. write ``install.json``, rename the staged folder to ``packs/<name>/<version>``, make it current.
 """
 from __future__ import annotations
@@ -21,8 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
-from shitu.plugins import store
-from shitu.plugins.errors import PackError
+from shitu.plugins import runtime_check, store
+from shitu.plugins.errors import ManifestError, PackError
 from shitu.plugins.fetch import DownloadError, archive_names, copy_tree, download, extract_archive, sha256_file
 from shitu.plugins.manifest import MANIFEST_FILE, NAME_RE, SHA256_RE, Manifest, ModelEntry, read_manifest, version_matches
 
@@ -105,6 +107,10 @@ def install(source: str, *, name: str | None = None, trust: bool = False,
             if unused_from:
                 raise PackError(f"--from {', '.join(unused_from)}: not needed by pack {manifest.name!r} (it needs: "
                                 f"{', '.join(_needed_names(manifest)) or 'nothing'})")
+            runtime = runtime_check.check_models(manifest, stage)
+            refused = runtime_check.refusal(manifest, runtime, f"pack {manifest.name!r} {manifest.version}")
+            if refused:
+                raise PackError(refused)
             store.write_record(stage, {
                 "name": manifest.name,
                 "version": manifest.version,
@@ -113,6 +119,7 @@ def install(source: str, *, name: str | None = None, trust: bool = False,
                 "shitu_hub": _shitu_version(),
                 "trusted": ctx.trust and any(v.get("verified") == "trust" for v in record_files.values()),
                 "files": record_files,
+                "runtime": runtime,
             })
             store.commit(stage, manifest.name, manifest.version)
             store.set_current(manifest.name, manifest.version)
@@ -155,11 +162,11 @@ def _stage(source: str, stage: Path, ctx: _Ctx) -> Manifest:
     if path.is_dir() and (path / MANIFEST_FILE).is_file():
         ctx.source_desc = str(path.resolve())
         copy_tree(path, stage)
-        return read_manifest(stage / MANIFEST_FILE)
+        return _read_staged(stage, str(path / MANIFEST_FILE))
     if path.is_file() and path.name == MANIFEST_FILE:
         ctx.source_desc = str(path.resolve())
         copy_tree(path.parent, stage)
-        return read_manifest(stage / MANIFEST_FILE)
+        return _read_staged(stage, str(path))
     if path.is_file():
         ctx.source_desc = str(path.resolve())
         _check_archive_hash(path, None, source, ctx, required=False)
@@ -190,8 +197,9 @@ def _stage_archive(archive: Path, stage: Path, ctx: _Ctx, label: str) -> Manifes
         else:
             raise PackError(f"{label}: the archive has no {MANIFEST_FILE} at its top level or in a single top "
                             "folder")
+    inner = root.relative_to(out).as_posix()
     os.rename(root, stage)
-    return read_manifest(stage / MANIFEST_FILE)
+    return _read_staged(stage, f"{label} ({inner + '/' if inner != '.' else ''}{MANIFEST_FILE})")
 
 
 def _stage_named(name: str, stage: Path, ctx: _Ctx) -> Manifest:
@@ -208,7 +216,15 @@ def _stage_named(name: str, stage: Path, ctx: _Ctx) -> Manifest:
     item = next((i for i in good if i.source == "entrypoint"), good[0])
     ctx.source_desc = f"{item.source}:{name} ({item.root})"
     copy_tree(item.root, stage)
-    return read_manifest(stage / MANIFEST_FILE)
+    return _read_staged(stage, str(item.root / MANIFEST_FILE))
+
+
+def _read_staged(stage: Path, shown: str) -> Manifest:
+    """Read the staged copy's manifest; an error names the user's file (``shown``), not the staging folder."""
+    try:
+        return read_manifest(stage / MANIFEST_FILE)
+    except ManifestError as exc:
+        raise ManifestError(exc.key, exc.problem, shown) from None
 
 
 def install_hint(target: str, downloads: Sequence[tuple[str, str, str | None]]) -> str:

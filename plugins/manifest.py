@@ -13,7 +13,8 @@ Layout of a manifest (schema version 1)::
       detector:   {name, format, path, files, archive?, <ModelSpec description keys>}
       recognizer: {name, format, path, embedding_size, files, archive?, <ModelSpec description keys>}
     params:       {Section: {key: value}}   # PP-ShiTu names, validated by shitu.params
-    galleries:    {<name>: {title, list_file | folder, image_root, delimiter, index_method, dist_type, data_url}}
+    galleries:    {<name>: {title, list_file | folder | vectors_file, image_root, delimiter, index_method, dist_type,
+                            data_url}}
     default_gallery: <name>
 
 Keys starting with ``x-`` are extensions and are ignored anywhere.
@@ -59,7 +60,8 @@ _MODEL_KEYS = {"name": True, "format": True, "path": True, "files": True, "archi
 _FILE_KEYS = {"path": True, "sha256": True, "size": False, "url": False, "optional": False}
 _ARCHIVE_KEYS = {"url": True, "sha256": True, "size": False, "root": False, "filename": False}
 _GALLERY_KEYS = {"title": False, "description": False, "list_file": False, "image_root": False, "folder": False,
-                 "delimiter": False, "index_method": False, "dist_type": False, "data_url": False, "files": False}
+                 "delimiter": False, "index_method": False, "dist_type": False, "data_url": False, "files": False,
+                 "vectors_file": False}
 
 
 # -- parsed form ---------------------------------------------------------------------------------------------------
@@ -115,6 +117,7 @@ class GalleryEntry:
     dist_type: str
     data_url: str | None
     files: tuple[FileEntry, ...] = ()
+    vectors_file: str | None = None  # precomputed embeddings (JSON) the gallery starts with
 
 
 @dataclass
@@ -617,8 +620,12 @@ def _parse_gallery(name: str, value: Any, key: str, defaults: dict[str, Any]) ->
     folder = safe_relpath(data["folder"], f"{key}.folder") if data.get("folder") is not None else None
     image_root = safe_relpath(data["image_root"], f"{key}.image_root") if data.get("image_root") is not None \
         else None
+    vectors_file = safe_relpath(data["vectors_file"], f"{key}.vectors_file") \
+        if data.get("vectors_file") is not None else None
     if list_file and folder:
         raise ManifestError(f"{key}.folder", "give either list_file or folder, not both")
+    if vectors_file and (list_file or folder):
+        raise ManifestError(f"{key}.vectors_file", "give one of list_file, folder or vectors_file")
     if image_root and not list_file:
         raise ManifestError(f"{key}.image_root", "only used with list_file")
     dist_type = data.get("dist_type", defaults["dist_type"])
@@ -637,4 +644,5 @@ def _parse_gallery(name: str, value: Any, key: str, defaults: dict[str, Any]) ->
         dist_type=dist_type,
         data_url=_url(data["data_url"], f"{key}.data_url") if data.get("data_url") is not None else None,
         files=_parse_files(data.get("files") or [], f"{key}.files", required=False),
+        vectors_file=vectors_file,
     )

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from shitu.plugins import store
+from shitu.plugins import runtime_check, store
 from shitu.plugins.installer import install as _install
 from shitu.plugins.installer import install_hint  # noqa: F401 - also the registry's (Pack.unavailable_reason)
 from shitu.plugins.errors import ManifestError, PackError
@@ -89,6 +89,11 @@ class GallerySpec:
     image_root: Path | None = None  # the list's image paths are relative to it (default: the list's folder)
     folder: Path | None = None  # alternative to list_file: one sub-folder of images per label
     data_url: str | None = None  # where published demo images live (never downloaded automatically)
+    vectors_file: Path | None = None  # precomputed embeddings (JSON) the gallery starts with
+
+    def source(self) -> Path | None:
+        """What the gallery is built from on first use (list file, folder or vectors file), if anything."""
+        return self.list_file or self.folder or self.vectors_file
 
     def dir(self) -> Path:
         """``$SHITU_HOME/galleries/<pack>/<gallery>`` (``SHITU_HOME`` read now)."""
@@ -186,9 +191,12 @@ class Pack:
             raise PackError(self.fetch_instructions())
         entry = self._m.models[role]
         try:
-            return ModelSpec.from_dict(copy.deepcopy(entry.description), self.root / entry.path)
+            spec = ModelSpec.from_dict(copy.deepcopy(entry.description), self.root / entry.path)
         except ModelSpecError as exc:
             raise PackError(f"pack {self.name!r} {self.version}: models.{role}: {exc}") from None
+        if self.source != "builtin" and not runtime_check.onednn_allowed(self.record, role, entry.description):
+            spec.onednn = False  # only what `shitu plugins install/verify` ran in a child process is used
+        return spec
 
     def downloads(self) -> list[tuple[str, str, str | None]]:
         """What must be fetched for the missing model files: ``(url, file name, sha256 or None)``."""
@@ -223,6 +231,7 @@ class Pack:
             image_root=self.root / g.image_root if g.image_root else None,
             folder=self.root / g.folder if g.folder else None,
             data_url=g.data_url,
+            vectors_file=self.root / g.vectors_file if g.vectors_file else None,
         )
 
     def gallery(self, name: str | None = None) -> GallerySpec:
@@ -528,8 +537,12 @@ def rollback(name: str) -> str:
         current, history = store.read_pointer(name)
         history = [v for v in history if v in versions and v != current]
         if not history:
-            raise PackError(f"pack {name!r}: no earlier version to roll back to"
-                            + (f" (installed: {', '.join(versions)})" if versions else " (not in the store)"))
+            if not versions:
+                raise PackError(f"pack {name!r}: no earlier version to roll back to (not in the store)")
+            served = store.current_version(name)
+            raise PackError(f"pack {name!r}: no earlier version to roll back to: {served} is current and no other "
+                            f"version was current before it (installed: {', '.join(versions)}); switch to any "
+                            f"installed version with `shitu plugins use {name} VERSION`")
         previous = history.pop(0)
         store.write_pointer(name, previous, history)
     return previous
@@ -574,6 +587,21 @@ def verify_files(name: str, version: str | None = None) -> list[FileCheck]:
     for rel, f in pack._m.all_files():
         check(rel, f.sha256, f.size, f.optional)
     return out
+
+
+def check_runtime(name: str, version: str | None = None) -> dict[str, dict[str, Any]]:
+    """Run each model of the pack once in a child process with its runtime settings (see :mod:`.runtime_check`);
+    for store packs the outcome replaces ``runtime`` in ``install.json`` (what enables oneDNN at load)."""
+    pack = find_pack(name, version)
+    if pack.missing_files():
+        return {}
+    results = runtime_check.check_models(pack._m, pack.root)
+    if pack.source == "store":
+        with store.lock():
+            record = store.read_record(pack.root) or {}
+            record["runtime"] = results
+            store.write_record(pack.root, record)
+    return results
 
 
 def verify(name: str, version: str | None = None) -> list[str]:

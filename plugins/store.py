@@ -161,6 +161,19 @@ def current_version(name: str) -> str | None:
     return current if current in versions else versions[-1]
 
 
+def pointer_stamp(name: str) -> tuple[int | None, ...]:
+    """A cheap fingerprint (three ``stat`` calls) of what decides which version of ``name`` is served: the default
+    pack file, the pack's ``current`` pointer and its folder (versions added or removed)."""
+    root = packs_dir()
+    out: list[int | None] = []
+    for path in (root / DEFAULT_FILE, root / name / CURRENT_FILE, root / name):
+        try:
+            out.append(path.stat().st_mtime_ns)
+        except (OSError, ValueError):
+            out.append(None)
+    return tuple(out)
+
+
 def read_default() -> str | None:
     try:
         value = (packs_dir() / DEFAULT_FILE).read_text(encoding="utf-8").strip()

@@ -19,8 +19,9 @@ A folder with neither gets the PaddleClas defaults for its kind.
     pooling: gap | none             # extractors whose output is a feature map [N, C, H, W]
     onednn: false                   # oneDNN only where verified: Paddle 3.3.1's default passes crash some
                                     # models (conv + leaky_relu), so it is off unless the folder says so or
-                                    # `shitu plugins verify` recorded a pass list verified on the model
-    onednn_passes: [...]            # custom oneDNN pass list verified for this model (null: paddle's default)
+                                    # `shitu plugins verify --onednn` recorded a pass list verified on the model
+    onednn_passes: [...]            # the oneDNN pass list verified for this model; without one oneDNN stays
+                                    # off (paddle's implicit default list is never used: it can segfault)
 """
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ def test_info_prints_tables(capsys):
 
 def test_verify_prints_a_table_and_fails_on_problems(tmp_path, capsys):
     code, out, _ = run(capsys, "verify")
-    assert code == 0 and "ok: 8 file(s) in 1 pack(s) verified" in out
+    assert code == 0 and "ok: 9 file(s) in 1 pack(s) verified" in out
     assert out.splitlines()[0].split() == ["PACK", "VERSION", "FILE", "STATUS", "DETAIL"]
 
     src = packkit.make_pack(tmp_path / "src")

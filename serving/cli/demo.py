@@ -16,7 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 
@@ -42,6 +41,8 @@ def gallery_photos() -> dict[str, np.ndarray]:
 
 def query_photos(gallery: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """name -> BGR query image; every name says what it should be recognised as."""
+    import cv2
+
     from skimage import data
 
     cat, coffee, rocket = gallery["cat"], gallery["coffee"], gallery["rocket"]
@@ -81,6 +82,8 @@ def format_table(name: str, recognitions: list) -> str:
 
 def report(name: str, img: np.ndarray, found: list, out_dir: Path, as_json: bool) -> None:
     """Print one query's answer (table or JSON line) and write its annotated copy."""
+    import cv2
+
     from shitu.serving.engine.draw import draw_recognitions
 
     print(json.dumps({"image": name, "results": [r.to_dict() for r in found]}) if as_json else format_table(name, found))
@@ -104,6 +107,7 @@ def run_demo(out_dir: Path, as_json: bool = False) -> int:
         report(name, img, engine.recognize([img])[0], out_dir, as_json)
     print(f"annotated images written to {out_dir / 'annotated'}", file=sys.stderr)
     engine.close()
+    _example_photos(out_dir / "photos")
     return 0
 
 
@@ -164,15 +168,54 @@ def run_served_demo(out_dir: Path, as_json: bool = False, serve: bool = False) -
                 pass
     finally:
         hub_serving.stop(proc)
+    _example_photos(out_dir / "photos")
     return 0
 
 
+def _example_photos(folder: Path) -> None:
+    """Leave the demo photographs beside the answers, for trying ``shitu recognize`` next."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        write_photos(folder)
+
+
+def write_photos(folder: Path) -> int:
+    """Save the demo's gallery photographs and queries as JPEG files (the README's example photos)."""
+    import cv2
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    gallery = gallery_photos()
+    for name, img in {**gallery, **query_photos(gallery)}.items():
+        cv2.imwrite(str(folder / f"{name}.jpg"), img)
+        print(folder / f"{name}.jpg")
+    print(f"example photos in {folder}; try: shitu recognize {folder / 'collage_cat_and_coffee.jpg'}   "
+          f"(general-lite's demo gallery holds {', '.join(sorted(gallery))})", file=sys.stderr)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.photos:
+        return write_photos(Path(args.photos))
+    if args.in_process:
+        return run_demo(Path(args.out), args.json)
+    return run_served_demo(Path(args.out), args.json, serve=args.serve)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="recognise the demo photographs with the embedded default models")
-    p.add_argument("--out", default="demo_output", help="folder for the gallery and annotated images")
+    p = subparsers.add_parser(
+        "demo", help="recognise the demo photographs with the embedded default models",
+        description="Start hub serving on the embedded general-lite models, add the demo photographs (scikit-image "
+                    "and scikit-learn sample images) to the gallery 'demo', recognise other views of them and print "
+                    "the answers; annotated copies go to OUT/annotated. With --photos DIR, only write the "
+                    "photographs (gallery and queries) as JPEG files, e.g. to try `shitu recognize` on them.")
+    p.add_argument("--out", default="demo_output", help="folder for the gallery and annotated images "
+                                                        "(default: %(default)s)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of tables")
     p.add_argument("--in-process", action="store_true", help="run the engine in this process, without hub serving")
     p.add_argument("--serve", action="store_true",
                    help="then print the web page's URL and keep serving until Ctrl-C (not with --in-process)")
-    p.set_defaults(func=lambda a: run_demo(Path(a.out), a.json) if a.in_process
-                   else run_served_demo(Path(a.out), a.json, serve=a.serve))
+    p.add_argument("--photos", metavar="DIR", help="write the demo photographs to DIR as JPEG files and stop")
+    p.set_defaults(func=_run)

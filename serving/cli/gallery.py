@@ -22,7 +22,48 @@ from pathlib import Path
 from typing import Any
 
 from shitu.serving.cli.toolkit import (EXIT_NOTHING, EXIT_OK, EXIT_USAGE, add_param_option, add_token_option, fail,
-                                      guard, key_values, param_overrides)
+                                      UsageError, guard, key_values, param_overrides)
+
+
+def _guard(fn: Any) -> Any:
+    """The toolkit's :func:`guard`, after ``--scenario NAME --gallery NAME`` is resolved to the pack's folder."""
+
+    def resolved(args: argparse.Namespace) -> int:
+        args.func_name = fn.__name__
+        _resolve_pack_gallery(args)
+        return fn(args)
+
+    resolved.__name__, resolved.__doc__ = fn.__name__, fn.__doc__
+    return guard(resolved)
+
+
+def _resolve_pack_gallery(args: argparse.Namespace) -> None:
+    """``--scenario NAME --gallery NAME``: the pack's gallery folder in the store, in place of GALLERY.
+
+    A gallery the pack brings (``list_file`` / ``folder`` / ``vectors_file`` in its ``pack.yaml``) is built here
+    first if it has no folder yet, with its declared ``index_method`` and ``dist_type`` (except by ``build``, which
+    builds it itself)."""
+    name = getattr(args, "gallery_name", None)
+    args.pack_gallery = None
+    if name is None:
+        if getattr(args, "gallery", None) is None:
+            raise UsageError("give a gallery folder, or --gallery NAME (with --scenario NAME) for a scenario pack's")
+        return
+    if getattr(args, "gallery", None) is not None:
+        raise UsageError(f"give a gallery folder ({args.gallery}) or --gallery {name}, not both")
+    from shitu.plugins import registry
+
+    spec = registry.get_pack(getattr(args, "scenario", None)).gallery(name)
+    args.gallery, args.pack_gallery = str(spec.dir()), spec
+    if spec.source() is not None and args.func_name != "cmd_build":
+        from shitu.serving.gallery.pack_gallery import ensure_built, is_built
+
+        if not is_built(spec):
+            engine = _load_engine(args)
+            try:
+                ensure_built(spec, _embed_fn(engine), engine.embedding_size, progress=True)
+            finally:
+                engine.close()
 
 
 def _load_engine(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Any:
@@ -72,6 +113,26 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
 
     path = Path(args.gallery)
     exists = (path / DB_NAME).is_file()
+    spec = getattr(args, "pack_gallery", None)
+    if not args.sources:
+        if spec is None or spec.source() is None:
+            raise UsageError("give a list file, a folder or images to add"
+                         + (f" (gallery {spec.name!r} of pack {spec.pack!r} declares no content)" if spec else ""))
+        from shitu.serving.gallery.pack_gallery import ensure_built
+
+        if exists:
+            print(f"{path}: already built ({spec.pack}/{spec.name}); add more with `shitu gallery add`")
+            return EXIT_OK
+        engine = _load_engine(args)
+        try:
+            ensure_built(spec, _embed_fn(engine), engine.embedding_size, progress=not args.no_progress,
+                         skip_bad=args.skip_bad, max_label_length=args.max_label_length)
+        finally:
+            engine.close()
+        with Gallery.open(path, readonly=True) as g:
+            print(f"{path}: built {spec.pack}/{spec.name} from {spec.source().name}: {len(g)} items, "
+                  f"index {g.info()['index_method']}, metric {g.metric}")
+        return EXIT_OK
     if not create and not exists:
         return fail(f"{path}: not a gallery (use `shitu gallery build` to create one)")
 
@@ -87,10 +148,10 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
             return fail("give one list file or folder, or images with --label")
         entries = read_entries(args.sources[0], args.image_root, args.delimiter, errors,
                                max_label_length=args.max_label_length)
-    if errors and not args.skip_bad:
-        from shitu.serving.gallery.build import GalleryBuildError
+    if errors and not args.skip_bad:  # every bad entry at once, unreadable images included
+        from shitu.serving.gallery.build import GalleryBuildError, all_bad
 
-        raise GalleryBuildError([(e.file, e.line_no, e.message) for e in errors])
+        raise GalleryBuildError(all_bad(errors, entries))
 
     extra: dict[str, Any] = {}
     dist_type = getattr(args, "dist_type", None)
@@ -109,8 +170,10 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
             if binary and dist_type not in (None, "hamming"):
                 raise GalleryError("the extractor gives binary embeddings: use --dist-type hamming")
             gallery = Gallery.create(
-                path, dim, index_method=args.index_method or engine.params["IndexProcess.index_method"],
-                dist_type=dist_type or ("hamming" if binary else engine.params["IndexProcess.dist_type"]),
+                path, dim, index_method=args.index_method or (spec.index_method if spec else
+                                                              engine.params["IndexProcess.index_method"]),
+                dist_type=dist_type or ("hamming" if binary else spec.dist_type if spec else
+                                        engine.params["IndexProcess.dist_type"]),
                 hamming_radius=args.hamming_radius if args.hamming_radius is not None
                 else engine.params["IndexProcess.hamming_radius"],
                 exist_ok=True, max_label_length=args.max_label_length,
@@ -132,19 +195,19 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
     return EXIT_OK
 
 
-@guard
+@_guard
 def cmd_build(args: argparse.Namespace) -> int:
     """Create (if needed) and fill a gallery from a list file or a folder tree."""
     return _build_or_add(args, create=True)
 
 
-@guard
+@_guard
 def cmd_add(args: argparse.Namespace) -> int:
     """Add images to an existing gallery."""
     return _build_or_add(args, create=False)
 
 
-@guard
+@_guard
 def cmd_remove(args: argparse.Namespace) -> int:
     from shitu.serving.gallery.local import Gallery
 
@@ -156,7 +219,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     return EXIT_OK if n else EXIT_NOTHING
 
 
-@guard
+@_guard
 def cmd_list(args: argparse.Namespace) -> int:
     from shitu.serving.gallery.local import Gallery
 
@@ -179,7 +242,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK if rows else EXIT_NOTHING
 
 
-@guard
+@_guard
 def cmd_info(args: argparse.Namespace) -> int:
     from shitu.serving.gallery.local import Gallery
 
@@ -192,7 +255,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@guard
+@_guard
 def cmd_search(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -224,12 +287,14 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(json.dumps({"image": name, "matches": [m.to_dict() for m in row]}, ensure_ascii=False))
         else:
             print(name)
+            if row:
+                print(f"  {'SCORE':>10}  {'ID':>8}  LABEL  SOURCE")
             for m in row:
                 print(f"  {m.score:10.4f}  {m.id:8d}  {m.label}  {m.source or ''}")
     return EXIT_OK if found else EXIT_NOTHING
 
 
-@guard
+@_guard
 def cmd_compact(args: argparse.Namespace) -> int:
     from shitu.serving.gallery.local import Gallery
 
@@ -245,7 +310,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@guard
+@_guard
 def cmd_repair(args: argparse.Namespace) -> int:
     from shitu.serving.gallery.local import Gallery
 
@@ -262,9 +327,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="gallery_command", metavar="SUBCOMMAND")
     p.set_defaults(func=lambda a: (p.print_help(), EXIT_USAGE)[1])
 
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("gallery", help="gallery folder")
+    def common(sp: argparse.ArgumentParser, scenario: bool = False) -> None:
+        sp.add_argument("gallery", nargs="?", help="gallery folder (or --scenario NAME --gallery NAME)")
+        sp.add_argument("--gallery", dest="gallery_name", metavar="NAME",
+                        help="a gallery of a scenario pack, by name, in place of GALLERY (pack: --scenario, "
+                             "default: the default pack)")
         sp.add_argument("--json", action="store_true", help="JSON output")
+        if scenario:
+            sp.add_argument("--scenario", help="scenario pack of --gallery NAME (default: the default pack)")
 
     def engine_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--scenario", help="scenario pack whose feature extractor is used (default pack)")
@@ -292,6 +362,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
         def run(args: argparse.Namespace) -> int:
             if args.server:
+                args.gallery = args.gallery or args.gallery_name
                 from shitu.serving.cli import recognize as client_cli
 
                 return getattr(client_cli, remote_name)(args)
@@ -302,8 +373,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b = sub.add_parser("build", help="create a gallery (or extend it) from a list file or a label/image folder tree",
                        description="Images already in the gallery (same sha256) are skipped, so re-running is cheap.")
     common(b)
-    b.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="list file (path<TAB>label per line) or folder tree label/image.jpg; or images with --label")
+    b.add_argument("sources", nargs="*", metavar="SOURCE",
+                   help="list file (path<TAB>label per line) or folder tree label/image.jpg; or images with --label; "
+                        "none with --gallery NAME: the list, folder or vectors the pack declares for it")
     b.add_argument("--label", help="label for image files given as SOURCE")
     b.add_argument("--index-method", help="Flat, IVF, HNSW32 or a faiss factory string (new galleries; default: "
                                           "IndexProcess.index_method)")
@@ -315,7 +387,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a = sub.add_parser("add", help="add images to an existing gallery (a list file, a folder tree, or images "
                                    "with --label)")
     common(a)
-    a.add_argument("sources", nargs="+", metavar="SOURCE")
+    a.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="list file (path<TAB>label per line), folder tree label/image.jpg, or images with --label")
     a.add_argument("--label", help="label for image files given as SOURCE")
     build_opts(a)
     remote(a, cmd_add, "remote_gallery_add", scenario=False)
@@ -340,18 +413,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("search", help="search whole images against the gallery")
     common(s)
-    s.add_argument("images", nargs="+", metavar="IMAGE")
+    s.add_argument("images", nargs="+", metavar="IMAGE", help="image files; each is searched as a whole")
     s.add_argument("-k", type=int, default=5, help="matches per image")
     s.add_argument("--label", action="append", help="only search these labels (repeatable)")
     engine_opts(s)
     s.set_defaults(func=cmd_search)
 
-    c = sub.add_parser("compact", help="drop removed vectors, retrain IVF if needed, write a fresh snapshot")
-    common(c)
+    c = sub.add_parser("compact", help="drop removed vectors, retrain IVF if needed, write a fresh snapshot",
+                       description="Drop the vectors of removed items from the index (done automatically once more "
+                                   "than 20%% are removed), retrain an IVF index when needed, and write a fresh "
+                                   "snapshot.")
+    common(c, scenario=True)
     c.set_defaults(func=cmd_compact)
 
-    rp = sub.add_parser("repair", help="rebuild a lost or damaged index snapshot from gallery.db")
-    common(rp)
+    rp = sub.add_parser("repair", help="rebuild a lost or damaged index snapshot from gallery.db",
+                        description="Rebuild the faiss snapshot from gallery.db (the source of truth) when the "
+                                    "snapshot is missing, truncated or corrupt; the items are kept.")
+    common(rp, scenario=True)
     rp.set_defaults(func=cmd_repair)
 
     from shitu.serving.cli.gallery_ops import register_ops

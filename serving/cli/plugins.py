@@ -109,7 +109,38 @@ def cmd_install(args: argparse.Namespace) -> int:
     if args.use:
         registry.use(info.name, info.version)
         _out(f"{info.name} is now the default pack")
+    if not args.no_galleries:
+        _build_galleries(info.name, info.version, progress=not args.no_progress)
     return 0
+
+
+def _build_galleries(name: str, version: str, progress: bool) -> None:
+    """Build the galleries the pack brings (``list_file`` / ``folder`` / ``vectors_file``) that have no folder yet;
+    a failure is reported, not fatal: the gallery is built on first use (or by ``shitu gallery build``)."""
+    from shitu.plugins import registry
+
+    pack = registry.get_pack(name, version)
+    todo = [g for g in pack.galleries.values() if g.source() is not None]
+    if not todo:
+        return
+    try:
+        from shitu.serving.engine.engine import load_engine
+        from shitu.serving.gallery.pack_gallery import ensure_built, is_built
+
+        todo = [g for g in todo if not is_built(g)]
+        if not todo:
+            return
+        engine = load_engine(name)
+        try:
+            for g in todo:
+                ensure_built(g, engine.embed, engine.embedding_size, progress=progress)
+                _out(f"gallery {name}/{g.name} built from {g.source().name} into {g.dir()}")
+        finally:
+            engine.close()
+    except Exception as exc:  # noqa: BLE001 -- the pack is installed; its galleries can be built later
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        print(f"warning: galleries of {name} not built now ({first}); they are built on first use, or run "
+              f"`shitu gallery build --scenario {name} --gallery NAME`", file=sys.stderr)
 
 
 @guard
@@ -129,7 +160,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 @guard
 def cmd_verify(args: argparse.Namespace) -> int:
-    from shitu.plugins import registry
+    from shitu.plugins import registry, runtime_check
 
     if args.name:
         targets = [(args.name, args.version)]
@@ -142,6 +173,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for c in registry.verify_files(name, pack.version):
             rows.append([c.pack, c.version, c.path, c.status.upper() if c.problem else c.status, c.detail])
         problems += registry.verify(name, pack.version)
+        if not args.files_only:
+            runtime = registry.check_runtime(name, pack.version)
+            for role, rec in runtime.items():
+                status = rec["status"]
+                rows.append([pack.name, pack.version, f"(run {role})",
+                             status.upper() if status in runtime_check.FATAL else status,
+                             f"oneDNN {'on' if rec.get('onednn') else 'off'}" + (f": {rec['detail']}"
+                                                                                if rec.get("detail") else "")])
+            refused = runtime_check.refusal(pack._m, runtime, f"{pack.name} {pack.version}")
+            if refused:
+                problems.append(refused)
     _out(_table(rows, ["PACK", "VERSION", "FILE", "STATUS", "DETAIL"]))
     _out()
     if problems:
@@ -149,7 +191,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for p in problems:
             _out(f"  {p}")
         return EXIT_PROBLEMS
-    _out(f"ok: {len(rows)} file(s) in {len(targets)} pack(s) verified")
+    files = sum(1 for row in rows if not row[2].startswith("(run "))
+    _out(f"ok: {files} file(s) in {len(targets)} pack(s) verified"
+         + (f", {len(rows) - files} model run(s)" if len(rows) > files else ""))
     if getattr(args, "onednn", False):
         return _verify_onednn(targets)
     return 0
@@ -223,7 +267,8 @@ def _build(p: argparse.ArgumentParser) -> None:
                        description="Install a pack into the store and make it current. SOURCE: a pack folder, "
                                    "a .tar/.tar.gz/.zip archive, an http(s) URL of one, or the name of a built-in "
                                    "pack (its model files are downloaded, or taken from --from files).")
-    s.add_argument("source")
+    s.add_argument("source", help="a pack folder, a pack.yaml, a .tar.gz/.zip archive, an http(s) URL of one, "
+                                   "or the name of a built-in / entry-point pack")
     s.add_argument("--name", help="the pack name SOURCE must hold")
     s.add_argument("--from", dest="from_files", action="append", metavar="FILE",
                    help="a model archive/file downloaded elsewhere (repeatable); matched by file name")
@@ -233,30 +278,34 @@ def _build(p: argparse.ArgumentParser) -> None:
                    help="accept files without a published sha256 (their hashes are recorded)")
     s.add_argument("--use", action="store_true", help="also make it the default pack")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument("--no-galleries", action="store_true",
+                   help="do not build the galleries the pack brings now (they are built on first use)")
     s.set_defaults(func=cmd_install)
 
     s = sub.add_parser("remove", help="remove a version (or --all) from the store")
-    s.add_argument("name")
-    s.add_argument("version", nargs="?")
+    s.add_argument("name", help="pack name")
+    s.add_argument("version", nargs="?", help="the version to remove (or --all)")
     s.add_argument("--all", action="store_true", help="remove every version")
     s.set_defaults(func=cmd_remove)
 
-    s = sub.add_parser("verify", help="check every file against its sha256")
+    s = sub.add_parser("verify", help="check every file against its sha256 and run each model once (in a "
+                       "child process, with the pack's runtime settings)")
     s.add_argument("name", nargs="?", help="pack name (default: every installed or ready pack)")
     s.add_argument("--version", help="a specific version")
     s.add_argument("--onednn", action="store_true",
                    help="also verify a oneDNN pass list on models that leave it unset (official models), each in a "
                         "subprocess, and record it so they run with oneDNN")
+    s.add_argument("--files-only", action="store_true", help="only check the files (no test forward)")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("use", help="make a pack (version) current and the default pack")
-    s.add_argument("name")
-    s.add_argument("version", nargs="?")
+    s.add_argument("name", help="pack name")
+    s.add_argument("version", nargs="?", help="an installed version (default: the current one)")
     s.add_argument("--keep-default", action="store_true", help="switch the version only, keep the default pack")
     s.set_defaults(func=cmd_use)
 
     s = sub.add_parser("rollback", help="go back to the previous current version")
-    s.add_argument("name")
+    s.add_argument("name", help="pack name")
     s.set_defaults(func=cmd_rollback)
 
 

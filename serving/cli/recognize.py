@@ -128,7 +128,10 @@ def _local_engine(args: argparse.Namespace, overrides: dict[str, Any], need_gall
     if need_gallery and not isinstance(gallery, Path):
         from shitu.serving.gallery.local import DB_NAME
 
-        path = engine.gallery_path()
+        path = engine.gallery_path(gallery)
+        spec = engine.gallery_specs.get(gallery or engine.default_gallery)
+        if spec is not None and spec.source() is not None:
+            engine.gallery(gallery)  # a gallery the pack brings: built on first use
         if not (path / DB_NAME).is_file():
             engine.close()
             what = f"gallery {gallery!r}" if gallery else "the default gallery"
@@ -185,7 +188,7 @@ def _run(args: argparse.Namespace, op: str) -> int:
     else:
         try:
             results = _run_local(args, overrides, op)
-        except UsageError:
+        except (UsageError, ModuleNotFoundError):  # missing serving stack: explained by the shitu command
             raise
         except Exception as exc:  # noqa: BLE001 -- an engine that cannot load or run: exit status 3
             return fail(f"engine: {type(exc).__name__}: {exc}", EXIT_ERROR)
@@ -224,14 +227,22 @@ def format_result(name: str, res: Any) -> str:
 
 
 def _write_drawing(folder: Path, path: str, res: Any, all_paths: Sequence[str]) -> None:
-    import cv2
-
-    from shitu.serving.client.sdk import draw
-
     stem = Path(path).stem
     if sum(Path(p).stem == stem for p in all_paths) > 1:
         stem = f"{res.index}_{stem}"
     out = folder / f"{stem}.jpg"
+    try:
+        import cv2
+    except ModuleNotFoundError:  # a client-only install: PIL draws the same
+        from shitu.serving.client.pil_draw import draw_file
+
+        try:
+            draw_file(path, res, out)
+        except OSError as exc:
+            print(f"warning: could not write {out}: {exc}", file=sys.stderr)
+        return
+    from shitu.serving.client.sdk import draw
+
     if not cv2.imwrite(str(out), draw(path, res)):  # with res.explanation: the left-out boxes too
         print(f"warning: could not write {out}", file=sys.stderr)
 

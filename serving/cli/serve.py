@@ -12,15 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from shitu.hub_modules import MODULES
-from shitu.serving.cli.toolkit import non_negative_int, positive_int
-from shitu.serving.hub.control import hub_command, hub_home, install_modules, serving_config
+from shitu.serving.cli.toolkit import EXIT_USAGE, fail, non_negative_int, positive_int
+from shitu.serving.hub.control import check_serve_args, hub_command, hub_home, install_modules, serving_config
 
 __all__ = ["register", "run_serve"]
 
 
 def run_serve(args: argparse.Namespace) -> int:
     """Write the config, ``hub install`` the modules, then become ``hub serving start -c`` (exec)."""
-    modules = tuple(args.modules.split(",")) if args.modules else MODULES
+    modules = tuple(m.strip() for m in args.modules.split(",") if m.strip()) if args.modules else MODULES
+    problem = check_serve_args(modules, args.scenario)
+    if problem:
+        return fail(problem, EXIT_USAGE)
     from shitu.serving.hub.connections import warn_if_exposed
     from shitu.serving.hub.service import TOKEN_ENV
 
@@ -45,13 +48,17 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``serve`` to the ``shitu`` parser."""
-    p = subparsers.add_parser("serve", help="hub install the modules and run `hub serving start -c config.json`")
-    p.add_argument("--port", type=non_negative_int, default=8866)
+    p = subparsers.add_parser("serve", help="hub install the modules and run `hub serving start -c config.json`",
+                              description="Write config.json, `hub install` the modules and exec `hub serving start "
+                                          "-c config.json`. An unknown module or scenario, or a scenario whose "
+                                          "models are not installed, stops here, before anything starts.")
+    p.add_argument("--port", type=non_negative_int, default=8866, help="port to listen on (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
     p.add_argument("--token", help="admin token for gallery changes (default: $SHITU_ADMIN_TOKEN); strongly "
                    "advised with --host beyond loopback")
-    p.add_argument("--workers", type=positive_int, default=1, help=">1: gunicorn multi-process mode")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help=">1: gunicorn multi-process mode with that many workers (default: %(default)s)")
     p.add_argument("--modules", help=f"comma-separated subset of {','.join(MODULES)}")
     p.add_argument("--scenario", help="default scenario pack of the served modules")
     p.add_argument("--config-out", default="shitu_serving.json", help="where to write the config.json used")

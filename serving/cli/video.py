@@ -134,9 +134,9 @@ def _recognizer(args: argparse.Namespace) -> Any:
     if args.server:
         from shitu.serving.client.sdk import ShituClient
 
-        recognize = ShituClient(args.server).recognize
-        where = {k: v for k, v in (("scenario", args.scenario), ("gallery", args.gallery)) if v}
-        return functools.partial(recognize, **where) if where else recognize
+        chosen = {k: v for k, v in (("scenario", args.scenario), ("gallery", args.gallery)) if v}
+        client = ShituClient(args.server)
+        return functools.partial(client.recognize, **chosen) if chosen else client.recognize
     from shitu.serving.engine.engine import load_engine
 
     return load_engine(scenario=args.scenario, gallery=resolve_gallery(args.gallery)).recognize

@@ -840,9 +840,16 @@ class ShituClient:
             raise InputError(f"{count} items but {len(metadata)} metadata entries")
         ids: list[int] = []
 
+        # Image files keep their names on the server (the items' `source`); other images are "request:<i>".
+        names = [Path(x).name if isinstance(x, (str, os.PathLike)) else None for x in items] if images is not None \
+            else None
+
         def fields(start: int, n: int) -> dict[str, Any]:
             meta = None if metadata is None else [None if m is None else dict(m) for m in metadata[start:start + n]]
-            return {"labels": labels[start:start + n], "metadata": meta}
+            out = {"labels": labels[start:start + n], "metadata": meta}
+            if names is not None and any(names[start:start + n]):
+                out["sources"] = names[start:start + n]
+            return out
 
         try:
             if images is not None:

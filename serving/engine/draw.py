@@ -1,13 +1,13 @@
 """Drawing recognitions on images (annotated copies for the demo, the CLI's ``--draw`` and videos), and with
 ``--explain`` the boxes an answer left out, dashed, with the reason.
 
-Needs only numpy and OpenCV, so the client SDK can use it.
+Needs only numpy and OpenCV (imported when drawing), so the client SDK can use it;
+:mod:`shitu.serving.client.pil_draw` draws the same with PIL where OpenCV is not installed.
 """
 from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-import cv2
 import numpy as np
 
 from shitu.serving.engine.explain import Explanation
@@ -24,6 +24,8 @@ def color_for(label: str) -> tuple[int, int, int]:
 
 def draw_recognitions(image_bgr: np.ndarray, recognitions: Iterable[Recognition], prefix: str = "") -> np.ndarray:
     """A copy of ``image_bgr`` with each box and ``label score`` drawn; the whole-image match as a banner."""
+    import cv2
+
     out = image_bgr.copy()
     h, w = out.shape[:2]
     thick = max(1, round(min(h, w) / 300))

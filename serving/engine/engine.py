@@ -52,11 +52,15 @@ class Engine:
     """Detector + feature extractor + galleries of one scenario, with merged parameters."""
 
     def __init__(self, detector_spec: ModelSpec, extractor_spec: ModelSpec, params: Params | None = None,
-                 gallery_root: Path | None = None, default_gallery: str = "default", scenario: str = "custom"):
+                 gallery_root: Path | None = None, default_gallery: str = "default", scenario: str = "custom",
+                 gallery_specs: dict[str, Any] | None = None):
         self.params = params or merge()
         self.scenario = scenario
         detector_spec = detector_spec.with_transform_ops(self.params["DetPreProcess.transform_ops"])
         extractor_spec = extractor_spec.with_transform_ops(self.params["RecPreProcess.transform_ops"])
+        #: The scenario pack's declared galleries (name -> GallerySpec): built on first use, with their own
+        #: index_method / dist_type (shitu.serving.gallery.pack_gallery).
+        self.gallery_specs = dict(gallery_specs or {})
         self.detector = MainbodyDetector(detector_spec, runtime_options(self.params, "det"))
         self.extractor = FeatureExtractor(extractor_spec, runtime_options(self.params, "rec"))
         self.gallery_root = Path(gallery_root) if gallery_root else None
@@ -95,24 +99,27 @@ class Engine:
             return name
         path = Path(name) if isinstance(name, Path) else self.gallery_path(name)
         key = str(path.resolve())
+        spec = None
         with self._lock:
             if key not in self._galleries:
                 from shitu.serving.gallery.local import DB_NAME
 
+                spec = self._declared_gallery(name, path)
                 named = isinstance(name, str) and name != self.default_gallery
-                if named and not create and not (path / DB_NAME).is_file():
+                if named and not create and not (path / DB_NAME).is_file() and spec is None:
                     raise EngineError(f"no gallery named {name!r} in scenario {self.scenario!r} "
                                       "(adding images creates it)")
-            return self._galleries.get(key, lambda: self._open_gallery(path))
+            return self._galleries.get(key, lambda: self._open_gallery(path, spec))
 
-    def _open_gallery(self, path: Path) -> Any:
+    def _open_gallery(self, path: Path, spec: Any = None) -> Any:
+        """Open or create the gallery folder ``path``; ``spec``: the pack's declaration, whose index wins."""
         from shitu.serving.gallery.local import Gallery
 
         binary = self.params["RecPostProcess.binarize"]
         gallery = Gallery.open_or_create(
             path, self.embedding_size,
-            index_method=self.params["IndexProcess.index_method"],
-            dist_type="hamming" if binary else self.params["IndexProcess.dist_type"],
+            index_method=spec.index_method if spec else self.params["IndexProcess.index_method"],
+            dist_type="hamming" if binary else (spec.dist_type if spec else self.params["IndexProcess.dist_type"]),
             hamming_radius=self.params["IndexProcess.hamming_radius"],
             max_label_length=self.params["Limits.max_label_length"],
         )
@@ -120,6 +127,25 @@ class Engine:
 
         remember_model(path, self.extractor.spec)  # what made the vectors, checked by export/import
         return gallery
+
+    def _declared_gallery(self, name: str | Path | None, path: Path) -> Any:
+        """The pack's declaration of gallery ``name`` when ``path`` is its folder, built now if it declares content
+        and has no folder yet (None for folders and undeclared names)."""
+        spec = self.gallery_specs.get(name or self.default_gallery) if not isinstance(name, Path) else None
+        if spec is None or Path(spec.dir()).resolve() != path.resolve():
+            return None
+        from shitu.serving.gallery.local import GalleryError
+        from shitu.serving.gallery.pack_gallery import ensure_built
+
+        try:
+            ensure_built(spec, self.embed, self.embedding_size,
+                         max_label_length=self.params["Limits.max_label_length"])
+        except GalleryError as exc:  # the details name files on this machine: point to the command that shows them
+            first = str(exc).splitlines()[0]
+            raise EngineError(f"gallery {spec.name!r} of scenario {self.scenario!r} cannot be built from the pack's "
+                              f"{spec.source().name} ({first.split(';')[0]}); `shitu gallery build --scenario "
+                              f"{self.scenario} --gallery {spec.name}` on the server shows why") from None
+        return spec
 
     def close(self) -> None:
         with self._lock:
@@ -249,5 +275,5 @@ def load_engine(scenario: str | None = None, gallery: str | Path | None = None,
     elif gallery:
         default_gallery = gallery
     return Engine(det_spec, rec_spec, merged, gallery_root=gallery_root, default_gallery=default_gallery,
-                  scenario=pack.name)
+                  scenario=pack.name, gallery_specs=pack.galleries)
 

@@ -31,12 +31,23 @@ import numpy as np
 
 from shitu.model_spec import ModelSpec
 
-#: Candidate pass lists, tried in order: paddle's default list (None), then a short list verified on the PIR PicoDet
-#: export (the default list fails there with "ConvertPirAttribute2RuntimeAttribute not support").
+#: Candidate pass lists, tried in order: paddle's default list (None here; spelled out by :func:`default_passes`, since
+#: a predictor turns oneDNN on only with an explicit list), then a short list verified on the PIR PicoDet export (the
+#: default list fails there with "ConvertPirAttribute2RuntimeAttribute not support").
 OFFICIAL_PASS_LISTS: tuple[list[str] | None, ...] = (
     None,
     ["conv2d_bias_fuse_pass", "conv_elementwise_add_onednn_fuse_pass"],
 )
+
+
+def default_passes() -> list[str]:
+    """Paddle's default CPU oneDNN pass list, as an explicit list (what ``enable_mkldnn()`` alone would run)."""
+    import paddle.inference as pi
+
+    config = pi.Config()
+    config.disable_gpu()
+    config.enable_mkldnn()
+    return list(config.pass_builder().all_passes())
 VERIFY_TIMEOUT_S = 900
 #: A verified list is used only when it was also measured this much faster than plain CPU.
 MIN_SPEEDUP = 1.1
@@ -132,6 +143,7 @@ def _same(kind: str, ref: list[np.ndarray], got: list[np.ndarray]) -> tuple[bool
 
 def check(spec: ModelSpec, passes: list[str] | None) -> dict[str, Any]:
     """In this process: compare oneDNN with ``passes`` against plain CPU on ``spec``'s model."""
+    passes = default_passes() if passes is None else passes  # recorded spelled out: predictors need a list
     ref, t_plain = _run(spec, False, None)
     try:
         got, t_onednn = _run(spec, True, passes)

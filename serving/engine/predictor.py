@@ -166,11 +166,12 @@ class _PaddleBackend(_Backend):
         else:
             config.disable_gpu()
             config.set_cpu_math_library_num_threads(options.cpu_threads)
-            mkldnn = bool(options.enable_mkldnn and spec.onednn)
+            # oneDNN only with a pass list verified for this model: Paddle's default list segfaults on some
+            # models while the predictor is built, which would take the whole server down.
+            mkldnn = options.enable_mkldnn and spec.onednn and spec.onednn_passes is not None
             if mkldnn:
                 config.enable_mkldnn()
-                if spec.onednn_passes is not None:
-                    config.enable_custom_passes(list(spec.onednn_passes), True)
+                config.enable_custom_passes(list(spec.onednn_passes), True)
             else:
                 config.disable_mkldnn()
         config.disable_glog_info()

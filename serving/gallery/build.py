@@ -27,7 +27,8 @@ from shitu.files import sha256_file
 from shitu.serving.gallery.local import Gallery, GalleryError
 from shitu.serving.gallery.list_file import ListEntry, GalleryFileError, read_entries
 
-__all__ = ["BuildReport", "GalleryBuildError", "build_from_entries", "build_from_source", "sha256_file"]
+__all__ = ["BuildReport", "GalleryBuildError", "all_bad", "build_from_entries", "build_from_source", "sha256_file",
+           "unreadable"]
 
 EmbedFn = Callable[[list[np.ndarray]], np.ndarray]
 #: Encoded file bytes -> BGR uint8 image; raises ``ValueError`` (e.g. ``ImageError``) saying why it cannot.
@@ -88,6 +89,29 @@ def _as_bad(err: GalleryFileError | BadEntry) -> BadEntry:
     return err
 
 
+def unreadable(entries: Sequence[GalleryEntry]) -> list[BadEntry]:
+    """Entries whose image cannot be read or decoded. Checked once a build has failed anyway, so that every bad
+    entry (bad lines, missing, unreadable and undecodable images) is reported in one round."""
+    bad: list[BadEntry] = []
+    for e in entries:
+        try:
+            data = Path(e.path).read_bytes()
+        except OSError as exc:
+            bad.append((e.source, e.line_no, f"cannot read {e.path}: {exc.strerror or exc}"))
+            continue
+        if _decode(data) is None:
+            bad.append((e.source, e.line_no, f"not a readable image: {e.path}"))
+    return bad
+
+
+def all_bad(known: Sequence[GalleryFileError | BadEntry], entries: Sequence[GalleryEntry]) -> list[BadEntry]:
+    """``known`` problems plus the unreadable ``entries`` not among them, in file and line order."""
+    out = [_as_bad(b) for b in known]
+    seen = {(src, line) for src, line, _ in out}
+    out += [b for b in unreadable(entries) if (b[0], b[1]) not in seen]
+    return sorted(out, key=lambda b: (str(b[0]), b[1] if b[1] is not None else -1))
+
+
 def build_from_entries(
     gallery: Gallery,
     entries: Sequence[ListEntry],
@@ -109,7 +133,7 @@ def build_from_entries(
 
     def fail_if_bad() -> None:
         if report.bad and not skip_bad:
-            raise GalleryBuildError(report.bad)
+            raise GalleryBuildError(all_bad(report.bad, todo))  # with the images not reached yet
 
     # Cheap checks first, so a list with missing images fails before any embedding.
     todo: list[ListEntry] = []

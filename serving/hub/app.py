@@ -72,7 +72,7 @@ def configure(app: Any) -> Any:
             else "the request JSON is nested too deeply" if isinstance(exc, RecursionError) \
             else f"internal error ({type(exc).__name__})"
         code = 400 if msg.startswith("the request") else 500
-        response = jsonify(_envelope(str(code), msg))
+        response = jsonify(_envelope(str(code), msg))  # the envelope's status agrees with the HTTP code
         response.status_code = code
         return response
 

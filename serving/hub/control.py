@@ -122,3 +122,21 @@ def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
         proc.wait(timeout)
     except ProcessLookupError:
         pass
+
+
+def check_serve_args(modules: tuple[str, ...], scenario: str | None) -> str | None:
+    """What is wrong with ``shitu serve``'s modules or scenario (None: fine), found before anything starts."""
+    unknown = [m for m in modules if m not in MODULES]
+    if unknown or not modules:
+        return f"--modules: unknown module(s) {', '.join(unknown) or '(none given)'}; choose from {','.join(MODULES)}"
+    from shitu.plugins import registry
+    from shitu.plugins.errors import PackError
+
+    try:
+        pack = registry.get_pack(scenario)
+    except PackError as exc:
+        return f"--scenario: {exc}"
+    if not pack.is_available():
+        return f"--scenario: {pack.fetch_instructions()}"
+    return None
+

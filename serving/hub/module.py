@@ -36,8 +36,16 @@ class ServiceModule:
         connections.note_token(token or os.environ.get(TOKEN_ENV))
 
     def predict(self, **request: Any) -> Any:
-        """In-process use (``hub.Module(name=...).predict(images=[...])``): the same fields as over HTTP."""
-        return self.service.handle(request)
+        """In-process use (``hub.Module(name=...).predict(images=[...])``): the same fields as over HTTP; ``images``
+        may also hold numpy BGR arrays, and ``paths=[...]`` image files, as PaddleHub's CV modules take them."""
+        from shitu.serving.hub.inprocess import InProcessError, to_request
+        from shitu.serving.hub.service import RequestError
+
+        try:
+            call = to_request(request)
+        except InProcessError as exc:
+            raise RequestError(str(exc)) from None
+        return self.service.handle(call)
 
     @serving  # registered under this class; PaddleHub finds it through the module classes' bases
     def serving_method(self, **request: Any) -> Any:

@@ -69,21 +69,25 @@ class EngineCache:
     predictor must not cross a fork, so each worker (pid) loads its own engine on its first request.
     """
 
-    def __init__(self, loader: Callable[[str | None], Engine]):
+    def __init__(self, loader: Callable[[str | None], Engine], stamp: Callable[[str | None], Any] | None = None):
         self._loader = loader
-        self._engines: dict[tuple[int, str | None], Engine] = {}
+        #: ``stamp(scenario)``: a cheap fingerprint of the store's pointers for that pack; when it changes
+        #: (``shitu plugins use`` / ``install`` / ``rollback``) the next request loads the version now current.
+        self._stamp = stamp
+        self._engines: dict[tuple[int, str | None], tuple[Engine, Any]] = {}
         self._lock = threading.Lock()
 
     def get(self, scenario: str | None) -> Engine:
         key = (os.getpid(), scenario)
-        engine = self._engines.get(key)
-        if engine is None:
+        stamp = self._stamp(scenario) if self._stamp else None
+        hit = self._engines.get(key)
+        if hit is None or hit[1] != stamp:
             with self._lock:
-                engine = self._engines.get(key)
-                if engine is None:
-                    engine = self._loader(scenario)
-                    self._engines[key] = engine
-        return engine
+                hit = self._engines.get(key)
+                if hit is None or hit[1] != stamp:
+                    hit = (self._loader(scenario), stamp)  # requests in flight keep the engine they hold
+                    self._engines[key] = hit
+        return hit[0]
 
 
 class Service:
@@ -109,7 +113,8 @@ class Service:
         extra.update(init_params)
         self._module_defaults = flatten(module_defaults)
         self._init_params = flatten(extra)  # a bad config.json fails here, at start-up
-        self.engines = EngineCache(self._load)
+        self.engines = EngineCache(self._load, stamp=self._pack_stamp)
+        self._check_scenario(self.default_scenario)  # an unknown or uninstalled pack fails at start
         from shitu.serving.hub import app as hub_app
 
         from shitu.serving.hub import connections
@@ -129,6 +134,23 @@ class Service:
             return load_engine(scenario, self.default_gallery, self._init_params, defaults=self._module_defaults)
         except PackError as exc:  # unknown pack, or one whose models are not installed
             raise RequestError(f"scenario {clip(scenario)}: {exc}") from None
+
+    def _pack_stamp(self, scenario: str | None) -> Any:
+        from shitu.plugins import registry, store
+
+        return store.pointer_stamp(scenario or self.default_scenario or registry.default_pack_name())
+
+    @staticmethod
+    def _check_scenario(scenario: str | None) -> None:
+        from shitu.plugins import registry
+        from shitu.plugins.errors import PackError
+
+        try:
+            pack = registry.get_pack(scenario)
+        except PackError as exc:
+            raise ValueError(f"scenario {scenario!r}: {exc}") from None
+        if not pack.is_available():
+            raise ValueError(f"scenario {pack.name!r}: {pack.fetch_instructions()}")
 
     def engine(self, request: dict[str, Any]) -> Engine:
         scenario = request.get("scenario")
@@ -307,12 +329,24 @@ class Service:
                                    f"{max_bytes} (Limits.max_metadata_bytes)")
         return meta
 
+    def _sources(self, request: dict[str, Any], count: int, engine: Engine) -> list[str]:
+        """The client's names for the added images (``sources``, e.g. file names), else ``request:<i>``."""
+        given = self._list_field(request, "sources", required=False)
+        if given is None:
+            return [f"request:{i}" for i in range(count)]
+        limit = engine.params["Limits.max_source_length"]
+        if len(given) != count or not all(v is None or (isinstance(v, str) and len(v) <= limit and v.isprintable())
+                                          for v in given):
+            raise RequestError(f"field 'sources' must be a list of {count} names (printable, at most {limit} "
+                               "characters; Limits.max_source_length) or nulls")
+        return [v if v else f"request:{i}" for i, v in enumerate(given)]
+
     def gallery_add_images(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
         engine = self.engine(request)
         images = self.decode_images(request, engine, strict=True)  # all or nothing
         labels = self._labels(request, len(images), engine)
         ids = engine.gallery_add(images, labels, gallery=request.get("gallery"),  # type: ignore[arg-type]
-                                 sources=[f"request:{i}" for i in range(len(images))],
+                                 sources=self._sources(request, len(images), engine),
                                  metadata=self._metadata(request, len(images), engine))
         return {"ids": ids, "added": len(ids)}
 
@@ -402,8 +436,9 @@ class ExtractionService(Service):
             img_boxes = boxes[i] if boxes is not None else None
             if img_boxes is not None and not isinstance(img_boxes, list):
                 raise RequestError(f"boxes[{i}] must be a list of [x1, y1, x2, y2]")
-            if img_boxes:
-                check_boxes(img_boxes, img.shape, i)
+            if img_boxes:  # answered as used: clipped to the image, as the crops are
+                h, w = img.shape[:2]
+                img_boxes = np.clip(check_boxes(img_boxes, img.shape, i), 0, [w, h, w, h]).round().astype(int).tolist()
             (feats,) = engine.extract([img], [img_boxes] if img_boxes else None, **overrides)
             used = img_boxes or [[0, 0, img.shape[1], img.shape[0]]]
             return {"boxes": used, "embeddings": feats, "dim": engine.embedding_size,
@@ -417,7 +452,7 @@ class SearchService(Service):
 
     default_operation = "search"
     write_operations = frozenset({"add", "remove"})
-    fields = {"search": {"embeddings"}, "add": {"embeddings", "labels", "metadata"},
+    fields = {"search": {"embeddings"}, "add": {"embeddings", "labels", "metadata", "sources"},
               "remove": {"ids", "labels"}, "list": {"label", "limit", "offset"}}
 
     def _embeddings(self, request: dict[str, Any], engine: Engine, binary: bool) -> np.ndarray:
@@ -454,7 +489,8 @@ class SearchService(Service):
         vectors = self._embeddings(request, engine, engine.params["RecPostProcess.binarize"])
         labels = self._labels(request, len(vectors), engine)
         ids = engine.gallery(request.get("gallery"), create=True).add(
-            vectors, labels, metadata=self._metadata(request, len(vectors), engine))
+            vectors, labels, sources=self._sources(request, len(vectors), engine) if "sources" in request else None,
+            metadata=self._metadata(request, len(vectors), engine))
         return {"ids": ids, "added": len(ids)}
 
     def op_remove(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -480,7 +516,7 @@ class RecognitionService(GalleryViewOps, Service):
 
     default_operation = "recognize"
     write_operations = frozenset({"add", "remove"})
-    fields = {"recognize": {"explain"}, "add": {"labels", "metadata"}, "remove": {"ids", "labels"},
+    fields = {"recognize": {"explain"}, "add": {"labels", "metadata", "sources"}, "remove": {"ids", "labels"},
               **GalleryViewOps.fields}
 
     def op_recognize(self, request: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:

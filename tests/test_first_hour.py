@@ -1,0 +1,209 @@
+"""A new user's first hour, continued: a server follows `shitu plugins use`, bad serve arguments fail at start,
+`recognize-video --server` honours --gallery. Real `hub serving`, real models, real video files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shitu.plugins import registry
+
+from .conftest import b64
+from .lite_packs import lite_pack
+from .test_video import write_video
+
+
+def ok(resp):
+    body = resp.json()
+    assert body["status"] == "000", body
+    return body["results"]
+
+
+def test_served_pack_follows_plugins_use_real(served, tmp_path, queries):
+    def strict(threshold):
+        return lambda data: data["params"]["Global"].update(threshold=threshold)
+
+    registry.install(str(lite_pack(tmp_path / "v1", "reload-me", mutate=strict(0.3))), progress=False)
+    det = {"scenario": "reload-me", "images": [b64(queries["collage_cat_and_coffee"])]}
+    assert len(ok(served.post("mainbody_detection", det))[0]["boxes"]) > 1  # 1.0.0: threshold 0.3
+    registry.install(str(lite_pack(tmp_path / "v2", "reload-me", version="1.1.0", mutate=strict(0.99))),
+                     progress=False)
+    boxes = ok(served.post("mainbody_detection", det))[0]["boxes"]
+    assert [b["is_whole_image"] for b in boxes] == [True]  # 1.1.0 is current now: was still 1.0.0's answer
+    registry.use("reload-me", "1.0.0")
+    assert len(ok(served.post("mainbody_detection", det))[0]["boxes"]) > 1
+
+
+def test_serve_refuses_unknown_modules_and_scenarios_before_starting(capsys):
+    from shitu.serving.cli import main
+
+    assert main(["serve", "--modules", "foo"]) == 2  # was: a traceback
+    assert "unknown module(s) foo" in capsys.readouterr().err
+    assert main(["serve", "--scenario", "nosuch"]) == 2  # was: started, then failed every request
+    assert "no pack named 'nosuch'" in capsys.readouterr().err
+    assert main(["serve", "--scenario", "general"]) == 2  # known, but its models are not installed
+    assert "model files are not installed" in capsys.readouterr().err
+
+
+def test_module_with_an_unknown_default_scenario_fails_when_created():
+    from shitu.serving.hub.service import RecognitionService
+
+    with pytest.raises(ValueError, match="no pack named 'nosuch'"):
+        RecognitionService(scenario="nosuch")
+    with pytest.raises(ValueError, match="model files are not installed"):
+        RecognitionService(scenario="general")
+
+
+def test_serve_help_shows_defaults(capsys):
+    from shitu.serving.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: 8866)" in out and "(default: 1)" in out
+
+
+def test_recognize_video_server_honours_gallery_real(served, photos, tmp_path, capsys):
+    from shitu.serving.cli import main
+
+    ok(served.post("image_recognition", {"operation": "add", "gallery": "video-gallery",
+                                         "images": [b64(photos["cat"])], "labels": ["video-cat"]}))
+    clip = write_video(tmp_path / "clip.avi", n=6)
+    rc = main(["recognize-video", str(clip), "--server", served.url, "--gallery", "video-gallery", "--json",
+               "--no-progress", "--every", "3"])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert rc == 0
+    labels = {t["label"] for t in lines if t["type"] == "track"}
+    assert "video-cat" in labels  # was: --gallery ignored, the server's default gallery searched
+
+
+def test_non_object_json_body_gets_status_400_real(served):
+    import requests
+
+    resp = requests.post(f"{served.url}/predict/image_recognition", json=[1, 2], timeout=60)
+    body = resp.json()
+    assert resp.status_code == 400 and body["status"] == "400", body  # was: HTTP 400 with status "500"
+    assert "JSON object" in body["msg"]
+
+
+def test_in_process_commands_are_quiet_by_default_real(tmp_path, photos):
+    import subprocess
+    import sys
+
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "cat.jpg"), photos["cat"])
+    cmd = [sys.executable, "-m", "shitu", "recognize", str(tmp_path / "cat.jpg")]
+    quiet = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert quiet.returncode == 0 and "cat" in quiet.stdout, quiet.stderr
+    assert "ccache" not in quiet.stderr and "Loading faiss" not in quiet.stderr, quiet.stderr
+    loud = subprocess.run(cmd[:3] + ["-v"] + cmd[3:], capture_output=True, text=True, timeout=600)
+    assert loud.returncode == 0 and "ccache" in loud.stderr
+
+
+def test_second_rollback_says_what_is_current_and_how_to_switch(tmp_path):
+    import sys
+
+    from shitu.plugins.errors import PackError
+
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "plugins"))
+    import packkit
+
+    registry.install(str(packkit.make_pack(tmp_path / "a", "twice", "1.0.0")), progress=False)
+    registry.install(str(packkit.make_pack(tmp_path / "b", "twice", "1.1.0")), progress=False)
+    assert registry.rollback("twice") == "1.0.0"
+    with pytest.raises(PackError) as err:
+        registry.rollback("twice")
+    # was: "no earlier version to roll back to (installed: 1.0.0, 1.1.0)", which reads as a contradiction
+    assert "1.0.0 is current" in str(err.value) and "shitu plugins use twice VERSION" in str(err.value)
+
+
+def test_manifest_errors_name_the_users_file_not_the_staging_folder(tmp_path):
+    import yaml
+
+    from shitu.plugins.errors import ManifestError
+
+    folder = lite_pack(tmp_path / "mine", "namedfile")
+    data = yaml.safe_load((folder / "pack.yaml").read_text())
+    data["bogus"] = 1  # an unknown key
+    (folder / "pack.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ManifestError) as err:
+        registry.install(str(folder), progress=False)
+    assert str(err.value).startswith(f"{folder / 'pack.yaml'}: ")  # was: .../packs/.tmp/stage-.../pack.yaml
+    assert ".tmp" not in str(err.value)
+
+
+def test_feature_extraction_answers_the_box_it_used_real(served, photos):
+    res = ok(served.post("feature_extraction", {"images": [b64(photos["cat"])],
+                                                "boxes": [[[100, 50, 10000, 10000]]]}))
+    assert res[0]["boxes"] == [[100, 50, 451, 300]]  # was: [[100, 50, 10000, 10000]] on a 451x300 image
+
+
+def test_server_side_adds_keep_the_file_names_real(served, photos, tmp_path):
+    from shitu.serving.client import ShituClient
+
+    path = tmp_path / "tabby.jpg"
+    cv2_write(path, photos["cat"])
+    with ShituClient(served.url) as client:
+        client.gallery_add([path, photos["coffee"]], ["cat", "coffee"], gallery="named-sources")
+        items = {item.label: item.source for item in client.gallery_list(gallery="named-sources")}
+    assert items == {"cat": "tabby.jpg", "coffee": "request:1"}  # was: "request:0" for the file too
+
+
+def test_in_process_hub_module_takes_arrays_and_paths_real(served, photos, tmp_path):
+    import paddlehub as hub
+
+    path = tmp_path / "cat.png"
+    cv2_write(path, photos["cat"])
+    module = hub.Module(name="mainbody_detection")
+    by_array = module.predict(images=[photos["cat"]], threshold=0.3)  # PaddleHub's CV convention
+    by_path = module.predict(paths=[str(path)], threshold=0.3)
+    assert by_array[0]["width"] == by_path[0]["width"] == photos["cat"].shape[1]
+    assert [b["bbox"] for b in by_array[0]["boxes"]] == [b["bbox"] for b in by_path[0]["boxes"]]
+
+
+def cv2_write(path, image) -> None:
+    import cv2
+
+    assert cv2.imwrite(str(path), image)
+
+
+def test_bad_list_lines_and_undecodable_images_are_reported_in_one_round(tmp_path, photos, capsys):
+    from shitu.serving.cli import main
+
+    cv2_write(tmp_path / "cat.jpg", photos["cat"])
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    (tmp_path / "list.txt").write_text("cat.jpg\tcat\nbroken.jpg\tbroken\ncat.jpg\n")
+    assert main(["gallery", "build", str(tmp_path / "g"), str(tmp_path / "list.txt"), "--no-progress"]) == 3
+    err = capsys.readouterr().err
+    # was: only line 3 (missing label); the undecodable image came up after fixing it
+    assert "2 bad gallery entries" in err and "list.txt:2: not a readable image" in err and "list.txt:3" in err
+
+
+def test_every_command_and_positional_is_described():
+    import argparse
+
+    from shitu.serving.cli import build_parser
+
+    missing = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {c.dest: c.help for c in action._choices_actions}
+                for name, sub in action.choices.items():
+                    if not (sub.description or helps.get(name)):
+                        missing.append(" ".join(path + [name]))
+                    walk(sub, path + [name])
+            elif not action.option_strings and not action.help:
+                missing.append(" ".join(path + [action.dest]))
+
+    walk(build_parser(), [])
+    assert not missing  # was: plugins install/remove/use/rollback positionals without help
+    sub = {a.dest: a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)}
+    gallery = next(iter(sub.values())).choices["gallery"]
+    commands = {a.dest: a for a in gallery._actions if isinstance(a, argparse._SubParsersAction)}
+    for name in ("compact", "repair"):
+        assert next(iter(commands.values())).choices[name].description
+    assert next(iter(sub.values())).choices["demo"].description
