@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from shitu.plugins import runtime_check, store
+from shitu.plugins.gallery_spec import GallerySpec
 from shitu.plugins.installer import install as _install
 from shitu.plugins.installer import install_hint  # noqa: F401 - also the registry's (Pack.unavailable_reason)
 from shitu.plugins.errors import ManifestError, PackError
@@ -71,38 +72,6 @@ class PackInfo:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (``root`` as a string)."""
         return {**self.__dict__, "root": str(self.root)}
-
-
-@dataclass(frozen=True)
-class GallerySpec:
-    """One gallery of a pack: where its folder is and how it is indexed (input for ``Gallery.open_or_create``)."""
-
-    pack: str
-    name: str
-    title: str
-    description: str
-    embedding_size: int
-    index_method: str
-    dist_type: str
-    delimiter: str
-    list_file: Path | None = None  # "<image path><delimiter><label>" lines, inside the pack
-    image_root: Path | None = None  # the list's image paths are relative to it (default: the list's folder)
-    folder: Path | None = None  # alternative to list_file: one sub-folder of images per label
-    data_url: str | None = None  # where published demo images live (never downloaded automatically)
-    vectors_file: Path | None = None  # precomputed embeddings (JSON) the gallery starts with
-
-    def source(self) -> Path | None:
-        """What the gallery is built from on first use (list file, folder or vectors file), if anything."""
-        return self.list_file or self.folder or self.vectors_file
-
-    def dir(self) -> Path:
-        """``$SHITU_HOME/galleries/<pack>/<gallery>`` (``SHITU_HOME`` read now)."""
-        return store.galleries_dir() / self.pack / self.name
-
-    def open_args(self) -> dict[str, Any]:
-        """Keyword arguments for ``shitu.serving.gallery.local.Gallery.open_or_create``."""
-        return {"path": self.dir(), "dim": self.embedding_size, "index_method": self.index_method,
-                "dist_type": self.dist_type}
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,8 @@ def query_photos(gallery: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def overlapping_collage(gallery: dict[str, np.ndarray]) -> np.ndarray:
     """The cat with the coffee cup pasted over its right side: two *different* objects whose boxes overlap (rec-NMS
     at PP-ShiTu's 0.05 keeps one, ``Global.rec_nms_per_label`` keeps both). Not one of the demo queries."""
+    import cv2
+
     canvas = np.full((420, 760, 3), (200, 210, 215), np.uint8)
     canvas[40:40 + 270, 20:20 + 360] = cv2.resize(gallery["cat"], (360, 270))
     canvas[60:60 + 300, 260:260 + 340] = cv2.resize(gallery["coffee"][0:400, 100:550], (340, 300))

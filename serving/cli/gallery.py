@@ -56,12 +56,13 @@ def _resolve_pack_gallery(args: argparse.Namespace) -> None:
     spec = registry.get_pack(getattr(args, "scenario", None)).gallery(name)
     args.gallery, args.pack_gallery = str(spec.dir()), spec
     if spec.source() is not None and args.func_name != "cmd_build":
+        from shitu.serving.gallery.build import embed_images_fn
         from shitu.serving.gallery.pack_gallery import ensure_built, is_built
 
         if not is_built(spec):
             engine = _load_engine(args)
             try:
-                ensure_built(spec, _embed_fn(engine), engine.embedding_size, progress=True)
+                ensure_built(spec, embed_images_fn(engine), engine.embedding_size, progress=True)
             finally:
                 engine.close()
 
@@ -125,7 +126,7 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
             return EXIT_OK
         engine = _load_engine(args)
         try:
-            ensure_built(spec, _embed_fn(engine), engine.embedding_size, progress=not args.no_progress,
+            ensure_built(spec, embed_images_fn(engine), engine.embedding_size, progress=not args.no_progress,
                          skip_bad=args.skip_bad, max_label_length=args.max_label_length)
         finally:
             engine.close()

@@ -53,6 +53,8 @@ _SUPPRESSED = (255, 0, 255)  # searched and accepted, dropped by rec-NMS: magent
 def dashed_rectangle(image: np.ndarray, box: Sequence[int], color: tuple[int, int, int], thickness: int = 1,
                      dash: int = 8) -> None:
     """Draw ``box`` [x1, y1, x2, y2] on ``image`` in place as a dashed outline."""
+    import cv2
+
     x1, y1, x2, y2 = (int(v) for v in box)
     for (ax, ay), (bx, by) in (((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)), ((x2, y2), (x1, y2)), ((x1, y2), (x1, y1))):
         length = max(abs(bx - ax), abs(by - ay))
@@ -99,6 +101,8 @@ def draw_explanation(image_bgr: np.ndarray, recognitions: Iterable[Recognition],
 def _caption(image: np.ndarray, text: str, x: int, y: int, color: tuple[int, int, int], thick: int,
              below: bool = False) -> None:
     """``text`` on a filled ``color`` strip at (x, y): above that point, or inside the box's bottom edge."""
+    import cv2
+
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, thick)
     ty = y - 2 if below else y
     ty = max(ty, th + base + 2)

@@ -89,7 +89,7 @@ def _as_bad(err: GalleryFileError | BadEntry) -> BadEntry:
     return err
 
 
-def unreadable(entries: Sequence[GalleryEntry]) -> list[BadEntry]:
+def unreadable(entries: Sequence[ListEntry], decode_fn: DecodeFn | None = None) -> list[BadEntry]:
     """Entries whose image cannot be read or decoded. Checked once a build has failed anyway, so that every bad
     entry (bad lines, missing, unreadable and undecodable images) is reported in one round."""
     bad: list[BadEntry] = []
@@ -99,16 +99,18 @@ def unreadable(entries: Sequence[GalleryEntry]) -> list[BadEntry]:
         except OSError as exc:
             bad.append((e.source, e.line_no, f"cannot read {e.path}: {exc.strerror or exc}"))
             continue
-        if _decode(data) is None:
-            bad.append((e.source, e.line_no, f"not a readable image: {e.path}"))
+        image = _decode(data, decode_fn)
+        if isinstance(image, str):
+            bad.append((e.source, e.line_no, f"not a readable image: {e.path} ({image})"))
     return bad
 
 
-def all_bad(known: Sequence[GalleryFileError | BadEntry], entries: Sequence[GalleryEntry]) -> list[BadEntry]:
+def all_bad(known: Sequence[GalleryFileError | BadEntry], entries: Sequence[ListEntry],
+            decode_fn: DecodeFn | None = None) -> list[BadEntry]:
     """``known`` problems plus the unreadable ``entries`` not among them, in file and line order."""
     out = [_as_bad(b) for b in known]
     seen = {(src, line) for src, line, _ in out}
-    out += [b for b in unreadable(entries) if (b[0], b[1]) not in seen]
+    out += [b for b in unreadable(entries, decode_fn) if (b[0], b[1]) not in seen]
     return sorted(out, key=lambda b: (str(b[0]), b[1] if b[1] is not None else -1))
 
 
@@ -133,7 +135,7 @@ def build_from_entries(
 
     def fail_if_bad() -> None:
         if report.bad and not skip_bad:
-            raise GalleryBuildError(all_bad(report.bad, todo))  # with the images not reached yet
+            raise GalleryBuildError(all_bad(report.bad, todo, decode_fn))  # with the images not reached yet
 
     # Cheap checks first, so a list with missing images fails before any embedding.
     todo: list[ListEntry] = []
