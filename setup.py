@@ -31,9 +31,11 @@ def _packages() -> tuple[list[str], dict[str, str]]:
 
 
 def _pack_data() -> dict[str, list[str]]:
-    """The built-in scenario packs' folders (manifests, models, galleries) as data-only packages, every file."""
+    """Data-only packages, every file: the built-in scenario packs' folders (manifests, models, galleries) and the
+    web page's files."""
     out = {}
-    for folder in sorted(p for p in (HERE / "plugins" / "packs").rglob("*") if p.is_dir()) + [HERE / "plugins" / "packs"]:
+    packs = HERE / "plugins" / "packs"
+    for folder in sorted(p for p in packs.rglob("*") if p.is_dir()) + [packs, HERE / "serving" / "hub" / "web"]:
         if "__pycache__" not in folder.parts:
             out[".".join(["shitu", *folder.relative_to(HERE).parts])] = ["*"]
     return out
@@ -90,7 +92,6 @@ setup(
         "shitu.plugins": ["WRITING_PACKS.md"],
         **PACK_DATA,
         "shitu.hub_modules": ["*/config.json", "*.json"],
-        "shitu.serving.hub": ["web/*"],
     },
     # `pip install shitu-hub` is the client: the SDK, `shitu ... --server URL`, `shitu plugins`, drawing (PIL).
     install_requires=CLIENT,

@@ -24,15 +24,18 @@ def test_served_pack_follows_plugins_use_real(served, tmp_path, queries):
     def strict(threshold):
         return lambda data: data["params"]["Global"].update(threshold=threshold)
 
-    registry.install(str(lite_pack(tmp_path / "v1", "reload-me", mutate=strict(0.3))), progress=False)
-    det = {"scenario": "reload-me", "images": [b64(queries["collage_cat_and_coffee"])]}
-    assert len(ok(served.post("mainbody_detection", det))[0]["boxes"]) > 1  # 1.0.0: threshold 0.3
-    registry.install(str(lite_pack(tmp_path / "v2", "reload-me", version="1.1.0", mutate=strict(0.99))),
-                     progress=False)
-    boxes = ok(served.post("mainbody_detection", det))[0]["boxes"]
-    assert [b["is_whole_image"] for b in boxes] == [True]  # 1.1.0 is current now: was still 1.0.0's answer
-    registry.use("reload-me", "1.0.0")
-    assert len(ok(served.post("mainbody_detection", det))[0]["boxes"]) > 1
+    try:
+        registry.install(str(lite_pack(tmp_path / "v1", "reload-me", mutate=strict(0.3))), progress=False)
+        det = {"scenario": "reload-me", "images": [b64(queries["collage_cat_and_coffee"])]}
+        assert len(ok(served.post("mainbody_detection", det))[0]["boxes"]) > 1  # 1.0.0: threshold 0.3
+        registry.install(str(lite_pack(tmp_path / "v2", "reload-me", version="1.1.0", mutate=strict(0.99))),
+                         progress=False)
+        boxes = ok(served.post("mainbody_detection", det))[0]["boxes"]
+        assert [b["is_whole_image"] for b in boxes] == [True]  # 1.1.0 is current now: was still 1.0.0's answer
+        registry.use("reload-me", "1.0.0", default=False)  # the session's default pack stays
+        assert len(ok(served.post("mainbody_detection", det))[0]["boxes"]) > 1
+    finally:  # other tests of the session share this SHITU_HOME
+        registry.uninstall("reload-me")
 
 
 def test_serve_refuses_unknown_modules_and_scenarios_before_starting(capsys):

@@ -53,7 +53,12 @@ def _resolve_pack_gallery(args: argparse.Namespace) -> None:
         raise UsageError(f"give a gallery folder ({args.gallery}) or --gallery {name}, not both")
     from shitu.plugins import registry
 
-    spec = registry.get_pack(getattr(args, "scenario", None)).gallery(name)
+    from shitu.plugins.errors import PackError
+
+    try:
+        spec = registry.get_pack(getattr(args, "scenario", None)).gallery(name)
+    except PackError as exc:  # no such pack or gallery: the command line names something that is not there
+        raise UsageError(str(exc)) from exc
     args.gallery, args.pack_gallery = str(spec.dir()), spec
     if spec.source() is not None and args.func_name != "cmd_build":
         from shitu.serving.gallery.build import embed_images_fn

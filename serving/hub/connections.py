@@ -207,18 +207,22 @@ class BodyReader:
         if WATCHDOG.disarm():  # the deadline passed just as the last byte came
             return _envelope_response(start_response, 408, "Request Timeout",
                                       f"the request did not arrive within {SETTINGS.request_timeout:g} s")
-        predict = environ.get("PATH_INFO", "").startswith("/predict/")
+        path = environ.get("PATH_INFO", "")
+        predict = path.startswith("/predict/")
         if predict and "json" in environ.get("CONTENT_TYPE", "") and data.strip() and data.lstrip()[:1] != b"{":
             return _envelope_response(start_response, 400, "Bad Request", "the request body must be a JSON object")
         environ["wsgi.input"] = io.BytesIO(data)
         environ["CONTENT_LENGTH"] = str(len(data))
         environ.pop("HTTP_TRANSFER_ENCODING", None)
         environ["wsgi.input_terminated"] = True
-        if not predict:  # /health and the like answer at once, whatever the modules are doing
+        if path in _LIGHT_PATHS or path.startswith("/web/"):  # answer at once, whatever the modules are doing
             return self.app(environ, start_response)
         return list(_compute().submit(lambda: list(self.app(environ, start_response))).result())
 
 
+#: Paths answered on the connection's own thread: they run no model (every other path, the peer APIs included,
+#: runs on the compute thread, where the paddle predictors live).
+_LIGHT_PATHS = frozenset({"/", "/health", "/metrics", "/web"})
 _executor: tuple[int, Any] | None = None
 _executor_lock = threading.Lock()
 
