@@ -83,6 +83,9 @@ FIELDS: tuple[Field, ...] = (
           minimum=1, maximum=256),
     Field("Global", "min_box_size", int, 4, "Detector boxes narrower or lower than this many pixels are dropped.",
           minimum=0, maximum=10000),
+    Field("Global", "min_box_ratio", float, 0.0,
+          "Detector boxes whose short side is under this fraction of the image's short side are dropped (specks "
+          "match random gallery items and crowd the object out of `max_det_results`).", minimum=0.0, maximum=1.0),
     # -- Global: runtime (load time only) ----------------------------------------------------------------------
     Field("Global", "cpu_num_threads", int, 2, "paddle.inference CPU math threads per predictor.",
           minimum=1, maximum=256, per_request=False),
@@ -111,6 +114,12 @@ FIELDS: tuple[Field, ...] = (
           aliases=("feature_normalize",)),
     Field("RecPostProcess", "binarize", bool, False,
           "Sign-binarise embeddings (for `hamming` galleries); packs bits 8 per byte."),
+    Field("RecPostProcess", "pooling", str, None,
+          "How a feature-map output `[N, C, H, W]` becomes one vector: `gap` (average) or `gem` (generalised mean, "
+          "which weighs the strongest activations more). Default: the model folder's `pooling`. A gallery must be "
+          "re-embedded after changing it.", nullable=True, choices=("gap", "gem"), per_request=False),
+    Field("RecPostProcess", "gem_power", float, 3.0, "Power `p` of `gem` pooling (1 = average, large = max).",
+          minimum=1.0, maximum=16.0, per_request=False),
     # -- IndexProcess: the gallery ---------------------------------------------------------------------------
     Field("IndexProcess", "index_method", str, "HNSW32",
           "faiss index type for new galleries: `Flat`, `IVF`, `HNSW32` or another faiss factory string.",

@@ -144,7 +144,7 @@ def test_store_copy_of_a_builtin_wins(tmp_path):
     rows = [(p.source, p.current) for p in registry.list_packs() if p.name == "general-lite"]
     assert rows == [("store", True), ("builtin", False)]
     assert registry.get_pack().source == "store"
-    assert registry.get_pack("general-lite", "1.0.0").source == "store"
+    assert registry.get_pack("general-lite", "1.1.0").source == "store"
 
 
 def test_broken_store_manifest_is_listed_not_fatal(tmp_path, home):

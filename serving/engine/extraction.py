@@ -2,7 +2,8 @@
 
 Crops are pre-processed and run through the recognition model ``Global.batch_size`` at a time (crops of one batch
 share the network input size, which the resize op fixes). A model whose output is a feature map
-``[N, C, H, W]`` is pooled (``pooling: gap``). Embeddings are L2-normalised (``RecPostProcess.normalize``) and can
+``[N, C, H, W]`` is pooled: ``gap`` (the folder's ``pooling: gap``) or generalised-mean ``gem`` (``RecPostProcess.pooling``,
+power ``RecPostProcess.gem_power``; measured better on the embedded backbone, see ``benchmarks/quality``). Embeddings are L2-normalised (``RecPostProcess.normalize``) and can
 be sign-binarised for hamming galleries (``RecPostProcess.binarize``). The embedding size is read from the model's
 output, not assumed.
 """
@@ -32,6 +33,14 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
+def pool(feature_map: np.ndarray, method: str, power: float = 3.0) -> np.ndarray:
+    """``[N, C, H, W]`` -> ``[N, C]``: ``gap`` (mean) or ``gem`` (generalised mean, ``(mean(max(x, eps)^p))^(1/p)``)."""
+    if method == "gem":
+        x = np.maximum(feature_map.astype(np.float64), 1e-6) ** power
+        return (x.mean(axis=(2, 3)) ** (1.0 / power)).astype(np.float32)
+    return feature_map.mean(axis=(2, 3))
+
+
 def binarize(x: np.ndarray) -> np.ndarray:
     """Sign bits packed 8 per byte: ``float [n, d]`` -> ``uint8 [n, ceil(d / 8)]``."""
     return np.packbits(x > 0, axis=1)
@@ -55,7 +64,7 @@ class FeatureExtractor:
             self._embedding_size = int(self._forward([np.zeros((64, 64, 3), np.uint8)]).shape[1])
         return self._embedding_size
 
-    def _forward(self, images: list[np.ndarray], timer: StageTimer = NULL_TIMER) -> np.ndarray:
+    def _forward(self, images: list[np.ndarray], timer: StageTimer = NULL_TIMER, params: Any = None) -> np.ndarray:
         with timer.stage("rec_preprocess"):
             batch = [self.transforms(img).image for img in images]
             shapes = {b.shape for b in batch}
@@ -67,10 +76,11 @@ class FeatureExtractor:
             out = self.predictor.run({self.predictor.input_names[0]: x})
         feats = out[self.predictor.output_names[0]]
         if feats.ndim == 4:
-            if self.spec.pooling != "gap":
+            method = (params["RecPostProcess.pooling"] if params is not None else None) or self.spec.pooling
+            if method not in ("gap", "gem"):
                 raise PredictorError(f"{self.spec.model_dir}: the model outputs a feature map {feats.shape}; "
                                      "set 'pooling: gap' in its shitu_model.yml")
-            feats = feats.mean(axis=(2, 3))
+            feats = pool(feats, method, params["RecPostProcess.gem_power"] if params is not None else 3.0)
         return feats.reshape(len(images), -1).astype(np.float32)
 
     def embed(self, images: Sequence[np.ndarray], params: Any = None, timer: StageTimer = NULL_TIMER) -> np.ndarray:
@@ -81,7 +91,7 @@ class FeatureExtractor:
         """
         batch_size = params["Global.batch_size"] if params is not None else 8
         normalize = params["RecPostProcess.normalize"] if params is not None else True
-        parts = [self._forward(list(images[i:i + batch_size]), timer) for i in range(0, len(images), batch_size)]
+        parts = [self._forward(list(images[i:i + batch_size]), timer, params) for i in range(0, len(images), batch_size)]
         if not parts:
             return np.zeros((0, self.embedding_size), np.float32)
         feats = np.concatenate(parts)
