@@ -131,3 +131,30 @@ def test_quality_set_names_the_missing_package(monkeypatch, tmp_path):
     monkeypatch.setattr(dataset, "ICONS", tmp_path)
     with pytest.raises(dataset.MissingData, match="apt-get install oxygen-icon-theme"):
         dataset.pick_labels(5, 0)
+
+
+def test_engine_gallery_build_from_a_list_file(tmp_path, photos, queries):
+    """Real models and faiss: an in-process build from a PaddleClas list file, idempotent, bad lines named."""
+    import cv2
+
+    from shitu.serving.engine import load_engine
+
+    (tmp_path / "img").mkdir()
+    lines = []
+    for label, img in photos.items():
+        cv2.imwrite(str(tmp_path / "img" / f"{label}.jpg"), img)
+        lines.append(f"img/{label}.jpg\t{label}")
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    eng = load_engine(gallery=tmp_path / "g", params={"Global.cpu_num_threads": 1})
+    try:
+        report = eng.gallery_build(tmp_path / "list.txt")
+        assert report.added == len(photos) and eng.gallery_info()["count"] == len(photos)
+        assert eng.gallery_build(tmp_path / "list.txt").added == 0  # same content is not added twice
+        found = eng.recognize([queries["cat_mirrored_crop"]])[0]
+        assert found and found[0].label == "cat"
+        (tmp_path / "bad.txt").write_text("img/missing.jpg\tghost\n")
+        with pytest.raises(Exception, match="missing.jpg"):
+            eng.gallery_build(tmp_path / "bad.txt")
+        assert eng.gallery_info()["count"] == len(photos)  # nothing stored is lost
+    finally:
+        eng.close()

@@ -183,6 +183,20 @@ class Engine:
             content_hashes=list(content_hashes) if content_hashes is not None else None,
         )
 
+    def gallery_build(self, source: str | Path, gallery: str | Path | None = None, image_root: str | Path | None = None,
+                      skip_bad: bool = False, progress: bool = False) -> Any:
+        """Add the images of a PaddleClas list file (``path<TAB>label``) or a ``label/image`` folder tree.
+
+        In-process twin of ``shitu gallery build``: images already in the gallery (same content) are skipped; a bad
+        line or image fails the whole build unless ``skip_bad``. Returns the build report (``added``, ``ids``,
+        ``bad``...).
+        """
+        from shitu.serving.gallery.build import build_from_source, embed_images_fn
+
+        return build_from_source(self.gallery(gallery, create=True), source, embed_images_fn(self),
+                                 image_root=image_root, delimiter=self.params["IndexProcess.delimiter"],
+                                 batch_size=self.params["Global.batch_size"], skip_bad=skip_bad, progress=progress)
+
     def gallery_remove(self, ids: Sequence[int] | None = None, labels: Sequence[str] | None = None,
                        gallery: str | Path | None = None) -> int:
         return self.gallery(gallery).remove(ids=list(ids) if ids else None, labels=list(labels) if labels else None)
