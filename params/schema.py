@@ -86,6 +86,10 @@ FIELDS: tuple[Field, ...] = (
     Field("Global", "min_box_ratio", float, 0.0,
           "Detector boxes whose short side is under this fraction of the image's short side are dropped (specks "
           "match random gallery items and crowd the object out of `max_det_results`).", minimum=0.0, maximum=1.0),
+    Field("Global", "crop_padding", float, 0.0,
+          "Each box is widened by this fraction of its width / height on every side before it is cropped and "
+          "embedded (clipped to the image), so a tight detector box is framed like a gallery picture of the "
+          "object with a margin around it.", minimum=0.0, maximum=1.0),
     # -- Global: runtime (load time only) ----------------------------------------------------------------------
     Field("Global", "cpu_num_threads", int, 2, "paddle.inference CPU math threads per predictor.",
           minimum=1, maximum=256, per_request=False),

@@ -30,7 +30,7 @@ def test_default_pack_is_general_lite_and_works_offline(home):
     det, rec = pack.detector_spec(), pack.extractor_spec()
     assert det.kind == "detector" and det.decoder == "gfl" and det.model_dir == pack.root / "models" / "det"
     assert rec.kind == "extractor" and rec.pooling == "gap" and rec.files()[0].name == "model.json"
-    assert pack.params["Global"] == {"threshold": 0.2, "max_det_results": 5, "min_box_ratio": 0.1}
+    assert pack.params["Global"] == {"threshold": 0.2, "max_det_results": 5, "min_box_ratio": 0.1, "crop_padding": 0.1}
     assert pack.params["IndexProcess"]["score_thres"] == 0.9 and pack.params["RecPostProcess"]["pooling"] == "gem"
     gallery = pack.gallery()
     assert gallery.name == pack.default_gallery == "demo"

@@ -86,7 +86,7 @@ def test_general_lite_ships_the_measured_defaults(photos):
     eng = load_engine(params={"Global.cpu_num_threads": 1})
     try:
         p = eng.params
-        assert p["RecPostProcess.pooling"] == "gem" and p["Global.min_box_ratio"] == 0.1
+        assert p["RecPostProcess.pooling"] == "gem" and p["Global.min_box_ratio"] == 0.1 and p["Global.crop_padding"] == 0.1
         assert p["Global.threshold"] == 0.2 and p["IndexProcess.score_thres"] == 0.9
         index = MemoryIndex(eng.embedding_size)
         index.add(eng.embed(list(photos.values())), list(photos))
@@ -158,3 +158,28 @@ def test_engine_gallery_build_from_a_list_file(tmp_path, photos, queries):
         assert eng.gallery_info()["count"] == len(photos)  # nothing stored is lost
     finally:
         eng.close()
+
+
+def test_crop_padding_widens_boxes_and_clips():
+    from shitu.serving.engine.extraction import crop
+
+    img = np.arange(100 * 200 * 3, dtype=np.uint8).reshape(100, 200, 3)
+    assert crop(img, [50, 20, 150, 70]).shape[:2] == (50, 100)
+    assert crop(img, [50, 20, 150, 70], 0.2).shape[:2] == (70, 140)  # 20 % of w / h on each side
+    assert np.array_equal(crop(img, [50, 20, 150, 70], 0.2), img[10:80, 30:170])
+    assert crop(img, [0, 0, 200, 100], 0.5).shape[:2] == (100, 200)  # the whole image stays the whole image
+
+
+def test_crop_padding_is_used_by_the_real_pipeline_and_extract(engine, photos, queries, memory_gallery):
+    """Real models: recognise and extract embed the widened crop (same embedding as cropping it by hand)."""
+    from shitu.serving.engine.extraction import crop
+
+    img = queries["collage_cat_and_coffee"]
+    box = [24.0, 42.0, 359.0, 313.0]
+    padded = engine.extract([img], [[box]], crop_padding=0.2)[0]
+    by_hand = engine.embed([crop(img, box, 0.2)])
+    plain = engine.extract([img], [[box]])[0]
+    assert np.allclose(padded, by_hand, atol=1e-5) and not np.allclose(padded, plain, atol=1e-3)
+    found = engine.recognize([img], memory_gallery, crop_padding=0.2)[0]
+    assert {r.label for r in found} >= {"cat", "coffee"}
+    assert all(r.bbox[2] <= img.shape[1] and r.bbox[3] <= img.shape[0] for r in found)  # answers keep the box

@@ -37,7 +37,7 @@ from common import describe, machine, table, write_json  # noqa: E402
 
 #: The general-lite settings before issue #18 (GAP pooling, threshold 0.3, 5 boxes, no relative size floor).
 BEFORE: dict[str, Any] = {"Global.threshold": 0.3, "Global.max_det_results": 5, "Global.min_box_size": 4,
-                          "Global.min_box_ratio": 0.0, "RecPostProcess.pooling": "gap",
+                          "Global.min_box_ratio": 0.0, "Global.crop_padding": 0.0, "RecPostProcess.pooling": "gap",
                           "RecPostProcess.flip_average": False, "IndexProcess.score_thres": 0.8}
 
 
@@ -89,15 +89,17 @@ def pipeline_report(engine: Any, qs: dataset.QualitySet, settings: dict[str, Any
     index = MemoryIndex(engine.embedding_size)
     index.add(engine.extractor.embed(qs.gallery, p), qs.labels)
     alone = index.search(engine.extractor.embed(qs.alone, p), 5)
-    oracle_feats = engine.extractor.embed([dataset_crop(s.image, s.box) for s in qs.scenes], p)
+    pad = p["Global.crop_padding"]
+    oracle_feats = engine.extractor.embed([dataset_crop(s.image, s.box, pad) for s in qs.scenes], p)
     oracle = index.search(oracle_feats, 5)
     thres = p["IndexProcess.score_thres"]
-    scene_r1, scene_r5, recall, accepted, accepted_ok, times = [], [], [], 0, 0, []
+    scene_r1, scene_r5, recall, accepted, accepted_ok, times, crops = [], [], [], 0, 0, [], []
     for s in qs.scenes:
         t0 = time.perf_counter()
         recs, expl = engine.recognize_explained([s.image], index, **_per_request(settings, return_k=5,
                                                                                  score_thres=0.0))[0]
         times.append(time.perf_counter() - t0)
+        crops.append(len(expl.searched))
         boxes = np.array([b.bbox for b in expl.searched if not b.is_whole_image] or np.zeros((0, 4)))
         recall.append(bool(len(boxes)) and bool((iou(boxes, s.box) >= 0.5).any()))
         scene_r1.append(bool(recs) and recs[0].label == s.label)
@@ -117,13 +119,28 @@ def pipeline_report(engine: Any, qs: dataset.QualitySet, settings: dict[str, Any
         "det_recall": float(np.mean(recall)),
         "accepted": accepted / n, "precision_accepted": accepted_ok / max(accepted, 1),
         "score_thres": thres, "median_ms_per_scene": statistics.median(times) * 1000,
+        "crops_per_scene": float(np.mean(crops)),
     }
 
 
-def dataset_crop(image: np.ndarray, box: list[float]) -> np.ndarray:
+def latency(engines: dict[str, tuple[Any, dict[str, Any]]], qs: dataset.QualitySet, index: Any, rounds: int
+            ) -> dict[str, float]:
+    """Median ms per scene image for each setting, interleaved image by image (a shared CPU's load hits all)."""
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(rounds):
+        for s in qs.scenes:
+            for name, (engine, settings) in engines.items():
+                t0 = time.perf_counter()
+                engine.recognize([s.image], index, **_per_request(settings))
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) * 1000 for name, v in times.items()}
+
+
+def dataset_crop(image: np.ndarray, box: list[float], padding: float = 0.0) -> np.ndarray:
+    """The pipeline's crop of ``box`` (widened by ``Global.crop_padding``)."""
     from shitu.serving.engine.extraction import crop
 
-    return crop(image, box)
+    return crop(image, box, padding) if padding else crop(image, box)
 
 
 def _per_request(settings: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -226,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenario", default=None)
     ap.add_argument("--sweep", action="store_true", help="also print the measurements behind the defaults")
     ap.add_argument("--skip-before", action="store_true", help="only the pack as shipped")
+    ap.add_argument("--latency-rounds", type=int, default=1,
+                    help="passes over the scenes timing each setting in turn (0: time the quality pass only)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     try:
@@ -262,20 +281,33 @@ def main(argv: list[str] | None = None) -> int:
         out["sweep"] = {"embedding": sw["embedding"], "detector": sw["detector"]}
         engine.close()
     rows = []
+    engines: dict[str, tuple[Any, dict[str, Any]]] = {}
     for name, settings in (("before", _known(BEFORE)), ("shipped", {})):
         if name == "before" and args.skip_before:
             continue
         load_time = {k: v for k, v in settings.items() if not _is_per_request(k)}
         engine = load_engine(args.scenario, params={"Global.cpu_num_threads": 1, **load_time})
-        r = pipeline_report(engine, qs, {k: v for k, v in settings.items() if _is_per_request(k)})
+        per_request = {k: v for k, v in settings.items() if _is_per_request(k)}
+        out[name] = pipeline_report(engine, qs, per_request)
+        engines[name] = (engine, per_request)
+    if args.latency_rounds:
+        from shitu.serving.engine.pipeline import MemoryIndex
+
+        first = next(iter(engines.values()))[0]
+        index = MemoryIndex(first.embedding_size)
+        index.add(np.zeros((1, first.embedding_size), np.float32), ["nothing"])  # searching costs the same
+        for name, ms in latency(engines, qs, index, args.latency_rounds).items():
+            out[name]["median_ms_per_scene"] = ms
+    for name, (engine, _) in engines.items():
         engine.close()
-        out[name] = r
+        r = out[name]
         rows.append([name, r["alone_r1"], r["alone_r5"], r["scene_r1"], r["scene_r5"], r["oracle_r1"],
                      r["oracle_r5"], r["det_recall"], r["score_thres"], r["accepted"], r["precision_accepted"],
-                     r["median_ms_per_scene"]])
-    print("\nPipeline (Engine.recognize on scenes; R@k ranked without score_thres; 1 paddle thread):")
+                     r["crops_per_scene"], r["median_ms_per_scene"]])
+    print("\nPipeline (Engine.recognize on scenes; R@k ranked without score_thres; 1 paddle thread; ms/scene "
+          "interleaved):")
     print(table(["settings", "alone R@1", "alone R@5", "scene R@1", "scene R@5", "oracle R@1", "oracle R@5",
-                 "det recall", "score_thres", "accepted", "precision", "ms/scene"], rows))
+                 "det recall", "score_thres", "accepted", "precision", "crops/scene", "ms/scene"], rows))
     write_json("quality", out, args.json)
     return 0
 

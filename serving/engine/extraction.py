@@ -19,10 +19,15 @@ from shitu.serving.engine.timing import NULL_TIMER, StageTimer
 from shitu.serving.engine.transforms import Transforms
 
 
-def crop(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
-    """The pixels of ``box`` [x1, y1, x2, y2], clipped to the image; at least 1 x 1."""
+def crop(image: np.ndarray, box: Sequence[float], padding: float = 0.0) -> np.ndarray:
+    """The pixels of ``box`` [x1, y1, x2, y2], widened by ``padding`` x its width / height on each side
+    (``Global.crop_padding``), clipped to the image; at least 1 x 1."""
     h, w = image.shape[:2]
-    x1, y1, x2, y2 = (int(round(float(v))) for v in box[:4])
+    bx1, by1, bx2, by2 = (float(v) for v in box[:4])
+    if padding:
+        dx, dy = padding * (bx2 - bx1), padding * (by2 - by1)
+        bx1, by1, bx2, by2 = bx1 - dx, by1 - dy, bx2 + dx, by2 + dy
+    x1, y1, x2, y2 = (int(round(v)) for v in (bx1, by1, bx2, by2))
     x1, y1 = min(max(x1, 0), w - 1), min(max(y1, 0), h - 1)
     x2, y2 = max(min(x2, w), x1 + 1), max(min(y2, h), y1 + 1)
     return image[y1:y2, x1:x2]
@@ -105,4 +110,5 @@ class FeatureExtractor:
 
     def extract(self, image: np.ndarray, boxes: np.ndarray, params: Any = None) -> np.ndarray:
         """One embedding per box of ``image``."""
-        return self.embed([crop(image, b) for b in boxes], params)
+        padding = params["Global.crop_padding"] if params is not None else 0.0
+        return self.embed([crop(image, b, padding) for b in boxes], params)

@@ -105,7 +105,7 @@ def _search(image: np.ndarray, det: Detections, extractor: FeatureExtractor, ind
     if len(det) == 0:
         return
     with timer.stage("crop"):
-        crops = [crop(image, box) for box in det.xyxy]
+        crops = [crop(image, box, params["Global.crop_padding"]) for box in det.xyxy]
     feats = extractor.embed(crops, params, timer)
     with timer.stage("search"):
         k = min(params["IndexProcess.return_k"], params["Limits.max_explain_matches"]) if explanation is not None else 1
