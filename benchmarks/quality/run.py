@@ -1,6 +1,8 @@
 """Recognition quality of a scenario pack on a cross-style retrieval set, in one command.
 
     python benchmarks/quality/run.py [--classes 80] [--seed 0] [--scenario general-lite] [--sweep] [--json OUT]
+    python benchmarks/quality/run.py --write-gallery DIR; shitu adapt DIR/gallery.txt --out REC;
+    python benchmarks/quality/run.py --adapted REC        # adds a row for the adapted recogniser
 
 Builds the set of :mod:`dataset` (Debian icon themes + scikit photos; it says which package to install when one is
 missing), adds the gallery images to an in-memory gallery and prints:
@@ -245,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-before", action="store_true", help="only the pack as shipped")
     ap.add_argument("--latency-rounds", type=int, default=1,
                     help="passes over the scenes timing each setting in turn (0: time the quality pass only)")
+    ap.add_argument("--adapted", metavar="DIR", help="also measure a recogniser written by `shitu adapt` (train "
+                    "it on the set's gallery: --write-gallery, then shitu adapt LIST --out DIR)")
+    ap.add_argument("--write-gallery", metavar="DIR", help="write the gallery as a PaddleClas list file and exit")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     try:
@@ -252,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     except dataset.MissingData as exc:
         print(f"cannot build the set: {exc}", file=sys.stderr)
         return 2
+    if args.write_gallery:
+        print(dataset.write_list_file(qs, Path(args.write_gallery)))
+        return 0
     from shitu.serving.engine import load_engine
 
     info = machine()
@@ -282,7 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         engine.close()
     rows = []
     engines: dict[str, tuple[Any, dict[str, Any]]] = {}
-    for name, settings in (("before", _known(BEFORE)), ("shipped", {})):
+    runs = [("before", _known(BEFORE)), ("shipped", {})]
+    if args.adapted:
+        runs.append(("adapted", {"Global.rec_inference_model_dir": str(args.adapted)}))
+    for name, settings in runs:
         if name == "before" and args.skip_before:
             continue
         load_time = {k: v for k, v in settings.items() if not _is_per_request(k)}

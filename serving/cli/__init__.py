@@ -2,7 +2,7 @@
 
 - :mod:`.demo` -- ``shitu demo``; :mod:`.recognize` -- ``shitu recognize`` / ``detect``;
   :mod:`.gallery` -- ``shitu gallery ...``; :mod:`.plugins` -- ``shitu plugins ...``;
-  :mod:`.video` -- ``shitu recognize-video``; ``shitu serve`` is registered by :mod:`shitu.serving.hub.control`.
+  :mod:`.video` -- ``shitu recognize-video``; :mod:`.adapt` -- ``shitu adapt``; ``shitu serve`` is registered by :mod:`shitu.serving.hub.control`.
 
 Each module adds its subcommands with ``register(subparsers)`` and imports its heavy dependencies only when run,
 so ``shitu --help`` stays fast.
@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "shitu.serving.cli.gallery",
     "shitu.serving.cli.plugins",
     "shitu.serving.cli.video",
+    "shitu.serving.cli.adapt",
 )
 
 

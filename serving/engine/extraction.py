@@ -51,6 +51,20 @@ def binarize(x: np.ndarray) -> np.ndarray:
     return np.packbits(x > 0, axis=1)
 
 
+def load_projection(spec: ModelSpec) -> np.ndarray | None:
+    """The folder's ``projection`` matrix (``shitu adapt``), float32 ``[d_in, d_out]``; never unpickled."""
+    if not spec.projection:
+        return None
+    path = spec.model_dir / spec.projection
+    try:
+        matrix = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise PredictorError(f"{path}: cannot read the projection: {exc}") from None
+    if matrix.ndim != 2 or matrix.dtype.kind != "f" or not np.isfinite(matrix).all():
+        raise PredictorError(f"{path}: the projection must be a finite float matrix [d_in, d_out]")
+    return matrix.astype(np.float32)
+
+
 class FeatureExtractor:
     """Images (or crops) -> float32 embeddings ``[n, embedding_size]``."""
 
@@ -60,6 +74,7 @@ class FeatureExtractor:
         self.spec = spec
         self.transforms = Transforms(spec.transform_ops, spec.input_color)
         self.predictor = predictor or Predictor(spec, options)
+        self.projection = load_projection(spec)
         self._embedding_size: int | None = None
 
     @property
@@ -86,7 +101,13 @@ class FeatureExtractor:
                 raise PredictorError(f"{self.spec.model_dir}: the model outputs a feature map {feats.shape}; "
                                      "set 'pooling: gap' in its shitu_model.yml")
             feats = pool(feats, method, params["RecPostProcess.gem_power"] if params is not None else 3.0)
-        return feats.reshape(len(images), -1).astype(np.float32)
+        feats = feats.reshape(len(images), -1).astype(np.float32)
+        if self.projection is not None:
+            if feats.shape[1] != self.projection.shape[0]:
+                raise PredictorError(f"{self.spec.model_dir}: projection {self.spec.projection} expects "
+                                     f"{self.projection.shape[0]}-d features, the model gives {feats.shape[1]}")
+            feats = feats @ self.projection
+        return feats
 
     def embed(self, images: Sequence[np.ndarray], params: Any = None, timer: StageTimer = NULL_TIMER) -> np.ndarray:
         """BGR images -> embeddings, ``Global.batch_size`` per forward pass.
