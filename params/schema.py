@@ -139,6 +139,9 @@ FIELDS: tuple[Field, ...] = (
     Field("IndexProcess", "score_thres", float, 0.5,
           "Weakest match accepted. For `IP` a score must be >= it (higher is better); for `L2` and `hamming` "
           "the distance must be <= it (smaller is better).", minimum=0.0, aliases=("score_threshold",)),
+    Field("IndexProcess", "candidates", int, 0,
+          "Each recognition also lists its best this-many labels with their scores (`candidates`, best first, the "
+          "answer included), so callers see the margin to the runner-up. 0: none.", minimum=0, maximum=20),
     Field("IndexProcess", "hamming_radius", int, 100, "Largest hamming distance searched in binary galleries.",
           minimum=0),
     Field("IndexProcess", "delimiter", str, "\t",

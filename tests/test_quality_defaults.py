@@ -183,3 +183,70 @@ def test_crop_padding_is_used_by_the_real_pipeline_and_extract(engine, photos, q
     found = engine.recognize([img], memory_gallery, crop_padding=0.2)[0]
     assert {r.label for r in found} >= {"cat", "coffee"}
     assert all(r.bbox[2] <= img.shape[1] and r.bbox[3] <= img.shape[0] for r in found)  # answers keep the box
+
+
+def test_candidates_show_the_margin_real_pipeline(engine, memory_gallery, queries):
+    img = queries["collage_cat_and_coffee"]
+    plain = engine.recognize([img], memory_gallery)[0]
+    assert plain and all("candidates" not in r.to_dict() for r in plain)  # 0 (the default): answers unchanged
+    found = engine.recognize([img], memory_gallery, candidates=3)[0]
+    assert [(r.label, r.score) for r in found] == [(r.label, r.score) for r in plain]
+    for r in found:
+        cands = r.to_dict()["candidates"]
+        assert len(cands) == 3 and len({c["label"] for c in cands}) == 3
+        assert cands[0] == {"label": r.label, "score": round(r.score, 6)}  # the answer comes first
+        assert cands[0]["score"] >= cands[1]["score"] >= cands[2]["score"]
+
+
+def test_candidates_over_http_and_the_sdk(served, photos, queries):
+    from shitu.serving.client.sdk import ShituClient
+
+    from .conftest import b64
+
+    r = served.post("image_recognition", {"operation": "add", "images": [b64(v) for v in photos.values()],
+                                          "labels": list(photos), "gallery": "candidates"}).json()
+    assert r["status"] == "000", r
+    body = served.post("image_recognition", {"images": [b64(queries["cat_mirrored_crop"])], "candidates": 2,
+                                             "gallery": "candidates"}).json()
+    first = body["results"][0]["results"][0]
+    assert first["label"] == "cat" and [c["label"] for c in first["candidates"]][0] == "cat"
+    assert len(first["candidates"]) == 2
+    with ShituClient(served.url) as client:  # unchanged user code sees them too
+        res = client.recognize(queries["cat_mirrored_crop"], gallery="candidates", candidates=2)
+    assert res[0].to_dict()["candidates"] == first["candidates"]
+    bad = served.post("image_recognition", {"images": [b64(queries["cat_mirrored_crop"])], "candidates": 99,
+                                            "gallery": "candidates"}).json()
+    assert bad["status"] == "101" and "candidates" in bad["msg"]
+
+
+def test_gallery_search_cli_applies_score_thres_like_engine_search(tmp_path, photos, queries, capsys):
+    """Real models: `shitu gallery search` and Engine.search accept the same matches (IndexProcess.score_thres)."""
+    import json
+
+    import cv2
+
+    from shitu.serving import cli
+    from shitu.serving.engine import load_engine
+
+    for label, img in photos.items():
+        cv2.imwrite(str(tmp_path / f"{label}.png"), img)
+    (tmp_path / "list.txt").write_text("".join(f"{label}.png\t{label}\n" for label in photos))
+    g = tmp_path / "g"
+    assert cli.main(["gallery", "build", str(g), str(tmp_path / "list.txt"), "--no-progress"]) == 0
+    cv2.imwrite(str(tmp_path / "ihc.png"), queries["not_in_gallery_ihc"])
+    cv2.imwrite(str(tmp_path / "cat_q.png"), queries["cat_mirrored_crop"])
+    capsys.readouterr()
+    assert cli.main(["gallery", "search", str(g), str(tmp_path / "ihc.png"), "--json"]) == 1  # nothing passes 0.9
+    assert json.loads(capsys.readouterr().out)["matches"] == []
+    assert cli.main(["gallery", "search", str(g), str(tmp_path / "ihc.png"), "--json",
+                     "--param", "score_thres=0"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["matches"]) == 5
+    assert cli.main(["gallery", "search", str(g), str(tmp_path / "cat_q.png"), "--json"]) == 0
+    cli_ids = [m["id"] for m in json.loads(capsys.readouterr().out)["matches"]]
+    eng = load_engine(gallery=g, params={"Global.cpu_num_threads": 1})
+    try:
+        img = cv2.imread(str(tmp_path / "cat_q.png"))
+        assert [m.id for m in eng.search(eng.embed([img]))[0]] == cli_ids
+        assert eng.search(eng.embed([cv2.imread(str(tmp_path / "ihc.png"))]))[0] == []
+    finally:
+        eng.close()

@@ -24,7 +24,7 @@ from shitu.serving.engine.detection import MainbodyDetector
 from shitu.serving.engine.explain import Explanation
 from shitu.serving.engine.extraction import FeatureExtractor
 from shitu.model_spec import ModelSpec
-from shitu.serving.engine.pipeline import SearchIndex, accepts, recognize
+from shitu.serving.engine.pipeline import SearchIndex, accepted_matches, recognize
 from shitu.serving.engine.predictor import RuntimeOptions
 from shitu.serving.engine.results import Detections, Match, Recognition
 from shitu.serving.engine.timing import NULL_TIMER, StageTimer
@@ -147,8 +147,7 @@ class Engine:
         p = self.request_params(overrides)
         g = self.gallery(gallery)
         hits = g.search(np.asarray(embeddings), p["IndexProcess.return_k"], labels=p["IndexProcess.labels"])
-        thres = p["IndexProcess.score_thres"]
-        return [[m for m in row if accepts(m.score, thres, g.higher_is_better)] for row in hits]
+        return accepted_matches(hits, p["IndexProcess.score_thres"], g.higher_is_better)
 
     def recognize(self, images: Sequence[np.ndarray], gallery: str | Path | SearchIndex | None = None,
                   timer: StageTimer = NULL_TIMER, **overrides: Any) -> list[list[Recognition]]:
