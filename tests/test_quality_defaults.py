@@ -250,3 +250,22 @@ def test_gallery_search_cli_applies_score_thres_like_engine_search(tmp_path, pho
         assert eng.search(eng.embed([cv2.imread(str(tmp_path / "ihc.png"))]))[0] == []
     finally:
         eng.close()
+
+
+def test_load_engine_gallery_name_or_folder_explicit(tmp_path, monkeypatch):
+    from shitu.serving.engine import load_engine
+    from shitu.serving.engine.engine import EngineError
+
+    monkeypatch.chdir(tmp_path)
+    eng = load_engine(gallery_dir="shop")  # a bare word, but explicitly a folder: ./shop
+    try:
+        assert eng.gallery_path() == tmp_path / "shop"
+    finally:
+        eng.close()
+    eng = load_engine(gallery="shop")  # a name: the pack's gallery folder, not ./shop
+    try:
+        assert eng.gallery_path() != tmp_path / "shop" and eng.gallery_path().name == "shop"
+    finally:
+        eng.close()
+    with pytest.raises(EngineError, match="not both"):
+        load_engine(gallery="shop", gallery_dir="shop")

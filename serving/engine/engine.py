@@ -228,10 +228,13 @@ def builtin_models_dir() -> Path:
 
 
 def load_engine(scenario: str | None = None, gallery: str | Path | None = None,
-                params: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None) -> Engine:
+                params: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None, *,
+                gallery_dir: str | Path | None = None) -> Engine:
     """An :class:`Engine` for scenario pack ``scenario`` (default pack when None).
 
-    ``gallery``: a gallery name of the pack, or a folder path, used as the default gallery. Parameters merge as
+    ``gallery``: a gallery name of the pack (``"shop"``), or a folder (a ``Path``, or a string that is not a valid
+    name such as ``"./shop"``), used as the default gallery. ``gallery_dir``: always a folder (``"shop"`` is then
+    ``./shop``); give one or the other. Parameters merge as
     ``defaults`` (a hub module's ``params.py``) < the pack's < ``params`` (``Global.det_inference_model_dir`` /
     ``rec_inference_model_dir`` replace the pack's models).
     """
@@ -245,6 +248,10 @@ def load_engine(scenario: str | None = None, gallery: str | Path | None = None,
     rec_spec = ModelSpec.from_dir(rec_dir, "extractor") if rec_dir else pack.extractor_spec()
     default_gallery = pack.default_gallery
     gallery_root = pack.gallery_dir(default_gallery).parent
+    if gallery_dir is not None:
+        if gallery is not None:
+            raise EngineError("give gallery= (a name) or gallery_dir= (a folder), not both")
+        gallery = Path(gallery_dir).absolute()
     if isinstance(gallery, Path) or (isinstance(gallery, str) and not GALLERY_NAME.match(gallery)):
         merged = merged.override({"IndexProcess.index_dir": str(gallery)})
     elif gallery:
