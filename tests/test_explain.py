@@ -207,7 +207,7 @@ def test_served_explain_field(served, photos, queries):
     assert bad["status"] == "101" and "'explain' must be true or false" in bad["msg"]
     with ShituClient(served.url) as client:  # the SDK, unchanged user code
         res = client.recognize(queries["coffee_rescaled_crop"], gallery="explain", explain=True,
-                               append_whole_image="fallback")
+                               append_whole_image="fallback", crop_padding=0.0)  # tight cup box: 0.878 < 0.9
     assert res.explanation.whole_image == "fallback: searched (no detected box was accepted)"
     assert res.to_dict()["explanation"]["searched"][0]["dropped_by"] == "IndexProcess.score_thres"
 

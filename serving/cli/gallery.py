@@ -225,6 +225,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     import cv2
     import numpy as np
 
+    from shitu.params import Params
     from shitu.serving.gallery.local import Gallery, GalleryError
 
     with Gallery.open(args.gallery, readonly=True) as g:
@@ -239,7 +240,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         try:
             hits = g.search(np.asarray(engine.embed(images)), k=args.k, labels=args.label or None)
             params = getattr(engine, "params", None)
-            if params is not None:  # the same score_thres rule as Engine.search and recognition
+            if isinstance(params, Params):  # the same score_thres rule as Engine.search and recognition
                 from shitu.serving.engine.pipeline import accepted_matches
 
                 hits = accepted_matches(hits, params["IndexProcess.score_thres"], g.higher_is_better)
