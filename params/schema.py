@@ -84,6 +84,13 @@ FIELDS: tuple[Field, ...] = (
           minimum=1, maximum=256),
     Field("Global", "min_box_size", int, 4, "Detector boxes narrower or lower than this many pixels are dropped.",
           minimum=0, maximum=10000),
+    Field("Global", "min_box_ratio", float, 0.0,
+          "Detector boxes whose short side is under this fraction of the image's short side are dropped (specks "
+          "match random gallery items and crowd the object out of `max_det_results`).", minimum=0.0, maximum=1.0),
+    Field("Global", "crop_padding", float, 0.0,
+          "Each box is widened by this fraction of its width / height on every side before it is cropped and "
+          "embedded (clipped to the image), so a tight detector box is framed like a gallery picture of the "
+          "object with a margin around it.", minimum=0.0, maximum=1.0),
     # -- Global: runtime (load time only) ----------------------------------------------------------------------
     Field("Global", "cpu_num_threads", int, 2, "paddle.inference CPU math threads per predictor.",
           minimum=1, maximum=256, per_request=False),
@@ -113,6 +120,12 @@ FIELDS: tuple[Field, ...] = (
           aliases=("feature_normalize",)),
     Field("RecPostProcess", "binarize", bool, False,
           "Sign-binarise embeddings (for `hamming` galleries); packs bits 8 per byte."),
+    Field("RecPostProcess", "pooling", str, None,
+          "How a feature-map output `[N, C, H, W]` becomes one vector: `gap` (average) or `gem` (generalised mean, "
+          "which weighs the strongest activations more). Default: the model folder's `pooling`. A gallery must be "
+          "re-embedded after changing it.", nullable=True, choices=("gap", "gem"), per_request=False),
+    Field("RecPostProcess", "gem_power", float, 3.0, "Power `p` of `gem` pooling (1 = average, large = max).",
+          minimum=1.0, maximum=16.0, per_request=False),
     # -- IndexProcess: the gallery ---------------------------------------------------------------------------
     Field("IndexProcess", "index_method", str, "HNSW32",
           "faiss index type for new galleries: `Flat`, `IVF`, `HNSW32` or another faiss factory string.",
@@ -128,6 +141,9 @@ FIELDS: tuple[Field, ...] = (
     Field("IndexProcess", "score_thres", float, 0.5,
           "Weakest match accepted. For `IP` a score must be >= it (higher is better); for `L2` and `hamming` "
           "the distance must be <= it (smaller is better).", minimum=0.0, aliases=("score_threshold",)),
+    Field("IndexProcess", "candidates", int, 0,
+          "Each recognition also lists its best this-many labels with their scores (`candidates`, best first, the "
+          "answer included), so callers see the margin to the runner-up. 0: none.", minimum=0, maximum=20),
     Field("IndexProcess", "hamming_radius", int, 100, "Largest hamming distance searched in binary galleries "
           "(per request too); new galleries also store it as their own default.", minimum=0),
     Field("IndexProcess", "delimiter", str, "\t",

@@ -556,9 +556,11 @@ def _parse_model(role: str, value: Any, key: str) -> ModelEntry:
     if data.get("decoder_args") is not None:
         desc["decoder_args"] = _mapping(data["decoder_args"], f"{key}.decoder_args")
     if data.get("pooling") is not None:
-        if data["pooling"] not in ("gap", "none"):
-            raise ManifestError(f"{key}.pooling", f"expected 'gap' or 'none', got {data['pooling']!r}")
+        if data["pooling"] not in ("gap", "gem", "none"):
+            raise ManifestError(f"{key}.pooling", f"expected 'gap', 'gem' or 'none', got {data['pooling']!r}")
         desc["pooling"] = data["pooling"]
+    if data.get("projection") is not None:
+        desc["projection"] = _str(data["projection"], f"{key}.projection")
     if data.get("onednn") is not None:
         desc["onednn"] = _bool(data["onednn"], f"{key}.onednn")
     if data.get("onednn_passes") is not None:

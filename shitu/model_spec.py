@@ -16,7 +16,9 @@ A folder with neither gets the PaddleClas defaults for its kind.
     transform_ops: [...]            # PaddleClas op list, see shitu.serving.engine.transforms
     decoder: gfl | paddledet        # detectors: raw GFL heads (NanoDet) or PaddleDetection's NMS'd rows
     decoder_args: {...}             # gfl: strides, reg_max, input_size; class_names
-    pooling: gap | none             # extractors whose output is a feature map [N, C, H, W]
+    pooling: gap | gem | none       # extractors whose output is a feature map [N, C, H, W]
+    projection: head.npy            # extractors: a float32 [d_in, d_out] matrix applied after pooling (written by
+                                    # `shitu adapt`; read with numpy, never unpickled)
     onednn: false                   # oneDNN only where verified: Paddle 3.3.1's default passes crash some
                                     # models (conv + leaky_relu), so it is off unless the folder says so or
                                     # `shitu plugins verify --onednn` recorded a pass list verified on the model
@@ -66,6 +68,7 @@ class ModelSpec:
     decoder: str | None = None
     decoder_args: dict[str, Any] = field(default_factory=dict)
     pooling: str = "none"
+    projection: str | None = None
     #: None (unset): off unless a pass list was verified on this model (shitu.serving.engine.onednn).
     onednn: bool | None = None
     onednn_passes: list[str] | None = None

@@ -175,8 +175,9 @@ def test_general_lite_manifest_matches_its_model_folders():
         folder_spec = ModelSpec.from_dir(PACKS / "general_lite" / entry.path)
         manifest_spec = ModelSpec.from_dict(copy.deepcopy(entry.description), PACKS / "general_lite" / entry.path)
         assert folder_spec == manifest_spec, f"{role}: pack.yaml and {sub}/shitu_model.yml disagree"
-    assert m.params == {"Global": {"threshold": 0.3, "max_det_results": 5},
-                        "IndexProcess": {"score_thres": 0.8, "index_method": "Flat", "dist_type": "IP"}}
+    assert m.params == {"Global": {"threshold": 0.2, "max_det_results": 5, "min_box_ratio": 0.1, "crop_padding": 0.1},
+                        "RecPostProcess": {"pooling": "gem", "gem_power": 3.0},
+                        "IndexProcess": {"score_thres": 0.9, "index_method": "Flat", "dist_type": "IP"}}
     assert list(m.galleries) == ["demo"] and m.default_gallery == "demo"
     assert m.models["recognizer"].embedding_size == 512
 

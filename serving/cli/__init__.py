@@ -2,7 +2,7 @@
 
 - :mod:`.demo` -- ``shitu demo``; :mod:`.recognize` -- ``shitu recognize`` / ``detect``;
   :mod:`.gallery` -- ``shitu gallery ...``; :mod:`.plugins` -- ``shitu plugins ...``;
-  :mod:`.video` -- ``shitu recognize-video``; :mod:`.serve` -- ``shitu serve``.
+  :mod:`.video` -- ``shitu recognize-video``; :mod:`.adapt` -- ``shitu adapt``; :mod:`.serve` -- ``shitu serve``.
 
 Each module adds its subcommands with ``register(subparsers)`` and imports its heavy dependencies only when run,
 so ``shitu --help`` stays fast.
@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "shitu.serving.cli.gallery",
     "shitu.serving.cli.plugins",
     "shitu.serving.cli.video",
+    "shitu.serving.cli.adapt",
 )
 
 

@@ -265,6 +265,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from shitu.params import Params
     from shitu.serving.gallery.local import Gallery, GalleryError
 
     with Gallery.open(args.gallery, readonly=True) as g:
@@ -282,6 +283,11 @@ def cmd_search(args: argparse.Namespace) -> int:
                 except ValueError as exc:
                     raise GalleryError(f"{name}: not a readable image ({exc})") from None
             hits = g.search(np.asarray(engine.embed(images)), k=args.k, labels=args.label or None)
+            params = getattr(engine, "params", None)
+            if isinstance(params, Params):  # the same score_thres rule as Engine.search and recognition
+                from shitu.serving.engine.pipeline import accepted_matches
+
+                hits = accepted_matches(hits, params["IndexProcess.score_thres"], g.higher_is_better)
         finally:
             close = getattr(engine, "close", None)
             if close:
@@ -417,7 +423,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common(i)
     remote(i, cmd_info, "remote_gallery_info")
 
-    s = sub.add_parser("search", help="search whole images against the gallery")
+    s = sub.add_parser("search", help="search whole images against the gallery (matches passing the pack's "
+                                      "IndexProcess.score_thres; --param score_thres=0 lists all)")
     common(s)
     s.add_argument("images", nargs="+", metavar="IMAGE", help="image files; each is searched as a whole")
     s.add_argument("-k", type=int, default=5, help="matches per image")

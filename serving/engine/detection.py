@@ -11,7 +11,8 @@ Two detector output formats are decoded:
   distribution ``[1, N, 4 * (reg_max + 1)]``; decoded here (integral of the softmax per side), then class-agnostic
   NMS (``Global.det_nms_threshold``).
 
-Then ``Global.threshold`` drops weak boxes, ``Global.max_det_results`` keeps the best ones, and the whole image is
+Then ``Global.threshold`` drops weak boxes, ``Global.min_box_size`` / ``Global.min_box_ratio`` drop specks (which
+otherwise match random gallery items and crowd the object out of the top-k), ``Global.max_det_results`` keeps the best ones, and the whole image is
 appended as one more box when ``Global.append_whole_image`` is on (``"fallback"``: only when no box is left).
 """
 from __future__ import annotations
@@ -182,7 +183,8 @@ def select_boxes(det: Detections, height: int, width: int, params: Any,
     given, records which filter dropped each box.
     """
     low = det.scores < params["Global.threshold"]
-    small = (det.xyxy[:, 2:] - det.xyxy[:, :2]).min(axis=1) < params["Global.min_box_size"]
+    side = (det.xyxy[:, 2:] - det.xyxy[:, :2]).min(axis=1)
+    small = (side < params["Global.min_box_size"]) | (side < params["Global.min_box_ratio"] * min(height, width))
     passed = np.nonzero(~low & ~small)[0]
     order = passed[np.argsort(-det.scores[passed], kind="stable")]
     top = order[: params["Global.max_det_results"]]

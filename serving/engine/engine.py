@@ -26,7 +26,7 @@ from shitu.serving.engine.explain import Explanation
 from shitu.serving.engine.extraction import FeatureExtractor
 from shitu.serving.engine.open_galleries import OpenGalleries
 from shitu.model_spec import ModelSpec
-from shitu.serving.engine.pipeline import SearchIndex, accepts, recognize, search_options
+from shitu.serving.engine.pipeline import SearchIndex, accepted_matches, recognize, search_options
 from shitu.serving.engine.predictor import RuntimeOptions
 from shitu.serving.engine.results import Detections, Match, Recognition
 from shitu.serving.engine.timing import NULL_TIMER, StageTimer
@@ -180,8 +180,7 @@ class Engine:
         p = self.request_params(overrides)
         g = self.gallery(gallery)
         hits = g.search(np.asarray(embeddings), p["IndexProcess.return_k"], **search_options(g, p))
-        thres = p["IndexProcess.score_thres"]
-        return [[m for m in row if accepts(m.score, thres, g.higher_is_better)] for row in hits]
+        return accepted_matches(hits, p["IndexProcess.score_thres"], g.higher_is_better)
 
     def recognize(self, images: Sequence[np.ndarray], gallery: str | Path | SearchIndex | None = None,
                   timer: StageTimer = NULL_TIMER, **overrides: Any) -> list[list[Recognition]]:
@@ -221,6 +220,20 @@ class Engine:
         thumbnails.store(g, ids, images)  # for browsing the gallery (web page); never fails the add
         return ids
 
+    def gallery_build(self, source: str | Path, gallery: str | Path | None = None, image_root: str | Path | None = None,
+                      skip_bad: bool = False, progress: bool = False) -> Any:
+        """Add the images of a PaddleClas list file (``path<TAB>label``) or a ``label/image`` folder tree.
+
+        In-process twin of ``shitu gallery build``: images already in the gallery (same content) are skipped; a bad
+        line or image fails the whole build unless ``skip_bad``. Returns the build report (``added``, ``ids``,
+        ``bad``...).
+        """
+        from shitu.serving.gallery.build import build_from_source, embed_images_fn
+
+        return build_from_source(self.gallery(gallery, create=True), source, embed_images_fn(self),
+                                 image_root=image_root, delimiter=self.params["IndexProcess.delimiter"],
+                                 batch_size=self.params["Global.batch_size"], skip_bad=skip_bad, progress=progress)
+
     def gallery_remove(self, ids: Sequence[int] | None = None, labels: Sequence[str] | None = None,
                        gallery: str | Path | None = None) -> int:
         return self.gallery(gallery).remove(ids=list(ids) if ids else None, labels=list(labels) if labels else None)
@@ -253,10 +266,13 @@ def builtin_models_dir() -> Path:
 
 
 def load_engine(scenario: str | None = None, gallery: str | Path | None = None,
-                params: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None) -> Engine:
+                params: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None, *,
+                gallery_dir: str | Path | None = None) -> Engine:
     """An :class:`Engine` for scenario pack ``scenario`` (default pack when None).
 
-    ``gallery``: a gallery name of the pack, or a folder path, used as the default gallery. Parameters merge as
+    ``gallery``: a gallery name of the pack (``"shop"``), or a folder (a ``Path``, or a string that is not a valid
+    name such as ``"./shop"``), used as the default gallery. ``gallery_dir``: always a folder (``"shop"`` is then
+    ``./shop``); give one or the other. Parameters merge as
     ``defaults`` (a hub module's ``params.py``) < the pack's < ``params`` (``Global.det_inference_model_dir`` /
     ``rec_inference_model_dir`` replace the pack's models).
     """
@@ -270,6 +286,10 @@ def load_engine(scenario: str | None = None, gallery: str | Path | None = None,
     rec_spec = ModelSpec.from_dir(rec_dir, "extractor") if rec_dir else pack.extractor_spec()
     default_gallery = pack.default_gallery
     gallery_root = pack.gallery_dir(default_gallery).parent
+    if gallery_dir is not None:
+        if gallery is not None:
+            raise EngineError("give gallery= (a name) or gallery_dir= (a folder), not both")
+        gallery = Path(gallery_dir).absolute()
     if isinstance(gallery, Path) or (isinstance(gallery, str) and not GALLERY_NAME.match(gallery)):
         merged = merged.override({"IndexProcess.index_dir": str(gallery)})
     elif gallery:

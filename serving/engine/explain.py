@@ -27,7 +27,7 @@ from shitu.serving.engine.results import Detections, Match, Recognition
 #: Parameters that steer the stages an explanation describes (reported with it).
 EXPLAINED_PARAMS = ("Global.threshold", "Global.min_box_size", "Global.max_det_results", "Global.append_whole_image",
                     "IndexProcess.score_thres", "IndexProcess.return_k", "Global.rec_nms_thresold",
-                    "Global.rec_nms_per_label", "IndexProcess.labels")
+                    "Global.rec_nms_per_label", "IndexProcess.labels", "Global.min_box_ratio")
 
 KEPT = "kept"
 REJECTED = "rejected"
@@ -114,6 +114,9 @@ class Explanation:
             w, h = (det.xyxy[i, 2:] - det.xyxy[i, :2]).tolist()
             if low[i]:
                 box.dropped_by, box.reason = "Global.threshold", f"score {score:.3f} < {p['Global.threshold']}"
+            elif small[i] and min(w, h) >= p["Global.min_box_size"]:
+                box.dropped_by = "Global.min_box_ratio"
+                box.reason = f"{w:.0f}x{h:.0f} px, short side under {p['Global.min_box_ratio']} of the image's"
             elif small[i]:
                 box.dropped_by = "Global.min_box_size"
                 box.reason = f"{w:.0f}x{h:.0f} px, smaller than {p['Global.min_box_size']} px"

@@ -47,6 +47,27 @@ def accepts(score: float, threshold: float, higher_is_better: bool) -> bool:
     return score >= threshold if higher_is_better else score <= threshold
 
 
+def accepted_matches(rows: list[list[Match]], threshold: float, higher_is_better: bool) -> list[list[Match]]:
+    """The matches of each row that pass ``IndexProcess.score_thres``: one rule for ``Engine.search``, the
+    recognition pipeline and ``shitu gallery search``."""
+    return [[m for m in row if accepts(m.score, threshold, higher_is_better)] for row in rows]
+
+
+#: Gallery items fetched per candidate label asked for (several items may share a label).
+CANDIDATE_DEPTH = 3
+
+
+def candidates(hits: list[Match], n: int) -> dict[str, Any]:
+    """``{"candidates": [{"label", "score"}, ...]}``: the ``n`` best labels among ``hits`` (best item of each), so a
+    caller sees the margin between the answer and the runner-up (``IndexProcess.candidates``); ``{}`` when 0."""
+    if n <= 0:
+        return {}
+    best: dict[str, float] = {}
+    for m in hits:
+        best.setdefault(m.label, float(m.score))
+    return {"candidates": [{"label": lab, "score": round(sc, 6)} for lab, sc in list(best.items())[:n]]}
+
+
 def rec_nms(recognitions: list[Recognition], iou_threshold: float, higher_is_better: bool,
             per_label: bool = False) -> list[Recognition]:
     """Drop recognised boxes that overlap a better match by more than ``iou_threshold``; best first.
@@ -114,17 +135,18 @@ def _search(image: np.ndarray, det: Detections, extractor: FeatureExtractor, ind
     if len(det) == 0:
         return
     with timer.stage("crop"):
-        crops = [crop(image, box) for box in det.xyxy]
+        crops = [crop(image, box, params["Global.crop_padding"]) for box in det.xyxy]
     feats = extractor.embed(crops, params, timer)
     with timer.stage("search"):
         k = min(params["IndexProcess.return_k"], params["Limits.max_explain_matches"]) if explanation is not None else 1
-        matches = index.search(feats, k, **search_options(index, params))
+        matches = index.search(feats, max(k, params["IndexProcess.candidates"] * CANDIDATE_DEPTH),
+                               **search_options(index, params))
     thres = params["IndexProcess.score_thres"]
     with timer.stage("rec_nms"):  # the score_thres filter, timed with rec-NMS as before
         for i, hits in enumerate(matches):
             ok = bool(hits) and accepts(hits[0].score, thres, index.higher_is_better)
             if explanation is not None:
-                at = explanation.searched_box(det.xyxy[i], det.scores[i], det.is_whole_image[i], hits, ok,
+                at = explanation.searched_box(det.xyxy[i], det.scores[i], det.is_whole_image[i], hits[:k], ok,
                                               index.higher_is_better)
             if not ok:
                 continue
@@ -136,6 +158,7 @@ def _search(image: np.ndarray, det: Detections, extractor: FeatureExtractor, ind
                 det_score=float(det.scores[i]),
                 is_whole_image=bool(det.is_whole_image[i]),
                 id=best.id,
+                extra=candidates(hits, params["IndexProcess.candidates"]),
             ))
             if explanation is not None:
                 searched.append(at)

@@ -1,0 +1,340 @@
+"""Recognition quality of a scenario pack on a cross-style retrieval set, in one command.
+
+    python benchmarks/quality/run.py [--classes 80] [--seed 0] [--scenario general-lite] [--sweep] [--json OUT]
+    python benchmarks/quality/run.py --write-gallery DIR; shitu adapt DIR/gallery.txt --out REC;
+    python benchmarks/quality/run.py --adapted REC        # adds a row for the adapted recogniser
+
+Builds the set of :mod:`dataset` (Debian icon themes + scikit photos; it says which package to install when one is
+missing), adds the gallery images to an in-memory gallery and prints:
+
+- **pipeline** tables for the pack's settings as shipped and as they were before issue #18 (``before``): R@1 / R@5
+  on ``alone`` queries (whole image), ``scene`` queries (the real ``Engine.recognize`` path: detection, crops,
+  search, rec-NMS; R@1 = the best recognition's label, R@5 = the true label among the five best distinct labels of
+  every searched box), ``oracle`` (the true box embedded), detector recall (a kept box with IoU >= 0.5), accepted
+  answers and their precision at the pack's ``score_thres``, and the median latency per scene image;
+- detector recall at IoU >= 0.5 in the top-k per threshold and minimum relative box size (raw boxes cached);
+- with ``--sweep``: the measurements behind the embedding defaults, from cached feature maps: pooling / input
+  size / flip averaging (R@1 alone and oracle, latency per crop), and the same/different score distributions with
+  the threshold that reaches 90 % precision.
+
+Scores are ranked without ``score_thres`` for R@k (a ranking measure); the threshold is reported separately.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import dataset  # noqa: E402
+from common import describe, machine, table, write_json  # noqa: E402
+
+#: The general-lite settings before issue #18 (GAP pooling, threshold 0.3, 5 boxes, no relative size floor).
+BEFORE: dict[str, Any] = {"Global.threshold": 0.3, "Global.max_det_results": 5, "Global.min_box_size": 4,
+                          "Global.min_box_ratio": 0.0, "Global.crop_padding": 0.0, "RecPostProcess.pooling": "gap",
+                          "RecPostProcess.flip_average": False, "IndexProcess.score_thres": 0.8}
+
+
+def _known(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings this version of the schema has (the benchmark also runs on older checkouts)."""
+    from shitu.params.schema import BY_NAME
+
+    return {k: v for k, v in settings.items() if k in BY_NAME}
+TARGET_PRECISION = 0.9
+
+
+def iou(a: np.ndarray, b: list[float]) -> np.ndarray:
+    """IoU of boxes ``a`` [n, 4] with one box ``b``."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    w = np.clip(np.minimum(a[:, 2], b[2]) - np.maximum(a[:, 0], b[0]), 0, None)
+    h = np.clip(np.minimum(a[:, 3], b[3]) - np.maximum(a[:, 1], b[1]), 0, None)
+    inter = w * h
+    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / np.maximum(union, 1e-9)
+
+
+def rank_at(scores: np.ndarray, labels: list[str], truth: list[str]) -> tuple[float, float, list[float], list[bool]]:
+    """R@1, R@5 of a [queries, gallery] score matrix (one gallery image per label); top-1 scores and correctness."""
+    order = np.argsort(-scores, axis=1)
+    top1 = [labels[o[0]] == t for o, t in zip(order, truth)]
+    top5 = [t in {labels[i] for i in o[:5]} for o, t in zip(order, truth)]
+    best = scores[np.arange(len(scores)), order[:, 0]].tolist()
+    return float(np.mean(top1)), float(np.mean(top5)), best, top1
+
+
+def calibrate(best: list[float], right: list[bool], precision: float = TARGET_PRECISION) -> float:
+    """Lowest threshold whose accepted top-1 answers are right at least ``precision`` of the time."""
+    pairs = sorted(zip(best, right), reverse=True)
+    chosen = 1.0
+    ok = 0
+    for n, (score, good) in enumerate(pairs, 1):
+        ok += good
+        if ok / n >= precision:
+            chosen = score
+    return round(float(chosen), 3)
+
+
+# -- the real pipeline ------------------------------------------------------------------------------------------
+def pipeline_report(engine: Any, qs: dataset.QualitySet, settings: dict[str, Any]) -> dict[str, Any]:
+    """R@k alone / scene / oracle, detector recall and latency through ``Engine`` as a caller uses it."""
+    from shitu.serving.engine.pipeline import MemoryIndex
+
+    p = engine.params.override(settings)
+    index = MemoryIndex(engine.embedding_size)
+    index.add(engine.extractor.embed(qs.gallery, p), qs.labels)
+    alone = index.search(engine.extractor.embed(qs.alone, p), 5)
+    pad = p["Global.crop_padding"]
+    oracle_feats = engine.extractor.embed([dataset_crop(s.image, s.box, pad) for s in qs.scenes], p)
+    oracle = index.search(oracle_feats, 5)
+    thres = p["IndexProcess.score_thres"]
+    scene_r1, scene_r5, recall, accepted, accepted_ok, times, crops = [], [], [], 0, 0, [], []
+    for s in qs.scenes:
+        t0 = time.perf_counter()
+        recs, expl = engine.recognize_explained([s.image], index, **_per_request(settings, return_k=5,
+                                                                                 score_thres=0.0))[0]
+        times.append(time.perf_counter() - t0)
+        crops.append(len(expl.searched))
+        boxes = np.array([b.bbox for b in expl.searched if not b.is_whole_image] or np.zeros((0, 4)))
+        recall.append(bool(len(boxes)) and bool((iou(boxes, s.box) >= 0.5).any()))
+        scene_r1.append(bool(recs) and recs[0].label == s.label)
+        cands = sorted(((m.score, m.label) for b in expl.searched for m in b.matches), reverse=True)
+        distinct = list(dict.fromkeys(lab for _, lab in cands))[:5]
+        scene_r5.append(s.label in distinct)
+        if recs and recs[0].score >= thres:
+            accepted += 1
+            accepted_ok += recs[0].label == s.label
+    n = len(qs.scenes)
+    return {
+        "alone_r1": float(np.mean([m[0].label == t for m, t in zip(alone, qs.labels)])),
+        "alone_r5": float(np.mean([t in {x.label for x in m} for m, t in zip(alone, qs.labels)])),
+        "scene_r1": float(np.mean(scene_r1)), "scene_r5": float(np.mean(scene_r5)),
+        "oracle_r1": float(np.mean([m[0].label == s.label for m, s in zip(oracle, qs.scenes)])),
+        "oracle_r5": float(np.mean([s.label in {x.label for x in m} for m, s in zip(oracle, qs.scenes)])),
+        "det_recall": float(np.mean(recall)),
+        "accepted": accepted / n, "precision_accepted": accepted_ok / max(accepted, 1),
+        "score_thres": thres, "median_ms_per_scene": statistics.median(times) * 1000,
+        "crops_per_scene": float(np.mean(crops)),
+    }
+
+
+def latency(engines: dict[str, tuple[Any, dict[str, Any]]], qs: dataset.QualitySet, index: Any, rounds: int
+            ) -> dict[str, float]:
+    """Median ms per scene image for each setting, interleaved image by image (a shared CPU's load hits all)."""
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(rounds):
+        for s in qs.scenes:
+            for name, (engine, settings) in engines.items():
+                t0 = time.perf_counter()
+                engine.recognize([s.image], index, **_per_request(settings))
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) * 1000 for name, v in times.items()}
+
+
+def dataset_crop(image: np.ndarray, box: list[float], padding: float = 0.0) -> np.ndarray:
+    """The pipeline's crop of ``box`` (widened by ``Global.crop_padding``)."""
+    from shitu.serving.engine.extraction import crop
+
+    return crop(image, box, padding) if padding else crop(image, box)
+
+
+def _per_request(settings: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """Per-request overrides (load-time parameters are set on the engine instead)."""
+    from shitu.params.schema import BY_NAME
+
+    out = {k.split(".")[1]: v for k, v in settings.items() if BY_NAME[k].per_request}
+    out.update(extra)
+    return out
+
+
+# -- the sweep -------------------------------------------------------------------------------------------------
+def feature_maps(extractor: Any, images: list[np.ndarray], size: int, flip: bool = False) -> np.ndarray:
+    """Backbone feature maps ``[n, C, h, w]`` at input ``size`` (the pack's normalisation)."""
+    import cv2
+
+    norm = [op for op in extractor.spec.transform_ops if "NormalizeImage" in op][0]["NormalizeImage"]
+    mean, std = np.array(norm["mean"], np.float32), np.array(norm["std"], np.float32)
+    out = []
+    for i in range(0, len(images), 8):
+        batch = []
+        for img in images[i:i + 8]:
+            x = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+            if flip:
+                x = x[:, ::-1]
+            batch.append(((x * norm.get("scale", 1.0) - mean) / std).transpose(2, 0, 1))
+        res = extractor.predictor.run({extractor.predictor.input_names[0]: np.ascontiguousarray(np.stack(batch))})
+        out.append(res[extractor.predictor.output_names[0]])
+    return np.concatenate(out)
+
+
+def sweep(engine: Any, qs: dataset.QualitySet) -> dict[str, Any]:
+    from shitu.serving.engine.extraction import l2_normalize, pool
+
+    ex = engine.extractor
+    oracle_crops = [dataset_crop(s.image, s.box) for s in qs.scenes]
+    truth_o = [s.label for s in qs.scenes]
+    emb_rows, emb = [], {}
+    for size in (224, 288):
+        for flip in (False, True):
+            t0 = time.perf_counter()
+            maps = {k: feature_maps(ex, imgs, size) for k, imgs in
+                    (("g", qs.gallery), ("a", qs.alone), ("o", oracle_crops))}
+            per_crop = (time.perf_counter() - t0) / sum(len(v) for v in maps.values())
+            if flip:
+                maps_f = {k: feature_maps(ex, imgs, size, flip=True) for k, imgs in
+                          (("g", qs.gallery), ("a", qs.alone), ("o", oracle_crops))}
+                per_crop *= 2
+            for method, power in (("gap", 1.0), ("gem", 2.0), ("gem", 3.0), ("gem", 4.0)):
+                f = {k: pool(v, method, power) for k, v in maps.items()}
+                if flip:
+                    f = {k: v + pool(maps_f[k], method, power) for k, v in f.items()}
+                f = {k: l2_normalize(v) for k, v in f.items()}
+                a1, a5, a_best, a_ok = rank_at(f["a"] @ f["g"].T, qs.labels, qs.labels)
+                o1, o5, o_best, o_ok = rank_at(f["o"] @ f["g"].T, qs.labels, truth_o)
+                name = f"{method}{'' if method == 'gap' else f' p={power:g}'} {size}{' +flip' if flip else ''}"
+                emb_rows.append([name, a1, a5, o1, o5, per_crop * 1000])
+                emb[name] = {"alone_r1": a1, "alone_r5": a5, "oracle_r1": o1, "oracle_r5": o5,
+                             "ms_per_crop": per_crop * 1000, "best": a_best + o_best, "right": a_ok + o_ok,
+                             "gallery_pairs": _pair_scores(f["g"])}
+    return {"embedding": emb, "embedding_rows": emb_rows}
+
+
+def detector_recall(engine: Any, qs: dataset.QualitySet) -> dict[str, Any]:
+    """Recall at IoU >= 0.5 in the top-k per threshold and minimum relative box size (raw boxes once per scene)."""
+    raws = [engine.detector.raw(s.image, engine.params["Global.det_nms_threshold"]) for s in qs.scenes]
+    det_rows, det = [], {}
+    for thr in (0.3, 0.2, 0.1, 0.05):
+        for ratio in (0.0, 0.05, 0.1):
+            hits = {1: [], 5: [], 10: [], "all": []}
+            small_kept = 0
+            kept_total = 0
+            for s, raw in zip(qs.scenes, raws):
+                h, w = s.image.shape[:2]
+                side = np.minimum(raw.xyxy[:, 2] - raw.xyxy[:, 0], raw.xyxy[:, 3] - raw.xyxy[:, 1])
+                ok = (raw.scores >= thr) & (side >= max(4, ratio * min(h, w)))
+                idx = np.nonzero(ok)[0]
+                idx = idx[np.argsort(-raw.scores[idx], kind="stable")]
+                good = iou(raw.xyxy[idx], s.box) >= 0.5
+                for k in (1, 5, 10):
+                    hits[k].append(bool(good[:k].any()))
+                hits["all"].append(bool(good.any()))
+                kept_total += min(len(idx), 5)
+                small_kept += int((side[idx[:5]] < 32).sum())
+            row = {f"top{k}": float(np.mean(v)) for k, v in hits.items()}
+            row["small_share_top5"] = small_kept / max(kept_total, 1)
+            det[f"thr={thr} ratio={ratio}"] = row
+            det_rows.append([thr, ratio, row["top1"], row["top5"], row["top10"], row["topall"],
+                             row["small_share_top5"]])
+    return {"detector": det, "detector_rows": det_rows}
+
+
+def _pair_scores(g: np.ndarray) -> dict[str, float]:
+    s = g @ g.T
+    off = s[~np.eye(len(g), dtype=bool)]
+    return {"median": float(np.median(off)), "p99": float(np.percentile(off, 99)),
+            "share_ge_0.8": float((off >= 0.8).mean())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--classes", type=int, default=80)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scenario", default=None)
+    ap.add_argument("--sweep", action="store_true", help="also print the measurements behind the defaults")
+    ap.add_argument("--skip-before", action="store_true", help="only the pack as shipped")
+    ap.add_argument("--latency-rounds", type=int, default=1,
+                    help="passes over the scenes timing each setting in turn (0: time the quality pass only)")
+    ap.add_argument("--adapted", metavar="DIR", help="also measure a recogniser written by `shitu adapt` (train "
+                    "it on the set's gallery: --write-gallery, then shitu adapt LIST --out DIR)")
+    ap.add_argument("--write-gallery", metavar="DIR", help="write the gallery as a PaddleClas list file and exit")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    try:
+        qs = dataset.build(args.classes, 1, args.seed)
+    except dataset.MissingData as exc:
+        print(f"cannot build the set: {exc}", file=sys.stderr)
+        return 2
+    if args.write_gallery:
+        print(dataset.write_list_file(qs, Path(args.write_gallery)))
+        return 0
+    from shitu.serving.engine import load_engine
+
+    info = machine()
+    print(describe(info, qs.describe()))
+    out: dict[str, Any] = {"machine": info, "set": qs.describe(), "seed": args.seed}
+    if args.sweep:
+        engine = load_engine(args.scenario, params={"Global.cpu_num_threads": 1})
+        sw = sweep(engine, qs)
+        print("\nEmbedding (R@k on alone queries and oracle boxes; ms per crop, 1 thread, batches of 8):")
+        print(table(["variant", "alone R@1", "alone R@5", "oracle R@1", "oracle R@5", "ms/crop"],
+                    sw["embedding_rows"]))
+        print("\nScores (top-1 answers over alone + oracle queries; different gallery pairs):")
+        rows = []
+        for name, e in sw["embedding"].items():
+            right = [b for b, r in zip(e["best"], e["right"]) if r]
+            wrong = [b for b, r in zip(e["best"], e["right"]) if not r]
+            rows.append([name, statistics.median(right) if right else float("nan"),
+                         statistics.median(wrong) if wrong else float("nan"), e["gallery_pairs"]["p99"],
+                         e["gallery_pairs"]["share_ge_0.8"], calibrate(e["best"], e["right"])])
+            e["thres_p90"] = rows[-1][-1]
+            del e["best"], e["right"]
+        print(table(["variant", "right median", "wrong median", "pairs p99", "pairs >= 0.8",
+                     f"thres @{TARGET_PRECISION:.0%}"], rows))
+        out["sweep"] = {"embedding": sw["embedding"]}
+        engine.close()
+    engine = load_engine(args.scenario, params={"Global.cpu_num_threads": 1})
+    det = detector_recall(engine, qs)
+    engine.close()
+    print("\nDetector recall (a box with IoU >= 0.5 among the top-k kept; small = short side < 32 px):")
+    print(table(["threshold", "min ratio", "top1", "top5", "top10", "all", "small share top5"], det["detector_rows"]))
+    out["detector_recall"] = det["detector"]
+    rows = []
+    engines: dict[str, tuple[Any, dict[str, Any]]] = {}
+    runs = [("before", _known(BEFORE)), ("shipped", {})]
+    if args.adapted:
+        runs.append(("adapted", {"Global.rec_inference_model_dir": str(args.adapted)}))
+    for name, settings in runs:
+        if name == "before" and args.skip_before:
+            continue
+        load_time = {k: v for k, v in settings.items() if not _is_per_request(k)}
+        engine = load_engine(args.scenario, params={"Global.cpu_num_threads": 1, **load_time})
+        per_request = {k: v for k, v in settings.items() if _is_per_request(k)}
+        out[name] = pipeline_report(engine, qs, per_request)
+        engines[name] = (engine, per_request)
+    if args.latency_rounds:
+        from shitu.serving.engine.pipeline import MemoryIndex
+
+        first = next(iter(engines.values()))[0]
+        index = MemoryIndex(first.embedding_size)
+        index.add(np.zeros((1, first.embedding_size), np.float32), ["nothing"])  # searching costs the same
+        for name, ms in latency(engines, qs, index, args.latency_rounds).items():
+            out[name]["median_ms_per_scene"] = ms
+    for name, (engine, _) in engines.items():
+        engine.close()
+        r = out[name]
+        rows.append([name, r["alone_r1"], r["alone_r5"], r["scene_r1"], r["scene_r5"], r["oracle_r1"],
+                     r["oracle_r5"], r["det_recall"], r["score_thres"], r["accepted"], r["precision_accepted"],
+                     r["crops_per_scene"], r["median_ms_per_scene"]])
+    print("\nPipeline (Engine.recognize on scenes; R@k ranked without score_thres; 1 paddle thread; ms/scene "
+          "interleaved):")
+    print(table(["settings", "alone R@1", "alone R@5", "scene R@1", "scene R@5", "oracle R@1", "oracle R@5",
+                 "det recall", "score_thres", "accepted", "precision", "crops/scene", "ms/scene"], rows))
+    write_json("quality", out, args.json)
+    return 0
+
+
+def _is_per_request(name: str) -> bool:
+    from shitu.params.schema import BY_NAME
+
+    return BY_NAME[name].per_request
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""``shitu adapt``: a projection head trained on a gallery list, written as a new recogniser folder.
+
+Real embedded models through paddle.inference, real paddle training, the real ``shitu`` CLI entry point.
+"""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from shitu.model_spec import ModelSpec
+from shitu.serving.engine.extraction import FeatureExtractor, l2_normalize
+from shitu.serving.engine.predictor import PredictorError
+
+
+@pytest.fixture(scope="module")
+def adapted(tmp_path_factory, photos):
+    from shitu.serving import cli
+
+    tmp = tmp_path_factory.mktemp("adapt")
+    lines = []
+    for label in ("cat", "coffee", "rocket"):
+        cv2.imwrite(str(tmp / f"{label}.png"), photos[label])
+        lines.append(f"{label}.png\t{label}")
+    (tmp / "list.txt").write_text("\n".join(lines) + "\n")
+    out = tmp / "rec"
+    rc = cli.main(["adapt", str(tmp / "list.txt"), "--out", str(out), "--views", "2", "--steps", "15"])
+    assert rc == 0
+    return tmp, out
+
+
+def test_adapt_cli_writes_a_loadable_recogniser(adapted, photos, capsys):
+    from shitu.serving import cli
+    from shitu.serving.engine import load_engine
+
+    tmp, out = adapted
+    assert {p.name for p in out.iterdir()} >= {"model.json", "model.pdiparams", "projection.npy", "shitu_model.yml",
+                                               "adapt_report.json"}
+    report = json.loads((out / "adapt_report.json").read_text())
+    assert report["classes"] == 3 and report["train_views"] == 6 and 0 <= report["heldout_r1_after"] <= 1
+    spec = ModelSpec.from_dir(out, "extractor")
+    assert spec.projection == "projection.npy" and spec.pooling == "gem"
+    matrix = np.load(out / "projection.npy", allow_pickle=False)
+    assert matrix.shape == (512, 512)
+    eng = load_engine(params={"Global.rec_inference_model_dir": str(out), "Global.cpu_num_threads": 1})
+    base = load_engine(params={"Global.cpu_num_threads": 1})
+    try:
+        got = eng.embed([photos["cat"]])
+        raw = base.extractor.embed([photos["cat"]], base.params.override({"RecPostProcess.normalize": False}))
+        assert np.allclose(got, l2_normalize(raw @ matrix), atol=1e-4)  # the head is applied after pooling
+    finally:
+        eng.close()
+        base.close()
+    # a non-empty output folder is refused, nothing overwritten
+    rc = cli.main(["adapt", str(tmp / "list.txt"), "--out", str(out), "--views", "1", "--steps", "1"])
+    assert rc == 2 and "not empty" in capsys.readouterr().err
+
+
+def test_projection_is_never_unpickled(tmp_path, models_dir):
+    import shutil
+
+    rec = tmp_path / "rec"
+    shutil.copytree(models_dir / "rec", rec)
+    np.save(rec / "head.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)  # a pickle inside
+    (rec / "shitu_model.yml").write_text((rec / "shitu_model.yml").read_text() + "projection: head.npy\n")
+    with pytest.raises(PredictorError, match="cannot read the projection"):
+        FeatureExtractor(ModelSpec.from_dir(rec, "extractor"))
+    np.save(rec / "head.npy", np.ones((3, 3), np.float32))
+    ex = FeatureExtractor(ModelSpec.from_dir(rec, "extractor"))
+    with pytest.raises(PredictorError, match="expects 3-d features, the model gives 512"):
+        ex.embed([np.zeros((64, 64, 3), np.uint8)])
+
+
+def test_adapt_needs_two_labels(tmp_path, photos):
+    from shitu.serving import cli
+
+    cv2.imwrite(str(tmp_path / "cat.png"), photos["cat"])
+    (tmp_path / "list.txt").write_text("cat.png\tcat\n")
+    assert cli.main(["adapt", str(tmp_path / "list.txt"), "--out", str(tmp_path / "rec")]) == 2
