@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test venv bench clean system-deps
+.PHONY: demo test venv bench clean system-deps milvus-lite
 
 # The virtualenv, refreshed whenever setup.py changes (the stamp records the extras installed).
 $(PY):
@@ -25,8 +25,17 @@ demo: $(VENV)/.stamp-dev
 system-deps:
 	@bash tests/install_system_packages.sh
 
+## The milvus-lite server's own packages (pymilvus 3 / protobuf 7; paddlehub pins protobuf 3.20.3 in the venv),
+## put on the server's PYTHONPATH by tests/milvus_server.py.
+MILVUS_SERVER := $(VENV)/milvus-server
+$(MILVUS_SERVER)/.stamp: | $(PY)
+	$(PIP) install -q --no-deps --target $(MILVUS_SERVER) "pymilvus==3.0.2" "protobuf==7.36.2" "cachetools==8.0.2"
+	touch $@
+
+milvus-lite: $(MILVUS_SERVER)/.stamp
+
 ## make test: create/refresh the virtualenv with the dev extra, install the Debian packages, run the whole suite.
-test: $(VENV)/.stamp-dev system-deps
+test: $(VENV)/.stamp-dev system-deps milvus-lite
 	$(PY) -m pytest -q tests
 
 ## make bench: the benchmark suite (tables on stdout, JSON in benchmarks/results/).

@@ -78,6 +78,9 @@ setup(
     extras_require={
         "serving": SERVING_PINS,
         "onnx": ["onnxruntime>=1.17"],
+        # Galleries on Milvus (milvus://host:port/collection). pymilvus 2.6+ needs protobuf>=5, which paddlehub's
+        # protobuf==3.20.3 pin excludes; 2.5 speaks the same gRPC API to Milvus 2.5 / 2.6 servers.
+        "milvus": ["pymilvus>=2.5.18,<2.6"],
         # The demo's photographs ship in these wheels.
         "demo": ["scikit-image>=0.22", "scikit-learn>=1.3"],
         "dev": SERVING_PINS
@@ -88,6 +91,9 @@ setup(
             "hypothesis>=6.100",
             "scikit-image>=0.22",
             "scikit-learn>=1.3",
+            # The Milvus gallery tests: the client, and milvus-lite's server (its own protobuf: `make milvus-lite`).
+            "pymilvus>=2.5.18,<2.6",
+            "milvus-lite==3.2.2",
         ],
     },
     entry_points={"console_scripts": ["shitu=shitu.serving.cli:main"]},

@@ -1,4 +1,4 @@
-"""``shitu gallery build|add|remove|list|info|search|compact|repair`` on a gallery folder.
+"""``shitu gallery build|add|remove|list|info|search|compact|repair|migrate`` on a gallery folder or Milvus URI.
 
 ``register(subparsers)`` adds the ``gallery`` command to the ``shitu`` CLI. faiss, OpenCV and the engine are
 imported inside the commands, so ``shitu --help`` stays fast.
@@ -11,6 +11,7 @@ Examples::
     shitu gallery search ./my_gallery query.jpg -k 3
     shitu gallery remove ./my_gallery --label "Coca Cola"
     shitu gallery info ./my_gallery --json
+    shitu gallery migrate ./my_gallery milvus://127.0.0.1:19530/shop   # to Milvus (and back the same way)
 """
 from __future__ import annotations
 
@@ -45,6 +46,13 @@ def _guard(fn):
     run.__name__ = fn.__name__
     run.__doc__ = fn.__doc__
     return run
+
+
+def _open(target: Any, **kw: Any) -> Any:
+    """The gallery ``target``: a folder, or a ``milvus://host:port/collection`` URI."""
+    from shitu.serving.gallery.backend import open_gallery
+
+    return open_gallery(target, **kw)
 
 
 def _param_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -96,12 +104,13 @@ def _print_report(report: Any, gallery: Any, as_json: bool) -> None:
 
 
 def _build_or_add(args: argparse.Namespace, create: bool) -> int:
-    from shitu.serving.gallery.local import DB_NAME, Gallery, GalleryError
+    from shitu.serving.gallery.backend import create_gallery, gallery_exists, is_remote
+    from shitu.serving.gallery.local import GalleryError
     from shitu.serving.gallery.build import build_from_entries
     from shitu.serving.gallery.list_file import GalleryEntry, GalleryFileError, read_entries
 
-    path = Path(args.gallery)
-    exists = (path / DB_NAME).is_file()
+    path = args.gallery if is_remote(args.gallery) else Path(args.gallery)
+    exists = gallery_exists(path)
     if not create and not exists:
         return _error(f"{path}: not a gallery (use `shitu gallery build` to create one)")
 
@@ -127,18 +136,18 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
     if dist_type == "hamming":
         extra["RecPostProcess.binarize"] = True
     elif exists:
-        with Gallery.open(path, readonly=True) as g:
+        with _open(path, readonly=True) as g:
             if g.metric == "hamming":
                 extra["RecPostProcess.binarize"] = True
     engine = _load_engine(args, extra)
     try:
         if exists:
-            gallery = Gallery.open(path, max_label_length=args.max_label_length)
+            gallery = _open(path, max_label_length=args.max_label_length)
         else:
             dim, binary = _probe_dim(engine)
             if binary and dist_type not in (None, "hamming"):
                 raise GalleryError("the extractor gives binary embeddings: use --dist-type hamming")
-            gallery = Gallery.create(
+            gallery = create_gallery(
                 path, dim, index_method=args.index_method or engine.params["IndexProcess.index_method"],
                 dist_type=dist_type or ("hamming" if binary else engine.params["IndexProcess.dist_type"]),
                 hamming_radius=args.hamming_radius if args.hamming_radius is not None
@@ -171,12 +180,10 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_remove(args: argparse.Namespace) -> int:
-    from shitu.serving.gallery.local import Gallery
-
     if not args.id and not args.label:
         print("error: give --id and/or --label", file=sys.stderr)
         return EXIT_USAGE
-    with Gallery.open(args.gallery) as g:
+    with _open(args.gallery) as g:
         n = g.remove(ids=args.id, labels=args.label)
     print(json.dumps({"removed": n}) if args.json else f"removed {n} item{'s' if n != 1 else ''}")
     return EXIT_OK if n else EXIT_NOTHING
@@ -184,9 +191,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_list(args: argparse.Namespace) -> int:
-    from shitu.serving.gallery.local import Gallery
-
-    with Gallery.open(args.gallery, readonly=True) as g:
+    with _open(args.gallery, readonly=True) as g:
         if args.labels:
             counts = g.label_counts()
             if args.json:
@@ -207,9 +212,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_info(args: argparse.Namespace) -> int:
-    from shitu.serving.gallery.local import Gallery
-
-    with Gallery.open(args.gallery, readonly=True) as g:
+    with _open(args.gallery, readonly=True) as g:
         info = g.info()
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
@@ -225,9 +228,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     import cv2
     import numpy as np
 
-    from shitu.serving.gallery.local import Gallery, GalleryError
+    from shitu.serving.gallery.local import GalleryError
 
-    with Gallery.open(args.gallery, readonly=True) as g:
+    with _open(args.gallery, readonly=True) as g:
         extra = {"RecPostProcess.binarize": True} if g.metric == "hamming" else {}
         images = []
         for name in args.images:
@@ -280,6 +283,16 @@ def cmd_repair(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@_guard
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Copy a gallery between a folder and a Milvus collection, then verify counts and searches."""
+    from shitu.serving.gallery.migrate import migrate
+
+    report = migrate(args.gallery, args.destination, verify=args.verify)
+    print(json.dumps(report.to_dict()) if args.json else f"{args.destination}: {report.summary()}")
+    return EXIT_OK
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``gallery`` and its subcommands to the ``shitu`` parser."""
     p = subparsers.add_parser("gallery", help="build, change, inspect and search galleries",
@@ -288,7 +301,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda a: (p.print_help(), EXIT_USAGE)[1])
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("gallery", help="gallery folder")
+        sp.add_argument("gallery", help="gallery folder, or milvus://host:port/collection")
         sp.add_argument("--json", action="store_true", help="JSON output")
 
     def engine_opts(sp: argparse.ArgumentParser) -> None:
@@ -376,6 +389,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c = sub.add_parser("compact", help="drop removed vectors, retrain IVF if needed, write a fresh snapshot")
     common(c)
     c.set_defaults(func=cmd_compact)
+
+    mg = sub.add_parser("migrate", help="copy a gallery between a folder and a Milvus collection "
+                                        "(milvus://host:port/collection), then verify it",
+                        description="DST must not exist yet. Counts and a search of the first --verify items are "
+                                    "compared; Milvus destinations keep the ids. Credentials: $SHITU_MILVUS_TOKEN.")
+    common(mg)
+    mg.add_argument("destination", metavar="DST", help="new gallery: a folder or milvus://host:port/collection")
+    mg.add_argument("--verify", type=int, default=50, help="items searched in both galleries after the copy")
+    mg.set_defaults(func=cmd_migrate)
 
     rp = sub.add_parser("repair", help="rebuild a lost or damaged index snapshot from gallery.db")
     common(rp)

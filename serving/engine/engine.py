@@ -90,6 +90,12 @@ class Engine:
         """
         if name is not None and not isinstance(name, (str, Path)):
             return name
+        from shitu.serving.gallery.backend import remote_gallery_uri
+
+        uri = name if isinstance(name, str) and name.startswith("milvus://") else \
+            remote_gallery_uri(name, self.default_gallery, self.params["IndexProcess.index_dir"])  # type: ignore[arg-type]
+        if uri is not None:
+            return self._remote_gallery(uri, name, create)
         path = Path(name) if isinstance(name, Path) else self.gallery_path(name)
         key = str(path.resolve())
         with self._lock:
@@ -110,6 +116,27 @@ class Engine:
                     max_label_length=self.params["Limits.max_label_length"],
                 )
             return self._galleries[key]
+
+    def _remote_gallery(self, uri: str, name: Any, create: bool) -> Any:
+        """The gallery in a Milvus collection (``shitu.serving.gallery.milvus``); as for folders, only the
+        default gallery and ``create`` make a missing one."""
+        with self._lock:
+            if uri not in self._galleries:
+                from shitu.serving.gallery.milvus import MilvusGallery
+
+                named = isinstance(name, str) and name != self.default_gallery and not name.startswith("milvus://")
+                if named and not create and not MilvusGallery.exists(uri):
+                    raise EngineError(f"no gallery named {name!r} in scenario {self.scenario!r} "
+                                      "(adding images creates it)")
+                binary = self.params["RecPostProcess.binarize"]
+                self._galleries[uri] = MilvusGallery.open_or_create(
+                    uri, self.embedding_size,
+                    index_method=self.params["IndexProcess.index_method"],
+                    dist_type="hamming" if binary else self.params["IndexProcess.dist_type"],
+                    hamming_radius=self.params["IndexProcess.hamming_radius"],
+                    max_label_length=self.params["Limits.max_label_length"],
+                )
+            return self._galleries[uri]
 
     def close(self) -> None:
         with self._lock:
