@@ -221,3 +221,70 @@ def test_milvus_restart_mid_traffic_real(milvus, tmp_path):
     present = {r["id"] for page in g.iter_records(100) for r in page}
     assert set(acked) <= present
     g.close()
+
+
+def test_migrate_local_to_milvus_and_back_real(milvus, tmp_path, capsys):
+    """``shitu gallery migrate``: folder -> Milvus (ids kept) -> folder, verified by counts and searches; the
+    CLI works on the Milvus gallery as on a folder."""
+    import json
+
+    from shitu.serving.cli import main
+    from shitu.serving.gallery.local import Gallery
+    from shitu.serving.gallery.milvus import MilvusGallery
+
+    vecs = _unit(1300, seed=7)
+    with Gallery.create(tmp_path / "src", 32, "Flat", "IP") as g:
+        ids = g.add(vecs, [f"p{i % 50}" for i in range(1300)], metadata=[{"i": i} for i in range(1300)],
+                    content_hashes=[f"h{i}" for i in range(1300)])
+        g.remove(ids=ids[:10])
+    uri = milvus.uri("mig")
+    assert main(["gallery", "migrate", str(tmp_path / "src"), uri, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["copied"] == report["destination_count"] == 1290 and report["ids_kept"]
+    assert report["agreeing"] == report["checked"] == 50
+    with MilvusGallery.open(uri) as m:
+        assert m.get(ids[500])["metadata"] == {"i": 500} and m.get(ids[5]) is None
+        assert m.hashes_present(["h500", "h5"]) == {"h500"}
+    assert main(["gallery", "migrate", uri, str(tmp_path / "back"), "--json"]) == 0
+    back = json.loads(capsys.readouterr().out)
+    assert back["destination_count"] == 1290 and not back["ids_kept"] and back["agreeing"] == 50
+    with Gallery.open(tmp_path / "back") as b, Gallery.open(tmp_path / "src") as s:
+        assert b.label_counts() == s.label_counts()
+    # the gallery commands take the URI
+    assert main(["gallery", "info", uri, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 1290
+    assert main(["gallery", "remove", uri, "--label", "p1"]) == 0
+    assert capsys.readouterr().out.strip() == "removed 25 items"
+    assert main(["gallery", "list", uri, "--labels", "--json"]) == 0
+    assert "p1" not in json.loads(capsys.readouterr().out)
+    # an existing destination is refused, nothing changed
+    assert main(["gallery", "migrate", str(tmp_path / "src"), uri]) == 3
+    assert "exists already" in capsys.readouterr().err
+
+
+def test_engine_recognizes_with_a_milvus_gallery_real(milvus, engine, photos, models_dir):
+    """The engine (real models) adds to and recognises from a gallery named by a milvus:// URI; with
+    ``IndexProcess.index_dir`` set to a URI, other gallery names are collections on the same server."""
+    from shitu.model_spec import ModelSpec
+    from shitu.params import merge
+    from shitu.serving.engine.engine import Engine, EngineError
+    from tests.conftest import GENERAL_LITE
+
+    uri = milvus.uri("engine")
+    labels = list(photos)
+    ids = engine.gallery_add(list(photos.values()), labels, gallery=uri)
+    assert len(ids) == len(labels)
+    results = engine.recognize(list(photos.values()), gallery=uri)
+    assert [r[0].label if r else None for r in results] == labels
+    assert engine.gallery_info(uri)["backend"] == "milvus"
+
+    eng = Engine(ModelSpec.from_dir(models_dir / "det"), ModelSpec.from_dir(models_dir / "rec"),
+                 merge(GENERAL_LITE, {"IndexProcess": {"index_dir": uri}}))
+    assert eng.gallery().path == uri.split("?")[0]
+    other = "shelf-" + uri.rsplit("_", 1)[-1]
+    with pytest.raises(EngineError, match="no gallery named"):
+        eng.gallery(other)
+    eng.gallery_add([photos["cat"]], ["cat"], gallery=other)
+    assert eng.gallery(other).path.endswith("/shelf_" + uri.rsplit("_", 1)[-1])
+    assert eng.recognize([photos["cat"]], gallery=other)[0][0].label == "cat"
+    eng.close()
