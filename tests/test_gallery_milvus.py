@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.milvus_server import milvus_server
+from .milvus_server import milvus_server
 
 pytest.importorskip("pymilvus")
 
@@ -268,7 +268,7 @@ def test_engine_recognizes_with_a_milvus_gallery_real(milvus, engine, photos, mo
     from shitu.model_spec import ModelSpec
     from shitu.params import merge
     from shitu.serving.engine.engine import Engine, EngineError
-    from tests.conftest import GENERAL_LITE
+    from .conftest import GENERAL_LITE
 
     uri = milvus.uri("engine")
     labels = list(photos)
