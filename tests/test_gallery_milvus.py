@@ -288,3 +288,21 @@ def test_engine_recognizes_with_a_milvus_gallery_real(milvus, engine, photos, mo
     assert eng.gallery(other).path.endswith("/shelf_" + uri.rsplit("_", 1)[-1])
     assert eng.recognize([photos["cat"]], gallery=other)[0][0].label == "cat"
     eng.close()
+
+
+def test_shitu_recognize_in_process_on_a_milvus_gallery_real(milvus, engine, photos, tmp_path, capsys):
+    import json
+
+    import cv2
+
+    from shitu.serving.cli import main
+
+    uri = milvus.uri("cli")
+    engine.gallery_add([photos["rocket"], photos["coffee"]], ["rocket", "coffee"], gallery=uri)
+    img = tmp_path / "rocket.jpg"
+    cv2.imwrite(str(img), photos["rocket"])
+    assert main(["recognize", str(img), "--gallery", uri, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert out["results"][0]["label"] == "rocket"
+    assert main(["recognize", str(img), "--gallery", milvus.uri("nothing-here")]) == 2
+    assert "no such gallery" in capsys.readouterr().err

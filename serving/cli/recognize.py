@@ -133,7 +133,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "error or an undecodable image.")
     r.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     r.add_argument("--gallery", metavar="NAME|DIR", help="gallery: a name (server / scenario pack) or, in-process, "
-                                                         "a gallery folder")
+                                                         "a gallery folder or milvus://host:port/collection")
     r.add_argument("--json", action="store_true", help="one JSON object per image and line")
     r.add_argument("--draw", metavar="DIR", help="write annotated copies of the images into DIR")
     r.add_argument("--param", action="append", metavar="KEY=VALUE",
@@ -160,6 +160,10 @@ def _local_gallery(arg: str | None) -> str | Path | None:
     """``--gallery`` in-process: a folder when it has a path separator or is an existing folder, else a name."""
     if arg is None:
         return None
+    from shitu.serving.gallery.backend import is_remote
+
+    if is_remote(arg):
+        return arg  # milvus://host:port/collection
     if "/" in arg or os.sep in arg or (os.altsep and os.altsep in arg) or Path(arg).is_dir():
         return Path(arg)
     return arg
@@ -183,10 +187,20 @@ def _local_engine(args: argparse.Namespace, overrides: dict[str, Any], need_gall
         with Gallery.open(gallery, readonly=True) as g:
             if g.metric == "hamming":
                 params.setdefault("RecPostProcess.binarize", True)
+    elif isinstance(gallery, str) and gallery.lower().startswith("milvus://"):
+        from shitu.serving.gallery.backend import open_gallery
+        from shitu.serving.gallery.local import GalleryError
+
+        try:
+            with open_gallery(gallery, readonly=True) as g:
+                if g.metric == "hamming":
+                    params.setdefault("RecPostProcess.binarize", True)
+        except GalleryError as exc:
+            raise UsageError(f"--gallery: {exc}") from None
     from shitu.serving.engine.engine import load_engine
 
     engine = load_engine(args.scenario, gallery, params or None)
-    if need_gallery and not isinstance(gallery, Path):
+    if need_gallery and not isinstance(gallery, Path) and not (gallery or "").lower().startswith("milvus://"):
         from shitu.serving.gallery.local import DB_NAME
 
         path = engine.gallery_path()

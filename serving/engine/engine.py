@@ -90,10 +90,10 @@ class Engine:
         """
         if name is not None and not isinstance(name, (str, Path)):
             return name
-        from shitu.serving.gallery.backend import remote_gallery_uri
+        from shitu.serving.gallery.backend import is_remote, remote_gallery_uri
 
-        uri = name if isinstance(name, str) and name.startswith("milvus://") else \
-            remote_gallery_uri(name, self.default_gallery, self.params["IndexProcess.index_dir"])  # type: ignore[arg-type]
+        index_dir = self.params["IndexProcess.index_dir"]
+        uri = name if is_remote(name) else remote_gallery_uri(name, self.default_gallery, index_dir)  # type: ignore
         if uri is not None:
             return self._remote_gallery(uri, name, create)
         path = Path(name) if isinstance(name, Path) else self.gallery_path(name)
@@ -124,7 +124,7 @@ class Engine:
             if uri not in self._galleries:
                 from shitu.serving.gallery.milvus import MilvusGallery
 
-                named = isinstance(name, str) and name != self.default_gallery and not name.startswith("milvus://")
+                named = isinstance(name, str) and name != self.default_gallery and uri != name
                 if named and not create and not MilvusGallery.exists(uri):
                     raise EngineError(f"no gallery named {name!r} in scenario {self.scenario!r} "
                                       "(adding images creates it)")

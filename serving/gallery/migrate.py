@@ -3,7 +3,8 @@
 Every record is copied with its vector, label, source, metadata and content hash, in batches. A Milvus
 destination keeps the source's ids; a folder destination numbers items from 1 again (the local backend assigns
 ids itself), and the report says so. The copy is then verified: the counts must be equal, and the first
-``verify`` items' own vectors searched in both galleries must give the same best label and score; otherwise :class:`MigrationError` names the difference. The source is never changed.
+``verify`` items' own vectors searched in both galleries must give the same best label and score; otherwise
+:class:`MigrationError` names the difference. The source is never changed.
 """
 from __future__ import annotations
 

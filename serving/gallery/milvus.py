@@ -8,8 +8,8 @@ environment, never from the URI: ``SHITU_MILVUS_TOKEN`` (``user:password`` or an
 One gallery is one collection. Its fields: ``id`` (INT64 primary key, assigned here: stable, JSON-safe below
 2**53), ``vector`` (FLOAT_VECTOR, or BINARY_VECTOR for hamming galleries), ``label``, ``source``, ``metadata``
 (JSON text), ``content_hash``, ``added_at``, ``updated_at``. The gallery's settings (dimension, metric, index
-method, hamming radius) are a collection property (``shitu.gallery``, JSON), so any process that opens the URI sees the same
-gallery. ``IndexProcess.index_method`` / ``dist_type`` map to Milvus as: ``Flat`` -> FLAT (BIN_FLAT),
+method, hamming radius) are a collection property (``shitu.gallery``, JSON), so any process that opens the URI
+sees the same gallery. ``IndexProcess.index_method`` / ``dist_type`` map to Milvus as: ``Flat`` -> FLAT (BIN_FLAT),
 ``IVF<n>...`` -> IVF_FLAT (BIN_IVF_FLAT) with ``nlist`` n, ``HNSW<M>`` -> HNSW; ``IP``/``cosine`` -> IP,
 ``L2`` -> L2, ``hamming`` -> HAMMING. Removes are Milvus deletes (no rebuild); an update is an upsert keeping the
 id. Every read and search runs at ``Strong`` consistency, so an acknowledged write is seen by the next request
