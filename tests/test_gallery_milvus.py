@@ -49,6 +49,9 @@ def test_milvus_gallery_matches_local_gallery_real(milvus, tmp_path):
     meta = [{"sku": i} if i % 3 == 0 else None for i in range(300)]
     with Gallery.create(tmp_path / "local", 32, "Flat", "IP") as loc, \
             MilvusGallery.create(milvus.uri("crud"), 32, "Flat", "IP") as mil:
+        from shitu.serving.gallery.backend import GalleryBackend
+
+        assert isinstance(loc, GalleryBackend) and isinstance(mil, GalleryBackend)
         ids_l = loc.add(vecs, labels, sources=[f"s{i}" for i in range(300)], metadata=meta)
         ids_m = mil.add(vecs, labels, sources=[f"s{i}" for i in range(300)], metadata=meta)
         assert len(set(ids_m)) == 300 and all(0 < i < 2 ** 53 for i in ids_m)

@@ -68,6 +68,60 @@ def test_add_through_one_instance_is_found_by_the_next_20_requests_whichever_ans
         assert all(r["label"] != "coffee" for r in body["results"][0]["results"]), body
 
 
+def test_concurrent_adds_and_removes_through_two_instances_real(replicas):
+    """Two clients writing at once, each through another instance: every acknowledged add is found and every
+    remove is gone, as seen from either instance."""
+    import secrets
+    import threading
+
+    import numpy as np
+
+    _, instances = replicas
+    gallery = f"conc-{secrets.token_hex(3)}"
+    acked: dict[int, np.ndarray] = {}
+    removed: set[int] = set()
+    failures: list[str] = []
+
+    def writer(url: str, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for r in range(6):
+            vecs = rng.standard_normal((5, 512)).astype(np.float32)
+            vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+            res = requests.post(f"{url}/predict/index_search", timeout=300, json={
+                "operation": "add", "gallery": gallery, "labels": [f"w{seed}-{r}"] * 5,
+                "embeddings": vecs.tolist()}).json()
+            if res["status"] != "000":
+                failures.append(res["msg"])
+                return
+            ids = res["results"]["ids"]
+            acked.update(zip(ids, vecs))
+            if r % 2:
+                res = requests.post(f"{url}/predict/index_search", timeout=300, json={
+                    "operation": "remove", "gallery": gallery, "ids": ids[:2]}).json()
+                if res["status"] != "000" or res["results"]["removed"] != 2:
+                    failures.append(str(res))
+                    return
+                removed.update(ids[:2])
+
+    threads = [threading.Thread(target=writer, args=(s.url, i)) for i, s in enumerate(instances)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    assert not failures, failures
+    assert len(acked) == 60
+    for s in instances:
+        rows = requests.post(f"{s.url}/predict/index_search", timeout=300, json={
+            "operation": "list", "gallery": gallery, "limit": 1000}).json()["results"]
+        listed = {r["id"] for r in rows}
+        assert len(removed) == 12 and listed == set(acked) - removed
+        keep = sorted(listed)
+        res = requests.post(f"{s.url}/predict/index_search", timeout=300, json={
+            "gallery": gallery, "return_k": 1, "score_thres": 0.0,
+            "embeddings": [acked[i].tolist() for i in keep]}).json()["results"]
+        assert [r["matches"][0]["id"] for r in res] == keep
+
+
 def test_killing_one_instance_keeps_the_service_answering_real(replicas, photos):
     from shitu.serving.hub import control as hub_serving
 

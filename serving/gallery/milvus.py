@@ -49,6 +49,7 @@ _URI = re.compile(r"^milvus://(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+)(?::(?P
                   r"/(?P<collection>[^/?#]+)(?:\?timeout=(?P<timeout>\d+(?:\.\d+)?))?$", re.IGNORECASE)
 _METRICS = {"ip": "IP", "inner_product": "IP", "cosine": "IP", "l2": "L2", "hamming": "hamming"}
 _MAX_SOURCE = 4096
+_INFO_LABELS_UP_TO = 100_000  # info() counts distinct labels (a full read) only up to this many items
 _PROPERTY = "shitu.gallery"  # collection property (and description) holding the gallery's settings as JSON
 _MAX_METADATA = 65535
 
@@ -574,7 +575,7 @@ class MilvusGallery:
         count = len(self)
         return {
             "path": self.target.uri, "backend": "milvus", "collection": self.target.collection,
-            "count": count, "labels": len(self.label_counts()) if count <= 1_000_000 else None,
+            "count": count, "labels": len(self.label_counts()) if count <= _INFO_LABELS_UP_TO else None,
             "dim": self.dim, "metric": self.metric, "normalize": self.normalize,
             "index_method": self.index_method, "index": (idx or {}).get("index_type"),
             "hamming_radius": self.hamming_radius if self._binary else None,
