@@ -1,11 +1,12 @@
 """Scaling out: a Milvus gallery vs the local faiss gallery, and 2 instances behind nginx vs 1 instance direct.
 
-    python benchmarks/bench_scaleout.py [--sizes 10000,100000] [--dim 512] [--queries 200] [--requests 40]
+    python benchmarks/bench_scaleout.py [--sizes 10000,100000] [--dim 512] [--queries 100] [--requests 40]
                                         [--skip-serving] [--json OUT]
 
 1. Index: the same random unit vectors in a local gallery (SQLite + faiss) and a Milvus gallery (milvus-lite in
-   server mode on loopback, or ``SHITU_TEST_MILVUS_URI``), Flat and HNSW32 (IP); one query per call, as a
-   recognition does. Median / p95 latency, QPS of one client, and the Milvus / local ratio.
+   server mode on loopback, or ``SHITU_TEST_MILVUS_URI``), Flat and HNSW32 (IP), built in batches of 5000 and
+   checkpointed (flushed) as ``shitu gallery build`` does; one query per call, as a recognition does. Median / p95
+   latency, QPS of one client, and the Milvus / local ratio.
 2. Serving: ``image_recognition`` on a 4-image gallery stored on Milvus: 1 ``hub serving`` instance direct vs the
    shipped nginx config in front of 2 instances (4 concurrent clients), and the proxy hop's own cost
    (``GET /health`` direct vs through nginx).
@@ -63,6 +64,7 @@ def bench_index(server, sizes: list[int], dim: int, n_queries: int, tmp: Path) -
                     g = MilvusGallery.create(server.uri(f"b{n}_{method}"), dim, method, "IP")
                 for i in range(0, n, 5000):
                     g.add(base[i:i + 5000], labels[i:i + 5000])
+                g.checkpoint()  # as `shitu gallery build` ends: milvus-lite searches unflushed rows very slowly
                 row[f"{backend}_add_s"] = time.perf_counter() - t
                 times = _search_times(g, queries)
                 s = summary_ms(times)
@@ -150,7 +152,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10000,100000")
     ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--requests", type=int, default=40)
     ap.add_argument("--skip-serving", action="store_true")
     ap.add_argument("--json")
