@@ -4,8 +4,8 @@
                                         [--skip-serving] [--json OUT]
 
 1. Index: the same random unit vectors in a local gallery (SQLite + faiss) and a Milvus gallery (milvus-lite in
-   server mode on loopback, or ``SHITU_TEST_MILVUS_URI``), Flat and HNSW32 (IP), built in batches of 5000 and
-   checkpointed (flushed) as ``shitu gallery build`` does; one query per call, as a recognition does. Median / p95
+   server mode on loopback, or ``SHITU_TEST_MILVUS_URI``), Flat and HNSW32 (IP), built in batches of 5000,
+   checkpointed (flushed) every 20k items and at the end as ``shitu gallery build`` does; one query per call, as a recognition does. Median / p95
    latency, QPS of one client, and the Milvus / local ratio.
 2. Serving: ``image_recognition`` on a 4-image gallery stored on Milvus: 1 ``hub serving`` instance direct vs the
    shipped nginx config in front of 2 instances (4 concurrent clients), and the proxy hop's own cost
@@ -61,9 +61,12 @@ def bench_index(server, sizes: list[int], dim: int, n_queries: int, tmp: Path) -
                 if backend == "local":
                     g = Gallery.create(tmp / f"{backend}-{n}-{method}", dim, method, "IP")
                 else:
-                    g = MilvusGallery.create(server.uri(f"b{n}_{method}"), dim, method, "IP")
+                    # milvus-lite slows down as unflushed rows pile up: a long timeout, and a flush every 20k rows
+                    g = MilvusGallery.create(server.uri(f"b{n}_{method}") + "?timeout=600", dim, method, "IP")
                 for i in range(0, n, 5000):
                     g.add(base[i:i + 5000], labels[i:i + 5000])
+                    if (i + 5000) % 20000 == 0:
+                        g.checkpoint()
                 g.checkpoint()  # as `shitu gallery build` ends: milvus-lite searches unflushed rows very slowly
                 row[f"{backend}_add_s"] = time.perf_counter() - t
                 times = _search_times(g, queries)

@@ -280,6 +280,13 @@ def test_engine_recognizes_with_a_milvus_gallery_real(milvus, engine, photos, mo
     results = engine.recognize(list(photos.values()), gallery=uri)
     assert [r[0].label if r else None for r in results] == labels
     assert engine.gallery_info(uri)["backend"] == "milvus"
+    from shitu.serving.engine.engine import load_engine
+
+    loaded = load_engine(gallery=uri, params=GENERAL_LITE)  # as init_args "gallery" does
+    try:
+        assert loaded.gallery().path == uri and len(loaded.gallery()) == len(labels)
+    finally:
+        loaded.close()
 
     eng = Engine(ModelSpec.from_dir(models_dir / "det"), ModelSpec.from_dir(models_dir / "rec"),
                  merge(GENERAL_LITE, {"IndexProcess": {"index_dir": uri}}))
