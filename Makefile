@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test venv bench clean system-deps peer-deps
+.PHONY: demo test venv bench clean system-deps peer-deps milvus-lite
 
 # The virtualenv, refreshed whenever setup.py changes (the stamp records the extras installed).
 $(PY):
@@ -32,8 +32,17 @@ peer-deps: $(VENV)/.stamp-dev
 	@$(PY) -c "import paddleclas" 2>/dev/null || $(PIP) install -q --no-deps paddleclas==2.6.0 \
 		|| echo "paddleclas not installed: the PaddleClas parity test will be skipped"
 
+## The milvus-lite server's own packages (pymilvus 3 / protobuf 7; paddlehub pins protobuf 3.20.3 in the venv),
+## put on the server's PYTHONPATH by tests/milvus_server.py.
+MILVUS_SERVER := $(VENV)/milvus-server
+$(MILVUS_SERVER)/.stamp: | $(PY)
+	$(PIP) install -q --no-deps --target $(MILVUS_SERVER) "pymilvus==3.0.2" "protobuf==7.36.2" "cachetools==8.0.2"
+	touch $@
+
+milvus-lite: $(MILVUS_SERVER)/.stamp
+
 ## make test: create/refresh the virtualenv with the dev extra, install the Debian packages, run the whole suite.
-test: $(VENV)/.stamp-dev system-deps peer-deps
+test: $(VENV)/.stamp-dev system-deps peer-deps milvus-lite
 	$(PY) -m pytest -q tests
 
 ## make bench: the benchmark suite (tables on stdout, JSON in benchmarks/results/), then the tests that assert a

@@ -99,6 +99,9 @@ setup(
         # `pip install "shitu-hub[serving]"`: the engine (paddle.inference, OpenCV, faiss) and PaddleHub serving.
         "serving": ENGINE + SERVING_PINS,
         "onnx": ["onnxruntime>=1.17"],
+        # Galleries on Milvus (milvus://host:port/collection). pymilvus 2.6+ needs protobuf>=5, which paddlehub's
+        # protobuf==3.20.3 pin excludes; 2.5 speaks the same gRPC API to Milvus 2.5 / 2.6 servers.
+        "milvus": ["pymilvus>=2.5.18,<2.6"],
         # The demo's photographs ship in these wheels.
         "demo": ["scikit-image>=0.22", "scikit-learn>=1.3"],
         "dev": ENGINE
@@ -114,6 +117,9 @@ setup(
             "scikit-learn>=1.3",
             # drives the Debian chromium in the web page's browser test (never downloads a browser)
             "playwright>=1.40",
+            # The Milvus gallery tests: the client, and milvus-lite's server (its own protobuf: `make milvus-lite`).
+            "pymilvus>=2.5.18,<2.6",
+            "milvus-lite==3.2.2",
         ],
     },
     entry_points={"console_scripts": ["shitu=shitu.serving.cli:main"]},

@@ -1,5 +1,5 @@
-"""``shitu gallery build|add|remove|list|info|search|compact|repair`` on a gallery folder (``backup``,
-``restore``, ``export``, ``import`` and ``import-paddleclas`` are in :mod:`.gallery_ops`).
+"""``shitu gallery build|add|remove|list|info|search|compact|repair|migrate`` on a gallery folder or Milvus URI
+(``backup``, ``restore``, ``export``, ``import`` and ``import-paddleclas`` are in :mod:`.gallery_ops`).
 
 ``register(subparsers)`` adds the ``gallery`` command to the ``shitu`` CLI. faiss, OpenCV and the engine are
 imported inside the commands, so ``shitu --help`` stays fast.
@@ -12,6 +12,7 @@ Examples::
     shitu gallery search ./my_gallery query.jpg -k 3
     shitu gallery remove ./my_gallery --label "Coca Cola"
     shitu gallery info ./my_gallery --json
+    shitu gallery migrate ./my_gallery milvus://127.0.0.1:19530/shop   # to Milvus (and back the same way)
 """
 from __future__ import annotations
 
@@ -72,6 +73,13 @@ def _resolve_pack_gallery(args: argparse.Namespace) -> None:
                 engine.close()
 
 
+def _open(target: Any, **kw: Any) -> Any:
+    """The gallery ``target``: a folder, or a ``milvus://host:port/collection`` URI."""
+    from shitu.serving.gallery.backend import open_gallery
+
+    return open_gallery(target, **kw)
+
+
 def _load_engine(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Any:
     from shitu.serving.engine.engine import load_engine
 
@@ -113,12 +121,13 @@ def _print_report(report: Any, gallery: Any, as_json: bool) -> None:
 
 
 def _build_or_add(args: argparse.Namespace, create: bool) -> int:
-    from shitu.serving.gallery.local import DB_NAME, Gallery, GalleryError
+    from shitu.serving.gallery.backend import create_gallery, gallery_exists, is_remote, open_gallery
+    from shitu.serving.gallery.local import GalleryError
     from shitu.serving.gallery.build import build_from_entries, embed_images_fn
     from shitu.serving.gallery.list_file import ListEntry, GalleryFileError, read_entries
 
-    path = Path(args.gallery)
-    exists = (path / DB_NAME).is_file()
+    path = args.gallery if is_remote(args.gallery) else Path(args.gallery)
+    exists = gallery_exists(path)
     spec = getattr(args, "pack_gallery", None)
     if not args.sources:
         if spec is None or spec.source() is None:
@@ -135,7 +144,7 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
                          skip_bad=args.skip_bad, max_label_length=args.max_label_length)
         finally:
             engine.close()
-        with Gallery.open(path, readonly=True) as g:
+        with open_gallery(path, readonly=True) as g:
             print(f"{path}: built {spec.pack}/{spec.name} from {spec.source().name}: {len(g)} items, "
                   f"index {g.info()['index_method']}, metric {g.metric}")
         return EXIT_OK
@@ -164,18 +173,18 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
     if dist_type == "hamming":
         extra["RecPostProcess.binarize"] = True
     elif exists:
-        with Gallery.open(path, readonly=True) as g:
+        with _open(path, readonly=True) as g:
             if g.metric == "hamming":
                 extra["RecPostProcess.binarize"] = True
     engine = _load_engine(args, extra)
     try:
         if exists:
-            gallery = Gallery.open(path, max_label_length=args.max_label_length)
+            gallery = _open(path, max_label_length=args.max_label_length)
         else:
             dim, binary = _probe_dim(engine)
             if binary and dist_type not in (None, "hamming"):
                 raise GalleryError("the extractor gives binary embeddings: use --dist-type hamming")
-            gallery = Gallery.create(
+            gallery = create_gallery(
                 path, dim, index_method=args.index_method or (spec.index_method if spec else
                                                               engine.params["IndexProcess.index_method"]),
                 dist_type=dist_type or ("hamming" if binary else spec.dist_type if spec else
@@ -215,11 +224,9 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_remove(args: argparse.Namespace) -> int:
-    from shitu.serving.gallery.local import Gallery
-
     if not args.id and not args.label:
         return fail("give --id and/or --label", EXIT_USAGE)
-    with Gallery.open(args.gallery) as g:
+    with _open(args.gallery) as g:
         n = g.remove(ids=args.id, labels=args.label)
     print(json.dumps({"removed": n}) if args.json else f"removed {n} item{'s' if n != 1 else ''}")
     return EXIT_OK if n else EXIT_NOTHING
@@ -227,9 +234,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_list(args: argparse.Namespace) -> int:
-    from shitu.serving.gallery.local import Gallery
-
-    with Gallery.open(args.gallery, readonly=True) as g:
+    with _open(args.gallery, readonly=True) as g:
         if args.labels:
             counts = g.label_counts()
             if args.json:
@@ -250,9 +255,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_info(args: argparse.Namespace) -> int:
-    from shitu.serving.gallery.local import Gallery
-
-    with Gallery.open(args.gallery, readonly=True) as g:
+    with _open(args.gallery, readonly=True) as g:
         info = g.info()
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
@@ -266,9 +269,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     import numpy as np
 
     from shitu.params import Params
-    from shitu.serving.gallery.local import Gallery, GalleryError
+    from shitu.serving.gallery.local import GalleryError
 
-    with Gallery.open(args.gallery, readonly=True) as g:
+    with _open(args.gallery, readonly=True) as g:
         extra = {"RecPostProcess.binarize": True} if g.metric == "hamming" else {}
         for name in args.images:  # before loading any model
             if not Path(name).is_file():
@@ -332,6 +335,16 @@ def cmd_repair(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@_guard
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Copy a gallery between a folder and a Milvus collection, then verify counts and searches."""
+    from shitu.serving.gallery.migrate import migrate
+
+    report = migrate(args.gallery, args.destination, verify=args.verify)
+    print(json.dumps(report.to_dict()) if args.json else f"{args.destination}: {report.summary()}")
+    return EXIT_OK
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``gallery`` and its subcommands to the ``shitu`` parser."""
     p = subparsers.add_parser("gallery", help="build, change, inspect and search galleries",
@@ -340,7 +353,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda a: (p.print_help(), EXIT_USAGE)[1])
 
     def common(sp: argparse.ArgumentParser, scenario: bool = False) -> None:
-        sp.add_argument("gallery", nargs="?", help="gallery folder (or --scenario NAME --gallery NAME)")
+        sp.add_argument("gallery", nargs="?", help="gallery folder, or milvus://host:port/collection (or --scenario NAME --gallery NAME)")
         sp.add_argument("--gallery", dest="gallery_name", metavar="NAME",
                         help="a gallery of a scenario pack, by name, in place of GALLERY (pack: --scenario, "
                              "default: the default pack)")
@@ -438,6 +451,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "snapshot.")
     common(c, scenario=True)
     c.set_defaults(func=cmd_compact)
+
+    mg = sub.add_parser("migrate", help="copy a gallery between a folder and a Milvus collection "
+                                        "(milvus://host:port/collection), then verify it",
+                        description="DST must not exist yet. Counts and a search of the first --verify items are "
+                                    "compared; Milvus destinations keep the ids. Credentials: $SHITU_MILVUS_TOKEN.")
+    common(mg)
+    mg.add_argument("destination", metavar="DST", help="new gallery: a folder or milvus://host:port/collection")
+    mg.add_argument("--verify", type=int, default=50, help="items searched in both galleries after the copy")
+    mg.set_defaults(func=cmd_migrate)
 
     rp = sub.add_parser("repair", help="rebuild a lost or damaged index snapshot from gallery.db",
                         description="Rebuild the faiss snapshot from gallery.db (the source of truth) when the "

@@ -80,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "error or an undecodable image.")
     r.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     r.add_argument("--gallery", metavar="NAME|DIR", help="gallery: a name (server / scenario pack) or, in-process, "
-                                                         "a gallery folder")
+                                                         "a gallery folder or milvus://host:port/collection")
     r.add_argument("--json", action="store_true", help="one JSON object per image and line")
     r.add_argument("--draw", metavar="DIR", help="write annotated copies of the images into DIR")
     r.add_argument("--explain", action="store_true",
@@ -122,10 +122,20 @@ def _local_engine(args: argparse.Namespace, overrides: dict[str, Any], need_gall
         with Gallery.open(gallery, readonly=True) as g:
             if g.metric == "hamming":
                 params.setdefault("RecPostProcess.binarize", True)
+    elif isinstance(gallery, str) and gallery.lower().startswith("milvus://"):
+        from shitu.serving.gallery.backend import open_gallery
+        from shitu.serving.gallery.local import GalleryError
+
+        try:
+            with open_gallery(gallery, readonly=True) as g:
+                if g.metric == "hamming":
+                    params.setdefault("RecPostProcess.binarize", True)
+        except GalleryError as exc:
+            raise UsageError(f"--gallery: {exc}") from None
     from shitu.serving.engine.engine import load_engine
 
     engine = load_engine(args.scenario, gallery, params or None)
-    if need_gallery and not isinstance(gallery, Path):
+    if need_gallery and not isinstance(gallery, Path) and not (gallery or "").lower().startswith("milvus://"):
         from shitu.serving.gallery.local import DB_NAME
 
         path = engine.gallery_path(gallery)

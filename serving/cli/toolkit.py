@@ -146,9 +146,12 @@ def token_from(args: argparse.Namespace) -> str | None:
 
 def resolve_gallery(arg: str | None) -> str | Path | None:
     """``--gallery`` in-process: a folder (``Path``) when ``arg`` has a path separator, names an existing folder or
-    is not a valid gallery name; else a gallery *name* of the scenario pack (``str``); ``None`` stays ``None``."""
+    is not a valid gallery name; else a gallery *name* of the scenario pack (``str``); ``None`` stays ``None``. A
+    gallery URI (``milvus://host:port/collection``) is passed on as it is."""
     if arg is None or arg == "":
         return None
+    if "://" in arg:
+        return arg
     if ("/" in arg or os.sep in arg or (os.altsep and os.altsep in arg) or Path(arg).is_dir()
             or not GALLERY_NAME.match(arg)):
         return Path(arg)

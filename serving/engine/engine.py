@@ -97,6 +97,12 @@ class Engine:
         """
         if name is not None and not isinstance(name, (str, Path)):
             return name
+        from shitu.serving.gallery.backend import is_remote, remote_gallery_uri
+
+        index_dir = self.params["IndexProcess.index_dir"]
+        uri = name if is_remote(name) else remote_gallery_uri(name, self.default_gallery, index_dir)  # type: ignore
+        if uri is not None:
+            return self._remote_gallery(uri, name, create)
         path = Path(name) if isinstance(name, Path) else self.gallery_path(name)
         key = str(path.resolve())
         spec = None
@@ -146,6 +152,26 @@ class Engine:
                               f"{spec.source().name} ({first.split(';')[0]}); `shitu gallery build --scenario "
                               f"{self.scenario} --gallery {spec.name}` on the server shows why") from None
         return spec
+
+    def _remote_gallery(self, uri: str, name: Any, create: bool) -> Any:
+        """The gallery in a Milvus collection (``shitu.serving.gallery.milvus``); as for folders, only the
+        default gallery and ``create`` make a missing one."""
+        from shitu.serving.gallery.milvus import MilvusGallery
+
+        with self._lock:
+            if uri not in self._galleries:
+                named = isinstance(name, str) and name != self.default_gallery and uri != name
+                if named and not create and not MilvusGallery.exists(uri):
+                    raise EngineError(f"no gallery named {name!r} in scenario {self.scenario!r} "
+                                      "(adding images creates it)")
+            binary = self.params["RecPostProcess.binarize"]
+            return self._galleries.get(uri, lambda: MilvusGallery.open_or_create(
+                uri, self.embedding_size,
+                index_method=self.params["IndexProcess.index_method"],
+                dist_type="hamming" if binary else self.params["IndexProcess.dist_type"],
+                hamming_radius=self.params["IndexProcess.hamming_radius"],
+                max_label_length=self.params["Limits.max_label_length"],
+            ))
 
     def close(self) -> None:
         with self._lock:

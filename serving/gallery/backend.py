@@ -1,21 +1,34 @@
-"""The gallery backend interface: what the engine, the service, the builder and the CLI use from a gallery.
+"""The gallery backend interface, and how a gallery is named.
 
-:class:`shitu.serving.gallery.local.Gallery` (SQLite + faiss in a folder) is the local backend; another backend
-(e.g. a vector database) implements the same methods and is handed to the engine in its place. The interface holds
-only public methods the local backend has today; anything else (``compact``, ``repair``, snapshots, tuning) is
-specific to one backend.
+What the engine, the service, the builder and the CLI use from a gallery is :class:`GalleryBackend`; two backends
+implement it:
+
+- :class:`shitu.serving.gallery.local.Gallery` -- a folder (SQLite + a faiss snapshot), the default;
+- :class:`shitu.serving.gallery.milvus.MilvusGallery` -- a Milvus collection, named by a URI
+  ``milvus://host:port/collection`` (the ``milvus`` extra: ``pip install "shitu-hub[milvus]"``).
+
+The interface holds only methods both have; anything else (``compact``, ``repair``, snapshots, tuning) is specific
+to one backend. A gallery is named by a folder path or by such a URI wherever galleries are named:
+``load_engine(gallery=...)``, ``init_args`` ``gallery``, ``IndexProcess.index_dir`` (also in a pack's parameters)
+and ``shitu gallery ...``. :func:`open_gallery`, :func:`create_gallery` and :func:`gallery_exists` pick the backend
+from the name.
 
 ``score`` of a :class:`Match` (also ``shitu.serving.engine.results.Match``) is the raw metric: similarity when
 ``higher_is_better`` (inner product), a distance otherwise (squared L2, hamming).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-__all__ = ["GalleryBackend", "Match"]
+__all__ = ["GalleryBackend", "Match", "check_vectors", "create_gallery", "gallery_exists", "is_remote",
+           "open_gallery", "remote_gallery_uri"]
+
+#: URI schemes of remote galleries.
+REMOTE_SCHEMES = ("milvus://",)
 
 
 @dataclass
@@ -38,6 +51,8 @@ class Match:
 class GalleryBackend(Protocol):
     """A labelled embedding store searched at recognition time (one gallery)."""
 
+    readonly: bool
+
     @property
     def dim(self) -> int:
         """Embedding size (bits for binary embeddings)."""
@@ -51,6 +66,21 @@ class GalleryBackend(Protocol):
     @property
     def higher_is_better(self) -> bool:
         """True when a larger ``score`` is a better match (IP)."""
+        ...
+
+    @property
+    def index_method(self) -> str:
+        """The index type (``Flat``, ``IVF``, ``HNSW32`` or a faiss factory string; Milvus maps it)."""
+        ...
+
+    @property
+    def hamming_radius(self) -> int:
+        """The gallery's own default largest hamming distance (binary galleries)."""
+        ...
+
+    @property
+    def normalize(self) -> bool:
+        """Whether added and searched float vectors are L2-normalised."""
         ...
 
     def check_label(self, label: Any) -> str:
@@ -91,6 +121,10 @@ class GalleryBackend(Protocol):
         """Items per label."""
         ...
 
+    def has_hash(self, content_hash: str) -> bool:
+        """Whether some item has ``content_hash``."""
+        ...
+
     def hashes_present(self, hashes: Iterable[str]) -> set[str]:
         """Which of ``hashes`` some item has as its content hash (duplicate detection when building)."""
         ...
@@ -103,6 +137,89 @@ class GalleryBackend(Protocol):
         """Number of searchable items."""
         ...
 
+    def checkpoint(self) -> None:
+        """Make everything added so far durable and fast to search (a snapshot; a Milvus flush)."""
+        ...
+
     def close(self) -> None:
         """Release the backend (idempotent); everything added is kept."""
         ...
+
+
+def is_remote(target: Any) -> bool:
+    """Whether ``target`` names a remote gallery (a ``milvus://`` URI) rather than a folder."""
+    return isinstance(target, str) and target.lower().startswith(REMOTE_SCHEMES)
+
+
+def remote_gallery_uri(name: str | None, default_gallery: str, index_dir: str | None) -> str | None:
+    """The URI of gallery ``name`` when the engine's galleries are remote, else ``None``.
+
+    ``index_dir`` (``IndexProcess.index_dir``) set to ``milvus://host:port/collection`` puts the default gallery in
+    that collection and every other gallery *name* in a collection of that name on the same server (``-`` and
+    ``.`` become ``_``), so a served instance keeps no gallery on its own disk.
+    """
+    if not is_remote(index_dir):
+        return None
+    assert index_dir is not None
+    if not name or name == default_gallery:
+        return index_dir
+    from shitu.serving.gallery.milvus import parse_uri
+
+    return parse_uri(index_dir).with_collection(name).uri
+
+
+def open_gallery(target: str | os.PathLike, readonly: bool = False, **kw: Any) -> Any:
+    """Open the existing gallery ``target`` (folder or URI)."""
+    if is_remote(target):
+        from shitu.serving.gallery.milvus import MilvusGallery
+
+        return MilvusGallery.open(str(target), readonly=readonly, **kw)
+    from shitu.serving.gallery.local import Gallery
+
+    return Gallery.open(target, readonly=readonly, **kw)
+
+
+def create_gallery(target: str | os.PathLike, dim: int, **kw: Any) -> Any:
+    """Create gallery ``target`` (folder or URI); ``Gallery.create``'s arguments."""
+    if is_remote(target):
+        from shitu.serving.gallery.milvus import MilvusGallery
+
+        return MilvusGallery.create(str(target), dim, **kw)
+    from shitu.serving.gallery.local import Gallery
+
+    return Gallery.create(target, dim, **kw)
+
+
+def gallery_exists(target: str | os.PathLike) -> bool:
+    """Whether a gallery exists at ``target`` (folder or URI)."""
+    if is_remote(target):
+        from shitu.serving.gallery.milvus import MilvusGallery
+
+        return MilvusGallery.exists(str(target))
+    from pathlib import Path
+
+    from shitu.serving.gallery.local import DB_NAME
+
+    return (Path(target) / DB_NAME).is_file()
+
+
+def check_vectors(vectors: Any, dim: int, binary: bool, normalize: bool, what: str = "vectors") -> np.ndarray:
+    """``vectors`` as a C-contiguous ``[n, dim]`` float32 array (``[n, dim / 8]`` uint8 packed bits when
+    ``binary``), L2-normalised when ``normalize``; ``ValueError`` naming the problem otherwise."""
+    arr = np.asarray(vectors)
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    if binary:
+        width = dim // 8
+        if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != width:
+            raise ValueError(f"{what} must be packed bits, uint8 [n, {width}] for this {dim}-bit hamming gallery; "
+                             f"got {arr.dtype} {list(arr.shape)}")
+        return np.ascontiguousarray(arr)
+    if arr.ndim != 2 or arr.shape[1] != dim or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{what} must be float [n, {dim}]; got {arr.dtype} {list(arr.shape)}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{what} contain NaN or infinite values")
+    if normalize:
+        arr = arr / np.maximum(np.linalg.norm(arr, axis=1, keepdims=True), 1e-12)
+    return arr
