@@ -307,8 +307,14 @@ def test_shitu_recognize_in_process_on_a_milvus_gallery_real(milvus, engine, pho
 
     from shitu.serving.cli import main
 
+    from shitu.serving.engine import load_engine
+
     uri = milvus.uri("cli")
-    engine.gallery_add([photos["rocket"], photos["coffee"]], ["rocket", "coffee"], gallery=uri)
+    pack_engine = load_engine()  # the pack's settings, as `shitu recognize` embeds with them (GeM pooling)
+    try:
+        pack_engine.gallery_add([photos["rocket"], photos["coffee"]], ["rocket", "coffee"], gallery=uri)
+    finally:
+        pack_engine.close()
     img = tmp_path / "rocket.jpg"
     cv2.imwrite(str(img), photos["rocket"])
     assert main(["recognize", str(img), "--gallery", uri, "--json"]) == 0

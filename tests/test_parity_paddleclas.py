@@ -96,17 +96,18 @@ def reference(tmp_path_factory, photos, queries):
 
 
 @pytest.fixture(scope="module", params=["legacy", "pir"])
-def ours(request, photos, queries):
+def ours(request, photos, queries, tmp_path_factory):
     """shitu-hub's answers per image on the legacy or the PIR export: feature, detector boxes, recognitions."""
     from shitu.model_spec import ModelSpec
     from shitu.params import merge
     from shitu.serving.engine.engine import Engine
-    from shitu.serving.engine.pipeline import MemoryIndex
+    from shitu.serving.gallery import Gallery
 
     root = OFFICIAL / request.param
     engine = Engine(ModelSpec.from_dir(root / DET, "detector"), ModelSpec.from_dir(root / REC, "extractor"),
                     merge(PARAMS))
-    gallery = MemoryIndex(engine.embedding_size, "IP")
+    gallery = Gallery.create(tmp_path_factory.mktemp(f"parity-{request.param}") / "g", engine.embedding_size,
+                             index_method="Flat", dist_type="IP")  # a real faiss gallery, exact search
     gallery.add(engine.embed(list(photos.values())), list(photos))
     det_params = engine.request_params({"Global.append_whole_image": False})
     answers = {name: {"feature": engine.embed([img])[0], "boxes": engine.detector.detect(img, det_params),

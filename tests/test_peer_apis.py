@@ -200,8 +200,9 @@ def test_real_paddlex_client_flow_build_add_infer_remove(peer_served, photos, qu
 
     assert cv2.imdecode(drawn, cv2.IMREAD_COLOR).shape[:2] == queries["coffee_rescaled_crop"].shape[:2]
 
-    # without indexKey: the served module's default gallery ("peers")
-    result = px.call("/shitu-infer", {"image": b64(queries["rocket_bright_blur"])})["result"]
+    # without indexKey: the served module's default gallery ("peers"); detThreshold 0.5 finds no box on this photo,
+    # so the whole image is searched (as in PaddleX)
+    result = px.call("/shitu-infer", {"image": b64(queries["rocket_bright_blur"]), "detThreshold": 0.5})["result"]
     assert result["detectedObjects"] and "rocket" in {r["label"] for o in result["detectedObjects"]
                                                       for r in o["recResults"]}
     _validate_with_paddlex_schema(px.exchanges, tmp_path)

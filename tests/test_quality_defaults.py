@@ -79,16 +79,16 @@ def test_min_box_ratio_real_detector(engine, queries):
     assert det.is_whole_image.tolist() == [True]
 
 
-def test_general_lite_ships_the_measured_defaults(photos):
+def test_general_lite_ships_the_measured_defaults(photos, tmp_path):
     from shitu.serving.engine import load_engine
-    from shitu.serving.engine.pipeline import MemoryIndex
+    from shitu.serving.gallery import Gallery
 
     eng = load_engine(params={"Global.cpu_num_threads": 1})
     try:
         p = eng.params
         assert p["RecPostProcess.pooling"] == "gem" and p["Global.min_box_ratio"] == 0.1 and p["Global.crop_padding"] == 0.1
         assert p["Global.threshold"] == 0.2 and p["IndexProcess.score_thres"] == 0.9
-        index = MemoryIndex(eng.embedding_size)
+        index = Gallery.create(tmp_path / "g", eng.embedding_size, index_method="Flat")
         index.add(eng.embed(list(photos.values())), list(photos))
         from shitu.serving.cli.demo import query_photos
 

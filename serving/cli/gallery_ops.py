@@ -18,7 +18,7 @@ import json
 import sys
 from typing import Any
 
-from shitu.serving.cli.toolkit import EXIT_ERROR, EXIT_OK
+from shitu.serving.cli.toolkit import EXIT_ERROR, EXIT_OK, param_overrides
 
 
 def _run(fn: Any) -> Any:
@@ -81,11 +81,10 @@ def cmd_import(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_import_paddleclas(args: argparse.Namespace) -> dict[str, Any]:
     from shitu.params import merge
-    from shitu.serving.cli.gallery import _param_overrides
     from shitu.serving.gallery.backup import set_gallery_model_identity
     from shitu.serving.gallery.paddleclas_index import import_paddleclas_index
 
-    limits = merge(_param_overrides(args))
+    limits = merge(param_overrides(getattr(args, "param", None)))
     summary = import_paddleclas_index(args.folder, args.gallery, delimiter=args.delimiter,
                                       index_method=args.index_method,
                                       max_bytes=int(limits["Limits.max_index_import_bytes"]),

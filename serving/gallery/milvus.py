@@ -18,6 +18,10 @@ to any replica. Nothing is cached in the process: N serving instances sharing th
 Errors of the Milvus server (down, restarting, timing out) raise :class:`MilvusUnavailable`, a
 ``GalleryError`` whose message names the gallery and the cause, within ``timeout`` seconds (default 10,
 ``?timeout=S`` in the URI); the next call reconnects.
+
+Longer than 600 lines: one class implements the whole backend interface over one collection (schema, id
+allocation, consistency, the index mapping and the error translation all depend on each other); the URI parsing
+and the connection settings are the only separable parts and are short.
 """
 from __future__ import annotations
 
@@ -243,7 +247,14 @@ class MilvusGallery:
 
     @classmethod
     def open_or_create(cls, uri: str, dim: int, **kw: Any) -> "MilvusGallery":
-        return cls.create(uri, dim, exist_ok=True, **kw)
+        """Open the gallery in ``uri``, creating it first when there is none. Two replicas whose first add to a new
+        gallery comes at the same moment both try to create it; the one that loses opens the winner's."""
+        try:
+            return cls.create(uri, dim, exist_ok=True, **kw)
+        except MilvusUnavailable:
+            if not cls.exists(uri):
+                raise
+            return cls.create(uri, dim, exist_ok=True, **kw)
 
     @classmethod
     def open(cls, uri: str, readonly: bool = False, *, verify: bool = True,
