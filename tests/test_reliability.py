@@ -160,7 +160,9 @@ def test_killed_worker_is_replaced_and_others_keep_answering(served_multi, photo
         victim = sorted(before)[0]
         os.kill(victim, signal.SIGKILL)
         results = [f.result() for f in futures]
-    assert len(failures) <= 1
+    # gthread workers take several connections each, so both requests may have been on the killed worker: each
+    # failure must be that worker's dropped connection, never an error answer
+    assert all(isinstance(exc, requests.ConnectionError) for exc in failures), failures
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (len(worker_pids(s)) < 2 or victim in worker_pids(s)):
         time.sleep(0.2)

@@ -3,6 +3,9 @@ instances whose gallery is one collection on a real Milvus API (milvus-lite serv
 """
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 import requests
 import pytest
 
@@ -18,15 +21,14 @@ def milvus(tmp_path_factory):
     yield from milvus_server(tmp_path_factory.mktemp("milvus-replicas"))
 
 
-@pytest.fixture(scope="module")
-def replicas(milvus, tmp_path_factory):
+@contextlib.contextmanager
+def _replicas(milvus, tmp: Path):
     """nginx on a free loopback port -> 2 instances sharing one Milvus gallery."""
     if nginx_binary() is None:
         pytest.skip("nginx is not installed (Debian package `nginx`, listed in tests/system-packages.txt; "
                     "`make test` installs it where apt-get is available)")
     from shitu.serving.hub import control as hub_serving
 
-    tmp = tmp_path_factory.mktemp("replicas")
     uri = milvus.uri("replicas")
     instances = []
     try:
@@ -39,6 +41,20 @@ def replicas(milvus, tmp_path_factory):
     finally:
         for s in instances:
             hub_serving.stop(s.proc)
+
+
+@pytest.fixture(scope="module")
+def replicas(milvus, tmp_path_factory):
+    """Shared by the tests that leave both instances running."""
+    with _replicas(milvus, tmp_path_factory.mktemp("replicas")) as pair:
+        yield pair
+
+
+@pytest.fixture
+def replicas_to_break(milvus, tmp_path_factory):
+    """Its own pair, for a test that stops an instance (the shared pair must keep both, whatever the test order)."""
+    with _replicas(milvus, tmp_path_factory.mktemp("replicas-break")) as pair:
+        yield pair
 
 
 def _post(url: str, payload: dict) -> tuple[dict, str]:
@@ -83,6 +99,12 @@ def test_concurrent_adds_and_removes_through_two_instances_real(replicas):
     failures: list[str] = []
 
     def writer(url: str, seed: int) -> None:
+        try:
+            write(url, seed)
+        except Exception as exc:  # noqa: BLE001 - a thread's exception would vanish otherwise
+            failures.append(f"writer {seed}: {exc!r}")
+
+    def write(url: str, seed: int) -> None:
         rng = np.random.default_rng(seed)
         for r in range(6):
             vecs = rng.standard_normal((5, 512)).astype(np.float32)
@@ -122,10 +144,10 @@ def test_concurrent_adds_and_removes_through_two_instances_real(replicas):
         assert [r["matches"][0]["id"] for r in res] == keep
 
 
-def test_killing_one_instance_keeps_the_service_answering_real(replicas, photos):
+def test_killing_one_instance_keeps_the_service_answering_real(replicas_to_break, photos):
     from shitu.serving.hub import control as hub_serving
 
-    proxy, instances = replicas
+    proxy, instances = replicas_to_break
     hub_serving.stop(instances[0].proc)
     body, _ = _post(proxy.url, {"operation": "add", "labels": ["rocket"], "images": [b64(photos["rocket"])]})
     assert body["status"] == "000", body
