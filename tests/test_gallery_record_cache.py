@@ -87,3 +87,35 @@ def test_reused_search_parameters_follow_tuning_changes(tmp_path, method):
             g.tuning["ef_search"] = 300
             assert state.search_parameters(5).efSearch == 300
         assert len(g.search(_vectors(2, seed=3), k=5)[0]) == 5
+
+
+def test_whole_cache_follows_adds_revectors_and_removals_elsewhere(pair):
+    writer, reader, vecs, ids = pair
+    reader.search(vecs[:1], k=1)
+    cache = reader.__dict__["_records"]
+    assert cache.whole and len(cache.rows) == 50
+    new = _vectors(3, seed=7)
+    added = writer.add(new, ["fresh"] * 3, sources=["a.jpg", "b.jpg", "c.jpg"])
+    writer.update(ids[1], vector=new[0] * -1.0)
+    writer.remove(ids=[ids[2], added[2]])
+    reader.refresh()  # the index catches up; the records follow the log on the next search
+    hits = reader.search(new[:2], k=1)
+    assert [(h[0].id, h[0].label, h[0].source) for h in hits] == [(added[0], "fresh", "a.jpg"),
+                                                                   (added[1], "fresh", "b.jpg")]
+    assert reader.search(-new[:1], k=1)[0][0].id == ids[1]  # re-vectored: found by its new vector
+    assert cache.whole and len(cache.rows) == len(writer) == 50 + 3 - 2
+    reader.__dict__["_records"] = RecordCache()
+    queries = _vectors(10, seed=9)
+    fresh = reader.search(queries, k=5)
+    reader.__dict__["_records"] = cache
+    assert reader.search(queries, k=5) == fresh
+
+
+def test_gallery_bigger_than_the_capacity_caches_hits_only(pair):
+    writer, reader, vecs, ids = pair
+    reader.__dict__["_records"] = small = RecordCache(capacity=10)
+    first = reader.search(vecs[:5], k=3)
+    assert small.too_big and not small.whole and len(small.rows) <= 15
+    writer.update(ids[0], label="again")
+    assert reader.search(vecs[:1], k=1)[0][0].label == "again"
+    assert [r[0].id for r in reader.search(vecs[:5], k=3)] == [r[0].id for r in first]
