@@ -4,7 +4,9 @@
 
 Stages: decode (JPEG bytes -> BGR), det_preprocess, det_forward, det_postprocess (GFL decode, NMS, top-k), crop,
 rec_preprocess, rec_forward, search, rec_nms, serialize (results -> JSON). Prints median and p95 per stage and
-image, and the share of end-to-end time spent outside the two model forwards.
+image, and the share of end-to-end time spent outside the two model forwards. Then multi-image requests: images/s
+of ``Engine.recognize`` one image per call versus ``--batch`` images per call (crops of all images through the
+recogniser together), timed interleaved.
 """
 from __future__ import annotations
 
@@ -38,12 +40,40 @@ def photos() -> dict[str, "object"]:
     }
 
 
+def multi_image(engine, images: list, rounds: int) -> dict[str, float]:
+    """images/s of ``engine.recognize`` one image per call vs all ``images`` in one call, timed in alternating
+    order (after one warm-up each), median of ``rounds`` rounds per side."""
+    import statistics
+
+    def one_by_one() -> None:
+        for img in images:
+            engine.recognize([img])
+
+    def together() -> None:
+        engine.recognize(images)
+
+    one_by_one()
+    together()
+    times: dict[str, list[float]] = {"1": [], "N": []}
+    for r in range(max(1, rounds)):
+        order = (("1", one_by_one), ("N", together)) if r % 2 == 0 else (("N", together), ("1", one_by_one))
+        for side, fn in order:
+            t0 = time.perf_counter()
+            fn()
+            times[side].append(time.perf_counter() - t0)
+    one, many = statistics.median(times["1"]), statistics.median(times["N"])
+    return {"images": len(images), "rounds": max(1, rounds), "images_per_s_batch1": len(images) / one,
+            "images_per_s_batchN": len(images) / many, "speedup": one / many}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--backend", choices=("paddle", "onnxruntime"), default="paddle",
                     help="runtime of both models (Global.det_backend / rec_backend)")
     ap.add_argument("--json", help="write results here (default benchmarks/results/pipeline.json)")
+    ap.add_argument("--batch", type=int, default=8, help="images per call in the multi-image comparison")
+    ap.add_argument("--batch-rounds", type=int, default=5, help="rounds of the multi-image comparison")
     args = ap.parse_args()
     os.environ.setdefault("SHITU_HOME", tempfile.mkdtemp(prefix="bench-pipeline-"))
 
@@ -91,8 +121,17 @@ def main() -> int:
         rows.append(["end-to-end", e2e, percentile(totals, 95) * 1000, 100.0])
         print(table(["stage", "median ms", "p95 ms", "% of e2e"], rows))
         print(f"outside the model forwards: {outside:.1f} ms = {100 * outside / e2e:.1f}% of end-to-end")
+    from shitu.serving.cli.demo import query_photos
+
+    multi = multi_image(engine, (list(g.values()) + list(query_photos(g).values()))[:args.batch], args.batch_rounds)
+    print(f"\nmulti-image requests: {multi['images']} photos, {multi['rounds']} rounds each way, interleaved")
+    print(table(["recognize", "images/s", "ms per image"],
+                [["1 image per call", multi["images_per_s_batch1"], 1000 / multi["images_per_s_batch1"]],
+                 [f"{multi['images']} images per call", multi["images_per_s_batchN"], 1000 / multi["images_per_s_batchN"]]]))
+    print(f"batched / one at a time: {multi['speedup']:.2f}x images/s (crops of all images through the recogniser "
+          "together, Global.batch_size per forward)")
     write_json(f"pipeline-{args.backend}", {"machine": info, "repeat": args.repeat, "backend": args.backend,
-                                            "images": results}, args.json)
+                                            "images": results, "multi_image": multi}, args.json)
     engine.close()
     return 0
 

@@ -26,6 +26,7 @@ from shitu.serving.engine.explain import Explanation
 from shitu.serving.engine.extraction import FeatureExtractor
 from shitu.serving.engine.open_galleries import OpenGalleries
 from shitu.model_spec import ModelSpec
+from shitu.serving.engine.batched import recognize_many
 from shitu.serving.engine.pipeline import SearchIndex, accepted_matches, recognize, search_options
 from shitu.serving.engine.predictor import RuntimeOptions
 from shitu.serving.engine.results import Detections, Match, Recognition
@@ -210,10 +211,10 @@ class Engine:
 
     def recognize(self, images: Sequence[np.ndarray], gallery: str | Path | SearchIndex | None = None,
                   timer: StageTimer = NULL_TIMER, **overrides: Any) -> list[list[Recognition]]:
-        """What and where, per image, best first."""
+        """What and where, per image, best first (the crops of all images go through the recogniser together)."""
         p = self.request_params(overrides)
         g = self.gallery(gallery)
-        return [recognize(img, self.detector, self.extractor, g, p, timer) for img in images]
+        return recognize_many(images, self.detector, self.extractor, g, p, timer)
 
     def recognize_explained(self, images: Sequence[np.ndarray], gallery: str | Path | SearchIndex | None = None,
                             timer: StageTimer = NULL_TIMER, **overrides: Any

@@ -103,7 +103,7 @@ def recognize(image: np.ndarray, detector: MainbodyDetector, extractor: FeatureE
     searched: list[int] = []  # explanation index of each found recognition
     _search(image, det, extractor, index, params, timer, explanation, found, searched)
     setting = params["Global.append_whole_image"]
-    fall_back = setting == "fallback" and not found and len(det) > 0 and not det.is_whole_image.any()
+    fall_back = falls_back(setting, found, det)
     if fall_back:
         _search(image, whole_image_box(*image.shape[:2]), extractor, index, params, timer, explanation, found,
                 searched)
@@ -116,6 +116,11 @@ def recognize(image: np.ndarray, detector: MainbodyDetector, extractor: FeatureE
             explanation.rec_nms(found, searched, kept, params["Global.rec_nms_thresold"], index.higher_is_better,
                                 params["Global.rec_nms_per_label"])
         return kept
+
+
+def falls_back(setting: Any, found: list[Recognition], det: Detections) -> bool:
+    """``Global.append_whole_image: fallback``: search the whole image, as no detected box was accepted."""
+    return setting == "fallback" and not found and len(det) > 0 and not det.is_whole_image.any()
 
 
 def _whole_image_note(setting: Any, fell_back: bool, det: Detections) -> str:
@@ -141,6 +146,13 @@ def _search(image: np.ndarray, det: Detections, extractor: FeatureExtractor, ind
         k = min(params["IndexProcess.return_k"], params["Limits.max_explain_matches"]) if explanation is not None else 1
         matches = index.search(feats, max(k, params["IndexProcess.candidates"] * CANDIDATE_DEPTH),
                                **search_options(index, params))
+    collect(det, matches, k, index, params, timer, explanation, found, searched)
+
+
+def collect(det: Detections, matches: list[list[Match]], k: int, index: SearchIndex, params: Any,
+            timer: StageTimer, explanation: Explanation | None, found: list[Recognition], searched: list[int]) -> None:
+    """Append to ``found`` a recognition per box of ``det`` whose best match (``matches``, one row per box)
+    passes ``IndexProcess.score_thres``; ``k`` hits per box go to the explanation."""
     thres = params["IndexProcess.score_thres"]
     with timer.stage("rec_nms"):  # the score_thres filter, timed with rec-NMS as before
         for i, hits in enumerate(matches):

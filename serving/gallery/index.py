@@ -253,6 +253,7 @@ class IndexState:
         self.slots: set[int] = set(index_ids(index).tolist()) if index.ntotal else set()
         self.dead: set[int] = set()
         self._dead_sel: Any = None
+        self._params: dict[tuple, Any] = {}  # search parameters without selector, by setting
         inner = inner_index(index)
         if spec.binary:
             self.mode = "plain" if isinstance(inner, faiss.IndexBinaryFlat) else "nosel"
@@ -359,7 +360,20 @@ class IndexState:
 
     def search_parameters(self, k: int, sel: Any = None) -> Any:
         """faiss ``SearchParameters`` for this index (HNSW ``efSearch``, IVF ``nprobe``) with selector ``sel``;
-        ``None`` when a plain search will do."""
+        ``None`` when a plain search will do. Without a selector the object is made once per setting and reused
+        (making one costs as much as a small search's bookkeeping)."""
+        if sel is None and self.mode in ("hnsw", "ivf"):
+            tuning = self.spec.tuning
+            key = (self.mode, k, tuning.get("ef_search"), tuning.get("nprobe"))
+            cached = self._params.get(key)
+            if cached is None:
+                if len(self._params) >= 64:
+                    self._params.clear()
+                cached = self._params[key] = self._make_parameters(k, None)
+            return cached
+        return self._make_parameters(k, sel)
+
+    def _make_parameters(self, k: int, sel: Any) -> Any:
         if self.mode == "hnsw":
             params = faiss.SearchParametersHNSW()
             params.efSearch = max(int(self.spec.tuning["ef_search"]), k)

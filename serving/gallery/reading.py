@@ -1,7 +1,8 @@
 """Gallery reads: search (faiss, or exact over few candidates when labels filter) and record queries.
 
-Every hit is resolved against SQLite by slot, so nothing removed (here or in another process) is returned; a hit
-found stale makes the search catch up with the change log and run again.
+Every hit is resolved by slot against SQLite (through a cache valid for one value of the change counter, see
+:mod:`.record_cache`), so nothing removed (here or in another process) is returned; a hit found stale makes the
+search catch up with the change log and run again.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from shitu.serving.gallery.backend import Match
 from shitu.serving.gallery.index import describe, exact_search
+from shitu.serving.gallery.record_cache import RecordCache
 from shitu.serving.gallery.replication import ReplicationMixin
 from shitu.serving.gallery.storage import GalleryError, chunks, read_meta, read_txn
 
@@ -96,15 +98,9 @@ class ReadingMixin(ReplicationMixin):
         else:
             dist, found = state.search(q, k)
         # Resolve slots against the database: drops anything removed since (also in other processes).
-        wanted = np.unique(found[found >= 0]).tolist()
-        records: dict[int, tuple] = {}
-        for part in chunks(wanted):
-            sql = (
-                "SELECT slot, id, label, source, metadata FROM items "
-                f"WHERE slot IN ({','.join('?' * len(part))})"
-            )
-            for row in conn.execute(sql, part).fetchall():
-                records[row[0]] = row
+        # Records come from a cache that is valid for one change counter of the database (see .record_cache).
+        wanted = sorted({s for s in found.ravel().tolist() if s >= 0})
+        records = self._record_cache().lookup(conn, wanted)
         stale = False
         out: list[list[Match]] = []
         radius = (spec.hamming_radius if hamming_radius is None else int(hamming_radius)) if spec.binary else None
@@ -127,6 +123,12 @@ class ReadingMixin(ReplicationMixin):
                     break
             out.append(matches)
         return out, stale
+
+    def _record_cache(self) -> RecordCache:
+        cache = self.__dict__.get("_records")
+        if cache is None:
+            cache = self.__dict__["_records"] = RecordCache()
+        return cache
 
     # -- reading records --------------------------------------------------------------------------------------------
 

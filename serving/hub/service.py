@@ -531,9 +531,10 @@ class RecognitionService(GalleryViewOps, Service):
         if explain:
             return self.per_image(images, lambda i, img: _explained(
                 engine.recognize_explained([img], gallery=gallery, **overrides)[0]))
+        batched = _recognize_together(engine, images, gallery, overrides)
         return self.per_image(images, lambda i, img: {
-            "results": [r.to_dict() for r in engine.recognize([img], gallery=gallery, timer=current_timer(),
-                                                              **overrides)[0]]})
+            "results": [r.to_dict() for r in (batched[i] if i in batched else engine.recognize(
+                [img], gallery=gallery, timer=current_timer(), **overrides)[0])]})
 
     def op_add(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
         return self.gallery_add_images(request, overrides)
@@ -562,3 +563,18 @@ def _explained(answer: tuple[list[Any], Any]) -> dict[str, Any]:
     """``(recognitions, explanation)`` of one image -> its ``results`` and ``explanation`` fields."""
     recognitions, explanation = answer
     return {"results": [r.to_dict() for r in recognitions], "explanation": explanation.to_dict()}
+
+
+def _recognize_together(engine: Engine, images: list[np.ndarray | ImageError], gallery: Any,
+                        overrides: dict[str, Any]) -> dict[int, list[Any]]:
+    """The recognitions of the decoded images, their crops embedded together (:mod:`shitu.serving.engine.batched`),
+    by image index; ``{}`` for a single image, or when the batch fails (each image then runs alone and keeps its
+    own error)."""
+    good = [i for i, img in enumerate(images) if not isinstance(img, ImageError)]
+    if len(good) < 2:
+        return {}
+    try:
+        answers = engine.recognize([images[i] for i in good], gallery=gallery, timer=current_timer(), **overrides)
+    except (RequestError, EngineError):
+        return {}
+    return dict(zip(good, answers))

@@ -1,0 +1,109 @@
+"""The records of a gallery's items, kept in memory so a search resolves its hits without a SQLite lookup.
+
+A search resolves every hit (a slot of the faiss index) to its record ``(slot, id, label, source, metadata)``.
+Doing that with one ``SELECT ... WHERE slot IN (...)`` per search cost as much as the faiss search itself on small
+and approximate indexes (two B-tree descents per hit, and cold pages on big galleries).
+
+The cache is valid for one value of the gallery's change counter ``seq``: every write (add, remove, relabel,
+revector -- in this process or another) bumps ``seq`` and logs what it did, and each lookup reads ``seq`` first (one
+primary-key read). So a search never returns an item removed or relabelled anywhere, exactly as when every hit was
+read from the database.
+
+- A gallery of at most ``capacity`` items is loaded whole at the first search (one scan, in one read snapshot with
+  ``seq``); when ``seq`` moves the cache applies the change-log entries since (removed slots go, added, relabelled
+  and re-vectored items are read by id), or reloads when the log no longer reaches back that far. A slot not in a
+  whole cache does not exist.
+- A bigger gallery (once seen bigger, for the life of the cache) keeps the records of the hits it has read, dropped
+  entirely whenever ``seq`` moves. Records read
+  while another process commits may be newer than the ``seq`` read just before; they are dropped at the next lookup
+  (``seq`` moved), so nothing older than the database is ever served.
+"""
+from __future__ import annotations
+
+import sqlite3
+from typing import Sequence
+
+from shitu.serving.gallery.storage import chunks, read_txn
+
+__all__ = ["RecordCache", "DEFAULT_CAPACITY"]
+
+#: Records kept at most per gallery object (~200 bytes each, so ~40 MB at most); a gallery with more items caches
+#: the records of its hits only.
+DEFAULT_CAPACITY = 200_000
+
+_COLUMNS = "slot, id, label, source, metadata"
+
+
+class RecordCache:
+    """Slot -> item record, valid for one ``seq`` of the gallery database. Not thread-safe: callers hold the
+    gallery's read lock."""
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        self.capacity = int(capacity)
+        self.seq = -1
+        self.rows: dict[int, tuple] = {}
+        self.whole = False  # every item of the gallery at ``seq`` is in ``rows``
+        self.too_big = False  # the gallery had more than ``capacity`` items: hits only from then on (no recount)
+
+    def lookup(self, conn: sqlite3.Connection, slots: Sequence[int]) -> dict[int, tuple]:
+        """The records of ``slots`` that exist now (a mapping by slot; a slot with no item is absent)."""
+        seq = int(conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
+        if seq != self.seq:
+            self._catch_up(conn)
+        if self.whole:
+            return self.rows
+        rows = self.rows
+        missing = [s for s in slots if s not in rows]
+        if not missing:
+            return rows
+        if len(rows) + len(missing) > self.capacity:
+            rows.clear()
+            missing = list(slots)
+        for part in chunks(missing):
+            sql = f"SELECT {_COLUMNS} FROM items WHERE slot IN ({','.join('?' * len(part))})"
+            for row in conn.execute(sql, part).fetchall():
+                rows[row[0]] = row
+        return rows
+
+    def _catch_up(self, conn: sqlite3.Connection) -> None:
+        """Bring the cache to the database's current ``seq`` (one read snapshot)."""
+        with read_txn(conn):
+            meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('seq', 'log_floor')").fetchall())
+            seq, floor = int(meta["seq"]), int(meta["log_floor"])
+            if self.whole and self.seq >= floor:
+                self._apply_log(conn, seq)
+            else:
+                self.rows.clear()
+                self.whole = False
+                if not self.too_big:
+                    count = conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+                    self.too_big = count > self.capacity
+                    if not self.too_big:
+                        self.rows.update((r[0], r) for r in conn.execute(f"SELECT {_COLUMNS} FROM items"))
+                        self.whole = True
+            self.seq = seq
+
+    def _apply_log(self, conn: sqlite3.Connection, seq: int) -> None:
+        entries = conn.execute(
+            "SELECT item_id, old_slot FROM log WHERE seq > ? AND seq <= ? ORDER BY seq", (self.seq, seq)
+        ).fetchall()
+        rows = self.rows
+        touched: set[int] = set()
+        for item, old_slot in entries:
+            if old_slot is not None:
+                rows.pop(old_slot, None)  # removed or re-vectored: that slot is gone for good
+            touched.add(item)
+        for part in chunks(sorted(touched)):
+            sql = f"SELECT {_COLUMNS} FROM items WHERE id IN ({','.join('?' * len(part))})"
+            for row in conn.execute(sql, part).fetchall():
+                rows[row[0]] = row  # added, relabelled or re-vectored: its current record
+        if len(rows) > self.capacity:
+            rows.clear()
+            self.whole = False
+            self.too_big = True
+
+    def clear(self) -> None:
+        self.rows.clear()
+        self.seq = -1
+        self.whole = False
+        self.too_big = False

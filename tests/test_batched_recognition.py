@@ -1,0 +1,74 @@
+"""Several images in one call: detection per image, the crops of all images through the recogniser together
+(``serving/engine/batched.py``). Real default models, real photographs, a real faiss gallery; the answers are
+compared with the one-image pipeline (``pipeline.recognize``), run on the same engine."""
+from __future__ import annotations
+
+import pytest
+
+from shitu.serving.engine.batched import recognize_many
+from shitu.serving.engine.pipeline import recognize
+
+from .conftest import b64
+
+
+def _same(batched, alone) -> None:
+    assert len(batched) == len(alone)
+    for got, want in zip(batched, alone):
+        assert [(r.bbox, r.label, r.id, r.is_whole_image) for r in got] == \
+               [(r.bbox, r.label, r.id, r.is_whole_image) for r in want]
+        for a, b in zip(got, want):
+            assert a.score == pytest.approx(b.score, abs=1e-4)
+            assert a.det_score == pytest.approx(b.det_score, abs=1e-6)
+
+
+def _images(photos, queries, n: int = 8):
+    pool = list(queries.values()) + list(photos.values())
+    return pool[:n]
+
+
+@pytest.mark.parametrize("overrides", [{}, {"append_whole_image": False}, {"append_whole_image": "fallback"},
+                                       {"append_whole_image": "fallback", "score_thres": 0.99}])
+def test_recognize_many_answers_equal_one_image_at_a_time_real_models(engine, photos, queries, photo_gallery,
+                                                                      overrides):
+    params = engine.request_params(overrides)
+    images = _images(photos, queries)
+    alone = [recognize(img, engine.detector, engine.extractor, photo_gallery, params) for img in images]
+    batched = recognize_many(images, engine.detector, engine.extractor, photo_gallery, params)
+    _same(batched, alone)
+    assert any(alone) or overrides.get("score_thres") == 0.99
+
+
+def test_engine_recognize_embeds_the_crops_of_all_images_in_one_call_real_models(engine, photos, queries,
+                                                                                  photo_gallery, monkeypatch):
+    """A spy around the real extractor counts its calls (every call still runs the real model)."""
+    calls: list[int] = []
+    real = engine.extractor.embed
+
+    def spy(images, params=None, timer=None, **kw):
+        calls.append(len(images))
+        return real(images, params, timer, **kw) if timer is not None else real(images, params, **kw)
+
+    monkeypatch.setattr(engine.extractor, "embed", spy)
+    images = _images(photos, queries)
+    found = engine.recognize(images, gallery=photo_gallery, append_whole_image=True)
+    assert len(found) == len(images)
+    assert len(calls) == 1 and calls[0] >= len(images)  # at least the whole image of each, all together
+
+
+def test_image_recognition_request_with_several_images_equals_single_requests_real_service(photos, queries):
+    """The in-process service (real default pack and its gallery): one request of several images, one of them
+    undecodable, answers as one request per image would (the bad image keeps its own error)."""
+    from shitu.serving.hub.service import RecognitionService
+
+    svc = RecognitionService({})
+    images = _images(photos, queries, 4)
+    encoded = [b64(img) for img in images]
+    together = svc.handle({"images": encoded[:2] + ["bm90IGFuIGltYWdl"] + encoded[2:], "score_thres": 0.0})
+    assert "error" in together[2] and together[2]["index"] == 2
+    rows = together[:2] + together[3:]
+    for row, item in zip(rows, encoded):
+        alone = svc.handle({"images": [item], "score_thres": 0.0})[0]
+        assert [(r["bbox"], r["label"], r.get("id")) for r in row["results"]] == \
+               [(r["bbox"], r["label"], r.get("id")) for r in alone["results"]]
+        for a, b in zip(row["results"], alone["results"]):
+            assert a["score"] == pytest.approx(b["score"], abs=1e-4)
