@@ -1,4 +1,5 @@
-"""File helpers shared by every package (a leaf: imports nothing of shitu): sha256 of a file, fsync of a folder.
+"""File helpers shared by every package (a leaf: imports nothing of shitu): sha256 of a file, fsync of a folder,
+and a folder built whole beside its destination, then renamed into place.
 
 Both ``shitu.plugins`` (pack store, downloads) and ``shitu.serving`` (galleries, builds) import these, so there
 is one copy of each.
@@ -7,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["fsync_dir", "sha256_file", "sha256_stream"]
+__all__ = ["fsync_dir", "move_into_place", "sha256_file", "sha256_stream", "staging_dir"]
 
 _BLOCK = 1 << 22
 
@@ -41,3 +43,19 @@ def fsync_dir(path: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def staging_dir(dest: Path, tag: str) -> Path:
+    """A hidden sibling of folder ``dest`` to build it in (``.<name>.<tag>.<pid>.tmp``), not created; one a crashed
+    run of this process id left behind is removed first. ``dest``'s parent is created."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.{tag}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def move_into_place(tmp: Path, dest: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``dest`` (which may exist only as an empty folder)."""
+    if dest.exists():
+        dest.rmdir()
+    os.rename(tmp, dest)

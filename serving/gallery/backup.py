@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from shitu.files import move_into_place, staging_dir
+
 __all__ = ["BackupError", "backup", "restore", "export_archive", "import_archive", "model_identity",
            "gallery_model_identity", "set_gallery_model_identity", "remember_model", "MANIFEST"]
 
@@ -66,17 +68,9 @@ def _fresh_dir(dest: Path, what: str) -> None:
 
 
 def _tmp_beside(dest: Path, tag: str) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.{tag}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_dir(dest, tag)
     tmp.mkdir()
     return tmp
-
-
-def _move_into_place(tmp: Path, dest: Path) -> None:
-    if dest.exists():
-        dest.rmdir()  # empty (checked by _fresh_dir)
-    os.rename(tmp, dest)
 
 
 def _meta(conn: sqlite3.Connection) -> dict[str, str]:
@@ -153,7 +147,7 @@ def backup(gallery_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict[s
                 break
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         _fsync_tree(tmp)
-        _move_into_place(tmp, out)
+        move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -267,7 +261,7 @@ def restore(backup_dir: str | os.PathLike, dest: str | os.PathLike) -> dict[str,
                 info = {"count": len(g), "seq": g.info()["seq"], "dim": g.dim, "metric": g.metric}
         except GalleryError as e:
             raise BackupError(str(e).replace(str(tmp), str(dest))) from None
-        _move_into_place(tmp, dest)
+        move_into_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -417,7 +411,7 @@ def import_archive(archive: str | os.PathLike, gallery_dir: str | os.PathLike,
             count = len(g)
         if identity:
             set_gallery_model_identity(tmp, identity)
-        _move_into_place(tmp, dest)
+        move_into_place(tmp, dest)
     except GalleryError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise BackupError(str(e).replace(str(tmp), str(dest))) from None

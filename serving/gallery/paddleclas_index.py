@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from shitu.files import move_into_place, staging_dir
+
 __all__ = ["IndexImportError", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_ITEMS", "read_id_map", "read_faiss_index",
            "import_paddleclas_index", "is_paddleclas_index"]
 
@@ -291,9 +293,7 @@ def import_paddleclas_index(folder: str | os.PathLike, dest: str | os.PathLike, 
     docs = [split_doc(id_map[int(i)], delimiter) for i in ids]
     if len(ids) and int(ids[0]) < 0:
         raise IndexImportError(f"{VECTOR_INDEX}: negative ids cannot be kept")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.import.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_dir(dest, "import")
     method = index_method or contents.index_method
     try:
         gallery = Gallery.create(tmp, contents.dim, index_method=method, dist_type=contents.metric,
@@ -304,9 +304,7 @@ def import_paddleclas_index(folder: str | os.PathLike, dest: str | os.PathLike, 
                        "metric": contents.metric, "index_method": method}
         finally:
             gallery.close()
-        if dest.exists():
-            dest.rmdir()  # an empty folder (checked above)
-        os.rename(tmp, dest)
+        move_into_place(tmp, dest)  # dest is missing or an empty folder (checked above)
     except GalleryError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise IndexImportError(str(e).replace(str(tmp), str(dest))) from None
