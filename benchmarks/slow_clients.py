@@ -44,6 +44,8 @@ class SlowClients:
         while not self._stop.wait(1.0):
             for group, kind in ((self.slow, "slow"), (self.idle, "idle"), (self.headers, "headers")):
                 for i, s in enumerate(group):
+                    if s.fileno() == -1:
+                        continue  # closed earlier and not reopened: counted once, when the server closed it
                     closed = False
                     try:
                         data = s.recv(65536)

@@ -328,3 +328,34 @@ def test_listening_beyond_loopback_without_a_token_warns():
 
     assert warn_if_exposed("127.0.0.1", False) is None and warn_if_exposed("0.0.0.0", True) is None
     assert "WARNING" in warn_if_exposed("0.0.0.0", False) and "--token" in warn_if_exposed("0.0.0.0", False)
+
+
+def test_fake_server_slow_clients_count_each_closed_connection_once():
+    """The attack harness itself (against a fake loopback server that closes every connection at once): a closed
+    socket is counted when the server closed it, not again on every later drip pass (CI saw 9 of 5)."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    attack = SlowClients("127.0.0.1", listener.getsockname()[1], idle=2, slow=2, headers=3)
+    try:
+        deadline = time.monotonic() + 30
+        while sum(attack.closed.values()) < 7 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3.5)  # three more drip passes over the closed sockets
+    finally:
+        attack.close()
+        listener.close()
+    assert dict(attack.closed) == {"idle": 2, "slow": 2, "headers": 3}
