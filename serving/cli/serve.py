@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from shitu.hub_modules import MODULES
+from shitu.params import ParamError, merge
 from shitu.serving.cli.toolkit import EXIT_USAGE, fail, non_negative_int, positive_int
 from shitu.serving.hub.control import check_serve_args, hub_command, hub_home, install_modules, serving_config
+from shitu.serving.hub.serve_defaults import serve_defaults, usable_cores
 
 __all__ = ["register", "run_serve"]
 
@@ -35,13 +37,19 @@ def run_serve(args: argparse.Namespace) -> int:
     warning = warn_if_exposed(args.host, bool(os.environ.get(TOKEN_ENV)))
     if warning:
         print(warning, file=sys.stderr)
-    cfg = serving_config(modules, args.port, args.workers, init_args)
+    pick = serve_defaults(usable_cores(), args.workers, args.threads)  # explicit flags win; see serve_defaults
+    init_args["params"] = {"Global": {"cpu_num_threads": pick.threads}}
+    try:
+        merge(init_args["params"])
+    except ParamError as exc:  # e.g. --threads above the schema's bound: refused before anything starts
+        return fail(f"--threads: {exc}", EXIT_USAGE)
+    cfg = serving_config(modules, args.port, pick.workers, init_args)
     config_path = Path(args.config_out)
     config_path.write_text(json.dumps(cfg, indent=2))
     print(f"installing {', '.join(modules)} into {hub_home() / 'modules'}", file=sys.stderr)
     install_modules(modules)
-    print(f"hub serving start -c {config_path}  ({args.host}:{args.port}, {args.workers} worker(s))",
-          file=sys.stderr)
+    print(f"hub serving start -c {config_path}  ({args.host}:{args.port}, {pick.workers} worker(s) x "
+          f"{pick.threads} paddle thread(s))", file=sys.stderr)
     os.execv(hub_command()[0], [*hub_command(), "serving", "start", "-c", str(config_path)])
     return 0  # pragma: no cover - exec does not return
 
@@ -57,8 +65,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
     p.add_argument("--token", help="admin token for gallery changes (default: $SHITU_ADMIN_TOKEN); strongly "
                    "advised with --host beyond loopback")
-    p.add_argument("--workers", type=positive_int, default=1,
-                   help=">1: gunicorn multi-process mode with that many workers (default: %(default)s)")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help=">1: gunicorn multi-process mode with that many workers (default: from this machine's cores, "
+                        "see README Serving)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="paddle threads per worker, Global.cpu_num_threads (default: from this machine's cores and "
+                        "--workers, see README Serving)")
     p.add_argument("--modules", help=f"comma-separated subset of {','.join(MODULES)}")
     p.add_argument("--scenario", help="default scenario pack of the served modules")
     p.add_argument("--config-out", default="shitu_serving.json", help="where to write the config.json used")

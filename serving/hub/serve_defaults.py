@@ -1,0 +1,50 @@
+"""How many gunicorn workers and paddle threads ``shitu serve`` uses when it is not told: a rule keyed by cores.
+
+The rule, from ``benchmarks/bench_serving.py`` (workers x paddle threads on one machine, timed interleaved; see
+README "Serving"): a worker's forward gets ~1.7x faster from its second paddle thread (lower latency for every
+request) but not much from more, and a second worker only pays where it has cores of its own to use. So:
+
+- **threads per worker** = ``min(2, cores)`` (:data:`MAX_THREADS_PER_WORKER`);
+- **workers** = ``max(1, cores // threads)``: 1 core -> 1 x 1, 2 cores -> 1 x 2, 4 cores -> 2 x 2, 16 -> 8 x 2.
+
+An explicit ``--workers`` or ``--threads`` wins; the other one is derived so that workers x threads fits the cores
+(``--workers 2`` on 2 cores -> 1 thread each; ``--threads 1`` on 2 cores -> 2 workers). "Cores" are the ones this
+process may run on (``os.sched_getaffinity``: a container's or ``taskset``'s limit), else ``os.cpu_count()``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+__all__ = ["MAX_THREADS_PER_WORKER", "ServeDefaults", "serve_defaults", "usable_cores"]
+
+#: Paddle threads per worker beyond which the rule adds workers instead (measured: the second thread pays ~1.7x).
+MAX_THREADS_PER_WORKER = 2
+
+
+@dataclass(frozen=True)
+class ServeDefaults:
+    """Workers and paddle threads per worker (``Global.cpu_num_threads``) for ``hub serving``."""
+
+    workers: int
+    threads: int
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (affinity mask where the platform has one), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def serve_defaults(cores: int, workers: int | None = None, threads: int | None = None) -> ServeDefaults:
+    """The rule above for ``cores``; a given ``workers`` / ``threads`` (>= 1) is kept as it is."""
+    if cores < 1 or (workers is not None and workers < 1) or (threads is not None and threads < 1):
+        raise ValueError(f"cores, workers and threads must be >= 1 (got {cores}, {workers}, {threads})")
+    if threads is None:
+        share = cores // workers if workers is not None else cores
+        threads = max(1, min(MAX_THREADS_PER_WORKER, share))
+    if workers is None:
+        workers = max(1, cores // threads)
+    return ServeDefaults(workers, threads)
