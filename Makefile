@@ -46,9 +46,11 @@ test: $(VENV)/.stamp-dev system-deps peer-deps milvus-lite
 	$(PY) -m pytest -q tests
 
 ## make bench: the benchmark suite (tables on stdout, JSON in benchmarks/results/), then the tests that assert a
-## wall-clock bound (pytest -m timing; a plain pytest skips them).
-bench: $(VENV)/.stamp-dev
-	$(PY) benchmarks/run_all.py
+## wall-clock bound (pytest -m timing; a plain pytest skips them), then every figure as one table.
+## BENCH_ARGS: --quick (smaller sizes, ~15 min on 2 cores), --write-readme (regenerate the README's figures table).
+BENCH_ARGS ?=
+bench: $(VENV)/.stamp-dev system-deps milvus-lite
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_output build *.egg-info .pytest_cache

@@ -19,6 +19,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import describe, machine, percentile, table, write_json  # noqa: E402
 
 
+def summary_rows(out: dict, threads: int) -> list[dict]:
+    """Headline figures: each model's forward under the three runtimes (``make bench`` collects them)."""
+    rows = []
+    for key, what in (("det/b1", "detector forward"), ("rec/b1", "recogniser forward, batch 1"),
+                      ("rec/b6", "recogniser forward, batch 6")):
+        ms = [v["median_ms"] for k, v in out.items() if k.startswith(key + "/")]
+        rows.append({"what": f"{what}, paddle oneDNN off / on / onnxruntime, {threads} threads",
+                     "figure": " / ".join(f"{m:.1f}" for m in ms) + " ms"})
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=20)
@@ -69,7 +80,8 @@ def main() -> int:
                 out[f"{sub}/b{batch}/{name}"] = {"median_ms": med, "p95_ms": percentile(times, 95) * 1000,
                                                  "speedup_vs_paddle_off": base_ms / med, "max_abs_diff": diff}
     print(table(["model", "batch", "runtime", "median ms", "p95 ms", "speed-up vs oneDNN off", "max |diff|"], rows))
-    write_json("backends", {"machine": info, "threads": args.threads, "results": out}, args.json)
+    write_json("backends", {"machine": info, "threads": args.threads, "results": out,
+                            "summary": summary_rows(out, args.threads)}, args.json)
     return 0
 
 

@@ -34,6 +34,8 @@ def main() -> int:
     args = ap.parse_args()
     if not OFFICIAL.is_dir():
         print(f"skipped: {OFFICIAL} not found")
+        write_json("official_onednn", {"summary": [{"what": "official-format models", "figure": "skipped: "
+                                                    "../shared/official_format not found"}]}, args.json)
         return 0
     os.environ["SHITU_HOME"] = tempfile.mkdtemp(prefix="bench-onednn-")
 
@@ -78,6 +80,10 @@ def main() -> int:
                                   "median_ms_on": times["on"], "speedup": times["off"] / times["on"],
                                   "tried": record["tried"]})
     print(table(["export", "model", "oneDNN", "off ms", "on ms", "speed-up"], rows))
+    out["summary"] = [{"what": f"official-format {m['format']} {m['kind']}, oneDNN off / on "
+                               f"({'verified list' if m['verified'] else 'stays off'}), {args.threads} threads",
+                       "figure": f"{m['median_ms_off']:.1f} / {m['median_ms_on']:.1f} ms ({m['speedup']:.2f}x)"}
+                      for m in out["models"]] or [{"what": "official-format models", "figure": "none measured"}]
     write_json("official_onednn", out, args.json)
     return 0
 

@@ -151,6 +151,20 @@ def bench_serving(server, n_requests: int, tmp: Path) -> dict:
             hub_serving.stop(s.proc)
 
 
+def summary_rows(idx: list[dict], serving: dict, dim: int) -> list[dict]:
+    """Headline figures: Milvus vs local search per size and index, and nginx -> 2 instances vs 1 direct."""
+    rows = [{"what": f"gallery search on Milvus vs local faiss, {r['items']} x {dim}-d {r['index']}, one query per "
+                     "call", "figure": f"{r['milvus_median_ms']:.2f} vs {r['local_median_ms']:.2f} ms "
+                                       f"({r['latency_ratio']:.0f}x)"} for r in idx]
+    if serving and "skipped" not in serving:
+        rows.append({"what": "`image_recognition`, gallery on Milvus, 4 clients: nginx -> 2 instances vs 1 direct",
+                     "figure": f"{serving['nginx_2']['qps']:.1f} vs {serving['direct_1']['qps']:.1f} req/s "
+                               f"({serving['qps_gain']:.2f}x); proxy hop {serving['proxy_hop_ms']:+.2f} ms"})
+    elif serving:
+        rows.append({"what": "nginx -> 2 instances vs 1 direct", "figure": f"skipped: {serving['skipped']}"})
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10000,100000")
@@ -197,7 +211,8 @@ def main() -> int:
                           serving["nginx_2"]["p95_ms"]]]))
             print(f"proxy hop (GET /health, median): direct {serving['health_direct_ms']:.2f} ms, via nginx "
                   f"{serving['health_via_nginx_ms']:.2f} ms -> {serving['proxy_hop_ms']:.2f} ms per request")
-        write_json("scaleout", {"machine": info, "dim": args.dim, "index": idx, "serving": serving}, args.json)
+        write_json("scaleout", {"machine": info, "dim": args.dim, "index": idx, "serving": serving,
+                                "summary": summary_rows(idx, serving, args.dim)}, args.json)
     finally:
         server.stop()
     return 0

@@ -1,11 +1,17 @@
-"""Load on a real `hub serving` over loopback: latency p50/p95/p99 and throughput per concurrency.
+"""Load on a real `hub serving` over loopback, per workers x paddle threads: latency and throughput per concurrency.
 
-    python benchmarks/bench_serving.py [--requests 24] [--seconds 60] [--concurrency 1 2 4 8] [--json OUT]
+    python benchmarks/bench_serving.py [--requests 24] [--rounds 3] [--concurrency 1 2 4 8] [--workers 1 2]
+                                       [--threads 1 2] [--seconds 60] [--json OUT]
 
-Starts `hub serving` twice (one process; gunicorn with 2 workers, paddle threads per worker = 1), sends the same
-image_recognition request (a 640x480 photo, base64 JPEG) from N client threads, a bounded number of requests and
-seconds per level. Baseline in the same run: the same request handled in-process (RecognitionService.handle:
-base64 decode, pipeline, JSON-ready results), sequentially.
+Starts one `hub serving` per combination of workers (1: one process; >1: gunicorn) and paddle threads per worker
+(``Global.cpu_num_threads``; 4 as well where the machine has 4 cores), all at once, each with its own gallery of
+the demo photos, and sends the same image_recognition request (a 640x480 photo, base64 JPEG) from N client
+threads. The combinations are timed interleaved: ``--rounds`` passes, each giving every combination and
+concurrency level its share of ``--requests`` in turn (rotating who goes first), so all see the same machine.
+Reported per combination: req/s at concurrency 4 and p50 at concurrency 1, next to what ``shitu serve`` picks
+for this machine's cores (``shitu.serving.hub.serve_defaults``). Baseline in the same run: the same request
+handled in-process (RecognitionService.handle: base64 decode, pipeline, JSON-ready results), paired request by
+request with HTTP on the 1-worker, 2-thread server.
 """
 from __future__ import annotations
 
@@ -48,6 +54,7 @@ def fill_gallery(post) -> None:
 
 
 def load(url: str, body: dict, concurrency: int, requests_n: int, seconds: float) -> dict:
+    """``requests_n`` requests from ``concurrency`` client threads (at most ``seconds``): latencies, wall, errors."""
     import requests
 
     lat: list[float] = []
@@ -75,23 +82,119 @@ def load(url: str, body: dict, concurrency: int, requests_n: int, seconds: float
     with cf.ThreadPoolExecutor(concurrency) as pool:
         for f in [pool.submit(worker) for _ in range(concurrency)]:
             f.result()
-    wall = time.perf_counter() - t0
-    return {"requests": len(lat), "errors": errors, "p50_ms": percentile(lat, 50) * 1000,
-            "p95_ms": percentile(lat, 95) * 1000, "p99_ms": percentile(lat, 99) * 1000, "rps": len(lat) / wall}
+    return {"latencies": lat, "wall": time.perf_counter() - t0, "errors": errors}
+
+
+def stats(parts: list[dict]) -> dict:
+    """Latency percentiles and throughput over the rounds of one combination and level."""
+    lat = [x for p in parts for x in p["latencies"]]
+    wall = sum(p["wall"] for p in parts)
+    return {"requests": len(lat), "errors": sum(p["errors"] for p in parts), "p50_ms": percentile(lat, 50) * 1000,
+            "p95_ms": percentile(lat, 95) * 1000, "p99_ms": percentile(lat, 99) * 1000,
+            "rps": len(lat) / wall if wall else 0.0}
+
+
+def combo_name(workers: int, threads: int) -> str:
+    return f"{workers} worker{'s' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
+
+
+def paired_c1(url: str, body: dict, svc, n: int) -> dict:
+    """Concurrency 1, paired: each HTTP request is followed by the same request in-process, so both see the same
+    machine conditions (this VM's speed drifts by tens of percent over minutes)."""
+    import requests
+
+    session = requests.Session()
+    http_t, local_t = [], []
+    for _ in range(n):
+        t = time.perf_counter()
+        r = session.post(f"{url}/predict/image_recognition", json=body, timeout=300)
+        http_t.append(time.perf_counter() - t)
+        assert r.json()["status"] == "000", r.text
+        t = time.perf_counter()
+        svc.handle(dict(body))
+        local_t.append(time.perf_counter() - t)
+    paired = {"http_p50_ms": percentile(http_t, 50) * 1000, "in_process_p50_ms": percentile(local_t, 50) * 1000}
+    paired["ratio"] = paired["http_p50_ms"] / paired["in_process_p50_ms"]
+    return paired
+
+
+def start_servers(combos: list[tuple[int, int]], tmp: Path) -> dict:
+    """One ``hub serving`` per (workers, threads), each with its own SHITU_HOME; started together, then filled."""
+    import requests
+
+    from shitu.serving.hub import control as hub_serving
+
+    servers = {}
+    try:
+        for w, t in combos:
+            port = hub_serving.free_port()
+            cfg = tmp / f"config-{w}x{t}.json"
+            init = {"params": {"Global": {"cpu_num_threads": t}}}
+            cfg.write_text(json.dumps(hub_serving.serving_config(("image_recognition",), port, w, init)))
+            env = {**os.environ, "SHITU_HOME": str(tmp / f"shitu-{w}x{t}")}
+            servers[(w, t)] = (f"http://127.0.0.1:{port}",
+                               hub_serving.start(cfg, env=env, log_path=tmp / f"serving-{w}x{t}.log"))
+        for url, proc in servers.values():
+            hub_serving.wait_ready(url, proc)
+            fill_gallery(lambda p: requests.post(f"{url}/predict/image_recognition", json=p,
+                                                 timeout=300).json()["results"])
+    except BaseException:
+        stop_servers(servers)
+        raise
+    return servers
+
+
+def stop_servers(servers: dict) -> None:
+    from shitu.serving.hub import control as hub_serving
+
+    for _, proc in servers.values():
+        hub_serving.stop(proc)
+
+
+def summary_rows(grid: list[dict], paired: dict | None, pick: tuple[int, int], cores: int) -> list[dict]:
+    """The headline figures (``make bench`` collects them into one table)."""
+    rows = []
+    if paired:
+        rows.append({"what": "HTTP vs in-process at concurrency 1 (`bench_serving.py`, requests alternating)",
+                     "figure": f"{paired['ratio']:.3f}x ({paired['http_p50_ms']:.1f} vs "
+                               f"{paired['in_process_p50_ms']:.1f} ms)"})
+    for g in grid:
+        rows.append({"what": f"hub serving, {combo_name(g['workers'], g['threads'])}: req/s at concurrency 4, "
+                             f"p50 at concurrency 1",
+                     "figure": f"{g['rps_c4']:.1f} req/s, {g['p50_c1_ms']:.1f} ms"})
+    by = {(g["workers"], g["threads"]): g for g in grid}
+    one, two = by.get((1, 2)), by.get((2, 1))
+    if one and two and one["rps_c4"]:
+        rows.append({"what": "2 workers x 1 thread vs 1 worker x 2 threads, throughput at concurrency 4",
+                     "figure": f"{two['rps_c4'] / one['rps_c4']:.2f}x ({two['rps_c4']:.1f} vs "
+                               f"{one['rps_c4']:.1f} req/s)"})
+    if grid:
+        fastest = max(grid, key=lambda g: g["rps_c4"])
+        quickest = min(grid, key=lambda g: g["p50_c1_ms"])
+        rows.append({"what": f"`shitu serve` default for {cores} cores (serve_defaults) vs the measured best",
+                     "figure": f"{combo_name(*pick)}; most req/s at c=4: "
+                               f"{combo_name(fastest['workers'], fastest['threads'])}, lowest p50 at c=1: "
+                               f"{combo_name(quickest['workers'], quickest['threads'])}"})
+    return rows
 
 
 def main() -> int:
+    from shitu.serving.hub.serve_defaults import serve_defaults, usable_cores
+
+    cores = usable_cores()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=24, help="requests per concurrency level")
-    ap.add_argument("--seconds", type=float, default=60, help="time limit per concurrency level")
+    ap.add_argument("--requests", type=int, default=24, help="requests per combination and concurrency level")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved passes the requests are spread over")
+    ap.add_argument("--seconds", type=float, default=60, help="time limit per combination, level and round")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4] if cores >= 4 else [1, 2])
     ap.add_argument("--json")
     args = ap.parse_args()
+    levels = sorted(set(args.concurrency) | {1, 4})  # the two the grid reports
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     os.environ.setdefault("HUB_HOME", str(tmp / "hub"))
     os.environ.setdefault("SHITU_HOME", str(tmp / "shitu"))
-
-    import requests
 
     from shitu.serving.hub import control as hub_serving
     from shitu.serving.hub.service import RecognitionService
@@ -100,7 +203,7 @@ def main() -> int:
     body = payload()
     hub_serving.install_modules(("image_recognition",))
 
-    # Baseline: the same request in-process.
+    # Baseline: the same request in-process (default parameters: 2 paddle threads).
     svc = RecognitionService({})
     fill_gallery(lambda p: svc.handle(dict(p)))
     for _ in range(3):
@@ -111,58 +214,53 @@ def main() -> int:
         svc.handle(dict(body))
         base.append(time.perf_counter() - t)
     base_ms = percentile(base, 50) * 1000
-    print(describe(info, f"in-process baseline: median {base_ms:.1f} ms ({len(base)} requests)"))
-    results: dict = {"in_process": {"p50_ms": base_ms, "p95_ms": percentile(base, 95) * 1000,
-                                    "rps": 1000 / base_ms}}
-    rows = [["in-process", "-", 1, len(base), 0, base_ms, percentile(base, 95) * 1000,
+    pick = serve_defaults(cores)
+    print(describe(info, f"usable cores {cores}; in-process baseline: median {base_ms:.1f} ms ({len(base)} requests)"))
+    results: dict = {"in_process": {"p50_ms": base_ms, "p95_ms": percentile(base, 95) * 1000, "rps": 1000 / base_ms},
+                     "cores": cores, "serve_default": {"workers": pick.workers, "threads": pick.threads}}
+    combos = [(w, t) for w in args.workers for t in args.threads]
+    parts: dict = {(combo, c): [] for combo in combos for c in levels}
+    per_round = max(1, args.requests // max(1, args.rounds))
+    servers = start_servers(combos, tmp)
+    try:
+        for (w, _), (url, _) in servers.items():  # warm every worker up
+            load(url, body, max(2, w * 2), w * 4, args.seconds)
+        if (1, 2) in servers:
+            results["paired_c1"] = paired_c1(servers[(1, 2)][0], body, svc, args.requests)
+        for r in range(args.rounds):
+            order = combos[r % len(combos):] + combos[:r % len(combos)]
+            for combo in order:
+                for c in levels:
+                    parts[(combo, c)].append(load(servers[combo][0], body, c, per_round, args.seconds))
+    finally:
+        stop_servers(servers)
+    rows = [["in-process", "-", 2, 1, len(base), 0, base_ms, percentile(base, 95) * 1000,
              percentile(base, 99) * 1000, 1000 / base_ms, 1.0]]
-    for workers in (1, 2):
-        port = hub_serving.free_port()
-        cfg = tmp / f"config-{workers}.json"
-        cfg.write_text(json.dumps(hub_serving.serving_config(("image_recognition",), port, workers)))
-        proc = hub_serving.start(cfg, log_path=tmp / f"serving-{workers}.log")
-        url = f"http://127.0.0.1:{port}"
-        try:
-            hub_serving.wait_ready(url, proc)
-            fill_gallery(lambda p: requests.post(f"{url}/predict/image_recognition", json=p,
-                                                 timeout=300).json()["results"])
-            load(url, body, max(2, workers * 2), workers * 4, args.seconds)  # warm every worker up
-            if workers == 1:
-                # Concurrency 1, paired: each HTTP request is followed by the same request in-process, so both
-                # see the same machine conditions (this VM's speed drifts by tens of percent over minutes).
-                session = requests.Session()
-                http_t, local_t = [], []
-                for _ in range(args.requests):
-                    t = time.perf_counter()
-                    r = session.post(f"{url}/predict/image_recognition", json=body, timeout=300)
-                    http_t.append(time.perf_counter() - t)
-                    assert r.json()["status"] == "000", r.text
-                    t = time.perf_counter()
-                    svc.handle(dict(body))
-                    local_t.append(time.perf_counter() - t)
-                paired = {"http_p50_ms": percentile(http_t, 50) * 1000,
-                          "in_process_p50_ms": percentile(local_t, 50) * 1000}
-                paired["ratio"] = paired["http_p50_ms"] / paired["in_process_p50_ms"]
-                results["paired_c1"] = paired
-            for c in args.concurrency:
-                r = load(url, body, c, args.requests, args.seconds)
-                results[f"workers={workers}/c={c}"] = r
-                rows.append([f"hub serving", workers, c, r["requests"], r["errors"], r["p50_ms"], r["p95_ms"],
-                             r["p99_ms"], r["rps"], r["p50_ms"] / base_ms])
-        finally:
-            hub_serving.stop(proc)
-    print(table(["mode", "workers", "concurrency", "requests", "errors", "p50 ms", "p95 ms", "p99 ms", "req/s",
-                 "p50 / in-process"], rows))
-    one = results.get("workers=1/c=4", {}).get("rps")
-    two = results.get("workers=2/c=4", {}).get("rps")
+    grid = []
+    for (w, t) in combos:
+        for c in levels:
+            s = stats(parts[((w, t), c)])
+            results[f"workers={w}/threads={t}/c={c}"] = s
+            rows.append(["hub serving", w, t, c, s["requests"], s["errors"], s["p50_ms"], s["p95_ms"], s["p99_ms"],
+                         s["rps"], s["p50_ms"] / base_ms])
+        grid.append({"workers": w, "threads": t, "rps_c4": results[f"workers={w}/threads={t}/c=4"]["rps"],
+                     "p50_c1_ms": results[f"workers={w}/threads={t}/c=1"]["p50_ms"]})
+    results["grid"] = grid
+    print(table(["mode", "workers", "threads", "concurrency", "requests", "errors", "p50 ms", "p95 ms", "p99 ms",
+                 "req/s", "p50 / in-process"], rows))
+    print(f"\nworkers x paddle threads ({args.rounds} interleaved rounds; `shitu serve` on {cores} cores picks "
+          f"{combo_name(pick.workers, pick.threads)}):")
+    print(table(["workers", "threads", "req/s at c=4", "p50 ms at c=1", "shitu serve default"],
+                [[g["workers"], g["threads"], g["rps_c4"], g["p50_c1_ms"],
+                  "<-" if (g["workers"], g["threads"]) == (pick.workers, pick.threads) else ""] for g in grid]))
     paired = results.get("paired_c1")
     if paired:
         print(f"HTTP at concurrency 1, paired with in-process: p50 {paired['http_p50_ms']:.1f} ms vs "
               f"{paired['in_process_p50_ms']:.1f} ms = {paired['ratio']:.3f} x in-process (target <= 1.10)")
-    if one and two:
-        print(f"2 workers vs 1 at concurrency 4: {two / one:.2f} x throughput (target >= 1.6)")
-    write_json("serving", {"machine": info, "results": results}, args.json)
-    return 0
+    summary = summary_rows(grid, paired, (pick.workers, pick.threads), cores)
+    failed = sum(s["errors"] for k, s in results.items() if k.startswith("workers="))
+    write_json("serving", {"machine": info, "results": results, "summary": summary}, args.json)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

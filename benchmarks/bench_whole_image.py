@@ -89,8 +89,12 @@ def main() -> int:
     print()
     print(table(["setting", "right answers", "crops embedded", "sum of medians ms"],
                 [[s, f"{t['right']}/{len(queries)}", t["crops"], t["ms"]] for s, t in totals.items()]))
-    write_json("whole_image", {"machine": info, "repeat": args.repeat, "images": results, "totals": totals},
-               args.json)
+    summary = [{"what": f"`Global.append_whole_image` {' / '.join(totals)}: right answers of {len(queries)} demo "
+                        "queries", "figure": " / ".join(str(t["right"]) for t in totals.values())},
+               {"what": f"same settings: crops embedded, sum of median ms over the {len(queries)} queries",
+                "figure": " / ".join(f"{t['crops']} ({t['ms']:.0f} ms)" for t in totals.values())}]
+    write_json("whole_image", {"machine": info, "repeat": args.repeat, "images": results, "totals": totals,
+                               "summary": summary}, args.json)
     engine.close()
     return 0
 

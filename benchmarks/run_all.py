@@ -1,10 +1,18 @@
 """Run every benchmark in turn (``make bench``), then the tests that assert wall-clock bounds (``pytest -m timing``).
 
-Each benchmark prints its tables and writes ``benchmarks/results/<name>.json``; this script writes
-``benchmarks/results/run_all.json``: the machine, and per step its exit status, duration and results file.
+    python benchmarks/run_all.py [--quick] [--write-readme] [--only NAME ...]
+
+Each benchmark prints its tables and writes ``benchmarks/results/<script>.json`` (passed as ``--json``), whose
+``summary`` holds its headline figures. At the end this prints every step's figures as one table and writes
+``benchmarks/results/run_all.json``: the machine, the load average, per step its exit status, duration and results
+file, and that ``summary`` (``benchmarks/readme_table.py``). ``--write-readme`` then regenerates the README's
+Benchmarks figures table from it. ``--quick`` gives each step the smaller sizes of :data:`QUICK_ARGS` (the whole
+run in about 15 minutes on 2 cores; every figure is still printed, from fewer samples).
 """
 from __future__ import annotations
 
+import argparse
+import os
 import subprocess
 import sys
 import time
@@ -13,27 +21,72 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import RESULTS, machine, write_json  # noqa: E402
+from readme_table import collect, text_table, write_readme  # noqa: E402
 
 SUITE = ["bench_pipeline.py", "bench_backends.py", "bench_gallery_build.py", "bench_serving.py", "bench_index.py",
          "bench_whole_image.py", "bench_operating.py", "soak.py", "bench_official_onednn.py", "bench_scaleout.py"]
+SUITE.append("quality/run.py")  # recognition quality (#18): its figures join the table too
+#: ``--quick``: smaller sizes and fewer repeats per step (the same figures, from fewer samples).
+QUICK_ARGS = {
+    "bench_pipeline.py": ["--repeat", "8", "--batch-rounds", "2"],
+    "bench_backends.py": ["--repeat", "8"],
+    "bench_gallery_build.py": ["--images", "48", "--repeat", "1"],
+    "bench_serving.py": ["--requests", "12", "--rounds", "2", "--concurrency", "1", "4"],
+    "bench_index.py": ["--queries", "200", "--latency-queries", "100", "--batch-rounds", "2",
+                       "--measure-rebuild-max", "10000"],
+    "bench_whole_image.py": ["--repeat", "2"],
+    "bench_operating.py": ["--vectors", "5000"],
+    "soak.py": ["--seconds", "30"],
+    "bench_official_onednn.py": ["--repeat", "3"],
+    "bench_scaleout.py": ["--sizes", "10000", "--queries", "40", "--requests", "16"],
+    "quality/run.py": ["--skip-before"],
+}
 #: The test suite's timing checks (skipped by a plain ``pytest``): visibility across processes, live-video lag.
 TIMING_TESTS = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-m", "timing", str(HERE.parent / "tests")]
 
 
+def results_path(script: str) -> Path:
+    """Where ``run_all`` asks ``script`` to write its JSON: ``results/<script path, / as _, no .py>.json``."""
+    return RESULTS / (script.removesuffix(".py").replace("/", "_") + ".json")
+
+
 def _step(name: str, argv: list[str], results: Path | None) -> dict:
     print(f"\n===== {name} =====", flush=True)
+    if results is not None:
+        results.unlink(missing_ok=True)  # a failed step must not show an earlier run's figures
     started = time.perf_counter()
     code = subprocess.run(argv, cwd=HERE.parent).returncode
     return {"step": name, "exit_status": code, "seconds": round(time.perf_counter() - started, 1),
+            "expects_results": results is not None,
             "results": str(results.relative_to(HERE.parent)) if results and results.is_file() else None}
 
 
-def main() -> int:
-    steps = [_step(script, [sys.executable, str(HERE / script)], RESULTS / f"{Path(script).stem}.json")
-             for script in SUITE]
-    steps.append(_step("pytest -m timing", TIMING_TESTS, None))
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller sizes per step (QUICK_ARGS): ~15 min on 2 cores")
+    ap.add_argument("--write-readme", action="store_true", help="regenerate the README's Benchmarks table")
+    ap.add_argument("--only", nargs="+", metavar="SCRIPT", help="run these steps of the suite only")
+    args = ap.parse_args(argv)
+    unknown = sorted(set(args.only or ()) - set(SUITE))
+    if unknown:
+        ap.error(f"--only: not in the suite: {', '.join(unknown)}")
+    load = [os.getloadavg()[0]]
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    steps = [_step(script, [sys.executable, str(HERE / script), "--json", str(results_path(script)),
+                            *(QUICK_ARGS.get(script, []) if args.quick else [])], results_path(script))
+             for script in SUITE if not args.only or script in args.only]
+    if not args.only:
+        steps.append(_step("pytest -m timing", TIMING_TESTS, None))
+    load.append(os.getloadavg()[0])
     failed = [s["step"] for s in steps if s["exit_status"] != 0]
-    write_json("run_all", {"machine": machine(), "steps": steps, "failed": failed})
+    summary = collect(steps, HERE.parent)
+    run = {"machine": machine(), "started": started, "quick": args.quick, "load_average": load, "steps": steps,
+           "failed": failed, "summary": summary}
+    print("\n===== every figure of this run =====")
+    print(text_table(summary))
+    write_json("run_all", run)
+    if args.write_readme:
+        print("README regenerated" if write_readme(run) else "README already shows these figures")
     if failed:
         print(f"\nfailed: {', '.join(failed)}")
     return 1 if failed else 0

@@ -154,9 +154,17 @@ def main() -> int:
     print(table(["t (s)", "RSS MiB", "vs first"], [[round(t), r / 2**20, r / samples[0][1]] for t, r in samples]))
     for f in failures[:5]:
         print("failure:", f)
+    summary = [{"what": f"soak, {args.seconds:.0f} s, {args.clients} clients, {args.workers} workers: requests "
+                        "(recognitions, adds, removes), failed, adds lost, removes resurrected",
+                "figure": f"{total} ({counts['recognize']}, {counts['add']}, {counts['remove']}), {len(failures)} "
+                          f"failed, {len(lost)} lost, {len(resurrected)} resurrected"},
+               {"what": "soak: worker RSS, first -> last sample (all workers)",
+                "figure": f"{samples[0][1] / 2**20:.0f} -> {samples[-1][1] / 2**20:.0f} MiB "
+                          f"({samples[-1][1] / samples[0][1] - 1:+.0%})" if samples else "no sample"}]
     write_json("soak", {"machine": info, "counts": counts, "failures": failures, "lost": lost,
                         "resurrected": resurrected, "kept": len(set(added) - set(removed)), "rss": samples,
-                        "idle": args.idle, "slow": args.slow, "slow_answers": slow_answers}, args.json)
+                        "idle": args.idle, "slow": args.slow, "slow_answers": slow_answers, "summary": summary},
+               args.json)
     return 0 if not failures and not lost and not resurrected else 1
 
 

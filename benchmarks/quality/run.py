@@ -326,8 +326,18 @@ def main(argv: list[str] | None = None) -> int:
           "interleaved):")
     print(table(["settings", "alone R@1", "alone R@5", "scene R@1", "scene R@5", "oracle R@1", "oracle R@5",
                  "det recall", "score_thres", "accepted", "precision", "crops/scene", "ms/scene"], rows))
+    out["summary"] = quality_summary(out, [name for name, _ in runs if name in engines])
     write_json("quality", out, args.json)
     return 0
+
+
+def quality_summary(out: dict[str, Any], names: list[str]) -> list[dict[str, str]]:
+    """Headline figures per settings measured (``make bench`` collects them into one table)."""
+    return [{"what": f"recognition quality, {name} settings ({out['set']}): R@1 alone / in scenes, detector "
+                     "recall, precision of accepted answers, ms per scene",
+             "figure": f"{out[name]['alone_r1']:.3f} / {out[name]['scene_r1']:.3f}, {out[name]['det_recall']:.3f}, "
+                       f"{out[name]['precision_accepted']:.3f}, {out[name]['median_ms_per_scene']:.0f} ms"}
+            for name in names]
 
 
 def _is_per_request(name: str) -> bool:

@@ -1,0 +1,132 @@
+"""One table of every benchmark's headline figures, and the README's Benchmarks table regenerated from it.
+
+    python benchmarks/readme_table.py [--results benchmarks/results/run_all.json] [--readme README.md] [--check]
+
+Each benchmark's results JSON carries ``"summary": [{"what": ..., "figure": ...}, ...]`` (its headline figures);
+``benchmarks/run_all.py`` (``make bench``) gathers them with :func:`collect` into ``run_all.json``'s ``summary``
+and prints them with :func:`text_table`. This script (or ``run_all.py --write-readme``) replaces what lies between
+:data:`BEGIN` and :data:`END` in the README with :func:`markdown` of that run: the machine line, then one row per
+figure. ``--check`` only says whether the README already shows that run (exit 1 if not).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+RUN_ALL = HERE / "results" / "run_all.json"
+README = HERE.parent / "README.md"
+
+
+class SummaryError(ValueError):
+    """A results file's ``summary`` is not a list of ``{"what": str, "figure": str}``, or the README lacks markers."""
+
+
+def summary_of(data: dict[str, Any], source: str) -> list[dict[str, str]]:
+    """The ``summary`` rows of one results JSON, checked."""
+    rows = data.get("summary")
+    if not isinstance(rows, list) or not rows:
+        raise SummaryError(f"{source}: no \"summary\" list of {{\"what\", \"figure\"}} rows")
+    for i, row in enumerate(rows):
+        if not (isinstance(row, dict) and isinstance(row.get("what"), str) and isinstance(row.get("figure"), str)):
+            raise SummaryError(f"{source}: summary row {i} is not {{\"what\": str, \"figure\": str}}: {row!r}")
+    return [{"what": r["what"], "figure": r["figure"]} for r in rows]
+
+
+def collect(steps: list[dict[str, Any]], root: Path) -> list[dict[str, str]]:
+    """One row per figure of every step (``step``, ``what``, ``figure``), in suite order. A step that failed, wrote
+    no results or no valid summary gets one row saying so, so the table never silently drops a benchmark."""
+    out: list[dict[str, str]] = []
+    for step in steps:
+        name, results = step["step"], step.get("results")
+        if results is None:
+            status = "passed" if step["exit_status"] == 0 else f"FAILED (exit status {step['exit_status']})"
+            out.append({"step": name, "what": "(no results file)" if step.get("expects_results", True) else name,
+                        "figure": status})
+            continue
+        try:
+            rows = summary_of(json.loads((root / results).read_text()), results)
+        except (OSError, ValueError) as exc:
+            rows = [{"what": "(no summary)", "figure": str(exc)[:200]}]
+        if step["exit_status"] != 0:
+            rows = [*rows, {"what": "(step failed)", "figure": f"exit status {step['exit_status']}"}]
+        out.extend({"step": name, **r} for r in rows)
+    return out
+
+
+def machine_line(run: dict[str, Any]) -> str:
+    """``make bench`` run on <date>, <mode>: CPU, cores, Python, paddle, load average."""
+    m = run.get("machine", {})
+    parts = [f"{m['cpu']}" if "cpu" in m else None, f"{m['cores']} cores" if "cores" in m else None,
+             f"Python {m['python']}" if "python" in m else None, f"paddle {m['paddle']}" if "paddle" in m else None]
+    load = run.get("load_average")
+    if load:
+        parts.append(f"load average {load[0]:.1f} at the start, {load[1]:.1f} at the end")
+    mode = "`make bench` (`--quick`)" if run.get("quick") else "`make bench`"
+    when = f" on {run['started']}" if run.get("started") else ""
+    return f"Figures from one {mode} run{when}: " + ", ".join(p for p in parts if p) + "."
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(run: dict[str, Any]) -> str:
+    """The block between the markers: the machine line and a ``| benchmark | what | figure |`` table."""
+    lines = [machine_line(run), "", "| benchmark | what | figure |", "|---|---|---|"]
+    lines += [f"| `{_cell(r['step'])}` | {_cell(r['what'])} | {_cell(r['figure'])} |" for r in run.get("summary", [])]
+    return "\n".join(lines)
+
+
+def replace_block(readme: str, block: str) -> str:
+    """``readme`` with the text between :data:`BEGIN` and :data:`END` (exactly one pair, in order) set to ``block``."""
+    if readme.count(BEGIN) != 1 or readme.count(END) != 1 or readme.index(BEGIN) > readme.index(END):
+        raise SummaryError(f"the README needs exactly one {BEGIN} ... {END} pair")
+    head, rest = readme.split(BEGIN)
+    _, tail = rest.split(END)
+    return f"{head}{BEGIN}\n{block}\n{END}{tail}"
+
+
+def text_table(rows: list[dict[str, str]]) -> str:
+    """The collected figures as one plain-text table (what ``make bench`` prints last)."""
+    from shitu.serving.cli.toolkit import table
+
+    return table([[r["step"], r["what"], r["figure"]] for r in rows], ["benchmark", "what", "figure"])
+
+
+def write_readme(run: dict[str, Any], readme: Path = README) -> bool:
+    """Regenerate the README's block from ``run``; True if the file changed."""
+    old = readme.read_text()
+    new = replace_block(old, markdown(run))
+    if new != old:
+        readme.write_text(new)
+    return new != old
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", type=Path, default=RUN_ALL, help="run_all.json of a `make bench` run")
+    ap.add_argument("--readme", type=Path, default=README)
+    ap.add_argument("--check", action="store_true", help="exit 1 if the README does not show this run")
+    args = ap.parse_args(argv)
+    try:
+        run = json.loads(args.results.read_text())
+        if args.check:
+            current = args.readme.read_text()
+            same = replace_block(current, markdown(run)) == current
+            print("the README shows this run" if same else f"the README does not show {args.results}")
+            return 0 if same else 1
+        changed = write_readme(run, args.readme)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.readme}: {'regenerated' if changed else 'already up to date'} from {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
