@@ -200,6 +200,7 @@ def main() -> int:
     from shitu.serving.hub.service import RecognitionService
 
     info = machine()
+    load_average = [os.getloadavg()[0]]  # other jobs on the machine: said with the figures
     body = payload()
     hub_serving.install_modules(("image_recognition",))
 
@@ -234,6 +235,8 @@ def main() -> int:
                     parts[(combo, c)].append(load(servers[combo][0], body, c, per_round, args.seconds))
     finally:
         stop_servers(servers)
+    load_average.append(os.getloadavg()[0])
+    results["load_average"] = load_average
     rows = [["in-process", "-", 2, 1, len(base), 0, base_ms, percentile(base, 95) * 1000,
              percentile(base, 99) * 1000, 1000 / base_ms, 1.0]]
     grid = []
@@ -248,8 +251,8 @@ def main() -> int:
     results["grid"] = grid
     print(table(["mode", "workers", "threads", "concurrency", "requests", "errors", "p50 ms", "p95 ms", "p99 ms",
                  "req/s", "p50 / in-process"], rows))
-    print(f"\nworkers x paddle threads ({args.rounds} interleaved rounds; `shitu serve` on {cores} cores picks "
-          f"{combo_name(pick.workers, pick.threads)}):")
+    print(f"\nworkers x paddle threads ({args.rounds} interleaved rounds, load average {load_average[0]:.1f} -> "
+          f"{load_average[1]:.1f}; `shitu serve` on {cores} cores picks {combo_name(pick.workers, pick.threads)}):")
     print(table(["workers", "threads", "req/s at c=4", "p50 ms at c=1", "shitu serve default"],
                 [[g["workers"], g["threads"], g["rps_c4"], g["p50_c1_ms"],
                   "<-" if (g["workers"], g["threads"]) == (pick.workers, pick.threads) else ""] for g in grid]))

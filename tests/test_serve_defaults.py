@@ -104,3 +104,25 @@ def test_serve_writes_the_rule_for_its_cores_real(tmp_path):
     finally:
         hub_serving.stop(proc)
     assert "1 worker(s) x 1 paddle thread(s)" in (tmp_path / "log").read_text()
+
+
+def test_cpu_quota_caps_the_usable_cores(tmp_path):
+    from shitu.serving.hub.serve_defaults import cpu_quota
+
+    affinity = len(os.sched_getaffinity(0))
+    assert cpu_quota(tmp_path) is None and usable_cores(tmp_path) == affinity  # no cgroup files: affinity only
+    (tmp_path / "cpu.max").write_text("max 100000\n")  # cgroup v2, no quota
+    assert cpu_quota(tmp_path) is None and usable_cores(tmp_path) == affinity
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # docker --cpus=0.5
+    assert cpu_quota(tmp_path) == 0.5 and usable_cores(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # 1.5 cores: rounded up
+    assert usable_cores(tmp_path) == min(affinity, 2)
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")  # cgroup v1, no quota
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_quota(tmp_path) is None
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    assert cpu_quota(tmp_path) == 1.0 and usable_cores(tmp_path) == 1
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("garbage\n")
+    assert cpu_quota(tmp_path) is None
