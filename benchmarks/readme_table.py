@@ -99,7 +99,9 @@ def text_table(rows: list[dict[str, str]]) -> str:
 
 
 def write_readme(run: dict[str, Any], readme: Path = README) -> bool:
-    """Regenerate the README's block from ``run``; True if the file changed."""
+    """Regenerate the README's block from ``run`` (a whole suite's run); True if the file changed."""
+    if run.get("only"):
+        raise SummaryError(f"a run of some steps only ({', '.join(run['only'])}) does not replace the README's table")
     old = readme.read_text()
     new = replace_block(old, markdown(run))
     if new != old:

@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.only or ()) - set(SUITE))
     if unknown:
         ap.error(f"--only: not in the suite: {', '.join(unknown)}")
+    if args.only and args.write_readme:
+        ap.error("--write-readme needs the whole suite (the README shows one complete run), not --only")
     load = [os.getloadavg()[0]]
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     steps = [_step(script, [sys.executable, str(HERE / script), "--json", str(results_path(script)),
@@ -80,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     load.append(os.getloadavg()[0])
     failed = [s["step"] for s in steps if s["exit_status"] != 0]
     summary = collect(steps, HERE.parent)
-    run = {"machine": machine(), "started": started, "quick": args.quick, "load_average": load, "steps": steps,
-           "failed": failed, "summary": summary}
+    run = {"machine": machine(), "started": started, "quick": args.quick, "only": args.only, "load_average": load,
+           "steps": steps, "failed": failed, "summary": summary}
     print("\n===== every figure of this run =====")
     print(text_table(summary))
     write_json("run_all", run)

@@ -138,3 +138,38 @@ def test_serving_summary_names_each_combination_and_the_default():
     assert any(r["figure"].startswith("1.050x (84.0 vs 80.0 ms)") for r in rows)
     assert "1 worker x 2 threads; most req/s at c=4: 2 workers x 1 thread, lowest p50 at c=1: 1 worker x 2 threads" \
         in figures["`shitu serve` default for 2 cores (serve_defaults) vs the measured best"]
+
+
+def test_run_all_prints_one_table_and_writes_it_on_a_tiny_fake_suite(tmp_path, monkeypatch, capsys):
+    """run_all.main end to end on two stand-in scripts (fakes of benchmarks: one writes a summary, one fails before
+    writing anything), with --quick args passed and a stale results file removed first."""
+    import common
+
+    fake = tmp_path / "benchmarks"
+    (fake / "results").mkdir(parents=True)
+    (fake / "ok.py").write_text(
+        "import argparse, json\nap = argparse.ArgumentParser()\nap.add_argument('--json')\nap.add_argument('--n')\n"
+        "a = ap.parse_args()\njson.dump({'summary': [{'what': 'n was', 'figure': a.n}]}, open(a.json, 'w'))\n")
+    (fake / "broken.py").write_text("raise SystemExit(3)\n")
+    (fake / "results" / "broken.json").write_text(json.dumps({"summary": [{"what": "stale", "figure": "old"}]}))
+    monkeypatch.setattr(run_all, "HERE", fake)
+    monkeypatch.setattr(run_all, "RESULTS", fake / "results")
+    monkeypatch.setattr(common, "RESULTS", fake / "results")
+    monkeypatch.setattr(run_all, "SUITE", ["ok.py", "broken.py"])
+    monkeypatch.setattr(run_all, "QUICK_ARGS", {"ok.py": ["--n", "7"]})
+    assert run_all.main(["--quick", "--only", "ok.py", "broken.py"]) == 1
+    out = capsys.readouterr().out
+    table = out.split("===== every figure of this run =====")[1]
+    assert "ok.py" in table and "n was" in table and "7" in table and "FAILED (exit status 3)" in table
+    assert "stale" not in table and "failed: broken.py" in out
+    run = json.loads((fake / "results" / "run_all.json").read_text())
+    assert run["quick"] is True and run["failed"] == ["broken.py"] and len(run["load_average"]) == 2
+    assert run["summary"][0] == {"step": "ok.py", "what": "n was", "figure": "7"}
+    with pytest.raises(readme_table.SummaryError, match="some steps only"):
+        readme_table.write_readme(run, tmp_path / "README.md")
+    with pytest.raises(SystemExit):
+        run_all.main(["--only", "nosuch.py"])
+    assert "not in the suite: nosuch.py" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_all.main(["--only", "ok.py", "--write-readme"])
+    assert "--write-readme needs the whole suite" in capsys.readouterr().err
