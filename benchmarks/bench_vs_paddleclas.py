@@ -273,7 +273,8 @@ def main() -> int:
               f"same labels on {agree} of {len(images)} photos")
         print(table(["stage (median per photo)", "shitu-hub ms", "PaddleClas ms", "ours / theirs"], rows))
         out["settings"][setting] = {"verified": verified, "paddleclas_onednn_effective": theirs_onednn,
-                                    "same_labels": agree, "photos": len(images), "median_ms": med, "ours_over_theirs": {r[0]: r[3] for r in rows}}
+                                    "same_labels": agree, "photos": len(images), "median_ms": med,
+                                    "ours_over_theirs": {r[0]: r[3] for r in rows}}
         e2e = med["ours"]["e2e"] / med["theirs"]["e2e"]
         summary.append({"what": f"shitu-hub / PaddleClas predict_system end-to-end, oneDNN {setting}, "
                                 f"{args.threads} threads",
