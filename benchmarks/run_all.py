@@ -15,7 +15,8 @@ sys.path.insert(0, str(HERE))
 from common import RESULTS, machine, write_json  # noqa: E402
 
 SUITE = ["bench_pipeline.py", "bench_backends.py", "bench_gallery_build.py", "bench_serving.py", "bench_index.py",
-         "bench_whole_image.py", "bench_operating.py", "soak.py", "bench_official_onednn.py", "bench_scaleout.py"]
+         "bench_whole_image.py", "bench_operating.py", "soak.py", "bench_official_onednn.py", "bench_scaleout.py",
+         "bench_vs_paddleclas.py"]
 #: The test suite's timing checks (skipped by a plain ``pytest``): visibility across processes, live-video lag.
 TIMING_TESTS = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-m", "timing", str(HERE.parent / "tests")]
 
