@@ -48,9 +48,9 @@ class BulkEmbedder:
     def __init__(self, extractor: FeatureExtractor, params: Any):
         self.extractor = extractor
         self.params = params
-        options = extractor.predictor.options
-        self.copies = 1 if options.use_gpu else max(1, min(options.cpu_threads, MAX_COPIES))
-        self._threads = max(1, options.cpu_threads // self.copies)
+        options = getattr(extractor.predictor, "options", None)  # None: a stand-in predictor, used as it is
+        self.copies = 1 if options is None or options.use_gpu else max(1, min(options.cpu_threads, MAX_COPIES))
+        self._threads = max(1, options.cpu_threads // self.copies) if options is not None else 1
         self._workers: list[FeatureExtractor] = []
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
