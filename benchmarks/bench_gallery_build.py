@@ -11,10 +11,16 @@ through the bulk embedder that ``shitu gallery build`` and ``Engine.gallery_buil
 single-thread copies of the recogniser running at once: ``shitu.serving.engine.bulk``). Reading, hashing, decoding
 (overlapped with the forwards) and the one gallery commit are included in every mode. The JSON's ``summary`` holds
 the headline ratios.
+
+Paddle's OpenMP runtime (``libiomp5``) keeps its threads spinning for ``KMP_BLOCKTIME`` (200 ms by default) after
+each forward; one image at a time through a 2-thread predictor therefore burns CPU between images (measured on the
+shared VM: 38 CPU ms per image vs 14 with ``KMP_BLOCKTIME=0``), and the single-thread copies avoid most of it. Run
+with ``KMP_BLOCKTIME=0`` to compare the modes without that spin (the JSON records the setting).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -112,7 +118,8 @@ def main() -> int:
                {"what": f"gallery build CPU ms per image, one at a time / {rows[-1][0]}, {backend}",
                 "figure": f"{rows[0][6] / rows[-1][6]:.2f}x ({rows[0][6]:.1f} vs {rows[-1][6]:.1f} ms)"}]
     write_json(f"gallery_build-{backend}" if backend != "paddle" else "gallery_build",
-               {"machine": info, "backend": backend, "batch": args.batch, "results": out, "summary": summary},
+               {"machine": info, "backend": backend, "batch": args.batch, "results": out, "summary": summary,
+                "KMP_BLOCKTIME": os.environ.get("KMP_BLOCKTIME")},
                args.json)
     return 0
 
