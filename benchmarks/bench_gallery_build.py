@@ -66,6 +66,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-build-"))
     make_tree(tmp / "images", args.images)
     entries = scan_folder(tmp / "images")
+    if any("=" not in kv for kv in args.param):
+        ap.error("--param takes KEY=VALUE (a Global parameter), e.g. rec_backend=onnxruntime")
     overrides = dict(kv.split("=", 1) for kv in args.param)
     engine = load_engine(params={"Global": {k: yaml_value(v) for k, v in overrides.items()}})
     bulk = BulkEmbedder(engine.extractor, engine.params)
