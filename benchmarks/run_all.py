@@ -24,7 +24,8 @@ from common import RESULTS, machine, write_json  # noqa: E402
 from readme_table import collect, text_table, write_readme  # noqa: E402
 
 SUITE = ["bench_pipeline.py", "bench_backends.py", "bench_gallery_build.py", "bench_serving.py", "bench_index.py",
-         "bench_whole_image.py", "bench_operating.py", "soak.py", "bench_official_onednn.py", "bench_scaleout.py"]
+         "bench_whole_image.py", "bench_operating.py", "soak.py", "bench_official_onednn.py", "bench_scaleout.py",
+         "bench_vs_paddleclas.py"]
 SUITE.append("quality/run.py")  # recognition quality (#18): its figures join the table too
 #: ``--quick``: smaller sizes and fewer repeats per step (the same figures, from fewer samples).
 QUICK_ARGS = {
@@ -40,6 +41,7 @@ QUICK_ARGS = {
     "bench_official_onednn.py": ["--repeat", "3"],
     "bench_scaleout.py": ["--sizes", "10000", "--queries", "40", "--requests", "16"],
     "quality/run.py": ["--skip-before"],
+    "bench_vs_paddleclas.py": ["--repeat", "1"],
 }
 #: The test suite's timing checks (skipped by a plain ``pytest``): visibility across processes, live-video lag.
 TIMING_TESTS = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-m", "timing", str(HERE.parent / "tests")]

@@ -27,6 +27,7 @@ from shitu.serving.engine.extraction import FeatureExtractor
 from shitu.serving.engine.open_galleries import OpenGalleries
 from shitu.model_spec import ModelSpec
 from shitu.serving.engine.batched import recognize_many
+from shitu.serving.engine.bulk import BulkEmbedder
 from shitu.serving.engine.pipeline import SearchIndex, accepted_matches, recognize, search_options
 from shitu.serving.engine.predictor import RuntimeOptions
 from shitu.serving.engine.results import Detections, Match, Recognition
@@ -68,6 +69,7 @@ class Engine:
         self.default_gallery = default_gallery
         self._galleries = OpenGalleries(self.params["Limits.max_open_galleries"])
         self._lock = threading.Lock()
+        self._bulk = BulkEmbedder(self.extractor, self.params)  # gallery builds; copies made on first use
 
     # -- parameters ----------------------------------------------------------------------------------------------
     def request_params(self, overrides: dict[str, Any] | None = None) -> Params:
@@ -177,6 +179,7 @@ class Engine:
     def close(self) -> None:
         with self._lock:
             self._galleries.close()
+        self._bulk.close()
 
     # -- operations ----------------------------------------------------------------------------------------------
     def detect(self, images: Sequence[np.ndarray], **overrides: Any) -> list[Detections]:
@@ -186,6 +189,11 @@ class Engine:
     def embed(self, images: Sequence[np.ndarray], **overrides: Any) -> np.ndarray:
         """Whole images -> embeddings ``[n, d]``."""
         return self.extractor.embed(list(images), self.request_params(overrides))
+
+    def embed_bulk(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Whole images -> embeddings ``[n, d]`` for gallery builds: each call's images split over single-thread
+        copies of the recogniser running at once (:mod:`shitu.serving.engine.bulk`); equal to :meth:`embed`."""
+        return self._bulk(images)
 
     def extract(self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[Sequence[float]]] | None = None,
                 **overrides: Any) -> list[np.ndarray]:

@@ -248,5 +248,7 @@ def build_from_source(
 
 
 def embed_images_fn(engine: Any) -> EmbedFn:
-    """``engine.embed`` as an ``embed_fn``."""
-    return lambda images: engine.embed(images)
+    """The engine's bulk embedding (``Engine.embed_bulk``: batches split over single-thread recogniser copies) as an
+    ``embed_fn``; ``engine.embed`` for an engine without one."""
+    bulk = getattr(engine, "embed_bulk", None)
+    return bulk if bulk is not None else (lambda images: engine.embed(images))
