@@ -119,3 +119,33 @@ def test_auto_backend_choice_rules(models_dir, monkeypatch):
     assert runtimes.resolve_backend("onnxruntime", replace(spec, onnx_file=None)) == "onnxruntime"
     monkeypatch.setattr(runtimes, "onnxruntime_installed", lambda: False)
     assert runtimes.resolve_backend("auto", spec) == "paddle"
+
+
+def test_plugins_verify_runs_each_model_on_the_runtime_that_serves_it_real(capsys):
+    """`shitu plugins verify` runs the models in child processes on paddle.inference (the oneDNN check) and, for a
+    model that ships its ONNX file, on onnxruntime too: `auto` serves those on onnxruntime."""
+    from shitu.serving.cli import main
+
+    assert main(["plugins", "verify", "general-lite"]) == 0
+    out = capsys.readouterr().out
+    for role in ("detector", "recognizer"):
+        line = next(ln for ln in out.splitlines() if f"(run {role}, onnxruntime)" in ln)
+        assert " ok " in f" {line} " and "onnxruntime model.onnx" in line, line
+
+
+def test_a_crash_on_onnxruntime_refuses_the_pack_fake_child(monkeypatch):
+    """Beside the real check above: a child that dies on onnxruntime (faked here) refuses the pack like a paddle
+    crash does, naming the model and the runtime."""
+    from shitu.plugins import registry, runtime_check
+
+    def child(entry, root, onednn, timeout, backend="paddle"):
+        if backend == "onnxruntime":
+            return {"status": "crashed", "detail": "the process was killed by SIGSEGV while loading or running it"}
+        return {"status": "ok", "detail": "paddle.inference"}
+
+    monkeypatch.setattr(runtime_check, "_run_child", child)
+    pack = registry.find_pack("general-lite", None)
+    results = runtime_check.check_models(pack._m, pack.root)
+    assert results["detector"]["status"] == "ok" and results["detector"]["onnxruntime"]["status"] == "crashed"
+    msg = runtime_check.refusal(pack._m, results, "general-lite 1.1.0")
+    assert msg and "models.detector" in msg and "on onnxruntime" in msg and "SIGSEGV" in msg
