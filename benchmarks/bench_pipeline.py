@@ -96,7 +96,8 @@ def compare_runtimes(engine, args, results: dict) -> dict:
     print("\nend-to-end / sum of the fastest isolated forwards (target <= 1.2x):")
     print(table(["photo", "e2e ms", "fastest det", "fastest rec", "ratio"],
                 [[n, r["e2e_ms"], f"{r['fastest_det']}: {r['fastest_det_ms']:.1f}",
-                  f"{r['fastest_rec']}: {r['fastest_rec_ms']:.1f}", f"{r['ratio']:.2f}x"] for n, r in ratios.items()]))
+                  f"{r['fastest_rec']}: {r['fastest_rec_ms']:.1f}", f"{r['ratio']:.2f}x"]
+                 for n, r in ratios.items()]))
     home = Path(os.environ["SHITU_HOME"])
     engines = {"auto (default)" if args.backend == "auto" else f"{args.backend} / {args.backend}": engine}
     for label, (det, rec) in CANDIDATES.items():
@@ -215,9 +216,9 @@ def main() -> int:
     runtimes = compare_runtimes(engine, args, results)
     summary = summary_rows(engine, results, multi, runtimes)
     print("\n" + table(["what", "figure"], [[r["what"], r["figure"]] for r in summary]))
-    write_json("pipeline" if args.backend == "auto" else f"pipeline-{args.backend}", {"machine": info, "repeat": args.repeat, "backend": args.backend,
-                                            "images": results, "multi_image": multi, "runtimes": runtimes,
-                                            "summary": summary}, args.json)
+    name = "pipeline" if args.backend == "auto" else f"pipeline-{args.backend}"
+    write_json(name, {"machine": info, "repeat": args.repeat, "backend": args.backend, "images": results,
+                      "multi_image": multi, "runtimes": runtimes, "summary": summary}, args.json)
     engine.close()
     return 0
 

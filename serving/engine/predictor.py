@@ -213,7 +213,8 @@ class _OnnxBackend(_Backend):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise PredictorError("the onnxruntime backend needs onnxruntime: `pip install \"shitu-hub[serving]\"`") from None
+            raise PredictorError("the onnxruntime backend needs onnxruntime: "
+                                 "`pip install \"shitu-hub[serving]\"`") from None
         so = ort.SessionOptions()
         so.intra_op_num_threads = options.cpu_threads
         so.inter_op_num_threads = 1
