@@ -60,19 +60,33 @@ CANDIDATES = {"auto (default)": ("auto", "auto"), "paddle / paddle": ("paddle", 
               "onnxruntime / paddle": ("onnxruntime", "paddle"), "paddle / onnxruntime": ("paddle", "onnxruntime")}
 
 
-def isolated_table(engine: Any, image: np.ndarray, rec_batches: Iterable[int], threads: Iterable[int], repeat: int
-                   ) -> dict[str, Any]:
-    """The median ms of every runtime x threads combination per model and input shape of the pipeline: the
-    detector's one image, the recogniser's batches of N crops (``rec_batches``: boxes per photo incl. the whole
-    image), each model timed alone."""
+def isolated_and_ratios(engine: Any, requests: dict[str, tuple[Callable[[], Any], int]], image: np.ndarray,
+                        threads: Iterable[int], repeat: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(isolated, ratios).
+
+    ``isolated``: per model and input shape of the pipeline (the detector's one image; the recogniser's batch of N
+    crops, N = boxes of a photo incl. the whole image), the median ms of every runtime x threads combination, each
+    model alone, interleaved. ``ratios``: per photo of ``requests`` (name -> (one end-to-end request, N)), its
+    end-to-end median over the sum of the fastest detector and recogniser forwards for its shapes, the three timed
+    interleaved in the same rounds (so load on a shared machine hits them alike)."""
     threads = list(threads)
     det_preds = predictors(engine.detector.spec, threads)
     rec_preds = predictors(engine.extractor.spec, threads)
     det_x = engine.detector.transforms(image).image[None]  # the embedded detector's one input
     crop = engine.extractor.transforms(image).image[None]
-    return {"det": {"b1": time_isolated(det_preds, det_x, repeat)},
-            "rec": {f"b{b}": time_isolated(rec_preds, np.repeat(crop, b, axis=0), repeat)
-                    for b in sorted(set(rec_batches))}}
+    rec_x = {b: np.repeat(crop, b, axis=0) for b in sorted({n for _, n in requests.values()})}
+    isolated = {"det": {"b1": time_isolated(det_preds, det_x, repeat)},
+                "rec": {f"b{b}": time_isolated(rec_preds, x, repeat) for b, x in rec_x.items()}}
+    det_k = fastest(isolated["det"]["b1"])[0]
+    ratios = {}
+    for name, (request, n) in requests.items():
+        rec_k = fastest(isolated["rec"][f"b{n}"])[0]
+        det_p, rec_p = det_preds[det_k], rec_preds[rec_k]
+        m = interleaved({"e2e": request, "det": partial(det_p.run, {det_p.input_names[0]: det_x}),
+                         "rec": partial(rec_p.run, {rec_p.input_names[0]: rec_x[n]})}, repeat)
+        ratios[name] = {"e2e_ms": m["e2e"], "fastest_det": det_k, "fastest_det_ms": m["det"], "fastest_rec": rec_k,
+                        "fastest_rec_ms": m["rec"], "rec_batch": n, "ratio": m["e2e"] / (m["det"] + m["rec"])}
+    return isolated, ratios
 
 
 def time_candidates(engines: dict[str, Any], image: np.ndarray, gallery: Any, repeat: int) -> dict[str, float]:
