@@ -6,9 +6,9 @@
 - onnxruntime is installed (it comes with ``pip install "shitu-hub[serving]"``);
 - the model runs on the CPU (``Global.use_gpu`` off: the onnxruntime backend here is CPU-only).
 
-Why: on the embedded general-lite models onnxruntime is the fastest isolated forward for both models and the
-fastest pipeline end to end, with the same boxes and embeddings as paddle.inference (cosine >= 0.9999; see
-``benchmarks/bench_pipeline.py`` and ``tests/test_runtime_parity.py``). Official PP-ShiTu models ship no ONNX file,
+Why: on the embedded general-lite models onnxruntime gives the fastest detector forward, the recogniser is close
+on either runtime, and both on onnxruntime make the fastest pipeline end to end (``benchmarks/bench_pipeline.py``),
+with the same boxes and embeddings as paddle.inference (cosine >= 0.9999, ``tests/test_runtime_parity.py``). Official PP-ShiTu models ship no ONNX file,
 so they stay on paddle.inference (with the oneDNN pass list verified on them). An explicit ``paddle`` or
 ``onnxruntime`` (a user's ``--param``, ``config.json``, or a pack's ``params``) is used as given.
 """
