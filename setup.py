@@ -74,6 +74,8 @@ ENGINE = [
     # paddlehub depends on opencv-python; the headless wheel would share its cv2/ folder, so use this one.
     "opencv-python>=4.8",
     "faiss-cpu>=1.8",
+    # Global.det_backend / rec_backend `auto`: the embedded models run fastest on onnxruntime (same answers).
+    "onnxruntime>=1.17",
 ]
 
 setup(
@@ -98,7 +100,7 @@ setup(
     extras_require={
         # `pip install "shitu-hub[serving]"`: the engine (paddle.inference, OpenCV, faiss) and PaddleHub serving.
         "serving": ENGINE + SERVING_PINS,
-        "onnx": ["onnxruntime>=1.17"],
+        "onnx": ["onnxruntime>=1.17"],  # kept for old install lines: `serving` now brings onnxruntime
         # Galleries on Milvus (milvus://host:port/collection). pymilvus 2.6+ needs protobuf>=5, which paddlehub's
         # protobuf==3.20.3 pin excludes; 2.5 speaks the same gRPC API to Milvus 2.5 / 2.6 servers.
         "milvus": ["pymilvus>=2.5.18,<2.6"],

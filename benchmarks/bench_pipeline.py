@@ -6,7 +6,11 @@ Stages: decode (JPEG bytes -> BGR), det_preprocess, det_forward, det_postprocess
 rec_preprocess, rec_forward, search, rec_nms, serialize (results -> JSON). Prints median and p95 per stage and
 image, and the share of end-to-end time spent outside the two model forwards. Then multi-image requests: images/s
 of ``Engine.recognize`` one image per call versus ``--batch`` images per call (crops of all images through the
-recogniser together), timed interleaved.
+recogniser together), timed interleaved. Then the runtimes: every model forward isolated under each runtime x
+threads combination (paddle.inference with the verified oneDNN passes, onnxruntime; 1 and 2 threads) on the
+pipeline's own input shapes, end-to-end / the sum of the fastest isolated forwards per photo (target <= 1.2x), and
+the candidate defaults (detector / recogniser runtime) end to end, interleaved. The JSON's ``summary`` lists the
+headline figures.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -66,12 +71,89 @@ def multi_image(engine, images: list, rounds: int) -> dict[str, float]:
             "images_per_s_batchN": len(images) / many, "speedup": one / many}
 
 
+def compare_runtimes(engine, args, results: dict) -> dict:
+    """Isolated forwards per runtime x threads, end-to-end / sum of the fastest ones per photo, and the candidate
+    defaults end to end (interleaved, on the 640x480 photo)."""
+    from forwards import CANDIDATES, fastest, isolated_and_ratios, time_candidates
+    from shitu.serving.engine.engine import load_engine
+    from shitu.serving.engine.images import decode, encode
+
+    imgs = photos()
+
+    def request(data: bytes) -> None:  # what the per-stage runs time: decode, recognize, serialise
+        json.dumps([r.to_dict() for r in engine.recognize([decode(data)])[0]])
+
+    requests = {name: (partial(request, encode(img)), results[name]["boxes"]) for name, img in imgs.items()}
+    threads = [int(t) for t in args.threads.split(",")]
+    iso, ratios = isolated_and_ratios(engine, requests, imgs["coffee 640x480"], threads, args.repeat)
+    for model, shapes in iso.items():
+        for shape, medians in shapes.items():
+            best, _ = fastest(medians)
+            print(f"\n{model} forward, batch {shape[1:]}, isolated ({args.repeat} interleaved rounds):")
+            print(table(["runtime, threads", "median ms", "fastest"],
+                        [[k, v, "*" if k == best else ""] for k, v in medians.items()]))
+    print("\nend-to-end / sum of the fastest isolated forwards, timed interleaved (target <= 1.2x):")
+    print(table(["photo", "e2e ms", "fastest det", "fastest rec", "ratio"],
+                [[n, r["e2e_ms"], f"{r['fastest_det']}: {r['fastest_det_ms']:.1f}",
+                  f"{r['fastest_rec']}: {r['fastest_rec_ms']:.1f}", f"{r['ratio']:.2f}x"]
+                 for n, r in ratios.items()]))
+    home = Path(os.environ["SHITU_HOME"])
+    engines = {"auto (default)" if args.backend == "auto" else f"{args.backend} / {args.backend}": engine}
+    for label, (det, rec) in CANDIDATES.items():
+        if label not in engines and (det, rec) != (args.backend, args.backend):
+            engines[label] = load_engine(gallery=home / "bench-gallery",
+                                         params={"Global": {"det_backend": det, "rec_backend": rec}})
+    candidates = time_candidates(engines, imgs["coffee 640x480"], engine.gallery(), args.repeat)
+    described = {k: f"{e.detector.predictor.description} / {e.extractor.predictor.description}"
+                 for k, e in engines.items()}
+    print("\ncandidate defaults, recognize() on the 640x480 photo, interleaved:")
+    print(table(["det / rec runtime", "median ms", "runs as"],
+                [[k, v, described[k]] for k, v in candidates.items()]))
+    for k, e in engines.items():
+        if e is not engine:
+            e.close()
+    return {"threads": threads, "isolated_ms": iso, "e2e_vs_fastest": ratios, "candidates_ms": candidates,
+            "candidates_run_as": described}
+
+
+def summary_rows(engine, results: dict, multi: dict, runtimes: dict) -> list[dict[str, str]]:
+    """The headline figures (``summary`` in the JSON; ``make bench`` collects them)."""
+    runs_as = f"det {engine.detector.predictor.description}, rec {engine.extractor.predictor.description}"
+    rows = []
+    for name in ("coffee 640x480", "astronaut 1024x1024"):
+        r = runtimes["e2e_vs_fastest"].get(name)
+        if r:
+            rows.append({"what": f"end-to-end / sum of the fastest isolated forwards, {name} (target <= 1.2x)",
+                         "figure": f"{r['ratio']:.2f}x ({r['e2e_ms']:.1f} vs {r['fastest_det_ms']:.1f} + "
+                                   f"{r['fastest_rec_ms']:.1f} ms: {r['fastest_det']}; {r['fastest_rec']})"})
+    iso = runtimes["isolated_ms"]
+    for model, shape in (("det", "b1"), ("rec", max(iso["rec"], key=lambda s: int(s[1:])))):
+        rows.append({"what": f"{model} forward isolated, batch {shape[1:]} (runtime, threads: median ms)",
+                     "figure": "; ".join(f"{k}: {v:.1f}" for k, v in iso[model][shape].items())})
+    c = runtimes["candidates_ms"]
+    base = next(iter(c.values()))
+    for k, v in c.items():
+        rows.append({"what": f"recognize() 640x480 end to end, det / rec runtime {k}",
+                     "figure": f"{v:.1f} ms ({v / base:.2f}x the first)"})
+    rows.append({"what": f"images/s, 1 vs {multi['images']} images per call ({runs_as})",
+                 "figure": f"{multi['images_per_s_batch1']:.1f} vs {multi['images_per_s_batchN']:.1f} "
+                           f"({multi['speedup']:.2f}x)"})
+    coffee = results.get("coffee 640x480")
+    if coffee:
+        rows.append({"what": "time outside the model forwards, 640x480 (target <= 15%)",
+                     "figure": f"{100 * coffee['outside_share']:.1f}% ({coffee['outside_forward_ms']:.1f} of "
+                               f"{coffee['e2e_median_ms']:.1f} ms)"})
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=20)
-    ap.add_argument("--backend", choices=("paddle", "onnxruntime"), default="paddle",
-                    help="runtime of both models (Global.det_backend / rec_backend)")
-    ap.add_argument("--json", help="write results here (default benchmarks/results/pipeline.json)")
+    ap.add_argument("--backend", choices=("auto", "paddle", "onnxruntime"), default="auto",
+                    help="runtime of both models (Global.det_backend / rec_backend; default: the pack's default)")
+    ap.add_argument("--threads", default="1,2", help="thread counts of the isolated-forward combinations")
+    ap.add_argument("--json", help="write results here (default benchmarks/results/pipeline.json; "
+                    "pipeline-<backend>.json with --backend)")
     ap.add_argument("--batch", type=int, default=8, help="images per call in the multi-image comparison")
     ap.add_argument("--batch-rounds", type=int, default=5, help="rounds of the multi-image comparison")
     args = ap.parse_args()
@@ -130,8 +212,12 @@ def main() -> int:
                  [f"{multi['images']} images per call", multi["images_per_s_batchN"], 1000 / multi["images_per_s_batchN"]]]))
     print(f"batched / one at a time: {multi['speedup']:.2f}x images/s (crops of all images through the recogniser "
           "together, Global.batch_size per forward)")
-    write_json(f"pipeline-{args.backend}", {"machine": info, "repeat": args.repeat, "backend": args.backend,
-                                            "images": results, "multi_image": multi}, args.json)
+    runtimes = compare_runtimes(engine, args, results)
+    summary = summary_rows(engine, results, multi, runtimes)
+    print("\n" + table(["what", "figure"], [[r["what"], r["figure"]] for r in summary]))
+    name = "pipeline" if args.backend == "auto" else f"pipeline-{args.backend}"
+    write_json(name, {"machine": info, "repeat": args.repeat, "backend": args.backend, "images": results,
+                      "multi_image": multi, "runtimes": runtimes, "summary": summary}, args.json)
     engine.close()
     return 0
 

@@ -92,7 +92,8 @@ FIELDS: tuple[Field, ...] = (
           "embedded (clipped to the image), so a tight detector box is framed like a gallery picture of the "
           "object with a margin around it.", minimum=0.0, maximum=1.0),
     # -- Global: runtime (load time only) ----------------------------------------------------------------------
-    Field("Global", "cpu_num_threads", int, 2, "paddle.inference CPU math threads per predictor.",
+    Field("Global", "cpu_num_threads", int, 2,
+          "CPU threads per model (paddle.inference math threads, onnxruntime intra-op threads).",
           minimum=1, maximum=256, per_request=False),
     Field("Global", "enable_mkldnn", bool, True,
           "Use oneDNN with each model's verified pass list (see the model's shitu_model.yml; for official models, "
@@ -103,11 +104,12 @@ FIELDS: tuple[Field, ...] = (
           "Mainbody detector folder (default: the current scenario pack's).", nullable=True, per_request=False),
     Field("Global", "rec_inference_model_dir", str, None,
           "Feature extractor folder (default: the current scenario pack's).", nullable=True, per_request=False),
-    Field("Global", "det_backend", str, "paddle", "Runtime for the detector: `paddle` (paddle.inference) "
-          "or `onnxruntime` (needs the model's ONNX file and the `onnx` extra).",
-          choices=("paddle", "onnxruntime"), per_request=False),
-    Field("Global", "rec_backend", str, "paddle", "Runtime for the feature extractor (see `det_backend`).",
-          choices=("paddle", "onnxruntime"), per_request=False),
+    Field("Global", "det_backend", str, "auto", "Runtime for the detector: `paddle` (paddle.inference), "
+          "`onnxruntime` (needs the model's ONNX file), or `auto`: onnxruntime when the model folder has its "
+          "ONNX file and `use_gpu` is off (the fastest on the embedded models, same answers), else paddle.",
+          choices=("auto", "paddle", "onnxruntime"), per_request=False),
+    Field("Global", "rec_backend", str, "auto", "Runtime for the feature extractor (see `det_backend`).",
+          choices=("auto", "paddle", "onnxruntime"), per_request=False),
     # -- Pre-processing (None: the model folder's own shitu_model.yml / infer_cfg.yml) ---------------------------
     Field("DetPreProcess", "transform_ops", list, None,
           "Detector pre-processing ops (PaddleClas names). Default: from the model folder.", nullable=True,

@@ -8,6 +8,8 @@ for the detector and the recogniser (this module never imports the serving stack
 - a model that **crashes** (killed by a signal) or hangs is **refused**, with a message naming the model, the
   settings and what to change;
 - a model that fails cleanly with oneDNN on is tried again with oneDNN off; if that works oneDNN stays off;
+- a model that ships its ONNX file is also run on onnxruntime (``Global.*_backend`` ``auto`` serves it there);
+  a crash or hang there refuses the pack too;
 - the result goes into the store's ``install.json`` under ``runtime``. When a store pack is loaded, oneDNN is
   enabled for a model only if this record says that exact pass list ran (:func:`onednn_allowed`), so nothing a
   request chooses (a scenario, a parameter) can select a runtime setting that was not verified.
@@ -40,9 +42,10 @@ def _declared_onednn(entry: ModelEntry) -> tuple[bool, list[str] | None]:
     return bool(desc.get("onednn")) and passes is not None, (list(passes) if passes is not None else None)
 
 
-def _run_child(entry: ModelEntry, root: Path, onednn: bool, timeout: float) -> dict[str, Any]:
+def _run_child(entry: ModelEntry, root: Path, onednn: bool, timeout: float, backend: str = "paddle"
+               ) -> dict[str, Any]:
     request = {"kind": entry.kind, "model_dir": str(root / entry.path), "description": entry.description,
-               "onednn": onednn, "cpu_threads": 1}
+               "onednn": onednn, "cpu_threads": 1, "backend": backend}
     env = dict(os.environ, GLOG_minloglevel="2", FLAGS_call_stack_level="0")
     try:
         proc = subprocess.run([sys.executable, "-m", RUNNER], input=json.dumps(request), capture_output=True,
@@ -77,6 +80,9 @@ def check_model(entry: ModelEntry, root: Path, timeout: float = TIMEOUT_S) -> di
             if retry["status"] == "ok":
                 record.update(status="ok", onednn=False,
                               detail=f"oneDNN left off: with the pass list it failed ({record['detail']})")
+    if entry.description.get("onnx_file"):
+        # Global.*_backend `auto` runs a model that ships its ONNX file on onnxruntime: check that runtime too.
+        record["onnxruntime"] = _run_child(entry, root, False, timeout, backend="onnxruntime")
     record["checked_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return record
 
@@ -89,6 +95,10 @@ def check_models(manifest: Manifest, root: Path, timeout: float = TIMEOUT_S) -> 
 def refusal(manifest: Manifest, results: dict[str, dict[str, Any]], where: str) -> str | None:
     """The error message for a pack with a model that crashed or hung (None when every model is usable)."""
     for role, rec in results.items():
+        ort = rec.get("onnxruntime") or {}
+        if ort.get("status") in FATAL:
+            return (f"{where}: models.{role} ({manifest.models[role].name}) on onnxruntime: {ort['detail']}. The "
+                    "pack is refused: a request would crash the server the same way (check its ONNX file).")
         if rec.get("status") not in FATAL:
             continue
         entry = manifest.models[role]

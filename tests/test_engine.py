@@ -222,7 +222,7 @@ def test_onnxruntime_backend_end_to_end(models_dir, photos, photo_gallery, queri
     ort = Engine(ModelSpec.from_dir(models_dir / "det"), ModelSpec.from_dir(models_dir / "rec"),
                  merge(GENERAL_LITE, {"Global": {"det_backend": "onnxruntime", "rec_backend": "onnxruntime"}}))
     paddle_engine = Engine(ModelSpec.from_dir(models_dir / "det"), ModelSpec.from_dir(models_dir / "rec"),
-                           merge(GENERAL_LITE))
+                           merge(GENERAL_LITE, {"Global": {"det_backend": "paddle", "rec_backend": "paddle"}}))
     a = ort.detect([photos["astronaut"]])[0]
     b = paddle_engine.detect([photos["astronaut"]])[0]
     np.testing.assert_allclose(a.xyxy, b.xyxy, atol=0.5)

@@ -181,6 +181,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
                              status.upper() if status in runtime_check.FATAL else status,
                              f"oneDNN {'on' if rec.get('onednn') else 'off'}" + (f": {rec['detail']}"
                                                                                 if rec.get("detail") else "")])
+                ort = rec.get("onnxruntime")
+                if ort:
+                    rows.append([pack.name, pack.version, f"(run {role}, onnxruntime)",
+                                 ort["status"].upper() if ort["status"] in runtime_check.FATAL else ort["status"],
+                                 ort.get("detail", "")])
             refused = runtime_check.refusal(pack._m, runtime, f"{pack.name} {pack.version}")
             if refused:
                 problems.append(refused)

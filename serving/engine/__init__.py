@@ -1,6 +1,7 @@
 """The recognition engine: models in, answers out. Needs paddle (or onnxruntime); knows nothing of HTTP or PaddleHub.
 
 - :mod:`.predictor` -- one wrapper over paddle.inference (and onnxruntime) for every model.
+- :mod:`.runtimes` -- which runtime runs a model (``auto``: onnxruntime where the model ships its ONNX file).
 - :mod:`.transforms` -- pre-processing from PaddleClas op lists.
 - :mod:`.detection`, :mod:`.extraction`, :mod:`.pipeline` -- mainbody boxes, embeddings, recognition.
 - :mod:`.engine` -- :class:`Engine` and :func:`load_engine`: one scenario's models, parameters and galleries.

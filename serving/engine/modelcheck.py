@@ -6,7 +6,7 @@ therefore start this module as a child process for each model of a pack (``pytho
 shitu.serving.engine.modelcheck``), feed it a JSON request on stdin and read one JSON line from stdout::
 
     {"kind": "detector", "model_dir": "/path/models/det", "description": {...ModelSpec.from_dict input...},
-     "onednn": true, "cpu_threads": 1}
+     "onednn": true, "cpu_threads": 1, "backend": "paddle"}      (backend: paddle | onnxruntime)
     -> {"status": "ok", "detail": "paddle.inference model.json (cpu, oneDNN on, 1 threads)", "outputs": 3}
     -> {"status": "error", "detail": "cannot load model ...: ..."}      (exit status 2)
 
@@ -34,7 +34,8 @@ def check(request: dict[str, Any]) -> dict[str, Any]:
 
     spec = ModelSpec.from_dict(dict(request["description"]), request["model_dir"])
     options = RuntimeOptions(cpu_threads=int(request.get("cpu_threads", 1)),
-                             enable_mkldnn=bool(request.get("onednn", False)), backend="paddle")
+                             enable_mkldnn=bool(request.get("onednn", False)),
+                             backend=str(request.get("backend", "paddle")))
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
     params = merge()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,10 @@ class Predictor:
 
     def __init__(self, spec: ModelSpec, options: RuntimeOptions = RuntimeOptions()):
         from shitu.serving.engine.onednn import resolve
+        from shitu.serving.engine.runtimes import resolve_backend
 
+        # `auto`: onnxruntime where the model folder has its ONNX file (shitu.serving.engine.runtimes)
+        options = replace(options, backend=resolve_backend(options.backend, spec, options.use_gpu))
         spec = resolve(spec) if options.backend == "paddle" and options.enable_mkldnn else spec
         self.spec = spec
         self.options = options
@@ -57,7 +60,7 @@ class Predictor:
         elif options.backend == "paddle":
             self._impl = _PaddleBackend(spec, options)
         else:
-            raise PredictorError(f"unknown backend {options.backend!r}; use 'paddle' or 'onnxruntime'")
+            raise PredictorError(f"unknown backend {options.backend!r}; use 'auto', 'paddle' or 'onnxruntime'")
 
     @property
     def input_names(self) -> list[str]:
@@ -210,7 +213,8 @@ class _OnnxBackend(_Backend):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise PredictorError("the onnxruntime backend needs `pip install shitu-hub[onnx]`") from None
+            raise PredictorError("the onnxruntime backend needs onnxruntime: "
+                                 "`pip install \"shitu-hub[serving]\"`") from None
         so = ort.SessionOptions()
         so.intra_op_num_threads = options.cpu_threads
         so.inter_op_num_threads = 1
