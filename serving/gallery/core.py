@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
 from shitu.serving.gallery.change_marker import ChangeMarker
@@ -98,9 +99,15 @@ class GalleryCore:
         spec = self._spec
         if (type(vectors) is np.ndarray and vectors.dtype == np.float32 and vectors.ndim == 2 and not spec.binary
                 and not spec.normalize and vectors.shape[1] == spec.dim and vectors.flags.c_contiguous):
-            # The usual case (the extractor's output), checked without copies: a float64 sum of float32 values
-            # cannot overflow, so it is finite exactly when every element is.
-            if not math.isfinite(vectors.sum(dtype=np.float64)):
+            # The usual case (the extractor's output), checked without copies. One vector: its squared norm (one
+            # small C call; numpy's reductions cost several times more right after a search has filled the CPU
+            # caches) is finite only when every element is, and when it overflows the element-wise check decides.
+            # Several: a float64 sum of float32 values cannot overflow, so it is finite exactly when all are.
+            if len(vectors) == 1:
+                if (not math.isfinite(faiss.fvec_norm_L2sqr(faiss.swig_ptr(vectors), spec.dim))
+                        and not np.isfinite(vectors).all()):
+                    raise GalleryError(f"{what} contain NaN or infinite values")
+            elif not math.isfinite(vectors.sum(dtype=np.float64)):
                 raise GalleryError(f"{what} contain NaN or infinite values")
             return vectors
         arr = np.asarray(vectors)

@@ -107,6 +107,17 @@ class ReadingMixin(ReplicationMixin):
         out: list[list[Match]] = []
         radius = (spec.hamming_radius if hamming_radius is None else int(hamming_radius)) if spec.binary else None
         scores = dist.tolist() if dist.dtype == np.float32 else dist.astype(np.float64).tolist()
+        if labels is None and radius is None:  # the usual case, with as little work per hit as possible
+            for d_row, s_row in zip(scores, found.tolist()):  # at most k per row
+                matches = []
+                for d, s in zip(d_row, s_row):
+                    rec = get(s)  # slots are positive: faiss's -1 (no hit) is never found
+                    if rec is None:
+                        stale = stale or s >= 0
+                        continue
+                    matches.append(Match(rec[1], rec[2], d, rec[3], loads(rec[4]) if rec[4] else None))
+                out.append(matches)
+            return out, stale
         for d_row, s_row in zip(scores, found.tolist()):  # at most k per row
             matches: list[Match] = []
             for d, s in zip(d_row, s_row):
