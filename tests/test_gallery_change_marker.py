@@ -183,3 +183,17 @@ def test_query_check_without_copies_refuses_nan_and_inf_and_accepts_huge_finite_
         assert len(g.search(huge, k=1)[0]) == 1
         q = _vectors(2, seed=6)
         assert g.search(q[:, :], k=2) == g.search(np.asfortranarray(q), k=2) == g.search(q.astype(np.float64), k=2)
+
+
+@pytest.mark.parametrize("method", ["Flat", "HNSW32"])
+def test_direct_faiss_call_falls_back_to_the_wrapper_for_other_layouts(tmp_path, method):
+    """The index is searched without faiss's Python wrapper only for C-contiguous queries of its own dtype and
+    width; anything else goes through the wrapper (which copies), with the same results."""
+    with Gallery.create(tmp_path / "g", DIM, method, "IP") as g:
+        g.add(_vectors(30), [f"l{i}" for i in range(30)])
+        q = _vectors(3, seed=9)
+        state = g._state
+        want = state.search(q, 4)
+        for other in (np.asfortranarray(q), q.astype(np.float64), np.repeat(q, 2, axis=0)[::2]):
+            got = state.search(other, 4)
+            assert np.array_equal(got[1], want[1]) and np.allclose(got[0], want[0])
