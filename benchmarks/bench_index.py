@@ -353,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_table(rows))
     print()
-    print("lat ms: median batch-1 search through the gallery (incl. SQLite lookup of labels); raw ms: faiss alone "
+    print("lat ms: median batch-1 search through the gallery (incl. resolving hits to their records: in memory, "
+          "from SQLite after a change); raw ms: faiss alone "
           "on the same index, parameters and threading (batch 1: one OpenMP thread, as the layer does); "
           "x lat / x QPS: layer cost over raw.")
     print("add1% s: adding 1% more items (one call); rebuild s: building the same n + 1% gallery from nothing "
