@@ -211,6 +211,10 @@ FIELDS: tuple[Field, ...] = (
     Field("Limits", "max_open_galleries", int, 32,
           "Galleries a serving process keeps open (least recently used ones are closed beyond it).", minimum=1,
           per_request=False),
+    Field("Limits", "gallery_record_cache", int, 200_000,
+          "Item records (label, source, metadata; ~200 bytes each) a local gallery keeps in memory so searches "
+          "resolve hits without SQLite: a gallery of at most this many items is held whole, a bigger one keeps "
+          "only the records of its latest hits.", minimum=0, per_request=False),
     Field("Limits", "max_source_length", int, 256,
           "Characters allowed in an added image's `sources` name (the client's file name).", minimum=1,
           per_request=False),

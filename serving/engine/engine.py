@@ -132,6 +132,7 @@ class Engine:
             hamming_radius=self.params["IndexProcess.hamming_radius"],
             max_label_length=self.params["Limits.max_label_length"],
         )
+        gallery.record_cache_capacity = self.params["Limits.gallery_record_cache"]
         from shitu.serving.gallery.backup import remember_model
 
         remember_model(path, self.extractor.spec)  # what made the vectors, checked by export/import

@@ -13,14 +13,17 @@ always taken before ``_lock`` (``_state``, ``_conn``).
 """
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
+from shitu.serving.gallery.change_marker import ChangeMarker
 from shitu.serving.gallery.index import IndexConfig, IndexState
 from shitu.serving.gallery.storage import DB_NAME, GalleryError
 
@@ -49,6 +52,7 @@ class GalleryCore:
     _no_train_below: int
     _pid: int
     _inherited: list[sqlite3.Connection]
+    _changes: ChangeMarker  # the folder's shared change marker (.change_marker)
 
     #: Seconds between two checks of the change log by searches (changes elsewhere show within ~this).
     refresh_interval = 0.2
@@ -93,6 +97,19 @@ class GalleryCore:
 
     def _vectors(self, vectors: Any, what: str = "vectors") -> np.ndarray:
         spec = self._spec
+        if (type(vectors) is np.ndarray and vectors.dtype == np.float32 and vectors.ndim == 2 and not spec.binary
+                and not spec.normalize and vectors.shape[1] == spec.dim and vectors.flags.c_contiguous):
+            # The usual case (the extractor's output), checked without copies. One vector: its squared norm (one
+            # small C call; numpy's reductions cost several times more right after a search has filled the CPU
+            # caches) is finite only when every element is, and when it overflows the element-wise check decides.
+            # Several: a float64 sum of float32 values cannot overflow, so it is finite exactly when all are.
+            if len(vectors) == 1:
+                if (not math.isfinite(faiss.fvec_norm_L2sqr(faiss.swig_ptr(vectors), spec.dim))
+                        and not np.isfinite(vectors).all()):
+                    raise GalleryError(f"{what} contain NaN or infinite values")
+            elif not math.isfinite(vectors.sum(dtype=np.float64)):
+                raise GalleryError(f"{what} contain NaN or infinite values")
+            return vectors
         arr = np.asarray(vectors)
         if arr.ndim == 1:
             arr = arr.reshape(1, -1)

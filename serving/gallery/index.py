@@ -388,6 +388,21 @@ class IndexState:
             params.sel = sel
         return params
 
+    def _faiss_search(self, queries: np.ndarray, k: int, params: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``index.search(queries, k, params=params)`` without the Python wrapper's checks and copies: the gallery
+        hands over C-contiguous queries of the index's dtype and width (``Gallery._vectors``), so the outputs are
+        allocated and the C++ search called directly (a few microseconds per call, a tenth of a small search)."""
+        spec = self.spec
+        binary = spec.binary
+        if (queries.dtype != (np.uint8 if binary else np.float32) or queries.ndim != 2 or not queries.flags.c_contiguous
+                or queries.shape[1] != (spec.dim // 8 if binary else spec.dim)):
+            return self.index.search(queries, k) if params is None else self.index.search(queries, k, params=params)
+        n = len(queries)
+        dist = np.empty((n, k), np.int32 if binary else np.float32)
+        ids = np.empty((n, k), np.int64)
+        self.index.search_c(n, faiss.swig_ptr(queries), k, faiss.swig_ptr(dist), faiss.swig_ptr(ids), params)
+        return dist, ids
+
     def _search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         ntotal = self.index.ntotal
         nq = len(queries)
@@ -397,11 +412,7 @@ class IndexState:
             sel, keep = self._selector(allowed)
             params = self.search_parameters(k, sel)
             try:
-                kk = min(k, ntotal)
-                if params is None:
-                    dist, ids = self.index.search(queries, kk)
-                else:
-                    dist, ids = self.index.search(queries, kk, params=params)
+                dist, ids = self._faiss_search(queries, min(k, ntotal), params)
                 del keep
                 return dist, ids
             except RuntimeError:

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from shitu.serving.gallery.change_marker import ChangeMarker
 from shitu.serving.gallery.index import DEFAULT_TUNING, METRICS, SMALL_BATCH, IndexConfig, IndexState
 from shitu.serving.gallery.list_file import DEFAULT_MAX_LABEL_LENGTH, label_problem
 from shitu.serving.gallery.maintenance import MaintenanceMixin
@@ -64,6 +65,7 @@ class Gallery(MaintenanceMixin, ReadingMixin):
         self._no_train_below = 0
         self._pid = os.getpid()
         self._inherited: list[sqlite3.Connection] = []
+        self._changes = ChangeMarker(path, not readonly)  # rewritten after each commit; spares searches a read
 
     # -- properties ----------------------------------------------------------------------------------------------
 
@@ -338,6 +340,7 @@ class Gallery(MaintenanceMixin, ReadingMixin):
             }
             yield conn, counters
             conn.execute("COMMIT")
+            self._changes.bump()
         except BaseException as exc:
             try:
                 conn.execute("ROLLBACK")
@@ -560,6 +563,7 @@ class Gallery(MaintenanceMixin, ReadingMixin):
                         pass
             self._wconn = None
             self._state = None
+            self._changes.close()
 
     def __enter__(self) -> "Gallery":
         return self

@@ -13,7 +13,7 @@ import numpy as np
 
 from shitu.serving.gallery.backend import Match
 from shitu.serving.gallery.index import describe, exact_search
-from shitu.serving.gallery.record_cache import RecordCache
+from shitu.serving.gallery.record_cache import DEFAULT_CAPACITY, RecordCache
 from shitu.serving.gallery.replication import ReplicationMixin
 from shitu.serving.gallery.storage import GalleryError, chunks, read_meta, read_txn
 
@@ -98,37 +98,62 @@ class ReadingMixin(ReplicationMixin):
         else:
             dist, found = state.search(q, k)
         # Resolve slots against the database: drops anything removed since (also in other processes).
-        # Records come from a cache that is valid for one change counter of the database (see .record_cache).
-        wanted = sorted({s for s in found.ravel().tolist() if s >= 0})
-        records = self._record_cache().lookup(conn, wanted)
+        # Records come from a cache that is valid for one change counter of the database (see .record_cache); the
+        # shared change marker, read before the cache checks the counter, spares that check while nobody wrote.
+        records = self._record_cache().lookup(conn, found, self._changes.read())
+        get = records.get
+        loads = json.loads
         stale = False
         out: list[list[Match]] = []
         radius = (spec.hamming_radius if hamming_radius is None else int(hamming_radius)) if spec.binary else None
-        for d_row, s_row in zip(dist.tolist(), found.tolist()):
+        scores = dist.tolist() if dist.dtype == np.float32 else dist.astype(np.float64).tolist()
+        if labels is None and radius is None:  # the usual case, with as little work per hit as possible
+            for d_row, s_row in zip(scores, found.tolist()):  # at most k per row
+                matches = []
+                for d, s in zip(d_row, s_row):
+                    rec = get(s)  # slots are positive: faiss's -1 (no hit) is never found
+                    if rec is None:
+                        stale = stale or s >= 0
+                        continue
+                    matches.append(Match(rec[1], rec[2], d, rec[3], loads(rec[4]) if rec[4] else None))
+                out.append(matches)
+            return out, stale
+        for d_row, s_row in zip(scores, found.tolist()):  # at most k per row
             matches: list[Match] = []
             for d, s in zip(d_row, s_row):
                 if s < 0:
                     continue
                 if radius is not None and d > radius:
                     continue
-                rec = records.get(s)
+                rec = get(s)
                 if rec is None:
                     stale = True
                     continue
                 if labels is not None and rec[2] not in labels:
                     continue
-                meta = json.loads(rec[4]) if rec[4] else None
-                matches.append(Match(id=rec[1], label=rec[2], score=float(d), source=rec[3], metadata=meta))
-                if len(matches) == k:
-                    break
+                matches.append(Match(rec[1], rec[2], d, rec[3], loads(rec[4]) if rec[4] else None))
             out.append(matches)
         return out, stale
 
     def _record_cache(self) -> RecordCache:
         cache = self.__dict__.get("_records")
         if cache is None:
-            cache = self.__dict__["_records"] = RecordCache()
+            cache = self.__dict__["_records"] = RecordCache(self.record_cache_capacity)
         return cache
+
+    @property
+    def record_cache_capacity(self) -> int:
+        """Item records this object keeps in memory for searches (``Limits.gallery_record_cache``; ~200 bytes
+        each): a gallery of at most this many items is held whole, a bigger one keeps its recent hits' only."""
+        return int(self.__dict__.get("_record_capacity", DEFAULT_CAPACITY))
+
+    @record_cache_capacity.setter
+    def record_cache_capacity(self, n: int) -> None:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise GalleryError(f"record_cache_capacity must be a non-negative integer, not {n!r}")
+        with self._lock:
+            self.__dict__["_record_capacity"] = int(n)
+            self.__dict__.pop("_records", None)  # the next search starts a cache of the new size
 
     # -- reading records --------------------------------------------------------------------------------------------
 

@@ -5,9 +5,10 @@ Doing that with one ``SELECT ... WHERE slot IN (...)`` per search cost as much a
 and approximate indexes (two B-tree descents per hit, and cold pages on big galleries).
 
 The cache is valid for one value of the gallery's change counter ``seq``: every write (add, remove, relabel,
-revector -- in this process or another) bumps ``seq`` and logs what it did, and each lookup reads ``seq`` first (one
-primary-key read). So a search never returns an item removed or relabelled anywhere, exactly as when every hit was
-read from the database.
+revector -- in this process or another) bumps ``seq`` and logs what it did, and each lookup makes sure ``seq`` has not
+moved: it reads ``seq`` (one primary-key read) unless the gallery's shared change marker (:mod:`.change_marker`,
+rewritten after every commit) still holds the bytes it held at the last read. So a search never returns an item
+removed or relabelled anywhere, exactly as when every hit was read from the database.
 
 - A gallery of at most ``capacity`` items is loaded whole at the first search (one scan, in one read snapshot with
   ``seq``); when ``seq`` moves the cache applies the change-log entries since (removed slots go, added, relabelled
@@ -21,14 +22,16 @@ read from the database.
 from __future__ import annotations
 
 import sqlite3
-from typing import Sequence
+from typing import Any
+
+import numpy as np
 
 from shitu.serving.gallery.storage import chunks, read_txn
 
 __all__ = ["RecordCache", "DEFAULT_CAPACITY"]
 
 #: Records kept at most per gallery object (~200 bytes each, so ~40 MB at most); a gallery with more items caches
-#: the records of its hits only.
+#: the records of its hits only. The engine sets it from ``Limits.gallery_record_cache`` (same default).
 DEFAULT_CAPACITY = 200_000
 
 _COLUMNS = "slot, id, label, source, metadata"
@@ -41,18 +44,24 @@ class RecordCache:
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self.capacity = int(capacity)
         self.seq = -1
+        self.marker: bytes | None = None  # the change marker's bytes when ``seq`` was last read (None: unknown)
         self.rows: dict[int, tuple] = {}
         self.whole = False  # every item of the gallery at ``seq`` is in ``rows``
         self.too_big = False  # the gallery had more than ``capacity`` items: hits only from then on (no recount)
 
-    def lookup(self, conn: sqlite3.Connection, slots: Sequence[int]) -> dict[int, tuple]:
-        """The records of ``slots`` that exist now (a mapping by slot; a slot with no item is absent)."""
-        seq = int(conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
-        if seq != self.seq:
-            self._catch_up(conn)
+    def lookup(self, conn: sqlite3.Connection, slots: Any, marker: bytes | None = None) -> dict[int, tuple]:
+        """The records of ``slots`` (an array of faiss ids, -1 for none) that exist now: a mapping by slot, where a
+        slot with no item is absent. ``marker``: the gallery's change marker read just before this call (``None``
+        when it has none): while it is unchanged, ``seq`` is not read again."""
+        if marker is None or marker != self.marker:
+            seq = int(conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
+            if seq != self.seq:
+                self._catch_up(conn)
+            self.marker = marker
         if self.whole:
             return self.rows
         rows = self.rows
+        slots = sorted({s for s in np.asarray(slots).ravel().tolist() if s >= 0})
         missing = [s for s in slots if s not in rows]
         if not missing:
             return rows
@@ -102,8 +111,15 @@ class RecordCache:
             self.whole = False
             self.too_big = True
 
+    def check_seq(self, seq: int) -> None:
+        """``seq`` as just read from SQLite by someone else: a cache behind it reads SQLite at the next lookup
+        (catches writes the change marker missed: a writer that died between commit and marker)."""
+        if seq != self.seq:
+            self.marker = None
+
     def clear(self) -> None:
         self.rows.clear()
         self.seq = -1
+        self.marker = None
         self.whole = False
         self.too_big = False

@@ -49,6 +49,9 @@ class ReplicationMixin(SnapshotMixin):
             assert state is not None
             seq, gen, floor = int(rows["seq"]), int(rows["index_gen"]), int(rows["log_floor"])
             self._snapshot_seq = int(rows["snapshot_seq"])
+            self._record_cache().check_seq(seq)  # a write the change marker missed is seen here at the latest
+            if not self._changes.attached:
+                self._changes.attach()  # a writer may have created it since
             if seq == state.seq and gen == state.gen:
                 return
             if gen != state.gen or state.seq < floor:

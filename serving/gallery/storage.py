@@ -5,6 +5,8 @@ A gallery is a folder::
     gallery.db                 SQLite (WAL): the source of truth
     index-<gen>-<seq>-<tok>.faiss  the faiss snapshot (:mod:`.snapshot`): index generation, change-log seq it
                                holds, unique token
+    gallery.changes            8 bytes rewritten after every write (:mod:`.change_marker`): lets searches skip
+                               re-reading ``seq`` while nobody wrote
 
 ``gallery.db`` holds
 
