@@ -175,7 +175,7 @@ def test_general_lite_manifest_matches_its_model_folders():
         folder_spec = ModelSpec.from_dir(PACKS / "general_lite" / entry.path)
         manifest_spec = ModelSpec.from_dict(copy.deepcopy(entry.description), PACKS / "general_lite" / entry.path)
         assert folder_spec == manifest_spec, f"{role}: pack.yaml and {sub}/shitu_model.yml disagree"
-    assert m.params == {"Global": {"threshold": 0.2, "max_det_results": 5, "min_box_ratio": 0.1, "crop_padding": 0.1},
+    assert m.params == {"Global": {"threshold": 0.2, "max_det_results": 5, "min_box_ratio": 0.1, "crop_padding": 0.2},
                         "RecPostProcess": {"pooling": "gem", "gem_power": 3.0, "centering": "centering.npy"},
                         "RecPreProcess": {"transform_ops": [
                             {"PadToSquare": {"value": [103.53, 116.28, 123.675]}},

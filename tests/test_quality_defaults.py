@@ -86,7 +86,7 @@ def test_general_lite_ships_the_measured_defaults(photos, tmp_path):
     eng = load_engine(params={"Global.cpu_num_threads": 1})
     try:
         p = eng.params
-        assert p["RecPostProcess.pooling"] == "gem" and p["Global.min_box_ratio"] == 0.1 and p["Global.crop_padding"] == 0.1
+        assert p["RecPostProcess.pooling"] == "gem" and p["Global.min_box_ratio"] == 0.1 and p["Global.crop_padding"] == 0.2
         assert p["Global.threshold"] == 0.2 and p["IndexProcess.score_thres"] == 0.5
         assert p["RecPostProcess.centering"] == "centering.npy"
         assert list(eng.extractor.spec.transform_ops[0]) == ["PadToSquare"]

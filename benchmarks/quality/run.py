@@ -50,7 +50,7 @@ BEFORE: dict[str, Any] = {"Global.threshold": 0.3, "Global.max_det_results": 5, 
                           "RecPreProcess.transform_ops": STRETCH_OPS, "RecPostProcess.centering": None}
 #: general-lite 1.1.0 (GeM, detector threshold 0.2, min_box_ratio 0.1, crop_padding 0.1; stretched, not centred).
 V110: dict[str, Any] = {"RecPreProcess.transform_ops": STRETCH_OPS, "RecPostProcess.centering": None,
-                        "IndexProcess.score_thres": 0.9}
+                        "Global.crop_padding": 0.1, "IndexProcess.score_thres": 0.9}
 
 
 def _known(settings: dict[str, Any]) -> dict[str, Any]:
