@@ -6,17 +6,18 @@
     python benchmarks/quality/run.py --adapted REC        # adds a row for the adapted recogniser
 
 Builds the set of :mod:`dataset` (Debian icon themes + scikit photos; it says which package to install when one is
-missing), adds the gallery images to an in-memory gallery and prints:
+missing), adds the gallery images to a faiss ``Flat`` gallery in a temporary folder and prints:
 
-- **pipeline** tables for the pack's settings as shipped and as they were before issue #18 (``before``): R@1 / R@5
-  on ``alone`` queries (whole image), ``scene`` queries (the real ``Engine.recognize`` path: detection, crops,
-  search, rec-NMS; R@1 = the best recognition's label, R@5 = the true label among the five best distinct labels of
-  every searched box), ``oracle`` (the true box embedded), detector recall (a kept box with IoU >= 0.5), accepted
-  answers and their precision at the pack's ``score_thres``, and the median latency per scene image;
+- **pipeline** tables for the pack's settings as shipped, as general-lite 1.1.0 had them (``1.1.0``) and as they were
+  before issue #18 (``before``): R@1 / R@5 on ``alone`` queries (whole image), ``scene`` queries (the real
+  ``Engine.recognize`` path: detection, crops, search, rec-NMS; R@1 = the best recognition's label, R@5 = the true
+  label among the five best distinct labels of every searched box), ``oracle`` (the true box embedded), detector
+  recall (a kept box with IoU >= 0.5), accepted answers and their precision at the pack's ``score_thres``, and the
+  median latency per scene image;
 - detector recall at IoU >= 0.5 in the top-k per threshold and minimum relative box size (raw boxes cached);
 - with ``--sweep``: the measurements behind the embedding defaults, from cached feature maps: pooling / input
-  size / flip averaging (R@1 alone and oracle, latency per crop), and the same/different score distributions with
-  the threshold that reaches 90 % precision.
+  size / flip averaging / stretched or square crops / centring and whitening (R@1 alone and oracle, latency per
+  crop), and the same/different score distributions with the threshold that reaches 90 % precision.
 
 Scores are ranked without ``score_thres`` for R@k (a ranking measure); the threshold is reported separately.
 """
@@ -239,7 +240,7 @@ def sweep(engine: Any, qs: dataset.QualitySet) -> dict[str, Any]:
                             f"{' square' if square else ''}{' +flip' if flip else ''}")
                     add_row(name, f, per_crop)
                     if (size, flip, method, power) == (224, False, "gem", 3.0):
-                        # centring (the shipped vector) and PCA whitening (estimated here), on generic photo crops
+                        # centring and PCA whitening, estimated here on the generic photo crops (as shipped)
                         generic[square] = l2_normalize(pool(feature_maps(ex, generic_images(0), 224, square=square),
                                                             "gem", 3.0))
                         mean = generic[square].mean(axis=0)

@@ -3,9 +3,9 @@
 Crops are pre-processed and run through the recognition model ``Global.batch_size`` at a time (crops of one batch
 share the network input size, which the resize op fixes). A model whose output is a feature map
 ``[N, C, H, W]`` is pooled: ``gap`` (the folder's ``pooling: gap``) or generalised-mean ``gem`` (``RecPostProcess.pooling``,
-power ``RecPostProcess.gem_power``; measured better on the embedded backbone, see ``benchmarks/quality``). A ``RecPostProcess.centering`` vector is subtracted next (:mod:`.centering`). Embeddings are L2-normalised (``RecPostProcess.normalize``) and can
+power ``RecPostProcess.gem_power``; measured better on the embedded backbone, see ``benchmarks/quality``). Embeddings are L2-normalised (``RecPostProcess.normalize``) and can
 be sign-binarised for hamming galleries (``RecPostProcess.binarize``). The embedding size is read from the model's
-output, not assumed.
+output, not assumed. A ``RecPostProcess.centering`` vector is subtracted right after pooling (:mod:`.centering`).
 """
 from __future__ import annotations
 
