@@ -142,7 +142,7 @@ FIELDS: tuple[Field, ...] = (
           minimum=1, maximum=1000),
     Field("IndexProcess", "score_thres", float, 0.5,
           "Weakest match accepted. For `IP` a score must be >= it (higher is better); for `L2` and `hamming` "
-          "the distance must be <= it (smaller is better).", minimum=0.0, aliases=("score_threshold",)),
+          "the distance must be <= it (smaller is better).", minimum=-1.0, aliases=("score_threshold",)),
     Field("IndexProcess", "candidates", int, 0,
           "Each recognition also lists its best this-many labels with their scores (`candidates`, best first, the "
           "answer included), so callers see the margin to the runner-up. 0: none.", minimum=0, maximum=20),
@@ -218,6 +218,12 @@ FIELDS: tuple[Field, ...] = (
     Field("Limits", "max_source_length", int, 256,
           "Characters allowed in an added image's `sources` name (the client's file name).", minimum=1,
           per_request=False),
+    Field("RecPostProcess", "centering", str, None,
+          "A `.npy` file (float32 `[d]`, a path relative to the recogniser folder, or absolute) holding the mean "
+          "embedding of generic photographs: it is subtracted from each L2-normalised pooled embedding before it is "
+          "normalised again, so different images no longer all score high (`python -m "
+          "shitu.serving.engine.centering` estimates one). Null: off. A gallery must be re-embedded after changing "
+          "it.", nullable=True, per_request=False),
 )
 # fmt: on
 

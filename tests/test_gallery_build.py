@@ -298,9 +298,11 @@ def test_cli_build_and_search_with_the_real_extractor(tmp_path, photos, queries,
     g = tmp_path / "g"
     assert main(["gallery", "build", str(g), str(tree), "--no-progress", "--index-method", "Flat", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["added"] == 3
-    # score_thres 0: every match is listed (the pack's 0.9 would keep only the right one), to see the margin
-    assert main(["gallery", "search", str(g), str(query), "-k", "3", "--json", "--param", "score_thres=0"]) == 0
+    # score_thres -1: every match is listed (centred scores may be negative; the pack's 0.5 keeps only the right
+    # one), to see the margin
+    assert main(["gallery", "search", str(g), str(query), "-k", "3", "--json", "--param", "score_thres=-1"]) == 0
     matches = json.loads(capsys.readouterr().out)["matches"]
+    assert len(matches) == 3
     assert [m["label"] for m in matches][0] == "cat" and matches[0]["score"] > 0.8
     assert matches[0]["score"] > matches[1]["score"] + 0.1  # the right photo, by a margin
 

@@ -62,7 +62,7 @@ def test_info_prints_tables(capsys):
     assert model_header.split() == ["MODEL", "NAME", "FORMAT", "DIM", "DECODER", "FILES", "PRESENT", "FROM"]
     assert "nanodet-g-backbone-embed" in out and "4/4" in out
     assert "*demo" in out and "Flat" in out
-    assert "IndexProcess.score_thres" in out and "0.9" in out
+    assert "IndexProcess.score_thres" in out and "0.5" in out
 
     code, out, _ = run(capsys, "info", "vehicle")
     assert code == 0 and "vehicle_cls_ResNet50_CompCars_v1.0" in out and "model files not installed" in out
@@ -71,7 +71,7 @@ def test_info_prints_tables(capsys):
 
 def test_verify_prints_a_table_and_fails_on_problems(tmp_path, capsys):
     code, out, _ = run(capsys, "verify")
-    assert code == 0 and "ok: 9 file(s) in 1 pack(s) verified" in out
+    assert code == 0 and "ok: 10 file(s) in 1 pack(s) verified" in out
     assert out.splitlines()[0].split() == ["PACK", "VERSION", "FILE", "STATUS", "DETAIL"]
 
     src = packkit.make_pack(tmp_path / "src")

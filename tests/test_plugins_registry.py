@@ -32,8 +32,8 @@ def test_default_pack_is_general_lite_and_works_offline(home):
     det, rec = pack.detector_spec(), pack.extractor_spec()
     assert det.kind == "detector" and det.decoder == "gfl" and det.model_dir == pack.root / "models" / "det"
     assert rec.kind == "extractor" and rec.pooling == "gap" and rec.files()[0].name == "model.json"
-    assert pack.params["Global"] == {"threshold": 0.2, "max_det_results": 5, "min_box_ratio": 0.1, "crop_padding": 0.1}
-    assert pack.params["IndexProcess"]["score_thres"] == 0.9 and pack.params["RecPostProcess"]["pooling"] == "gem"
+    assert pack.params["Global"] == {"threshold": 0.2, "max_det_results": 5, "min_box_ratio": 0.1, "crop_padding": 0.2}
+    assert pack.params["IndexProcess"]["score_thres"] == 0.5 and pack.params["RecPostProcess"]["pooling"] == "gem"
     gallery = pack.gallery()
     assert gallery.name == pack.default_gallery == "demo"
     assert pack.gallery_dir() == home / "galleries" / "general-lite" / "demo"
@@ -91,7 +91,7 @@ def test_official_packs_listed_but_not_available():
 def test_unknown_pack_and_version():
     with pytest.raises(PackError, match="no pack named 'nope'.*general-lite"):
         registry.get_pack("nope")
-    with pytest.raises(PackError, match=r"has no version '9.9' \(available: 1.1.0\)"):
+    with pytest.raises(PackError, match=r"has no version '9.9' \(available: 1.2.0\)"):
         registry.get_pack("general-lite", "9.9")
 
 
@@ -146,7 +146,7 @@ def test_store_copy_of_a_builtin_wins(tmp_path):
     rows = [(p.source, p.current) for p in registry.list_packs() if p.name == "general-lite"]
     assert rows == [("store", True), ("builtin", False)]
     assert registry.get_pack().source == "store"
-    assert registry.get_pack("general-lite", "1.1.0").source == "store"
+    assert registry.get_pack("general-lite", "1.2.0").source == "store"
 
 
 def test_broken_store_manifest_is_listed_not_fatal(tmp_path, home):

@@ -86,8 +86,10 @@ def test_general_lite_ships_the_measured_defaults(photos, tmp_path):
     eng = load_engine(params={"Global.cpu_num_threads": 1})
     try:
         p = eng.params
-        assert p["RecPostProcess.pooling"] == "gem" and p["Global.min_box_ratio"] == 0.1 and p["Global.crop_padding"] == 0.1
-        assert p["Global.threshold"] == 0.2 and p["IndexProcess.score_thres"] == 0.9
+        assert p["RecPostProcess.pooling"] == "gem" and p["Global.min_box_ratio"] == 0.1 and p["Global.crop_padding"] == 0.2
+        assert p["Global.threshold"] == 0.2 and p["IndexProcess.score_thres"] == 0.5
+        assert p["RecPostProcess.centering"] == "centering.npy"
+        assert list(eng.extractor.spec.transform_ops[0]) == ["PadToSquare"]
         index = Gallery.create(tmp_path / "g", eng.embedding_size, index_method="Flat")
         index.add(eng.embed(list(photos.values())), list(photos))
         from shitu.serving.cli.demo import query_photos
@@ -97,7 +99,7 @@ def test_general_lite_ships_the_measured_defaults(photos, tmp_path):
         assert got["cat_mirrored_crop"] == {"cat"} and got["rocket_bright_blur"] == {"rocket"}
         assert got["coffee_rescaled_crop"] == {"coffee"}
         assert got["collage_cat_and_coffee"] == {"cat", "coffee"}
-        assert got["not_in_gallery_ihc"] == set()  # 0.9 rejects what is not in the gallery
+        assert got["not_in_gallery_ihc"] == set()  # 0.5 rejects what is not in the gallery
     finally:
         eng.close()
 
@@ -236,10 +238,11 @@ def test_gallery_search_cli_applies_score_thres_like_engine_search(tmp_path, pho
     cv2.imwrite(str(tmp_path / "ihc.png"), queries["not_in_gallery_ihc"])
     cv2.imwrite(str(tmp_path / "cat_q.png"), queries["cat_mirrored_crop"])
     capsys.readouterr()
-    assert cli.main(["gallery", "search", str(g), str(tmp_path / "ihc.png"), "--json"]) == 1  # nothing passes 0.9
+    assert cli.main(["gallery", "search", str(g), str(tmp_path / "ihc.png"), "--json"]) == 1  # nothing passes 0.5
     assert json.loads(capsys.readouterr().out)["matches"] == []
+    # centred embeddings (general-lite 1.2.0) score below 0 against unrelated images: -1 accepts every match
     assert cli.main(["gallery", "search", str(g), str(tmp_path / "ihc.png"), "--json",
-                     "--param", "score_thres=0"]) == 0
+                     "--param", "score_thres=-1"]) == 0
     assert len(json.loads(capsys.readouterr().out)["matches"]) == 5
     assert cli.main(["gallery", "search", str(g), str(tmp_path / "cat_q.png"), "--json"]) == 0
     cli_ids = [m["id"] for m in json.loads(capsys.readouterr().out)["matches"]]

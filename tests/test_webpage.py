@@ -93,8 +93,8 @@ def test_galleries_operation_lists_galleries_and_slider_defaults(web_served):
     res = ok(web_served.post("image_recognition", {"operation": "galleries"}))
     assert res["scenario"] == "general-lite" and res["galleries"][0] == res["default"]
     assert GALLERY in res["galleries"]
-    # general-lite's own values (pack.yaml 1.1.0): threshold 0.2, score_thres 0.9
-    assert res["params"] == {"threshold": 0.2, "max_det_results": 5, "score_thres": 0.9}
+    # general-lite's own values (pack.yaml 1.2.0): threshold 0.2, score_thres 0.5
+    assert res["params"] == {"threshold": 0.2, "max_det_results": 5, "score_thres": 0.5}
 
 
 def test_labels_operation_counts_filters_pages_and_carries_thumbnails(web_served):
@@ -265,7 +265,7 @@ def _browse(web_served, page, queries, photos, tmp_path: Path) -> None:
     assert page.input_value("#scenario") == "general-lite"
     page.select_option("#gallery", EDITED)
     page.wait_for_function("() => document.querySelector('#gallery-info').dataset.count === '3'", timeout=deadline)
-    assert page.input_value("#threshold") == "0.2" and page.input_value("#score_thres") == "0.9"
+    assert page.input_value("#threshold") == "0.2" and page.input_value("#score_thres") == "0.5"
 
     # 1. upload the demo collage: the drawn answer and the table show cat and coffee
     page.set_input_files("#file", str(collage))
@@ -301,11 +301,11 @@ def _browse(web_served, page, queries, photos, tmp_path: Path) -> None:
     rows = "document.querySelectorAll('#results tbody tr')"
     answer_after("max_det_results", 1, "1", f"{rows}.length === 1 && {rows}[0].dataset.label === 'cat'")
     answer_after("max_det_results", 5, "5", f"{rows}.length === 2")
-    # detector boxes all below 0.9: only the whole image is searched, and it matches nothing at 0.9 ...
+    # detector boxes all below 0.9: only the whole image is searched, and it matches nothing at 0.5 (coffee 0.47) ...
     answer_after("threshold", 0.9, "0.90",
                  "document.querySelector('#results tbody').innerText.includes('nothing recognised')")
-    # ... but at score_thres 0.5 it is recognised, marked as the whole image
-    answer_after("score_thres", 0.5, "0.50", "document.querySelectorAll('#results tbody tr.whole-image').length === 1")
+    # ... but at score_thres 0.3 it is recognised, marked as the whole image
+    answer_after("score_thres", 0.3, "0.30", "document.querySelectorAll('#results tbody tr.whole-image').length === 1")
     assert page.inner_text("#results tbody tr.whole-image td:nth-child(4)") == "whole image"
 
     # 3. adding without the token: the page says why, nothing is added

@@ -1,21 +1,23 @@
 """Recognition quality of a scenario pack on a cross-style retrieval set, in one command.
 
-    python benchmarks/quality/run.py [--classes 80] [--seed 0] [--scenario general-lite] [--sweep] [--json OUT]
+    python benchmarks/quality/run.py [--classes 80] [--seed 0] [--scenes-per-class 1] [--scenario general-lite]
+                                     [--sweep] [--json OUT]
     python benchmarks/quality/run.py --write-gallery DIR; shitu adapt DIR/gallery.txt --out REC;
     python benchmarks/quality/run.py --adapted REC        # adds a row for the adapted recogniser
 
 Builds the set of :mod:`dataset` (Debian icon themes + scikit photos; it says which package to install when one is
-missing), adds the gallery images to an in-memory gallery and prints:
+missing), adds the gallery images to a faiss ``Flat`` gallery in a temporary folder and prints:
 
-- **pipeline** tables for the pack's settings as shipped and as they were before issue #18 (``before``): R@1 / R@5
-  on ``alone`` queries (whole image), ``scene`` queries (the real ``Engine.recognize`` path: detection, crops,
-  search, rec-NMS; R@1 = the best recognition's label, R@5 = the true label among the five best distinct labels of
-  every searched box), ``oracle`` (the true box embedded), detector recall (a kept box with IoU >= 0.5), accepted
-  answers and their precision at the pack's ``score_thres``, and the median latency per scene image;
+- **pipeline** tables for the pack's settings as shipped, as general-lite 1.1.0 had them (``1.1.0``) and as they were
+  before issue #18 (``before``): R@1 / R@5 on ``alone`` queries (whole image), ``scene`` queries (the real
+  ``Engine.recognize`` path: detection, crops, search, rec-NMS; R@1 = the best recognition's label, R@5 = the true
+  label among the five best distinct labels of every searched box), ``oracle`` (the true box embedded), detector
+  recall (a kept box with IoU >= 0.5), accepted answers and their precision at the pack's ``score_thres``, and the
+  median latency per scene image;
 - detector recall at IoU >= 0.5 in the top-k per threshold and minimum relative box size (raw boxes cached);
 - with ``--sweep``: the measurements behind the embedding defaults, from cached feature maps: pooling / input
-  size / flip averaging (R@1 alone and oracle, latency per crop), and the same/different score distributions with
-  the threshold that reaches 90 % precision.
+  size / flip averaging / stretched or square crops / centring and whitening (R@1 alone and oracle, latency per
+  crop), and the same/different score distributions with the threshold that reaches 90 % precision.
 
 Scores are ranked without ``score_thres`` for R@k (a ranking measure); the threshold is reported separately.
 """
@@ -37,10 +39,20 @@ sys.path.insert(0, str(HERE.parent))
 import dataset  # noqa: E402
 from common import describe, machine, table, write_json  # noqa: E402
 
+#: general-lite 1.0.0 and 1.1.0 stretched crops to 224 x 224 (1.2.0 pads them to a square first).
+STRETCH_OPS: list[dict[str, Any]] = [
+    {"ResizeImage": {"size": [224, 224], "interpolation": "bilinear"}},
+    {"NormalizeImage": {"scale": 1.0, "mean": [103.53, 116.28, 123.675], "std": [57.375, 57.12, 58.395],
+                        "order": "hwc"}},
+    {"ToCHWImage": None}]
 #: The general-lite settings before issue #18 (GAP pooling, threshold 0.3, 5 boxes, no relative size floor).
 BEFORE: dict[str, Any] = {"Global.threshold": 0.3, "Global.max_det_results": 5, "Global.min_box_size": 4,
                           "Global.min_box_ratio": 0.0, "Global.crop_padding": 0.0, "RecPostProcess.pooling": "gap",
-                          "RecPostProcess.flip_average": False, "IndexProcess.score_thres": 0.8}
+                          "RecPostProcess.flip_average": False, "IndexProcess.score_thres": 0.8,
+                          "RecPreProcess.transform_ops": STRETCH_OPS, "RecPostProcess.centering": None}
+#: general-lite 1.1.0 (GeM, detector threshold 0.2, min_box_ratio 0.1, crop_padding 0.1; stretched, not centred).
+V110: dict[str, Any] = {"RecPreProcess.transform_ops": STRETCH_OPS, "RecPostProcess.centering": None,
+                        "Global.crop_padding": 0.1, "IndexProcess.score_thres": 0.9}
 
 
 def _known(settings: dict[str, Any]) -> dict[str, Any]:
@@ -85,10 +97,8 @@ def calibrate(best: list[float], right: list[bool], precision: float = TARGET_PR
 # -- the real pipeline ------------------------------------------------------------------------------------------
 def pipeline_report(engine: Any, qs: dataset.QualitySet, settings: dict[str, Any]) -> dict[str, Any]:
     """R@k alone / scene / oracle, detector recall and latency through ``Engine`` as a caller uses it."""
-    from shitu.serving.engine.pipeline import MemoryIndex
-
     p = engine.params.override(settings)
-    index = MemoryIndex(engine.embedding_size)
+    index = flat_gallery(engine.embedding_size)
     index.add(engine.extractor.embed(qs.gallery, p), qs.labels)
     alone = index.search(engine.extractor.embed(qs.alone, p), 5)
     pad = p["Global.crop_padding"]
@@ -125,6 +135,19 @@ def pipeline_report(engine: Any, qs: dataset.QualitySet, settings: dict[str, Any
     }
 
 
+def flat_gallery(dim: int) -> Any:
+    """A real gallery (SQLite + faiss ``Flat``, IP) in a temporary folder removed at exit."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from shitu.serving.gallery import Gallery
+
+    folder = tempfile.mkdtemp(prefix="quality-gallery-")
+    atexit.register(shutil.rmtree, folder, True)
+    return Gallery.create(Path(folder) / "g", dim, index_method="Flat")
+
+
 def latency(engines: dict[str, tuple[Any, dict[str, Any]]], qs: dataset.QualitySet, index: Any, rounds: int
             ) -> dict[str, float]:
     """Median ms per scene image for each setting, interleaved image by image (a shared CPU's load hits all)."""
@@ -155,9 +178,13 @@ def _per_request(settings: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 
 # -- the sweep -------------------------------------------------------------------------------------------------
-def feature_maps(extractor: Any, images: list[np.ndarray], size: int, flip: bool = False) -> np.ndarray:
-    """Backbone feature maps ``[n, C, h, w]`` at input ``size`` (the pack's normalisation)."""
+def feature_maps(extractor: Any, images: list[np.ndarray], size: int, flip: bool = False, square: bool = False
+                 ) -> np.ndarray:
+    """Backbone feature maps ``[n, C, h, w]`` at input ``size`` (the pack's normalisation); ``square``: padded to a
+    square with the normalisation mean first (``PadToSquare``), else stretched."""
     import cv2
+
+    from shitu.serving.engine.transforms import Sample, pad_to_square
 
     norm = [op for op in extractor.spec.transform_ops if "NormalizeImage" in op][0]["NormalizeImage"]
     mean, std = np.array(norm["mean"], np.float32), np.array(norm["std"], np.float32)
@@ -165,6 +192,8 @@ def feature_maps(extractor: Any, images: list[np.ndarray], size: int, flip: bool
     for i in range(0, len(images), 8):
         batch = []
         for img in images[i:i + 8]:
+            if square:
+                img = pad_to_square(norm["mean"])(Sample(img, img.shape[:2])).image
             x = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.float32)
             if flip:
                 x = x[:, ::-1]
@@ -175,34 +204,52 @@ def feature_maps(extractor: Any, images: list[np.ndarray], size: int, flip: bool
 
 
 def sweep(engine: Any, qs: dataset.QualitySet) -> dict[str, Any]:
+    from shitu.serving.engine.centering import generic_images
     from shitu.serving.engine.extraction import l2_normalize, pool
 
     ex = engine.extractor
     oracle_crops = [dataset_crop(s.image, s.box) for s in qs.scenes]
     truth_o = [s.label for s in qs.scenes]
     emb_rows, emb = [], {}
-    for size in (224, 288):
-        for flip in (False, True):
-            t0 = time.perf_counter()
-            maps = {k: feature_maps(ex, imgs, size) for k, imgs in
-                    (("g", qs.gallery), ("a", qs.alone), ("o", oracle_crops))}
-            per_crop = (time.perf_counter() - t0) / sum(len(v) for v in maps.values())
-            if flip:
-                maps_f = {k: feature_maps(ex, imgs, size, flip=True) for k, imgs in
-                          (("g", qs.gallery), ("a", qs.alone), ("o", oracle_crops))}
-                per_crop *= 2
-            for method, power in (("gap", 1.0), ("gem", 2.0), ("gem", 3.0), ("gem", 4.0)):
-                f = {k: pool(v, method, power) for k, v in maps.items()}
+    sets = (("g", qs.gallery), ("a", qs.alone), ("o", oracle_crops))
+    generic: dict[bool, np.ndarray] = {}
+
+    def add_row(name: str, f: dict[str, np.ndarray], per_crop: float) -> None:
+        a1, a5, a_best, a_ok = rank_at(f["a"] @ f["g"].T, qs.labels, qs.labels)
+        o1, o5, o_best, o_ok = rank_at(f["o"] @ f["g"].T, qs.labels, truth_o)
+        emb_rows.append([name, a1, a5, o1, o5, per_crop * 1000])
+        emb[name] = {"alone_r1": a1, "alone_r5": a5, "oracle_r1": o1, "oracle_r5": o5,
+                     "ms_per_crop": per_crop * 1000, "best": a_best + o_best, "right": a_ok + o_ok,
+                     "gallery_pairs": _pair_scores(f["g"])}
+
+    for square in (False, True):
+        for size in (224, 288):
+            for flip in (False, True):
+                t0 = time.perf_counter()
+                maps = {k: feature_maps(ex, imgs, size, square=square) for k, imgs in sets}
+                per_crop = (time.perf_counter() - t0) / sum(len(v) for v in maps.values())
                 if flip:
-                    f = {k: v + pool(maps_f[k], method, power) for k, v in f.items()}
-                f = {k: l2_normalize(v) for k, v in f.items()}
-                a1, a5, a_best, a_ok = rank_at(f["a"] @ f["g"].T, qs.labels, qs.labels)
-                o1, o5, o_best, o_ok = rank_at(f["o"] @ f["g"].T, qs.labels, truth_o)
-                name = f"{method}{'' if method == 'gap' else f' p={power:g}'} {size}{' +flip' if flip else ''}"
-                emb_rows.append([name, a1, a5, o1, o5, per_crop * 1000])
-                emb[name] = {"alone_r1": a1, "alone_r5": a5, "oracle_r1": o1, "oracle_r5": o5,
-                             "ms_per_crop": per_crop * 1000, "best": a_best + o_best, "right": a_ok + o_ok,
-                             "gallery_pairs": _pair_scores(f["g"])}
+                    maps_f = {k: feature_maps(ex, imgs, size, flip=True, square=square) for k, imgs in sets}
+                    per_crop *= 2
+                for method, power in (("gap", 1.0), ("gem", 2.0), ("gem", 3.0), ("gem", 4.0)):
+                    f = {k: pool(v, method, power) for k, v in maps.items()}
+                    if flip:
+                        f = {k: v + pool(maps_f[k], method, power) for k, v in f.items()}
+                    f = {k: l2_normalize(v) for k, v in f.items()}
+                    name = (f"{method}{'' if method == 'gap' else f' p={power:g}'} {size}"
+                            f"{' square' if square else ''}{' +flip' if flip else ''}")
+                    add_row(name, f, per_crop)
+                    if (size, flip, method, power) == (224, False, "gem", 3.0):
+                        # centring and PCA whitening, estimated here on the generic photo crops (as shipped)
+                        generic[square] = l2_normalize(pool(feature_maps(ex, generic_images(0), 224, square=square),
+                                                            "gem", 3.0))
+                        mean = generic[square].mean(axis=0)
+                        add_row(f"{name} +centre", {k: l2_normalize(v - mean) for k, v in f.items()}, per_crop)
+                        _, sv, vt = np.linalg.svd(generic[square] - mean, full_matrices=False)
+                        lam = sv[:96] ** 2 / len(generic[square])
+                        w = vt[:96].T / np.sqrt(lam + lam.mean())
+                        add_row(f"{name} +centre +whiten96", {k: l2_normalize((v - mean) @ w) for k, v in f.items()},
+                                per_crop)
     return {"embedding": emb, "embedding_rows": emb_rows}
 
 
@@ -246,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--classes", type=int, default=80)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scenes-per-class", type=int, default=1,
+                    help="scene queries per object (3: 219 scenes, R@1 steps of 0.005 instead of 0.014)")
     ap.add_argument("--scenario", default=None)
     ap.add_argument("--sweep", action="store_true", help="also print the measurements behind the defaults")
     ap.add_argument("--skip-before", action="store_true", help="only the pack as shipped")
@@ -257,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     try:
-        qs = dataset.build(args.classes, 1, args.seed)
+        qs = dataset.build(args.classes, args.scenes_per_class, args.seed)
     except dataset.MissingData as exc:
         print(f"cannot build the set: {exc}", file=sys.stderr)
         return 2
@@ -297,11 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     out["detector_recall"] = det["detector"]
     rows = []
     engines: dict[str, tuple[Any, dict[str, Any]]] = {}
-    runs = [("before", _known(BEFORE)), ("shipped", {})]
+    runs = [("before", _known(BEFORE)), ("1.1.0", _known(V110)), ("shipped", {})]
     if args.adapted:
         runs.append(("adapted", {"Global.rec_inference_model_dir": str(args.adapted)}))
     for name, settings in runs:
-        if name == "before" and args.skip_before:
+        if name in ("before", "1.1.0") and args.skip_before:
             continue
         load_time = {k: v for k, v in settings.items() if not _is_per_request(k)}
         engine = load_engine(args.scenario, params={"Global.cpu_num_threads": 1, **load_time})
@@ -309,10 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         out[name] = pipeline_report(engine, qs, per_request)
         engines[name] = (engine, per_request)
     if args.latency_rounds:
-        from shitu.serving.engine.pipeline import MemoryIndex
-
         first = next(iter(engines.values()))[0]
-        index = MemoryIndex(first.embedding_size)
+        index = flat_gallery(first.embedding_size)
         index.add(np.zeros((1, first.embedding_size), np.float32), ["nothing"])  # searching costs the same
         for name, ms in latency(engines, qs, index, args.latency_rounds).items():
             out[name]["median_ms_per_scene"] = ms
@@ -326,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
           "interleaved):")
     print(table(["settings", "alone R@1", "alone R@5", "scene R@1", "scene R@5", "oracle R@1", "oracle R@5",
                  "det recall", "score_thres", "accepted", "precision", "crops/scene", "ms/scene"], rows))
-    out["summary"] = quality_summary(out, [name for name, _ in runs if name in engines])
+    out["summary"] = summary(out) or quality_summary(out, [name for name, _ in runs if name in engines])
     write_json("quality", out, args.json)
     return 0
 
@@ -338,6 +385,20 @@ def quality_summary(out: dict[str, Any], names: list[str]) -> list[dict[str, str
              "figure": f"{out[name]['alone_r1']:.3f} / {out[name]['scene_r1']:.3f}, {out[name]['det_recall']:.3f}, "
                        f"{out[name]['precision_accepted']:.3f}, {out[name]['median_ms_per_scene']:.0f} ms"}
             for name in names]
+
+
+def summary(out: dict[str, Any]) -> list[dict[str, str]]:
+    """Headline rows (``make bench`` collects them): the shipped pack against general-lite 1.0.0 (``before``)."""
+    if "shipped" not in out or "before" not in out:
+        return []
+    now, was = out["shipped"], out["before"]
+    rows = [{"what": f"quality set, {label} R@1: general-lite shipped vs 1.0.0",
+             "figure": f"{now[key]:.3f} vs {was[key]:.3f}"}
+            for key, label in (("scene_r1", "scene"), ("alone_r1", "alone"), ("oracle_r1", "true-box"))]
+    rows.append({"what": "quality set, ms per scene: general-lite shipped / 1.0.0 (interleaved, 1 thread)",
+                 "figure": f"{now['median_ms_per_scene'] / was['median_ms_per_scene']:.2f}x "
+                           f"({now['median_ms_per_scene']:.1f} vs {was['median_ms_per_scene']:.1f} ms)"})
+    return rows
 
 
 def _is_per_request(name: str) -> bool:

@@ -10,6 +10,7 @@ describes, prints held-out R@1 before and after, and writes ``--out``. Use it wi
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -49,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
         if engine.extractor.projection is not None:  # adapting an adapted recogniser: compose the heads
             matrix = engine.extractor.projection @ matrix
         write_recognizer(engine.extractor.spec, pooling, matrix, out, report)
+        centering = params["RecPostProcess.centering"]
+        if centering and not Path(centering).is_absolute():  # the head was trained on centred features
+            (Path(out) / centering).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(engine.extractor.spec.model_dir / centering, Path(out) / centering)
     except Exception as exc:  # noqa: BLE001 - the command reports any failure in one line
         print(f"shitu adapt: {exc}", file=sys.stderr)
         return EXIT_ERROR

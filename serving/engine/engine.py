@@ -65,6 +65,7 @@ class Engine:
         self.gallery_specs = dict(gallery_specs or {})
         self.detector = MainbodyDetector(detector_spec, runtime_options(self.params, "det"))
         self.extractor = FeatureExtractor(extractor_spec, runtime_options(self.params, "rec"))
+        self.extractor.centering(self.params["RecPostProcess.centering"])  # a missing or bad file fails the load
         self.gallery_root = Path(gallery_root) if gallery_root else None
         self.default_gallery = default_gallery
         self._galleries = OpenGalleries(self.params["Limits.max_open_galleries"])

@@ -5,7 +5,7 @@ share the network input size, which the resize op fixes). A model whose output i
 ``[N, C, H, W]`` is pooled: ``gap`` (the folder's ``pooling: gap``) or generalised-mean ``gem`` (``RecPostProcess.pooling``,
 power ``RecPostProcess.gem_power``; measured better on the embedded backbone, see ``benchmarks/quality``). Embeddings are L2-normalised (``RecPostProcess.normalize``) and can
 be sign-binarised for hamming galleries (``RecPostProcess.binarize``). The embedding size is read from the model's
-output, not assumed.
+output, not assumed. A ``RecPostProcess.centering`` vector is subtracted right after pooling (:mod:`.centering`).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from shitu.model_spec import ModelSpec
+from shitu.serving.engine.centering import center, load_centering
 from shitu.serving.engine.predictor import Predictor, PredictorError, RuntimeOptions
 from shitu.serving.engine.timing import NULL_TIMER, StageTimer
 from shitu.serving.engine.transforms import Transforms
@@ -75,6 +76,7 @@ class FeatureExtractor:
         self.transforms = Transforms(spec.transform_ops, spec.input_color)
         self.predictor = predictor or Predictor(spec, options)
         self.projection = load_projection(spec)
+        self._centering: tuple[str | None, np.ndarray | None] = (None, None)
         self._embedding_size: int | None = None
 
     @property
@@ -102,12 +104,21 @@ class FeatureExtractor:
                                      "set 'pooling: gap' in its shitu_model.yml")
             feats = pool(feats, method, params["RecPostProcess.gem_power"] if params is not None else 3.0)
         feats = feats.reshape(len(images), -1).astype(np.float32)
+        centering = self.centering(params["RecPostProcess.centering"] if params is not None else None)
+        if centering is not None:
+            feats = center(feats, centering, self.spec.model_dir.name)
         if self.projection is not None:
             if feats.shape[1] != self.projection.shape[0]:
                 raise PredictorError(f"{self.spec.model_dir}: projection {self.spec.projection} expects "
                                      f"{self.projection.shape[0]}-d features, the model gives {feats.shape[1]}")
             feats = feats @ self.projection
         return feats
+
+    def centering(self, name: str | None) -> np.ndarray | None:
+        """The ``RecPostProcess.centering`` vector ``name`` (read once, then kept), or None."""
+        if self._centering[0] != name:
+            self._centering = (name, load_centering(self.spec, name))
+        return self._centering[1]
 
     def embed(self, images: Sequence[np.ndarray], params: Any = None, timer: StageTimer = NULL_TIMER) -> np.ndarray:
         """BGR images -> embeddings, ``Global.batch_size`` per forward pass.

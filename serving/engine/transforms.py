@@ -122,6 +122,32 @@ def resize_image(size: Any = None, resize_short: int | None = None, interpolatio
     return op
 
 
+@register_op("PadToSquare")
+def pad_to_square(value: Any = (0, 0, 0)) -> Op:
+    """Pad the shorter side (evenly on both ends) with a constant colour so the image is square.
+
+    Put before a square ``ResizeImage`` to keep the object's aspect ratio instead of stretching it (a detector
+    box of a tall bottle then looks like a gallery picture of the bottle). ``value`` is one colour in the model's
+    channel order (``input_color``); ``NormalizeImage``'s ``mean`` makes the padding zero at the network input.
+    """
+    fill = [float(v) for v in value] if isinstance(value, (list, tuple)) else None
+    if fill is None or len(fill) not in (1, 3):
+        raise TransformError(f"PadToSquare value must be a list of 1 or 3 numbers, got {value!r}")
+
+    def op(s: Sample) -> Sample:
+        img = _hwc(s)
+        h, w = img.shape[:2]
+        if h == w:
+            return s
+        top, left = (w - h) // 2 if w > h else 0, (h - w) // 2 if h > w else 0
+        bottom, right = max(w - h - top, 0), max(h - w - left, 0)
+        colour = fill * (img.shape[2] if img.ndim == 3 and len(fill) == 1 else 1)
+        s.image = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=colour)
+        return s
+
+    return op
+
+
 @register_op("CropImage")
 def crop_image(size: Any = 224) -> Op:
     """Centre crop to ``size`` ([w, h] or an int)."""
