@@ -40,7 +40,10 @@ SCHEMA_VERSION = 1
 MANIFEST_FILE = "pack.yaml"
 
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?\Z")
-VERSION_RE = re.compile(r"^[0-9]+(?:\.[0-9]+){0,3}(?:[.-]?(?:a|b|rc|dev|post)[0-9]*)?\Z")
+#: A release (``1.1.0``, ``1.0rc1``) with an optional PEP 440 local label (``1.1.0+adapt.1``: a version made on this
+#: machine from a published one, as ``shitu adapt --pack`` writes).
+VERSION_RE = re.compile(r"^[0-9]+(?:\.[0-9]+){0,3}(?:[.-]?(?:a|b|rc|dev|post)[0-9]*)?"
+                        r"(?:\+[a-z0-9]+(?:\.[a-z0-9]+)*)?\Z")
 GALLERY_RE = GALLERY_NAME  # one rule for gallery names (shitu.names)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
@@ -48,7 +51,7 @@ ROLES = {"detector": "detector", "recognizer": "extractor"}  # manifest role -> 
 FORMATS = ("paddle", "onnx")
 #: ModelSpec description keys a model entry may carry (see shitu.model_spec).
 DESCRIPTION_KEYS = ("kind", "model_file", "params_file", "onnx_file", "input_color", "transform_ops", "decoder",
-                    "decoder_args", "pooling", "onednn", "onednn_passes")
+                    "decoder_args", "pooling", "projection", "onednn", "onednn_passes")
 #: Parameters a pack may not set: the registry derives them from the pack's models and galleries.
 PACK_MANAGED_PARAMS = ("Global.det_inference_model_dir", "Global.rec_inference_model_dir", "IndexProcess.index_dir")
 

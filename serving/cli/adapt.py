@@ -1,11 +1,14 @@
-"""``shitu adapt``: train a projection head for a gallery's own images and write a new recogniser folder.
+"""``shitu adapt``: train a projection head for a gallery's own images; install it as a pack version, or write it.
 
-    shitu adapt gallery.txt --out adapted-rec [--scenario NAME] [--image-root DIR] [--views 12] [--steps 300]
+    shitu adapt gallery.txt --pack NAME [--no-use] [--image-root DIR] [--views 12] [--steps 300]
+    shitu adapt gallery.txt --out adapted-rec [--scenario NAME] ...
 
 Reads a PaddleClas list file (or a ``label/image`` folder tree), trains as :mod:`shitu.serving.engine.adapt`
-describes, prints held-out R@1 before and after, and writes ``--out``. Use it with
-``--param rec_inference_model_dir=adapted-rec`` (``Global.rec_inference_model_dir``) and re-embed the gallery
-(``shitu gallery build`` into a new folder) with the same parameter.
+describes and prints held-out R@1 before and after. ``--pack`` installs a new version of that pack
+(``1.1.0+adapt.1``) with the pack's galleries carried into the new recogniser's space, current unless
+``--no-use`` (:mod:`shitu.serving.engine.adapt_pack`); ``shitu plugins rollback NAME`` returns to the previous
+one. ``--out`` writes only the recogniser folder: use it with ``--param rec_inference_model_dir=adapted-rec``
+(``Global.rec_inference_model_dir``) and re-embed the gallery (``shitu gallery build`` into a new folder).
 """
 from __future__ import annotations
 
@@ -22,8 +25,15 @@ def run(args: argparse.Namespace) -> int:
     from shitu.serving.engine.images import load
     from shitu.serving.gallery.list_file import GalleryFileError, read_entries
 
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
+    if (args.out is None) == (args.pack is None):
+        print("shitu adapt: give --pack NAME (install a new version of the pack) or --out DIR (write the "
+              "recogniser only)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.pack is not None and args.scenario not in (None, args.pack):
+        print("shitu adapt: --pack names the pack adapted; leave out --scenario", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and any(out.iterdir()):
         print(f"shitu adapt: {out} exists and is not empty; choose a new folder", file=sys.stderr)
         return EXIT_USAGE
     errors: list[GalleryFileError] = []
@@ -40,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
             if args.backgrounds else default_backgrounds()
         if not backgrounds:
             raise RuntimeError(f"{args.backgrounds}: no background images")
+        if args.pack is not None:
+            return _adapt_pack(args, images, [e.label for e in entries], backgrounds)
         engine = load_engine(args.scenario)
         params = engine.params
         matrix, report = adapt(lambda imgs: engine.extractor.embed(imgs, params.override(
@@ -58,10 +70,25 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _adapt_pack(args: argparse.Namespace, images: list, labels: list[str], backgrounds: list) -> int:
+    from shitu.serving.engine.adapt_pack import adapt_pack
+
+    done = adapt_pack(args.pack, images, labels, backgrounds, views=args.views, steps=args.steps, seed=args.seed,
+                      make_current=not args.no_use, log=print)
+    state = "current" if done["current"] else "installed, not current (shitu plugins use " \
+        f"{done['name']} {done['version']})"
+    print(f"pack {done['name']} {done['version']} {state}; `shitu plugins rollback {done['name']}` returns to "
+          f"{done['base_version']}")
+    return EXIT_OK
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("adapt", help="train a projection head on a gallery list; write a new recogniser")
+    p = subparsers.add_parser("adapt", help="train a projection head on a gallery list; install it as a new pack "
+                              "version (--pack) or write the recogniser (--out)")
     p.add_argument("source", help="gallery list file (path<TAB>label) or label/image folder tree")
-    p.add_argument("--out", required=True, help="new folder for the adapted recogniser")
+    p.add_argument("--pack", help="install the result as a new version of this pack (galleries carried over)")
+    p.add_argument("--no-use", action="store_true", help="with --pack: keep the current version current")
+    p.add_argument("--out", help="new folder for the adapted recogniser (instead of --pack)")
     p.add_argument("--scenario", help="scenario pack whose recogniser is adapted (default: the default pack)")
     p.add_argument("--image-root", help="folder the list file's paths are relative to (default: the list's)")
     p.add_argument("--backgrounds", help="folder of background photos (default: the scikit sample photos)")

@@ -1,0 +1,168 @@
+"""Copying galleries into another recogniser's embedding space (``shitu adapt --pack``).
+
+Each gallery folder under the old space's root (``$SHITU_HOME/galleries/<pack>/`` or ``<pack>+<space>/``, see
+:mod:`shitu.plugins.embedding_space`) gets a twin under the new root with the same ids, labels, sources, metadata,
+content hashes and thumbnails, and vectors of the new recogniser:
+
+- **mapped**: when the new recogniser is the old one followed by a linear head ``W`` (a projection), and the
+  gallery's vectors are float vectors the old recogniser made (its recorded model identity, or none recorded),
+  each new vector is ``normalize(v @ W)``, exactly what embedding the image again would give (the head acts on
+  un-normalised features and normalising commutes with a linear map up to scale). No image is needed;
+- **from images**: otherwise each item's ``source`` must be an image file that is still there and, when the item
+  records a content hash, still has that content; it is embedded again;
+- anything else is refused *before* a gallery is written: :class:`ReembedError` names each gallery and how many of
+  its items have no image to embed again (thumbnails are too small to stand in for them). The old galleries are
+  only read; each new one is built in a hidden sibling folder and renamed into place.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from shitu.files import move_into_place, staging_dir
+from shitu.serving.gallery.local import DB_NAME, Gallery, GalleryError
+
+__all__ = ["ReembedError", "GalleryCopy", "plan", "reembed_all"]
+
+EmbedFn = Callable[[list[np.ndarray]], np.ndarray]
+ReadImage = Callable[[str], np.ndarray]
+
+
+class ReembedError(GalleryError):
+    """Some gallery cannot be moved to the new recogniser; nothing was written."""
+
+
+@dataclass
+class GalleryCopy:
+    """One gallery to carry over: where from, where to, and how (``mapped`` | ``images``)."""
+
+    name: str
+    src: Path
+    dest: Path
+    how: str
+    count: int = 0
+    missing: list[str] = field(default_factory=list)  # items without a usable image (for "images")
+
+
+def _read(src: Path) -> tuple[dict[str, str], list[tuple], dict[int, bytes]]:
+    """``(meta, rows, thumbnails)`` in one read transaction; rows: id, label, source, metadata, hash, vector."""
+    conn = sqlite3.connect(f"{(src / DB_NAME).resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+    try:
+        conn.execute("BEGIN")
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        rows = conn.execute("SELECT i.id, i.label, i.source, i.metadata, i.content_hash, v.vector FROM items i "
+                            "JOIN vectors v ON v.slot = i.slot ORDER BY i.id").fetchall()
+        try:
+            thumbs = {int(i): bytes(j) for i, j in conn.execute("SELECT id, jpeg FROM thumbnails")}
+        except sqlite3.OperationalError:  # no item was ever added with its image
+            thumbs = {}
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return meta, rows, thumbs
+
+
+def _image_ok(source: str | None, content_hash: str | None) -> bool:
+    if not source or not Path(source).is_file():
+        return False
+    if content_hash is None:
+        return True
+    return hashlib.sha256(Path(source).read_bytes()).hexdigest() == content_hash
+
+
+def plan(old_root: Path, new_root: Path, *, mappable: bool, old_identity: dict[str, str] | None) -> list[GalleryCopy]:
+    """What :func:`reembed_all` would do; raises :class:`ReembedError` naming every gallery it cannot carry over.
+
+    ``mappable``: the new recogniser is the old one plus a linear head. ``old_identity``: the old recogniser's
+    model identity (galleries recording another one are not mapped)."""
+    out, refused = [], []
+    if not Path(old_root).is_dir():
+        return out
+    for src in sorted(p for p in Path(old_root).iterdir() if (p / DB_NAME).is_file()):
+        dest = Path(new_root) / src.name
+        if (dest / DB_NAME).is_file():
+            continue  # carried over already (the same recogniser made before)
+        meta, rows, _ = _read(src)
+        recorded = json.loads(meta["model_identity"]) if meta.get("model_identity") else None
+        same_model = recorded is None or old_identity is None or recorded == old_identity
+        if mappable and same_model and meta.get("metric") != "hamming":
+            out.append(GalleryCopy(src.name, src, dest, "mapped", len(rows)))
+            continue
+        copy = GalleryCopy(src.name, src, dest, "images", len(rows))
+        copy.missing = [f"{r[0]} ({r[1]})" for r in rows if not _image_ok(r[2], r[4])]
+        (refused if copy.missing else out).append(copy)
+    if refused:
+        lines = [f"gallery {c.name!r}: {len(c.missing)} of {c.count} items have no stored image to embed again "
+                 f"(ids {', '.join(c.missing[:5])}{', ...' if len(c.missing) > 5 else ''})" for c in refused]
+        raise ReembedError("the new recogniser cannot take these galleries along (nothing was changed):\n"
+                           + "\n".join(lines) + "\nre-add their images, or remove these galleries first")
+    return out
+
+
+def _copy_one(copy: GalleryCopy, projection: np.ndarray | None, embed: EmbedFn, read_image: ReadImage,
+              identity: dict[str, str] | None, binarize: Callable[[np.ndarray], np.ndarray], normalize_mapped: bool
+              ) -> int:
+    from shitu.serving.gallery.backup import set_gallery_model_identity
+    from shitu.serving.gallery.keep_ids import add_keeping_ids
+
+    meta, rows, thumbs = _read(copy.src)
+    dim, metric = int(meta["dim"]), meta["metric"]
+    normalize = bool(int(meta.get("normalize", "0")))
+    if copy.how == "mapped":
+        old = np.frombuffer(b"".join(r[5] for r in rows), "<f4").reshape(len(rows), dim)
+        vectors = old @ projection
+        if normalize_mapped:
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    else:
+        vectors = embed([read_image(r[2]) for r in rows]) if rows else np.zeros((0, dim), np.float32)
+        if metric == "hamming":
+            vectors = binarize(vectors)
+    tmp = staging_dir(copy.dest, "reembed")
+    try:
+        with Gallery.create(tmp, dim, index_method=meta["index_method"],
+                            dist_type="cosine" if normalize else metric,
+                            hamming_radius=int(meta.get("hamming_radius", 100))) as gallery:
+            add_keeping_ids(gallery, [r[0] for r in rows], np.asarray(vectors), [r[1] for r in rows],
+                            sources=[r[2] for r in rows],
+                            metadata=[json.loads(r[3]) if r[3] else None for r in rows],
+                            content_hashes=[r[4] for r in rows])
+            gallery.checkpoint()
+        if thumbs:
+            _copy_thumbnails(tmp, thumbs)
+        if identity is not None:
+            set_gallery_model_identity(tmp, identity)
+        move_into_place(tmp, copy.dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return len(rows)
+
+
+def _copy_thumbnails(folder: Path, thumbs: dict[int, bytes]) -> None:
+    from shitu.serving.gallery import thumbnails
+
+    conn = sqlite3.connect(str(folder / DB_NAME), isolation_level=None, timeout=30)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in thumbnails._DDL:
+            conn.execute(statement)
+        conn.executemany("INSERT OR REPLACE INTO thumbnails (id, jpeg) VALUES (?, ?)", list(thumbs.items()))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def reembed_all(copies: list[GalleryCopy], *, projection: np.ndarray | None, embed: EmbedFn, read_image: ReadImage,
+                identity: dict[str, str] | None, binarize: Callable[[np.ndarray], np.ndarray],
+                normalize_mapped: bool = True) -> dict[str, Any]:
+    """Carry out :func:`plan`'s copies; ``{gallery name: {"items": n, "how": ...}}``. ``embed``: images -> the new
+    recogniser's vectors; ``normalize_mapped``: L2-normalise mapped vectors (``RecPostProcess.normalize``)."""
+    return {c.name: {"items": _copy_one(c, projection, embed, read_image, identity, binarize, normalize_mapped),
+                     "how": c.how} for c in copies}

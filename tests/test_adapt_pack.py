@@ -1,0 +1,184 @@
+"""``shitu adapt LIST --pack NAME``: a new pack version with the adapted recogniser, galleries carried into its
+embedding space, ``plugins rollback`` / ``use`` switching recogniser and galleries together.
+
+Real path throughout: the embedded models through paddle.inference, real paddle training (a few steps), the real
+installer (hashes, a child-process test run of each model), real faiss galleries, the ``shitu`` CLI entry point.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import cv2
+import numpy as np
+import pytest
+
+from .lite_packs import lite_pack
+
+PACK = "adapt-lite"
+ONE_THREAD = {"Global.cpu_num_threads": 1}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A SHITU_HOME of this module's own, with the lite pack 1.0.0 installed and a user gallery 'shop'."""
+    import os
+
+    from shitu.plugins import registry
+    from shitu.serving.engine import load_engine
+
+    tmp = tmp_path_factory.mktemp("adapt-pack")
+    old = os.environ.get("SHITU_HOME")
+    os.environ["SHITU_HOME"] = str(tmp / "home")
+    try:
+        registry.install(str(lite_pack(tmp / "src", PACK)), progress=False)
+        yield tmp
+    finally:
+        if old is None:
+            os.environ.pop("SHITU_HOME", None)
+        else:
+            os.environ["SHITU_HOME"] = old
+
+
+def head_delta(pack):
+    """The head the version added (the base has none, so it is the whole projection)."""
+    return np.load(pack.model_dir("recognizer") / "projection.npy", allow_pickle=False)
+
+
+def _vectors(gallery_dir):
+    conn = sqlite3.connect(str(gallery_dir / "gallery.db"))
+    try:
+        rows = conn.execute("SELECT i.id, i.label, v.vector FROM items i JOIN vectors v ON v.slot = i.slot "
+                            "ORDER BY i.id").fetchall()
+    finally:
+        conn.close()
+    return [r[0] for r in rows], [r[1] for r in rows], np.stack([np.frombuffer(r[2], "<f4") for r in rows])
+
+
+@pytest.fixture(scope="module")
+def adapted(home, photos):
+    """The base version's galleries in use (demo + a user gallery with thumbnails), then `shitu adapt --pack`."""
+    from shitu.serving import cli
+    from shitu.serving.engine import load_engine
+
+    base = load_engine(PACK, params=ONE_THREAD)
+    try:
+        base.gallery()  # the pack's demo gallery, built from its vectors file in the base space
+        ids = base.gallery_add([photos[k] for k in ("cat", "coffee", "rocket")], ["cat", "coffee", "rocket"],
+                               gallery="shop")
+        before = base.recognize([photos["cat"]], gallery="shop")[0]
+        shop_dir = base.gallery_path("shop")
+    finally:
+        base.close()
+    lines = []
+    for label in ("cat", "coffee", "rocket"):
+        cv2.imwrite(str(home / f"{label}.png"), photos[label])
+        lines.append(f"{label}.png\t{label}")
+    (home / "list.txt").write_text("\n".join(lines) + "\n")
+    rc = cli.main(["adapt", str(home / "list.txt"), "--pack", PACK, "--views", "2", "--steps", "15"])
+    assert rc == 0
+    return {"ids": ids, "before": before, "shop_dir": shop_dir}
+
+
+def test_adapt_pack_installs_a_current_version_whose_galleries_are_in_its_space(adapted, photos):
+    from shitu.plugins import registry, store
+    from shitu.serving.engine import load_engine
+    from shitu.serving.gallery import thumbnails
+
+    pack = registry.get_pack(PACK)
+    assert pack.version == "1.0.0+adapt.1" and pack.source == "store"
+    assert store.installed_versions(PACK) == ["1.0.0", "1.0.0+adapt.1"]
+    assert pack.embedding_space and registry.get_pack(PACK, "1.0.0").embedding_space is None
+    assert not registry.verify(PACK)  # every file of the new version matches the sha256 its manifest gives
+    rec = pack.models["recognizer"]
+    assert rec.description["projection"] == "projection.npy" and pack.params["RecPostProcess"]["pooling"] == "gem"
+    eng = load_engine(PACK, params=ONE_THREAD)
+    try:
+        assert eng.extractor.projection is not None
+        shop = eng.gallery_path("shop")
+        assert shop.parent.name == f"{PACK}+{pack.embedding_space}" and shop != adapted["shop_dir"]
+        ids, labels, vecs = _vectors(shop)
+        assert ids == adapted["ids"] and labels == ["cat", "coffee", "rocket"]
+        # carried over through the head == what embedding the images again with the new recogniser gives
+        fresh = eng.embed([photos[k] for k in labels])
+        assert np.allclose(np.sum(vecs * fresh, axis=1), 1.0, atol=1e-4)
+        assert len(thumbnails.fetch(eng.gallery("shop"), ids)) == 3
+        got = eng.recognize([photos["cat"]], gallery="shop")[0]
+        assert got and got[0].label == "cat"
+        _, _, demo = _vectors(eng.gallery_path())  # the demo gallery: its shipped vectors mapped through the head
+        _, _, old_demo = _vectors(adapted["shop_dir"].parent / "demo")
+        mapped = old_demo @ head_delta(pack)
+        assert np.allclose(demo, mapped / np.linalg.norm(mapped, axis=1, keepdims=True), atol=1e-5)
+    finally:
+        eng.close()
+
+
+def test_rollback_returns_to_the_old_recogniser_and_its_untouched_galleries(adapted, photos):
+    from shitu.plugins import registry
+    from shitu.serving.engine import load_engine
+
+    old_ids, _, old_vecs = _vectors(adapted["shop_dir"])
+    assert registry.rollback(PACK) == "1.0.0"
+    try:
+        eng = load_engine(PACK, params=ONE_THREAD)
+        try:
+            assert eng.extractor.projection is None and eng.gallery_path("shop") == adapted["shop_dir"]
+            ids, _, vecs = _vectors(eng.gallery_path("shop"))
+            assert ids == old_ids and np.array_equal(vecs, old_vecs)
+            got = eng.recognize([photos["cat"]], gallery="shop")[0]
+            assert [(r.label, round(r.score, 4)) for r in got] == \
+                [(r.label, round(r.score, 4)) for r in adapted["before"]]
+        finally:
+            eng.close()
+    finally:
+        registry.use(PACK, "1.0.0+adapt.1", default=False)
+    assert registry.get_pack(PACK).version == "1.0.0+adapt.1"
+
+
+def test_adapt_pack_refuses_a_gallery_it_cannot_carry_over_and_changes_nothing(adapted, home, capsys):
+    from shitu.plugins import registry, store
+    from shitu.serving import cli
+    from shitu.serving.cli.toolkit import EXIT_ERROR
+    from shitu.serving.gallery import Gallery
+    from shitu.serving.gallery.backup import set_gallery_model_identity
+
+    current = registry.get_pack(PACK)
+    folder = current.gallery_dir().parent / "foreign"
+    with Gallery.create(folder, 512, index_method="Flat") as g:  # vectors of another model, no images kept
+        g.add(np.eye(2, 512, dtype=np.float32), ["a", "b"])
+    set_gallery_model_identity(folder, {"name": "other", "sha256": "0" * 64})
+    rc = cli.main(["adapt", str(home / "list.txt"), "--pack", PACK, "--views", "1", "--steps", "2"])
+    err = capsys.readouterr().err
+    assert rc == EXIT_ERROR and "'foreign': 2 of 2 items have no stored image" in err and "nothing was changed" in err
+    assert store.installed_versions(PACK) == ["1.0.0", "1.0.0+adapt.1"]
+    assert registry.get_pack(PACK).version == "1.0.0+adapt.1"
+    assert not [p for p in folder.parent.parent.iterdir() if p.name.endswith("+adapt.2")]
+
+
+def test_reembed_from_stored_images_when_no_head_maps_the_vectors(tmp_path, engine, photos):
+    """The other way of carrying a gallery over (a gallery of another model whose items' images are still there):
+    each image is embedded again; content hashes are checked."""
+    import hashlib
+
+    from shitu.serving.engine.extraction import binarize
+    from shitu.serving.engine.images import load
+    from shitu.serving.gallery import Gallery
+    from shitu.serving.gallery.reembed import ReembedError, plan, reembed_all
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    paths = []
+    for k in ("cat", "coffee"):
+        cv2.imwrite(str(tmp_path / f"{k}.png"), photos[k])
+        paths.append(tmp_path / f"{k}.png")
+    with Gallery.create(old / "g", 512, index_method="Flat") as g:
+        g.add(np.eye(2, 512, dtype=np.float32), ["cat", "coffee"], sources=[str(p) for p in paths],
+              content_hashes=[hashlib.sha256(p.read_bytes()).hexdigest() for p in paths])
+    copies = plan(old, new, mappable=False, old_identity=None)
+    assert [(c.name, c.how) for c in copies] == [("g", "images")]
+    done = reembed_all(copies, projection=None, embed=engine.embed, read_image=load, identity=None, binarize=binarize)
+    assert done == {"g": {"items": 2, "how": "images"}}
+    _, _, vecs = _vectors(new / "g")
+    assert np.allclose(vecs, engine.embed([photos["cat"], photos["coffee"]]), atol=1e-5)
+    paths[1].write_bytes(paths[0].read_bytes())  # an image changed since it was added: not the item's image
+    with pytest.raises(ReembedError, match=r"'g': 1 of 2 items have no stored image to embed again \(ids 2 "):
+        plan(old, tmp_path / "new2", mappable=False, old_identity=None)
