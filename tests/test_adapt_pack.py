@@ -182,3 +182,58 @@ def test_reembed_from_stored_images_when_no_head_maps_the_vectors(tmp_path, engi
     paths[1].write_bytes(paths[0].read_bytes())  # an image changed since it was added: not the item's image
     with pytest.raises(ReembedError, match=r"'g': 1 of 2 items have no stored image to embed again \(ids 2 "):
         plan(old, tmp_path / "new2", mappable=False, old_identity=None)
+
+
+def test_finetune_is_refused_up_front_for_a_pack_shipping_gallery_vectors(adapted, home, capsys):
+    from shitu.plugins import registry, store
+    from shitu.serving import cli
+    from shitu.serving.cli.toolkit import EXIT_ERROR
+
+    rc = cli.main(["adapt", str(home / "list.txt"), "--pack", PACK, "--method", "finetune"])
+    assert rc == EXIT_ERROR and "ships gallery vectors (demo) that only a projection head" in capsys.readouterr().err
+    assert store.installed_versions(PACK) == ["1.0.0", "1.0.0+adapt.1"]
+
+
+def test_finetuned_version_reembeds_galleries_from_their_images_and_rolls_back(adapted, home, photos):
+    """--method finetune: the network's last layers change (saved through paddle.jit.save, served by
+    paddle.inference); a gallery built from a list file is embedded again from its images."""
+    from shitu.plugins import registry
+    from shitu.serving import cli
+    from shitu.serving.engine import load_engine
+
+    def no_vectors(data):
+        data["galleries"]["demo"].pop("vectors_file")
+        data["galleries"]["demo"].pop("files")
+
+    name = "adapt-ft"
+    registry.install(str(lite_pack(home / "ft-src", name, mutate=no_vectors)), progress=False)
+    base = load_engine(name, params=ONE_THREAD)
+    try:
+        built = base.gallery_build(str(home / "list.txt"), gallery="shop")
+        old_dir = base.gallery_path("shop")
+        old_ids, _, old_vecs = _vectors(old_dir)
+    finally:
+        base.close()
+    assert built.added == 3
+    rc = cli.main(["adapt", str(home / "list.txt"), "--pack", name, "--method", "finetune", "--views", "1",
+                   "--steps", "5", "--finetune-steps", "2"])
+    assert rc == 0
+    pack = registry.get_pack(name)
+    assert pack.version == "1.0.0+adapt.1" and "onnx_file" not in pack.models["recognizer"].description
+    base_weights = (registry.get_pack(name, "1.0.0").model_dir("recognizer") / "model.pdiparams").read_bytes()
+    assert (pack.model_dir("recognizer") / "model.pdiparams").read_bytes() != base_weights
+    eng = load_engine(name, params=ONE_THREAD)
+    try:
+        ids, labels, vecs = _vectors(eng.gallery_path("shop"))
+        assert ids == old_ids and eng.gallery_path("shop") != old_dir
+        fresh = eng.embed([photos[k] for k in labels])
+        assert np.allclose(np.sum(vecs * fresh, axis=1), 1.0, atol=1e-4)  # embedded again by the new network
+        assert not np.allclose(vecs, old_vecs, atol=1e-3)
+    finally:
+        eng.close()
+    assert registry.rollback(name) == "1.0.0"
+    eng = load_engine(name, params=ONE_THREAD)
+    try:
+        assert eng.gallery_path("shop") == old_dir and np.array_equal(_vectors(old_dir)[2], old_vecs)
+    finally:
+        eng.close()

@@ -21,7 +21,8 @@ from shitu.serving.cli.toolkit import EXIT_ERROR, EXIT_OK, EXIT_USAGE, positive_
 
 def run(args: argparse.Namespace) -> int:
     from shitu.serving.engine import load_engine
-    from shitu.serving.engine.adapt import adapt, default_backgrounds, write_recognizer
+    from shitu.serving.engine.adapt import default_backgrounds
+    from shitu.serving.engine.adapt_pack import train_recognizer
     from shitu.serving.engine.images import load
     from shitu.serving.gallery.list_file import GalleryFileError, read_entries
 
@@ -51,30 +52,32 @@ def run(args: argparse.Namespace) -> int:
         if not backgrounds:
             raise RuntimeError(f"{args.backgrounds}: no background images")
         if args.pack is not None:
-            return _adapt_pack(args, images, [e.label for e in entries], backgrounds)
+            extra = [f for d in args.gallery_images or [] for f in sorted(Path(d).rglob("*")) if f.is_file()]
+            return _adapt_pack(args, images, [e.label for e in entries], backgrounds,
+                               [Path(e.path) for e in entries] + extra)
         engine = load_engine(args.scenario)
-        params = engine.params
-        matrix, report = adapt(lambda imgs: engine.extractor.embed(imgs, params.override(
-            {"RecPostProcess.normalize": False})), images, [e.label for e in entries], backgrounds,
-            per_image=args.views, steps=args.steps, seed=args.seed)
-        pooling = params["RecPostProcess.pooling"] or engine.extractor.spec.pooling
-        if engine.extractor.projection is not None:  # adapting an adapted recogniser: compose the heads
-            matrix = engine.extractor.projection @ matrix
-        write_recognizer(engine.extractor.spec, pooling, matrix, out, report)
+        try:
+            done = train_recognizer(engine, images, [e.label for e in entries], backgrounds, out,
+                                    method=args.method, views=args.views, steps=args.steps,
+                                    finetune_steps=args.finetune_steps, seed=args.seed, log=print)
+        finally:
+            engine.close()
+        report = done["report"]
     except Exception as exc:  # noqa: BLE001 - the command reports any failure in one line
         print(f"shitu adapt: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    print(f"{report.classes} labels, {report.train_views} training views, {report.steps} steps "
-          f"({report.seconds:.0f} s): held-out R@1 {report.heldout_r1_before:.3f} -> {report.heldout_r1_after:.3f}")
+    print(f"held-out R@1 {report.heldout_r1_before:.3f} -> {report.heldout_r1_after:.3f} ({args.method})")
     print(f"recogniser written to {out}; use it with --param rec_inference_model_dir={out} and re-embed the gallery")
     return EXIT_OK
 
 
-def _adapt_pack(args: argparse.Namespace, images: list, labels: list[str], backgrounds: list) -> int:
+def _adapt_pack(args: argparse.Namespace, images: list, labels: list[str], backgrounds: list,
+                image_files: list[Path]) -> int:
     from shitu.serving.engine.adapt_pack import adapt_pack
 
-    done = adapt_pack(args.pack, images, labels, backgrounds, views=args.views, steps=args.steps, seed=args.seed,
-                      make_current=not args.no_use, log=print)
+    done = adapt_pack(args.pack, images, labels, backgrounds, method=args.method, views=args.views, steps=args.steps,
+                      finetune_steps=args.finetune_steps, seed=args.seed, make_current=not args.no_use, log=print,
+                      image_files=image_files)
     state = "current" if done["current"] else "installed, not current (shitu plugins use " \
         f"{done['name']} {done['version']})"
     print(f"pack {done['name']} {done['version']} {state}; `shitu plugins rollback {done['name']}` returns to "
@@ -89,10 +92,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pack", help="install the result as a new version of this pack (galleries carried over)")
     p.add_argument("--no-use", action="store_true", help="with --pack: keep the current version current")
     p.add_argument("--out", help="new folder for the adapted recogniser (instead of --pack)")
+    p.add_argument("--gallery-images", action="append", metavar="DIR",
+                   help="with --pack: a folder of the galleries' images, found by content, for items that must be "
+                        "embedded again (repeatable; the list's own images are always looked in)")
     p.add_argument("--scenario", help="scenario pack whose recogniser is adapted (default: the default pack)")
     p.add_argument("--image-root", help="folder the list file's paths are relative to (default: the list's)")
     p.add_argument("--backgrounds", help="folder of background photos (default: the scikit sample photos)")
     p.add_argument("--views", type=positive_int, default=12, help="training views per gallery image (default 12)")
     p.add_argument("--steps", type=positive_int, default=300, help="optimisation steps (default 300)")
+    p.add_argument("--method", choices=("head", "finetune"), default="head",
+                   help="head: a projection head on frozen features (default); finetune: the head, then the "
+                        "network's last layers too (through paddle.jit.load; galleries re-embedded from images)")
+    p.add_argument("--finetune-steps", type=positive_int, default=40,
+                   help="with --method finetune: steps of 8 views (default 40)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)

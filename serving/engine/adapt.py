@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -162,22 +162,32 @@ def adapt(embed: Any, images: Sequence[np.ndarray], labels: Sequence[str], backg
     return matrix, report
 
 
-def write_recognizer(spec: ModelSpec, pooling: str, matrix: np.ndarray, out_dir: Path, report: AdaptReport) -> Path:
-    """A new recogniser folder: ``spec``'s model files, ``projection.npy`` and its ``shitu_model.yml``."""
+def write_recognizer(spec: ModelSpec, pooling: str, matrix: np.ndarray, out_dir: Path, report: AdaptReport,
+                     save_network: Callable[[Path], tuple[str, str]] | None = None) -> Path:
+    """A new recogniser folder: ``spec``'s model files, ``projection.npy`` and its ``shitu_model.yml``.
+
+    ``save_network(out_dir)``: writes a fine-tuned network there instead of copying ``spec``'s (returns its
+    model and params file names; the ONNX copy of the old weights is then left out)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, params = spec.files()
+    if save_network is not None:
+        model_name, params_name = save_network(out_dir)
+        model, params = out_dir / model_name, out_dir / params_name
+        spec = replace(spec, onnx_file=None)
+    else:
+        model, params = spec.files()
     for f in (model, params, spec.model_dir / spec.onnx_file if spec.onnx_file else None):
-        if f is not None and f.is_file():
+        if f is not None and f.is_file() and f.parent != out_dir:
             shutil.copy2(f, out_dir / f.name)
     np.save(out_dir / PROJECTION_FILE, matrix.astype(np.float32), allow_pickle=False)
     desc = {"kind": "extractor", "model_file": model.name, "params_file": params.name,
             "onnx_file": spec.onnx_file if spec.onnx_file and (out_dir / spec.onnx_file).is_file() else None,
             "input_color": spec.input_color, "transform_ops": spec.transform_ops, "pooling": pooling,
             "projection": PROJECTION_FILE, "onednn": spec.onednn, "onednn_passes": spec.onednn_passes}
-    header = (f"# Adapted by `shitu adapt` from {spec.model_dir.name}: the same network plus a projection head "
+    network = "its last layers fine-tuned" if save_network is not None else "the same network"
+    header = (f"# Adapted by `shitu adapt` from {spec.model_dir.name}: {network} plus a projection head "
               f"trained on {report.classes} labels\n# (held-out R@1 {report.heldout_r1_before:.3f} -> "
               f"{report.heldout_r1_after:.3f}; adapt_report.json).\n")
     (out_dir / SPEC_FILE).write_text(header + yaml.safe_dump({k: v for k, v in desc.items() if v is not None},

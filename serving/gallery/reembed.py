@@ -8,8 +8,9 @@ content hashes and thumbnails, and vectors of the new recogniser:
   gallery's vectors are float vectors the old recogniser made (its recorded model identity, or none recorded),
   each new vector is ``normalize(v @ W)``, exactly what embedding the image again would give (the head acts on
   un-normalised features and normalising commutes with a linear map up to scale). No image is needed;
-- **from images**: otherwise each item's ``source`` must be an image file that is still there and, when the item
-  records a content hash, still has that content; it is embedded again;
+- **from images**: otherwise each item's image must be found, by its content hash (sha256 of the file) among the
+  images the caller knows (``shitu adapt``: the list it trains on, and ``--gallery-images`` folders), or at the
+  path its ``source`` records, still with that content; it is embedded again;
 - anything else is refused *before* a gallery is written: :class:`ReembedError` names each gallery and how many of
   its items have no image to embed again (thumbnails are too small to stand in for them). The old galleries are
   only read; each new one is built in a hidden sibling folder and renamed into place.
@@ -29,10 +30,12 @@ import numpy as np
 from shitu.files import move_into_place, staging_dir
 from shitu.serving.gallery.local import DB_NAME, Gallery, GalleryError
 
-__all__ = ["ReembedError", "GalleryCopy", "plan", "reembed_all"]
+__all__ = ["ReembedError", "GalleryCopy", "locator", "plan", "reembed_all"]
 
 EmbedFn = Callable[[list[np.ndarray]], np.ndarray]
 ReadImage = Callable[[str], np.ndarray]
+#: ``(source, content_hash) -> image file or None``.
+Locate = Callable[[str | None, str | None], Path | None]
 
 
 class ReembedError(GalleryError):
@@ -49,6 +52,7 @@ class GalleryCopy:
     how: str
     count: int = 0
     missing: list[str] = field(default_factory=list)  # items without a usable image (for "images")
+    images: dict[int, Path] = field(default_factory=dict)  # item id -> its image file (for "images")
 
 
 def _read(src: Path) -> tuple[dict[str, str], list[tuple], dict[int, bytes]]:
@@ -69,25 +73,38 @@ def _read(src: Path) -> tuple[dict[str, str], list[tuple], dict[int, bytes]]:
     return meta, rows, thumbs
 
 
-def _image_ok(source: str | None, content_hash: str | None) -> bool:
-    if not source or not Path(source).is_file():
-        return False
-    if content_hash is None:
-        return True
-    return hashlib.sha256(Path(source).read_bytes()).hexdigest() == content_hash
+def locator(known: dict[str, Path] | None = None) -> Locate:
+    """Find an item's image: by content hash among ``known`` (sha256 -> file), else at its recorded ``source``
+    path when that file is there and (if the item records a hash) has that content."""
+    known = dict(known or {})
+
+    def locate(source: str | None, content_hash: str | None) -> Path | None:
+        if content_hash is not None and content_hash in known:
+            return known[content_hash]
+        if not source or not Path(source).is_absolute() or not Path(source).is_file():
+            return None
+        if content_hash is None or hashlib.sha256(Path(source).read_bytes()).hexdigest() == content_hash:
+            return Path(source)
+        return None
+
+    return locate
 
 
-def plan(old_root: Path, new_root: Path, *, mappable: bool, old_identity: dict[str, str] | None) -> list[GalleryCopy]:
+def plan(old_root: Path, new_root: Path | None, *, mappable: bool, old_identity: dict[str, str] | None,
+         locate: Locate | None = None) -> list[GalleryCopy]:
     """What :func:`reembed_all` would do; raises :class:`ReembedError` naming every gallery it cannot carry over.
 
     ``mappable``: the new recogniser is the old one plus a linear head. ``old_identity``: the old recogniser's
-    model identity (galleries recording another one are not mapped)."""
-    out, refused = [], []
+    model identity (galleries recording another one are not mapped). ``new_root`` None: only check (before
+    training, when the new space is not known yet). ``locate``: finds items' images (default :func:`locator`)."""
+    locate = locate or locator()
+    out: list[GalleryCopy] = []
+    refused: list[GalleryCopy] = []
     if not Path(old_root).is_dir():
         return out
     for src in sorted(p for p in Path(old_root).iterdir() if (p / DB_NAME).is_file()):
-        dest = Path(new_root) / src.name
-        if (dest / DB_NAME).is_file():
+        dest = Path(new_root if new_root is not None else old_root) / src.name
+        if new_root is not None and (dest / DB_NAME).is_file():
             continue  # carried over already (the same recogniser made before)
         meta, rows, _ = _read(src)
         recorded = json.loads(meta["model_identity"]) if meta.get("model_identity") else None
@@ -96,7 +113,12 @@ def plan(old_root: Path, new_root: Path, *, mappable: bool, old_identity: dict[s
             out.append(GalleryCopy(src.name, src, dest, "mapped", len(rows)))
             continue
         copy = GalleryCopy(src.name, src, dest, "images", len(rows))
-        copy.missing = [f"{r[0]} ({r[1]})" for r in rows if not _image_ok(r[2], r[4])]
+        for r in rows:
+            found = locate(r[2], r[4])
+            if found is None:
+                copy.missing.append(f"{r[0]} ({r[1]})")
+            else:
+                copy.images[r[0]] = found
         (refused if copy.missing else out).append(copy)
     if refused:
         lines = [f"gallery {c.name!r}: {len(c.missing)} of {c.count} items have no stored image to embed again "
@@ -121,7 +143,11 @@ def _copy_one(copy: GalleryCopy, projection: np.ndarray | None, embed: EmbedFn, 
         if normalize_mapped:
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     else:
-        vectors = embed([read_image(r[2]) for r in rows]) if rows else np.zeros((0, dim), np.float32)
+        late = [r[0] for r in rows if r[0] not in copy.images]
+        if late:
+            raise ReembedError(f"gallery {copy.name!r}: items {late[:5]} were added while adapting; run it again")
+        images = [read_image(str(copy.images[r[0]])) for r in rows]
+        vectors = embed(images) if rows else np.zeros((0, dim), np.float32)
         if metric == "hamming":
             vectors = binarize(vectors)
     tmp = staging_dir(copy.dest, "reembed")
