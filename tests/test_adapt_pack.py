@@ -6,7 +6,7 @@ installer (hashes, a child-process test run of each model), real faiss galleries
 """
 from __future__ import annotations
 
-import json
+import shutil
 import sqlite3
 
 import cv2
@@ -56,7 +56,7 @@ def _vectors(gallery_dir):
 
 
 @pytest.fixture(scope="module")
-def adapted(home, photos):
+def adapted(home, photos, queries):
     """The base version's galleries in use (demo + a user gallery with thumbnails), then `shitu adapt --pack`."""
     from shitu.serving import cli
     from shitu.serving.engine import load_engine
@@ -66,7 +66,7 @@ def adapted(home, photos):
         base.gallery()  # the pack's demo gallery, built from its vectors file in the base space
         ids = base.gallery_add([photos[k] for k in ("cat", "coffee", "rocket")], ["cat", "coffee", "rocket"],
                                gallery="shop")
-        before = base.recognize([photos["cat"]], gallery="shop")[0]
+        before = base.recognize([queries["cat_mirrored_crop"]], gallery="shop")[0]
         shop_dir = base.gallery_path("shop")
     finally:
         base.close()
@@ -113,7 +113,7 @@ def test_adapt_pack_installs_a_current_version_whose_galleries_are_in_its_space(
         eng.close()
 
 
-def test_rollback_returns_to_the_old_recogniser_and_its_untouched_galleries(adapted, photos):
+def test_rollback_returns_to_the_old_recogniser_and_its_untouched_galleries(adapted, queries):
     from shitu.plugins import registry
     from shitu.serving.engine import load_engine
 
@@ -125,7 +125,7 @@ def test_rollback_returns_to_the_old_recogniser_and_its_untouched_galleries(adap
             assert eng.extractor.projection is None and eng.gallery_path("shop") == adapted["shop_dir"]
             ids, _, vecs = _vectors(eng.gallery_path("shop"))
             assert ids == old_ids and np.array_equal(vecs, old_vecs)
-            got = eng.recognize([photos["cat"]], gallery="shop")[0]
+            got = eng.recognize([queries["cat_mirrored_crop"]], gallery="shop")[0]
             assert [(r.label, round(r.score, 4)) for r in got] == \
                 [(r.label, round(r.score, 4)) for r in adapted["before"]]
         finally:
@@ -133,6 +133,37 @@ def test_rollback_returns_to_the_old_recogniser_and_its_untouched_galleries(adap
     finally:
         registry.use(PACK, "1.0.0+adapt.1", default=False)
     assert registry.get_pack(PACK).version == "1.0.0+adapt.1"
+
+
+def test_a_server_follows_use_and_rollback_with_the_matching_galleries(adapted, home, queries):
+    """Real ``hub serving``: the recognition of the same photo in gallery 'shop' answers from the adapted space,
+    then (after ``rollback``) exactly as before adapting, then (after ``use``) from the adapted space again."""
+    from shitu.plugins import registry
+    from shitu.serving.hub import control as hub_serving
+
+    from .conftest import b64, start_served
+
+    served = start_served(home, init_args={"scenario": PACK, "cpu_num_threads": 1})
+    request = {"gallery": "shop", "images": [b64(queries["cat_mirrored_crop"])]}
+
+    def answer():
+        body = served.post("image_recognition", request).json()
+        assert body["status"] == "000", body
+        return [(r["label"], round(r["score"], 4)) for r in body["results"][0]["results"]]
+
+    try:
+        adapted_answer = answer()
+        assert adapted_answer and adapted_answer[0][0] == "cat"
+        registry.rollback(PACK)
+        before = answer()
+        assert before[0][0] == "cat" and before != adapted_answer  # (the request's JPEG differs from the array)
+        assert abs(before[0][1] - adapted["before"][0].score) < 0.005
+        registry.use(PACK, "1.0.0+adapt.1", default=False)
+        assert answer() == adapted_answer
+    finally:
+        hub_serving.stop(served.proc)
+        if registry.get_pack(PACK).version != "1.0.0+adapt.1":
+            registry.use(PACK, "1.0.0+adapt.1", default=False)
 
 
 def test_adapt_pack_refuses_a_gallery_it_cannot_carry_over_and_changes_nothing(adapted, home, capsys):
@@ -147,12 +178,14 @@ def test_adapt_pack_refuses_a_gallery_it_cannot_carry_over_and_changes_nothing(a
     with Gallery.create(folder, 512, index_method="Flat") as g:  # vectors of another model, no images kept
         g.add(np.eye(2, 512, dtype=np.float32), ["a", "b"])
     set_gallery_model_identity(folder, {"name": "other", "sha256": "0" * 64})
+    roots = sorted(p.name for p in store.galleries_dir().iterdir())
     rc = cli.main(["adapt", str(home / "list.txt"), "--pack", PACK, "--views", "1", "--steps", "2"])
     err = capsys.readouterr().err
     assert rc == EXIT_ERROR and "'foreign': 2 of 2 items have no stored image" in err and "nothing was changed" in err
     assert store.installed_versions(PACK) == ["1.0.0", "1.0.0+adapt.1"]
     assert registry.get_pack(PACK).version == "1.0.0+adapt.1"
-    assert not [p for p in folder.parent.parent.iterdir() if p.name.endswith("+adapt.2")]
+    assert sorted(p.name for p in store.galleries_dir().iterdir()) == roots  # no gallery written anywhere
+    shutil.rmtree(folder)
 
 
 def test_reembed_from_stored_images_when_no_head_maps_the_vectors(tmp_path, engine, photos):
@@ -182,6 +215,19 @@ def test_reembed_from_stored_images_when_no_head_maps_the_vectors(tmp_path, engi
     paths[1].write_bytes(paths[0].read_bytes())  # an image changed since it was added: not the item's image
     with pytest.raises(ReembedError, match=r"'g': 1 of 2 items have no stored image to embed again \(ids 2 "):
         plan(old, tmp_path / "new2", mappable=False, old_identity=None)
+
+
+def test_no_use_installs_a_version_without_switching_to_it(adapted, home):
+    from shitu.plugins import registry, store
+    from shitu.serving import cli
+
+    before = store.read_pointer(PACK)
+    rc = cli.main(["adapt", str(home / "list.txt"), "--pack", PACK, "--no-use", "--views", "1", "--steps", "2"])
+    assert rc == 0
+    assert store.installed_versions(PACK) == ["1.0.0", "1.0.0+adapt.1", "1.0.0+adapt.2"]
+    assert store.read_pointer(PACK) == before and registry.get_pack(PACK).version == "1.0.0+adapt.1"
+    assert registry.get_pack(PACK, "1.0.0+adapt.2").embedding_space != registry.get_pack(PACK).embedding_space
+    registry.uninstall(PACK, "1.0.0+adapt.2")
 
 
 def test_finetune_is_refused_up_front_for_a_pack_shipping_gallery_vectors(adapted, home, capsys):

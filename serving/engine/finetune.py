@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -79,12 +80,21 @@ class _Net:
         return np.concatenate(parts).astype(np.float32)
 
 
-def finetune(spec: ModelSpec, pooling: str, gem_power: float, head: np.ndarray, images: Sequence[np.ndarray],
-             labels: Sequence[str], backgrounds: Sequence[np.ndarray], *, steps: int = 40, batch: int = 8,
-             layers: int = 4, lr: float = 1e-4, scale: float = 16.0, per_image: int = 12, seed: int = 0,
-             log: Callable[[str], None] = lambda _m: None) -> tuple[_Net, AdaptReport]:
+def finetune(*args: Any, **kwargs: Any) -> tuple[_Net, AdaptReport]:
     """Fine-tune the last ``layers`` convolutions of ``spec``'s network with ``head`` after pooling; returns the
-    trained net (save it with :func:`save_network`) and a report of held-out R@1 (head only -> fine-tuned)."""
+    trained net (save it with :func:`save_network`) and a report of held-out R@1 (head only -> fine-tuned).
+
+    Arguments: see :func:`_finetune`. (Paddle 3.3.1 warns on every call of a loaded PIR program that its tensors
+    have no place; nothing to act on, so that warning is silenced here.)"""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*do not have 'place' interface.*", category=UserWarning)
+        return _finetune(*args, **kwargs)
+
+
+def _finetune(spec: ModelSpec, pooling: str, gem_power: float, head: np.ndarray, images: Sequence[np.ndarray],
+              labels: Sequence[str], backgrounds: Sequence[np.ndarray], *, steps: int = 40, batch: int = 8,
+              layers: int = 4, lr: float = 1e-4, scale: float = 16.0, per_image: int = 12, seed: int = 0,
+              log: Callable[[str], None] = lambda _m: None) -> tuple[_Net, AdaptReport]:
     import paddle
     import paddle.nn.functional as F
 
