@@ -79,3 +79,33 @@ def test_adapt_needs_two_labels(tmp_path, photos):
     cv2.imwrite(str(tmp_path / "cat.png"), photos["cat"])
     (tmp_path / "list.txt").write_text("cat.png\tcat\n")
     assert cli.main(["adapt", str(tmp_path / "list.txt"), "--out", str(tmp_path / "rec")]) == 2
+
+
+def test_write_recognizer_carries_the_folders_other_files_but_not_old_network_files(tmp_path, models_dir):
+    """A recogniser folder's other files (a vector its description names, a notice) come along; a fine-tuned
+    network replaces the old files and the ONNX copy of the old weights is left out. (``save_network`` here copies
+    the real files under new names: the real fine-tuning path is tests/test_adapt_pack.py.)"""
+    import shutil
+
+    from shitu.serving.engine.adapt import AdaptReport, write_recognizer
+
+    rec = tmp_path / "rec"
+    shutil.copytree(models_dir / "rec", rec)
+    np.save(rec / "centering.npy", np.zeros(512, np.float32))
+    (rec / "NOTICE.txt").write_text("notice\n")
+    spec = ModelSpec.from_dir(rec, "extractor")
+    report = AdaptReport(2, 2, 2, 1, 0.0, 0.5, 1.0)
+    out = write_recognizer(spec, "gem", np.eye(512, dtype=np.float32), tmp_path / "head", report)
+    assert {p.name for p in out.iterdir()} == {"model.json", "model.pdiparams", "model.onnx", "shitu_model.yml",
+                                               "projection.npy", "adapt_report.json", "centering.npy", "NOTICE.txt"}
+
+    def save(d):
+        shutil.copy2(rec / "model.json", d / "net.json")
+        shutil.copy2(rec / "model.pdiparams", d / "net.pdiparams")
+        return "net.json", "net.pdiparams"
+
+    out = write_recognizer(spec, "gem", np.eye(512, dtype=np.float32), tmp_path / "ft", report, save_network=save)
+    assert {p.name for p in out.iterdir()} == {"net.json", "net.pdiparams", "shitu_model.yml", "projection.npy",
+                                               "adapt_report.json", "centering.npy", "NOTICE.txt"}
+    written = ModelSpec.from_dir(out, "extractor")
+    assert (written.model_file, written.params_file, written.onnx_file) == ("net.json", "net.pdiparams", None)

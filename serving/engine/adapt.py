@@ -26,6 +26,7 @@ from shitu.model_spec import SPEC_FILE, ModelSpec
 from shitu.serving.engine.extraction import crop, l2_normalize
 
 PROJECTION_FILE = "projection.npy"
+REPORT_FILE = "adapt_report.json"
 
 
 @dataclass
@@ -172,14 +173,22 @@ def write_recognizer(spec: ModelSpec, pooling: str, matrix: np.ndarray, out_dir:
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new folder")
     out_dir.mkdir(parents=True, exist_ok=True)
+    old_model, old_params = spec.files()
+    old_network = {n for n in (spec.onnx_file, old_model.name, old_params.name) if n}
     if save_network is not None:
         model_name, params_name = save_network(out_dir)
         model, params = out_dir / model_name, out_dir / params_name
         spec = replace(spec, onnx_file=None)
     else:
-        model, params = spec.files()
+        model, params = old_model, old_params
     for f in (model, params, spec.model_dir / spec.onnx_file if spec.onnx_file else None):
         if f is not None and f.is_file() and f.parent != out_dir:
+            shutil.copy2(f, out_dir / f.name)
+    # the folder's other files (vectors its description names, notices) come along; its own description, head and
+    # report are written anew, and the old network files were handled above
+    skip = old_network | {SPEC_FILE, PROJECTION_FILE, REPORT_FILE, spec.projection or PROJECTION_FILE}
+    for f in sorted(Path(spec.model_dir).iterdir()):
+        if f.is_file() and not f.is_symlink() and f.name not in skip and not (out_dir / f.name).exists():
             shutil.copy2(f, out_dir / f.name)
     np.save(out_dir / PROJECTION_FILE, matrix.astype(np.float32), allow_pickle=False)
     desc = {"kind": "extractor", "model_file": model.name, "params_file": params.name,
@@ -192,5 +201,5 @@ def write_recognizer(spec: ModelSpec, pooling: str, matrix: np.ndarray, out_dir:
               f"{report.heldout_r1_after:.3f}; adapt_report.json).\n")
     (out_dir / SPEC_FILE).write_text(header + yaml.safe_dump({k: v for k, v in desc.items() if v is not None},
                                                              sort_keys=False))
-    (out_dir / "adapt_report.json").write_text(json.dumps(asdict(report), indent=2))
+    (out_dir / REPORT_FILE).write_text(json.dumps(asdict(report), indent=2))
     return out_dir

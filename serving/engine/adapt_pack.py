@@ -39,6 +39,19 @@ def ensure_in_store(name: str) -> tuple[Any, bool]:
     return registry.get_pack(pack.name, pack.version), True
 
 
+def _centre_of(engine: Any) -> np.ndarray | None:
+    """The vector the extractor subtracts after pooling, where the parameter schema has one
+    (``RecPostProcess.centering``); fine-tuning must subtract it too to train what is served."""
+    get = getattr(engine.extractor, "centering", None)
+    if get is None:
+        return None
+    try:
+        name = engine.params["RecPostProcess.centering"]
+    except (KeyError, ValueError):  # not a parameter of this schema
+        return None
+    return get(name)
+
+
 def train_recognizer(engine: Any, images: Sequence[np.ndarray], labels: Sequence[str],
                      backgrounds: Sequence[np.ndarray], out: Path, *, method: str = "head", views: int = 12,
                      steps: int = 300, finetune_steps: int = 40, seed: int = 0,
@@ -66,7 +79,8 @@ def train_recognizer(engine: Any, images: Sequence[np.ndarray], labels: Sequence
     from shitu.serving.engine.finetune import finetune, save_network
 
     net, ft = finetune(engine.extractor.spec, pooling, p["RecPostProcess.gem_power"], head, images, labels,
-                       backgrounds, steps=finetune_steps, per_image=views, seed=seed, log=log)
+                       backgrounds, steps=finetune_steps, per_image=views, seed=seed, centre=_centre_of(engine),
+                       log=log)
     log(f"fine-tune: {ft.steps} steps ({ft.seconds:.0f} s): held-out R@1 {ft.heldout_r1_before:.3f} -> "
         f"{ft.heldout_r1_after:.3f}")
     ft.heldout_r1_before = report.heldout_r1_before  # before any adapting, as the head's report gives it

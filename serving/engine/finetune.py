@@ -38,7 +38,8 @@ def _layer_index(name: str) -> tuple[int, str]:
 class _Net:
     """The loaded program + pooling + head, as paddle tensors."""
 
-    def __init__(self, spec: ModelSpec, pooling: str, gem_power: float, head: np.ndarray, layers: int):
+    def __init__(self, spec: ModelSpec, pooling: str, gem_power: float, head: np.ndarray, layers: int,
+                 centre: np.ndarray | None = None):
         import paddle
 
         model, _params = spec.files()
@@ -54,6 +55,7 @@ class _Net:
         for p in params:
             p.stop_gradient = p.name not in chosen
         self.pooling, self.power = pooling, gem_power
+        self.centre = None if centre is None else paddle.to_tensor(np.asarray(centre, np.float32).reshape(1, -1))
         self.head = paddle.create_parameter(list(head.shape), "float32",
                                             default_initializer=paddle.nn.initializer.Assign(head))
         self.transforms = Transforms(spec.transform_ops, spec.input_color)
@@ -70,7 +72,10 @@ class _Net:
                 out = paddle.clip(out, min=1e-6).pow(self.power).mean(axis=[2, 3]).pow(1.0 / self.power)
             else:
                 out = out.mean(axis=[2, 3])
-        return out.reshape([len(images), -1]) @ self.head
+        out = out.reshape([len(images), -1])
+        if self.centre is not None:  # what the extractor subtracts after pooling, before the head
+            out = out - self.centre
+        return out @ self.head
 
     def embed(self, images: Sequence[np.ndarray], batch: int = 16) -> np.ndarray:
         import paddle
@@ -94,7 +99,8 @@ def finetune(*args: Any, **kwargs: Any) -> tuple[_Net, AdaptReport]:
 def _finetune(spec: ModelSpec, pooling: str, gem_power: float, head: np.ndarray, images: Sequence[np.ndarray],
               labels: Sequence[str], backgrounds: Sequence[np.ndarray], *, steps: int = 40, batch: int = 8,
               layers: int = 4, lr: float = 1e-4, scale: float = 16.0, per_image: int = 12, seed: int = 0,
-              log: Callable[[str], None] = lambda _m: None) -> tuple[_Net, AdaptReport]:
+              centre: np.ndarray | None = None, log: Callable[[str], None] = lambda _m: None
+              ) -> tuple[_Net, AdaptReport]:
     import paddle
     import paddle.nn.functional as F
 
@@ -103,7 +109,7 @@ def _finetune(spec: ModelSpec, pooling: str, gem_power: float, head: np.ndarray,
     rng = np.random.RandomState(seed + 7)
     names = sorted(set(labels))
     target_of = {n: i for i, n in enumerate(names)}
-    net = _Net(spec, pooling, gem_power, head, layers)
+    net = _Net(spec, pooling, gem_power, head, layers, centre)
     held, held_owner = views(images, backgrounds, 3, seed + 1000)  # the same held-out views as the head's report
     gallery0, held0 = net.embed(images), net.embed(held)
     before = _r1(held0, held_owner, gallery0, labels)
