@@ -206,6 +206,8 @@ def test_reembed_from_stored_images_when_no_head_maps_the_vectors(tmp_path, engi
     with Gallery.create(old / "g", 512, index_method="Flat") as g:
         g.add(np.eye(2, 512, dtype=np.float32), ["cat", "coffee"], sources=[str(p) for p in paths],
               content_hashes=[hashlib.sha256(p.read_bytes()).hexdigest() for p in paths])
+    with Gallery.create(old / ".g.building-1", 512, index_method="Flat") as g:  # a build in progress: not a gallery
+        g.add(np.eye(1, 512, dtype=np.float32), ["x"])
     copies = plan(old, new, mappable=False, old_identity=None)
     assert [(c.name, c.how) for c in copies] == [("g", "images")]
     done = reembed_all(copies, projection=None, embed=engine.embed, read_image=load, identity=None, binarize=binarize)

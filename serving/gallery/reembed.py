@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from shitu.files import move_into_place, staging_dir
+from shitu.names import GALLERY_NAME
 from shitu.serving.gallery.local import DB_NAME, Gallery, GalleryError
 
 __all__ = ["ReembedError", "GalleryCopy", "locator", "plan", "reembed_all"]
@@ -102,7 +103,8 @@ def plan(old_root: Path, new_root: Path | None, *, mappable: bool, old_identity:
     refused: list[GalleryCopy] = []
     if not Path(old_root).is_dir():
         return out
-    for src in sorted(p for p in Path(old_root).iterdir() if (p / DB_NAME).is_file()):
+    # named galleries only: a hidden sibling is one being built or carried over right now (not a gallery yet)
+    for src in sorted(p for p in Path(old_root).iterdir() if GALLERY_NAME.match(p.name) and (p / DB_NAME).is_file()):
         dest = Path(new_root if new_root is not None else old_root) / src.name
         if new_root is not None and (dest / DB_NAME).is_file():
             continue  # carried over already (the same recogniser made before)
