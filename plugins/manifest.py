@@ -320,14 +320,17 @@ _SUFFIX_RANK = {"dev": -3, "a": -2, "b": -1, "rc": 0, "": 1, "post": 2}
 
 
 def version_key(version: str) -> tuple:
-    """Sort key of a version string (``1.2`` < ``1.10``; ``1.0rc1`` < ``1.0`` < ``1.0.post1``)."""
+    """Sort key of a version string (``1.2`` < ``1.10``; ``1.0rc1`` < ``1.0`` < ``1.0+adapt.2`` < ``1.0+adapt.10``
+    < ``1.0.post1``)."""
     m = re.match(r"^([0-9]+(?:\.[0-9]+)*)(?:[.-]?(a|b|rc|dev|post)([0-9]*))?", version)
     if not m:
-        return ((0,), -9, 0, version)
+        return ((0,), -9, 0, (), version)
     nums = tuple(int(x) for x in m.group(1).split("."))
     nums = nums + (0,) * (4 - len(nums))
     suffix = m.group(2) or ""
-    return (nums, _SUFFIX_RANK[suffix], int(m.group(3) or 0), version)
+    # a local label sorts after the release it was made from, its parts compared as numbers where they are
+    local = tuple((0, int(x), "") if x.isdigit() else (1, 0, x) for x in version.partition("+")[2].split(".") if x)
+    return (nums, _SUFFIX_RANK[suffix], int(m.group(3) or 0), local, version)
 
 
 def _release(version: str) -> tuple[int, ...]:

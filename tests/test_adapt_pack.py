@@ -285,3 +285,13 @@ def test_finetuned_version_reembeds_galleries_from_their_images_and_rolls_back(a
         assert eng.gallery_path("shop") == old_dir and np.array_equal(_vectors(old_dir)[2], old_vecs)
     finally:
         eng.close()
+
+
+def test_adapted_versions_sort_after_their_release_by_number():
+    from shitu.plugins.manifest import VERSION_RE, version_key, version_matches
+
+    versions = ["1.1.0+adapt.10", "1.1.0.post1", "1.1.0", "1.1.0+adapt.2", "1.0.9", "1.1.0+adapt.1"]
+    assert sorted(versions, key=version_key) == ["1.0.9", "1.1.0", "1.1.0+adapt.1", "1.1.0+adapt.2",
+                                                  "1.1.0+adapt.10", "1.1.0.post1"]
+    assert version_matches("1.1.0+adapt.3", ">=1.1.0,<1.2")
+    assert not any(VERSION_RE.match(v) for v in ("1.1.0+", "1.1.0+../x", "1.1.0+Adapt", "1.1.0+a/b"))
