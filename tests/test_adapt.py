@@ -109,3 +109,23 @@ def test_write_recognizer_carries_the_folders_other_files_but_not_old_network_fi
                                                "adapt_report.json", "centering.npy", "NOTICE.txt"}
     written = ModelSpec.from_dir(out, "extractor")
     assert (written.model_file, written.params_file, written.onnx_file) == ("net.json", "net.pdiparams", None)
+
+
+def test_training_views_are_embedded_a_chunk_at_a_time_fake_embedder(photos):
+    """Memory stays bounded for a large list: views are made and embedded VIEW_CHUNK at a time, in the same order
+    (same seed, same views) as one list would give. (A fake embedder isolates the chunking; the real path is
+    test_adapt_cli_writes_a_loadable_recogniser.)"""
+    from shitu.serving.engine.adapt import VIEW_CHUNK, embed_views, iter_views
+
+    images = [cv2.resize(photos["cat"], (48, 32)), cv2.resize(photos["coffee"], (40, 40))]
+    backgrounds = [photos["rocket"]]
+    calls = []
+
+    def embed(batch):
+        calls.append(len(batch))
+        return np.stack([[float(v.mean()), float(v.shape[0])] for v in batch])
+
+    feats, owner = embed_views(embed, images, backgrounds, VIEW_CHUNK, seed=3)
+    assert calls == [VIEW_CHUNK, VIEW_CHUNK] and owner == [0] * VIEW_CHUNK + [1] * VIEW_CHUNK
+    expected = [[float(v.mean()), float(v.shape[0])] for v, _ in iter_views(images, backgrounds, VIEW_CHUNK, 3)]
+    assert np.allclose(feats, expected)

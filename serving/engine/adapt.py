@@ -16,7 +16,7 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -103,16 +103,35 @@ def make_view(img: np.ndarray, background: np.ndarray, rng: np.random.RandomStat
     return crop(out, [x, y, x + ow, y + oh], rng.uniform(0.0, 0.2))
 
 
-def views(images: Sequence[np.ndarray], backgrounds: Sequence[np.ndarray], per_image: int, seed: int
-          ) -> tuple[list[np.ndarray], list[int]]:
-    """``per_image`` views of each image; (views, index of the image each came from)."""
+#: Training views made and embedded at a time: memory stays bounded (a view is up to 320 x 320 pixels) whatever the
+#: number of gallery images.
+VIEW_CHUNK = 64
+
+
+def iter_views(images: Sequence[np.ndarray], backgrounds: Sequence[np.ndarray], per_image: int, seed: int
+               ) -> Iterator[tuple[np.ndarray, int]]:
+    """``per_image`` views of each image, one at a time: ``(view, index of the image it came from)``."""
     rng = np.random.RandomState(seed)
-    out, owner = [], []
     for i, img in enumerate(images):
         for _ in range(per_image):
-            out.append(make_view(img, backgrounds[rng.randint(len(backgrounds))], rng))
-            owner.append(i)
-    return out, owner
+            yield make_view(img, backgrounds[rng.randint(len(backgrounds))], rng), i
+
+
+def embed_views(embed: Callable[[list[np.ndarray]], np.ndarray], images: Sequence[np.ndarray],
+                backgrounds: Sequence[np.ndarray], per_image: int, seed: int) -> tuple[np.ndarray, list[int]]:
+    """The embeddings of :func:`iter_views`' views, made :data:`VIEW_CHUNK` at a time; (features, owners)."""
+    feats: list[np.ndarray] = []
+    owner: list[int] = []
+    chunk: list[np.ndarray] = []
+    for view, i in iter_views(images, backgrounds, per_image, seed):
+        chunk.append(view)
+        owner.append(i)
+        if len(chunk) == VIEW_CHUNK:
+            feats.append(np.asarray(embed(chunk), np.float32))
+            chunk = []
+    if chunk:
+        feats.append(np.asarray(embed(chunk), np.float32))
+    return (np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)), owner
 
 
 def train_projection(feats: np.ndarray, targets: np.ndarray, classes: int, steps: int = 300, lr: float = 0.01,
@@ -151,13 +170,13 @@ def adapt(embed: Any, images: Sequence[np.ndarray], labels: Sequence[str], backg
     t0 = time.perf_counter()
     names = sorted(set(labels))
     target_of = {n: i for i, n in enumerate(names)}
-    train, owner = views(images, backgrounds, per_image, seed)
-    feats = np.concatenate([embed(list(images)), embed(train)])
+    g = np.asarray(embed(list(images)), np.float32)
+    train, owner = embed_views(embed, images, backgrounds, per_image, seed)
+    feats = np.concatenate([g, train]) if len(train) else g
     targets = np.array([target_of[lab] for lab in labels] + [target_of[labels[o]] for o in owner])
     matrix, loss = train_projection(feats, targets, len(names), steps, seed=seed)
-    held, held_owner = views(images, backgrounds, heldout_per_image, seed + 1000)
-    g, h = feats[:len(images)], embed(held)
-    report = AdaptReport(len(names), len(train), len(held), steps, loss, _r1(h, held_owner, g, labels),
+    h, held_owner = embed_views(embed, images, backgrounds, heldout_per_image, seed + 1000)
+    report = AdaptReport(len(names), len(owner), len(held_owner), steps, loss, _r1(h, held_owner, g, labels),
                          _r1(h @ matrix, held_owner, g @ matrix, labels), labels=names)
     report.seconds = time.perf_counter() - t0
     return matrix, report

@@ -79,7 +79,7 @@ def train_recognizer(engine: Any, images: Sequence[np.ndarray], labels: Sequence
     from shitu.serving.engine.finetune import finetune, save_network
 
     net, ft = finetune(engine.extractor.spec, pooling, p["RecPostProcess.gem_power"], head, images, labels,
-                       backgrounds, steps=finetune_steps, per_image=views, seed=seed, centre=_centre_of(engine),
+                       backgrounds, steps=finetune_steps, seed=seed, centre=_centre_of(engine),
                        log=log)
     log(f"fine-tune: {ft.steps} steps ({ft.seconds:.0f} s): held-out R@1 {ft.heldout_r1_before:.3f} -> "
         f"{ft.heldout_r1_after:.3f}")

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from shitu.model_spec import ModelSpec
-from shitu.serving.engine.adapt import AdaptReport, _r1, views
+from shitu.serving.engine.adapt import AdaptReport, _r1, embed_views, make_view
 from shitu.serving.engine.extraction import l2_normalize
 from shitu.serving.engine.transforms import Transforms
 
@@ -98,7 +98,7 @@ def finetune(*args: Any, **kwargs: Any) -> tuple[_Net, AdaptReport]:
 
 def _finetune(spec: ModelSpec, pooling: str, gem_power: float, head: np.ndarray, images: Sequence[np.ndarray],
               labels: Sequence[str], backgrounds: Sequence[np.ndarray], *, steps: int = 40, batch: int = 8,
-              layers: int = 4, lr: float = 1e-4, scale: float = 16.0, per_image: int = 12, seed: int = 0,
+              layers: int = 4, lr: float = 1e-4, scale: float = 16.0, seed: int = 0,
               centre: np.ndarray | None = None, log: Callable[[str], None] = lambda _m: None
               ) -> tuple[_Net, AdaptReport]:
     import paddle
@@ -106,33 +106,35 @@ def _finetune(spec: ModelSpec, pooling: str, gem_power: float, head: np.ndarray,
 
     t0 = time.perf_counter()
     paddle.seed(seed)
-    rng = np.random.RandomState(seed + 7)
+    rng = np.random.RandomState(seed + 1)
     names = sorted(set(labels))
     target_of = {n: i for i, n in enumerate(names)}
     net = _Net(spec, pooling, gem_power, head, layers, centre)
-    held, held_owner = views(images, backgrounds, 3, seed + 1000)  # the same held-out views as the head's report
-    gallery0, held0 = net.embed(images), net.embed(held)
+    gallery0 = net.embed(images)  # held-out views: the head's report's (same seed), made again when needed
+    held0, held_owner = embed_views(net.embed, images, backgrounds, 3, seed + 1000)
     before = _r1(held0, held_owner, gallery0, labels)
     centres0 = np.stack([l2_normalize(gallery0[[i for i, lab in enumerate(labels) if lab == n]]).mean(0)
                          for n in names]).T
     centres = paddle.create_parameter(list(centres0.shape), "float32",
                                       default_initializer=paddle.nn.initializer.Assign(centres0))
     opt = paddle.optimizer.Adam(lr, parameters=[*net.trainable, net.head, centres])
-    train, owner = views(images, backgrounds, per_image, seed + 1)
     loss = None
-    for step in range(steps):
-        pick = rng.choice(len(train), size=min(batch, len(train)), replace=False)
-        z = F.normalize(net.features([train[i] for i in pick]), axis=1)
-        y = paddle.to_tensor(np.array([target_of[labels[owner[i]]] for i in pick], np.int64))
+    for step in range(steps):  # fresh views every step (nothing kept in memory but the batch)
+        owner = rng.randint(len(images), size=batch)
+        batch_views = [make_view(images[i], backgrounds[rng.randint(len(backgrounds))], rng) for i in owner]
+        z = F.normalize(net.features(batch_views), axis=1)
+        y = paddle.to_tensor(np.array([target_of[labels[i]] for i in owner], np.int64))
         loss = F.cross_entropy(scale * z @ F.normalize(centres, axis=0), y)
         loss.backward()
         opt.step()
         opt.clear_grad()
         if step % 10 == 0:
             log(f"fine-tune step {step}/{steps}: loss {float(loss):.3f} ({time.perf_counter() - t0:.0f} s)")
-    after = _r1(net.embed(held), held_owner, net.embed(images), labels)
-    report = AdaptReport(len(names), len(train), len(held), steps, float(loss) if loss is not None else float("nan"),
-                         before, after, seconds=time.perf_counter() - t0, labels=names)
+    held1, _ = embed_views(net.embed, images, backgrounds, 3, seed + 1000)
+    after = _r1(held1, held_owner, net.embed(images), labels)
+    report = AdaptReport(len(names), steps * batch, len(held_owner), steps,
+                         float(loss) if loss is not None else float("nan"), before, after,
+                         seconds=time.perf_counter() - t0, labels=names)
     return net, report
 
 
