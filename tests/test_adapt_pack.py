@@ -188,7 +188,7 @@ def test_adapt_pack_refuses_a_gallery_it_cannot_carry_over_and_changes_nothing(a
     shutil.rmtree(folder)
 
 
-def test_reembed_from_stored_images_when_no_head_maps_the_vectors(tmp_path, engine, photos):
+def test_reembed_from_stored_images_when_no_head_maps_the_vectors(tmp_path, engine, photos, monkeypatch):
     """The other way of carrying a gallery over (a gallery of another model whose items' images are still there):
     each image is embedded again; content hashes are checked."""
     import hashlib
@@ -210,8 +210,13 @@ def test_reembed_from_stored_images_when_no_head_maps_the_vectors(tmp_path, engi
         g.add(np.eye(1, 512, dtype=np.float32), ["x"])
     copies = plan(old, new, mappable=False, old_identity=None)
     assert [(c.name, c.how) for c in copies] == [("g", "images")]
-    done = reembed_all(copies, projection=None, embed=engine.embed, read_image=load, identity=None, binarize=binarize)
-    assert done == {"g": {"items": 2, "how": "images"}}
+    from shitu.serving.gallery import reembed
+
+    monkeypatch.setattr(reembed, "IMAGE_CHUNK", 1)  # one image in memory at a time
+    calls = []
+    done = reembed_all(copies, projection=None, embed=lambda imgs: calls.append(len(imgs)) or engine.embed(imgs),
+                       read_image=load, identity=None, binarize=binarize)
+    assert done == {"g": {"items": 2, "how": "images"}} and calls == [1, 1]
     _, _, vecs = _vectors(new / "g")
     assert np.allclose(vecs, engine.embed([photos["cat"], photos["coffee"]]), atol=1e-5)
     paths[1].write_bytes(paths[0].read_bytes())  # an image changed since it was added: not the item's image

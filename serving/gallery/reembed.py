@@ -33,6 +33,8 @@ from shitu.serving.gallery.local import DB_NAME, Gallery, GalleryError
 
 __all__ = ["ReembedError", "GalleryCopy", "locator", "plan", "reembed_all"]
 
+#: Images read and embedded at a time when a gallery is embedded again (bounds the memory).
+IMAGE_CHUNK = 64
 EmbedFn = Callable[[list[np.ndarray]], np.ndarray]
 ReadImage = Callable[[str], np.ndarray]
 #: ``(source, content_hash) -> image file or None``.
@@ -148,8 +150,9 @@ def _copy_one(copy: GalleryCopy, projection: np.ndarray | None, embed: EmbedFn, 
         late = [r[0] for r in rows if r[0] not in copy.images]
         if late:
             raise ReembedError(f"gallery {copy.name!r}: items {late[:5]} were added while adapting; run it again")
-        images = [read_image(str(copy.images[r[0]])) for r in rows]
-        vectors = embed(images) if rows else np.zeros((0, dim), np.float32)
+        parts = [np.asarray(embed([read_image(str(copy.images[r[0]])) for r in rows[i:i + IMAGE_CHUNK]]))
+                 for i in range(0, len(rows), IMAGE_CHUNK)]  # a chunk of images in memory at a time
+        vectors = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
         if metric == "hamming":
             vectors = binarize(vectors)
     tmp = staging_dir(copy.dest, "reembed")
