@@ -129,3 +129,14 @@ def test_training_views_are_embedded_a_chunk_at_a_time_fake_embedder(photos):
     assert calls == [VIEW_CHUNK, VIEW_CHUNK] and owner == [0] * VIEW_CHUNK + [1] * VIEW_CHUNK
     expected = [[float(v.mean()), float(v.shape[0])] for v, _ in iter_views(images, backgrounds, VIEW_CHUNK, 3)]
     assert np.allclose(feats, expected)
+
+
+def test_adapt_needs_exactly_one_of_pack_and_out(tmp_path, capsys):
+    from shitu.serving import cli
+
+    (tmp_path / "list.txt").write_text("a.png\ta\n")
+    assert cli.main(["adapt", str(tmp_path / "list.txt")]) == 2
+    assert "give --pack NAME" in capsys.readouterr().err
+    assert cli.main(["adapt", str(tmp_path / "list.txt"), "--pack", "general-lite", "--out", str(tmp_path)]) == 2
+    assert cli.main(["adapt", str(tmp_path / "list.txt"), "--pack", "general-lite", "--scenario", "general"]) == 2
+    assert "leave out --scenario" in capsys.readouterr().err
