@@ -27,14 +27,16 @@ class GallerySpec:
     folder: Path | None = None  # alternative to list_file: one sub-folder of images per label
     data_url: str | None = None  # where published demo images live (never downloaded automatically)
     vectors_file: Path | None = None  # precomputed embeddings (JSON) the gallery starts with
+    space: str | None = None  # the recogniser's embedding space, for locally made versions (.embedding_space)
 
     def source(self) -> Path | None:
         """What the gallery is built from on first use (list file, folder or vectors file), if anything."""
         return self.list_file or self.folder or self.vectors_file
 
     def dir(self) -> Path:
-        """``$SHITU_HOME/galleries/<pack>/<gallery>`` (``SHITU_HOME`` read now)."""
-        return store.galleries_dir() / self.pack / self.name
+        """``$SHITU_HOME/galleries/<pack>/<gallery>``, or ``galleries/<pack>+<space>/<gallery>`` for a version made
+        on this machine (``SHITU_HOME`` read now; see :mod:`shitu.plugins.embedding_space`)."""
+        return store.galleries_dir() / (f"{self.pack}+{self.space}" if self.space else self.pack) / self.name
 
     def open_args(self) -> dict[str, Any]:
         """Keyword arguments for ``shitu.serving.gallery.local.Gallery.open_or_create``."""

@@ -40,7 +40,10 @@ SCHEMA_VERSION = 1
 MANIFEST_FILE = "pack.yaml"
 
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?\Z")
-VERSION_RE = re.compile(r"^[0-9]+(?:\.[0-9]+){0,3}(?:[.-]?(?:a|b|rc|dev|post)[0-9]*)?\Z")
+#: A release (``1.1.0``, ``1.0rc1``) with an optional PEP 440 local label (``1.1.0+adapt.1``: a version made on this
+#: machine from a published one, as ``shitu adapt --pack`` writes).
+VERSION_RE = re.compile(r"^[0-9]+(?:\.[0-9]+){0,3}(?:[.-]?(?:a|b|rc|dev|post)[0-9]*)?"
+                        r"(?:\+[a-z0-9]+(?:\.[a-z0-9]+)*)?\Z")
 GALLERY_RE = GALLERY_NAME  # one rule for gallery names (shitu.names)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
@@ -48,7 +51,7 @@ ROLES = {"detector": "detector", "recognizer": "extractor"}  # manifest role -> 
 FORMATS = ("paddle", "onnx")
 #: ModelSpec description keys a model entry may carry (see shitu.model_spec).
 DESCRIPTION_KEYS = ("kind", "model_file", "params_file", "onnx_file", "input_color", "transform_ops", "decoder",
-                    "decoder_args", "pooling", "onednn", "onednn_passes")
+                    "decoder_args", "pooling", "projection", "onednn", "onednn_passes")
 #: Parameters a pack may not set: the registry derives them from the pack's models and galleries.
 PACK_MANAGED_PARAMS = ("Global.det_inference_model_dir", "Global.rec_inference_model_dir", "IndexProcess.index_dir")
 
@@ -317,14 +320,17 @@ _SUFFIX_RANK = {"dev": -3, "a": -2, "b": -1, "rc": 0, "": 1, "post": 2}
 
 
 def version_key(version: str) -> tuple:
-    """Sort key of a version string (``1.2`` < ``1.10``; ``1.0rc1`` < ``1.0`` < ``1.0.post1``)."""
+    """Sort key of a version string (``1.2`` < ``1.10``; ``1.0rc1`` < ``1.0`` < ``1.0+adapt.2`` < ``1.0+adapt.10``
+    < ``1.0.post1``)."""
     m = re.match(r"^([0-9]+(?:\.[0-9]+)*)(?:[.-]?(a|b|rc|dev|post)([0-9]*))?", version)
     if not m:
-        return ((0,), -9, 0, version)
+        return ((0,), -9, 0, (), version)
     nums = tuple(int(x) for x in m.group(1).split("."))
     nums = nums + (0,) * (4 - len(nums))
     suffix = m.group(2) or ""
-    return (nums, _SUFFIX_RANK[suffix], int(m.group(3) or 0), version)
+    # a local label sorts after the release it was made from, its parts compared as numbers where they are
+    local = tuple((0, int(x), "") if x.isdigit() else (1, 0, x) for x in version.partition("+")[2].split(".") if x)
+    return (nums, _SUFFIX_RANK[suffix], int(m.group(3) or 0), local, version)
 
 
 def _release(version: str) -> tuple[int, ...]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from shitu.plugins import runtime_check, store
+from shitu.plugins.embedding_space import embedding_space
 from shitu.plugins.gallery_spec import GallerySpec
 from shitu.plugins.installer import install as _install
 from shitu.plugins.installer import install_hint  # noqa: F401 - also the registry's (Pack.unavailable_reason)
@@ -106,6 +107,8 @@ class Pack:
         self.params: dict[str, dict[str, Any]] = copy.deepcopy(manifest.params)
         self.default_gallery = manifest.default_gallery
         rec = manifest.models["recognizer"]
+        #: Where this version's galleries live (None: ``galleries/<pack>/``); see :mod:`.embedding_space`.
+        self.embedding_space = embedding_space(manifest)
         self.galleries: dict[str, GallerySpec] = {n: self._gallery_spec(g, rec) for n, g in manifest.galleries.items()}
 
     def __repr__(self) -> str:
@@ -201,6 +204,7 @@ class Pack:
             folder=self.root / g.folder if g.folder else None,
             data_url=g.data_url,
             vectors_file=self.root / g.vectors_file if g.vectors_file else None,
+            space=self.embedding_space,
         )
 
     def gallery(self, name: str | None = None) -> GallerySpec:

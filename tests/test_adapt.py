@@ -79,3 +79,64 @@ def test_adapt_needs_two_labels(tmp_path, photos):
     cv2.imwrite(str(tmp_path / "cat.png"), photos["cat"])
     (tmp_path / "list.txt").write_text("cat.png\tcat\n")
     assert cli.main(["adapt", str(tmp_path / "list.txt"), "--out", str(tmp_path / "rec")]) == 2
+
+
+def test_write_recognizer_carries_the_folders_other_files_but_not_old_network_files(tmp_path, models_dir):
+    """A recogniser folder's other files (a vector its description names, a notice) come along; a fine-tuned
+    network replaces the old files and the ONNX copy of the old weights is left out. (``save_network`` here copies
+    the real files under new names: the real fine-tuning path is tests/test_adapt_pack.py.)"""
+    import shutil
+
+    from shitu.serving.engine.adapt import AdaptReport, write_recognizer
+
+    rec = tmp_path / "rec"
+    shutil.copytree(models_dir / "rec", rec)
+    np.save(rec / "centering.npy", np.zeros(512, np.float32))
+    (rec / "NOTICE.txt").write_text("notice\n")
+    spec = ModelSpec.from_dir(rec, "extractor")
+    report = AdaptReport(2, 2, 2, 1, 0.0, 0.5, 1.0)
+    out = write_recognizer(spec, "gem", np.eye(512, dtype=np.float32), tmp_path / "head", report)
+    assert {p.name for p in out.iterdir()} == {"model.json", "model.pdiparams", "model.onnx", "shitu_model.yml",
+                                               "projection.npy", "adapt_report.json", "centering.npy", "NOTICE.txt"}
+
+    def save(d):
+        shutil.copy2(rec / "model.json", d / "net.json")
+        shutil.copy2(rec / "model.pdiparams", d / "net.pdiparams")
+        return "net.json", "net.pdiparams"
+
+    out = write_recognizer(spec, "gem", np.eye(512, dtype=np.float32), tmp_path / "ft", report, save_network=save)
+    assert {p.name for p in out.iterdir()} == {"net.json", "net.pdiparams", "shitu_model.yml", "projection.npy",
+                                               "adapt_report.json", "centering.npy", "NOTICE.txt"}
+    written = ModelSpec.from_dir(out, "extractor")
+    assert (written.model_file, written.params_file, written.onnx_file) == ("net.json", "net.pdiparams", None)
+
+
+def test_training_views_are_embedded_a_chunk_at_a_time_fake_embedder(photos):
+    """Memory stays bounded for a large list: views are made and embedded VIEW_CHUNK at a time, in the same order
+    (same seed, same views) as one list would give. (A fake embedder isolates the chunking; the real path is
+    test_adapt_cli_writes_a_loadable_recogniser.)"""
+    from shitu.serving.engine.adapt import VIEW_CHUNK, embed_views, iter_views
+
+    images = [cv2.resize(photos["cat"], (48, 32)), cv2.resize(photos["coffee"], (40, 40))]
+    backgrounds = [photos["rocket"]]
+    calls = []
+
+    def embed(batch):
+        calls.append(len(batch))
+        return np.stack([[float(v.mean()), float(v.shape[0])] for v in batch])
+
+    feats, owner = embed_views(embed, images, backgrounds, VIEW_CHUNK, seed=3)
+    assert calls == [VIEW_CHUNK, VIEW_CHUNK] and owner == [0] * VIEW_CHUNK + [1] * VIEW_CHUNK
+    expected = [[float(v.mean()), float(v.shape[0])] for v, _ in iter_views(images, backgrounds, VIEW_CHUNK, 3)]
+    assert np.allclose(feats, expected)
+
+
+def test_adapt_needs_exactly_one_of_pack_and_out(tmp_path, capsys):
+    from shitu.serving import cli
+
+    (tmp_path / "list.txt").write_text("a.png\ta\n")
+    assert cli.main(["adapt", str(tmp_path / "list.txt")]) == 2
+    assert "give --pack NAME" in capsys.readouterr().err
+    assert cli.main(["adapt", str(tmp_path / "list.txt"), "--pack", "general-lite", "--out", str(tmp_path)]) == 2
+    assert cli.main(["adapt", str(tmp_path / "list.txt"), "--pack", "general-lite", "--scenario", "general"]) == 2
+    assert "leave out --scenario" in capsys.readouterr().err

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -26,6 +26,7 @@ from shitu.model_spec import SPEC_FILE, ModelSpec
 from shitu.serving.engine.extraction import crop, l2_normalize
 
 PROJECTION_FILE = "projection.npy"
+REPORT_FILE = "adapt_report.json"
 
 
 @dataclass
@@ -102,16 +103,35 @@ def make_view(img: np.ndarray, background: np.ndarray, rng: np.random.RandomStat
     return crop(out, [x, y, x + ow, y + oh], rng.uniform(0.0, 0.2))
 
 
-def views(images: Sequence[np.ndarray], backgrounds: Sequence[np.ndarray], per_image: int, seed: int
-          ) -> tuple[list[np.ndarray], list[int]]:
-    """``per_image`` views of each image; (views, index of the image each came from)."""
+#: Training views made and embedded at a time: memory stays bounded (a view is up to 320 x 320 pixels) whatever the
+#: number of gallery images.
+VIEW_CHUNK = 64
+
+
+def iter_views(images: Sequence[np.ndarray], backgrounds: Sequence[np.ndarray], per_image: int, seed: int
+               ) -> Iterator[tuple[np.ndarray, int]]:
+    """``per_image`` views of each image, one at a time: ``(view, index of the image it came from)``."""
     rng = np.random.RandomState(seed)
-    out, owner = [], []
     for i, img in enumerate(images):
         for _ in range(per_image):
-            out.append(make_view(img, backgrounds[rng.randint(len(backgrounds))], rng))
-            owner.append(i)
-    return out, owner
+            yield make_view(img, backgrounds[rng.randint(len(backgrounds))], rng), i
+
+
+def embed_views(embed: Callable[[list[np.ndarray]], np.ndarray], images: Sequence[np.ndarray],
+                backgrounds: Sequence[np.ndarray], per_image: int, seed: int) -> tuple[np.ndarray, list[int]]:
+    """The embeddings of :func:`iter_views`' views, made :data:`VIEW_CHUNK` at a time; (features, owners)."""
+    feats: list[np.ndarray] = []
+    owner: list[int] = []
+    chunk: list[np.ndarray] = []
+    for view, i in iter_views(images, backgrounds, per_image, seed):
+        chunk.append(view)
+        owner.append(i)
+        if len(chunk) == VIEW_CHUNK:
+            feats.append(np.asarray(embed(chunk), np.float32))
+            chunk = []
+    if chunk:
+        feats.append(np.asarray(embed(chunk), np.float32))
+    return (np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)), owner
 
 
 def train_projection(feats: np.ndarray, targets: np.ndarray, classes: int, steps: int = 300, lr: float = 0.01,
@@ -150,37 +170,55 @@ def adapt(embed: Any, images: Sequence[np.ndarray], labels: Sequence[str], backg
     t0 = time.perf_counter()
     names = sorted(set(labels))
     target_of = {n: i for i, n in enumerate(names)}
-    train, owner = views(images, backgrounds, per_image, seed)
-    feats = np.concatenate([embed(list(images)), embed(train)])
+    g = np.asarray(embed(list(images)), np.float32)
+    train, owner = embed_views(embed, images, backgrounds, per_image, seed)
+    feats = np.concatenate([g, train]) if len(train) else g
     targets = np.array([target_of[lab] for lab in labels] + [target_of[labels[o]] for o in owner])
     matrix, loss = train_projection(feats, targets, len(names), steps, seed=seed)
-    held, held_owner = views(images, backgrounds, heldout_per_image, seed + 1000)
-    g, h = feats[:len(images)], embed(held)
-    report = AdaptReport(len(names), len(train), len(held), steps, loss, _r1(h, held_owner, g, labels),
+    h, held_owner = embed_views(embed, images, backgrounds, heldout_per_image, seed + 1000)
+    report = AdaptReport(len(names), len(owner), len(held_owner), steps, loss, _r1(h, held_owner, g, labels),
                          _r1(h @ matrix, held_owner, g @ matrix, labels), labels=names)
     report.seconds = time.perf_counter() - t0
     return matrix, report
 
 
-def write_recognizer(spec: ModelSpec, pooling: str, matrix: np.ndarray, out_dir: Path, report: AdaptReport) -> Path:
-    """A new recogniser folder: ``spec``'s model files, ``projection.npy`` and its ``shitu_model.yml``."""
+def write_recognizer(spec: ModelSpec, pooling: str, matrix: np.ndarray, out_dir: Path, report: AdaptReport,
+                     save_network: Callable[[Path], tuple[str, str]] | None = None) -> Path:
+    """A new recogniser folder: ``spec``'s model files, ``projection.npy`` and its ``shitu_model.yml``.
+
+    ``save_network(out_dir)``: writes a fine-tuned network there instead of copying ``spec``'s (returns its
+    model and params file names; the ONNX copy of the old weights is then left out)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, params = spec.files()
+    old_model, old_params = spec.files()
+    old_network = {n for n in (spec.onnx_file, old_model.name, old_params.name) if n}
+    if save_network is not None:
+        model_name, params_name = save_network(out_dir)
+        model, params = out_dir / model_name, out_dir / params_name
+        spec = replace(spec, onnx_file=None)
+    else:
+        model, params = old_model, old_params
     for f in (model, params, spec.model_dir / spec.onnx_file if spec.onnx_file else None):
-        if f is not None and f.is_file():
+        if f is not None and f.is_file() and f.parent != out_dir:
+            shutil.copy2(f, out_dir / f.name)
+    # the folder's other files (vectors its description names, notices) come along; its own description, head and
+    # report are written anew, and the old network files were handled above
+    skip = old_network | {SPEC_FILE, PROJECTION_FILE, REPORT_FILE, spec.projection or PROJECTION_FILE}
+    for f in sorted(Path(spec.model_dir).iterdir()):
+        if f.is_file() and not f.is_symlink() and f.name not in skip and not (out_dir / f.name).exists():
             shutil.copy2(f, out_dir / f.name)
     np.save(out_dir / PROJECTION_FILE, matrix.astype(np.float32), allow_pickle=False)
     desc = {"kind": "extractor", "model_file": model.name, "params_file": params.name,
             "onnx_file": spec.onnx_file if spec.onnx_file and (out_dir / spec.onnx_file).is_file() else None,
             "input_color": spec.input_color, "transform_ops": spec.transform_ops, "pooling": pooling,
             "projection": PROJECTION_FILE, "onednn": spec.onednn, "onednn_passes": spec.onednn_passes}
-    header = (f"# Adapted by `shitu adapt` from {spec.model_dir.name}: the same network plus a projection head "
+    network = "its last layers fine-tuned" if save_network is not None else "the same network"
+    header = (f"# Adapted by `shitu adapt` from {spec.model_dir.name}: {network} plus a projection head "
               f"trained on {report.classes} labels\n# (held-out R@1 {report.heldout_r1_before:.3f} -> "
               f"{report.heldout_r1_after:.3f}; adapt_report.json).\n")
     (out_dir / SPEC_FILE).write_text(header + yaml.safe_dump({k: v for k, v in desc.items() if v is not None},
                                                              sort_keys=False))
-    (out_dir / "adapt_report.json").write_text(json.dumps(asdict(report), indent=2))
+    (out_dir / REPORT_FILE).write_text(json.dumps(asdict(report), indent=2))
     return out_dir

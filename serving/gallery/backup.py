@@ -80,9 +80,13 @@ def _meta(conn: sqlite3.Connection) -> dict[str, str]:
 # -- model identity -------------------------------------------------------------------------------------------------
 
 def model_identity(spec: Any) -> dict[str, str]:
-    """The identity of a feature extractor (a :class:`~shitu.model_spec.ModelSpec`): folder name + weights sha256."""
+    """The identity of a feature extractor (a :class:`~shitu.model_spec.ModelSpec`): folder name + weights sha256
+    (+ the sha256 of its projection head, when it has one: ``shitu adapt`` keeps the weights and adds a head)."""
     _model, params = spec.files()
-    return {"name": Path(spec.model_dir).name, "sha256": _sha256_file(params)}
+    identity = {"name": Path(spec.model_dir).name, "sha256": _sha256_file(params)}
+    if getattr(spec, "projection", None):
+        identity["projection"] = _sha256_file(Path(spec.model_dir) / spec.projection)
+    return identity
 
 
 def gallery_model_identity(gallery_dir: str | os.PathLike) -> dict[str, str] | None:
