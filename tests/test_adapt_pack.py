@@ -157,7 +157,8 @@ def test_a_server_follows_use_and_rollback_with_the_matching_galleries(adapted, 
         registry.rollback(PACK)
         before = answer()
         assert before[0][0] == "cat" and before != adapted_answer  # (the request's JPEG differs from the array)
-        assert abs(before[0][1] - adapted["before"][0].score) < 0.005
+        # a JPEG round trip; centred scores (general-lite 1.2.0) move ~3x more than raw cosines
+        assert abs(before[0][1] - adapted["before"][0].score) < 0.02
         registry.use(PACK, "1.0.0+adapt.1", default=False)
         assert answer() == adapted_answer
     finally:
