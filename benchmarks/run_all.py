@@ -40,7 +40,7 @@ QUICK_ARGS = {
     "soak.py": ["--seconds", "30"],
     "bench_official_onednn.py": ["--repeat", "3"],
     "bench_scaleout.py": ["--sizes", "10000", "--queries", "40", "--requests", "16"],
-    "quality/run.py": ["--skip-before"],
+    "quality/run.py": ["--latency-rounds", "1"],
     "bench_vs_paddleclas.py": ["--repeat", "1"],
 }
 #: The test suite's timing checks (skipped by a plain ``pytest``): visibility across processes, live-video lag.

@@ -15,10 +15,6 @@ sys.path.insert(0, str(BENCH))
 import readme_table  # noqa: E402
 import run_all  # noqa: E402
 
-#: Scripts whose summary rows come from another branch of issue #19 (t19idx, t19ort, t19peer): checked as soon as
-#: their source writes a summary; until their branch is merged a missing one is skipped, not failed.
-SUMMARY_FROM_OTHER_BRANCHES = {"bench_pipeline.py", "bench_index.py", "bench_gallery_build.py",
-                               "bench_vs_paddleclas.py"}
 
 
 def _fixture_run(tmp_path: Path) -> tuple[list[dict], Path]:
@@ -108,8 +104,6 @@ def test_every_suite_script_writes_a_summary_and_takes_json(script):
     assert path.is_file(), f"{script} is in run_all.SUITE but does not exist"
     source = path.read_text()
     assert '"--json"' in source, f"{script} has no --json option (run_all passes one)"
-    if '"summary"' not in source and script in SUMMARY_FROM_OTHER_BRANCHES:
-        pytest.skip(f"{script}: its summary rows come with another #19 branch")
     assert '"summary"' in source, f"{script} writes no \"summary\" rows into its results JSON"
 
 
