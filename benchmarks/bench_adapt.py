@@ -7,7 +7,7 @@ alone and pasted on photographs), trains each method on the gallery images with 
 (scikit-image pictures the scenes never show), and measures the default pack as shipped and with each adapted
 recogniser: R@1 on held-out training-style views (adapt's own report), on the other theme's drawings alone, on the
 true box of each scene (oracle) and through ``Engine.recognize`` on the scenes, in a real Flat gallery, plus the
-training time and the median milliseconds per scene (1 paddle thread; the settings timed in turn, scene by scene).
+training time and the median milliseconds per scene (1 thread per model; the settings timed in turn, scene by scene).
 Needs the Debian icon themes the quality set needs (``oxygen-icon-theme``, ``elementary-xfce-icon-theme``).
 """
 from __future__ import annotations

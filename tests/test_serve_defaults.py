@@ -1,4 +1,4 @@
-"""`shitu serve`'s default workers x paddle threads: the rule keyed by usable cores, and that serve writes it."""
+"""`shitu serve`'s default workers x model threads: the rule keyed by usable cores, and that serve writes it."""
 from __future__ import annotations
 
 import json
@@ -72,7 +72,7 @@ def test_serve_explicit_flags_win_fake_exec(monkeypatch, tmp_path, capsys):
     assert cfg["workers"] == 2 and cfg["use_multiprocess"] and _threads(cfg) == {serve_defaults(cores, 2).threads}
     code, cfg, _ = _serve_fake_exec(monkeypatch, tmp_path, ["--workers", "1", "--threads", "3"])
     assert cfg["workers"] == 1 and _threads(cfg) == {3}
-    assert "1 worker(s) x 3 paddle thread(s)" in capsys.readouterr().err
+    assert "1 worker(s) x 3 model thread(s)" in capsys.readouterr().err
 
 
 def test_serve_refuses_threads_above_the_schema_bound(monkeypatch, tmp_path, capsys):
@@ -82,7 +82,7 @@ def test_serve_refuses_threads_above_the_schema_bound(monkeypatch, tmp_path, cap
 
 
 def test_serve_writes_the_rule_for_its_cores_real(tmp_path):
-    """The real `shitu serve` (hub install + exec of hub serving) on one core: 1 worker x 1 paddle thread, where the
+    """The real `shitu serve` (hub install + exec of hub serving) on one core: 1 worker x 1 model thread, where the
     in-process default is 2 threads; the server it became answers."""
     import requests
 
@@ -103,7 +103,7 @@ def test_serve_writes_the_rule_for_its_cores_real(tmp_path):
         assert health["results"]["modules"] == ["image_recognition"]
     finally:
         hub_serving.stop(proc)
-    assert "1 worker(s) x 1 paddle thread(s)" in (tmp_path / "log").read_text()
+    assert "1 worker(s) x 1 model thread(s)" in (tmp_path / "log").read_text()
 
 
 def test_cpu_quota_caps_the_usable_cores(tmp_path):

@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([name, r["alone_r1"], r["alone_r5"], r["scene_r1"], r["scene_r5"], r["oracle_r1"],
                      r["oracle_r5"], r["det_recall"], r["score_thres"], r["accepted"], r["precision_accepted"],
                      r["crops_per_scene"], r["median_ms_per_scene"]])
-    print("\nPipeline (Engine.recognize on scenes; R@k ranked without score_thres; 1 paddle thread; ms/scene "
+    print("\nPipeline (Engine.recognize on scenes; R@k ranked without score_thres; 1 thread per model; ms/scene "
           "interleaved):")
     print(table(["settings", "alone R@1", "alone R@5", "scene R@1", "scene R@5", "oracle R@1", "oracle R@5",
                  "det recall", "score_thres", "accepted", "precision", "crops/scene", "ms/scene"], rows))

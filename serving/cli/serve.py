@@ -49,7 +49,7 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"installing {', '.join(modules)} into {hub_home() / 'modules'}", file=sys.stderr)
     install_modules(modules)
     print(f"hub serving start -c {config_path}  ({args.host}:{args.port}, {pick.workers} worker(s) x "
-          f"{pick.threads} paddle thread(s))", file=sys.stderr)
+          f"{pick.threads} model thread(s))", file=sys.stderr)
     os.execv(hub_command()[0], [*hub_command(), "serving", "start", "-c", str(config_path)])
     return 0  # pragma: no cover - exec does not return
 
@@ -69,8 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=">1: gunicorn multi-process mode with that many workers (default: from this machine's cores, "
                         "see README Serving)")
     p.add_argument("--threads", type=positive_int, default=None,
-                   help="paddle threads per worker, Global.cpu_num_threads (default: from this machine's cores and "
-                        "--workers, see README Serving)")
+                   help="model threads per worker (paddle.inference or onnxruntime), Global.cpu_num_threads "
+                        "(default: from this machine's cores and --workers, see README Serving)")
     p.add_argument("--modules", help=f"comma-separated subset of {','.join(MODULES)}")
     p.add_argument("--scenario", help="default scenario pack of the served modules")
     p.add_argument("--config-out", default="shitu_serving.json", help="where to write the config.json used")
