@@ -23,6 +23,11 @@ import time
 from functools import partial
 from pathlib import Path
 
+#: paddle's OpenMP threads spin for 200 ms after each forward (KMP_BLOCKTIME) and took the cores from the
+#: onnxruntime forwards timed right after them in the same rounds: onnxruntime's detector measured 40.6 ms
+#: isolated here vs 21.4 ms in bench_backends.py in one `make bench` run. Set before paddle is imported.
+os.environ.setdefault("KMP_BLOCKTIME", "0")
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import describe, machine, percentile, table, write_json  # noqa: E402
