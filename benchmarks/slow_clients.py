@@ -3,7 +3,8 @@
 ``idle`` connections open and send nothing; ``slow`` ones send a request's headers and then drip its body a byte a
 second; ``headers`` ones (slowloris) send a request line and then drip one endless header a byte a
 second. With ``reconnect`` a connection the server closed is opened again at once, so the attack lasts as long as
-the :class:`SlowClients` is open. ``answers`` counts what the server said to the slow ones (status line -> count).
+the :class:`SlowClients` is open. ``answers`` counts what the server said to the slow ones (status line -> count);
+``received`` holds each answer whole (headers and ``Content-Length`` body), however many pieces it arrived in.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class SlowClients:
         self.received: list[bytes] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._partial: dict[int, bytes] = {}  # socket fd -> the start of an answer still arriving
         self.idle = [self._open("idle") for _ in range(idle)]
         self.slow = [self._open("slow") for _ in range(slow)]
         self.headers = [self._open("headers") for _ in range(headers)]
@@ -51,7 +53,7 @@ class SlowClients:
                         data = s.recv(65536)
                         closed = not data
                         if data:
-                            self._record(data)
+                            self._collect(s, data)
                     except BlockingIOError:
                         pass
                     except OSError:
@@ -62,6 +64,9 @@ class SlowClients:
                         except OSError:
                             closed = True
                     if closed:
+                        partial = self._partial.pop(s.fileno(), b"")
+                        if partial:  # what arrived of an answer before the server closed
+                            self._record(partial)
                         s.close()
                         with self._lock:
                             self.closed[kind] += 1
@@ -70,6 +75,25 @@ class SlowClients:
                                 group[i] = self._open(kind)
                             except OSError:
                                 pass
+
+    def _collect(self, s: socket.socket, data: bytes) -> None:
+        """Add ``data`` to what ``s`` received; record each answer once whole (an answer can arrive in pieces)."""
+        buf = self._partial.pop(s.fileno(), b"") + data
+        while True:
+            head, sep, rest = buf.partition(b"\r\n\r\n")
+            if not sep:
+                break
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length" and value.strip().isdigit():
+                    length = int(value.strip())
+            if len(rest) < length:
+                break
+            self._record(head + sep + rest[:length])
+            buf = rest[length:]
+        if buf:
+            self._partial[s.fileno()] = buf
 
     def _record(self, data: bytes) -> None:
         with self._lock:

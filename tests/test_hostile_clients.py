@@ -359,3 +359,36 @@ def test_fake_server_slow_clients_count_each_closed_connection_once():
         attack.close()
         listener.close()
     assert dict(attack.closed) == {"idle": 2, "slow": 2, "headers": 3}
+
+
+def test_fake_server_slow_clients_record_an_answer_that_arrives_in_pieces():
+    """The attack harness (fake loopback server): an answer whose body arrives after its headers is recorded once,
+    whole (CI saw a 408's headers recorded alone and its JSON body parsed as empty)."""
+    import socket
+    import threading
+
+    body = json.dumps({"status": "408", "msg": "the request did not arrive within 1 s"}).encode()
+    head = f"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.sendall(head.encode())
+            time.sleep(2.5)  # two drip passes see the headers alone
+            conn.sendall(body)
+            time.sleep(2.5)
+
+    threading.Thread(target=serve, daemon=True).start()
+    attack = SlowClients("127.0.0.1", listener.getsockname()[1], idle=0, slow=1)
+    try:
+        answers = attack.wait_answers(1, timeout=30)
+        time.sleep(2.0)
+    finally:
+        attack.close()
+        listener.close()
+    assert answers == [head.encode() + body] and attack.received == answers
+    assert json.loads(answers[0].partition(b"\r\n\r\n")[2])["status"] == "408"
