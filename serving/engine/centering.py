@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from shitu.model_spec import ModelSpec
+from shitu.serving.engine.arrays import load_float_array
 from shitu.serving.engine.predictor import PredictorError
 
 #: scikit-image photographs bundled in its wheel (grey ones are repeated over 3 channels), and scikit-learn's two.
@@ -41,13 +42,7 @@ def load_centering(spec: ModelSpec, name: str | None) -> np.ndarray | None:
     if not path.is_file():
         raise PredictorError(f"RecPostProcess.centering: no file {name!r} in the recogniser folder "
                              f"{spec.model_dir.name}; copy it there or set the parameter to null")
-    try:
-        vector = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise PredictorError(f"{path}: cannot read the centering vector: {exc}") from None
-    if vector.ndim != 1 or vector.dtype.kind != "f" or not np.isfinite(vector).all():
-        raise PredictorError(f"{path}: the centering vector must be a finite float vector [d]")
-    return vector.astype(np.float32)
+    return load_float_array(path, 1, "the centering vector", "[d]")
 
 
 def center(feats: np.ndarray, mean: np.ndarray, where: Any = "") -> np.ndarray:

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from shitu.model_spec import ModelSpec
+from shitu.serving.engine.arrays import load_float_array
 from shitu.serving.engine.centering import center, load_centering
 from shitu.serving.engine.predictor import Predictor, PredictorError, RuntimeOptions
 from shitu.serving.engine.timing import NULL_TIMER, StageTimer
@@ -57,13 +58,7 @@ def load_projection(spec: ModelSpec) -> np.ndarray | None:
     if not spec.projection:
         return None
     path = spec.model_dir / spec.projection
-    try:
-        matrix = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise PredictorError(f"{path}: cannot read the projection: {exc}") from None
-    if matrix.ndim != 2 or matrix.dtype.kind != "f" or not np.isfinite(matrix).all():
-        raise PredictorError(f"{path}: the projection must be a finite float matrix [d_in, d_out]")
-    return matrix.astype(np.float32)
+    return load_float_array(path, 2, "the projection", "[d_in, d_out]")
 
 
 class FeatureExtractor:
