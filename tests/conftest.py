@@ -184,3 +184,11 @@ def b64(image) -> str:
     from shitu.serving.engine.images import encode
 
     return base64.b64encode(encode(image)).decode()
+
+
+def unit_vectors(n: int, d: int, seed: int = 0):
+    """``n`` random L2-normalised float32 vectors of ``d`` dimensions, the same for the same ``seed``."""
+    import numpy as np
+
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)

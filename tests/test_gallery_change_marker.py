@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from functools import partial
 
 import numpy as np
 import pytest
@@ -19,12 +20,12 @@ import pytest
 from shitu.serving.gallery.change_marker import CHANGES_NAME, ChangeMarker
 from shitu.serving.gallery.local import Gallery, GalleryError
 
+from .conftest import unit_vectors
+
 DIM = 16
 
 
-def _vectors(n: int, seed: int = 0) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+_vectors = partial(unit_vectors, d=DIM)
 
 
 @pytest.fixture

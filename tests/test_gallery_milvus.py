@@ -8,10 +8,12 @@ from __future__ import annotations
 import multiprocessing as mp
 import threading
 import time
+from functools import partial
 
 import numpy as np
 import pytest
 
+from .conftest import unit_vectors
 from .milvus_server import milvus_server
 
 pytest.importorskip("pymilvus")
@@ -22,9 +24,7 @@ def milvus(tmp_path_factory):
     yield from milvus_server(tmp_path_factory.mktemp("milvus"))
 
 
-def _unit(n: int, d: int = 32, seed: int = 0) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+_unit = partial(unit_vectors, d=32)
 
 
 def test_parse_uri_names_the_problem():

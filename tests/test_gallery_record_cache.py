@@ -6,18 +6,19 @@ of an hour) so that only the record cache's own check of the change counter can 
 """
 from __future__ import annotations
 
-import numpy as np
+from functools import partial
+
 import pytest
 
 from shitu.serving.gallery.local import Gallery
 from shitu.serving.gallery.record_cache import RecordCache
 
+from .conftest import unit_vectors
+
 DIM = 16
 
 
-def _vectors(n: int, seed: int = 0) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+_vectors = partial(unit_vectors, d=DIM)
 
 
 @pytest.fixture
