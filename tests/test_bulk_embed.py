@@ -1,5 +1,6 @@
 """Bulk embedding for gallery builds (``shitu.serving.engine.bulk``): batches split over single-thread recogniser
-copies give the same gallery as one image at a time: same items, labels, sources, order, vectors (cos >= 0.9999).
+copies (onnxruntime) or batched through the engine's own predictor (paddle, whose forward holds the GIL) give the
+same gallery as one image at a time: same items, labels, sources, order, vectors (cos >= 0.9999).
 
 Real models (the embedded general-lite recogniser, paddle+oneDNN and onnxruntime), real faiss galleries; the only
 stand-in is ``test_split_*``'s arithmetic.
@@ -65,7 +66,10 @@ def test_real_bulk_build_equals_one_at_a_time(tmp_path, tree, backend):
         bulk_fn = embed_images_fn(engine)
         assert bulk_fn == engine.embed_bulk  # the CLI's and Engine.gallery_build's embed_fn
         many, items_many = _build(engine, tree, tmp_path / "many", 5, bulk_fn)
-        assert engine._bulk.copies == 2 and len(engine._bulk._workers) == 2  # the copies really ran
+        if backend == "onnxruntime":
+            assert engine._bulk.copies == 2 and len(engine._bulk._workers) == 2  # the copies really ran
+        else:  # paddle's run() holds the GIL: copies would take turns, so the engine's own predictor batches
+            assert engine._bulk.copies == 1 and engine._bulk._workers == []
         assert one.added == many.added == 13
         for a, b in zip(items_one, items_many):
             assert (a["label"], a["source"], a["content_hash"]) == (b["label"], b["source"], b["content_hash"])
@@ -96,8 +100,28 @@ def test_real_bulk_copies_follow_the_thread_count(engine, models_dir):
     from shitu.serving.engine.predictor import RuntimeOptions
 
     spec = ModelSpec.from_dir(models_dir / "rec")
-    single = BulkEmbedder(FeatureExtractor(spec, RuntimeOptions(cpu_threads=1)), engine.params)
+    ort = "onnxruntime"
+    single = BulkEmbedder(FeatureExtractor(spec, RuntimeOptions(cpu_threads=1, backend=ort)), engine.params)
     assert single.copies == 1
     single([np.zeros((32, 32, 3), np.uint8)] * 3)
     assert single._workers == []  # one thread: the extractor itself, no copies
-    assert BulkEmbedder(FeatureExtractor(spec, RuntimeOptions(cpu_threads=16)), engine.params).copies == MAX_COPIES
+    assert BulkEmbedder(FeatureExtractor(spec, RuntimeOptions(cpu_threads=16, backend=ort)),
+                        engine.params).copies == MAX_COPIES
+
+
+def test_real_bulk_makes_no_copies_of_a_paddle_recogniser(engine, models_dir):
+    """paddle.inference's run() holds the GIL: two single-thread copies in two threads did 0.93x the work of one
+    (onnxruntime 1.75x), and a build through them ran at 1.04x one image at a time against 1.76x batched through one
+    2-thread predictor (benchmarks/bench_gallery_build.py). Before the fix a paddle recogniser got copies too."""
+    from shitu.model_spec import ModelSpec
+    from shitu.serving.engine.extraction import FeatureExtractor
+    from shitu.serving.engine.predictor import RuntimeOptions
+
+    spec = ModelSpec.from_dir(models_dir / "rec")
+    bulk = BulkEmbedder(FeatureExtractor(spec, RuntimeOptions(cpu_threads=2, backend="paddle")), engine.params)
+    assert bulk.copies == 1
+    images = [np.full((40, 50, 3), v, np.uint8) for v in (0, 90, 200)]
+    got = bulk(images)
+    assert bulk._workers == []  # the extractor itself, batched
+    want = bulk.extractor.embed(images, engine.params)
+    assert np.allclose(got, want, atol=1e-6)

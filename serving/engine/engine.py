@@ -193,8 +193,9 @@ class Engine:
         return self.extractor.embed(list(images), self.request_params(overrides))
 
     def embed_bulk(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Whole images -> embeddings ``[n, d]`` for gallery builds: each call's images split over single-thread
-        copies of the recogniser running at once (:mod:`shitu.serving.engine.bulk`); equal to :meth:`embed`."""
+        """Whole images -> embeddings ``[n, d]`` for gallery builds: on onnxruntime each call's images split over
+        single-thread copies of the recogniser running at once, elsewhere batched through the engine's own
+        (:mod:`shitu.serving.engine.bulk`); equal to :meth:`embed`."""
         return self._bulk(images)
 
     def extract(self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[Sequence[float]]] | None = None,
