@@ -101,9 +101,13 @@ FIELDS: tuple[Field, ...] = (
     Field("Global", "use_gpu", bool, False, "Run on the GPU when paddle is built with CUDA.", per_request=False),
     Field("Global", "gpu_id", int, 0, "GPU device id when `use_gpu` is on.", minimum=0, per_request=False),
     Field("Global", "det_inference_model_dir", str, None,
-          "Mainbody detector folder (default: the current scenario pack's).", nullable=True, per_request=False),
+          "Mainbody detector folder (default: the current scenario pack's). A folder given here brings its own "
+          "pre-processing: the pack's `DetPreProcess.transform_ops` is not applied to it.", nullable=True,
+          per_request=False),
     Field("Global", "rec_inference_model_dir", str, None,
-          "Feature extractor folder (default: the current scenario pack's).", nullable=True, per_request=False),
+          "Feature extractor folder (default: the current scenario pack's). A folder given here brings its own "
+          "pre-processing: the pack's `RecPreProcess.transform_ops`, `RecPostProcess.pooling`, `gem_power` and "
+          "`centering` are not applied to it.", nullable=True, per_request=False),
     Field("Global", "det_backend", str, "auto", "Runtime for the detector: `paddle` (paddle.inference), "
           "`onnxruntime` (needs the model's ONNX file), or `auto`: onnxruntime when the model folder has its "
           "ONNX file and `use_gpu` is off (the fastest on the embedded models, same answers), else paddle.",

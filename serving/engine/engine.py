@@ -19,7 +19,7 @@ import numpy as np
 
 from shitu.names import GALLERY_NAME  # gallery names a request may use (never a path)
 from shitu.echo import clip
-from shitu.params import Params, merge
+from shitu.params import Params, flatten, merge
 
 from shitu.serving.engine.detection import MainbodyDetector
 from shitu.serving.engine.explain import Explanation
@@ -303,6 +303,25 @@ def builtin_models_dir() -> Path:
     return Path(shitu.plugins.__file__).resolve().parent / "packs" / "general_lite" / "models"
 
 
+#: Parameters of a pack that describe its own models (pre-processing, pooling, the centring file in its recogniser
+#: folder): they do not apply to a model folder given in ``Global.det_inference_model_dir`` /
+#: ``rec_inference_model_dir``, which brings its own (an official PaddleClas folder's pre-processing, say).
+PACK_MODEL_PARAMS: dict[str, tuple[str, ...]] = {
+    "Global.det_inference_model_dir": ("DetPreProcess.transform_ops",),
+    "Global.rec_inference_model_dir": ("RecPreProcess.transform_ops", "RecPostProcess.pooling",
+                                       "RecPostProcess.gem_power", "RecPostProcess.centering"),
+}
+
+
+def pack_params_for(pack_params: dict[str, Any], given: Params) -> dict[str, Any]:
+    """``pack_params`` without the :data:`PACK_MODEL_PARAMS` of each pack model that ``given`` (the caller's layers)
+    replaces with a folder of its own."""
+    dropped = {name for key, names in PACK_MODEL_PARAMS.items() if given[key] for name in names}
+    if not dropped:
+        return pack_params
+    return {name: value for name, value in flatten(pack_params).items() if name not in dropped}
+
+
 def load_engine(scenario: str | None = None, gallery: str | Path | None = None,
                 params: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None, *,
                 gallery_dir: str | Path | None = None) -> Engine:
@@ -312,12 +331,13 @@ def load_engine(scenario: str | None = None, gallery: str | Path | None = None,
     name such as ``"./shop"``), used as the default gallery. ``gallery_dir``: always a folder (``"shop"`` is then
     ``./shop``); give one or the other. Parameters merge as
     ``defaults`` (a hub module's ``params.py``) < the pack's < ``params`` (``Global.det_inference_model_dir`` /
-    ``rec_inference_model_dir`` replace the pack's models).
+    ``rec_inference_model_dir`` replace the pack's models, and the pack's parameters that describe the model
+    replaced, :data:`PACK_MODEL_PARAMS`, are then not applied).
     """
     from shitu.plugins import registry
 
     pack = registry.get_pack(scenario)
-    merged = merge(defaults, pack.params, params)
+    merged = merge(defaults, pack_params_for(pack.params, merge(defaults, params)), params)
     det_dir = merged["Global.det_inference_model_dir"]
     rec_dir = merged["Global.rec_inference_model_dir"]
     det_spec = ModelSpec.from_dir(det_dir, "detector") if det_dir else pack.detector_spec()
