@@ -194,6 +194,10 @@ FIELDS: tuple[Field, ...] = (
           "Seconds a client may take to send one whole request (headers and body) from its first byte, and to "
           "start one on an open connection; a late body gets a `408` envelope.", minimum=0.5, maximum=3600,
           per_request=False),
+    Field("Limits", "response_timeout", float, 120.0,
+          "Seconds a client has to take a whole answer once the server starts sending it; a client that reads "
+          "slower (or not at all) has its connection closed, which frees the connection's thread.", minimum=0.5,
+          maximum=3600, per_request=False),
     Field("Limits", "max_connections", int, 64,
           "Connections served at once per serving process: threads of the single-process server (more are "
           "answered `503` at once), gthread threads per gunicorn worker (which holds at most twice as many "
@@ -208,6 +212,10 @@ FIELDS: tuple[Field, ...] = (
           minimum=1, per_request=False),
     Field("Limits", "max_return_k", int, 100, "Largest `IndexProcess.return_k` a request may ask for.",
           minimum=1, maximum=1000, per_request=False),
+    Field("Limits", "max_matches", int, 2560,
+          "Matches one `index_search` search may return in all (embeddings x `IndexProcess.return_k`), checked "
+          "before searching: each match carries its item's metadata (up to `max_metadata_bytes`), so this bounds "
+          "the size of an answer.", minimum=1, per_request=False),
     Field("Limits", "max_metadata_bytes", int, 16384,
           "JSON size of one gallery item's metadata, checked when it is added.", minimum=2, per_request=False),
     Field("Limits", "max_metadata_depth", int, 8, "Nesting depth of one gallery item's metadata.", minimum=1,

@@ -155,6 +155,9 @@ def start_served(tmp: Path, workers: int = 1, init_args: dict | None = None) -> 
 
 
 ADMIN_TOKEN = "test-admin-token-5f1c"
+#: ``Limits.response_timeout`` of the session's servers: short, so the tests of clients that never read their
+#: answers see them cut (every other test's client reads at once).
+ANSWER_DEADLINE = 10.0
 
 
 @pytest.fixture(scope="session")
@@ -162,7 +165,8 @@ def served_multi(tmp_path_factory):
     """``hub serving`` in gunicorn mode with 2 workers and an admin token for gallery changes."""
     from shitu.serving.hub import control as hub_serving
 
-    s = start_served(tmp_path_factory.mktemp("served-multi"), workers=2, init_args={"token": ADMIN_TOKEN})
+    s = start_served(tmp_path_factory.mktemp("served-multi"), workers=2,
+                     init_args={"token": ADMIN_TOKEN, "params": {"Limits": {"response_timeout": ANSWER_DEADLINE}}})
     yield s
     hub_serving.stop(s.proc)
 
@@ -172,7 +176,8 @@ def served(tmp_path_factory):
     """One real ``hub serving`` (single process, all four modules) shared by the whole test session."""
     from shitu.serving.hub import control as hub_serving
 
-    s = start_served(tmp_path_factory.mktemp("served"))
+    s = start_served(tmp_path_factory.mktemp("served"), init_args={"params": {"Limits": {
+        "response_timeout": ANSWER_DEADLINE}}})
     yield s
     hub_serving.stop(s.proc)
 

@@ -98,6 +98,69 @@ def test_real_gunicorn_idle_and_slow_sockets_do_not_block(served_multi):
 
 
 # -- pixel bombs -------------------------------------------------------------------------------------------------
+def _unread_answers_are_cut(served, token: str | None = None) -> None:
+    """Clients that send a request and never read its 6.4 MB answer (more than the kernel buffers on both ends take,
+    so the server's write blocks) must not hold the server's threads: past ``Limits.response_timeout`` (10 s in the session's
+    servers) the server shuts the socket, so what a client finally reads is cut short, and ``/health`` answers
+    throughout. Before the answer deadline, each such client held a connection thread for good."""
+    import socket
+    import uuid
+
+    from .conftest import unit_vectors
+
+    dim = served.post("index_search", {"operation": "info"}).json()["results"]["dim"]
+    gallery = f"unread-{uuid.uuid4().hex[:8]}"
+    vectors = unit_vectors(100, dim)
+    add = {"operation": "add", "gallery": gallery, "embeddings": vectors.tolist(), "labels": ["big"] * 100,
+           "metadata": [{"blob": "x" * 16000}] * 100}
+    if token:
+        add["token"] = token
+    assert served.post("index_search", add).json()["status"] == "000"
+    search = json.dumps({"operation": "search", "gallery": gallery, "embeddings": vectors[:4].tolist(),
+                         "params": {"IndexProcess": {"return_k": 100, "score_thres": -1}}}).encode()
+    host, port = _addr(served)
+    request = (f"POST /predict/index_search HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(search)}\r\n\r\n").encode() + search
+    clients = []
+    try:
+        for _ in range(3):
+            c = socket.socket()
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            c.connect((host, port))
+            c.sendall(request)
+            clients.append(c)
+        _probe_health(served, probes=40)  # 12 s: past the 10 s answer deadline, health answered all along
+        for c in clients:
+            c.settimeout(60)
+            data = b""
+            while True:
+                try:
+                    chunk = c.recv(1 << 16)
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head[:200]
+            length = int([h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")][0].split(b":")[1])
+            assert length > 6_000_000 and len(body) < length  # the server gave up writing: cut short
+    finally:
+        for c in clients:
+            c.close()
+    _probe_health(served, probes=2)
+
+
+def test_real_single_process_clients_that_never_read_their_answers_are_cut(served):
+    _unread_answers_are_cut(served)
+
+
+def test_real_gunicorn_clients_that_never_read_their_answers_are_cut(served_multi):
+    from .conftest import ADMIN_TOKEN
+
+    _unread_answers_are_cut(served_multi, ADMIN_TOKEN)
+
+
 def bmp_rle8_bomb(side: int = 15000, header_size: int = 44) -> bytes:
     """A 1 KB RLE8 BMP declaring side x side pixels with a header size PIL does not know (OpenCV decodes it)."""
     import struct
@@ -173,6 +236,9 @@ def test_real_work_per_request_is_bounded_before_any_work(served, photos):
     cases = [("feature_extraction", {"images": [img], "boxes": [[[0, 0, 10, 10]] * 2000]}, "2000 boxes"),
              ("index_search", {"embeddings": [[0.0] * 4] * 300}, "300 embeddings"),
              ("index_search", {"embeddings": [[0.0] * 4], "return_k": 1000}, "Limits.max_return_k")]
+    # 256 queries x 100 matches each carrying up to 16 kB of metadata made a 411 MB answer from a 1 MB request
+    dim = served.post("index_search", {"operation": "info"}).json()["results"]["dim"]
+    cases.append(("index_search", {"embeddings": [[0.1] * dim] * 256, "return_k": 100}, "Limits.max_matches"))
     for module, payload, expected in cases:
         r = _while_attacking(served, lambda m=module, p=payload: served.post(m, p, timeout=60))
         assert r.json()["status"] == "101" and expected in r.json()["msg"], r.text

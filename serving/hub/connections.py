@@ -14,7 +14,9 @@ it). This module replaces both transports, keeping PaddleHub's app and its ``con
   thread blocked on it whatever the server; :class:`BodyReader` reads the whole body before the app runs and
   answers a late one with a ``408`` envelope, an oversized (also chunked) one with ``413``. Then the module
   works on the process's one compute thread (requests of a process run one at a time, as before), while
-  ``/health`` answers on the connection's own thread.
+  ``/health`` answers on the connection's own thread. Once the answer is ready the client has
+  ``Limits.response_timeout`` seconds to take all of it: past that the watchdog shuts both sides of the socket,
+  which wakes the thread blocked writing to a client that does not read (it would hold that thread for good).
 
 Both listen on ``127.0.0.1`` unless told otherwise (:data:`HOST_ENV`, ``init_args`` ``host``,
 ``shitu serve --host``).
@@ -50,6 +52,7 @@ class Settings:
     #: Whether some served module has no admin token (its galleries can be changed by anyone who connects).
     open_writes = False
     request_timeout: float = 20.0
+    response_timeout: float = 120.0
     max_connections: int = 64
 
 
@@ -59,9 +62,12 @@ SETTINGS = Settings()
 def configure(params: Any) -> None:
     """Record a served module's ``Limits`` (the most generous module wins)."""
     timeout, connections = float(params["Limits.request_timeout"]), int(params["Limits.max_connections"])
+    answer = float(params["Limits.response_timeout"])
     if SETTINGS.configured:
         timeout, connections = max(timeout, SETTINGS.request_timeout), max(connections, SETTINGS.max_connections)
+        answer = max(answer, SETTINGS.response_timeout)
     SETTINGS.request_timeout, SETTINGS.max_connections, SETTINGS.configured = timeout, connections, True
+    SETTINGS.response_timeout = answer
 
 
 def note_token(token: str | None) -> None:
@@ -98,14 +104,15 @@ def warn_if_exposed(host: str, has_token: bool) -> str | None:
 
 # -- deadlines ---------------------------------------------------------------------------------------------------
 class _Entry:
-    __slots__ = ("sock", "deadline", "expired")
+    __slots__ = ("sock", "deadline", "expired", "how")
 
-    def __init__(self, sock: socket.socket, deadline: float):
-        self.sock, self.deadline, self.expired = sock, deadline, False
+    def __init__(self, sock: socket.socket, deadline: float, how: int = socket.SHUT_RD):
+        self.sock, self.deadline, self.expired, self.how = sock, deadline, False, how
 
 
 class Watchdog:
-    """Shuts the reading side of sockets whose request did not arrive in time (one thread per process)."""
+    """Shuts the reading side of sockets whose request did not arrive in time, and both sides of sockets whose
+    answer was not taken in time (one thread per process)."""
 
     def __init__(self, tick: float = 0.2):
         self._tick = tick
@@ -114,9 +121,9 @@ class Watchdog:
         self._pid: int | None = None
         self._local = threading.local()
 
-    def arm(self, sock: socket.socket, seconds: float) -> _Entry:
-        """Start the deadline of the request now read from ``sock`` by this thread."""
-        entry = _Entry(sock, time.monotonic() + seconds)
+    def arm(self, sock: socket.socket, seconds: float, how: int = socket.SHUT_RD) -> _Entry:
+        """Start the deadline of the request now read from ``sock`` by this thread (``how``: what to shut then)."""
+        entry = _Entry(sock, time.monotonic() + seconds, how)
         with self._lock:
             if self._pid != os.getpid():  # first use in this process (gunicorn forks after import)
                 self._pid = os.getpid()
@@ -124,7 +131,17 @@ class Watchdog:
                 threading.Thread(target=self._run, name="shitu-read-deadlines", daemon=True).start()
             self._entries.add(entry)
         self._local.entry = entry
+        self._local.sock = sock
         return entry
+
+    def arm_answer(self, seconds: float) -> None:
+        """Start the deadline for this thread's client to take its answer (the socket of this thread's last
+        :meth:`arm`): past it both sides are shut, which fails a write blocked on a client that does not read."""
+        sock = getattr(self._local, "sock", None)
+        if sock is None:
+            return
+        self.disarm()
+        self.arm(sock, seconds, socket.SHUT_RDWR)
 
     def disarm(self, entry: _Entry | None = None) -> bool:
         """Stop the deadline (default: this thread's); True when it had already passed."""
@@ -146,8 +163,8 @@ class Watchdog:
                 self._entries.difference_update(late)
             for e in late:
                 e.expired = True
-                try:
-                    e.sock.shutdown(socket.SHUT_RD)  # wakes a recv blocked on it; answers can still be written
+                try:  # SHUT_RD wakes a recv blocked on it (an answer can still be written); SHUT_RDWR a send too
+                    e.sock.shutdown(e.how)
                 except OSError:
                     pass
 
@@ -216,8 +233,11 @@ class BodyReader:
         environ.pop("HTTP_TRANSFER_ENCODING", None)
         environ["wsgi.input_terminated"] = True
         if path in _LIGHT_PATHS or path.startswith("/web/"):  # answer at once, whatever the modules are doing
-            return self.app(environ, start_response)
-        return list(_compute().submit(lambda: list(self.app(environ, start_response))).result())
+            answer = self.app(environ, start_response)
+        else:
+            answer = list(_compute().submit(lambda: list(self.app(environ, start_response))).result())
+        WATCHDOG.arm_answer(SETTINGS.response_timeout)  # the server writes it after this returns
+        return answer
 
 
 #: Paths answered on the connection's own thread: they run no model (every other path, the peer APIs included,
@@ -261,6 +281,7 @@ def _werkzeug_classes() -> tuple[type, type]:
                 super().handle_one_request()
             finally:
                 WATCHDOG.disarm(entry)
+                WATCHDOG.disarm()  # the answer's deadline, if one was started
 
     class BoundedServer(ThreadedWSGIServer):
         """One thread per connection, at most ``Limits.max_connections`` at a time."""
@@ -316,7 +337,7 @@ def _thread_worker_class() -> type:
     from gunicorn.workers.gthread import ThreadWorker as GThreadWorker
 
     class ThreadWorker(GThreadWorker):
-        """gunicorn's gthread worker with a read deadline on every request."""
+        """gunicorn's gthread worker with a read deadline on every request and a deadline on taking its answer."""
 
         def handle(self, conn: Any) -> Any:
             entry = WATCHDOG.arm(conn.sock, SETTINGS.request_timeout)
@@ -324,6 +345,7 @@ def _thread_worker_class() -> type:
                 return super().handle(conn)
             finally:
                 WATCHDOG.disarm(entry)
+                WATCHDOG.disarm()  # the answer's deadline, if one was started
 
     return ThreadWorker
 

@@ -478,6 +478,11 @@ class SearchService(Service):
             raise RequestError(f"return_k {p['IndexProcess.return_k']} is more than the limit of "
                                f"{engine.params['Limits.max_return_k']} (Limits.max_return_k)")
         queries = self._embeddings(request, engine, p["RecPostProcess.binarize"])
+        matches, limit = len(queries) * p["IndexProcess.return_k"], engine.params["Limits.max_matches"]
+        if matches > limit:
+            raise RequestError(f"{len(queries)} embeddings x return_k {p['IndexProcess.return_k']} = {matches} "
+                               f"matches; the limit is {limit} (Limits.max_matches): send fewer embeddings per "
+                               "request or ask for fewer matches")
         with current_timer().stage("search"):
             hits = engine.search(queries, gallery=request.get("gallery"), **overrides)
         return [{"index": i, "matches": [m.to_dict() for m in row]} for i, row in enumerate(hits)]
