@@ -23,6 +23,7 @@ Both listen on ``127.0.0.1`` unless told otherwise (:data:`HOST_ENV`, ``init_arg
 """
 from __future__ import annotations
 
+import hmac
 import io
 import json
 import logging
@@ -51,6 +52,8 @@ class Settings:
     host: str | None = None
     #: Whether some served module has no admin token (its galleries can be changed by anyone who connects).
     open_writes = False
+    #: Admin tokens of the served modules that protect reads (``protect_reads``).
+    read_tokens: list[str] = []
     request_timeout: float = 20.0
     response_timeout: float = 120.0
     max_connections: int = 64
@@ -70,9 +73,35 @@ def configure(params: Any) -> None:
     SETTINGS.response_timeout = answer
 
 
-def note_token(token: str | None) -> None:
-    """Record whether a served module has an admin token (for :func:`warn_if_exposed` at start)."""
+def note_token(token: str | None, protect_reads: bool = False) -> None:
+    """Record whether a served module has an admin token (for :func:`warn_if_exposed` at start), and the token of a
+    module that protects reads (``GET /metrics`` then needs one of them: :func:`metrics_allowed`)."""
     SETTINGS.open_writes = SETTINGS.open_writes or not token
+    if protect_reads and token:
+        SETTINGS.read_tokens.append(token)
+
+
+def bearer_token() -> str | None:
+    """The ``Authorization: Bearer`` token of the current HTTP request, when served by Flask."""
+    try:
+        from flask import has_request_context, request
+
+        if has_request_context():
+            auth = request.headers.get("Authorization", "")
+            if auth.lower().startswith("bearer "):
+                return auth[7:].strip()
+    except ImportError:
+        pass
+    return None
+
+
+def metrics_allowed(bearer: str | None) -> bool:
+    """Whether a scrape with this ``Authorization: Bearer`` token may read ``/metrics``: always, unless a served
+    module protects reads (its metrics name its galleries and count their items); then only with such a token."""
+    if not SETTINGS.read_tokens:
+        return True
+    return isinstance(bearer, str) and any(hmac.compare_digest(bearer.encode(), t.encode())
+                                           for t in SETTINGS.read_tokens)
 
 
 def _warn_exposed(host: str) -> None:

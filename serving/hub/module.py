@@ -33,7 +33,7 @@ class ServiceModule:
         connections.set_host(host)  # where `hub serving` listens (default 127.0.0.1)
         self.service = self.service_class(type(self).default_params(), scenario=scenario, gallery=gallery,
                                           token=token, protect_reads=protect_reads, **init_args)
-        connections.note_token(token or os.environ.get(TOKEN_ENV))
+        connections.note_token(token or os.environ.get(TOKEN_ENV), protect_reads)
 
     def predict(self, **request: Any) -> Any:
         """In-process use (``hub.Module(name=...).predict(images=[...])``): the same fields as over HTTP; ``images``

@@ -15,6 +15,7 @@ import os
 import time
 from typing import Any
 
+from shitu.serving.hub import connections
 from shitu.serving.hub import metrics as shitu_metrics
 from shitu.serving.hub import request_log
 
@@ -178,5 +179,9 @@ def instrument(app: Any, max_log_bytes: int, log_backups: int) -> None:
 
     @app.route("/metrics", methods=["GET"])
     def _shitu_metrics() -> Any:
+        if not connections.metrics_allowed(connections.bearer_token()):
+            return Response("/metrics needs the admin token of a module that protects reads "
+                            "(header 'Authorization: Bearer ...')\n", status=401, mimetype="text/plain",
+                            headers={"WWW-Authenticate": "Bearer"})
         return Response(shitu_metrics.Metrics.render(), mimetype=None,
                         headers={"Content-Type": shitu_metrics.CONTENT_TYPE})

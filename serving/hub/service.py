@@ -34,6 +34,7 @@ from shitu.params import ParamError, flatten, merge
 
 from shitu.serving.engine.engine import GALLERY_NAME, Engine, EngineError, check_boxes, load_engine
 from shitu.serving.engine.images import ImageError, ImageLimits, b64decode, check_bytes, decode, header_size
+from shitu.serving.hub.connections import bearer_token
 from shitu.serving.hub.gallery_view import GalleryViewOps
 from shitu.serving.engine.timing import current_timer
 from shitu.serving.gallery.list_file import label_problem
@@ -220,7 +221,7 @@ class Service:
     def _check_token(self, request: dict[str, Any]) -> None:
         if not self._token:
             return
-        given = request.get("token") or _bearer_token()
+        given = request.get("token") or bearer_token()
         if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self._token.encode()):
             raise RequestError("this operation needs a valid admin token (field 'token' or header "
                                "'Authorization: Bearer ...'); the token given is missing or wrong")
@@ -388,20 +389,6 @@ def _depth(value: Any, cap: int) -> int:
                 return d
             stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
     return deepest
-
-
-def _bearer_token() -> str | None:
-    """The ``Authorization: Bearer`` token of the current HTTP request, when served by Flask."""
-    try:
-        from flask import has_request_context, request
-
-        if has_request_context():
-            auth = request.headers.get("Authorization", "")
-            if auth.lower().startswith("bearer "):
-                return auth[7:].strip()
-    except ImportError:
-        pass
-    return None
 
 
 class DetectionService(Service):
