@@ -44,41 +44,11 @@ os.environ["FLAGS_enable_pir_api"] = "0"  # before paddle is imported: PaddleCla
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import describe, machine, table, write_json  # noqa: E402
+from paddleclas_config import DET, OFFICIAL, REC, SETTINGS, paddleclas_config  # noqa: E402
 
-OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "official_format" / "legacy"
-DET = "picodet_PPLCNet_x2_5_mainbody_lite_v1.0_infer"
-REC = "general_PPLCNetV2_base_pretrained_v1.0_infer"
+LEGACY = OFFICIAL / "legacy"  # the layout PaddleClas 2.6.0 loads (.pdmodel)
+
 STAGES = ["det_preprocess", "det_forward", "det_postprocess", "rec_preprocess", "rec_forward", "search", "other"]
-SETTINGS = {"threshold": 0.2, "max_det_results": 5, "rec_nms_thresold": 0.05, "score_thres": 0.5, "return_k": 5}
-
-
-def paddleclas_config(tmp: Path, list_file: Path, threads: int, onednn: bool) -> dict[str, Any]:
-    """PaddleClas's ``inference_general.yaml`` with these models, this gallery and these CPU settings."""
-    return {
-        "Global": {"infer_imgs": str(tmp), "det_inference_model_dir": str(OFFICIAL / DET),
-                   "rec_inference_model_dir": str(OFFICIAL / REC), "rec_nms_thresold": SETTINGS["rec_nms_thresold"],
-                   "batch_size": 1, "image_shape": [3, 640, 640], "threshold": SETTINGS["threshold"],
-                   "max_det_results": SETTINGS["max_det_results"], "label_list": ["foreground"], "use_gpu": False,
-                   "enable_mkldnn": onednn, "cpu_num_threads": threads, "enable_benchmark": False,
-                   "use_fp16": False, "ir_optim": True, "use_tensorrt": False, "gpu_mem": 8000,
-                   "enable_profile": False},
-        "DetPreProcess": {"transform_ops": [
-            {"DetResize": {"interp": 2, "keep_ratio": False, "target_size": [640, 640]}},
-            {"DetNormalizeImage": {"is_scale": True, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}},
-            {"DetPermute": {}}]},
-        "DetPostProcess": {},
-        "RecPreProcess": {"transform_ops": [
-            {"ResizeImage": {"size": [224, 224], "return_numpy": False, "interpolation": "bilinear",
-                             "backend": "cv2"}},
-            {"NormalizeImage": {"scale": 1.0 / 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                                "order": "hwc"}},
-            {"ToCHWImage": None}]},
-        "RecPostProcess": None,
-        "IndexProcess": {"index_method": "Flat", "image_root": str(list_file.parent), "index_dir": str(tmp / "index"),
-                         "data_file": str(list_file), "index_operation": "new", "delimiter": "\t",
-                         "dist_type": "IP", "embedding_size": 512, "batch_size": 32,
-                         "return_k": SETTINGS["return_k"], "score_thres": SETTINGS["score_thres"]},
-    }
 
 
 class Clock:
@@ -188,8 +158,8 @@ def main() -> int:
     ap.add_argument("--onednn", default="on", help="oneDNN settings to compare: on, off or off,on (see above)")
     ap.add_argument("--json")
     args = ap.parse_args()
-    if not (OFFICIAL / DET).is_dir():
-        print(f"skipped: {OFFICIAL} not found")
+    if not (LEGACY / DET).is_dir():
+        print(f"skipped: {LEGACY} not found")
         return 0
     try:
         from paddleclas.deploy.python.build_gallery import GalleryBuilder
@@ -222,8 +192,8 @@ def main() -> int:
     images = photos()
     info = machine()
     settings = [s.strip() for s in args.onednn.split(",") if s.strip()]
-    specs = {"detector": ModelSpec.from_dir(OFFICIAL / DET, "detector"),
-             "extractor": ModelSpec.from_dir(OFFICIAL / REC, "extractor")}
+    specs = {"detector": ModelSpec.from_dir(LEGACY / DET, "detector"),
+             "extractor": ModelSpec.from_dir(LEGACY / REC, "extractor")}
     print(describe(info, f"{args.threads} threads; {len(images)} photos x {args.repeat} rounds per side"))
     out: dict[str, Any] = {"machine": info, "threads": args.threads, "repeat": args.repeat,
                            "photos": {k: list(v.shape) for k, v in images.items()}, "settings": {}}

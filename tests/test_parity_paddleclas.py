@@ -23,44 +23,16 @@ import numpy as np
 import pytest
 import yaml
 
-OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "official_format"
-DET = "picodet_PPLCNet_x2_5_mainbody_lite_v1.0_infer"
-REC = "general_PPLCNetV2_base_pretrained_v1.0_infer"
-PARAMS = {"Global": {"threshold": 0.2, "max_det_results": 5, "rec_nms_thresold": 0.05, "enable_mkldnn": False,
-                     "cpu_num_threads": 1},
-          "IndexProcess": {"score_thres": 0.5, "return_k": 5}}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from paddleclas_config import DET, OFFICIAL, REC, SETTINGS, paddleclas_config  # noqa: E402
+
+PARAMS = {"Global": {"threshold": SETTINGS["threshold"], "max_det_results": SETTINGS["max_det_results"],
+                     "rec_nms_thresold": SETTINGS["rec_nms_thresold"], "enable_mkldnn": False, "cpu_num_threads": 1},
+          "IndexProcess": {"score_thres": SETTINGS["score_thres"], "return_k": SETTINGS["return_k"]}}
 
 pytestmark = pytest.mark.skipif(not (OFFICIAL / "legacy" / DET).is_dir(),
                                 reason=f"official-format fixtures not found at {OFFICIAL} (../shared/official_format "
                                        "beside the repository)")
-
-
-def _paddleclas_config(tmp: Path, list_file: Path) -> dict:
-    """PaddleClas's inference_general.yaml with this test's models, gallery and CPU settings."""
-    return {
-        "Global": {"infer_imgs": str(tmp), "det_inference_model_dir": str(OFFICIAL / "legacy" / DET),
-                   "rec_inference_model_dir": str(OFFICIAL / "legacy" / REC), "rec_nms_thresold": 0.05,
-                   "batch_size": 1, "image_shape": [3, 640, 640], "threshold": 0.2, "max_det_results": 5,
-                   "label_list": ["foreground"], "use_gpu": False, "enable_mkldnn": False, "cpu_num_threads": 1,
-                   "enable_benchmark": False, "use_fp16": False, "ir_optim": True, "use_tensorrt": False,
-                   "gpu_mem": 8000, "enable_profile": False},
-        "DetPreProcess": {"transform_ops": [
-            {"DetResize": {"interp": 2, "keep_ratio": False, "target_size": [640, 640]}},
-            {"DetNormalizeImage": {"is_scale": True, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}},
-            {"DetPermute": {}}]},
-        "DetPostProcess": {},
-        "RecPreProcess": {"transform_ops": [
-            {"ResizeImage": {"size": [224, 224], "return_numpy": False, "interpolation": "bilinear",
-                             "backend": "cv2"}},
-            {"NormalizeImage": {"scale": 1.0 / 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                                "order": "hwc"}},
-            {"ToCHWImage": None}]},
-        "RecPostProcess": None,
-        "IndexProcess": {"index_method": "Flat", "image_root": str(list_file.parent), "index_dir": str(tmp / "index"),
-                         "data_file": str(list_file), "index_operation": "new", "delimiter": "\t",
-                         "dist_type": "IP", "embedding_size": 512, "batch_size": 32, "return_k": 5,
-                         "score_thres": 0.5},
-    }
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +56,7 @@ def reference(tmp_path_factory, photos, queries):
         paths.append(str(tmp / "queries" / f"{name}.png"))
         cv2.imwrite(paths[-1], img)
     cfg = tmp / "inference_general.yaml"
-    cfg.write_text(yaml.safe_dump(_paddleclas_config(tmp, list_file)))
+    cfg.write_text(yaml.safe_dump(paddleclas_config(tmp, list_file)))
     job, out = tmp / "job.json", tmp / "out.json"
     job.write_text(json.dumps({"config": str(cfg), "queries": paths}))
     script = Path(__file__).parent / "peer_clients" / "paddleclas_reference.py"
