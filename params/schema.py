@@ -234,7 +234,8 @@ FIELDS: tuple[Field, ...] = (
           "A `.npy` file (float32 `[d]`, a path relative to the recogniser folder, or absolute) holding the mean "
           "embedding of generic photographs: it is subtracted from each L2-normalised pooled embedding before it is "
           "normalised again, so different images no longer all score high (`python -m "
-          "shitu.serving.engine.centering` estimates one). Null: off. A gallery must be re-embedded after changing "
+          "shitu.serving.engine.centering` estimates one). Null: the recogniser folder's own (`centering:` in its "
+          "`shitu_model.yml`, as `shitu adapt` writes it), else off. A gallery must be re-embedded after changing "
           "it.", nullable=True, per_request=False),
 )
 # fmt: on

@@ -19,6 +19,8 @@ A folder with neither gets the PaddleClas defaults for its kind.
     pooling: gap | gem | none       # extractors whose output is a feature map [N, C, H, W]
     projection: head.npy            # extractors: a float32 [d_in, d_out] matrix applied after pooling (written by
                                     # `shitu adapt`; read with numpy, never unpickled)
+    centering: centering.npy        # extractors: a float32 [d] vector subtracted after pooling, used when the
+                                    # parameter RecPostProcess.centering is null (written by `shitu adapt`)
     onednn: false                   # oneDNN only where verified: Paddle 3.3.1's default passes crash some
                                     # models (conv + leaky_relu), so it is off unless the folder says so or
                                     # `shitu plugins verify --onednn` recorded a pass list verified on the model
@@ -69,6 +71,7 @@ class ModelSpec:
     decoder_args: dict[str, Any] = field(default_factory=dict)
     pooling: str = "none"
     projection: str | None = None
+    centering: str | None = None
     #: None (unset): off unless a pass list was verified on this model (shitu.serving.engine.onednn).
     onednn: bool | None = None
     onednn_passes: list[str] | None = None

@@ -42,6 +42,8 @@ def test_adapt_cli_writes_a_loadable_recogniser(adapted, photos, capsys):
     assert report["classes"] == 3 and report["train_views"] == 6 and 0 <= report["heldout_r1_after"] <= 1
     spec = ModelSpec.from_dir(out, "extractor")
     assert spec.projection == "projection.npy" and spec.pooling == "gem"
+    # trained on centred features, so it says so itself: loaded by parameter it gets no pack settings
+    assert spec.centering == "centering.npy" and (out / "centering.npy").is_file()
     matrix = np.load(out / "projection.npy", allow_pickle=False)
     assert matrix.shape == (512, 512)
     eng = load_engine(params={"Global.rec_inference_model_dir": str(out), "Global.cpu_num_threads": 1})

@@ -69,3 +69,30 @@ def test_real_official_detector_by_parameter_keeps_the_pack_recogniser_settings(
         assert len(det) == 1
     finally:
         engine.close()
+
+
+def test_real_a_gallery_of_another_recogniser_is_refused_not_searched(photos, tmp_path):
+    """The pack's demo gallery holds general-lite's vectors: an engine whose recogniser was replaced refuses it with
+    a clear error (before, it searched it and every score compared two embedding spaces), and works on a gallery
+    built with its own recogniser."""
+    from shitu.serving.engine.engine import EngineError, load_engine
+
+    images = list(photos.values())[:2]
+    engine = load_engine(params={"Global": {"rec_inference_model_dir": str(REC)}})
+    try:
+        with pytest.raises(EngineError, match="holds vectors of model rec .* not of this engine's recogniser "
+                                              "general_PPLCNetV2"):
+            engine.recognize(images[:1])  # the default gallery: general-lite's demo gallery
+        own = tmp_path / "official-gallery"
+        engine.gallery_add(images, ["a", "b"], gallery=own)
+        (found,) = engine.recognize(images[:1], gallery=own, score_thres=-1.0)
+        assert found and found[0].label == "a"
+    finally:
+        engine.close()
+    pack_engine = load_engine()  # general-lite itself: its demo gallery is fine, the official one is refused
+    try:
+        pack_engine.recognize(images[:1])
+        with pytest.raises(EngineError, match="holds vectors of model general_PPLCNetV2"):
+            pack_engine.recognize(images[:1], gallery=own)
+    finally:
+        pack_engine.close()

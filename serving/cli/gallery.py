@@ -68,7 +68,8 @@ def _resolve_pack_gallery(args: argparse.Namespace) -> None:
         if not is_built(spec):
             engine = _load_engine(args)
             try:
-                ensure_built(spec, embed_images_fn(engine), engine.embedding_size, progress=True)
+                ensure_built(spec, embed_images_fn(engine), engine.embedding_size, progress=True,
+                             identity=engine.maker_of(spec))
             finally:
                 engine.close()
 
@@ -141,7 +142,7 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
         engine = _load_engine(args)
         try:
             ensure_built(spec, embed_images_fn(engine), engine.embedding_size, progress=not args.no_progress,
-                         skip_bad=args.skip_bad, max_label_length=args.max_label_length)
+                         skip_bad=args.skip_bad, max_label_length=args.max_label_length, identity=engine.maker_of(spec))
         finally:
             engine.close()
         with open_gallery(path, readonly=True) as g:

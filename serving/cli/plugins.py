@@ -133,7 +133,7 @@ def _build_galleries(name: str, version: str, progress: bool) -> None:
         engine = load_engine(name)
         try:
             for g in todo:
-                ensure_built(g, engine.embed, engine.embedding_size, progress=progress)
+                ensure_built(g, engine.embed, engine.embedding_size, progress=progress, identity=engine.maker_of(g))
                 _out(f"gallery {name}/{g.name} built from {g.source().name} into {g.dir()}")
         finally:
             engine.close()

@@ -183,8 +183,12 @@ def adapt(embed: Any, images: Sequence[np.ndarray], labels: Sequence[str], backg
 
 
 def write_recognizer(spec: ModelSpec, pooling: str, matrix: np.ndarray, out_dir: Path, report: AdaptReport,
-                     save_network: Callable[[Path], tuple[str, str]] | None = None) -> Path:
+                     save_network: Callable[[Path], tuple[str, str]] | None = None,
+                     centering: str | None = None) -> Path:
     """A new recogniser folder: ``spec``'s model files, ``projection.npy`` and its ``shitu_model.yml``.
+
+    ``centering``: the centring vector's file the features were trained with (copied with the folder's other
+    files), declared in the description so the folder embeds as trained wherever it is loaded.
 
     ``save_network(out_dir)``: writes a fine-tuned network there instead of copying ``spec``'s (returns its
     model and params file names; the ONNX copy of the old weights is then left out)."""
@@ -213,7 +217,8 @@ def write_recognizer(spec: ModelSpec, pooling: str, matrix: np.ndarray, out_dir:
     desc = {"kind": "extractor", "model_file": model.name, "params_file": params.name,
             "onnx_file": spec.onnx_file if spec.onnx_file and (out_dir / spec.onnx_file).is_file() else None,
             "input_color": spec.input_color, "transform_ops": spec.transform_ops, "pooling": pooling,
-            "projection": PROJECTION_FILE, "onednn": spec.onednn, "onednn_passes": spec.onednn_passes}
+            "projection": PROJECTION_FILE, "centering": centering, "onednn": spec.onednn,
+            "onednn_passes": spec.onednn_passes}
     network = "its last layers fine-tuned" if save_network is not None else "the same network"
     header = (f"# Adapted by `shitu adapt` from {spec.model_dir.name}: {network} plus a projection head "
               f"trained on {report.classes} labels\n# (held-out R@1 {report.heldout_r1_before:.3f} -> "

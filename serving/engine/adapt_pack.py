@@ -72,9 +72,10 @@ def train_recognizer(engine: Any, images: Sequence[np.ndarray], labels: Sequence
     log(f"head: {report.classes} labels, {report.train_views} training views, {report.steps} steps "
         f"({report.seconds:.0f} s): held-out R@1 {report.heldout_r1_before:.3f} -> {report.heldout_r1_after:.3f}")
     pooling = p["RecPostProcess.pooling"] or engine.extractor.spec.pooling
+    centering = p["RecPostProcess.centering"] or engine.extractor.spec.centering
     head = matrix if engine.extractor.projection is None else engine.extractor.projection @ matrix
     if method == "head":
-        write_recognizer(engine.extractor.spec, pooling, head, out, report)
+        write_recognizer(engine.extractor.spec, pooling, head, out, report, centering=centering)
         return {"report": report, "head": matrix, "finetuned": False}
     from shitu.serving.engine.finetune import finetune, save_network
 
@@ -85,7 +86,7 @@ def train_recognizer(engine: Any, images: Sequence[np.ndarray], labels: Sequence
         f"{ft.heldout_r1_after:.3f}")
     ft.heldout_r1_before = report.heldout_r1_before  # before any adapting, as the head's report gives it
     write_recognizer(engine.extractor.spec, pooling, net.head.numpy().astype(np.float32), out, ft,
-                     save_network=lambda d: save_network(net, engine.extractor.spec, d))
+                     save_network=lambda d: save_network(net, engine.extractor.spec, d), centering=centering)
     return {"report": ft, "head": matrix, "finetuned": True}
 
 

@@ -55,8 +55,12 @@ class Engine:
 
     def __init__(self, detector_spec: ModelSpec, extractor_spec: ModelSpec, params: Params | None = None,
                  gallery_root: Path | None = None, default_gallery: str = "default", scenario: str = "custom",
-                 gallery_specs: dict[str, Any] | None = None):
+                 gallery_specs: dict[str, Any] | None = None, pack_extractor: ModelSpec | None = None):
         self.params = params or merge()
+        #: The scenario pack's own recogniser, which made the vectors a pack ships (``vectors_file``); differs from
+        #: the extractor when ``Global.rec_inference_model_dir`` replaced it.
+        self.pack_extractor = pack_extractor or extractor_spec
+        self._model_identity: dict[str, str] | None = None
         self.scenario = scenario
         detector_spec = detector_spec.with_transform_ops(self.params["DetPreProcess.transform_ops"])
         extractor_spec = extractor_spec.with_transform_ops(self.params["RecPreProcess.transform_ops"])
@@ -134,10 +138,35 @@ class Engine:
             max_label_length=self.params["Limits.max_label_length"],
         )
         gallery.record_cache_capacity = self.params["Limits.gallery_record_cache"]
-        from shitu.serving.gallery.backup import remember_model
+        from shitu.serving.gallery.backup import describe_model, gallery_model_identity, remember_model, same_model
 
-        remember_model(path, self.extractor.spec)  # what made the vectors, checked by export/import
+        recorded = gallery_model_identity(path)
+        if recorded is not None and not same_model(recorded, self.model_identity):
+            gallery.close()
+            raise EngineError(
+                f"gallery {path.name!r} holds vectors of model {describe_model(recorded)}, not of this engine's "
+                f"recogniser {describe_model(self.model_identity)}: scores between two embedding spaces mean nothing. "
+                "Use it with the recogniser that built it, or build a gallery with this one (shitu gallery build)")
+        remember_model(path, self.extractor.spec)  # what made the vectors, checked here and by export/import
         return gallery
+
+    def maker_of(self, spec: Any) -> dict[str, str]:
+        """The model identity of what makes the vectors of the pack's declared gallery ``spec`` when it is built:
+        the pack's own recogniser for the vectors it ships (``vectors_file``), else this engine's, which embeds the
+        images of its list."""
+        from shitu.serving.gallery.backup import model_identity
+
+        return model_identity(self.pack_extractor) if spec.vectors_file is not None else self.model_identity
+
+    @property
+    def model_identity(self) -> dict[str, str]:
+        """The recogniser's model identity (weights and projection sha256, :mod:`shitu.serving.gallery.backup`): a
+        gallery that records another one is refused."""
+        if self._model_identity is None:
+            from shitu.serving.gallery.backup import model_identity
+
+            self._model_identity = model_identity(self.extractor.spec)
+        return self._model_identity
 
     def _declared_gallery(self, name: str | Path | None, path: Path) -> Any:
         """The pack's declaration of gallery ``name`` when ``path`` is its folder, built now if it declares content
@@ -149,8 +178,11 @@ class Engine:
         from shitu.serving.gallery.pack_gallery import ensure_built
 
         try:
-            ensure_built(spec, self.embed, self.embedding_size,
-                         max_label_length=self.params["Limits.max_label_length"])
+            if not ensure_built(spec, self.embed, self.embedding_size,
+                                max_label_length=self.params["Limits.max_label_length"], identity=self.maker_of(spec)):
+                from shitu.serving.gallery.backup import remember_model
+
+                remember_model(path, self.pack_extractor)  # built before galleries recorded it: by the pack's own
         except GalleryError as exc:  # the details name files on this machine: point to the command that shows them
             first = str(exc).splitlines()[0]
             raise EngineError(f"gallery {spec.name!r} of scenario {self.scenario!r} cannot be built from the pack's "
@@ -353,5 +385,6 @@ def load_engine(scenario: str | None = None, gallery: str | Path | None = None,
     elif gallery:
         default_gallery = gallery
     return Engine(det_spec, rec_spec, merged, gallery_root=gallery_root, default_gallery=default_gallery,
-                  scenario=pack.name, gallery_specs=pack.galleries)
+                  scenario=pack.name, gallery_specs=pack.galleries,
+                  pack_extractor=pack.extractor_spec() if rec_dir else None)
 

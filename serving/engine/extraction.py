@@ -110,7 +110,9 @@ class FeatureExtractor:
         return feats
 
     def centering(self, name: str | None) -> np.ndarray | None:
-        """The ``RecPostProcess.centering`` vector ``name`` (read once, then kept), or None."""
+        """The ``RecPostProcess.centering`` vector ``name`` (read once, then kept); ``None``: the folder's own
+        (``centering:`` in its ``shitu_model.yml``), else no centering."""
+        name = name or self.spec.centering
         if self._centering[0] != name:
             self._centering = (name, load_centering(self.spec, name))
         return self._centering[1]

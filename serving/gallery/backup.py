@@ -37,7 +37,8 @@ import numpy as np
 from shitu.files import move_into_place, staging_dir
 
 __all__ = ["BackupError", "backup", "restore", "export_archive", "import_archive", "model_identity",
-           "gallery_model_identity", "set_gallery_model_identity", "remember_model", "MANIFEST"]
+           "gallery_model_identity", "set_gallery_model_identity", "remember_model", "same_model", "describe_model",
+           "MANIFEST"]
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,17 @@ def remember_model(gallery_dir: str | os.PathLike, spec: Any) -> None:
             set_gallery_model_identity(gallery_dir, model_identity(spec))
     except (OSError, sqlite3.Error, BackupError, ValueError) as e:
         log.warning("%s: model identity not recorded: %s", gallery_dir, e)
+
+
+def same_model(a: dict[str, str], b: dict[str, str]) -> bool:
+    """Whether two model identities name the same vectors: same weights and same projection head (the folder
+    name does not matter: a pack's recogniser installed elsewhere is the same model)."""
+    return a.get("sha256") == b.get("sha256") and a.get("projection") == b.get("projection")
+
+
+def describe_model(identity: dict[str, str] | None) -> str:
+    """``name (sha256 0123456789ab...)`` for messages."""
+    return _describe(identity)
 
 
 def _describe(identity: dict[str, str] | None) -> str:

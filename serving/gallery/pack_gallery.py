@@ -71,10 +71,12 @@ def write_vectors(path: str | os.PathLike, vectors: np.ndarray, labels: Sequence
 
 
 def ensure_built(spec: Any, embed_fn: EmbedFn, dim: int, *, max_label_length: int = DEFAULT_MAX_LABEL_LENGTH,
-                 progress: bool = False, skip_bad: bool = False) -> bool:
+                 progress: bool = False, skip_bad: bool = False, identity: dict[str, str] | None = None) -> bool:
     """Build the declared gallery ``spec`` if its folder has none yet; return whether it was built now.
 
-    Galleries that declare no content are left alone (they start empty, created by the first ``add``)."""
+    ``identity``: the model identity of the recogniser that made its vectors (``embed_fn``'s, or the pack's own for
+    a ``vectors_file``), recorded in the gallery (:mod:`.backup`). Galleries that declare no content are left
+    alone (they start empty, created by the first ``add``)."""
     source = spec.source()
     if source is None or is_built(spec):
         return False
@@ -102,6 +104,10 @@ def ensure_built(spec: Any, embed_fn: EmbedFn, dim: int, *, max_label_length: in
             else:
                 build_from_entries(gallery, entries, embed_fn, skip_bad=skip_bad, progress=progress)
             gallery.checkpoint()
+        if identity is not None:
+            from shitu.serving.gallery.backup import set_gallery_model_identity
+
+            set_gallery_model_identity(staging, identity)
         try:
             os.rename(staging, target)
         except OSError:
