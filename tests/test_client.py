@@ -84,6 +84,20 @@ def test_large_lists_go_in_batches_and_come_back_in_order(served, gallery, queri
         ["cat"] * 3
 
 
+def test_many_vectors_go_in_requests_within_the_server_limits(client, gallery):
+    """300 vectors: more than the server's Limits.max_queries (256) in one request, and 300 x return_k 20 more than
+    its Limits.max_matches (2560). Before, the SDK sent 512 rows per request and the server refused them."""
+    from .conftest import unit_vectors
+
+    dim = client.gallery_info(gallery=GALLERY).dim
+    vecs = unit_vectors(300, dim, seed=7)
+    ids = client.gallery_add(embeddings=vecs, labels="bulk", gallery="client-bulk")
+    assert len(ids) == 300 and len(set(ids)) == 300
+    hits = client.search(vecs, gallery="client-bulk", return_k=20, score_thres=-1.0)
+    assert len(hits) == 300 and all(len(h) == 20 for h in hits)
+    assert [h[0].id for h in hits] == ids  # each vector finds itself first, in order across the requests
+
+
 def test_detect(client, queries):
     res = client.detect(queries["collage_cat_and_coffee"])
     assert isinstance(res, ImageDetections) and all(isinstance(b, Box) for b in res)

@@ -77,8 +77,13 @@ __all__ = [
 DEFAULT_URL = "http://127.0.0.1:8866"
 #: HTTP answers worth retrying for safe operations (a proxy or load balancer between client and server).
 RETRY_HTTP_STATUSES = frozenset({502, 503, 504})
-#: Embedding rows per ``search`` / ``gallery_add(embeddings=...)`` request.
-VECTOR_BATCH = 512
+#: Embedding rows per ``search`` / ``gallery_add(embeddings=...)`` request: the server's default
+#: ``Limits.max_queries`` (a client of a server with other limits says so: ``ShituClient(max_queries=...)``).
+VECTOR_BATCH = 256
+#: The server's default ``Limits.max_matches``: embeddings x ``return_k`` one search request may ask for.
+MAX_MATCHES = 2560
+#: The server's default ``IndexProcess.return_k`` (used to size search requests that do not set it).
+DEFAULT_RETURN_K = 5
 _IMAGE_INDEX = re.compile(r"^image (\d+): ?(.*)$", re.S)
 
 
@@ -560,6 +565,16 @@ def _never_connected(exc: requests.RequestException) -> bool:
     return False
 
 
+def _return_k(params: Mapping[str, Any]) -> int:
+    """The ``return_k`` a request's parameters ask for (short, dotted or nested name), else the server default."""
+    nested = params.get("IndexProcess")
+    for value in (params.get("return_k"), params.get("IndexProcess.return_k"),
+                  nested.get("return_k") if isinstance(nested, Mapping) else None):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+    return DEFAULT_RETURN_K
+
+
 class ShituClient:
     """A shitu-hub server's four modules as methods. Thread-safe (one keep-alive session per thread).
 
@@ -569,20 +584,26 @@ class ShituClient:
     defaults for every call; ``max_batch_bytes``: encoded image bytes per request (keep under the server's
     ``Limits.max_request_bytes``, 64 MiB by default); ``image_format`` (``"jpeg"`` / ``"png"``) and
     ``jpeg_quality``: how numpy and PIL images are encoded; ``session``: a ``requests.Session`` to use (proxies,
-    certificates) instead of the client's own per-thread sessions.
+    certificates) instead of the client's own per-thread sessions; ``max_queries`` / ``max_matches``: the server's
+    ``Limits`` of the same names (embedding rows per request; rows x ``return_k`` per search), when not the
+    defaults: vectors are sent in requests that fit them.
     """
 
     def __init__(self, base_url: str = DEFAULT_URL, timeout: float | tuple[float, float] = 60.0, retries: int = 2,
                  token: str | None = None, batch_size: int = 8, *, scenario: str | None = None,
                  gallery: str | None = None, params: Mapping[str, Any] | None = None, backoff: float = 0.5,
                  max_backoff: float = 8.0, max_batch_bytes: int = 32 * 1024 * 1024, image_format: str = "jpeg",
-                 jpeg_quality: int = 95, session: requests.Session | None = None):
+                 jpeg_quality: int = 95, session: requests.Session | None = None, max_queries: int = VECTOR_BATCH,
+                 max_matches: int = MAX_MATCHES):
         if "://" not in base_url:
             base_url = "http://" + base_url
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
+        if max_queries < 1 or max_matches < 1:
+            raise ValueError(f"max_queries and max_matches must be >= 1, got {max_queries} and {max_matches}")
+        self.max_queries, self.max_matches = max_queries, max_matches
         if image_format not in ("jpeg", "png"):
             raise ValueError(f"image_format must be 'jpeg' or 'png', got {image_format!r}")
         self.base_url = base_url.rstrip("/")
@@ -800,9 +821,11 @@ class ShituClient:
         if arr.ndim != 2 or arr.dtype.kind not in "uif":
             raise InputError(f"embeddings must be numbers of shape [n, d] or [d], got {arr.dtype} {arr.shape}")
         out: list[SearchHits] = []
+        k = _return_k(self._payload("search", scenario, gallery, params, overrides).get("params") or {})
+        per_request = max(1, min(self.max_queries, self.max_matches // k))
         try:
-            for start in range(0, len(arr), VECTOR_BATCH):
-                rows = arr[start:start + VECTOR_BATCH].tolist()
+            for start in range(0, len(arr), per_request):
+                rows = arr[start:start + per_request].tolist()
                 answer = self._post("index_search", self._payload("search", scenario, gallery, params, overrides,
                                                                   embeddings=rows), idempotent=True)
                 out.extend(SearchHits.from_dict(r, start + k) for k, r in enumerate(answer))
@@ -864,8 +887,8 @@ class ShituClient:
                         raise
                     ids.extend(int(i) for i in answer["ids"])
             else:
-                for start in range(0, count, VECTOR_BATCH):
-                    rows = vecs[start:start + VECTOR_BATCH].tolist()
+                for start in range(0, count, self.max_queries):
+                    rows = vecs[start:start + self.max_queries].tolist()
                     payload = self._payload("add", scenario, gallery, params, overrides, embeddings=rows,
                                             **fields(start, len(rows)))
                     ids.extend(int(i) for i in self._post("index_search", payload, idempotent=False)["ids"])
