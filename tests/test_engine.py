@@ -138,6 +138,21 @@ def test_nms_unit():
     assert nms(boxes, np.array([0.9, 0.8, 0.7]), 0.95).tolist() == [0, 1, 2]
 
 
+def test_detect_decodes_only_boxes_over_the_threshold_with_the_same_result(engine, photos, queries):
+    """``detect`` without an explanation skips decoding cells under ``Global.threshold``: the boxes it keeps are
+    exactly those of the full decode (every raw box, NMS, then the threshold), at several thresholds."""
+    from shitu.serving.engine.detection import select_boxes
+
+    for threshold in (0.1, 0.2, 0.4):
+        p = engine.params.override({"Global.threshold": threshold, "Global.max_det_results": 50})
+        for img in [*photos.values(), *queries.values()]:
+            fast = engine.detector.detect(img, p)
+            full = select_boxes(engine.detector.raw(img, p["Global.det_nms_threshold"]), img.shape[0],
+                                img.shape[1], p)
+            assert np.array_equal(fast.xyxy, full.xyxy) and np.array_equal(fast.scores, full.scores)
+            assert len(engine.detector.raw(img, 0.5, min_score=threshold)) <= len(engine.detector.raw(img, 0.5))
+
+
 def test_embeddings_are_normalised_and_sized_from_the_model(engine, photos):
     assert engine.embedding_size == 512
     e = engine.embed([photos["cat"], photos["coffee"]])
