@@ -163,6 +163,11 @@ class Watchdog:
         self._local.sock = sock
         return entry
 
+    def done(self) -> None:
+        """This thread's request is over: stop its answer's deadline, if one was started, and forget its socket."""
+        self.disarm()
+        self._local.sock = None
+
     def arm_answer(self, seconds: float) -> None:
         """Start the deadline for this thread's client to take its answer (the socket of this thread's last
         :meth:`arm`): past it both sides are shut, which fails a write blocked on a client that does not read."""
@@ -310,7 +315,7 @@ def _werkzeug_classes() -> tuple[type, type]:
                 super().handle_one_request()
             finally:
                 WATCHDOG.disarm(entry)
-                WATCHDOG.disarm()  # the answer's deadline, if one was started
+                WATCHDOG.done()  # the answer's deadline, if one was started
 
     class BoundedServer(ThreadedWSGIServer):
         """One thread per connection, at most ``Limits.max_connections`` at a time."""
@@ -374,7 +379,7 @@ def _thread_worker_class() -> type:
                 return super().handle(conn)
             finally:
                 WATCHDOG.disarm(entry)
-                WATCHDOG.disarm()  # the answer's deadline, if one was started
+                WATCHDOG.done()  # the answer's deadline, if one was started
 
     return ThreadWorker
 
