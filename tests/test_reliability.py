@@ -184,7 +184,10 @@ def test_killed_worker_is_replaced_and_others_keep_answering(served_multi_to_bre
         assert res[0]["results"][0]["label"] == "rocket"
     info = ok(s.post("image_recognition", {"operation": "info", **g}))
     assert info["count"] == 1
-    assert any(r for r in results if r)
+    # the other worker kept running through its sibling's death (asserting that one of the two requests in flight
+    # succeeded failed in CI when gunicorn had given both connections to the worker that was killed)
+    assert sorted(before)[1] in after
+    assert all(r is None or r[0]["results"][0]["label"] == "rocket" for r in results)
 
 
 def test_server_killed_during_gallery_adds_reopens_consistent(tmp_path, photos):
