@@ -60,7 +60,7 @@ class Engine:
         #: The scenario pack's own recogniser, which made the vectors a pack ships (``vectors_file``); differs from
         #: the extractor when ``Global.rec_inference_model_dir`` replaced it.
         self.pack_extractor = pack_extractor or extractor_spec
-        self._model_identity: dict[str, str] | None = None
+        self._identities: dict[tuple[str, str | None], dict[str, str]] = {}  # by (model folder, projection)
         self.scenario = scenario
         detector_spec = detector_spec.with_transform_ops(self.params["DetPreProcess.transform_ops"])
         extractor_spec = extractor_spec.with_transform_ops(self.params["RecPreProcess.transform_ops"])
@@ -154,19 +154,23 @@ class Engine:
         """The model identity of what makes the vectors of the pack's declared gallery ``spec`` when it is built:
         the pack's own recogniser for the vectors it ships (``vectors_file``), else this engine's, which embeds the
         images of its list."""
-        from shitu.serving.gallery.backup import model_identity
-
-        return model_identity(self.pack_extractor) if spec.vectors_file is not None else self.model_identity
+        return self._identity_of(self.pack_extractor) if spec.vectors_file is not None else self.model_identity
 
     @property
     def model_identity(self) -> dict[str, str]:
         """The recogniser's model identity (weights and projection sha256, :mod:`shitu.serving.gallery.backup`): a
         gallery that records another one is refused."""
-        if self._model_identity is None:
+        return self._identity_of(self.extractor.spec)
+
+    def _identity_of(self, spec: ModelSpec) -> dict[str, str]:
+        """:func:`~shitu.serving.gallery.backup.model_identity` of ``spec``, hashed once per model folder (the pack's
+        recogniser is usually the engine's own)."""
+        key = (str(Path(spec.model_dir).resolve()), spec.projection)
+        if key not in self._identities:
             from shitu.serving.gallery.backup import model_identity
 
-            self._model_identity = model_identity(self.extractor.spec)
-        return self._model_identity
+            self._identities[key] = model_identity(spec)
+        return self._identities[key]
 
     def _declared_gallery(self, name: str | Path | None, path: Path) -> Any:
         """The pack's declaration of gallery ``name`` when ``path`` is its folder, built now if it declares content
