@@ -4,6 +4,7 @@ The design fixes the top-level folders (``serving/``, ``plugins/``, ``params/``,
 ``hub_modules/``); they install under one root package ``shitu`` through
 ``package_dir`` so nothing installs a bare top-level ``serving`` package.
 """
+
 from pathlib import Path
 
 from setuptools import setup

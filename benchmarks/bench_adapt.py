@@ -10,6 +10,7 @@ true box of each scene (oracle) and through ``Engine.recognize`` on the scenes, 
 training time and the median milliseconds per scene (1 thread per model; the settings timed in turn, scene by scene).
 Needs the Debian icon themes the quality set needs (``oxygen-icon-theme``, ``elementary-xfce-icon-theme``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,9 +58,11 @@ def measure(engine: Any, qs: dataset.QualitySet, gallery: Any) -> dict[str, floa
 
     pad = engine.params["Global.crop_padding"]
     scenes = [engine.recognize([s.image], gallery, score_thres=0.0)[0] for s in qs.scenes]
-    return {"alone_r1": r1(engine.embed(qs.alone), qs.labels),
-            "oracle_r1": r1(engine.embed([crop(s.image, s.box, pad) for s in qs.scenes]), [s.label for s in qs.scenes]),
-            "scene_r1": float(np.mean([bool(r) and r[0].label == s.label for r, s in zip(scenes, qs.scenes)]))}
+    return {
+        "alone_r1": r1(engine.embed(qs.alone), qs.labels),
+        "oracle_r1": r1(engine.embed([crop(s.image, s.box, pad) for s in qs.scenes]), [s.label for s in qs.scenes]),
+        "scene_r1": float(np.mean([bool(r) and r[0].label == s.label for r, s in zip(scenes, qs.scenes)])),
+    }
 
 
 def latency(runs: dict[str, tuple[Any, Any]], qs: dataset.QualitySet) -> dict[str, float]:
@@ -104,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: dict[str, tuple[Any, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
+
         def gallery(name: str, engine: Any) -> Any:
             return Gallery.create(Path(tmp) / f"g-{name}", engine.embedding_size, index_method="Flat")
 
@@ -113,15 +117,28 @@ def main(argv: list[str] | None = None) -> int:
         bgs = backgrounds()
         for method in [m for m in args.methods.split(",") if m]:
             t0 = time.perf_counter()
-            done = train_recognizer(base, qs.gallery, qs.labels, bgs, Path(tmp) / method, method=method,
-                                    views=args.views, steps=args.steps, finetune_steps=args.finetune_steps,
-                                    seed=args.seed, log=lambda m: print(m, file=sys.stderr))
+            done = train_recognizer(
+                base,
+                qs.gallery,
+                qs.labels,
+                bgs,
+                Path(tmp) / method,
+                method=method,
+                views=args.views,
+                steps=args.steps,
+                finetune_steps=args.finetune_steps,
+                seed=args.seed,
+                log=lambda m: print(m, file=sys.stderr),
+            )
             seconds = time.perf_counter() - t0
             eng = load_engine(args.scenario, params={**one, "Global.rec_inference_model_dir": str(Path(tmp) / method)})
             runs[method] = (eng, gallery(method, eng))
-            out[method] = {**measure(eng, qs, runs[method][1]), "train_s": seconds,
-                           "heldout_r1_before": done["report"].heldout_r1_before,
-                           "heldout_r1": done["report"].heldout_r1_after}
+            out[method] = {
+                **measure(eng, qs, runs[method][1]),
+                "train_s": seconds,
+                "heldout_r1_before": done["report"].heldout_r1_before,
+                "heldout_r1": done["report"].heldout_r1_after,
+            }
         for name, ms in latency(runs, qs).items():
             out[name]["ms_per_scene"] = ms
         for engine, g in runs.values():
@@ -129,18 +146,35 @@ def main(argv: list[str] | None = None) -> int:
             engine.close()
     for name in ["shipped", *[m for m in args.methods.split(",") if m in out]]:
         r = out[name]
-        rows.append([name, r.get("heldout_r1", r.get("heldout_r1_before", float("nan"))), r["alone_r1"],
-                     r["oracle_r1"], r["scene_r1"], r["ms_per_scene"], r.get("train_s", 0.0)])
+        rows.append(
+            [
+                name,
+                r.get("heldout_r1", r.get("heldout_r1_before", float("nan"))),
+                r["alone_r1"],
+                r["oracle_r1"],
+                r["scene_r1"],
+                r["ms_per_scene"],
+                r.get("train_s", 0.0),
+            ]
+        )
         if name != "shipped":
             summary += [
-                {"what": f"adapt {name}: held-out views R@1 ({len(qs.labels)} labels)",
-                 "figure": f"{r['heldout_r1_before']:.3f} -> {r['heldout_r1']:.3f} ({r['train_s']:.0f} s CPU)"},
-                {"what": f"adapt {name}: quality set R@1 alone / oracle / scene (shipped -> adapted)",
-                 "figure": " / ".join(f"{out['shipped'][k]:.3f} -> {r[k]:.3f}"
-                                      for k in ("alone_r1", "oracle_r1", "scene_r1"))},
-                {"what": f"adapt {name}: ms per scene, shipped vs adapted (interleaved, 1 thread)",
-                 "figure": f"{r['ms_per_scene'] / out['shipped']['ms_per_scene']:.2f}x "
-                           f"({r['ms_per_scene']:.1f} vs {out['shipped']['ms_per_scene']:.1f} ms)"}]
+                {
+                    "what": f"adapt {name}: held-out views R@1 ({len(qs.labels)} labels)",
+                    "figure": f"{r['heldout_r1_before']:.3f} -> {r['heldout_r1']:.3f} ({r['train_s']:.0f} s CPU)",
+                },
+                {
+                    "what": f"adapt {name}: quality set R@1 alone / oracle / scene (shipped -> adapted)",
+                    "figure": " / ".join(
+                        f"{out['shipped'][k]:.3f} -> {r[k]:.3f}" for k in ("alone_r1", "oracle_r1", "scene_r1")
+                    ),
+                },
+                {
+                    "what": f"adapt {name}: ms per scene, shipped vs adapted (interleaved, 1 thread)",
+                    "figure": f"{r['ms_per_scene'] / out['shipped']['ms_per_scene']:.2f}x "
+                    f"({r['ms_per_scene']:.1f} vs {out['shipped']['ms_per_scene']:.1f} ms)",
+                },
+            ]
     print(table(["recogniser", "held-out R@1", "alone R@1", "oracle R@1", "scene R@1", "ms/scene", "train s"], rows))
     out["summary"] = summary
     write_json("adapt", out, args.json)

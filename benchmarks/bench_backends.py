@@ -5,6 +5,7 @@
 Same input, same thread count (Global.cpu_num_threads), batch 1 (detector, 416x416) and batch 1 / 6 (extractor,
 224x224: one image's crops). Also prints the largest output difference against paddle with oneDNN off.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,11 +23,18 @@ from common import describe, machine, percentile, table, write_json  # noqa: E40
 def summary_rows(out: dict, threads: int) -> list[dict]:
     """Headline figures: each model's forward under the three runtimes (``make bench`` collects them)."""
     rows = []
-    for key, what in (("det/b1", "detector forward"), ("rec/b1", "recogniser forward, batch 1"),
-                      ("rec/b6", "recogniser forward, batch 6")):
+    for key, what in (
+        ("det/b1", "detector forward"),
+        ("rec/b1", "recogniser forward, batch 1"),
+        ("rec/b6", "recogniser forward, batch 6"),
+    ):
         ms = [v["median_ms"] for k, v in out.items() if k.startswith(key + "/")]
-        rows.append({"what": f"{what}, paddle oneDNN off / on / onnxruntime, {threads} threads",
-                     "figure": " / ".join(f"{m:.1f}" for m in ms) + " ms"})
+        rows.append(
+            {
+                "what": f"{what}, paddle oneDNN off / on / onnxruntime, {threads} threads",
+                "figure": " / ".join(f"{m:.1f}" for m in ms) + " ms",
+            }
+        )
     return rows
 
 
@@ -37,9 +45,9 @@ def main() -> int:
     ap.add_argument("--json")
     args = ap.parse_args()
 
+    from shitu.model_spec import ModelSpec
     from shitu.serving.cli.demo import gallery_photos
     from shitu.serving.engine.engine import builtin_models_dir
-    from shitu.model_spec import ModelSpec
     from shitu.serving.engine.predictor import Predictor, RuntimeOptions
     from shitu.serving.engine.transforms import Transforms
 
@@ -72,16 +80,26 @@ def main() -> int:
                 arrs = [outs[n] for n in p.output_names]
                 if ref is None:
                     ref = arrs
-                diff = max(float(np.abs(np.sort(a.ravel()) - np.sort(r.ravel())).max()) for a, r in zip(arrs, ref)) \
-                    if sub == "det" else float(np.abs(arrs[0] - ref[0]).max())
+                diff = (
+                    max(float(np.abs(np.sort(a.ravel()) - np.sort(r.ravel())).max()) for a, r in zip(arrs, ref))
+                    if sub == "det"
+                    else float(np.abs(arrs[0] - ref[0]).max())
+                )
                 med = percentile(times, 50) * 1000
                 base_ms = base_ms or med
                 rows.append([sub, batch, name, med, percentile(times, 95) * 1000, base_ms / med, f"{diff:.1e}"])
-                out[f"{sub}/b{batch}/{name}"] = {"median_ms": med, "p95_ms": percentile(times, 95) * 1000,
-                                                 "speedup_vs_paddle_off": base_ms / med, "max_abs_diff": diff}
+                out[f"{sub}/b{batch}/{name}"] = {
+                    "median_ms": med,
+                    "p95_ms": percentile(times, 95) * 1000,
+                    "speedup_vs_paddle_off": base_ms / med,
+                    "max_abs_diff": diff,
+                }
     print(table(["model", "batch", "runtime", "median ms", "p95 ms", "speed-up vs oneDNN off", "max |diff|"], rows))
-    write_json("backends", {"machine": info, "threads": args.threads, "results": out,
-                            "summary": summary_rows(out, args.threads)}, args.json)
+    write_json(
+        "backends",
+        {"machine": info, "threads": args.threads, "results": out, "summary": summary_rows(out, args.threads)},
+        args.json,
+    )
     return 0
 
 

@@ -18,6 +18,7 @@ Paddle's OpenMP runtime (``libiomp5``) keeps its threads spinning for ``KMP_BLOC
 each forward, which took the cores from the onnxruntime builds timed after a paddle one (and from paddle's own
 decode thread); the script sets ``KMP_BLOCKTIME=0`` unless the environment sets it (the JSON records the value).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,7 @@ from common import describe, machine, table, write_json  # noqa: E402
 
 def make_tree(root: Path, n: int) -> None:
     import cv2
+
     from shitu.serving.cli.demo import gallery_photos
 
     photos = list(gallery_photos().items())
@@ -43,7 +45,7 @@ def make_tree(root: Path, n: int) -> None:
         label, img = photos[i % len(photos)]
         h, w = img.shape[:2]
         k = i // len(photos)
-        view = img[(k * 7) % (h // 5): h - (k * 5) % (h // 5), (k * 11) % (w // 5): w - (k * 3) % (w // 5)]
+        view = img[(k * 7) % (h // 5) : h - (k * 5) % (h // 5), (k * 11) % (w // 5) : w - (k * 3) % (w // 5)]
         view = cv2.resize(view, None, fx=0.6 + 0.1 * (k % 5), fy=0.6 + 0.1 * (k % 5))
         (root / label).mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(root / label / f"{i:04d}.jpg"), view)
@@ -54,18 +56,29 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=96)
     ap.add_argument("--batch", type=int, default=16, help="images per chunk of a batched build")
     ap.add_argument("--repeat", type=int, default=3, help="builds per mode, interleaved (median reported)")
-    ap.add_argument("--backends", nargs="+", default=["onnxruntime", "paddle"], choices=["onnxruntime", "paddle"],
-                    help="recogniser runtimes to compare (Global.rec_backend)")
-    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                    help="a Global parameter of the engines, e.g. cpu_num_threads=2 (repeatable)")
+    ap.add_argument(
+        "--backends",
+        nargs="+",
+        default=["onnxruntime", "paddle"],
+        choices=["onnxruntime", "paddle"],
+        help="recogniser runtimes to compare (Global.rec_backend)",
+    )
+    ap.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Global parameter of the engines, e.g. cpu_num_threads=2 (repeatable)",
+    )
     ap.add_argument("--json")
     args = ap.parse_args()
 
     import numpy as np
+
     from shitu.serving.engine.engine import load_engine
-    from shitu.serving.gallery.local import Gallery
     from shitu.serving.gallery.build import build_from_entries
     from shitu.serving.gallery.list_file import scan_folder
+    from shitu.serving.gallery.local import Gallery
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-build-"))
     make_tree(tmp / "images", args.images)
@@ -81,7 +94,7 @@ def main() -> int:
         engine = load_engine(params={"Global": {**overrides, "rec_backend": backend}})
         engines.append(engine)
         bulk = engine.embed_bulk  # what `shitu gallery build` and Engine.gallery_build embed with
-        how = (f"{engine._bulk.copies} single-thread copies" if engine._bulk.copies > 1 else "one predictor")
+        how = f"{engine._bulk.copies} single-thread copies" if engine._bulk.copies > 1 else "one predictor"
         modes[(backend, "one at a time")] = (1, engine.embed)
         modes[(backend, "batched, one predictor")] = (args.batch, engine.embed)
         build_mode[backend], how_of[backend] = (backend, f"batched, as builds run ({how})"), how
@@ -93,8 +106,13 @@ def main() -> int:
                 engine.embed([blank] * n)
                 bulk([blank] * n)
     info = machine()
-    print(describe(info, "; ".join(f"rec: {e.extractor.predictor.description}" for e in engines)
-                   + f"; {len(entries)} images; {engines[0].params['Global.batch_size']} per forward (Global.batch_size)"))
+    print(
+        describe(
+            info,
+            "; ".join(f"rec: {e.extractor.predictor.description}" for e in engines)
+            + f"; {len(entries)} images; {engines[0].params['Global.batch_size']} per forward (Global.batch_size)",
+        )
+    )
     runs: dict[tuple[str, str], list[float]] = {key: [] for key in modes}
     cpu: dict[tuple[str, str], list[float]] = {key: [] for key in modes}  # CPU seconds of this process (all threads)
     dim = engines[0].embedding_size
@@ -118,28 +136,53 @@ def main() -> int:
         cpu_ms = sorted(cpu[key])[len(cpu[key]) // 2] / len(entries) * 1000
         rows.append([key[0], key[1], chunk, len(entries), dt, ips[key], ips[key] / base, cpu_ms])
         out.setdefault(key[0], {})[key[1]] = {
-            "chunk": chunk, "seconds": dt, "images_per_s": ips[key], "speedup": ips[key] / base, "runs": runs[key],
-            "cpu_ms_per_image": cpu_ms, "cpu_runs": cpu[key]}
-    print(table(["runtime", "mode", "chunk", "images", "seconds", "images/s", "x one-at-a-time", "CPU ms/image"],
-                rows))
-    print("CPU ms/image: CPU time of this process (all threads) per image; on a shared machine it says what a build "
-          "costs when wall-clock time depends on the neighbours")
+            "chunk": chunk,
+            "seconds": dt,
+            "images_per_s": ips[key],
+            "speedup": ips[key] / base,
+            "runs": runs[key],
+            "cpu_ms_per_image": cpu_ms,
+            "cpu_runs": cpu[key],
+        }
+    print(table(["runtime", "mode", "chunk", "images", "seconds", "images/s", "x one-at-a-time", "CPU ms/image"], rows))
+    print(
+        "CPU ms/image: CPU time of this process (all threads) per image; on a shared machine it says what a build "
+        "costs when wall-clock time depends on the neighbours"
+    )
     for backend in args.backends:
         one, builds = (backend, "one at a time"), build_mode[backend]
         ratio = ips[builds] / ips[one]
-        print(f"{backend}: batching as builds run it: {ratio:.2f} x the images per second of one at a time "
-              "(target >= 1.5)")
-        summary.append({"what": f"gallery build, {backend}: batched as builds run it ({how_of[backend]}) / one at a "
-                                f"time, {len(entries)} images",
-                        "figure": f"{ratio:.2f}x ({ips[builds]:.1f} vs {ips[one]:.1f} images/s)"})
+        print(
+            f"{backend}: batching as builds run it: {ratio:.2f} x the images per second of one at a time "
+            "(target >= 1.5)"
+        )
+        summary.append(
+            {
+                "what": f"gallery build, {backend}: batched as builds run it ({how_of[backend]}) / one at a "
+                f"time, {len(entries)} images",
+                "figure": f"{ratio:.2f}x ({ips[builds]:.1f} vs {ips[one]:.1f} images/s)",
+            }
+        )
     if {"onnxruntime", "paddle"} <= set(args.backends):
         a, b = ips[build_mode["onnxruntime"]], ips[build_mode["paddle"]]
-        summary.append({"what": "gallery build as builds run it, onnxruntime / paddle",
-                        "figure": f"{a / b:.2f}x ({a:.1f} vs {b:.1f} images/s)"})
-    write_json("gallery_build",
-               {"machine": info, "backends": args.backends, "batch": args.batch, "results": out, "summary": summary,
-                "KMP_BLOCKTIME": os.environ.get("KMP_BLOCKTIME")},
-               args.json)
+        summary.append(
+            {
+                "what": "gallery build as builds run it, onnxruntime / paddle",
+                "figure": f"{a / b:.2f}x ({a:.1f} vs {b:.1f} images/s)",
+            }
+        )
+    write_json(
+        "gallery_build",
+        {
+            "machine": info,
+            "backends": args.backends,
+            "batch": args.batch,
+            "results": out,
+            "summary": summary,
+            "KMP_BLOCKTIME": os.environ.get("KMP_BLOCKTIME"),
+        },
+        args.json,
+    )
     for e in engines:
         e.close()
     return 0

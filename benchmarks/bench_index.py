@@ -22,6 +22,7 @@ the layer (SQLite records + index + snapshot). It is measured for sizes up to ``
 
 Results: a table on stdout and ``benchmarks/results/bench_index.json`` (or ``--json OUT``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -288,9 +289,13 @@ def summarize(rows: list[dict]) -> list[dict]:
         size = f"{n // 1000}k" if n % 1000 == 0 else str(n)
         ratios = " / ".join(f"{r['overhead_lat']:.2f}x" for r in mine)
         times = ", ".join(f"{r['method']} {r['lat_layer_ms']:.3f} vs {r['lat_raw_ms']:.3f} ms" for r in mine)
-        out.append({"what": f"index layer / raw faiss per query (batch 1, interleaved), {size} "
-                            + " / ".join(r["method"] for r in mine),
-                    "figure": f"{ratios} ({times})"})
+        out.append(
+            {
+                "what": f"index layer / raw faiss per query (batch 1, interleaved), {size} "
+                + " / ".join(r["method"] for r in mine),
+                "figure": f"{ratios} ({times})",
+            }
+        )
     return out
 
 
@@ -302,8 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--clusters", type=int, default=1000)
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--queries", type=int, default=None,
-                    help="queries for recall / QPS (default 1000, 500 from 100k on, 200 at 1M)")
+    ap.add_argument(
+        "--queries", type=int, default=None, help="queries for recall / QPS (default 1000, 500 from 100k on, 200 at 1M)"
+    )
     ap.add_argument("--latency-queries", type=int, default=200, help="batch-1 queries timed per side")
     ap.add_argument("--batch-rounds", type=int, default=5, help="rounds of the batched (QPS) comparison")
     ap.add_argument("--measure-rebuild", action="store_true", help="measure the rebuild at every size")
@@ -312,9 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", help="folder for the galleries (default: a temp folder)")
     ap.add_argument("--threads", type=int, help="faiss OpenMP threads (default: faiss's, all cores)")
     ap.add_argument("--json", metavar="OUT", help="write machine info and rows as JSON")
-    ap.add_argument("--quick", action="store_true",
-                    help="a quick look while developing: 10k only (unless --sizes), 200 queries, 100 timed per side, "
-                         "3 batch rounds, the rebuild estimated")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a quick look while developing: 10k only (unless --sizes), 200 queries, 100 timed per side, "
+        "3 batch rounds, the rebuild estimated",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         if args.sizes == ap.get_default("sizes"):
@@ -344,8 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.perf_counter()
                 row = bench_one(method, n, data, gt, args, workdir)
                 rows.append(row)
-                print(f"  {method:<7s} n={n:<8d} done in {time.perf_counter() - t:6.1f} s", file=sys.stderr,
-                      flush=True)
+                print(f"  {method:<7s} n={n:<8d} done in {time.perf_counter() - t:6.1f} s", file=sys.stderr, flush=True)
             del data, gt
     finally:
         if not args.workdir:
@@ -353,12 +361,16 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_table(rows))
     print()
-    print("lat ms: median batch-1 search through the gallery (incl. resolving hits to their records: in memory, "
-          "from SQLite after a change); raw ms: faiss alone "
-          "on the same index, parameters and threading (batch 1: one OpenMP thread, as the layer does); "
-          "x lat / x QPS: layer cost over raw.")
-    print("add1% s: adding 1% more items (one call); rebuild s: building the same n + 1% gallery from nothing "
-          "('~': the n-item build time x 1.01 stands in); rm1% s: removing 1% of the items (one call).")
+    print(
+        "lat ms: median batch-1 search through the gallery (incl. resolving hits to their records: in memory, "
+        "from SQLite after a change); raw ms: faiss alone "
+        "on the same index, parameters and threading (batch 1: one OpenMP thread, as the layer does); "
+        "x lat / x QPS: layer cost over raw."
+    )
+    print(
+        "add1% s: adding 1% more items (one call); rebuild s: building the same n + 1% gallery from nothing "
+        "('~': the n-item build time x 1.01 stands in); rm1% s: removing 1% of the items (one call)."
+    )
     print(f"total {time.perf_counter() - started:.0f} s")
     summary = summarize(rows)
     for line in summary:

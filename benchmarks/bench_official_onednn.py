@@ -7,6 +7,7 @@ the oneDNN verification (``shitu.serving.engine.onednn.verify``: each candidate 
 kept in a temporary SHITU_HOME), then times the engine's own stage (detector: pre-processing + forward + decoding
 of one photo; recogniser: one photo's embedding) with oneDNN off and on.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import describe, machine, table, write_json  # noqa: E402
 
 OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "official_format"
-MODELS = (("detector", "picodet_PPLCNet_x2_5_mainbody_lite_v1.0_infer"),
-          ("extractor", "general_PPLCNetV2_base_pretrained_v1.0_infer"))
+MODELS = (
+    ("detector", "picodet_PPLCNet_x2_5_mainbody_lite_v1.0_infer"),
+    ("extractor", "general_PPLCNetV2_base_pretrained_v1.0_infer"),
+)
 
 
 def main() -> int:
@@ -34,8 +37,11 @@ def main() -> int:
     args = ap.parse_args()
     if not OFFICIAL.is_dir():
         print(f"skipped: {OFFICIAL} not found")
-        write_json("official_onednn", {"summary": [{"what": "official-format models", "figure": "skipped: "
-                                                    "../shared/official_format not found"}]}, args.json)
+        write_json(
+            "official_onednn",
+            {"summary": [{"what": "official-format models", "figure": "skipped: ../shared/official_format not found"}]},
+            args.json,
+        )
         return 0
     os.environ["SHITU_HOME"] = tempfile.mkdtemp(prefix="bench-onednn-")
 
@@ -73,17 +79,38 @@ def main() -> int:
                 times[label] = statistics.median(samples) * 1000
             on = "verified" if record["ok"] else "stays off"
             passes = "default" if record.get("passes") is None else f"{len(record['passes'])} passes"
-            rows.append([fmt, kind, f"{on} ({passes})" if record["ok"] else on, times["off"], times["on"],
-                         times["off"] / times["on"]])
-            out["models"].append({"format": fmt, "kind": kind, "model": name, "verified": record["ok"],
-                                  "passes": record.get("passes"), "median_ms_off": times["off"],
-                                  "median_ms_on": times["on"], "speedup": times["off"] / times["on"],
-                                  "tried": record["tried"]})
+            rows.append(
+                [
+                    fmt,
+                    kind,
+                    f"{on} ({passes})" if record["ok"] else on,
+                    times["off"],
+                    times["on"],
+                    times["off"] / times["on"],
+                ]
+            )
+            out["models"].append(
+                {
+                    "format": fmt,
+                    "kind": kind,
+                    "model": name,
+                    "verified": record["ok"],
+                    "passes": record.get("passes"),
+                    "median_ms_off": times["off"],
+                    "median_ms_on": times["on"],
+                    "speedup": times["off"] / times["on"],
+                    "tried": record["tried"],
+                }
+            )
     print(table(["export", "model", "oneDNN", "off ms", "on ms", "speed-up"], rows))
-    out["summary"] = [{"what": f"official-format {m['format']} {m['kind']}, oneDNN off / on "
-                               f"({'verified list' if m['verified'] else 'stays off'}), {args.threads} threads",
-                       "figure": f"{m['median_ms_off']:.1f} / {m['median_ms_on']:.1f} ms ({m['speedup']:.2f}x)"}
-                      for m in out["models"]] or [{"what": "official-format models", "figure": "none measured"}]
+    out["summary"] = [
+        {
+            "what": f"official-format {m['format']} {m['kind']}, oneDNN off / on "
+            f"({'verified list' if m['verified'] else 'stays off'}), {args.threads} threads",
+            "figure": f"{m['median_ms_off']:.1f} / {m['median_ms_on']:.1f} ms ({m['speedup']:.2f}x)",
+        }
+        for m in out["models"]
+    ] or [{"what": "official-format models", "figure": "none measured"}]
     write_json("official_onednn", out, args.json)
     return 0
 

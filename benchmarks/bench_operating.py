@@ -7,6 +7,7 @@ checksums), restored (checksums, open, move), exported to a portable archive and
 PaddleClas-layout folder of the same vectors (``IDMap2,HNSW32`` faiss file + pickled id map, as PaddleClas's
 ``build_gallery.py`` writes them) is imported with the restricted reader. Each step once; seconds and sizes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,17 +72,32 @@ def main() -> int:
     faiss.write_index(index, str(pc / "vector.index"))
     with open(pc / "id_map.pkl", "wb") as f:
         pickle.dump({np.int64(i): f"img/{i}.jpg\t{labels[i]}" for i in range(args.vectors)}, f)
-    timed("import PaddleClas folder (restricted unpickler + faiss)",
-          lambda: import_paddleclas_index(pc, tmp / "pc"), tmp / "pc")
+    timed(
+        "import PaddleClas folder (restricted unpickler + faiss)",
+        lambda: import_paddleclas_index(pc, tmp / "pc"),
+        tmp / "pc",
+    )
 
     rows = [[name, round(sec, 3), round(size / 1e6, 1)] for name, sec, size in steps]
     print(table(["step", "seconds", "MB"], rows))
-    summary = [{"what": f"{args.vectors} x {args.dim}-d HNSW32 gallery ({steps[0][2] / 1e6:.0f} MB): "
-                        "create, backup, restore, export, import archive, import PaddleClas folder (s)",
-                "figure": " / ".join(f"{sec:.2f}" for _, sec, _ in steps)}]
-    write_json("operating", {"machine": info, "vectors": args.vectors, "dim": args.dim,
-                             "results": {name: {"seconds": sec, "bytes": size} for name, sec, size in steps},
-                             "summary": summary}, args.json)
+    summary = [
+        {
+            "what": f"{args.vectors} x {args.dim}-d HNSW32 gallery ({steps[0][2] / 1e6:.0f} MB): "
+            "create, backup, restore, export, import archive, import PaddleClas folder (s)",
+            "figure": " / ".join(f"{sec:.2f}" for _, sec, _ in steps),
+        }
+    ]
+    write_json(
+        "operating",
+        {
+            "machine": info,
+            "vectors": args.vectors,
+            "dim": args.dim,
+            "results": {name: {"seconds": sec, "bytes": size} for name, sec, size in steps},
+            "summary": summary,
+        },
+        args.json,
+    )
     return 0
 
 

@@ -14,6 +14,7 @@ pipeline's own input shapes, end-to-end / the sum of the fastest isolated forwar
 the candidate defaults (detector / recogniser runtime) end to end, interleaved. The JSON's ``summary`` lists the
 headline figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,13 +35,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import describe, machine, percentile, table, write_json  # noqa: E402
 
-STAGES = ["decode", "det_preprocess", "det_forward", "det_postprocess", "crop", "rec_preprocess", "rec_forward",
-          "search", "rec_nms", "serialize"]
+STAGES = [
+    "decode",
+    "det_preprocess",
+    "det_forward",
+    "det_postprocess",
+    "crop",
+    "rec_preprocess",
+    "rec_forward",
+    "search",
+    "rec_nms",
+    "serialize",
+]
 FORWARDS = {"det_forward", "rec_forward"}
 
 
-def photos() -> dict[str, "object"]:
+def photos() -> dict[str, object]:
     import cv2
+
     from shitu.serving.cli.demo import gallery_photos
 
     g = gallery_photos()
@@ -74,14 +86,20 @@ def multi_image(engine, images: list, rounds: int) -> dict[str, float]:
             fn()
             times[side].append(time.perf_counter() - t0)
     one, many = statistics.median(times["1"]), statistics.median(times["N"])
-    return {"images": len(images), "rounds": max(1, rounds), "images_per_s_batch1": len(images) / one,
-            "images_per_s_batchN": len(images) / many, "speedup": one / many}
+    return {
+        "images": len(images),
+        "rounds": max(1, rounds),
+        "images_per_s_batch1": len(images) / one,
+        "images_per_s_batchN": len(images) / many,
+        "speedup": one / many,
+    }
 
 
 def compare_runtimes(engine, args, results: dict) -> dict:
     """Isolated forwards per runtime x threads, end-to-end / sum of the fastest ones per photo, and the candidate
     defaults end to end (interleaved, on the 640x480 photo)."""
     from forwards import CANDIDATES, fastest, isolated_and_ratios, time_candidates
+
     from shitu.serving.engine.engine import load_engine
     from shitu.serving.engine.images import decode, encode
 
@@ -97,30 +115,51 @@ def compare_runtimes(engine, args, results: dict) -> dict:
         for shape, medians in shapes.items():
             best, _ = fastest(medians)
             print(f"\n{model} forward, batch {shape[1:]}, isolated ({args.repeat} interleaved rounds):")
-            print(table(["runtime, threads", "median ms", "fastest"],
-                        [[k, v, "*" if k == best else ""] for k, v in medians.items()]))
+            print(
+                table(
+                    ["runtime, threads", "median ms", "fastest"],
+                    [[k, v, "*" if k == best else ""] for k, v in medians.items()],
+                )
+            )
     print("\nend-to-end / sum of the fastest isolated forwards, timed interleaved (target <= 1.2x):")
-    print(table(["photo", "e2e ms", "fastest det", "fastest rec", "ratio"],
-                [[n, r["e2e_ms"], f"{r['fastest_det']}: {r['fastest_det_ms']:.1f}",
-                  f"{r['fastest_rec']}: {r['fastest_rec_ms']:.1f}", f"{r['ratio']:.2f}x"]
-                 for n, r in ratios.items()]))
+    print(
+        table(
+            ["photo", "e2e ms", "fastest det", "fastest rec", "ratio"],
+            [
+                [
+                    n,
+                    r["e2e_ms"],
+                    f"{r['fastest_det']}: {r['fastest_det_ms']:.1f}",
+                    f"{r['fastest_rec']}: {r['fastest_rec_ms']:.1f}",
+                    f"{r['ratio']:.2f}x",
+                ]
+                for n, r in ratios.items()
+            ],
+        )
+    )
     home = Path(os.environ["SHITU_HOME"])
     engines = {"auto (default)" if args.backend == "auto" else f"{args.backend} / {args.backend}": engine}
     for label, (det, rec) in CANDIDATES.items():
         if label not in engines and (det, rec) != (args.backend, args.backend):
-            engines[label] = load_engine(gallery=home / "bench-gallery",
-                                         params={"Global": {"det_backend": det, "rec_backend": rec}})
+            engines[label] = load_engine(
+                gallery=home / "bench-gallery", params={"Global": {"det_backend": det, "rec_backend": rec}}
+            )
     candidates = time_candidates(engines, imgs["coffee 640x480"], engine.gallery(), args.repeat)
-    described = {k: f"{e.detector.predictor.description} / {e.extractor.predictor.description}"
-                 for k, e in engines.items()}
+    described = {
+        k: f"{e.detector.predictor.description} / {e.extractor.predictor.description}" for k, e in engines.items()
+    }
     print("\ncandidate defaults, recognize() on the 640x480 photo, interleaved:")
-    print(table(["det / rec runtime", "median ms", "runs as"],
-                [[k, v, described[k]] for k, v in candidates.items()]))
-    for k, e in engines.items():
+    print(table(["det / rec runtime", "median ms", "runs as"], [[k, v, described[k]] for k, v in candidates.items()]))
+    for e in engines.values():
         if e is not engine:
             e.close()
-    return {"threads": threads, "isolated_ms": iso, "e2e_vs_fastest": ratios, "candidates_ms": candidates,
-            "candidates_run_as": described}
+    return {
+        "threads": threads,
+        "isolated_ms": iso,
+        "e2e_vs_fastest": ratios,
+        "candidates_ms": candidates,
+        "candidates_run_as": described,
+    }
 
 
 def summary_rows(engine, results: dict, multi: dict, runtimes: dict) -> list[dict[str, str]]:
@@ -130,37 +169,63 @@ def summary_rows(engine, results: dict, multi: dict, runtimes: dict) -> list[dic
     for name in ("coffee 640x480", "astronaut 1024x1024"):
         r = runtimes["e2e_vs_fastest"].get(name)
         if r:
-            rows.append({"what": f"end-to-end / sum of the fastest isolated forwards, {name} (target <= 1.2x)",
-                         "figure": f"{r['ratio']:.2f}x ({r['e2e_ms']:.1f} vs {r['fastest_det_ms']:.1f} + "
-                                   f"{r['fastest_rec_ms']:.1f} ms: {r['fastest_det']}; {r['fastest_rec']})"})
+            rows.append(
+                {
+                    "what": f"end-to-end / sum of the fastest isolated forwards, {name} (target <= 1.2x)",
+                    "figure": f"{r['ratio']:.2f}x ({r['e2e_ms']:.1f} vs {r['fastest_det_ms']:.1f} + "
+                    f"{r['fastest_rec_ms']:.1f} ms: {r['fastest_det']}; {r['fastest_rec']})",
+                }
+            )
     iso = runtimes["isolated_ms"]
     for model, shape in (("det", "b1"), ("rec", max(iso["rec"], key=lambda s: int(s[1:])))):
-        rows.append({"what": f"{model} forward isolated, batch {shape[1:]} (runtime, threads: median ms)",
-                     "figure": "; ".join(f"{k}: {v:.1f}" for k, v in iso[model][shape].items())})
+        rows.append(
+            {
+                "what": f"{model} forward isolated, batch {shape[1:]} (runtime, threads: median ms)",
+                "figure": "; ".join(f"{k}: {v:.1f}" for k, v in iso[model][shape].items()),
+            }
+        )
     c = runtimes["candidates_ms"]
     base = next(iter(c.values()))
     for k, v in c.items():
-        rows.append({"what": f"recognize() 640x480 end to end, det / rec runtime {k}",
-                     "figure": f"{v:.1f} ms ({v / base:.2f}x the first)"})
-    rows.append({"what": f"images/s, 1 vs {multi['images']} images per call ({runs_as})",
-                 "figure": f"{multi['images_per_s_batch1']:.1f} vs {multi['images_per_s_batchN']:.1f} "
-                           f"({multi['speedup']:.2f}x)"})
+        rows.append(
+            {
+                "what": f"recognize() 640x480 end to end, det / rec runtime {k}",
+                "figure": f"{v:.1f} ms ({v / base:.2f}x the first)",
+            }
+        )
+    rows.append(
+        {
+            "what": f"images/s, 1 vs {multi['images']} images per call ({runs_as})",
+            "figure": f"{multi['images_per_s_batch1']:.1f} vs {multi['images_per_s_batchN']:.1f} "
+            f"({multi['speedup']:.2f}x)",
+        }
+    )
     coffee = results.get("coffee 640x480")
     if coffee:
-        rows.append({"what": "time outside the model forwards, 640x480 (target <= 15%)",
-                     "figure": f"{100 * coffee['outside_share']:.1f}% (median per run: "
-                               f"{coffee['outside_forward_ms']:.1f} ms; end to end {coffee['e2e_median_ms']:.1f} ms)"})
+        rows.append(
+            {
+                "what": "time outside the model forwards, 640x480 (target <= 15%)",
+                "figure": f"{100 * coffee['outside_share']:.1f}% (median per run: "
+                f"{coffee['outside_forward_ms']:.1f} ms; end to end {coffee['e2e_median_ms']:.1f} ms)",
+            }
+        )
     return rows
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=20)
-    ap.add_argument("--backend", choices=("auto", "paddle", "onnxruntime"), default="auto",
-                    help="runtime of both models (Global.det_backend / rec_backend; default: the pack's default)")
+    ap.add_argument(
+        "--backend",
+        choices=("auto", "paddle", "onnxruntime"),
+        default="auto",
+        help="runtime of both models (Global.det_backend / rec_backend; default: the pack's default)",
+    )
     ap.add_argument("--threads", default="1,2", help="thread counts of the isolated-forward combinations")
-    ap.add_argument("--json", help="write results here (default benchmarks/results/pipeline.json; "
-                    "pipeline-<backend>.json with --backend)")
+    ap.add_argument(
+        "--json",
+        help="write results here (default benchmarks/results/pipeline.json; pipeline-<backend>.json with --backend)",
+    )
     ap.add_argument("--batch", type=int, default=8, help="images per call in the multi-image comparison")
     ap.add_argument("--batch-rounds", type=int, default=5, help="rounds of the multi-image comparison")
     args = ap.parse_args()
@@ -171,13 +236,17 @@ def main() -> int:
     from shitu.serving.engine.images import decode, encode
     from shitu.serving.engine.timing import StageTimer
 
-    engine = load_engine(gallery=Path(os.environ["SHITU_HOME"]) / "bench-gallery",
-                         params={"Global": {"det_backend": args.backend, "rec_backend": args.backend}})
+    engine = load_engine(
+        gallery=Path(os.environ["SHITU_HOME"]) / "bench-gallery",
+        params={"Global": {"det_backend": args.backend, "rec_backend": args.backend}},
+    )
     g = gallery_photos()
     if len(engine.gallery()) == 0:
         engine.gallery_add(list(g.values()), list(g))
     info = machine()
-    print(describe(info, f"det: {engine.detector.predictor.description}; rec: {engine.extractor.predictor.description}"))
+    print(
+        describe(info, f"det: {engine.detector.predictor.description}; rec: {engine.extractor.predictor.description}")
+    )
     results = {}
     for name, img in photos().items():
         data = encode(img)
@@ -206,8 +275,15 @@ def main() -> int:
         outside_runs = [t - d - r for t, d, r in zip(totals, per_stage["det_forward"], per_stage["rec_forward"])]
         outside = percentile(outside_runs, 50) * 1000
         share = percentile([o / t for o, t in zip(outside_runs, totals)], 50)
-        results[name] = {"median_ms": med, "p95_ms": p95, "e2e_median_ms": e2e, "e2e_p95_ms": percentile(totals, 95)
-                         * 1000, "outside_forward_ms": outside, "outside_share": share, "boxes": boxes}
+        results[name] = {
+            "median_ms": med,
+            "p95_ms": p95,
+            "e2e_median_ms": e2e,
+            "e2e_p95_ms": percentile(totals, 95) * 1000,
+            "outside_forward_ms": outside,
+            "outside_share": share,
+            "boxes": boxes,
+        }
         print(f"\n{name}: {boxes} boxes searched (incl. whole image), {args.repeat} runs")
         rows = [[s, med[s], p95[s], 100 * med[s] / e2e] for s in STAGES]
         rows.append(["end-to-end", e2e, percentile(totals, 95) * 1000, 100.0])
@@ -215,19 +291,42 @@ def main() -> int:
         print(f"outside the model forwards (median per run): {outside:.1f} ms = {100 * share:.1f}% of end-to-end")
     from shitu.serving.cli.demo import query_photos
 
-    multi = multi_image(engine, (list(g.values()) + list(query_photos(g).values()))[:args.batch], args.batch_rounds)
+    multi = multi_image(engine, (list(g.values()) + list(query_photos(g).values()))[: args.batch], args.batch_rounds)
     print(f"\nmulti-image requests: {multi['images']} photos, {multi['rounds']} rounds each way, interleaved")
-    print(table(["recognize", "images/s", "ms per image"],
-                [["1 image per call", multi["images_per_s_batch1"], 1000 / multi["images_per_s_batch1"]],
-                 [f"{multi['images']} images per call", multi["images_per_s_batchN"], 1000 / multi["images_per_s_batchN"]]]))
-    print(f"batched / one at a time: {multi['speedup']:.2f}x images/s (crops of all images through the recogniser "
-          "together, Global.batch_size per forward)")
+    print(
+        table(
+            ["recognize", "images/s", "ms per image"],
+            [
+                ["1 image per call", multi["images_per_s_batch1"], 1000 / multi["images_per_s_batch1"]],
+                [
+                    f"{multi['images']} images per call",
+                    multi["images_per_s_batchN"],
+                    1000 / multi["images_per_s_batchN"],
+                ],
+            ],
+        )
+    )
+    print(
+        f"batched / one at a time: {multi['speedup']:.2f}x images/s (crops of all images through the recogniser "
+        "together, Global.batch_size per forward)"
+    )
     runtimes = compare_runtimes(engine, args, results)
     summary = summary_rows(engine, results, multi, runtimes)
     print("\n" + table(["what", "figure"], [[r["what"], r["figure"]] for r in summary]))
     name = "pipeline" if args.backend == "auto" else f"pipeline-{args.backend}"
-    write_json(name, {"machine": info, "repeat": args.repeat, "backend": args.backend, "images": results,
-                      "multi_image": multi, "runtimes": runtimes, "summary": summary}, args.json)
+    write_json(
+        name,
+        {
+            "machine": info,
+            "repeat": args.repeat,
+            "backend": args.backend,
+            "images": results,
+            "multi_image": multi,
+            "runtimes": runtimes,
+            "summary": summary,
+        },
+        args.json,
+    )
     engine.close()
     return 0
 

@@ -11,6 +11,7 @@
    shipped nginx config in front of 2 instances (4 concurrent clients), and the proxy hop's own cost
    (``GET /health`` direct vs through nginx).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,7 +65,7 @@ def bench_index(server, sizes: list[int], dim: int, n_queries: int, tmp: Path) -
                     # milvus-lite slows down as unflushed rows pile up: a long timeout, and a flush every 20k rows
                     g = MilvusGallery.create(server.uri(f"b{n}_{method}") + "?timeout=600", dim, method, "IP")
                 for i in range(0, n, 5000):
-                    g.add(base[i:i + 5000], labels[i:i + 5000])
+                    g.add(base[i : i + 5000], labels[i : i + 5000])
                     if (i + 5000) % 20000 == 0:
                         g.checkpoint()
                 g.checkpoint()  # as `shitu gallery build` ends: milvus-lite searches unflushed rows very slowly
@@ -76,8 +77,12 @@ def bench_index(server, sizes: list[int], dim: int, n_queries: int, tmp: Path) -
                 g.close()
             row["latency_ratio"] = row["milvus_median_ms"] / row["local_median_ms"]
             out.append(row)
-            print(f"  {n} items, {method}: local {row['local_median_ms']:.2f} ms, milvus "
-                  f"{row['milvus_median_ms']:.2f} ms", file=sys.stderr, flush=True)
+            print(
+                f"  {n} items, {method}: local {row['local_median_ms']:.2f} ms, milvus "
+                f"{row['milvus_median_ms']:.2f} ms",
+                file=sys.stderr,
+                flush=True,
+            )
     return out
 
 
@@ -125,8 +130,11 @@ def bench_serving(server, n_requests: int, tmp: Path) -> dict:
     try:
         import requests
 
-        r = requests.post(f"{instances[0].url}/predict/image_recognition", timeout=300, json={
-            "operation": "add", "labels": list(photos), "images": [b64(p) for p in photos.values()]})
+        r = requests.post(
+            f"{instances[0].url}/predict/image_recognition",
+            timeout=300,
+            json={"operation": "add", "labels": list(photos), "images": [b64(p) for p in photos.values()]},
+        )
         assert r.json()["status"] == "000", r.text
         payload = {"images": [b64(photos["coffee"])]}
         addrs = [s.url.removeprefix("http://") for s in instances]
@@ -153,13 +161,21 @@ def bench_serving(server, n_requests: int, tmp: Path) -> dict:
 
 def summary_rows(idx: list[dict], serving: dict, dim: int) -> list[dict]:
     """Headline figures: Milvus vs local search per size and index, and nginx -> 2 instances vs 1 direct."""
-    rows = [{"what": f"gallery search on Milvus vs local faiss, {r['items']} x {dim}-d {r['index']}, one query per "
-                     "call", "figure": f"{r['milvus_median_ms']:.2f} vs {r['local_median_ms']:.2f} ms "
-                                       f"({r['latency_ratio']:.0f}x)"} for r in idx]
+    rows = [
+        {
+            "what": f"gallery search on Milvus vs local faiss, {r['items']} x {dim}-d {r['index']}, one query per call",
+            "figure": f"{r['milvus_median_ms']:.2f} vs {r['local_median_ms']:.2f} ms ({r['latency_ratio']:.0f}x)",
+        }
+        for r in idx
+    ]
     if serving and "skipped" not in serving:
-        rows.append({"what": "`image_recognition`, gallery on Milvus, 4 clients: nginx -> 2 instances vs 1 direct",
-                     "figure": f"{serving['nginx_2']['qps']:.1f} vs {serving['direct_1']['qps']:.1f} req/s "
-                               f"({serving['qps_gain']:.2f}x); proxy hop {serving['proxy_hop_ms']:+.2f} ms"})
+        rows.append(
+            {
+                "what": "`image_recognition`, gallery on Milvus, 4 clients: nginx -> 2 instances vs 1 direct",
+                "figure": f"{serving['nginx_2']['qps']:.1f} vs {serving['direct_1']['qps']:.1f} req/s "
+                f"({serving['qps_gain']:.2f}x); proxy hop {serving['proxy_hop_ms']:+.2f} ms",
+            }
+        )
     elif serving:
         rows.append({"what": "nginx -> 2 instances vs 1 direct", "figure": f"skipped: {serving['skipped']}"})
     return rows
@@ -175,11 +191,17 @@ def main() -> int:
     ap.add_argument("--json")
     args = ap.parse_args()
 
-    from tests.milvus_server import MilvusServer, free_port, LITE_PATH
+    from tests.milvus_server import LITE_PATH, MilvusServer, free_port
 
     info = machine()
-    print(describe(info, "milvus-lite server on loopback" if not os.environ.get("SHITU_TEST_MILVUS_URI")
-                   else "Milvus at $SHITU_TEST_MILVUS_URI"))
+    print(
+        describe(
+            info,
+            "milvus-lite server on loopback"
+            if not os.environ.get("SHITU_TEST_MILVUS_URI")
+            else "Milvus at $SHITU_TEST_MILVUS_URI",
+        )
+    )
     tmp = Path(tempfile.mkdtemp(prefix="bench-scaleout-"))
     external = os.environ.get("SHITU_TEST_MILVUS_URI")
     if external:
@@ -197,22 +219,72 @@ def main() -> int:
         sizes = [int(s) for s in args.sizes.split(",") if s]
         idx = bench_index(server, sizes, args.dim, args.queries, tmp)
         print(f"\nIndex search, one {args.dim}-d query per call, k=5 (IP):")
-        print(table(["items", "index", "local ms", "milvus ms", "ratio", "local QPS", "milvus QPS", "local add s",
-                     "milvus add s"],
-                    [[r["items"], r["index"], r["local_median_ms"], r["milvus_median_ms"], r["latency_ratio"],
-                      r["local_qps"], r["milvus_qps"], r["local_add_s"], r["milvus_add_s"]] for r in idx]))
+        print(
+            table(
+                [
+                    "items",
+                    "index",
+                    "local ms",
+                    "milvus ms",
+                    "ratio",
+                    "local QPS",
+                    "milvus QPS",
+                    "local add s",
+                    "milvus add s",
+                ],
+                [
+                    [
+                        r["items"],
+                        r["index"],
+                        r["local_median_ms"],
+                        r["milvus_median_ms"],
+                        r["latency_ratio"],
+                        r["local_qps"],
+                        r["milvus_qps"],
+                        r["local_add_s"],
+                        r["milvus_add_s"],
+                    ]
+                    for r in idx
+                ],
+            )
+        )
         serving = {} if args.skip_serving else bench_serving(server, args.requests, tmp)
         if serving and "skipped" not in serving:
             print(f"\nServing image_recognition (1 image, gallery on Milvus), 4 clients, {args.requests} requests:")
-            print(table(["setup", "QPS", "median ms", "p95 ms"],
-                        [["1 instance direct", serving["direct_1"]["qps"], serving["direct_1"]["median_ms"],
-                          serving["direct_1"]["p95_ms"]],
-                         ["nginx -> 2 instances", serving["nginx_2"]["qps"], serving["nginx_2"]["median_ms"],
-                          serving["nginx_2"]["p95_ms"]]]))
-            print(f"proxy hop (GET /health, median): direct {serving['health_direct_ms']:.2f} ms, via nginx "
-                  f"{serving['health_via_nginx_ms']:.2f} ms -> {serving['proxy_hop_ms']:.2f} ms per request")
-        write_json("scaleout", {"machine": info, "dim": args.dim, "index": idx, "serving": serving,
-                                "summary": summary_rows(idx, serving, args.dim)}, args.json)
+            print(
+                table(
+                    ["setup", "QPS", "median ms", "p95 ms"],
+                    [
+                        [
+                            "1 instance direct",
+                            serving["direct_1"]["qps"],
+                            serving["direct_1"]["median_ms"],
+                            serving["direct_1"]["p95_ms"],
+                        ],
+                        [
+                            "nginx -> 2 instances",
+                            serving["nginx_2"]["qps"],
+                            serving["nginx_2"]["median_ms"],
+                            serving["nginx_2"]["p95_ms"],
+                        ],
+                    ],
+                )
+            )
+            print(
+                f"proxy hop (GET /health, median): direct {serving['health_direct_ms']:.2f} ms, via nginx "
+                f"{serving['health_via_nginx_ms']:.2f} ms -> {serving['proxy_hop_ms']:.2f} ms per request"
+            )
+        write_json(
+            "scaleout",
+            {
+                "machine": info,
+                "dim": args.dim,
+                "index": idx,
+                "serving": serving,
+                "summary": summary_rows(idx, serving, args.dim),
+            },
+            args.json,
+        )
     finally:
         server.stop()
     return 0

@@ -13,6 +13,7 @@ for this machine's cores (``shitu.serving.hub.serve_defaults``). Baseline in the
 handled in-process (RecognitionService.handle: base64 decode, pipeline, JSON-ready results), paired request by
 request with HTTP on the 1-worker, 2-thread server.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,7 @@ def payload() -> dict:
     import base64
 
     import cv2
+
     from shitu.serving.cli.demo import gallery_photos
     from shitu.serving.engine.images import encode
 
@@ -49,8 +51,14 @@ def fill_gallery(post) -> None:
     from shitu.serving.engine.images import encode
 
     g = gallery_photos()
-    post({"operation": "add", "gallery": "bench", "labels": list(g),
-          "images": [base64.b64encode(encode(v)).decode() for v in g.values()]})
+    post(
+        {
+            "operation": "add",
+            "gallery": "bench",
+            "labels": list(g),
+            "images": [base64.b64encode(encode(v)).decode() for v in g.values()],
+        }
+    )
 
 
 def load(url: str, body: dict, concurrency: int, requests_n: int, seconds: float) -> dict:
@@ -89,9 +97,14 @@ def stats(parts: list[dict]) -> dict:
     """Latency percentiles and throughput over the rounds of one combination and level."""
     lat = [x for p in parts for x in p["latencies"]]
     wall = sum(p["wall"] for p in parts)
-    return {"requests": len(lat), "errors": sum(p["errors"] for p in parts), "p50_ms": percentile(lat, 50) * 1000,
-            "p95_ms": percentile(lat, 95) * 1000, "p99_ms": percentile(lat, 99) * 1000,
-            "rps": len(lat) / wall if wall else 0.0}
+    return {
+        "requests": len(lat),
+        "errors": sum(p["errors"] for p in parts),
+        "p50_ms": percentile(lat, 50) * 1000,
+        "p95_ms": percentile(lat, 95) * 1000,
+        "p99_ms": percentile(lat, 99) * 1000,
+        "rps": len(lat) / wall if wall else 0.0,
+    }
 
 
 def combo_name(workers: int, threads: int) -> str:
@@ -132,12 +145,15 @@ def start_servers(combos: list[tuple[int, int]], tmp: Path) -> dict:
             init = {"params": {"Global": {"cpu_num_threads": t}}}
             cfg.write_text(json.dumps(hub_serving.serving_config(("image_recognition",), port, w, init)))
             env = {**os.environ, "SHITU_HOME": str(tmp / f"shitu-{w}x{t}")}
-            servers[(w, t)] = (f"http://127.0.0.1:{port}",
-                               hub_serving.start(cfg, env=env, log_path=tmp / f"serving-{w}x{t}.log"))
+            servers[(w, t)] = (
+                f"http://127.0.0.1:{port}",
+                hub_serving.start(cfg, env=env, log_path=tmp / f"serving-{w}x{t}.log"),
+            )
         for url, proc in servers.values():
             hub_serving.wait_ready(url, proc)
-            fill_gallery(lambda p: requests.post(f"{url}/predict/image_recognition", json=p,
-                                                 timeout=300).json()["results"])
+            fill_gallery(
+                lambda p: requests.post(f"{url}/predict/image_recognition", json=p, timeout=300).json()["results"]
+            )
     except BaseException:
         stop_servers(servers)
         raise
@@ -155,26 +171,41 @@ def summary_rows(grid: list[dict], paired: dict | None, pick: tuple[int, int], c
     """The headline figures (``make bench`` collects them into one table)."""
     rows = []
     if paired:
-        rows.append({"what": "HTTP vs in-process at concurrency 1 (`bench_serving.py`, requests alternating)",
-                     "figure": f"{paired['ratio']:.3f}x ({paired['http_p50_ms']:.1f} vs "
-                               f"{paired['in_process_p50_ms']:.1f} ms)"})
+        rows.append(
+            {
+                "what": "HTTP vs in-process at concurrency 1 (`bench_serving.py`, requests alternating)",
+                "figure": f"{paired['ratio']:.3f}x ({paired['http_p50_ms']:.1f} vs "
+                f"{paired['in_process_p50_ms']:.1f} ms)",
+            }
+        )
     for g in grid:
-        rows.append({"what": f"hub serving, {combo_name(g['workers'], g['threads'])}: req/s at concurrency 4, "
-                             f"p50 at concurrency 1",
-                     "figure": f"{g['rps_c4']:.1f} req/s, {g['p50_c1_ms']:.1f} ms"})
+        rows.append(
+            {
+                "what": f"hub serving, {combo_name(g['workers'], g['threads'])}: req/s at concurrency 4, "
+                f"p50 at concurrency 1",
+                "figure": f"{g['rps_c4']:.1f} req/s, {g['p50_c1_ms']:.1f} ms",
+            }
+        )
     by = {(g["workers"], g["threads"]): g for g in grid}
     one, two = by.get((1, 2)), by.get((2, 1))
     if one and two and one["rps_c4"]:
-        rows.append({"what": "2 workers x 1 thread vs 1 worker x 2 threads, throughput at concurrency 4",
-                     "figure": f"{two['rps_c4'] / one['rps_c4']:.2f}x ({two['rps_c4']:.1f} vs "
-                               f"{one['rps_c4']:.1f} req/s)"})
+        rows.append(
+            {
+                "what": "2 workers x 1 thread vs 1 worker x 2 threads, throughput at concurrency 4",
+                "figure": f"{two['rps_c4'] / one['rps_c4']:.2f}x ({two['rps_c4']:.1f} vs {one['rps_c4']:.1f} req/s)",
+            }
+        )
     if grid:
         fastest = max(grid, key=lambda g: g["rps_c4"])
         quickest = min(grid, key=lambda g: g["p50_c1_ms"])
-        rows.append({"what": f"`shitu serve` default for {cores} cores (serve_defaults) vs the measured best",
-                     "figure": f"{combo_name(*pick)}; most req/s at c=4: "
-                               f"{combo_name(fastest['workers'], fastest['threads'])}, lowest p50 at c=1: "
-                               f"{combo_name(quickest['workers'], quickest['threads'])}"})
+        rows.append(
+            {
+                "what": f"`shitu serve` default for {cores} cores (serve_defaults) vs the measured best",
+                "figure": f"{combo_name(*pick)}; most req/s at c=4: "
+                f"{combo_name(fastest['workers'], fastest['threads'])}, lowest p50 at c=1: "
+                f"{combo_name(quickest['workers'], quickest['threads'])}",
+            }
+        )
     return rows
 
 
@@ -217,8 +248,11 @@ def main() -> int:
     base_ms = percentile(base, 50) * 1000
     pick = serve_defaults(cores)
     print(describe(info, f"usable cores {cores}; in-process baseline: median {base_ms:.1f} ms ({len(base)} requests)"))
-    results: dict = {"in_process": {"p50_ms": base_ms, "p95_ms": percentile(base, 95) * 1000, "rps": 1000 / base_ms},
-                     "cores": cores, "serve_default": {"workers": pick.workers, "threads": pick.threads}}
+    results: dict = {
+        "in_process": {"p50_ms": base_ms, "p95_ms": percentile(base, 95) * 1000, "rps": 1000 / base_ms},
+        "cores": cores,
+        "serve_default": {"workers": pick.workers, "threads": pick.threads},
+    }
     combos = [(w, t) for w in args.workers for t in args.threads]
     parts: dict = {(combo, c): [] for combo in combos for c in levels}
     per_round = max(1, args.requests // max(1, args.rounds))
@@ -229,7 +263,7 @@ def main() -> int:
         if (1, 2) in servers:
             results["paired_c1"] = paired_c1(servers[(1, 2)][0], body, svc, args.requests)
         for r in range(args.rounds):
-            order = combos[r % len(combos):] + combos[:r % len(combos)]
+            order = combos[r % len(combos) :] + combos[: r % len(combos)]
             for combo in order:
                 for c in levels:
                     parts[(combo, c)].append(load(servers[combo][0], body, c, per_round, args.seconds))
@@ -237,29 +271,93 @@ def main() -> int:
         stop_servers(servers)
     load_average.append(os.getloadavg()[0])
     results["load_average"] = load_average
-    rows = [["in-process", "-", 2, 1, len(base), 0, base_ms, percentile(base, 95) * 1000,
-             percentile(base, 99) * 1000, 1000 / base_ms, 1.0]]
+    rows = [
+        [
+            "in-process",
+            "-",
+            2,
+            1,
+            len(base),
+            0,
+            base_ms,
+            percentile(base, 95) * 1000,
+            percentile(base, 99) * 1000,
+            1000 / base_ms,
+            1.0,
+        ]
+    ]
     grid = []
-    for (w, t) in combos:
+    for w, t in combos:
         for c in levels:
             s = stats(parts[((w, t), c)])
             results[f"workers={w}/threads={t}/c={c}"] = s
-            rows.append(["hub serving", w, t, c, s["requests"], s["errors"], s["p50_ms"], s["p95_ms"], s["p99_ms"],
-                         s["rps"], s["p50_ms"] / base_ms])
-        grid.append({"workers": w, "threads": t, "rps_c4": results[f"workers={w}/threads={t}/c=4"]["rps"],
-                     "p50_c1_ms": results[f"workers={w}/threads={t}/c=1"]["p50_ms"]})
+            rows.append(
+                [
+                    "hub serving",
+                    w,
+                    t,
+                    c,
+                    s["requests"],
+                    s["errors"],
+                    s["p50_ms"],
+                    s["p95_ms"],
+                    s["p99_ms"],
+                    s["rps"],
+                    s["p50_ms"] / base_ms,
+                ]
+            )
+        grid.append(
+            {
+                "workers": w,
+                "threads": t,
+                "rps_c4": results[f"workers={w}/threads={t}/c=4"]["rps"],
+                "p50_c1_ms": results[f"workers={w}/threads={t}/c=1"]["p50_ms"],
+            }
+        )
     results["grid"] = grid
-    print(table(["mode", "workers", "threads", "concurrency", "requests", "errors", "p50 ms", "p95 ms", "p99 ms",
-                 "req/s", "p50 / in-process"], rows))
-    print(f"\nworkers x paddle threads ({args.rounds} interleaved rounds, load average {load_average[0]:.1f} -> "
-          f"{load_average[1]:.1f}; `shitu serve` on {cores} cores picks {combo_name(pick.workers, pick.threads)}):")
-    print(table(["workers", "threads", "req/s at c=4", "p50 ms at c=1", "shitu serve default"],
-                [[g["workers"], g["threads"], g["rps_c4"], g["p50_c1_ms"],
-                  "<-" if (g["workers"], g["threads"]) == (pick.workers, pick.threads) else ""] for g in grid]))
+    print(
+        table(
+            [
+                "mode",
+                "workers",
+                "threads",
+                "concurrency",
+                "requests",
+                "errors",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "req/s",
+                "p50 / in-process",
+            ],
+            rows,
+        )
+    )
+    print(
+        f"\nworkers x paddle threads ({args.rounds} interleaved rounds, load average {load_average[0]:.1f} -> "
+        f"{load_average[1]:.1f}; `shitu serve` on {cores} cores picks {combo_name(pick.workers, pick.threads)}):"
+    )
+    print(
+        table(
+            ["workers", "threads", "req/s at c=4", "p50 ms at c=1", "shitu serve default"],
+            [
+                [
+                    g["workers"],
+                    g["threads"],
+                    g["rps_c4"],
+                    g["p50_c1_ms"],
+                    "<-" if (g["workers"], g["threads"]) == (pick.workers, pick.threads) else "",
+                ]
+                for g in grid
+            ],
+        )
+    )
     paired = results.get("paired_c1")
     if paired:
-        print(f"HTTP at concurrency 1, paired with in-process: p50 {paired['http_p50_ms']:.1f} ms vs "
-              f"{paired['in_process_p50_ms']:.1f} ms = {paired['ratio']:.3f} x in-process (target <= 1.10)")
+        print(
+            f"HTTP at concurrency 1, paired with in-process: p50 {paired['http_p50_ms']:.1f} ms vs "
+            f"{paired['in_process_p50_ms']:.1f} ms = {paired['ratio']:.3f} x in-process (target <= 1.10)"
+        )
     summary = summary_rows(grid, paired, (pick.workers, pick.threads), cores)
     failed = sum(s["errors"] for k, s in results.items() if k.startswith("workers="))
     write_json("serving", {"machine": info, "results": results, "summary": summary}, args.json)

@@ -28,6 +28,7 @@ does) and shitu-hub the pass list that ``shitu.serving.engine.onednn.verify`` re
 PaddleClas: paddle's CPU ``Config`` starts with oneDNN on and PaddleClas's ``Predictor`` never calls
 ``disable_mkldnn()`` (the table prints the state its predictors report), while shitu-hub really runs without it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ["FLAGS_enable_pir_api"] = "0"  # before paddle is imported: PaddleClas's predictors need it for .pdmodel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -67,6 +69,7 @@ class Clock:
                 return fn(*args, **kwargs)
             finally:
                 self.add(stage, time.perf_counter() - t)
+
         return timed
 
 
@@ -172,6 +175,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-vs-paddleclas-"))
     os.environ["SHITU_HOME"] = str(tmp / "shitu_home")
 
+    from paddleclas.deploy.utils import config as pc_config
+
     from shitu.model_spec import ModelSpec
     from shitu.params import merge
     from shitu.serving.cli.demo import gallery_photos
@@ -180,7 +185,6 @@ def main() -> int:
     from shitu.serving.engine.timing import StageTimer
     from shitu.serving.gallery.local import Gallery
     from shitu.serving.gallery.paddleclas_index import import_paddleclas_index
-    from paddleclas.deploy.utils import config as pc_config
 
     (tmp / "gallery").mkdir(parents=True)
     lines = []
@@ -192,11 +196,18 @@ def main() -> int:
     images = photos()
     info = machine()
     settings = [s.strip() for s in args.onednn.split(",") if s.strip()]
-    specs = {"detector": ModelSpec.from_dir(LEGACY / DET, "detector"),
-             "extractor": ModelSpec.from_dir(LEGACY / REC, "extractor")}
+    specs = {
+        "detector": ModelSpec.from_dir(LEGACY / DET, "detector"),
+        "extractor": ModelSpec.from_dir(LEGACY / REC, "extractor"),
+    }
     print(describe(info, f"{args.threads} threads; {len(images)} photos x {args.repeat} rounds per side"))
-    out: dict[str, Any] = {"machine": info, "threads": args.threads, "repeat": args.repeat,
-                           "photos": {k: list(v.shape) for k, v in images.items()}, "settings": {}}
+    out: dict[str, Any] = {
+        "machine": info,
+        "threads": args.threads,
+        "repeat": args.repeat,
+        "photos": {k: list(v.shape) for k, v in images.items()},
+        "settings": {},
+    }
     summary: list[dict[str, str]] = []
     devnull = open(os.devnull, "w")
     built_index = False
@@ -216,10 +227,18 @@ def main() -> int:
             system, states = paddleclas_system(SystemPredictor, cfg)
         theirs_onednn = all(states)
         clock = instrument_paddleclas(system)
-        params = merge({"Global": {"threshold": SETTINGS["threshold"], "max_det_results": SETTINGS["max_det_results"],
-                                   "rec_nms_thresold": SETTINGS["rec_nms_thresold"], "enable_mkldnn": on,
-                                   "cpu_num_threads": args.threads},
-                        "IndexProcess": {"score_thres": SETTINGS["score_thres"], "return_k": SETTINGS["return_k"]}})
+        params = merge(
+            {
+                "Global": {
+                    "threshold": SETTINGS["threshold"],
+                    "max_det_results": SETTINGS["max_det_results"],
+                    "rec_nms_thresold": SETTINGS["rec_nms_thresold"],
+                    "enable_mkldnn": on,
+                    "cpu_num_threads": args.threads,
+                },
+                "IndexProcess": {"score_thres": SETTINGS["score_thres"], "return_k": SETTINGS["return_k"]},
+            }
+        )
         engine = Engine(specs["detector"], specs["extractor"], params)
         gallery = Gallery.open(tmp / "ours_gallery")
 
@@ -228,8 +247,10 @@ def main() -> int:
             t, c = time.perf_counter(), time.process_time()
             found = system.predict(rgb)
             total, cpu = time.perf_counter() - t, time.process_time() - c
-            return ({**paddleclas_stages(clock.values, total), "e2e": total, "e2e_cpu": cpu},
-                    sorted(r["rec_docs"] for r in found))
+            return (
+                {**paddleclas_stages(clock.values, total), "e2e": total, "e2e_cpu": cpu},
+                sorted(r["rec_docs"] for r in found),
+            )
 
         def run_ours(img: Any) -> tuple[dict[str, float], list[str]]:
             timer = StageTimer()
@@ -238,8 +259,9 @@ def main() -> int:
             total, cpu = time.perf_counter() - t, time.process_time() - c
             return {**ours_stages(timer.values, total), "e2e": total, "e2e_cpu": cpu}, sorted(r.label for r in found)
 
-        samples: dict[str, dict[str, list[float]]] = {side: {s: [] for s in [*STAGES, "e2e", "e2e_cpu"]}
-                                                      for side in ("ours", "theirs")}
+        samples: dict[str, dict[str, list[float]]] = {
+            side: {s: [] for s in [*STAGES, "e2e", "e2e_cpu"]} for side in ("ours", "theirs")
+        }
         agree = 0
         with contextlib.redirect_stdout(devnull):
             for img in images.values():  # warm-up (oneDNN prepares kernels per shape), answers compared
@@ -254,27 +276,51 @@ def main() -> int:
                         for s, v in stages.items():
                             samples[side][s].append(v)
         med = {side: {s: statistics.median(v) * 1000 for s, v in per.items()} for side, per in samples.items()}
-        rows = [[s, med["ours"][s], med["theirs"][s],
-                 med["ours"][s] / med["theirs"][s] if med["theirs"][s] > 1e-6 else float("nan")]
-                for s in [*STAGES, "e2e", "e2e_cpu"]]
-        print(f"\noneDNN {setting} (shitu-hub: verified detector {verified['detector']}, recogniser "
-              f"{verified['extractor']}; PaddleClas's predictors report oneDNN {'on' if theirs_onednn else 'off'}); "
-              f"same labels on {agree} of {len(images)} photos")
+        rows = [
+            [
+                s,
+                med["ours"][s],
+                med["theirs"][s],
+                med["ours"][s] / med["theirs"][s] if med["theirs"][s] > 1e-6 else float("nan"),
+            ]
+            for s in [*STAGES, "e2e", "e2e_cpu"]
+        ]
+        print(
+            f"\noneDNN {setting} (shitu-hub: verified detector {verified['detector']}, recogniser "
+            f"{verified['extractor']}; PaddleClas's predictors report oneDNN {'on' if theirs_onednn else 'off'}); "
+            f"same labels on {agree} of {len(images)} photos"
+        )
         print(table(["stage (median per photo)", "shitu-hub ms", "PaddleClas ms", "ours / theirs"], rows))
-        out["settings"][setting] = {"verified": verified, "paddleclas_onednn_effective": theirs_onednn,
-                                    "same_labels": agree, "photos": len(images), "median_ms": med,
-                                    "ours_over_theirs": {r[0]: r[3] for r in rows}}
+        out["settings"][setting] = {
+            "verified": verified,
+            "paddleclas_onednn_effective": theirs_onednn,
+            "same_labels": agree,
+            "photos": len(images),
+            "median_ms": med,
+            "ours_over_theirs": {r[0]: r[3] for r in rows},
+        }
         e2e = med["ours"]["e2e"] / med["theirs"]["e2e"]
-        summary.append({"what": f"shitu-hub / PaddleClas predict_system end-to-end, oneDNN {setting}, "
-                                f"{args.threads} threads",
-                        "figure": f"{e2e:.2f}x ({med['ours']['e2e']:.1f} vs {med['theirs']['e2e']:.1f} ms)"})
+        summary.append(
+            {
+                "what": f"shitu-hub / PaddleClas predict_system end-to-end, oneDNN {setting}, {args.threads} threads",
+                "figure": f"{e2e:.2f}x ({med['ours']['e2e']:.1f} vs {med['theirs']['e2e']:.1f} ms)",
+            }
+        )
         cpu = med["ours"]["e2e_cpu"] / med["theirs"]["e2e_cpu"]
-        summary.append({"what": f"shitu-hub / PaddleClas predict_system CPU time per photo, oneDNN {setting}",
-                        "figure": f"{cpu:.2f}x ({med['ours']['e2e_cpu']:.1f} vs {med['theirs']['e2e_cpu']:.1f} ms)"})
+        summary.append(
+            {
+                "what": f"shitu-hub / PaddleClas predict_system CPU time per photo, oneDNN {setting}",
+                "figure": f"{cpu:.2f}x ({med['ours']['e2e_cpu']:.1f} vs {med['theirs']['e2e_cpu']:.1f} ms)",
+            }
+        )
         for stage in ("det_preprocess", "det_forward", "rec_forward"):
-            summary.append({"what": f"shitu-hub / PaddleClas {stage}, oneDNN {setting}",
-                            "figure": f"{rows[STAGES.index(stage)][3]:.2f}x ({med['ours'][stage]:.1f} vs "
-                                      f"{med['theirs'][stage]:.1f} ms)"})
+            summary.append(
+                {
+                    "what": f"shitu-hub / PaddleClas {stage}, oneDNN {setting}",
+                    "figure": f"{rows[STAGES.index(stage)][3]:.2f}x ({med['ours'][stage]:.1f} vs "
+                    f"{med['theirs'][stage]:.1f} ms)",
+                }
+            )
         engine.close()
         gallery.close()
     out["summary"] = summary

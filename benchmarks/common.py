@@ -1,4 +1,5 @@
 """Helpers shared by the benchmarks: machine description, statistics, tables, JSON output."""
+
 from __future__ import annotations
 
 import json
@@ -6,16 +7,20 @@ import os
 import platform
 import statistics
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict[str, Any]:
     """Cores, CPU, Python, paddle version and build flags."""
-    info: dict[str, Any] = {"cores": os.cpu_count(), "python": platform.python_version(),
-                            "platform": platform.platform()}
+    info: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
@@ -46,12 +51,17 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def summary_ms(values: Sequence[float]) -> dict[str, float]:
-    return {"median_ms": statistics.median(values) * 1000, "p95_ms": percentile(values, 95) * 1000,
-            "p99_ms": percentile(values, 99) * 1000, "n": len(values)}
+    return {
+        "median_ms": statistics.median(values) * 1000,
+        "p95_ms": percentile(values, 95) * 1000,
+        "p99_ms": percentile(values, 99) * 1000,
+        "n": len(values),
+    }
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain-text table with right-aligned numbers."""
+
     def fmt(v: Any) -> str:
         if isinstance(v, float):
             return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"

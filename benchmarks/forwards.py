@@ -5,11 +5,13 @@ with oneDNN on the model's verified pass list, onnxruntime) and CPU threads (1, 
 on the pipeline's real input shapes (the detector's one image, the extractor's batch of N crops). The fastest
 combination per model and shape is the yardstick end-to-end times are compared with.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -56,12 +58,21 @@ def fastest(medians: dict[str, float]) -> tuple[str, float]:
 
 
 #: Candidate defaults timed end to end: (detector runtime, recogniser runtime).
-CANDIDATES = {"auto (default)": ("auto", "auto"), "paddle / paddle": ("paddle", "paddle"),
-              "onnxruntime / paddle": ("onnxruntime", "paddle"), "paddle / onnxruntime": ("paddle", "onnxruntime")}
+CANDIDATES = {
+    "auto (default)": ("auto", "auto"),
+    "paddle / paddle": ("paddle", "paddle"),
+    "onnxruntime / paddle": ("onnxruntime", "paddle"),
+    "paddle / onnxruntime": ("paddle", "onnxruntime"),
+}
 
 
-def isolated_and_ratios(engine: Any, requests: dict[str, tuple[Callable[[], Any], int]], image: np.ndarray,
-                        threads: Iterable[int], repeat: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def isolated_and_ratios(
+    engine: Any,
+    requests: dict[str, tuple[Callable[[], Any], int]],
+    image: np.ndarray,
+    threads: Iterable[int],
+    repeat: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(isolated, ratios).
 
     ``isolated``: per model and input shape of the pipeline (the detector's one image; the recogniser's batch of N
@@ -75,17 +86,32 @@ def isolated_and_ratios(engine: Any, requests: dict[str, tuple[Callable[[], Any]
     det_x = engine.detector.transforms(image).image[None]  # the embedded detector's one input
     crop = engine.extractor.transforms(image).image[None]
     rec_x = {b: np.repeat(crop, b, axis=0) for b in sorted({n for _, n in requests.values()})}
-    isolated = {"det": {"b1": time_isolated(det_preds, det_x, repeat)},
-                "rec": {f"b{b}": time_isolated(rec_preds, x, repeat) for b, x in rec_x.items()}}
+    isolated = {
+        "det": {"b1": time_isolated(det_preds, det_x, repeat)},
+        "rec": {f"b{b}": time_isolated(rec_preds, x, repeat) for b, x in rec_x.items()},
+    }
     det_k = fastest(isolated["det"]["b1"])[0]
     ratios = {}
     for name, (request, n) in requests.items():
         rec_k = fastest(isolated["rec"][f"b{n}"])[0]
         det_p, rec_p = det_preds[det_k], rec_preds[rec_k]
-        m = interleaved({"e2e": request, "det": partial(det_p.run, {det_p.input_names[0]: det_x}),
-                         "rec": partial(rec_p.run, {rec_p.input_names[0]: rec_x[n]})}, repeat)
-        ratios[name] = {"e2e_ms": m["e2e"], "fastest_det": det_k, "fastest_det_ms": m["det"], "fastest_rec": rec_k,
-                        "fastest_rec_ms": m["rec"], "rec_batch": n, "ratio": m["e2e"] / (m["det"] + m["rec"])}
+        m = interleaved(
+            {
+                "e2e": request,
+                "det": partial(det_p.run, {det_p.input_names[0]: det_x}),
+                "rec": partial(rec_p.run, {rec_p.input_names[0]: rec_x[n]}),
+            },
+            repeat,
+        )
+        ratios[name] = {
+            "e2e_ms": m["e2e"],
+            "fastest_det": det_k,
+            "fastest_det_ms": m["det"],
+            "fastest_rec": rec_k,
+            "fastest_rec_ms": m["rec"],
+            "rec_batch": n,
+            "ratio": m["e2e"] / (m["det"] + m["rec"]),
+        }
     return isolated, ratios
 
 

@@ -8,6 +8,7 @@ and prints them with :func:`text_table`. This script (or ``run_all.py --write-re
 :data:`BEGIN` and :data:`END` in the README with :func:`markdown` of that run: the machine line, then one row per
 figure. ``--check`` only says whether the README already shows that run (exit 1 if not).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,10 @@ def summary_of(data: dict[str, Any], source: str) -> list[dict[str, str]]:
     """The ``summary`` rows of one results JSON, checked."""
     rows = data.get("summary")
     if not isinstance(rows, list) or not rows:
-        raise SummaryError(f"{source}: no \"summary\" list of {{\"what\", \"figure\"}} rows")
+        raise SummaryError(f'{source}: no "summary" list of {{"what", "figure"}} rows')
     for i, row in enumerate(rows):
         if not (isinstance(row, dict) and isinstance(row.get("what"), str) and isinstance(row.get("figure"), str)):
-            raise SummaryError(f"{source}: summary row {i} is not {{\"what\": str, \"figure\": str}}: {row!r}")
+            raise SummaryError(f'{source}: summary row {i} is not {{"what": str, "figure": str}}: {row!r}')
     return [{"what": r["what"], "figure": r["figure"]} for r in rows]
 
 
@@ -45,8 +46,13 @@ def collect(steps: list[dict[str, Any]], root: Path) -> list[dict[str, str]]:
         name, results = step["step"], step.get("results")
         if results is None:
             status = "passed" if step["exit_status"] == 0 else f"FAILED (exit status {step['exit_status']})"
-            out.append({"step": name, "what": "(no results file)" if step.get("expects_results", True) else name,
-                        "figure": status})
+            out.append(
+                {
+                    "step": name,
+                    "what": "(no results file)" if step.get("expects_results", True) else name,
+                    "figure": status,
+                }
+            )
             continue
         try:
             rows = summary_of(json.loads((root / results).read_text()), results)
@@ -61,8 +67,12 @@ def collect(steps: list[dict[str, Any]], root: Path) -> list[dict[str, str]]:
 def machine_line(run: dict[str, Any]) -> str:
     """``make bench`` run on <date>, <mode>: CPU, cores, Python, paddle, load average."""
     m = run.get("machine", {})
-    parts = [f"{m['cpu']}" if "cpu" in m else None, f"{m['cores']} cores" if "cores" in m else None,
-             f"Python {m['python']}" if "python" in m else None, f"paddle {m['paddle']}" if "paddle" in m else None]
+    parts = [
+        f"{m['cpu']}" if "cpu" in m else None,
+        f"{m['cores']} cores" if "cores" in m else None,
+        f"Python {m['python']}" if "python" in m else None,
+        f"paddle {m['paddle']}" if "paddle" in m else None,
+    ]
     load = run.get("load_average")
     if load:
         parts.append(f"load average {load[0]:.1f} at the start, {load[1]:.1f} at the end")

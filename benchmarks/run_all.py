@@ -9,6 +9,7 @@ file, and that ``summary`` (``benchmarks/readme_table.py``). ``--write-readme`` 
 Benchmarks figures table from it. ``--quick`` gives each step the smaller sizes of :data:`QUICK_ARGS` (the whole
 run in about 15 minutes on 2 cores; every figure is still printed, from fewer samples).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,19 @@ sys.path.insert(0, str(HERE))
 from common import RESULTS, machine, write_json  # noqa: E402
 from readme_table import collect, text_table, write_readme  # noqa: E402
 
-SUITE = ["bench_pipeline.py", "bench_backends.py", "bench_gallery_build.py", "bench_serving.py", "bench_index.py",
-         "bench_whole_image.py", "bench_operating.py", "soak.py", "bench_official_onednn.py", "bench_scaleout.py",
-         "bench_vs_paddleclas.py"]
+SUITE = [
+    "bench_pipeline.py",
+    "bench_backends.py",
+    "bench_gallery_build.py",
+    "bench_serving.py",
+    "bench_index.py",
+    "bench_whole_image.py",
+    "bench_operating.py",
+    "soak.py",
+    "bench_official_onednn.py",
+    "bench_scaleout.py",
+    "bench_vs_paddleclas.py",
+]
 SUITE.append("quality/run.py")  # recognition quality (#18): its figures join the table too
 #: ``--quick``: smaller sizes and fewer repeats per step (the same figures, from fewer samples).
 QUICK_ARGS = {
@@ -33,8 +44,16 @@ QUICK_ARGS = {
     "bench_backends.py": ["--repeat", "8"],
     "bench_gallery_build.py": ["--images", "48", "--repeat", "1"],
     "bench_serving.py": ["--requests", "12", "--rounds", "2", "--concurrency", "1", "4"],
-    "bench_index.py": ["--queries", "200", "--latency-queries", "100", "--batch-rounds", "2",
-                       "--measure-rebuild-max", "10000"],
+    "bench_index.py": [
+        "--queries",
+        "200",
+        "--latency-queries",
+        "100",
+        "--batch-rounds",
+        "2",
+        "--measure-rebuild-max",
+        "10000",
+    ],
     "bench_whole_image.py": ["--repeat", "2"],
     "bench_operating.py": ["--vectors", "5000"],
     "soak.py": ["--seconds", "30"],
@@ -58,9 +77,13 @@ def _step(name: str, argv: list[str], results: Path | None) -> dict:
         results.unlink(missing_ok=True)  # a failed step must not show an earlier run's figures
     started = time.perf_counter()
     code = subprocess.run(argv, cwd=HERE.parent).returncode
-    return {"step": name, "exit_status": code, "seconds": round(time.perf_counter() - started, 1),
-            "expects_results": results is not None,
-            "results": str(results.relative_to(HERE.parent)) if results and results.is_file() else None}
+    return {
+        "step": name,
+        "exit_status": code,
+        "seconds": round(time.perf_counter() - started, 1),
+        "expects_results": results is not None,
+        "results": str(results.relative_to(HERE.parent)) if results and results.is_file() else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,16 +99,36 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--write-readme needs the whole suite (the README shows one complete run), not --only")
     load = [os.getloadavg()[0]]
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    steps = [_step(script, [sys.executable, str(HERE / script), "--json", str(results_path(script)),
-                            *(QUICK_ARGS.get(script, []) if args.quick else [])], results_path(script))
-             for script in SUITE if not args.only or script in args.only]
+    steps = [
+        _step(
+            script,
+            [
+                sys.executable,
+                str(HERE / script),
+                "--json",
+                str(results_path(script)),
+                *(QUICK_ARGS.get(script, []) if args.quick else []),
+            ],
+            results_path(script),
+        )
+        for script in SUITE
+        if not args.only or script in args.only
+    ]
     if not args.only:
         steps.append(_step("pytest -m timing", TIMING_TESTS, None))
     load.append(os.getloadavg()[0])
     failed = [s["step"] for s in steps if s["exit_status"] != 0]
     summary = collect(steps, HERE.parent)
-    run = {"machine": machine(), "started": started, "quick": args.quick, "only": args.only, "load_average": load,
-           "steps": steps, "failed": failed, "summary": summary}
+    run = {
+        "machine": machine(),
+        "started": started,
+        "quick": args.quick,
+        "only": args.only,
+        "load_average": load,
+        "steps": steps,
+        "failed": failed,
+        "summary": summary,
+    }
     print("\n===== every figure of this run =====")
     print(text_table(summary))
     write_json("run_all", run)

@@ -6,6 +6,7 @@ second. With ``reconnect`` a connection the server closed is opened again at onc
 the :class:`SlowClients` is open. ``answers`` counts what the server said to the slow ones (status line -> count);
 ``received`` holds each answer whole (headers and ``Content-Length`` body), however many pieces it arrived in.
 """
+
 from __future__ import annotations
 
 import socket
@@ -16,12 +17,24 @@ from collections import Counter
 class SlowClients:
     """``idle`` silent connections and ``slow`` ones dripping a body to ``host:port`` (loopback)."""
 
-    def __init__(self, host: str, port: int, idle: int, slow: int, headers: int = 0, *, reconnect: bool = False,
-                 path: str = "/predict/index_search", body_bytes: int = 5000):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        idle: int,
+        slow: int,
+        headers: int = 0,
+        *,
+        reconnect: bool = False,
+        path: str = "/predict/index_search",
+        body_bytes: int = 5000,
+    ):
         self.addr = (host, port)
         self.reconnect = reconnect
-        self.head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {body_bytes}\r\n\r\n{{").encode()
+        self.head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {body_bytes}\r\n\r\n{{"
+        ).encode()
         self.line = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nX-Slow: ".encode()
         self.answers: Counter[str] = Counter()
         self.closed: Counter[str] = Counter()  # kind -> connections the server closed

@@ -9,6 +9,7 @@ stay open against the server the whole time, reopened as soon as the server drop
 adds not found afterwards, removed labels still listed, the answers the slow connections got, and the workers'
 memory (RSS) every 15 s after warm-up.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,9 +45,9 @@ def main() -> int:
     import psutil
     import requests
 
-    from shitu.serving.hub import control as hub_serving
     from shitu.serving.cli.demo import gallery_photos, query_photos
     from shitu.serving.engine.images import encode
+    from shitu.serving.hub import control as hub_serving
 
     token = "soak-token"
     photos = gallery_photos()
@@ -55,8 +56,11 @@ def main() -> int:
     hub_serving.install_modules(("image_recognition", "index_search"))
     port = hub_serving.free_port()
     cfg = tmp / "config.json"
-    cfg.write_text(json.dumps(hub_serving.serving_config(("image_recognition", "index_search"), port, args.workers,
-                                                         {"token": token})))
+    cfg.write_text(
+        json.dumps(
+            hub_serving.serving_config(("image_recognition", "index_search"), port, args.workers, {"token": token})
+        )
+    )
     proc = hub_serving.start(cfg, log_path=tmp / "serving.log")
     url = f"http://127.0.0.1:{port}"
     session = requests.Session()
@@ -75,8 +79,10 @@ def main() -> int:
     try:
         hub_serving.wait_ready(url, proc)
         g = {"gallery": "soak"}
-        post("image_recognition", {"operation": "add", "images": [b64["coffee"]], "labels": ["coffee"],
-                                   "token": token, **g})
+        post(
+            "image_recognition",
+            {"operation": "add", "images": [b64["coffee"]], "labels": ["coffee"], "token": token, **g},
+        )
         with cf.ThreadPoolExecutor(4 * args.workers) as pool:  # warm every worker up
             list(pool.map(lambda _: post("image_recognition", {"images": [query], **g}), range(8 * args.workers)))
         failures: list[str] = []
@@ -95,15 +101,27 @@ def main() -> int:
                 try:
                     if n == 0 and (i % 4 != 3 or len(added) - len(removed) < 2):
                         label = f"rocket-{i}"
-                        r = s.post(f"{url}/predict/image_recognition", timeout=120, json={
-                            "operation": "add", "images": [b64["rocket"]], "labels": [label], "token": token, **g})
+                        r = s.post(
+                            f"{url}/predict/image_recognition",
+                            timeout=120,
+                            json={
+                                "operation": "add",
+                                "images": [b64["rocket"]],
+                                "labels": [label],
+                                "token": token,
+                                **g,
+                            },
+                        )
                         assert r.json()["status"] == "000", r.text
                         with lock:
                             added.append(label)
                             counts["add"] += 1
                     elif n == 0:  # one add of three is removed again (the latest); the others stay
-                        r = s.post(f"{url}/predict/image_recognition", timeout=120, json={
-                            "operation": "remove", "labels": [added[-1]], "token": token, **g})
+                        r = s.post(
+                            f"{url}/predict/image_recognition",
+                            timeout=120,
+                            json={"operation": "remove", "labels": [added[-1]], "token": token, **g},
+                        )
                         assert r.json()["status"] == "000", r.text
                         with lock:
                             removed.append(added[-1])
@@ -125,8 +143,9 @@ def main() -> int:
                 time.sleep(min(15, max(0.1, end - time.monotonic())))
                 samples.append((time.monotonic() - start, rss()))
 
-        attack = SlowClients("127.0.0.1", port, args.idle, args.slow, reconnect=True) if args.idle or args.slow \
-            else None
+        attack = (
+            SlowClients("127.0.0.1", port, args.idle, args.slow, reconnect=True) if args.idle or args.slow else None
+        )
         try:
             with cf.ThreadPoolExecutor(args.clients + 1) as pool:
                 futures = [pool.submit(client, n) for n in range(args.clients)] + [pool.submit(sampler)]
@@ -141,11 +160,30 @@ def main() -> int:
     finally:
         hub_serving.stop(proc)
     total = sum(counts.values())
-    print(describe(info, f"{args.workers} workers, {args.clients} clients, {args.seconds:.0f} s, "
-                         f"{args.idle} idle + {args.slow} slow-body connections"))
-    print(table(["requests", "recognize", "add", "remove", "adds kept", "failed", "adds lost", "removes resurrected"],
-                [[total, counts["recognize"], counts["add"], counts["remove"], len(set(added) - set(removed)),
-                  len(failures), len(lost), len(resurrected)]]))
+    print(
+        describe(
+            info,
+            f"{args.workers} workers, {args.clients} clients, {args.seconds:.0f} s, "
+            f"{args.idle} idle + {args.slow} slow-body connections",
+        )
+    )
+    print(
+        table(
+            ["requests", "recognize", "add", "remove", "adds kept", "failed", "adds lost", "removes resurrected"],
+            [
+                [
+                    total,
+                    counts["recognize"],
+                    counts["add"],
+                    counts["remove"],
+                    len(set(added) - set(removed)),
+                    len(failures),
+                    len(lost),
+                    len(resurrected),
+                ]
+            ],
+        )
+    )
     slow_answers = dict(attack.answers) if attack is not None else {}
     if slow_answers:
         print("\nanswers to the slow-body connections:")
@@ -154,17 +192,38 @@ def main() -> int:
     print(table(["t (s)", "RSS MiB", "vs first"], [[round(t), r / 2**20, r / samples[0][1]] for t, r in samples]))
     for f in failures[:5]:
         print("failure:", f)
-    summary = [{"what": f"soak, {args.seconds:.0f} s, {args.clients} clients, {args.workers} workers: requests "
-                        "(recognitions, adds, removes), failed, adds lost, removes resurrected",
-                "figure": f"{total} ({counts['recognize']}, {counts['add']}, {counts['remove']}), {len(failures)} "
-                          f"failed, {len(lost)} lost, {len(resurrected)} resurrected"},
-               {"what": "soak: worker RSS, first -> last sample (all workers)",
-                "figure": f"{samples[0][1] / 2**20:.0f} -> {samples[-1][1] / 2**20:.0f} MiB "
-                          f"({samples[-1][1] / samples[0][1] - 1:+.0%})" if samples else "no sample"}]
-    write_json("soak", {"machine": info, "counts": counts, "failures": failures, "lost": lost,
-                        "resurrected": resurrected, "kept": len(set(added) - set(removed)), "rss": samples,
-                        "idle": args.idle, "slow": args.slow, "slow_answers": slow_answers, "summary": summary},
-               args.json)
+    summary = [
+        {
+            "what": f"soak, {args.seconds:.0f} s, {args.clients} clients, {args.workers} workers: requests "
+            "(recognitions, adds, removes), failed, adds lost, removes resurrected",
+            "figure": f"{total} ({counts['recognize']}, {counts['add']}, {counts['remove']}), {len(failures)} "
+            f"failed, {len(lost)} lost, {len(resurrected)} resurrected",
+        },
+        {
+            "what": "soak: worker RSS, first -> last sample (all workers)",
+            "figure": f"{samples[0][1] / 2**20:.0f} -> {samples[-1][1] / 2**20:.0f} MiB "
+            f"({samples[-1][1] / samples[0][1] - 1:+.0%})"
+            if samples
+            else "no sample",
+        },
+    ]
+    write_json(
+        "soak",
+        {
+            "machine": info,
+            "counts": counts,
+            "failures": failures,
+            "lost": lost,
+            "resurrected": resurrected,
+            "kept": len(set(added) - set(removed)),
+            "rss": samples,
+            "idle": args.idle,
+            "slow": args.slow,
+            "slow_answers": slow_answers,
+            "summary": summary,
+        },
+        args.json,
+    )
     return 0 if not failures and not lost and not resurrected else 1
 
 

@@ -4,6 +4,7 @@
 serves it. The folders also install with the package (``shitu.hub_modules``), which is how ``shitu serve`` finds
 them. The request handling itself lives in :mod:`shitu.serving.hub.service`.
 """
+
 from pathlib import Path
 
 MODULES = ("mainbody_detection", "feature_extraction", "index_search", "image_recognition")

@@ -1,4 +1,5 @@
 """``python -m shitu.params``: print the parameter table (Markdown) that the README embeds."""
+
 from shitu.params.schema import FIELDS
 
 

@@ -9,6 +9,7 @@ Each layer is a mapping in any of three spellings, mixed freely:
 
 Unknown names and ill-typed values raise :class:`ParamError` naming the parameter; nothing is silently ignored.
 """
+
 from __future__ import annotations
 
 import copy
@@ -136,13 +137,13 @@ class Params(Mapping[str, Any]):
     def section(self, name: str) -> dict[str, Any]:
         """One section as a plain ``{key: value}`` dict."""
         prefix = name + "."
-        return {k[len(prefix):]: v for k, v in self._values.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in self._values.items() if k.startswith(prefix)}
 
     def nested(self) -> dict[str, dict[str, Any]]:
         """All parameters as PaddleClas-style nested sections."""
         return {s: self.section(s) for s in SECTIONS}
 
-    def override(self, *layers: Mapping[str, Any] | None, per_request: bool = False) -> "Params":
+    def override(self, *layers: Mapping[str, Any] | None, per_request: bool = False) -> Params:
         """A new :class:`Params` with ``layers`` applied on top (later wins).
 
         With ``per_request=True`` only parameters that may change per request are accepted; changing a load-time

@@ -7,10 +7,12 @@ place where a parameter is defined.
 
 Short names (``threshold``) are accepted wherever they are unambiguous, which is what per-request overrides use.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 _MISSING = object()
 

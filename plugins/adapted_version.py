@@ -8,12 +8,14 @@ trained with, and lets a caller rewrite galleries shipped as vectors (they are i
 each model run once in a child process, one ``rename`` under the store's lock), so ``shitu plugins use`` /
 ``rollback`` switch between the versions. Nothing here imports the serving runtime.
 """
+
 from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -26,8 +28,17 @@ __all__ = ["LOCAL_PREFIX", "install_staged", "next_version", "stage"]
 
 LOCAL_PREFIX = "adapt"
 #: Keys of a recogniser folder's ``shitu_model.yml`` that the manifest's recogniser entry repeats.
-_DESCRIPTION_KEYS = ("model_file", "params_file", "onnx_file", "input_color", "transform_ops", "pooling",
-                     "projection", "onednn", "onednn_passes")
+_DESCRIPTION_KEYS = (
+    "model_file",
+    "params_file",
+    "onnx_file",
+    "input_color",
+    "transform_ops",
+    "pooling",
+    "projection",
+    "onednn",
+    "onednn_passes",
+)
 #: Files of a pack version that are the store's, not the pack's.
 _STORE_FILES = (store.INSTALL_RECORD,)
 
@@ -40,9 +51,16 @@ def next_version(name: str, base_version: str) -> str:
     return f"{release}+{LOCAL_PREFIX}.{max(taken, default=0) + 1}"
 
 
-def stage(pack: registry.Pack, rec_dir: Path, dest: Path, *, version: str,
-          params: dict[str, dict[str, Any]] | None = None, note: str = "",
-          rewrite_vectors: Callable[[Path], None] | None = None) -> Manifest:
+def stage(
+    pack: registry.Pack,
+    rec_dir: Path,
+    dest: Path,
+    *,
+    version: str,
+    params: dict[str, dict[str, Any]] | None = None,
+    note: str = "",
+    rewrite_vectors: Callable[[Path], None] | None = None,
+) -> Manifest:
     """Write into the new folder ``dest`` version ``version`` of ``pack`` with the recogniser folder ``rec_dir``.
 
     ``params``: sections merged into the manifest's ``params`` (the recognition settings the recogniser was
@@ -66,8 +84,9 @@ def stage(pack: registry.Pack, rec_dir: Path, dest: Path, *, version: str,
             entry[key] = desc[key]
         else:
             entry.pop(key, None)
-    entry["files"] = [{"path": rel, "sha256": sha256_file(folder / rel), "size": (folder / rel).stat().st_size}
-                      for rel in files]
+    entry["files"] = [
+        {"path": rel, "sha256": sha256_file(folder / rel), "size": (folder / rel).stat().st_size} for rel in files
+    ]
     entry["name"] = f"{entry['name']}+{LOCAL_PREFIX}"
     for section, values in (params or {}).items():
         data.setdefault("params", {}).setdefault(section, {}).update(values)
@@ -75,18 +94,24 @@ def stage(pack: registry.Pack, rec_dir: Path, dest: Path, *, version: str,
         if not gallery.get("vectors_file"):
             continue
         if rewrite_vectors is None:
-            raise PackError(f"pack {pack.name!r}: gallery {gname!r} ships vectors of the old recogniser and this "
-                            "recogniser cannot map them; remove the gallery from the pack or give its images")
+            raise PackError(
+                f"pack {pack.name!r}: gallery {gname!r} ships vectors of the old recogniser and this "
+                "recogniser cannot map them; remove the gallery from the pack or give its images"
+            )
         path = dest / gallery["vectors_file"]
         rewrite_vectors(path)
         for f in gallery.get("files") or []:
             if f.get("path") == gallery["vectors_file"]:
                 f["sha256"], f["size"] = sha256_file(path), path.stat().st_size
     data["version"] = version
-    header = (f"# {pack.name} {version}: {pack.version} with its recogniser adapted by `shitu adapt` on this machine."
-              + (f"\n# {note}" if note else "") + "\n")
-    (dest / MANIFEST_FILE).write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True),
-                                      encoding="utf-8")
+    header = (
+        f"# {pack.name} {version}: {pack.version} with its recogniser adapted by `shitu adapt` on this machine."
+        + (f"\n# {note}" if note else "")
+        + "\n"
+    )
+    (dest / MANIFEST_FILE).write_text(
+        header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
     return read_manifest(dest / MANIFEST_FILE)
 
 

@@ -12,6 +12,7 @@ every recogniser file the manifest lists (network, weights, projection head...),
 projection, pre-processing) and the pack's ``RecPreProcess`` / ``RecPostProcess`` parameters. Two versions with the
 same recogniser share one copy; a rollback finds the galleries of the version it returns to untouched.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,8 +37,11 @@ def fingerprint(manifest: Manifest) -> str:
     recognition parameters (read from the manifest: nothing is hashed from disk)."""
     rec = manifest.models["recognizer"]
     params = {s: manifest.params.get(s) for s in SPACE_SECTIONS if manifest.params.get(s)}
-    doc: dict[str, Any] = {"files": sorted((f.path, f.sha256) for f in rec.files),
-                           "description": rec.description, "params": params}
+    doc: dict[str, Any] = {
+        "files": sorted((f.path, f.sha256) for f in rec.files),
+        "description": rec.description,
+        "params": params,
+    }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -1,4 +1,5 @@
 """The one exception of the pack system. Its message names the pack, the path and, for manifests, the key."""
+
 from __future__ import annotations
 
 

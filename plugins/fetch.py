@@ -12,6 +12,7 @@ Limits come from the environment, read at call time: ``SHITU_CONNECT_TIMEOUT`` (
 ``SHITU_READ_TIMEOUT`` (default 60), ``SHITU_MAX_DOWNLOAD_BYTES`` (default 4 GiB, used when the manifest gives no
 size) and ``SHITU_MAX_PACK_BYTES`` (default 8 GiB: total extracted or copied).
 """
+
 from __future__ import annotations
 
 import os
@@ -21,11 +22,11 @@ import stat
 import sys
 import tarfile
 import threading
-import time
 import zipfile
 import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from shitu.files import sha256_file  # noqa: F401 - re-exported (installer, registry)
 from shitu.plugins.errors import PackError
@@ -147,8 +148,9 @@ def copy_tree(src: Path, dst: Path, *, skip: Iterable[str] = ("__pycache__",)) -
 
 
 # -- downloads -----------------------------------------------------------------------------------------------------
-def download(url: str, dest: Path, *, expected_size: int | None = None, progress: bool = True,
-             desc: str | None = None) -> int:
+def download(
+    url: str, dest: Path, *, expected_size: int | None = None, progress: bool = True, desc: str | None = None
+) -> int:
     """Stream ``url`` to ``dest``; return the byte count. Raise :class:`DownloadError` on any failure
     (the partial file is removed)."""
     import requests
@@ -170,15 +172,26 @@ def download(url: str, dest: Path, *, expected_size: int | None = None, progress
             total = int(length) if length and length.isdigit() else None
             if total is not None and total > limit:
                 raise DownloadError(url, f"the server announces {total} bytes, more than the limit of {limit}")
-            bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc or Path(dest).name,
-                       disable=not progress, file=sys.stderr, leave=False)
+            bar = tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=desc or Path(dest).name,
+                disable=not progress,
+                file=sys.stderr,
+                leave=False,
+            )
             try:
                 with open(dest, "wb") as fh:
                     for chunk in resp.iter_content(CHUNK):
                         done += len(chunk)
                         if done > limit:
-                            raise DownloadError(url, f"more than {limit} bytes"
-                                                + (" (the size the manifest gives)" if expected_size else ""))
+                            raise DownloadError(
+                                url,
+                                f"more than {limit} bytes"
+                                + (" (the size the manifest gives)" if expected_size else ""),
+                            )
                         fh.write(chunk)
                         bar.update(len(chunk))
                     fh.flush()
@@ -255,8 +268,10 @@ class _Plan:
 
 def _budget(archive: Path, plan: _Plan, limit: int) -> None:
     if plan.total > limit:
-        raise PackError(f"{archive}: declares more than {limit} bytes when extracted (SHITU_MAX_PACK_BYTES, "
-                        "SHITU_MAX_PACK_RATIO times the archive's size); refused before extracting")
+        raise PackError(
+            f"{archive}: declares more than {limit} bytes when extracted (SHITU_MAX_PACK_BYTES, "
+            "SHITU_MAX_PACK_RATIO times the archive's size); refused before extracting"
+        )
 
 
 def _plan_tar(tf: tarfile.TarFile, archive: Path) -> _Plan:
@@ -302,8 +317,10 @@ def _resolve_links(plan: _Plan, raw_links: list[tuple[str, str, bool]], archive:
                 cur = resolved
                 tgt, cur_hard = pending[resolved]
                 continue
-            raise PackError(f"{archive}: link {name!r} -> {target!r} does not point at a regular file in the "
-                            "archive (links to folders, to missing members or in a loop are refused)")
+            raise PackError(
+                f"{archive}: link {name!r} -> {target!r} does not point at a regular file in the "
+                "archive (links to folders, to missing members or in a loop are refused)"
+            )
 
 
 def _plan_zip(zf: zipfile.ZipFile, archive: Path) -> _Plan:
@@ -333,8 +350,10 @@ def _plan_zip(zf: zipfile.ZipFile, archive: Path) -> _Plan:
             plan.total += info.file_size
             _budget(archive, plan, limit)
         else:
-            raise PackError(f"{archive}: member {name!r} is a device file, FIFO or socket; only regular files "
-                            "and folders are allowed")
+            raise PackError(
+                f"{archive}: member {name!r} is a device file, FIFO or socket; only regular files "
+                "and folders are allowed"
+            )
     _resolve_links(plan, raw_links, archive)
     return plan
 
@@ -369,8 +388,7 @@ def archive_names(archive: Path) -> list[str]:
     return [*plan.files, *plan.links]
 
 
-def extract_archive(archive: Path, dest: Path,
-                    select: Callable[[str], str | None] | None = None) -> list[str]:
+def extract_archive(archive: Path, dest: Path, select: Callable[[str], str | None] | None = None) -> list[str]:
     """Extract ``archive`` into ``dest`` after checking every member; return the written relative paths.
 
     ``select(name) -> str | None`` maps a member name to the relative path to write (``None``: skip it); by default
@@ -389,7 +407,7 @@ def extract_archive(archive: Path, dest: Path,
         rel = select(name) if select else name
         if rel is None:
             return None
-        out = (dest / rel)
+        out = dest / rel
         if not out.resolve().is_relative_to(root):
             raise PackError(f"{archive}: member {name!r} would be written outside {dest}")
         return out

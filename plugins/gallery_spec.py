@@ -1,4 +1,5 @@
 """One gallery a scenario pack declares: where its folder is and how it is indexed (a registry value type)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,5 +41,9 @@ class GallerySpec:
 
     def open_args(self) -> dict[str, Any]:
         """Keyword arguments for ``shitu.serving.gallery.local.Gallery.open_or_create``."""
-        return {"path": self.dir(), "dim": self.embedding_size, "index_method": self.index_method,
-                "dist_type": self.dist_type}
+        return {
+            "path": self.dir(),
+            "dim": self.embedding_size,
+            "index_method": self.index_method,
+            "dist_type": self.dist_type,
+        }

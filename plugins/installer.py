@@ -15,18 +15,28 @@ Steps (all inside ``$SHITU_HOME/packs/.tmp/stage-*``, removed whatever happens):
    that crashes or hangs is refused; the outcome is recorded (oneDNN is later enabled only as recorded);
 5. write ``install.json``, rename the staged folder to ``packs/<name>/<version>``, make it current.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
 import os
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from shitu.plugins import runtime_check, store
 from shitu.plugins.errors import ManifestError, PackError
 from shitu.plugins.fetch import DownloadError, archive_names, copy_tree, download, extract_archive, sha256_file
-from shitu.plugins.manifest import MANIFEST_FILE, NAME_RE, SHA256_RE, Manifest, ModelEntry, read_manifest, version_matches
+from shitu.plugins.manifest import (
+    MANIFEST_FILE,
+    NAME_RE,
+    SHA256_RE,
+    Manifest,
+    ModelEntry,
+    read_manifest,
+    version_matches,
+)
 
 
 def _is_url(text: str) -> bool:
@@ -69,10 +79,16 @@ def _normalize_hashes(sha256: str | Iterable[str] | None) -> set[str]:
     return out
 
 
-def install(source: str, *, name: str | None = None, trust: bool = False,
-            sha256: str | Iterable[str] | None = None, progress: bool = True,
-            from_files: Iterable[str | os.PathLike] | None = None,
-            find_pack: Callable[[str], list[Any]] | None = None) -> tuple[str, str]:
+def install(
+    source: str,
+    *,
+    name: str | None = None,
+    trust: bool = False,
+    sha256: str | Iterable[str] | None = None,
+    progress: bool = True,
+    from_files: Iterable[str | os.PathLike] | None = None,
+    find_pack: Callable[[str], list[Any]] | None = None,
+) -> tuple[str, str]:
     """Install ``source`` into the store (see ``registry.install``); ``find_pack(name)`` lists the packs known by
     that name (the registry's discovery: items with ``source``, ``manifest``, ``root``, ``error``), for a source
     that is a pack name."""
@@ -93,34 +109,42 @@ def install(source: str, *, name: str | None = None, trust: bool = False,
             if name is not None and manifest.name != name:
                 raise PackError(f"{source}: holds pack {manifest.name!r}, not {name!r}")
             if not version_matches(_shitu_version(), manifest.shitu_hub):
-                raise PackError(f"pack {manifest.name!r} {manifest.version} needs shitu-hub {manifest.shitu_hub}; "
-                                f"this is {_shitu_version()}")
+                raise PackError(
+                    f"pack {manifest.name!r} {manifest.version} needs shitu-hub {manifest.shitu_hub}; "
+                    f"this is {_shitu_version()}"
+                )
             _refuse_installed(manifest)
             for model in manifest.models.values():
                 _complete_model(manifest, model, stage, ctx)
             record_files = _check_files(manifest, stage, ctx)
             unused = ctx.hashes - ctx.used_hashes
             if unused:
-                raise PackError(f"--sha256 {', '.join(sorted(unused))}: matches no file of pack "
-                                f"{manifest.name!r} that needed one")
+                raise PackError(
+                    f"--sha256 {', '.join(sorted(unused))}: matches no file of pack {manifest.name!r} that needed one"
+                )
             unused_from = [str(f) for f in ctx.from_files if f not in ctx.used_from]
             if unused_from:
-                raise PackError(f"--from {', '.join(unused_from)}: not needed by pack {manifest.name!r} (it needs: "
-                                f"{', '.join(_needed_names(manifest)) or 'nothing'})")
+                raise PackError(
+                    f"--from {', '.join(unused_from)}: not needed by pack {manifest.name!r} (it needs: "
+                    f"{', '.join(_needed_names(manifest)) or 'nothing'})"
+                )
             runtime = runtime_check.check_models(manifest, stage)
             refused = runtime_check.refusal(manifest, runtime, f"pack {manifest.name!r} {manifest.version}")
             if refused:
                 raise PackError(refused)
-            store.write_record(stage, {
-                "name": manifest.name,
-                "version": manifest.version,
-                "source": ctx.source_desc,
-                "installed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "shitu_hub": _shitu_version(),
-                "trusted": ctx.trust and any(v.get("verified") == "trust" for v in record_files.values()),
-                "files": record_files,
-                "runtime": runtime,
-            })
+            store.write_record(
+                stage,
+                {
+                    "name": manifest.name,
+                    "version": manifest.version,
+                    "source": ctx.source_desc,
+                    "installed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "shitu_hub": _shitu_version(),
+                    "trusted": ctx.trust and any(v.get("verified") == "trust" for v in record_files.values()),
+                    "files": record_files,
+                    "runtime": runtime,
+                },
+            )
             store.commit(stage, manifest.name, manifest.version)
             store.set_current(manifest.name, manifest.version)
     return manifest.name, manifest.version
@@ -128,9 +152,11 @@ def install(source: str, *, name: str | None = None, trust: bool = False,
 
 def _refuse_installed(manifest: Manifest) -> None:
     if store.version_dir(manifest.name, manifest.version).exists():
-        raise PackError(f"pack {manifest.name!r} {manifest.version} is already installed; switch to it with "
-                        f"`shitu plugins use {manifest.name} {manifest.version}`, or remove it first "
-                        f"(`shitu plugins remove {manifest.name} {manifest.version}`)")
+        raise PackError(
+            f"pack {manifest.name!r} {manifest.version} is already installed; switch to it with "
+            f"`shitu plugins use {manifest.name} {manifest.version}`, or remove it first "
+            f"(`shitu plugins remove {manifest.name} {manifest.version}`)"
+        )
 
 
 def _shitu_version() -> str:
@@ -182,8 +208,7 @@ def _stage_archive(archive: Path, stage: Path, ctx: _Ctx, label: str) -> Manifes
     # The manifest first (its size budget checked, nothing else written): a pack already installed is refused
     # before the rest of the archive is extracted.
     peek = ctx.scratch("peek")
-    extract_archive(archive, peek, lambda n: n if n.count("/") <= 1 and n.rpartition("/")[2] == MANIFEST_FILE
-                    else None)
+    extract_archive(archive, peek, lambda n: n if n.count("/") <= 1 and n.rpartition("/")[2] == MANIFEST_FILE else None)
     found = [p for p in (peek / MANIFEST_FILE, *peek.glob(f"*/{MANIFEST_FILE}")) if p.is_file()]
     if len(found) == 1:
         _refuse_installed(read_manifest(found[0]))
@@ -195,8 +220,7 @@ def _stage_archive(archive: Path, stage: Path, ctx: _Ctx, label: str) -> Manifes
         if len(entries) == 1 and entries[0].is_dir() and (entries[0] / MANIFEST_FILE).is_file():
             root = entries[0]
         else:
-            raise PackError(f"{label}: the archive has no {MANIFEST_FILE} at its top level or in a single top "
-                            "folder")
+            raise PackError(f"{label}: the archive has no {MANIFEST_FILE} at its top level or in a single top folder")
     inner = root.relative_to(out).as_posix()
     os.rename(root, stage)
     return _read_staged(stage, f"{label} ({inner + '/' if inner != '.' else ''}{MANIFEST_FILE})")
@@ -209,8 +233,9 @@ def _stage_named(name: str, stage: Path, ctx: _Ctx) -> Manifest:
         if items:
             raise PackError(f"pack {name!r} cannot be installed: {items[0].error}")
         if store.installed_versions(name):
-            raise PackError(f"pack {name!r} is only in the store; to install another version give its folder, "
-                            "archive or URL")
+            raise PackError(
+                f"pack {name!r} is only in the store; to install another version give its folder, archive or URL"
+            )
         hint = f" ({Path(name).resolve()} is a folder without {MANIFEST_FILE})" if Path(name).is_dir() else ""
         raise PackError(f"{name!r} is not a folder, an archive, an http(s) URL or the name of a known pack{hint}")
     item = next((i for i in good if i.source == "entrypoint"), good[0])
@@ -234,20 +259,26 @@ def install_hint(target: str, downloads: Sequence[tuple[str, str, str | None]]) 
     import shlex
 
     if not downloads:
-        return ("The manifest says nowhere to download them; get the complete pack from its author and run "
-                "`shitu plugins install <folder or archive>`.")
+        return (
+            "The manifest says nowhere to download them; get the complete pack from its author and run "
+            "`shitu plugins install <folder or archive>`."
+        )
     trust = any(sha is None for _, _, sha in downloads)
     from_args = " ".join(f"--from {shlex.quote(fname)}" for _, fname, _ in downloads)
     target = shlex.quote(target)
     cmd = f"shitu plugins install {target} {from_args}" + (" --trust" if trust else "")
-    lines = [f"With network: shitu plugins install {target}" + (" --trust" if trust else ""),
-             "Without network here: on a connected machine download"]
+    lines = [
+        f"With network: shitu plugins install {target}" + (" --trust" if trust else ""),
+        "Without network here: on a connected machine download",
+    ]
     lines += [f"  {url}" for url, _, _ in downloads]
     lines.append("copy the file(s) to this machine, and in the folder holding them run:")
     lines.append(f"  {cmd}")
     if trust:
-        lines.append("(--trust: no sha256 is published for these files; instead of --trust you may pass "
-                     "--sha256 <hex> for each file you checked.)")
+        lines.append(
+            "(--trust: no sha256 is published for these files; instead of --trust you may pass "
+            "--sha256 <hex> for each file you checked.)"
+        )
     return "\n".join(lines)
 
 
@@ -296,8 +327,10 @@ def _check_archive_hash(path: Path, expected: str | None, label: str, ctx: _Ctx,
         return ""
     if ctx.trust:
         return "trust"
-    raise PackError(f"{label}: no sha256 is published for this file, so it cannot be verified. Its sha256 is {got}; "
-                    f"if that is the file you expect, pass --sha256 {got} (or --trust to accept it unverified)")
+    raise PackError(
+        f"{label}: no sha256 is published for this file, so it cannot be verified. Its sha256 is {got}; "
+        f"if that is the file you expect, pass --sha256 {got} (or --trust to accept it unverified)"
+    )
 
 
 def _complete_model(m: Manifest, model: ModelEntry, stage: Path, ctx: _Ctx) -> None:
@@ -317,7 +350,7 @@ def _complete_model(m: Manifest, model: ModelEntry, stage: Path, ctx: _Ctx) -> N
         def select(member: str) -> str | None:
             if prefix and not member.startswith(prefix):
                 return None
-            rel = member[len(prefix):]
+            rel = member[len(prefix) :]
             return rel if rel in wanted else None
 
         got = set(extract_archive(path, folder, select))
@@ -326,15 +359,19 @@ def _complete_model(m: Manifest, model: ModelEntry, stage: Path, ctx: _Ctx) -> N
                 ctx.provenance[_rel(model.path, f.path)] = how
         lacking = [f.path for f in missing if not f.optional and f.path not in got]
         if lacking:
-            raise PackError(f"pack {m.name!r}: archive {a.filename} has no {', '.join(prefix + p for p in lacking)} "
-                            f"(models.{model.role}.archive.root is {a.root!r})")
+            raise PackError(
+                f"pack {m.name!r}: archive {a.filename} has no {', '.join(prefix + p for p in lacking)} "
+                f"(models.{model.role}.archive.root is {a.root!r})"
+            )
         return
     for f in missing:
         if f.url is None:
             if f.optional:
                 continue
-            raise PackError(f"pack {m.name!r}: {_rel(model.path, f.path)} is missing and models.{model.role} gives "
-                            "no archive or url to fetch it from")
+            raise PackError(
+                f"pack {m.name!r}: {_rel(model.path, f.path)} is missing and models.{model.role} gives "
+                "no archive or url to fetch it from"
+            )
         fname = Path(urlsplit(f.url).path).name or Path(f.path).name
         path = _match_from(fname, f.sha256, ctx) or _fetch(m, f.url, fname, f.size, ctx)
         dest = folder / f.path
@@ -380,8 +417,9 @@ def _check_files(m: Manifest, stage: Path, ctx: _Ctx) -> dict[str, Any]:
         got = sha256_file(path)
         if f.sha256:
             if got != f.sha256:
-                raise PackError(f"checksum mismatch: pack {m.name!r} {m.version}: {rel}: sha256 {got}, the manifest "
-                                f"says {f.sha256}")
+                raise PackError(
+                    f"checksum mismatch: pack {m.name!r} {m.version}: {rel}: sha256 {got}, the manifest says {f.sha256}"
+                )
             how = "manifest"
         elif ctx.provenance.get(rel) in ("manifest", "user-sha256"):
             how = "archive"
@@ -391,8 +429,10 @@ def _check_files(m: Manifest, stage: Path, ctx: _Ctx) -> dict[str, Any]:
         elif ctx.trust:
             how = "trust"
         else:
-            raise PackError(f"pack {m.name!r} {m.version}: {rel} has no sha256 in the manifest. Its sha256 is {got}; "
-                            f"pass --sha256 {got} if that is the file you expect, or --trust to accept it unverified")
+            raise PackError(
+                f"pack {m.name!r} {m.version}: {rel} has no sha256 in the manifest. Its sha256 is {got}; "
+                f"pass --sha256 {got} if that is the file you expect, or --trust to accept it unverified"
+            )
         record[rel] = {"sha256": got, "size": size, "verified": how}
     man = stage / MANIFEST_FILE
     record[MANIFEST_FILE] = {"sha256": sha256_file(man), "size": man.stat().st_size, "verified": "install"}

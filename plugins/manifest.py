@@ -22,6 +22,7 @@ Keys starting with ``x-`` are extensions and are ignored anywhere.
 Longer than 600 lines: the manifest schema is one table of keys and their key-by-key checks, read top to
 bottom.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -42,29 +43,75 @@ MANIFEST_FILE = "pack.yaml"
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?\Z")
 #: A release (``1.1.0``, ``1.0rc1``) with an optional PEP 440 local label (``1.1.0+adapt.1``: a version made on this
 #: machine from a published one, as ``shitu adapt --pack`` writes).
-VERSION_RE = re.compile(r"^[0-9]+(?:\.[0-9]+){0,3}(?:[.-]?(?:a|b|rc|dev|post)[0-9]*)?"
-                        r"(?:\+[a-z0-9]+(?:\.[a-z0-9]+)*)?\Z")
+VERSION_RE = re.compile(
+    r"^[0-9]+(?:\.[0-9]+){0,3}(?:[.-]?(?:a|b|rc|dev|post)[0-9]*)?"
+    r"(?:\+[a-z0-9]+(?:\.[a-z0-9]+)*)?\Z"
+)
 GALLERY_RE = GALLERY_NAME  # one rule for gallery names (shitu.names)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 ROLES = {"detector": "detector", "recognizer": "extractor"}  # manifest role -> ModelSpec kind
 FORMATS = ("paddle", "onnx")
 #: ModelSpec description keys a model entry may carry (see shitu.model_spec).
-DESCRIPTION_KEYS = ("kind", "model_file", "params_file", "onnx_file", "input_color", "transform_ops", "decoder",
-                    "decoder_args", "pooling", "projection", "onednn", "onednn_passes")
+DESCRIPTION_KEYS = (
+    "kind",
+    "model_file",
+    "params_file",
+    "onnx_file",
+    "input_color",
+    "transform_ops",
+    "decoder",
+    "decoder_args",
+    "pooling",
+    "projection",
+    "onednn",
+    "onednn_passes",
+)
 #: Parameters a pack may not set: the registry derives them from the pack's models and galleries.
 PACK_MANAGED_PARAMS = ("Global.det_inference_model_dir", "Global.rec_inference_model_dir", "IndexProcess.index_dir")
 
-_TOP_KEYS = {"schema_version": True, "name": True, "version": True, "title": True, "description": False,
-             "license": True, "shitu_hub": True, "homepage": False, "authors": False, "notes": False,
-             "models": True, "params": False, "galleries": True, "default_gallery": False}
-_MODEL_KEYS = {"name": True, "format": True, "path": True, "files": True, "archive": False, "source": False,
-               "embedding_size": False, "notes": False, **{k: False for k in DESCRIPTION_KEYS}}
+_TOP_KEYS = {
+    "schema_version": True,
+    "name": True,
+    "version": True,
+    "title": True,
+    "description": False,
+    "license": True,
+    "shitu_hub": True,
+    "homepage": False,
+    "authors": False,
+    "notes": False,
+    "models": True,
+    "params": False,
+    "galleries": True,
+    "default_gallery": False,
+}
+_MODEL_KEYS = {
+    "name": True,
+    "format": True,
+    "path": True,
+    "files": True,
+    "archive": False,
+    "source": False,
+    "embedding_size": False,
+    "notes": False,
+    **{k: False for k in DESCRIPTION_KEYS},
+}
 _FILE_KEYS = {"path": True, "sha256": True, "size": False, "url": False, "optional": False}
 _ARCHIVE_KEYS = {"url": True, "sha256": True, "size": False, "root": False, "filename": False}
-_GALLERY_KEYS = {"title": False, "description": False, "list_file": False, "image_root": False, "folder": False,
-                 "delimiter": False, "index_method": False, "dist_type": False, "data_url": False, "files": False,
-                 "vectors_file": False}
+_GALLERY_KEYS = {
+    "title": False,
+    "description": False,
+    "list_file": False,
+    "image_root": False,
+    "folder": False,
+    "delimiter": False,
+    "index_method": False,
+    "dist_type": False,
+    "data_url": False,
+    "files": False,
+    "vectors_file": False,
+}
 
 
 # -- parsed form ---------------------------------------------------------------------------------------------------
@@ -164,8 +211,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.events.AliasEvent):
             event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in a pack manifest",
-                                              event.start_mark)
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not allowed in a pack manifest", event.start_mark
+            )
         return super().compose_node(parent, index)
 
 
@@ -175,7 +223,8 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
         key = loader.construct_object(key_node, deep=deep)
         if isinstance(key, (str, int, float, bool)) and key in seen:
             raise yaml.constructor.ConstructorError(
-                "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark)
+                "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
+            )
         seen[key] = True
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
@@ -223,8 +272,14 @@ def parse_manifest(data: dict[str, Any], file: str | None = None) -> Manifest:
 def _tname(value: Any) -> str:
     if value is None:
         return "null"
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-            float: "a number"}.get(type(value), type(value).__name__)
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
 
 
 def _mapping(value: Any, key: str) -> dict[str, Any]:
@@ -366,8 +421,14 @@ def version_matches(version: str, spec: str) -> bool:
             ok = hit if op == "==" else not hit
         else:
             w = version_key(ver)
-            ok = {"==": v[:3] == w[:3], "!=": v[:3] != w[:3], ">=": v[:3] >= w[:3], "<=": v[:3] <= w[:3],
-                  ">": v[:3] > w[:3], "<": v[:3] < w[:3]}.get(op)
+            ok = {
+                "==": v[:3] == w[:3],
+                "!=": v[:3] != w[:3],
+                ">=": v[:3] >= w[:3],
+                "<=": v[:3] <= w[:3],
+                ">": v[:3] > w[:3],
+                "<": v[:3] < w[:3],
+            }.get(op)
             if op == "~=":
                 n = len(ver.split("."))
                 ok = v[:3] >= w[:3] and _release(version)[: n - 1] == _release(ver)[: n - 1]
@@ -385,8 +446,10 @@ def _parse(data: dict[str, Any], file: str | None) -> Manifest:
     if isinstance(sv, bool) or not isinstance(sv, int):
         raise ManifestError("schema_version", f"expected an integer, got {_tname(sv)}")
     if sv != SCHEMA_VERSION:
-        raise ManifestError("schema_version", f"this shitu-hub reads schema_version {SCHEMA_VERSION}, got {sv} "
-                            "(upgrade shitu-hub for newer packs)")
+        raise ManifestError(
+            "schema_version",
+            f"this shitu-hub reads schema_version {SCHEMA_VERSION}, got {sv} (upgrade shitu-hub for newer packs)",
+        )
     _check_keys(data, "", _TOP_KEYS)
 
     name = _str(data["name"], "name")
@@ -396,7 +459,7 @@ def _parse(data: dict[str, Any], file: str | None) -> Manifest:
     if isinstance(version, int) and not isinstance(version, bool):
         version = str(version)
     if isinstance(version, float):
-        raise ManifestError("version", f"expected a string, got the number {version!r} (quote it: \"{version}\")")
+        raise ManifestError("version", f'expected a string, got the number {version!r} (quote it: "{version}")')
     version = _str(version, "version")
     if not VERSION_RE.match(version):
         raise ManifestError("version", f"expected a version like '1.0.0', got {version!r}")
@@ -438,14 +501,29 @@ def _parse(data: dict[str, Any], file: str | None) -> Manifest:
     for g in galleries.values():
         for i, f in enumerate(g.files):
             if f.path in seen:
-                raise ManifestError(f"galleries.{g.name}.files[{i}].path",
-                                    f"{f.path!r} is also listed by {seen[f.path]}")
+                raise ManifestError(
+                    f"galleries.{g.name}.files[{i}].path", f"{f.path!r} is also listed by {seen[f.path]}"
+                )
             seen[f.path] = f"galleries.{g.name}"
 
-    return Manifest(schema_version=sv, name=name, version=version, title=title, description=description,
-                    license=license_, shitu_hub=shitu_hub, models=models, params=params, galleries=galleries,
-                    default_gallery=default_gallery, homepage=homepage, authors=authors, notes=notes, raw=data,
-                    file=file)
+    return Manifest(
+        schema_version=sv,
+        name=name,
+        version=version,
+        title=title,
+        description=description,
+        license=license_,
+        shitu_hub=shitu_hub,
+        models=models,
+        params=params,
+        galleries=galleries,
+        default_gallery=default_gallery,
+        homepage=homepage,
+        authors=authors,
+        notes=notes,
+        raw=data,
+        file=file,
+    )
 
 
 def _parse_files(value: Any, key: str, *, required: bool) -> tuple[FileEntry, ...]:
@@ -462,13 +540,15 @@ def _parse_files(value: Any, key: str, *, required: bool) -> tuple[FileEntry, ..
         if path in paths:
             raise ManifestError(f"{k}.path", f"{path!r} is listed twice")
         paths.add(path)
-        out.append(FileEntry(
-            path=path,
-            sha256=_sha256(item["sha256"], f"{k}.sha256"),
-            size=_int(item["size"], f"{k}.size") if item.get("size") is not None else None,
-            url=_url(item["url"], f"{k}.url") if item.get("url") is not None else None,
-            optional=_bool(item.get("optional", False), f"{k}.optional"),
-        ))
+        out.append(
+            FileEntry(
+                path=path,
+                sha256=_sha256(item["sha256"], f"{k}.sha256"),
+                size=_int(item["size"], f"{k}.size") if item.get("size") is not None else None,
+                url=_url(item["url"], f"{k}.url") if item.get("url") is not None else None,
+                optional=_bool(item.get("optional", False), f"{k}.optional"),
+            )
+        )
     return tuple(out)
 
 
@@ -580,8 +660,17 @@ def _parse_model(role: str, value: Any, key: str) -> ModelEntry:
         ModelSpec.from_dict(dict(desc), Path(path))
     except ModelSpecError as exc:
         raise ManifestError(key, str(exc)) from None
-    return ModelEntry(role=role, name=name, format=fmt, path=path, files=files, description=desc,
-                      embedding_size=embedding_size, archive=archive, source=source)
+    return ModelEntry(
+        role=role,
+        name=name,
+        format=fmt,
+        path=path,
+        files=files,
+        description=desc,
+        embedding_size=embedding_size,
+        archive=archive,
+        source=source,
+    )
 
 
 def _parse_params(value: Any) -> dict[str, dict[str, Any]]:
@@ -595,11 +684,12 @@ def _parse_params(value: Any) -> dict[str, dict[str, Any]]:
     except ParamError as exc:
         prefix = f"parameter {exc.name!r}: "
         text = str(exc)
-        raise ManifestError(f"params.{exc.name}", text[len(prefix):] if text.startswith(prefix) else text) from None
+        raise ManifestError(f"params.{exc.name}", text[len(prefix) :] if text.startswith(prefix) else text) from None
     for name in flat:
         if name in PACK_MANAGED_PARAMS:
-            raise ManifestError(f"params.{name}", "is set by the registry from the pack's models and galleries; "
-                                "a pack may not set it")
+            raise ManifestError(
+                f"params.{name}", "is set by the registry from the pack's models and galleries; a pack may not set it"
+            )
     nested: dict[str, dict[str, Any]] = {}
     for name, v in flat.items():
         section, key = name.split(".", 1)
@@ -620,16 +710,18 @@ def _index_defaults(params: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def _parse_gallery(name: str, value: Any, key: str, defaults: dict[str, Any]) -> GalleryEntry:
     if not GALLERY_RE.match(name):
-        raise ManifestError(key, "gallery names are letters, digits, '_', '.' and '-', starting with a letter or "
-                            "digit (they name a folder)")
+        raise ManifestError(
+            key,
+            "gallery names are letters, digits, '_', '.' and '-', starting with a letter or digit (they name a folder)",
+        )
     data = _mapping(value if value is not None else {}, key)
     _check_keys(data, key, _GALLERY_KEYS)
     list_file = safe_relpath(data["list_file"], f"{key}.list_file") if data.get("list_file") is not None else None
     folder = safe_relpath(data["folder"], f"{key}.folder") if data.get("folder") is not None else None
-    image_root = safe_relpath(data["image_root"], f"{key}.image_root") if data.get("image_root") is not None \
-        else None
-    vectors_file = safe_relpath(data["vectors_file"], f"{key}.vectors_file") \
-        if data.get("vectors_file") is not None else None
+    image_root = safe_relpath(data["image_root"], f"{key}.image_root") if data.get("image_root") is not None else None
+    vectors_file = (
+        safe_relpath(data["vectors_file"], f"{key}.vectors_file") if data.get("vectors_file") is not None else None
+    )
     if list_file and folder:
         raise ManifestError(f"{key}.folder", "give either list_file or folder, not both")
     if vectors_file and (list_file or folder):

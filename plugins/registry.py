@@ -18,28 +18,53 @@ Example::
     det, rec = pack.detector_spec(), pack.extractor_spec()
     gallery = pack.gallery()                       # its default gallery: folder, dimension, index settings
 """
+
 from __future__ import annotations
 
 import copy
 import importlib.machinery
 import importlib.util
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from shitu.plugins import runtime_check, store
 from shitu.plugins.embedding_space import embedding_space
+from shitu.plugins.errors import ManifestError, PackError
 from shitu.plugins.gallery_spec import GallerySpec
 from shitu.plugins.installer import install as _install
 from shitu.plugins.installer import install_hint  # noqa: F401 - also the registry's (Pack.unavailable_reason)
-from shitu.plugins.errors import ManifestError, PackError
-from shitu.plugins.manifest import (MANIFEST_FILE, GalleryEntry, Manifest, ModelEntry, read_manifest, version_key,
-                       version_matches)
+from shitu.plugins.manifest import (
+    MANIFEST_FILE,
+    GalleryEntry,
+    Manifest,
+    ModelEntry,
+    read_manifest,
+    version_key,
+    version_matches,
+)
 
-__all__ = ["FileCheck", "GallerySpec", "ManifestError", "Pack", "PackError", "PackInfo", "default_pack_name",
-           "find_pack", "get_pack", "install", "list_packs", "rollback", "select", "uninstall", "use", "verify",
-           "verify_files"]
+__all__ = [
+    "FileCheck",
+    "GallerySpec",
+    "ManifestError",
+    "Pack",
+    "PackError",
+    "PackInfo",
+    "default_pack_name",
+    "find_pack",
+    "get_pack",
+    "install",
+    "list_packs",
+    "rollback",
+    "select",
+    "uninstall",
+    "use",
+    "verify",
+    "verify_files",
+]
 
 ENTRY_POINT_GROUP = "shitu.packs"
 FALLBACK_DEFAULT = "general-lite"
@@ -157,8 +182,9 @@ class Pack:
         from shitu.model_spec import ModelSpec, ModelSpecError
 
         if not self.compatible:
-            raise PackError(f"pack {self.name!r} {self.version} needs shitu-hub {self._m.shitu_hub}; this is "
-                            f"{shitu_version()}")
+            raise PackError(
+                f"pack {self.name!r} {self.version} needs shitu-hub {self._m.shitu_hub}; this is {shitu_version()}"
+            )
         if self.missing_files(role):
             raise PackError(self.fetch_instructions())
         entry = self._m.models[role]
@@ -185,19 +211,28 @@ class Pack:
 
     def fetch_instructions(self) -> str:
         missing = self.missing_files()
-        head = (f"pack {self.name!r} {self.version} ({self.source}, {self.root}): model files are not installed "
-                f"(missing: {', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}).")
+        head = (
+            f"pack {self.name!r} {self.version} ({self.source}, {self.root}): model files are not installed "
+            f"(missing: {', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})."
+        )
         if self.source == "store":
             origin = (self.record or {}).get("source") or "its folder, archive or URL"
-            return (head + f"\nThe installed copy is damaged: run `shitu plugins remove {self.name} {self.version}` "
-                    f"and install it again from {origin}.")
+            return (
+                head + f"\nThe installed copy is damaged: run `shitu plugins remove {self.name} {self.version}` "
+                f"and install it again from {origin}."
+            )
         return head + "\n" + install_hint(self.name, self.downloads())
 
     # -- galleries -------------------------------------------------------------------------------------------------
     def _gallery_spec(self, g: GalleryEntry, rec: ModelEntry) -> GallerySpec:
         return GallerySpec(
-            pack=self.name, name=g.name, title=g.title, description=g.description,
-            embedding_size=int(rec.embedding_size or 0), index_method=g.index_method, dist_type=g.dist_type,
+            pack=self.name,
+            name=g.name,
+            title=g.title,
+            description=g.description,
+            embedding_size=int(rec.embedding_size or 0),
+            index_method=g.index_method,
+            dist_type=g.dist_type,
             delimiter=g.delimiter,
             list_file=self.root / g.list_file if g.list_file else None,
             image_root=self.root / g.image_root if g.image_root else None,
@@ -213,8 +248,9 @@ class Pack:
         try:
             return self.galleries[key]
         except KeyError:
-            raise PackError(f"pack {self.name!r} has no gallery {key!r} (galleries: "
-                            f"{', '.join(self.galleries)})") from None
+            raise PackError(
+                f"pack {self.name!r} has no gallery {key!r} (galleries: {', '.join(self.galleries)})"
+            ) from None
 
     def gallery_dir(self, name: str | None = None) -> Path:
         """``$SHITU_HOME/galleries/<pack>/<gallery>``."""
@@ -305,8 +341,10 @@ def _entrypoints() -> list[_Found]:
             continue
         item = _found("entrypoint", root, ep.name, detail)
         if item.manifest is not None and item.manifest.name != ep.name:
-            item.error = (f"entry point {detail}: its manifest names the pack {item.manifest.name!r}; the entry "
-                          "point name must be the pack name")
+            item.error = (
+                f"entry point {detail}: its manifest names the pack {item.manifest.name!r}; the entry "
+                "point name must be the pack name"
+            )
             item.manifest = None
             item.name = ep.name
         found.append(item)
@@ -323,8 +361,10 @@ def _store(name: str | None = None) -> list[_Found]:
             if item.record:
                 item.detail = str(item.record.get("source", ""))
             if item.manifest is not None and (item.manifest.name, item.manifest.version) != (n, v):
-                item.error = (f"{folder}: the manifest says {item.manifest.name} {item.manifest.version}, the "
-                              "store folder says otherwise")
+                item.error = (
+                    f"{folder}: the manifest says {item.manifest.name} {item.manifest.version}, the "
+                    "store folder says otherwise"
+                )
                 item.manifest = None
                 item.name = n
             found.append(item)
@@ -354,8 +394,9 @@ def _pick(items: list[_Found], name: str, version: str | None) -> _Found:
                 if i.source == source and i.manifest.version == version:  # type: ignore[union-attr]
                     return i
         have = sorted({i.manifest.version for i in good}, key=version_key)  # type: ignore[union-attr]
-        raise PackError(f"pack {name!r} has no version {version!r}"
-                        + (f" (available: {', '.join(have)})" if have else ""))
+        raise PackError(
+            f"pack {name!r} has no version {version!r}" + (f" (available: {', '.join(have)})" if have else "")
+        )
     stored = [i for i in items if i.name == name and i.source == "store"]
     if stored:  # the store has the pack: its current version, even when broken (never a silent fallback)
         current = store.current_version(name)
@@ -372,8 +413,10 @@ def _pick(items: list[_Found], name: str, version: str | None) -> _Found:
     if broken:
         raise PackError(f"pack {name!r} cannot be used: {broken[0].error}")
     known = sorted({i.name for i in _discover() if i.manifest is not None})
-    raise PackError(f"no pack named {name!r} (known: {', '.join(known) or 'none'}); install one with "
-                    "`shitu plugins install <folder|archive|url|name>`")
+    raise PackError(
+        f"no pack named {name!r} (known: {', '.join(known) or 'none'}); install one with "
+        "`shitu plugins install <folder|archive|url|name>`"
+    )
 
 
 def _to_pack(item: _Found) -> Pack:
@@ -399,13 +442,34 @@ def list_packs() -> list[PackInfo]:
     out = []
     for i in items:
         if i.manifest is None:
-            out.append(PackInfo(name=i.name, version="?", title="", source=i.source, root=i.root,
-                                default=i.name == default, error=i.error, detail=i.detail))
+            out.append(
+                PackInfo(
+                    name=i.name,
+                    version="?",
+                    title="",
+                    source=i.source,
+                    root=i.root,
+                    default=i.name == default,
+                    error=i.error,
+                    detail=i.detail,
+                )
+            )
             continue
         pack = _to_pack(i)
-        out.append(PackInfo(name=pack.name, version=pack.version, title=pack.title, source=i.source, root=i.root,
-                            current=resolved.get(i.name) is i, default=pack.name == default,
-                            available=pack.is_available(), compatible=pack.compatible, detail=i.detail))
+        out.append(
+            PackInfo(
+                name=pack.name,
+                version=pack.version,
+                title=pack.title,
+                source=i.source,
+                root=i.root,
+                current=resolved.get(i.name) is i,
+                default=pack.name == default,
+                available=pack.is_available(),
+                compatible=pack.compatible,
+                detail=i.detail,
+            )
+        )
     order = {s: n for n, s in enumerate(SOURCES)}
     out.sort(key=lambda p: (p.name, order[p.source], version_key(p.version)))
     return out
@@ -416,8 +480,10 @@ def get_pack(name: str | None = None, version: str | None = None) -> Pack:
     name = name or default_pack_name()
     pack = _to_pack(_pick(_discover(name), name, version))
     if not pack.compatible:
-        raise PackError(f"pack {pack.name!r} {pack.version} ({pack.source}) needs shitu-hub {pack.shitu_hub}; "
-                        f"this is {shitu_version()}")
+        raise PackError(
+            f"pack {pack.name!r} {pack.version} ({pack.source}) needs shitu-hub {pack.shitu_hub}; "
+            f"this is {shitu_version()}"
+        )
     return pack
 
 
@@ -440,9 +506,15 @@ def _info_of(name: str, version: str) -> PackInfo:
     raise PackError(f"pack {name!r} {version} is not in the store")  # pragma: no cover - just committed
 
 
-def install(source: str, *, name: str | None = None, trust: bool = False,
-            sha256: str | Iterable[str] | None = None, progress: bool = True,
-            from_files: Iterable[str | os.PathLike] | None = None) -> PackInfo:
+def install(
+    source: str,
+    *,
+    name: str | None = None,
+    trust: bool = False,
+    sha256: str | Iterable[str] | None = None,
+    progress: bool = True,
+    from_files: Iterable[str | os.PathLike] | None = None,
+) -> PackInfo:
     """Install a pack into the store and make it current; return its :class:`PackInfo`.
 
     ``source``: a pack folder, a ``pack.yaml``, a ``.tar``/``.tar.gz``/``.tgz``/``.zip`` archive, an http(s) URL
@@ -452,8 +524,9 @@ def install(source: str, *, name: str | None = None, trust: bool = False,
     whose manifest publishes none (and for a URL / archive source itself); ``trust``: accept such files unverified
     (their hashes are recorded, so ``verify`` notices later changes).
     """
-    installed_name, version = _install(source, name=name, trust=trust, sha256=sha256, progress=progress,
-                                       from_files=from_files, find_pack=_discover)
+    installed_name, version = _install(
+        source, name=name, trust=trust, sha256=sha256, progress=progress, from_files=from_files, find_pack=_discover
+    )
     return _info_of(installed_name, version)
 
 
@@ -491,13 +564,13 @@ def use(name: str, version: str | None = None, *, default: bool = True) -> Pack:
         versions = store.installed_versions(name)
         if version is not None and versions:
             if version not in versions:
-                raise PackError(f"pack {name!r} {version} is not installed (installed: {', '.join(versions)}); "
-                                f"install it first")
+                raise PackError(
+                    f"pack {name!r} {version} is not installed (installed: {', '.join(versions)}); install it first"
+                )
             store.set_current(name, version)
         pack = find_pack(name, version)
         if not pack.compatible:
-            raise PackError(f"pack {name!r} {pack.version} needs shitu-hub {pack.shitu_hub}; this is "
-                            f"{shitu_version()}")
+            raise PackError(f"pack {name!r} {pack.version} needs shitu-hub {pack.shitu_hub}; this is {shitu_version()}")
         if default:
             store.write_default(name)
     return pack
@@ -513,9 +586,11 @@ def rollback(name: str) -> str:
             if not versions:
                 raise PackError(f"pack {name!r}: no earlier version to roll back to (not in the store)")
             served = store.current_version(name)
-            raise PackError(f"pack {name!r}: no earlier version to roll back to: {served} is current and no other "
-                            f"version was current before it (installed: {', '.join(versions)}); switch to any "
-                            f"installed version with `shitu plugins use {name} VERSION`")
+            raise PackError(
+                f"pack {name!r}: no earlier version to roll back to: {served} is current and no other "
+                f"version was current before it (installed: {', '.join(versions)}); switch to any "
+                f"installed version with `shitu plugins use {name} VERSION`"
+            )
         previous = history.pop(0)
         store.write_pointer(name, previous, history)
     return previous
@@ -532,20 +607,27 @@ def verify_files(name: str, version: str | None = None) -> list[FileCheck]:
     def check(rel: str, expected: str | None, size: int | None, optional: bool) -> None:
         path = pack.root / rel
         if not path.is_file():
-            out.append(FileCheck(pack.name, pack.version, rel, "absent-optional" if optional else "missing",
-                                 "optional, not present" if optional else "not present"))
+            out.append(
+                FileCheck(
+                    pack.name,
+                    pack.version,
+                    rel,
+                    "absent-optional" if optional else "missing",
+                    "optional, not present" if optional else "not present",
+                )
+            )
             return
         rec = recorded.get(rel) or {}
         want = expected or rec.get("sha256")
         actual_size = path.stat().st_size
         want_size = size if size is not None else rec.get("size")
         if want_size is not None and actual_size != want_size:
-            out.append(FileCheck(pack.name, pack.version, rel, "size",
-                                 f"{actual_size} bytes, expected {want_size}"))
+            out.append(FileCheck(pack.name, pack.version, rel, "size", f"{actual_size} bytes, expected {want_size}"))
             return
         if not want:
-            out.append(FileCheck(pack.name, pack.version, rel, "unverified", "no sha256 in the manifest or the "
-                                 "install record"))
+            out.append(
+                FileCheck(pack.name, pack.version, rel, "unverified", "no sha256 in the manifest or the install record")
+            )
             return
         got = sha256_file(path)
         if got != want:
@@ -586,8 +668,11 @@ def verify(name: str, version: str | None = None) -> list[str]:
     problems = []
     if not pack.compatible:
         problems.append(f"{pack.name} {pack.version}: needs shitu-hub {pack.shitu_hub}, this is {shitu_version()}")
-    problems += [f"{c.pack} {c.version}: {c.path}: {c.status}: {c.detail}"
-                 for c in verify_files(name, pack.version if version is None else version) if c.problem]
+    problems += [
+        f"{c.pack} {c.version}: {c.path}: {c.status}: {c.detail}"
+        for c in verify_files(name, pack.version if version is None else version)
+        if c.problem
+    ]
     return problems
 
 

@@ -14,6 +14,7 @@ for the detector and the recogniser (this module never imports the serving stack
   enabled for a model only if this record says that exact pass list ran (:func:`onednn_allowed`), so nothing a
   request chooses (a scenario, a parameter) can select a runtime setting that was not verified.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -42,14 +43,25 @@ def _declared_onednn(entry: ModelEntry) -> tuple[bool, list[str] | None]:
     return bool(desc.get("onednn")) and passes is not None, (list(passes) if passes is not None else None)
 
 
-def _run_child(entry: ModelEntry, root: Path, onednn: bool, timeout: float, backend: str = "paddle"
-               ) -> dict[str, Any]:
-    request = {"kind": entry.kind, "model_dir": str(root / entry.path), "description": entry.description,
-               "onednn": onednn, "cpu_threads": 1, "backend": backend}
+def _run_child(entry: ModelEntry, root: Path, onednn: bool, timeout: float, backend: str = "paddle") -> dict[str, Any]:
+    request = {
+        "kind": entry.kind,
+        "model_dir": str(root / entry.path),
+        "description": entry.description,
+        "onednn": onednn,
+        "cpu_threads": 1,
+        "backend": backend,
+    }
     env = dict(os.environ, GLOG_minloglevel="2", FLAGS_call_stack_level="0")
     try:
-        proc = subprocess.run([sys.executable, "-m", RUNNER], input=json.dumps(request), capture_output=True,
-                              text=True, timeout=timeout, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-m", RUNNER],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
     except subprocess.TimeoutExpired:
         return {"status": "timeout", "detail": f"did not load and run one image within {timeout:g} s"}
     if proc.returncode < 0:
@@ -78,8 +90,11 @@ def check_model(entry: ModelEntry, root: Path, timeout: float = TIMEOUT_S) -> di
         if record["status"] == "error" and onednn:
             retry = _run_child(entry, root, False, timeout)
             if retry["status"] == "ok":
-                record.update(status="ok", onednn=False,
-                              detail=f"oneDNN left off: with the pass list it failed ({record['detail']})")
+                record.update(
+                    status="ok",
+                    onednn=False,
+                    detail=f"oneDNN left off: with the pass list it failed ({record['detail']})",
+                )
     if entry.description.get("onnx_file"):
         # Global.*_backend `auto` runs a model that ships its ONNX file on onnxruntime: check that runtime too.
         record["onnxruntime"] = _run_child(entry, root, False, timeout, backend="onnxruntime")
@@ -97,17 +112,24 @@ def refusal(manifest: Manifest, results: dict[str, dict[str, Any]], where: str) 
     for role, rec in results.items():
         ort = rec.get("onnxruntime") or {}
         if ort.get("status") in FATAL:
-            return (f"{where}: models.{role} ({manifest.models[role].name}) on onnxruntime: {ort['detail']}. The "
-                    "pack is refused: a request would crash the server the same way (check its ONNX file).")
+            return (
+                f"{where}: models.{role} ({manifest.models[role].name}) on onnxruntime: {ort['detail']}. The "
+                "pack is refused: a request would crash the server the same way (check its ONNX file)."
+            )
         if rec.get("status") not in FATAL:
             continue
         entry = manifest.models[role]
-        how = (f"oneDNN on with passes {rec.get('onednn_passes')}" if rec.get("onednn") else "oneDNN off")
-        return (f"{where}: models.{role} ({entry.name}) {rec['detail']} ({how}). The pack is refused: a request "
-                f"would crash the server the same way. "
-                + ("oneDNN passes are model-specific: set `onednn: false` for this model, or give an "
-                   "`onednn_passes` list verified on it." if rec.get("onednn") else
-                   "Check that the model files belong together and run with this paddle version."))
+        how = f"oneDNN on with passes {rec.get('onednn_passes')}" if rec.get("onednn") else "oneDNN off"
+        return (
+            f"{where}: models.{role} ({entry.name}) {rec['detail']} ({how}). The pack is refused: a request "
+            f"would crash the server the same way. "
+            + (
+                "oneDNN passes are model-specific: set `onednn: false` for this model, or give an "
+                "`onednn_passes` list verified on it."
+                if rec.get("onednn")
+                else "Check that the model files belong together and run with this paddle version."
+            )
+        )
     return None
 
 
@@ -115,11 +137,18 @@ def onednn_allowed(record: dict[str, Any] | None, role: str, description: dict[s
     """Whether the install record shows the model ``role`` ran with oneDNN on and exactly this pass list."""
     rec = ((record or {}).get("runtime") or {}).get(role) or {}
     passes = description.get("onednn_passes")
-    return (rec.get("status") == "ok" and bool(rec.get("onednn")) and passes is not None
-            and list(passes) == list(rec.get("onednn_passes") or []))
+    return (
+        rec.get("status") == "ok"
+        and bool(rec.get("onednn"))
+        and passes is not None
+        and list(passes) == list(rec.get("onednn_passes") or [])
+    )
 
 
 def summary(results: dict[str, dict[str, Any]]) -> list[str]:
     """One line per model: ``detector: ok (oneDNN on): ...``."""
-    return [f"{role}: {rec.get('status')} (oneDNN {'on' if rec.get('onednn') else 'off'})"
-            + (f": {rec['detail']}" if rec.get("detail") else "") for role, rec in results.items()]
+    return [
+        f"{role}: {rec.get('status')} (oneDNN {'on' if rec.get('onednn') else 'off'})"
+        + (f": {rec['detail']}" if rec.get("detail") else "")
+        for role, rec in results.items()
+    ]

@@ -16,6 +16,7 @@ Every change is made in a staging folder inside ``packs/.tmp`` and committed wit
 lock; pointer files are replaced atomically (write a temporary file, fsync, ``os.replace``). So a reader never
 sees half a version, and an install that fails or is killed leaves the previous state as it was.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,8 +27,9 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from shitu.files import fsync_dir as _fsync_dir
 from shitu.plugins.errors import PackError
@@ -89,8 +91,10 @@ def lock(timeout: float | None = None) -> Iterator[Path]:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                     raise
                 if time.monotonic() >= deadline:
-                    raise PackError(f"{root}: another shitu command is changing the pack store (lock held for "
-                                    f"more than {timeout:g} s; SHITU_LOCK_TIMEOUT)") from None
+                    raise PackError(
+                        f"{root}: another shitu command is changing the pack store (lock held for "
+                        f"more than {timeout:g} s; SHITU_LOCK_TIMEOUT)"
+                    ) from None
                 time.sleep(0.1)
         _clean_tmp(root / TMP_DIR)
         try:
@@ -137,8 +141,9 @@ def installed_versions(name: str) -> list[str]:
     folder = packs_dir() / name
     if not NAME_RE.match(name) or not folder.is_dir():
         return []
-    found = [p.name for p in folder.iterdir()
-             if p.is_dir() and VERSION_RE.match(p.name) and (p / MANIFEST_FILE).is_file()]
+    found = [
+        p.name for p in folder.iterdir() if p.is_dir() and VERSION_RE.match(p.name) and (p / MANIFEST_FILE).is_file()
+    ]
     return sorted(found, key=version_key)
 
 

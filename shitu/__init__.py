@@ -7,6 +7,7 @@ Subpackages:
 - :mod:`shitu.plugins` -- the scenario-pack registry and the built-in packs.
 - :mod:`shitu.hub_modules` -- the PaddleHub modules served with ``hub serving``.
 """
+
 from ._version import __version__
 
 __all__ = ["__version__"]

@@ -4,6 +4,7 @@ An error names what was wrong (``unknown operation 'serch'``) but a hostile requ
 repeat megabytes back (an 8 MB ``operation`` became a 21 MB answer and 17 MB of log per request) or spend seconds
 comparing a 24 MB name with every known one. :func:`clip` is the one way an error message quotes client input.
 """
+
 from __future__ import annotations
 
 import re

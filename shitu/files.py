@@ -4,6 +4,7 @@ and a folder built whole beside its destination, then renamed into place.
 Both ``shitu.plugins`` (pack store, downloads) and ``shitu.serving`` (galleries, builds) import these, so there
 is one copy of each.
 """
+
 from __future__ import annotations
 
 import hashlib

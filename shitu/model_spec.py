@@ -27,6 +27,7 @@ A folder with neither gets the PaddleClas defaults for its kind.
     onednn_passes: [...]            # the oneDNN pass list verified for this model; without one oneDNN stays
                                     # off (paddle's implicit default list is never used: it can segfault)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -42,8 +43,14 @@ MODEL_FILE_CANDIDATES = ("inference.json", "inference.pdmodel", "model.json", "m
 #: PaddleClas's default recognition pre-processing (ImageNet statistics, RGB).
 DEFAULT_REC_OPS: list[dict[str, Any]] = [
     {"ResizeImage": {"size": [224, 224], "return_numpy": False, "interpolation": "bilinear", "backend": "cv2"}},
-    {"NormalizeImage": {"scale": 1.0 / 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                        "order": "hwc"}},
+    {
+        "NormalizeImage": {
+            "scale": 1.0 / 255.0,
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+            "order": "hwc",
+        }
+    },
     {"ToCHWImage": None},
 ]
 #: PP-ShiTu's mainbody detector pre-processing (PicoDet, 640x640).
@@ -77,7 +84,7 @@ class ModelSpec:
     onednn_passes: list[str] | None = None
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], model_dir: str | Path) -> "ModelSpec":
+    def from_dict(cls, data: dict[str, Any], model_dir: str | Path) -> ModelSpec:
         model_dir = Path(model_dir)
         data = _with_paddledet_cfg(data, model_dir)
         known = set(cls.__dataclass_fields__) - {"model_dir"}
@@ -97,7 +104,7 @@ class ModelSpec:
         return spec
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, kind: str | None = None) -> "ModelSpec":
+    def from_dir(cls, model_dir: str | Path, kind: str | None = None) -> ModelSpec:
         """Read ``shitu_model.yml`` or PaddleDetection's ``infer_cfg.yml`` in ``model_dir``."""
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
@@ -119,7 +126,7 @@ class ModelSpec:
             data["decoder"] = "paddledet"
         return cls.from_dict(data, model_dir)
 
-    def with_transform_ops(self, ops: list[dict[str, Any]] | None) -> "ModelSpec":
+    def with_transform_ops(self, ops: list[dict[str, Any]] | None) -> ModelSpec:
         """This description with pre-processing ``ops`` instead of the folder's (``None``: unchanged).
 
         ``DetPreProcess.transform_ops`` / ``RecPreProcess.transform_ops`` reach the engine through this."""
@@ -132,8 +139,7 @@ class ModelSpec:
         else:
             found = [self.model_dir / n for n in MODEL_FILE_CANDIDATES if (self.model_dir / n).is_file()]
             if not found:
-                raise ModelSpecError(
-                    f"{self.model_dir}: no model file (looked for {', '.join(MODEL_FILE_CANDIDATES)})")
+                raise ModelSpecError(f"{self.model_dir}: no model file (looked for {', '.join(MODEL_FILE_CANDIDATES)})")
             model = found[0]
         params = self.model_dir / (self.params_file or (model.stem + ".pdiparams"))
         for p in (model, params):
@@ -179,13 +185,25 @@ def _from_paddledet_cfg(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
         step = dict(step)
         kind = step.pop("type", None)
         if kind == "Resize":
-            ops.append({"DetResize": {"target_size": step.get("target_size", [640, 640]),
-                                      "keep_ratio": step.get("keep_ratio", False),
-                                      "interp": step.get("interp", 2)}})
+            ops.append(
+                {
+                    "DetResize": {
+                        "target_size": step.get("target_size", [640, 640]),
+                        "keep_ratio": step.get("keep_ratio", False),
+                        "interp": step.get("interp", 2),
+                    }
+                }
+            )
         elif kind == "NormalizeImage":
-            ops.append({"DetNormalizeImage": {"is_scale": step.get("is_scale", True),
-                                              "mean": step.get("mean", [0.485, 0.456, 0.406]),
-                                              "std": step.get("std", [0.229, 0.224, 0.225])}})
+            ops.append(
+                {
+                    "DetNormalizeImage": {
+                        "is_scale": step.get("is_scale", True),
+                        "mean": step.get("mean", [0.485, 0.456, 0.406]),
+                        "std": step.get("std", [0.229, 0.224, 0.225]),
+                    }
+                }
+            )
         elif kind == "Permute":
             ops.append({"DetPermute": {}})
         elif kind == "PadStride":

@@ -3,6 +3,7 @@
 :data:`GALLERY_NAME` -- what a gallery name may be: letters, digits, ``_ . -``, starting with a letter or digit, at
 most 64 characters. Requests pick galleries by such a name, never by a path; pack manifests declare galleries by it.
 """
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """Shared fixtures. The test session gets its own SHITU_HOME and HUB_HOME so nothing touches the user's."""
+
 from __future__ import annotations
 
 import os
@@ -39,12 +40,16 @@ def models_dir() -> Path:
 @pytest.fixture(scope="session")
 def engine(models_dir):
     """The embedded default models, loaded once per test session (oneDNN on, as served)."""
+    from shitu.model_spec import ModelSpec
     from shitu.params import merge
     from shitu.serving.engine.engine import Engine
-    from shitu.model_spec import ModelSpec
 
-    eng = Engine(ModelSpec.from_dir(models_dir / "det"), ModelSpec.from_dir(models_dir / "rec"), merge(GENERAL_LITE),
-                 gallery_root=_SESSION_HOME / "engine-galleries")
+    eng = Engine(
+        ModelSpec.from_dir(models_dir / "det"),
+        ModelSpec.from_dir(models_dir / "rec"),
+        merge(GENERAL_LITE),
+        gallery_root=_SESSION_HOME / "engine-galleries",
+    )
     yield eng
     eng.close()
 
@@ -150,7 +155,7 @@ def start_served(tmp: Path, workers: int = 1, init_args: dict | None = None) -> 
         hub_serving.wait_ready(url, proc)
     except Exception:
         hub_serving.stop(proc)
-        raise RuntimeError(f"hub serving did not start; log:\n{log.read_text()[-3000:]}")
+        raise RuntimeError(f"hub serving did not start; log:\n{log.read_text()[-3000:]}") from None
     return Served(url, proc, log)
 
 
@@ -165,8 +170,11 @@ def served_multi(tmp_path_factory):
     """``hub serving`` in gunicorn mode with 2 workers and an admin token for gallery changes."""
     from shitu.serving.hub import control as hub_serving
 
-    s = start_served(tmp_path_factory.mktemp("served-multi"), workers=2,
-                     init_args={"token": ADMIN_TOKEN, "params": {"Limits": {"response_timeout": ANSWER_DEADLINE}}})
+    s = start_served(
+        tmp_path_factory.mktemp("served-multi"),
+        workers=2,
+        init_args={"token": ADMIN_TOKEN, "params": {"Limits": {"response_timeout": ANSWER_DEADLINE}}},
+    )
     yield s
     hub_serving.stop(s.proc)
 
@@ -176,8 +184,9 @@ def served(tmp_path_factory):
     """One real ``hub serving`` (single process, all four modules) shared by the whole test session."""
     from shitu.serving.hub import control as hub_serving
 
-    s = start_served(tmp_path_factory.mktemp("served"), init_args={"params": {"Limits": {
-        "response_timeout": ANSWER_DEADLINE}}})
+    s = start_served(
+        tmp_path_factory.mktemp("served"), init_args={"params": {"Limits": {"response_timeout": ANSWER_DEADLINE}}}
+    )
     yield s
     hub_serving.stop(s.proc)
 

@@ -1,9 +1,11 @@
 """Store-installable copies of the embedded general-lite pack, for tests that need real models in a pack."""
+
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -13,8 +15,13 @@ BUILTIN = Path(registry.BUILTIN_DIR) / "general_lite"
 CRASHING_PASSES = ["conv2d_bias_fuse_pass", "conv_activation_onednn_fuse_pass"]
 
 
-def lite_pack(folder: Path, name: str, det_passes="keep", version: str = "1.0.0",
-              mutate: Callable[[dict[str, Any]], None] | None = None) -> Path:
+def lite_pack(
+    folder: Path,
+    name: str,
+    det_passes="keep",
+    version: str = "1.0.0",
+    mutate: Callable[[dict[str, Any]], None] | None = None,
+) -> Path:
     """A store-installable copy of general-lite (paddle files and the centering vector only, its demo gallery vectors), with the detector's
     pass list changed: ``None`` drops the key (the README template's optional list), a list replaces it.
     ``mutate`` edits the manifest dict before it is written."""

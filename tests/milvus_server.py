@@ -9,6 +9,7 @@
   reach the server through ``PYTHONPATH``. The client side (``pymilvus`` 2.5, speaking the same gRPC API) is in the
   venv. Missing, the tests skip saying so.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,9 +53,23 @@ class MilvusServer:
         env = {**os.environ, "PYTHONPATH": str(LITE_PATH)}
         self.log = open(self.data_dir.parent / "milvus-lite.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.data_dir), "--host",
-             "127.0.0.1", "--port", str(self.port)],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "milvus_lite",
+                "server",
+                "--data-dir",
+                str(self.data_dir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -3,6 +3,7 @@
 The shipped file is used as it is, except its upstream ``server`` lines (pointed at the given instances) and its
 ``listen`` port (a free loopback port). nginx runs in the foreground (``daemon off``) with a temporary prefix.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,23 +48,38 @@ class Nginx:
             f"http {{\n  access_log {prefix}/logs/access.log;\n"
             f"  client_body_temp_path {prefix}/body;\n  proxy_temp_path {prefix}/proxy;\n"
             f"  fastcgi_temp_path {prefix}/fastcgi;\n  uwsgi_temp_path {prefix}/uwsgi;\n"
-            f"  scgi_temp_path {prefix}/scgi;\n  include {prefix}/shitu-hub.conf;\n}}\n")
+            f"  scgi_temp_path {prefix}/scgi;\n  include {prefix}/shitu-hub.conf;\n}}\n"
+        )
         self.proc: subprocess.Popen | None = None
 
     def check(self) -> str:
         """``nginx -t`` on the rendered configuration; returns its output (raises if invalid)."""
-        out = subprocess.run([nginx_binary() or "nginx", "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"),
-                              "-t"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [nginx_binary() or "nginx", "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"), "-t"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         if out.returncode != 0:
             raise RuntimeError(f"nginx -t failed:\n{out.stderr}")
         return out.stderr
 
     def start(self, timeout: float = 30.0) -> None:
         self.check()
-        self.proc = subprocess.Popen([nginx_binary() or "nginx", "-p", str(self.prefix), "-c",
-                                      str(self.prefix / "nginx.conf"), "-g", "daemon off;"],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.prefix / "logs" / "stderr", "ab"),
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [
+                nginx_binary() or "nginx",
+                "-p",
+                str(self.prefix),
+                "-c",
+                str(self.prefix / "nginx.conf"),
+                "-g",
+                "daemon off;",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.prefix / "logs" / "stderr", "ab"),
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -2,6 +2,7 @@
 
 Real embedded models through paddle.inference, real paddle training, the real ``shitu`` CLI entry point.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,13 @@ def test_adapt_cli_writes_a_loadable_recogniser(adapted, photos, capsys):
     from shitu.serving.engine import load_engine
 
     tmp, out = adapted
-    assert {p.name for p in out.iterdir()} >= {"model.json", "model.pdiparams", "projection.npy", "shitu_model.yml",
-                                               "adapt_report.json"}
+    assert {p.name for p in out.iterdir()} >= {
+        "model.json",
+        "model.pdiparams",
+        "projection.npy",
+        "shitu_model.yml",
+        "adapt_report.json",
+    }
     report = json.loads((out / "adapt_report.json").read_text())
     assert report["classes"] == 3 and report["train_views"] == 6 and 0 <= report["heldout_r1_after"] <= 1
     spec = ModelSpec.from_dir(out, "extractor")
@@ -98,8 +104,16 @@ def test_write_recognizer_carries_the_folders_other_files_but_not_old_network_fi
     spec = ModelSpec.from_dir(rec, "extractor")
     report = AdaptReport(2, 2, 2, 1, 0.0, 0.5, 1.0)
     out = write_recognizer(spec, "gem", np.eye(512, dtype=np.float32), tmp_path / "head", report)
-    assert {p.name for p in out.iterdir()} == {"model.json", "model.pdiparams", "model.onnx", "shitu_model.yml",
-                                               "projection.npy", "adapt_report.json", "centering.npy", "NOTICE.txt"}
+    assert {p.name for p in out.iterdir()} == {
+        "model.json",
+        "model.pdiparams",
+        "model.onnx",
+        "shitu_model.yml",
+        "projection.npy",
+        "adapt_report.json",
+        "centering.npy",
+        "NOTICE.txt",
+    }
 
     def save(d):
         shutil.copy2(rec / "model.json", d / "net.json")
@@ -107,8 +121,15 @@ def test_write_recognizer_carries_the_folders_other_files_but_not_old_network_fi
         return "net.json", "net.pdiparams"
 
     out = write_recognizer(spec, "gem", np.eye(512, dtype=np.float32), tmp_path / "ft", report, save_network=save)
-    assert {p.name for p in out.iterdir()} == {"net.json", "net.pdiparams", "shitu_model.yml", "projection.npy",
-                                               "adapt_report.json", "centering.npy", "NOTICE.txt"}
+    assert {p.name for p in out.iterdir()} == {
+        "net.json",
+        "net.pdiparams",
+        "shitu_model.yml",
+        "projection.npy",
+        "adapt_report.json",
+        "centering.npy",
+        "NOTICE.txt",
+    }
     written = ModelSpec.from_dir(out, "extractor")
     assert (written.model_file, written.params_file, written.onnx_file) == ("net.json", "net.pdiparams", None)
 

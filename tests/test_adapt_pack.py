@@ -4,6 +4,7 @@ embedding space, ``plugins rollback`` / ``use`` switching recogniser and galleri
 Real path throughout: the embedded models through paddle.inference, real paddle training (a few steps), the real
 installer (hashes, a child-process test run of each model), real faiss galleries, the ``shitu`` CLI entry point.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -25,7 +26,6 @@ def home(tmp_path_factory):
     import os
 
     from shitu.plugins import registry
-    from shitu.serving.engine import load_engine
 
     tmp = tmp_path_factory.mktemp("adapt-pack")
     old = os.environ.get("SHITU_HOME")
@@ -48,8 +48,9 @@ def head_delta(pack):
 def _vectors(gallery_dir):
     conn = sqlite3.connect(str(gallery_dir / "gallery.db"))
     try:
-        rows = conn.execute("SELECT i.id, i.label, v.vector FROM items i JOIN vectors v ON v.slot = i.slot "
-                            "ORDER BY i.id").fetchall()
+        rows = conn.execute(
+            "SELECT i.id, i.label, v.vector FROM items i JOIN vectors v ON v.slot = i.slot ORDER BY i.id"
+        ).fetchall()
     finally:
         conn.close()
     return [r[0] for r in rows], [r[1] for r in rows], np.stack([np.frombuffer(r[2], "<f4") for r in rows])
@@ -64,8 +65,9 @@ def adapted(home, photos, queries):
     base = load_engine(PACK, params=ONE_THREAD)
     try:
         base.gallery()  # the pack's demo gallery, built from its vectors file in the base space
-        ids = base.gallery_add([photos[k] for k in ("cat", "coffee", "rocket")], ["cat", "coffee", "rocket"],
-                               gallery="shop")
+        ids = base.gallery_add(
+            [photos[k] for k in ("cat", "coffee", "rocket")], ["cat", "coffee", "rocket"], gallery="shop"
+        )
         before = base.recognize([queries["cat_mirrored_crop"]], gallery="shop")[0]
         shop_dir = base.gallery_path("shop")
     finally:
@@ -126,8 +128,9 @@ def test_rollback_returns_to_the_old_recogniser_and_its_untouched_galleries(adap
             ids, _, vecs = _vectors(eng.gallery_path("shop"))
             assert ids == old_ids and np.array_equal(vecs, old_vecs)
             got = eng.recognize([queries["cat_mirrored_crop"]], gallery="shop")[0]
-            assert [(r.label, round(r.score, 4)) for r in got] == \
-                [(r.label, round(r.score, 4)) for r in adapted["before"]]
+            assert [(r.label, round(r.score, 4)) for r in got] == [
+                (r.label, round(r.score, 4)) for r in adapted["before"]
+            ]
         finally:
             eng.close()
     finally:
@@ -205,8 +208,12 @@ def test_reembed_from_stored_images_when_no_head_maps_the_vectors(tmp_path, engi
         cv2.imwrite(str(tmp_path / f"{k}.png"), photos[k])
         paths.append(tmp_path / f"{k}.png")
     with Gallery.create(old / "g", 512, index_method="Flat") as g:
-        g.add(np.eye(2, 512, dtype=np.float32), ["cat", "coffee"], sources=[str(p) for p in paths],
-              content_hashes=[hashlib.sha256(p.read_bytes()).hexdigest() for p in paths])
+        g.add(
+            np.eye(2, 512, dtype=np.float32),
+            ["cat", "coffee"],
+            sources=[str(p) for p in paths],
+            content_hashes=[hashlib.sha256(p.read_bytes()).hexdigest() for p in paths],
+        )
     with Gallery.create(old / ".g.building-1", 512, index_method="Flat") as g:  # a build in progress: not a gallery
         g.add(np.eye(1, 512, dtype=np.float32), ["x"])
     copies = plan(old, new, mappable=False, old_identity=None)
@@ -215,8 +222,14 @@ def test_reembed_from_stored_images_when_no_head_maps_the_vectors(tmp_path, engi
 
     monkeypatch.setattr(reembed, "IMAGE_CHUNK", 1)  # one image in memory at a time
     calls = []
-    done = reembed_all(copies, projection=None, embed=lambda imgs: calls.append(len(imgs)) or engine.embed(imgs),
-                       read_image=load, identity=None, binarize=binarize)
+    done = reembed_all(
+        copies,
+        projection=None,
+        embed=lambda imgs: calls.append(len(imgs)) or engine.embed(imgs),
+        read_image=load,
+        identity=None,
+        binarize=binarize,
+    )
     assert done == {"g": {"items": 2, "how": "images"}} and calls == [1, 1]
     _, _, vecs = _vectors(new / "g")
     assert np.allclose(vecs, engine.embed([photos["cat"], photos["coffee"]]), atol=1e-5)
@@ -239,7 +252,7 @@ def test_no_use_installs_a_version_without_switching_to_it(adapted, home):
 
 
 def test_finetune_is_refused_up_front_for_a_pack_shipping_gallery_vectors(adapted, home, capsys):
-    from shitu.plugins import registry, store
+    from shitu.plugins import store
     from shitu.serving import cli
     from shitu.serving.cli.toolkit import EXIT_ERROR
 
@@ -269,8 +282,22 @@ def test_finetuned_version_reembeds_galleries_from_their_images_and_rolls_back(a
     finally:
         base.close()
     assert built.added == 3
-    rc = cli.main(["adapt", str(home / "list.txt"), "--pack", name, "--method", "finetune", "--views", "1",
-                   "--steps", "5", "--finetune-steps", "2"])
+    rc = cli.main(
+        [
+            "adapt",
+            str(home / "list.txt"),
+            "--pack",
+            name,
+            "--method",
+            "finetune",
+            "--views",
+            "1",
+            "--steps",
+            "5",
+            "--finetune-steps",
+            "2",
+        ]
+    )
     assert rc == 0
     pack = registry.get_pack(name)
     assert pack.version == "1.0.0+adapt.1" and "onnx_file" not in pack.models["recognizer"].description
@@ -297,7 +324,13 @@ def test_adapted_versions_sort_after_their_release_by_number():
     from shitu.plugins.manifest import VERSION_RE, version_key, version_matches
 
     versions = ["1.1.0+adapt.10", "1.1.0.post1", "1.1.0", "1.1.0+adapt.2", "1.0.9", "1.1.0+adapt.1"]
-    assert sorted(versions, key=version_key) == ["1.0.9", "1.1.0", "1.1.0+adapt.1", "1.1.0+adapt.2",
-                                                  "1.1.0+adapt.10", "1.1.0.post1"]
+    assert sorted(versions, key=version_key) == [
+        "1.0.9",
+        "1.1.0",
+        "1.1.0+adapt.1",
+        "1.1.0+adapt.2",
+        "1.1.0+adapt.10",
+        "1.1.0.post1",
+    ]
     assert version_matches("1.1.0+adapt.3", ">=1.1.0,<1.2")
     assert not any(VERSION_RE.match(v) for v in ("1.1.0+", "1.1.0+../x", "1.1.0+Adapt", "1.1.0+a/b"))

@@ -1,5 +1,6 @@
 """The house rules the README's Architecture section states, checked on the source: no import cycle between
 rooms, the forbidden arrows absent, no module over 600 lines without a stated reason. (Static: reads the files.)"""
+
 from __future__ import annotations
 
 import ast
@@ -8,8 +9,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Folder on disk -> import name (setup.py's ROOTS).
-FOLDERS = {"serving": "shitu.serving", "plugins": "shitu.plugins", "params": "shitu.params",
-           "hub_modules": "shitu.hub_modules", "shitu": "shitu"}
+FOLDERS = {
+    "serving": "shitu.serving",
+    "plugins": "shitu.plugins",
+    "params": "shitu.params",
+    "hub_modules": "shitu.hub_modules",
+    "shitu": "shitu",
+}
 MAX_LINES = 600
 REASON = "Longer than 600 lines:"
 
@@ -80,8 +86,10 @@ def test_no_import_cycle_between_rooms():
 def test_no_import_cycle_between_the_modules_of_plugins():
     """Inside plugins/ too (the installer used to import the registry, which imports the installer)."""
     mods = {n: p for n, p in modules().items() if n.startswith("shitu.plugins.")}
-    edges = {n: {m for m in mods if m != n and any(i == m or i.startswith(m + ".") for i in imports(p))}
-             for n, p in mods.items()}
+    edges = {
+        n: {m for m in mods if m != n and any(i == m or i.startswith(m + ".") for i in imports(p))}
+        for n, p in mods.items()
+    }
     assert cycles(edges) == [], "plugins modules importing each other"
 
 

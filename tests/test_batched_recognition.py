@@ -1,6 +1,7 @@
 """Several images in one call: detection per image, the crops of all images through the recogniser together
 (``serving/engine/batched.py``). Real default models, real photographs, a real faiss gallery; the answers are
 compared with the one-image pipeline (``pipeline.recognize``), run on the same engine."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,8 +15,9 @@ from .conftest import b64
 def _same(batched, alone) -> None:
     assert len(batched) == len(alone)
     for got, want in zip(batched, alone):
-        assert [(r.bbox, r.label, r.id, r.is_whole_image) for r in got] == \
-               [(r.bbox, r.label, r.id, r.is_whole_image) for r in want]
+        assert [(r.bbox, r.label, r.id, r.is_whole_image) for r in got] == [
+            (r.bbox, r.label, r.id, r.is_whole_image) for r in want
+        ]
         for a, b in zip(got, want):
             assert a.score == pytest.approx(b.score, abs=1e-4)
             assert a.det_score == pytest.approx(b.det_score, abs=1e-6)
@@ -26,10 +28,18 @@ def _images(photos, queries, n: int = 8):
     return pool[:n]
 
 
-@pytest.mark.parametrize("overrides", [{}, {"append_whole_image": False}, {"append_whole_image": "fallback"},
-                                       {"append_whole_image": "fallback", "score_thres": 0.99}])
-def test_recognize_many_answers_equal_one_image_at_a_time_real_models(engine, photos, queries, photo_gallery,
-                                                                      overrides):
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"append_whole_image": False},
+        {"append_whole_image": "fallback"},
+        {"append_whole_image": "fallback", "score_thres": 0.99},
+    ],
+)
+def test_recognize_many_answers_equal_one_image_at_a_time_real_models(
+    engine, photos, queries, photo_gallery, overrides
+):
     params = engine.request_params(overrides)
     images = _images(photos, queries)
     alone = [recognize(img, engine.detector, engine.extractor, photo_gallery, params) for img in images]
@@ -38,8 +48,9 @@ def test_recognize_many_answers_equal_one_image_at_a_time_real_models(engine, ph
     assert any(alone) or overrides.get("score_thres") == 0.99
 
 
-def test_engine_recognize_embeds_the_crops_of_all_images_in_one_call_real_models(engine, photos, queries,
-                                                                                  photo_gallery, monkeypatch):
+def test_engine_recognize_embeds_the_crops_of_all_images_in_one_call_real_models(
+    engine, photos, queries, photo_gallery, monkeypatch
+):
     """A spy around the real extractor counts its calls (every call still runs the real model)."""
     calls: list[int] = []
     real = engine.extractor.embed
@@ -68,7 +79,8 @@ def test_image_recognition_request_with_several_images_equals_single_requests_re
     rows = together[:2] + together[3:]
     for row, item in zip(rows, encoded):
         alone = svc.handle({"images": [item], "score_thres": 0.0})[0]
-        assert [(r["bbox"], r["label"], r.get("id")) for r in row["results"]] == \
-               [(r["bbox"], r["label"], r.get("id")) for r in alone["results"]]
+        assert [(r["bbox"], r["label"], r.get("id")) for r in row["results"]] == [
+            (r["bbox"], r["label"], r.get("id")) for r in alone["results"]
+        ]
         for a, b in zip(row["results"], alone["results"]):
             assert a["score"] == pytest.approx(b["score"], abs=1e-4)

@@ -5,6 +5,7 @@ same gallery as one image at a time: same items, labels, sources, order, vectors
 Real models (the embedded general-lite recogniser, paddle+oneDNN and onnxruntime), real faiss galleries; the only
 stand-in is ``test_split_*``'s arithmetic.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,7 +37,7 @@ def tree(tmp_path_factory, photos) -> Path:
         label, img = items[i % len(items)]
         h, w = img.shape[:2]
         k = i // len(items)
-        view = cv2.resize(img[k * 9: h - k * 5, k * 7: w - k * 3], None, fx=0.6 + 0.2 * k, fy=0.6 + 0.2 * k)
+        view = cv2.resize(img[k * 9 : h - k * 5, k * 7 : w - k * 3], None, fx=0.6 + 0.2 * k, fy=0.6 + 0.2 * k)
         (root / label).mkdir(exist_ok=True)
         cv2.imwrite(str(root / label / f"{i:02d}.jpg"), view)
     return root
@@ -59,8 +60,7 @@ def test_real_bulk_build_equals_one_at_a_time(tmp_path, tree, backend):
     from shitu.serving.engine.engine import load_engine
     from shitu.serving.gallery.build import embed_images_fn
 
-    engine = load_engine(gallery=tmp_path / "unused", params={"Global": {"rec_backend": backend,
-                                                                           "cpu_num_threads": 2}})
+    engine = load_engine(gallery=tmp_path / "unused", params={"Global": {"rec_backend": backend, "cpu_num_threads": 2}})
     try:
         one, items_one = _build(engine, tree, tmp_path / "one", 1, lambda imgs: engine.embed(imgs))
         bulk_fn = embed_images_fn(engine)
@@ -105,8 +105,10 @@ def test_real_bulk_copies_follow_the_thread_count(engine, models_dir):
     assert single.copies == 1
     single([np.zeros((32, 32, 3), np.uint8)] * 3)
     assert single._workers == []  # one thread: the extractor itself, no copies
-    assert BulkEmbedder(FeatureExtractor(spec, RuntimeOptions(cpu_threads=16, backend=ort)),
-                        engine.params).copies == MAX_COPIES
+    assert (
+        BulkEmbedder(FeatureExtractor(spec, RuntimeOptions(cpu_threads=16, backend=ort)), engine.params).copies
+        == MAX_COPIES
+    )
 
 
 def test_real_bulk_makes_no_copies_of_a_paddle_recogniser(engine, models_dir):

@@ -1,5 +1,6 @@
 """The one CLI toolkit: exit codes through the guard, the validated ``--param`` parser, the ``--gallery`` rule,
 the token variable and table printing -- tested through the real ``shitu`` entry point where a command is run."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,18 @@ import numpy as np
 import pytest
 
 from shitu.serving.cli import main
-from shitu.serving.cli.toolkit import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, TOKEN_ENV, UsageError, guard,
-                                       param_overrides, resolve_gallery, table, token_from)
+from shitu.serving.cli.toolkit import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    TOKEN_ENV,
+    UsageError,
+    guard,
+    param_overrides,
+    resolve_gallery,
+    table,
+    token_from,
+)
 
 
 @pytest.fixture
@@ -31,18 +42,21 @@ def test_gallery_build_with_a_misspelt_param_is_a_usage_error_not_a_traceback(tm
     assert not (tmp_path / "g").exists()  # refused before anything was created
 
 
-@pytest.mark.parametrize("argv", [["gallery", "build", "G", "SRC", "--param", "threshold"],
-                                  ["recognize", "x.jpg", "--param", "threshold=[1"]])
+@pytest.mark.parametrize(
+    "argv",
+    [["gallery", "build", "G", "SRC", "--param", "threshold"], ["recognize", "x.jpg", "--param", "threshold=[1"]],
+)
 def test_malformed_params_exit_2_in_every_command(argv, tmp_path, capsys):
-    argv = [a.replace("G", str(tmp_path / "g")).replace("SRC", str(tmp_path)) if a in ("G", "SRC") else a
-            for a in argv]
+    argv = [a.replace("G", str(tmp_path / "g")).replace("SRC", str(tmp_path)) if a in ("G", "SRC") else a for a in argv]
     assert main(argv) == EXIT_USAGE
     assert "--param" in capsys.readouterr().err
 
 
 def test_param_overrides_checks_names_and_types():
-    assert param_overrides(["threshold=0.5", "IndexProcess.return_k=3"]) == {"threshold": 0.5,
-                                                                            "IndexProcess.return_k": 3}
+    assert param_overrides(["threshold=0.5", "IndexProcess.return_k=3"]) == {
+        "threshold": 0.5,
+        "IndexProcess.return_k": 3,
+    }
     with pytest.raises(UsageError, match="return_k"):
         param_overrides(["IndexProcess.return_k=many"])
 
@@ -80,6 +94,5 @@ def test_guard_maps_errors_to_exit_codes_and_lets_bugs_through(capsys):
 
 
 def test_table_aligns_columns():
-    assert table([["a", 1], ["bbb", None]], ["name", "n"]).splitlines() == [
-        "name  n", "----  -", "a     1", "bbb"]
+    assert table([["a", 1], ["bbb", None]], ["name", "n"]).splitlines() == ["name  n", "----  -", "a     1", "bbb"]
     assert table([["1", "22"], ["333", "4"]], right=True).splitlines() == ["  1  22", "333   4"]

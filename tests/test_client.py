@@ -1,5 +1,6 @@
 """The client SDK against the real `hub serving` (the session's `served` fixture), plus a tiny local HTTP server
 for timeouts, retries and headers."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,15 +14,36 @@ import numpy as np
 import pytest
 import requests
 
-from shitu.serving.client.sdk import (AsyncShituClient, Box, ConnectionFailed, Embeddings, GalleryInfo, ImageDetections,
-                                  ImageFailed, ImageRecognitions, InputError, Match, Recognition, SearchHits,
-                                  ServerError, ShituClient, ShituError, Timeout, draw)
+from shitu.serving.client.sdk import (
+    AsyncShituClient,
+    Box,
+    ConnectionFailed,
+    Embeddings,
+    GalleryInfo,
+    ImageDetections,
+    ImageFailed,
+    ImageRecognitions,
+    InputError,
+    Match,
+    Recognition,
+    SearchHits,
+    ServerError,
+    ShituClient,
+    ShituError,
+    Timeout,
+    draw,
+)
 from shitu.serving.engine.images import encode
 
 GALLERY = "client-main"
 # the best-scoring answer per query (general-lite 1.2.0: the collage's cup 0.86 outscores its cat 0.78)
-QUERY_LABELS = {"cat_mirrored_crop": "cat", "coffee_rescaled_crop": "coffee", "rocket_bright_blur": "rocket",
-                "collage_cat_and_coffee": "coffee", "not_in_gallery_ihc": None}
+QUERY_LABELS = {
+    "cat_mirrored_crop": "cat",
+    "coffee_rescaled_crop": "coffee",
+    "rocket_bright_blur": "rocket",
+    "collage_cat_and_coffee": "coffee",
+    "not_in_gallery_ihc": None,
+}
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +102,9 @@ def test_large_lists_go_in_batches_and_come_back_in_order(served, gallery, queri
     assert all(not r.is_whole_image for r in res[3])
     # a 4-D array is a list of frames
     frames = np.stack([queries["cat_mirrored_crop"]] * 3)
-    assert [top_label(r) for r in ShituClient(served.url, batch_size=2).recognize(frames, gallery=GALLERY)] == \
-        ["cat"] * 3
+    assert [top_label(r) for r in ShituClient(served.url, batch_size=2).recognize(frames, gallery=GALLERY)] == [
+        "cat"
+    ] * 3
 
 
 def test_many_vectors_go_in_requests_within_the_server_limits(client, gallery):
@@ -107,8 +130,9 @@ def test_detect(client, queries):
 
 
 def test_extract_and_search(client, gallery, photos, queries):
-    embs = client.extract([photos["coffee"], queries["cat_mirrored_crop"]],
-                          boxes=[[[100, 10, 450, 390], [0, 0, 200, 200]], None])
+    embs = client.extract(
+        [photos["coffee"], queries["cat_mirrored_crop"]], boxes=[[[100, 10, 450, 390], [0, 0, 200, 200]], None]
+    )
     assert [type(e) for e in embs] == [Embeddings, Embeddings]
     assert embs[0].vectors.shape == (2, 512) and embs[0].boxes == [[100, 10, 450, 390], [0, 0, 200, 200]]
     assert embs[1].vectors.shape == (1, 512) and embs[1].boxes == [[0, 0, 400, 280]]
@@ -124,8 +148,12 @@ def test_extract_and_search(client, gallery, photos, queries):
 
 def test_gallery_add_list_info_remove(client, photos, queries):
     g = "client-crud"
-    ids = client.gallery_add([photos["rocket"], photos["flower"], photos["temple"]], ["rocket", "flower", "temple"],
-                             gallery=g, metadata=[{"sku": "R-1"}, None, None])
+    ids = client.gallery_add(
+        [photos["rocket"], photos["flower"], photos["temple"]],
+        ["rocket", "flower", "temple"],
+        gallery=g,
+        metadata=[{"sku": "R-1"}, None, None],
+    )
     info = client.gallery_info(gallery=g)
     assert isinstance(info, GalleryInfo) and info.count == 3 and info.dim == 512 and "path" not in info.extra
     items = client.gallery_list(gallery=g)
@@ -201,8 +229,9 @@ def test_bad_image_in_a_batch_gives_its_index(client, gallery, queries):
 def test_gallery_add_failure_names_the_image_and_keeps_added_ids(client, photos):
     g = "client-add-fail"
     with pytest.raises(ServerError) as err:
-        client.gallery_add([photos["cat"], photos["coffee"], photos["rocket"], b"junk"], ["a", "b", "c", "d"],
-                           gallery=g)
+        client.gallery_add(
+            [photos["cat"], photos["coffee"], photos["rocket"], b"junk"], ["a", "b", "c", "d"], gallery=g
+        )
     e = err.value
     assert e.index == 3 and "image 1:" in e.msg and "image 3 of the call" in str(e)
     assert len(e.partial) == 2  # the first request (batch of 2) was added; the second refused as a whole
@@ -226,8 +255,9 @@ class FakeServer:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                fake.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                                      "body": json.loads(body)})
+                fake.requests.append(
+                    {"path": self.path, "auth": self.headers.get("Authorization"), "body": json.loads(body)}
+                )
                 if fake.mode == "slow":
                     fake.release.wait(10)  # far longer than the client's timeout
                     return
@@ -279,8 +309,12 @@ def test_timeouts_are_retried_for_safe_calls_only_on_a_fake_server(fake):
     assert err.value.attempts == 3 and isinstance(err.value, TimeoutError)
     assert fake.count_settles(3) == 3
     assert {r["auth"] for r in fake.requests} == {"Bearer s3cret"}  # the token travels as a bearer header
-    for call in (lambda: c.gallery_remove(labels=["x"]), lambda: c.gallery_info(), lambda: c.scenarios(),
-                 lambda: c.search([[0.5, 0.5]])):
+    for call in (
+        lambda: c.gallery_remove(labels=["x"]),
+        lambda: c.gallery_info(),
+        lambda: c.scenarios(),
+        lambda: c.search([[0.5, 0.5]]),
+    ):
         fake.reset("slow")
         with pytest.raises(Timeout):
             call()
@@ -323,8 +357,9 @@ def test_results_print_convert_and_draw(client, gallery, queries):
     text = str(res)
     assert text.startswith("image 0 (760x420):") and "cat " in text and "coffee " in text
     d = res.to_dict()
-    assert json.loads(json.dumps(d)) == d and d["width"] == 760 and {r["label"] for r in d["results"]} == {"cat",
-                                                                                                         "coffee"}
+    assert (
+        json.loads(json.dumps(d)) == d and d["width"] == 760 and {r["label"] for r in d["results"]} == {"cat", "coffee"}
+    )
     assert ImageRecognitions.from_dict(d) == res
     drawn = client.draw(img, res)
     assert drawn.shape == img.shape and not np.array_equal(drawn, img)
@@ -335,8 +370,11 @@ def test_results_print_convert_and_draw(client, gallery, queries):
 def test_async_client(served, gallery, queries):
     async def main():
         async with AsyncShituClient(served.url) as c:
-            return await asyncio.gather(c.scenarios(), c.gallery_info(gallery=GALLERY),
-                                        c.recognize(queries["rocket_bright_blur"], gallery=GALLERY))
+            return await asyncio.gather(
+                c.scenarios(),
+                c.gallery_info(gallery=GALLERY),
+                c.recognize(queries["rocket_bright_blur"], gallery=GALLERY),
+            )
 
     scenarios, info, rocket = asyncio.run(main())
     assert scenarios and info.count >= 6 and top_label(rocket) == "rocket"
@@ -367,7 +405,8 @@ print("LOADED", loaded)
 def test_client_imports_and_works_without_paddle(served, photos, tmp_path):
     image = tmp_path / "cat.jpg"
     image.write_bytes(encode(photos["cat"]))
-    proc = subprocess.run([sys.executable, "-c", BLOCKER, served.url, str(image)], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCKER, served.url, str(image)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "LOADED []" in proc.stdout

@@ -1,5 +1,6 @@
 """``shitu recognize`` / ``shitu detect`` in-process and against the real `hub serving`; the remote gallery
 commands against a server that has an admin token."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,8 @@ import cv2
 import pytest
 
 from shitu.serving import cli
-from shitu.serving.cli.toolkit import EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE
 from shitu.serving.cli import recognize as client_cli
+from shitu.serving.cli.toolkit import EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE
 from shitu.serving.client.sdk import ShituClient
 
 from .conftest import start_served
@@ -68,8 +69,15 @@ def json_lines(text: str) -> list[dict]:
 # --------------------------------------------------------------------------------------------------------------
 def test_local_recognize_prints_a_table_and_draws(shitu, files, local_gallery, tmp_path, capsys):
     drawn = tmp_path / "drawn"
-    rc = shitu("recognize", files["cat_mirrored_crop"], files["collage_cat_and_coffee"], "--gallery", local_gallery,
-               "--draw", drawn)
+    rc = shitu(
+        "recognize",
+        files["cat_mirrored_crop"],
+        files["collage_cat_and_coffee"],
+        "--gallery",
+        local_gallery,
+        "--draw",
+        drawn,
+    )
     out = capsys.readouterr().out
     assert rc == EXIT_OK, out
     blocks = out.split("collage_cat_and_coffee.jpg (760x420):")
@@ -82,8 +90,10 @@ def test_local_exit_status_nothing_and_error(shitu, files, local_gallery, capsys
     assert shitu("recognize", files["not_in_gallery_ihc"], "--gallery", local_gallery, "--json") == EXIT_NOTHING
     (line,) = json_lines(capsys.readouterr().out)
     assert line["image"].endswith("not_in_gallery_ihc.jpg") and line["results"] == [] and line["width"] == 512
-    assert shitu("recognize", files["cat_mirrored_crop"], files["broken"], "--gallery", local_gallery,
-                 "--json") == EXIT_ERROR
+    assert (
+        shitu("recognize", files["cat_mirrored_crop"], files["broken"], "--gallery", local_gallery, "--json")
+        == EXIT_ERROR
+    )
     lines = json_lines(capsys.readouterr().out)
     assert lines[0]["results"][0]["label"] == "cat" and "not an image" in lines[1]["error"]
     assert shitu("detect", files["collage_cat_and_coffee"], "--param", "threshold=0.3") == EXIT_OK
@@ -112,8 +122,22 @@ def test_usage_errors(shitu, files, local_gallery, tmp_path, capsys):
 # --------------------------------------------------------------------------------------------------------------
 def test_remote_recognize_matches_in_process(shitu, served, files, local_gallery, remote_gallery, capsys):
     images = [files["cat_mirrored_crop"], files["coffee_rescaled_crop"]]
-    assert shitu("recognize", *images, "--server", served.url, "--gallery", remote_gallery, "--json",
-                 "--param", "threshold=0.3", "--batch-size", "1") == EXIT_OK
+    assert (
+        shitu(
+            "recognize",
+            *images,
+            "--server",
+            served.url,
+            "--gallery",
+            remote_gallery,
+            "--json",
+            "--param",
+            "threshold=0.3",
+            "--batch-size",
+            "1",
+        )
+        == EXIT_OK
+    )
     remote = json_lines(capsys.readouterr().out)
     assert shitu("recognize", *images, "--gallery", local_gallery, "--json", "--param", "threshold=0.3") == EXIT_OK
     local = json_lines(capsys.readouterr().out)
@@ -122,8 +146,9 @@ def test_remote_recognize_matches_in_process(shitu, served, files, local_gallery
         assert a["results"][0]["bbox"] == b["results"][0]["bbox"]
         # centred embeddings (general-lite 1.2.0) magnify the two engines' float rounding about 3x: 5e-3, not 1e-3
         assert a["results"][0]["score"] == pytest.approx(b["results"][0]["score"], abs=5e-3)
-    assert shitu("recognize", files["cat_mirrored_crop"], "--server", served.url, "--gallery", remote_gallery) \
-        == EXIT_OK
+    assert (
+        shitu("recognize", files["cat_mirrored_crop"], "--server", served.url, "--gallery", remote_gallery) == EXIT_OK
+    )
     assert "cat_mirrored_crop.jpg (400x280):\n    cat " in capsys.readouterr().out
 
 
@@ -140,8 +165,9 @@ def test_remote_exit_status(shitu, served, files, remote_gallery, tmp_path, caps
     assert shitu("recognize", files["cat"], "--server", f"127.0.0.1:{free_port()}", "--retries", "1") == EXIT_ERROR
     assert "cannot connect after 2 attempts" in capsys.readouterr().err
     drawn = tmp_path / "boxes"
-    assert shitu("detect", files["collage_cat_and_coffee"], "--server", served.url, "--draw", drawn,
-                 "--json") == EXIT_OK
+    assert (
+        shitu("detect", files["collage_cat_and_coffee"], "--server", served.url, "--draw", drawn, "--json") == EXIT_OK
+    )
     (line,) = json_lines(capsys.readouterr().out)
     assert len(line["boxes"]) == 3 and (drawn / "collage_cat_and_coffee.jpg").is_file()
 
@@ -160,9 +186,27 @@ def token_served(tmp_path_factory, served):
 
 def gallery_args(server: str, **kw) -> argparse.Namespace:
     """The namespace `shitu gallery add|remove|info|list` parses, plus --server and --token."""
-    base = dict(server=server, gallery="client-remote", scenario=None, token=TOKEN, json=True, param=None,
-                sources=[], label=None, image_root=None, delimiter="\t", batch_size=16, skip_bad=False,
-                max_label_length=128, id=None, labels=False, limit=100, offset=0, timeout=120.0, retries=0)
+    base = dict(
+        server=server,
+        gallery="client-remote",
+        scenario=None,
+        token=TOKEN,
+        json=True,
+        param=None,
+        sources=[],
+        label=None,
+        image_root=None,
+        delimiter="\t",
+        batch_size=16,
+        skip_bad=False,
+        max_label_length=128,
+        id=None,
+        labels=False,
+        limit=100,
+        offset=0,
+        timeout=120.0,
+        retries=0,
+    )
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -196,8 +240,12 @@ def test_remote_gallery_commands(token_served, files, tmp_path, capsys, monkeypa
     assert [r["label"] for r in json_lines(capsys.readouterr().out)] == ["cat", "coffee", "rocket"]
     # recognition needs no token; the new gallery answers
     shitu_main = cli.main if "shitu.serving.cli.recognize" in cli.COMMAND_MODULES else client_cli.main
-    assert shitu_main(["recognize", str(files["rocket_bright_blur"]), "--server", url, "--gallery",
-                       "client-remote", "--json"]) == EXIT_OK
+    assert (
+        shitu_main(
+            ["recognize", str(files["rocket_bright_blur"]), "--server", url, "--gallery", "client-remote", "--json"]
+        )
+        == EXIT_OK
+    )
     assert json_lines(capsys.readouterr().out)[0]["results"][0]["label"] == "rocket"
     # remove: something, then nothing, then a usage error
     assert client_cli.remote_gallery_remove(gallery_args(url, label=["cat"])) == EXIT_OK

@@ -4,6 +4,7 @@
 A real virtualenv is created with ``python -m venv``; the project goes in with ``pip install --no-deps -e`` plus
 exactly the client dependencies ``setup.py`` declares (``CLIENT``), from the package index pip is configured with.
 """
+
 from __future__ import annotations
 
 import ast
@@ -45,8 +46,9 @@ def client_venv(tmp_path_factory) -> Path:
 def run(venv: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
-    return subprocess.run([str(venv / "bin" / args[0]), *args[1:]], capture_output=True, text=True, timeout=600,
-                          env=env, cwd=cwd)
+    return subprocess.run(
+        [str(venv / "bin" / args[0]), *args[1:]], capture_output=True, text=True, timeout=600, env=env, cwd=cwd
+    )
 
 
 def test_client_venv_has_no_serving_stack(client_venv):
@@ -58,15 +60,27 @@ def test_client_venv_has_no_serving_stack(client_venv):
 
 
 def test_client_install_recognizes_against_a_real_server(client_venv, served, photos, tmp_path):
-    ok = served.post("image_recognition", {"operation": "add", "gallery": "client-only",
-                                           "images": [b64(photos["coffee"])], "labels": ["espresso"]}).json()
+    ok = served.post(
+        "image_recognition",
+        {"operation": "add", "gallery": "client-only", "images": [b64(photos["coffee"])], "labels": ["espresso"]},
+    ).json()
     assert ok["status"] == "000", ok
     photo = tmp_path / "coffee.jpg"
     cv2.imwrite(str(photo), photos["coffee"])
 
     assert run(client_venv, "shitu", "--help").returncode == 0  # was: ModuleNotFoundError: cv2
-    proc = run(client_venv, "shitu", "recognize", str(photo), "--server", served.url, "--gallery", "client-only",
-               "--draw", str(tmp_path / "drawn"))
+    proc = run(
+        client_venv,
+        "shitu",
+        "recognize",
+        str(photo),
+        "--server",
+        served.url,
+        "--gallery",
+        "client-only",
+        "--draw",
+        str(tmp_path / "drawn"),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "espresso" in proc.stdout
     assert (tmp_path / "drawn" / "coffee.jpg").stat().st_size > 1000  # drawn with PIL (no OpenCV here)
@@ -83,9 +97,16 @@ def test_client_install_explains_what_engine_commands_need(client_venv, tmp_path
 
 
 def test_building_the_package_prints_no_setuptools_data_warnings(tmp_path):
-    proc = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path / "lib")],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path / "lib")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "as data is deprecated" not in proc.stderr  # was: one warning per pack data folder
-    assert (tmp_path / "lib" / "shitu" / "plugins" / "packs" / "general_lite" / "gallery" / "demo_vectors.json").is_file()
+    assert (
+        tmp_path / "lib" / "shitu" / "plugins" / "packs" / "general_lite" / "gallery" / "demo_vectors.json"
+    ).is_file()
     shutil.rmtree(REPO / "build", ignore_errors=True)

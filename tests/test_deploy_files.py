@@ -1,5 +1,6 @@
 """deploy/: the docker-compose file, the Kubernetes manifests and the serving config parse and agree with each
 other (they cannot run here: no Docker, no cluster). The nginx config itself runs in test_replicas_nginx.py."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,7 @@ def _check_serving_config(cfg: dict) -> None:
 
     assert set(cfg["modules_info"]) == MODULES
     assert cfg["port"] == 8866
-    for name, mod in cfg["modules_info"].items():
+    for mod in cfg["modules_info"].values():
         args = mod["init_args"]
         parse_uri(args["gallery"])  # a valid milvus:// URI: the replicas keep no gallery on disk
         flatten(args.get("params") or {})  # known parameter names
@@ -59,8 +60,14 @@ def _manifests() -> list[dict]:
 def test_kubernetes_manifests_are_well_formed():
     docs = _manifests()
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    assert {("Deployment", "shitu-hub"), ("Service", "shitu-hub"), ("StatefulSet", "milvus"), ("Service", "milvus"),
-            ("Ingress", "shitu-hub"), ("ConfigMap", "shitu-hub-config")} <= kinds
+    assert {
+        ("Deployment", "shitu-hub"),
+        ("Service", "shitu-hub"),
+        ("StatefulSet", "milvus"),
+        ("Service", "milvus"),
+        ("Ingress", "shitu-hub"),
+        ("ConfigMap", "shitu-hub-config"),
+    } <= kinds
     for d in docs:
         assert isinstance(d["apiVersion"], str) and re.match(r"^[a-z][-a-z0-9]*$", d["metadata"]["name"])
         if d["kind"] in ("Deployment", "StatefulSet"):
@@ -74,8 +81,12 @@ def test_kubernetes_manifests_are_well_formed():
                 declared |= {t["metadata"]["name"] for t in spec.get("volumeClaimTemplates", [])}
                 assert mounts <= declared
         if d["kind"] == "Service":
-            owners = [x for x in docs if x["kind"] in ("Deployment", "StatefulSet")
-                      and d["spec"]["selector"].items() <= x["spec"]["template"]["metadata"]["labels"].items()]
+            owners = [
+                x
+                for x in docs
+                if x["kind"] in ("Deployment", "StatefulSet")
+                and d["spec"]["selector"].items() <= x["spec"]["template"]["metadata"]["labels"].items()
+            ]
             assert owners, f"Service {d['metadata']['name']} selects no pods"
     deploy = next(d for d in docs if d["kind"] == "Deployment")
     assert deploy["spec"]["replicas"] >= 2

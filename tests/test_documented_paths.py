@@ -1,5 +1,6 @@
 """Documented paths that had no test: `shitu demo` (what `make demo` runs), `shitu serve`, `shitu gallery repair`,
 `ShituClient.health`, and `shitu recognize-video --server` against a real server (real models, real hub serving)."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,7 @@ def test_client_health_against_a_real_server(served):
 
     with ShituClient(served.url) as client:
         health = client.health()
-    assert set(health["modules"]) == {"mainbody_detection", "feature_extraction", "index_search",
-                                      "image_recognition"}
+    assert set(health["modules"]) == {"mainbody_detection", "feature_extraction", "index_search", "image_recognition"}
     assert isinstance(health["pid"], int) and health["pid"] > 0
 
 
@@ -42,8 +42,20 @@ def test_recognize_video_on_a_real_server_uses_its_gallery(served, photos, tmp_p
     for _ in range(6):
         writer.write(frame)
     writer.release()
-    rc = video_cli.main(["recognize-video", str(path), "--server", served.url, "--gallery", "video-srv", "--json",
-                         "--no-progress", "--max-frames", "3"])
+    rc = video_cli.main(
+        [
+            "recognize-video",
+            str(path),
+            "--server",
+            served.url,
+            "--gallery",
+            "video-srv",
+            "--json",
+            "--no-progress",
+            "--max-frames",
+            "3",
+        ]
+    )
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert rc == 0
     frames = [x for x in lines if x["type"] == "frame"]
@@ -54,8 +66,22 @@ def test_recognize_video_on_a_real_server_uses_its_gallery(served, photos, tmp_p
 
     # the cat is a detected box (a track, reported once confirmed: min_hits frames) or the whole image (frame label)
     assert all("cat" in labels(f) for f in frames[1:]), frames
-    assert video_cli.main(["recognize-video", str(path), "--server", served.url, "--gallery", "no-such-gallery",
-                           "--no-progress", "--max-frames", "1"]) == 3
+    assert (
+        video_cli.main(
+            [
+                "recognize-video",
+                str(path),
+                "--server",
+                served.url,
+                "--gallery",
+                "no-such-gallery",
+                "--no-progress",
+                "--max-frames",
+                "1",
+            ]
+        )
+        == 3
+    )
     assert "no gallery named 'no-such-gallery'" in capsys.readouterr().err
 
 
@@ -82,8 +108,14 @@ def _run_shitu(args: list[str], home: Path, **kw) -> subprocess.Popen:
     """``python -m shitu ARGS`` with its own HUB_HOME and SHITU_HOME under ``home``: its `hub install` never
     rewrites the modules the session's servers run from, nor its galleries."""
     env = {**os.environ, "HUB_HOME": str(home / "hub"), "SHITU_HOME": str(home / "shitu")}
-    return subprocess.Popen([sys.executable, "-m", "shitu", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "shitu", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        **kw,
+    )
 
 
 def test_shitu_demo_recognises_the_demo_photos_over_hub_serving(tmp_path):
@@ -92,8 +124,10 @@ def test_shitu_demo_recognises_the_demo_photos_over_hub_serving(tmp_path):
     proc = _run_shitu(["demo", "--out", str(out), "--json"], tmp_path)
     stdout, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, stdout[-3000:]
-    answers = {a["image"]: [r["label"] for r in a["results"]]
-               for a in (json.loads(line) for line in stdout.splitlines() if line.startswith("{"))}
+    answers = {
+        a["image"]: [r["label"] for r in a["results"]]
+        for a in (json.loads(line) for line in stdout.splitlines() if line.startswith("{"))
+    }
     assert answers["cat_mirrored_crop"][:1] == ["cat"]
     assert answers["coffee_rescaled_crop"][:1] == ["coffee"]
     assert answers["rocket_bright_blur"][:1] == ["rocket"]
@@ -107,8 +141,11 @@ def test_shitu_serve_installs_and_serves_the_modules(tmp_path):
 
     port = free_port()
     config = tmp_path / "serving.json"
-    proc = _run_shitu(["serve", "--port", str(port), "--modules", "mainbody_detection", "--config-out", str(config)],
-                      tmp_path, start_new_session=True)
+    proc = _run_shitu(
+        ["serve", "--port", str(port), "--modules", "mainbody_detection", "--config-out", str(config)],
+        tmp_path,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         health = None
@@ -121,8 +158,11 @@ def test_shitu_serve_installs_and_serves_the_modules(tmp_path):
         assert health is not None, proc.stdout.read() if proc.poll() is not None else "no answer"
         assert health["results"]["modules"] == ["mainbody_detection"]
         assert json.loads(config.read_text())["port"] == port
-        r = requests.post(f"http://127.0.0.1:{port}/predict/mainbody_detection", timeout=120,
-                          json={"images": [b64(np.full((64, 64, 3), 200, np.uint8))]})
+        r = requests.post(
+            f"http://127.0.0.1:{port}/predict/mainbody_detection",
+            timeout=120,
+            json={"images": [b64(np.full((64, 64, 3), 200, np.uint8))]},
+        )
         assert r.json()["status"] == "000"
     finally:
         try:

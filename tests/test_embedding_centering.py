@@ -4,6 +4,7 @@ embedding of generic photographs (``RecPostProcess.centering``).
 The real-model tests run the embedded recogniser through paddle.inference with the pack's settings; the
 ``PadToSquare`` and file-reading tests use small arrays and files made here (named so).
 """
+
 from __future__ import annotations
 
 import numpy as np

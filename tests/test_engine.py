@@ -1,4 +1,5 @@
 """The recognition engine on the real default models and real photographs."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,8 @@ import pytest
 from shitu.params import merge
 from shitu.serving.engine.detection import nms
 from shitu.serving.engine.pipeline import accepts, rec_nms
-from shitu.serving.gallery import Gallery
 from shitu.serving.engine.results import Recognition
+from shitu.serving.gallery import Gallery
 
 
 def iou(a, b) -> float:
@@ -34,8 +35,9 @@ def test_detector_box_in_a_collage(engine, queries):
     assert max(iou(b, cup_box) for b in det.xyxy.tolist()) > 0.3
 
 
-@pytest.mark.parametrize("name,label", [("cat_mirrored_crop", "cat"), ("coffee_rescaled_crop", "coffee"),
-                                        ("rocket_bright_blur", "rocket")])
+@pytest.mark.parametrize(
+    "name,label", [("cat_mirrored_crop", "cat"), ("coffee_rescaled_crop", "coffee"), ("rocket_bright_blur", "rocket")]
+)
 def test_other_view_gets_the_right_label(engine, photo_gallery, queries, name, label):
     found = engine.recognize([queries[name]], gallery=photo_gallery)[0]
     assert found, f"{name}: nothing recognised"
@@ -44,8 +46,13 @@ def test_other_view_gets_the_right_label(engine, photo_gallery, queries, name, l
 
 
 def test_collage_recognises_both_objects(engine, photo_gallery, queries):
-    found = engine.recognize([queries["collage_cat_and_coffee"]], gallery=photo_gallery, threshold=0.25,
-                             append_whole_image=False, rec_nms_thresold=0.3)[0]
+    found = engine.recognize(
+        [queries["collage_cat_and_coffee"]],
+        gallery=photo_gallery,
+        threshold=0.25,
+        append_whole_image=False,
+        rec_nms_thresold=0.3,
+    )[0]
     assert {"cat", "coffee"} <= {r.label for r in found}
 
 
@@ -86,8 +93,12 @@ def test_whole_image_box_on_off(engine, photos):
 def test_whole_image_result_is_marked(engine, photo_gallery, queries):
     found = engine.recognize([queries["coffee_rescaled_crop"]], gallery=photo_gallery, threshold=1.0)[0]
     assert len(found) == 1 and found[0].is_whole_image and found[0].label == "coffee"
-    assert engine.recognize([queries["coffee_rescaled_crop"]], gallery=photo_gallery, threshold=1.0,
-                            append_whole_image=False)[0] == []
+    assert (
+        engine.recognize(
+            [queries["coffee_rescaled_crop"]], gallery=photo_gallery, threshold=1.0, append_whole_image=False
+        )[0]
+        == []
+    )
 
 
 def test_score_thres_ip_higher_is_better(engine, photo_gallery, queries):
@@ -108,8 +119,9 @@ def test_score_thres_l2_smaller_is_better(engine, photos, queries, tmp_path):
     assert engine.recognize([q], gallery=l2, score_thres=dist + 0.01)[0]
     assert engine.recognize([q], gallery=l2, score_thres=dist - 0.01)[0] == []
     # Order: smaller distance first.
-    many = engine.recognize([queries["collage_cat_and_coffee"]], gallery=l2, score_thres=2.0, threshold=0.25,
-                            rec_nms_thresold=1.0)[0]
+    many = engine.recognize(
+        [queries["collage_cat_and_coffee"]], gallery=l2, score_thres=2.0, threshold=0.25, rec_nms_thresold=1.0
+    )[0]
     assert [r.score for r in many] == sorted(r.score for r in many)
 
 
@@ -124,8 +136,11 @@ def test_rec_nms_threshold_effect(engine, photo_gallery, queries):
 
 
 def test_rec_nms_unit():
-    recs = [Recognition([0, 0, 10, 10], "a", 0.9, 1.0), Recognition([1, 1, 10, 10], "b", 0.95, 1.0),
-            Recognition([50, 50, 60, 60], "c", 0.7, 1.0)]
+    recs = [
+        Recognition([0, 0, 10, 10], "a", 0.9, 1.0),
+        Recognition([1, 1, 10, 10], "b", 0.95, 1.0),
+        Recognition([50, 50, 60, 60], "c", 0.7, 1.0),
+    ]
     assert [r.label for r in rec_nms(recs, 0.5, True)] == ["b", "c"]
     assert [r.label for r in rec_nms(recs, 0.5, False)] == ["c", "a"]  # distances: smaller first
     assert accepts(0.9, 0.8, True) and not accepts(0.7, 0.8, True)
@@ -147,8 +162,7 @@ def test_detect_decodes_only_boxes_over_the_threshold_with_the_same_result(engin
         p = engine.params.override({"Global.threshold": threshold, "Global.max_det_results": 50})
         for img in [*photos.values(), *queries.values()]:
             fast = engine.detector.detect(img, p)
-            full = select_boxes(engine.detector.raw(img, p["Global.det_nms_threshold"]), img.shape[0],
-                                img.shape[1], p)
+            full = select_boxes(engine.detector.raw(img, p["Global.det_nms_threshold"]), img.shape[0], img.shape[1], p)
             assert np.array_equal(fast.xyxy, full.xyxy) and np.array_equal(fast.scores, full.scores)
             assert len(engine.detector.raw(img, 0.5, min_score=threshold)) <= len(engine.detector.raw(img, 0.5))
 
@@ -216,8 +230,11 @@ def test_onnxruntime_backend_matches_paddle(models_dir, photos):
     x = Transforms(spec.transform_ops, spec.input_color)(photos["cat"]).image[None]
     pd = Predictor(spec, RuntimeOptions())
     ort = Predictor(spec, RuntimeOptions(backend="onnxruntime"))
-    np.testing.assert_allclose(pd.run({pd.input_names[0]: x})[pd.output_names[0]],
-                               ort.run({ort.input_names[0]: x})[ort.output_names[0]], atol=1e-3)
+    np.testing.assert_allclose(
+        pd.run({pd.input_names[0]: x})[pd.output_names[0]],
+        ort.run({ort.input_names[0]: x})[ort.output_names[0]],
+        atol=1e-3,
+    )
 
 
 def test_params_merge_precedence():
@@ -229,15 +246,21 @@ def test_params_merge_precedence():
 def test_onnxruntime_backend_end_to_end(models_dir, photos, photo_gallery, queries):
     """Global.det_backend / rec_backend = onnxruntime: same boxes and labels as paddle.inference."""
     pytest.importorskip("onnxruntime")
-    from shitu.serving.engine.engine import Engine
     from shitu.model_spec import ModelSpec
+    from shitu.serving.engine.engine import Engine
 
     from .conftest import GENERAL_LITE
 
-    ort = Engine(ModelSpec.from_dir(models_dir / "det"), ModelSpec.from_dir(models_dir / "rec"),
-                 merge(GENERAL_LITE, {"Global": {"det_backend": "onnxruntime", "rec_backend": "onnxruntime"}}))
-    paddle_engine = Engine(ModelSpec.from_dir(models_dir / "det"), ModelSpec.from_dir(models_dir / "rec"),
-                           merge(GENERAL_LITE, {"Global": {"det_backend": "paddle", "rec_backend": "paddle"}}))
+    ort = Engine(
+        ModelSpec.from_dir(models_dir / "det"),
+        ModelSpec.from_dir(models_dir / "rec"),
+        merge(GENERAL_LITE, {"Global": {"det_backend": "onnxruntime", "rec_backend": "onnxruntime"}}),
+    )
+    paddle_engine = Engine(
+        ModelSpec.from_dir(models_dir / "det"),
+        ModelSpec.from_dir(models_dir / "rec"),
+        merge(GENERAL_LITE, {"Global": {"det_backend": "paddle", "rec_backend": "paddle"}}),
+    )
     a = ort.detect([photos["astronaut"]])[0]
     b = paddle_engine.detect([photos["astronaut"]])[0]
     np.testing.assert_allclose(a.xyxy, b.xyxy, atol=0.5)

@@ -3,6 +3,7 @@ real photographs and a real faiss gallery; then over real ``hub serving`` and th
 
 Tests named ``..._unit`` run on hand-made boxes beside the real-path tests, never instead of them.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -44,7 +45,7 @@ def embed_calls(engine, monkeypatch):
 
 
 def explained(engine, image, gallery, **overrides):
-    (recognitions, explanation), = engine.recognize_explained([image], gallery=gallery, **overrides)
+    ((recognitions, explanation),) = engine.recognize_explained([image], gallery=gallery, **overrides)
     assert recognitions == engine.recognize([image], gallery=gallery, **overrides)[0]  # explaining changes nothing
     return recognitions, explanation
 
@@ -92,8 +93,9 @@ def test_explained_matches_are_capped_by_the_limit(engine, gallery, queries):
 
     p = engine.params.override({"Limits.max_explain_matches": 2, "IndexProcess.return_k": 1000})
     ex = Explanation.start(p)
-    recognize(queries["collage_cat_and_coffee"], engine.detector, engine.extractor, engine.gallery(gallery), p,
-              explanation=ex)
+    recognize(
+        queries["collage_cat_and_coffee"], engine.detector, engine.extractor, engine.gallery(gallery), p, explanation=ex
+    )
     assert ex.searched and all(len(s.matches) == 2 for s in ex.searched)
 
 
@@ -108,6 +110,7 @@ def test_explanation_round_trips_as_json(engine, gallery, queries):
 
 def test_explain_off_builds_nothing(engine, gallery, queries, monkeypatch):
     """The default path never builds an explanation and searches top-1 only."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("an explanation was built")
 
@@ -140,8 +143,9 @@ def test_fallback_searches_whole_image_only_when_no_box_is_accepted(engine, gall
     assert [(r.label, r.is_whole_image) for r in found] == [("cat", False)]
     # No detector box at all: the whole image is searched at once (one call).
     embed_calls.clear()
-    found = engine.recognize([queries["coffee_rescaled_crop"]], gallery=gallery, append_whole_image="fallback",
-                             threshold=1.0)[0]
+    found = engine.recognize(
+        [queries["coffee_rescaled_crop"]], gallery=gallery, append_whole_image="fallback", threshold=1.0
+    )[0]
     assert embed_calls == [1] and found[0].is_whole_image
 
 
@@ -177,22 +181,32 @@ def test_per_label_rec_nms_keeps_overlapping_different_objects(engine, gallery, 
 
 
 def test_per_label_rec_nms_unit():
-    recs = [Recognition([0, 0, 10, 10], "a", 0.9, 1.0), Recognition([1, 1, 10, 10], "b", 0.95, 1.0),
-            Recognition([0, 0, 9, 9], "a", 0.8, 1.0), Recognition([50, 50, 60, 60], "c", 0.7, 1.0)]
+    recs = [
+        Recognition([0, 0, 10, 10], "a", 0.9, 1.0),
+        Recognition([1, 1, 10, 10], "b", 0.95, 1.0),
+        Recognition([0, 0, 9, 9], "a", 0.8, 1.0),
+        Recognition([50, 50, 60, 60], "c", 0.7, 1.0),
+    ]
     assert [r.label for r in rec_nms(recs, 0.5, True)] == ["b", "c"]
-    assert [(r.label, r.score) for r in rec_nms(recs, 0.5, True, per_label=True)] == [("b", 0.95), ("a", 0.9),
-                                                                                       ("c", 0.7)]
+    assert [(r.label, r.score) for r in rec_nms(recs, 0.5, True, per_label=True)] == [
+        ("b", 0.95),
+        ("a", 0.9),
+        ("c", 0.7),
+    ]
     assert [r.score for r in rec_nms(recs, 0.5, False, per_label=True)] == [0.7, 0.8, 0.95]  # distances
 
 
 # -- over hub serving, and the CLI ----------------------------------------------------------------------------------
 def test_served_explain_field(served, photos, queries):
     g = {"gallery": "explain"}
-    r = served.post("image_recognition", {"operation": "add", "images": [b64(v) for v in photos.values()],
-                                          "labels": list(photos), **g}).json()
+    r = served.post(
+        "image_recognition",
+        {"operation": "add", "images": [b64(v) for v in photos.values()], "labels": list(photos), **g},
+    ).json()
     assert r["status"] == "000", r
-    body = served.post("image_recognition", {"images": [b64(queries["cat_mirrored_crop"])], "explain": True,
-                                             **g}).json()
+    body = served.post(
+        "image_recognition", {"images": [b64(queries["cat_mirrored_crop"])], "explain": True, **g}
+    ).json()
     assert body["status"] == "000", body
     item = body["results"][0]
     ex = item["explanation"]
@@ -202,12 +216,18 @@ def test_served_explain_field(served, photos, queries):
     assert any(b["dropped_by"] == "Global.threshold" for b in ex["detector"])
     plain = served.post("image_recognition", {"images": [b64(queries["cat_mirrored_crop"])], **g}).json()
     assert "explanation" not in plain["results"][0] and plain["results"][0]["results"] == item["results"]
-    bad = served.post("image_recognition", {"images": [b64(queries["cat_mirrored_crop"])], "explain": "yes",
-                                            **g}).json()
+    bad = served.post(
+        "image_recognition", {"images": [b64(queries["cat_mirrored_crop"])], "explain": "yes", **g}
+    ).json()
     assert bad["status"] == "101" and "'explain' must be true or false" in bad["msg"]
     with ShituClient(served.url) as client:  # the SDK, unchanged user code
-        res = client.recognize(queries["coffee_rescaled_crop"], gallery="explain", explain=True,
-                               append_whole_image="fallback", crop_padding=0.0)  # tight cup box: 0.878 < 0.9
+        res = client.recognize(
+            queries["coffee_rescaled_crop"],
+            gallery="explain",
+            explain=True,
+            append_whole_image="fallback",
+            crop_padding=0.0,
+        )  # tight cup box: 0.878 < 0.9
     assert res.explanation.whole_image == "fallback: searched (no detected box was accepted)"
     assert res.to_dict()["explanation"]["searched"][0]["dropped_by"] == "IndexProcess.score_thres"
 
@@ -221,8 +241,21 @@ def test_cli_explain_against_the_server(served, queries, tmp_path, capsys, monke
         client.gallery_add([queries["collage_cat_and_coffee"]], ["collage"], gallery="explain-cli")
     query = tmp_path / "coffee.png"
     cv2.imwrite(str(query), queries["coffee_rescaled_crop"])
-    rc = cli.main(["recognize", str(query), "--server", served.url, "--gallery", "explain-cli", "--explain",
-                   "--param", "score_thres=0.4", "--draw", str(tmp_path / "why")])
+    rc = cli.main(
+        [
+            "recognize",
+            str(query),
+            "--server",
+            served.url,
+            "--gallery",
+            "explain-cli",
+            "--explain",
+            "--param",
+            "score_thres=0.4",
+            "--draw",
+            str(tmp_path / "why"),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == EXIT_OK, out
     # The cup's detected boxes match the collage too weakly (general-lite 1.2.0: <= 0.33); the whole image (the cup

@@ -1,5 +1,6 @@
 """A new user's first hour, continued: a server follows `shitu plugins use`, bad serve arguments fail at start,
 `recognize-video --server` honours --gallery. Real `hub serving`, real models, real video files."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,9 @@ def test_served_pack_follows_plugins_use_real(served, tmp_path, queries):
         registry.install(str(lite_pack(tmp_path / "v1", "reload-me", mutate=strict(0.3))), progress=False)
         det = {"scenario": "reload-me", "images": [b64(queries["collage_cat_and_coffee"])]}
         assert len(ok(served.post("mainbody_detection", det))[0]["boxes"]) > 1  # 1.0.0: threshold 0.3
-        registry.install(str(lite_pack(tmp_path / "v2", "reload-me", version="1.1.0", mutate=strict(0.99))),
-                         progress=False)
+        registry.install(
+            str(lite_pack(tmp_path / "v2", "reload-me", version="1.1.0", mutate=strict(0.99))), progress=False
+        )
         boxes = ok(served.post("mainbody_detection", det))[0]["boxes"]
         assert [b["is_whole_image"] for b in boxes] == [True]  # 1.1.0 is current now: was still 1.0.0's answer
         registry.use("reload-me", "1.0.0", default=False)  # the session's default pack stays
@@ -70,11 +72,27 @@ def test_serve_help_shows_defaults(capsys):
 def test_recognize_video_server_honours_gallery_real(served, photos, tmp_path, capsys):
     from shitu.serving.cli import main
 
-    ok(served.post("image_recognition", {"operation": "add", "gallery": "video-gallery",
-                                         "images": [b64(photos["cat"])], "labels": ["video-cat"]}))
+    ok(
+        served.post(
+            "image_recognition",
+            {"operation": "add", "gallery": "video-gallery", "images": [b64(photos["cat"])], "labels": ["video-cat"]},
+        )
+    )
     clip = write_video(tmp_path / "clip.avi", n=6)
-    rc = main(["recognize-video", str(clip), "--server", served.url, "--gallery", "video-gallery", "--json",
-               "--no-progress", "--every", "3"])
+    rc = main(
+        [
+            "recognize-video",
+            str(clip),
+            "--server",
+            served.url,
+            "--gallery",
+            "video-gallery",
+            "--json",
+            "--no-progress",
+            "--every",
+            "3",
+        ]
+    )
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert rc == 0
     labels = {t["label"] for t in lines if t["type"] == "track"}
@@ -142,8 +160,7 @@ def test_manifest_errors_name_the_users_file_not_the_staging_folder(tmp_path):
 
 
 def test_feature_extraction_answers_the_box_it_used_real(served, photos):
-    res = ok(served.post("feature_extraction", {"images": [b64(photos["cat"])],
-                                                "boxes": [[[100, 50, 10000, 10000]]]}))
+    res = ok(served.post("feature_extraction", {"images": [b64(photos["cat"])], "boxes": [[[100, 50, 10000, 10000]]]}))
     assert res[0]["boxes"] == [[100, 50, 451, 300]]  # was: [[100, 50, 10000, 10000]] on a 451x300 image
 
 

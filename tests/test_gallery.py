@@ -1,4 +1,5 @@
 """The gallery: every index type x metric, removal/update semantics, persistence, validation, corruption."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -8,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shitu.serving.gallery.local import FORMAT_VERSION, Gallery, GalleryError, LabelError
 from shitu.serving.engine.results import Match
+from shitu.serving.gallery.local import FORMAT_VERSION, Gallery, GalleryError, LabelError
 
 DIM = 32
 N = 300
@@ -25,10 +26,15 @@ def bits(rng: np.random.Generator, n: int, d: int = 64) -> np.ndarray:
 
 
 CASES = [
-    ("Flat", "IP"), ("Flat", "L2"),
-    ("IVF", "IP"), ("IVF", "L2"),
-    ("HNSW32", "IP"), ("HNSW32", "L2"),
-    ("Flat", "hamming"), ("HNSW32", "hamming"), ("IVF", "hamming"),
+    ("Flat", "IP"),
+    ("Flat", "L2"),
+    ("IVF", "IP"),
+    ("IVF", "L2"),
+    ("HNSW32", "IP"),
+    ("HNSW32", "L2"),
+    ("Flat", "hamming"),
+    ("HNSW32", "hamming"),
+    ("IVF", "hamming"),
 ]
 
 
@@ -266,9 +272,13 @@ def test_records_hashes_list_info(tmp_path):
     rng = np.random.default_rng(9)
     x = unit(rng, 10)
     with Gallery.create(tmp_path / "g", DIM, "Flat") as g:
-        ids = g.add(x, ["a"] * 4 + ["b"] * 6, sources=[f"s{i}" for i in range(10)],
-                    metadata=[{"n": i} if i % 2 else None for i in range(10)],
-                    content_hashes=[f"h{i}" for i in range(10)])
+        ids = g.add(
+            x,
+            ["a"] * 4 + ["b"] * 6,
+            sources=[f"s{i}" for i in range(10)],
+            metadata=[{"n": i} if i % 2 else None for i in range(10)],
+            content_hashes=[f"h{i}" for i in range(10)],
+        )
         rec = g.get(ids[1], with_vector=True)
         assert rec["label"] == "a" and rec["source"] == "s1" and rec["metadata"] == {"n": 1}
         assert rec["content_hash"] == "h1" and rec["added_at"] > 0 and np.allclose(rec["vector"], x[1])
@@ -281,8 +291,18 @@ def test_records_hashes_list_info(tmp_path):
         g.update(ids[0], metadata={"k": "v"}, source="new")
         assert g.get(ids[0])["metadata"] == {"k": "v"} and g.get(ids[0])["source"] == "new"
         info = g.info()
-        for key in ("count", "labels", "dim", "metric", "index_method", "seq", "removed_pending", "path",
-                    "size_bytes", "format_version"):
+        for key in (
+            "count",
+            "labels",
+            "dim",
+            "metric",
+            "index_method",
+            "seq",
+            "removed_pending",
+            "path",
+            "size_bytes",
+            "format_version",
+        ):
             assert key in info
         assert (info["count"], info["labels"], info["dim"], info["format_version"]) == (10, 2, DIM, FORMAT_VERSION)
         assert info["size_bytes"] > 0 and info["path"] == str(tmp_path / "g")

@@ -1,4 +1,5 @@
 """The gallery backend interface: the local backend (real SQLite + faiss) implements every method of it."""
+
 from __future__ import annotations
 
 import inspect
@@ -29,6 +30,6 @@ def test_backend_signatures_match_the_local_backend():
         params = inspect.signature(getattr(Gallery, name)).parameters
         have = list(params)
         assert have[: len(want)] == want, f"{name}: interface {want} vs local {have}"
-        for extra in have[len(want):]:
+        for extra in have[len(want) :]:
             p = params[extra]
             assert p.kind is p.KEYWORD_ONLY and p.default is not p.empty, f"{name}: extra parameter {extra}"

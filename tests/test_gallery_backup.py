@@ -1,5 +1,6 @@
 """Gallery backups while another process writes, restores, and portable export/import archives (real SQLite,
 real faiss, real processes)."""
+
 from __future__ import annotations
 
 import json
@@ -13,13 +14,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shitu.serving.gallery.backup import (BackupError, backup, export_archive, gallery_model_identity,
-                                          import_archive, model_identity, restore)
+from shitu.serving.gallery.backup import (
+    BackupError,
+    backup,
+    export_archive,
+    gallery_model_identity,
+    import_archive,
+    model_identity,
+    restore,
+)
 from shitu.serving.gallery.local import Gallery
 
 DIM = 32
 
-WRITER = r"""
+WRITER = (
+    r"""
 import sys
 import numpy as np
 from shitu.serving.gallery.local import Gallery
@@ -29,7 +38,9 @@ for i in range(int(sys.argv[2])):
     ids = g.add(rng.standard_normal((1, %d)).astype(np.float32), [f"label-{i}"])
     print(ids[0], flush=True)  # acknowledged: committed when add returned
 g.close()
-""" % DIM
+"""
+    % DIM
+)
 
 
 def _vector(i: int) -> np.ndarray:
@@ -109,14 +120,19 @@ def test_cli_backup_restore_export_import(tmp_path, models_dir):
     from shitu.model_spec import ModelSpec
 
     g = Gallery.create(tmp_path / "g", DIM, index_method="Flat", dist_type="IP")
-    g.add(np.eye(4, DIM, dtype=np.float32), ["a", "b", "c", "d"], sources=["1.jpg", None, None, None],
-          metadata=[{"sku": 7}, None, None, None])
+    g.add(
+        np.eye(4, DIM, dtype=np.float32),
+        ["a", "b", "c", "d"],
+        sources=["1.jpg", None, None, None],
+        metadata=[{"sku": 7}, None, None, None],
+    )
     g.remove(ids=[2])
     g.close()
 
     def shitu(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "shitu", "gallery", *args], capture_output=True, text=True,
-                              timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "shitu", "gallery", *args], capture_output=True, text=True, timeout=300
+        )
 
     out = shitu("backup", str(tmp_path / "g"), str(tmp_path / "bk"))
     assert out.returncode == 0, out.stderr
@@ -130,12 +146,21 @@ def test_cli_backup_restore_export_import(tmp_path, models_dir):
     out = shitu("import", str(tmp_path / "g.tar.gz"), str(tmp_path / "copy"))
     assert out.returncode == 0, out.stderr
     with Gallery.open(tmp_path / "copy") as c:
-        assert [(r["id"], r["label"], r["source"], r["metadata"]) for r in c.list()] == \
-            [(1, "a", "1.jpg", {"sku": 7}), (3, "c", None, None), (4, "d", None, None)]
+        assert [(r["id"], r["label"], r["source"], r["metadata"]) for r in c.list()] == [
+            (1, "a", "1.jpg", {"sku": 7}),
+            (3, "c", None, None),
+            (4, "d", None, None),
+        ]
     assert gallery_model_identity(tmp_path / "copy") == model_identity(ModelSpec.from_dir(rec_dir, "extractor"))
     # Another model: refused, nothing added.
-    other = Path(__file__).resolve().parents[1] / ".." / "shared" / "official_format" / "legacy" / \
-        "general_PPLCNetV2_base_pretrained_v1.0_infer"
+    other = (
+        Path(__file__).resolve().parents[1]
+        / ".."
+        / "shared"
+        / "official_format"
+        / "legacy"
+        / "general_PPLCNetV2_base_pretrained_v1.0_infer"
+    )
     if other.is_dir():
         out = shitu("import", str(tmp_path / "g.tar.gz"), str(tmp_path / "copy"), "--model-dir", str(other))
         assert out.returncode == 3 and "different models" in out.stderr

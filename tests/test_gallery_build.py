@@ -1,4 +1,5 @@
 """Building galleries from list files / folder trees with an embedding function, and the ``shitu gallery`` CLI."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from shitu.serving.gallery.local import Gallery, GalleryError
 from shitu.serving.gallery.build import BuildReport, GalleryBuildError, build_from_entries, build_from_source
 from shitu.serving.gallery.list_file import parse_list_file
+from shitu.serving.gallery.local import Gallery, GalleryError
 
 DIM = 48
 
@@ -29,8 +30,9 @@ class FakeEmbed:
         if self.fail_after is not None and sum(self.batches) >= self.fail_after:
             raise RuntimeError("extractor crashed")
         self.batches.append(len(images))
-        out = np.stack([cv2.resize(img, (4, 4), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
-                        for img in images])
+        out = np.stack(
+            [cv2.resize(img, (4, 4), interpolation=cv2.INTER_AREA).astype(np.float32).ravel() for img in images]
+        )
         out -= out.mean(axis=1, keepdims=True)
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
 
@@ -95,13 +97,16 @@ def test_duplicate_images_in_one_build_are_added_once(tmp_path, images):
 
 def test_bad_lines_stop_the_build_before_anything_changes(tmp_path, images):
     (images / "broken.jpg").write_bytes(b"this is not a jpeg")
-    lst = write_list(images, [
-        "gallery/0/0.png\ta",
-        "gallery/0/3.png",  # line 2: missing label
-        "gallery/9/missing.png\tb",  # line 3: missing image
-        "broken.jpg\tc",  # line 4: not decodable
-        "gallery/1/1.png\td",
-    ])
+    lst = write_list(
+        images,
+        [
+            "gallery/0/0.png\ta",
+            "gallery/0/3.png",  # line 2: missing label
+            "gallery/9/missing.png\tb",  # line 3: missing image
+            "broken.jpg\tc",  # line 4: not decodable
+            "gallery/1/1.png\td",
+        ],
+    )
     embed = FakeEmbed()
     with Gallery.create(tmp_path / "g", DIM, "Flat") as g:
         with pytest.raises(GalleryBuildError) as ei:
@@ -122,7 +127,10 @@ def test_bad_lines_stop_the_build_before_anything_changes(tmp_path, images):
         report = build_from_source(g, lst, embed, skip_bad=True, progress=False)
         assert report.added == 2 and len(g) == 2
         assert sorted((Path(src).name, line) for src, line, _ in report.bad) == [
-            ("list.txt", 2), ("list.txt", 3), ("list.txt", 4)]
+            ("list.txt", 2),
+            ("list.txt", 3),
+            ("list.txt", 4),
+        ]
         assert any("not a readable image" in reason for _, _, reason in report.bad)
 
 
@@ -144,8 +152,12 @@ def test_build_from_folder_tree_and_entries(tmp_path, images):
     with Gallery.create(tmp_path / "g2", DIM, "Flat") as g:
         assert build_from_entries(g, entries, FakeEmbed(), progress=False).added == 1
         with pytest.raises(GalleryError, match="expected \\[n, d\\]"):
-            build_from_entries(g, parse_list_file(write_list(images, ["gallery/1/1.png\tq"], "x.txt")),
-                               lambda imgs: np.zeros(3), progress=False)
+            build_from_entries(
+                g,
+                parse_list_file(write_list(images, ["gallery/1/1.png\tq"], "x.txt")),
+                lambda imgs: np.zeros(3),
+                progress=False,
+            )
 
 
 def test_binary_gallery_build(tmp_path, images):
@@ -179,9 +191,13 @@ def fake_engine(monkeypatch):
 
     class Engine:
         embedding_size = DIM
-        params = {"IndexProcess.index_method": "HNSW32", "IndexProcess.dist_type": "IP",
-                  "IndexProcess.hamming_radius": 100, "Limits.max_image_bytes": 20_000_000,
-                  "Limits.max_pixels": 40_000_000}
+        params = {
+            "IndexProcess.index_method": "HNSW32",
+            "IndexProcess.dist_type": "IP",
+            "IndexProcess.hamming_radius": 100,
+            "Limits.max_image_bytes": 20_000_000,
+            "Limits.max_pixels": 40_000_000,
+        }
 
         def __init__(self, params):
             self.binary = bool((params or {}).get("RecPostProcess.binarize"))
@@ -208,23 +224,52 @@ def test_cli_build_add_list_info_search_remove_compact_with_a_fake_engine(tmp_pa
     """Every subcommand's bookkeeping, isolated from the models (the real extractor: the test below)."""
     lst = write_list(images, [f"gallery/{i % 3}/{i}.png\tlabel {i % 3}" for i in range(9)])
     g = str(tmp_path / "g")
-    assert cli(["gallery", "build", g, str(lst), "--no-progress", "--index-method", "Flat",
-                "--param", "Global.batch_size=4"]) == 0
+    assert (
+        cli(
+            [
+                "gallery",
+                "build",
+                g,
+                str(lst),
+                "--no-progress",
+                "--index-method",
+                "Flat",
+                "--param",
+                "Global.batch_size=4",
+            ]
+        )
+        == 0
+    )
     assert fake_engine[-1]["params"] == {"Global.batch_size": 4}
     out = capsys.readouterr().out
     assert "added 9" in out
     assert cli(["gallery", "build", g, str(lst), "--no-progress", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["skipped_existing"] == 9
 
-    assert cli(["gallery", "add", g, str(images / "gallery/0/9.png"), str(images / "gallery/1/10.png"),
-                "--label", "Coca Cola", "--no-progress"]) == 0
+    assert (
+        cli(
+            [
+                "gallery",
+                "add",
+                g,
+                str(images / "gallery/0/9.png"),
+                str(images / "gallery/1/10.png"),
+                "--label",
+                "Coca Cola",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert cli(["gallery", "list", g, "--labels", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"Coca Cola": 2, "label 0": 3, "label 1": 3, "label 2": 3}
     assert cli(["gallery", "list", g, "--label", "Coca Cola", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["source"] for r in rows] == [(images / "gallery/0/9.png").as_posix(),
-                                           (images / "gallery/1/10.png").as_posix()]
+    assert [r["source"] for r in rows] == [
+        (images / "gallery/0/9.png").as_posix(),
+        (images / "gallery/1/10.png").as_posix(),
+    ]
 
     assert cli(["gallery", "search", g, str(images / "gallery/1/10.png"), "-k", "2", "--json"]) == 0
     hit = json.loads(capsys.readouterr().out)["matches"][0]
@@ -262,8 +307,22 @@ def test_cli_errors(tmp_path, images, fake_engine, capsys):
 
 def test_cli_hamming_gallery(tmp_path, images, fake_engine, capsys):
     g = str(tmp_path / "g")
-    assert cli(["gallery", "build", g, str(images / "gallery"), "--dist-type", "hamming", "--index-method", "Flat",
-                "--no-progress"]) == 0
+    assert (
+        cli(
+            [
+                "gallery",
+                "build",
+                g,
+                str(images / "gallery"),
+                "--dist-type",
+                "hamming",
+                "--index-method",
+                "Flat",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert fake_engine[-1]["params"] == {"RecPostProcess.binarize": True}
     capsys.readouterr()
     assert cli(["gallery", "info", g, "--json"]) == 0
@@ -276,9 +335,11 @@ def test_cli_hamming_gallery(tmp_path, images, fake_engine, capsys):
 def test_cli_module_imports_nothing_heavy():
     import subprocess
 
-    code = ("import sys, argparse; from shitu.serving.cli import gallery as gallery_cli; "
-            "p = argparse.ArgumentParser(); gallery_cli.register(p.add_subparsers()); "
-            "print(sorted(m for m in ('faiss', 'cv2', 'shitu.serving.engine.engine', 'paddle') if m in sys.modules))")
+    code = (
+        "import sys, argparse; from shitu.serving.cli import gallery as gallery_cli; "
+        "p = argparse.ArgumentParser(); gallery_cli.register(p.add_subparsers()); "
+        "print(sorted(m for m in ('faiss', 'cv2', 'shitu.serving.engine.engine', 'paddle') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -326,8 +387,12 @@ def test_cli_build_refuses_a_pixel_bomb_as_a_bad_entry(tmp_path, photos, capsys)
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
-    (tree / "bomb" / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                                             + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    (tree / "bomb" / "bomb.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
     g = tmp_path / "g"
     code = main(["gallery", "build", str(g), str(tree), "--no-progress", "--index-method", "Flat"])
     err = capsys.readouterr().err

@@ -6,6 +6,7 @@ Real galleries (SQLite + faiss) throughout; "another process" is a real child Py
 folder. Readers switch their periodic log check off (``refresh_interval`` of an hour) so that only the record
 cache's own check can make them see a change; one test then calls that periodic check (``refresh``) explicitly.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -96,8 +97,10 @@ def test_commit_without_the_marker_like_a_crashed_writer_is_seen_at_the_next_log
             conn.execute("BEGIN IMMEDIATE")
             seq = int(conn.execute("SELECT value FROM meta WHERE key='seq'").fetchone()[0]) + 1
             conn.execute("UPDATE items SET label = 'sneaky' WHERE id = ?", (ids[0],))
-            conn.execute("INSERT INTO log (seq, op, item_id, slot, old_slot, ts) VALUES (?, 'relabel', ?, NULL, NULL, ?)",
-                         (seq, ids[0], time.time()))
+            conn.execute(
+                "INSERT INTO log (seq, op, item_id, slot, old_slot, ts) VALUES (?, 'relabel', ?, NULL, NULL, ?)",
+                (seq, ids[0], time.time()),
+            )
             conn.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (str(seq),))
             conn.execute("COMMIT")
         finally:
@@ -162,8 +165,12 @@ def test_engine_sets_the_record_cache_from_limits(models_dir, tmp_path):
     from shitu.params import merge
     from shitu.serving.engine.engine import Engine
 
-    engine = Engine(ModelSpec.from_dir(models_dir / "det"), ModelSpec.from_dir(models_dir / "rec"),
-                    merge({"Limits": {"gallery_record_cache": 7}}), gallery_root=tmp_path / "galleries")
+    engine = Engine(
+        ModelSpec.from_dir(models_dir / "det"),
+        ModelSpec.from_dir(models_dir / "rec"),
+        merge({"Limits": {"gallery_record_cache": 7}}),
+        gallery_root=tmp_path / "galleries",
+    )
     try:
         g = engine.gallery(tmp_path / "g")
         assert g.record_cache_capacity == 7

@@ -5,6 +5,7 @@ a snapshot after every commit (so kills land inside snapshot writes and compacti
 gallery must open and be consistent: every batch is all there or all gone, every stored vector is the one its
 metadata says, every item is found by its own vector, counts agree, and it keeps working.
 """
+
 from __future__ import annotations
 
 import os

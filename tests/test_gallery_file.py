@@ -1,4 +1,5 @@
 """Gallery list files (PaddleClas format and variants) and folder trees."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from shitu.serving.gallery.list_file import (
-    ListEntry,
     GalleryFileError,
+    ListEntry,
     label_problem,
     parse_list_file,
     read_entries,
@@ -43,7 +44,7 @@ def test_paddleclas_tab_format(root):
 
 
 def test_label_after_the_first_tab_keeps_spaces_and_path_may_have_spaces(root):
-    lst = write(root, "my photos/a b.jpg\tCoca Cola Zero \ngallery/0/0.jpg\t\"Quoted  label\"\n")
+    lst = write(root, 'my photos/a b.jpg\tCoca Cola Zero \ngallery/0/0.jpg\t"Quoted  label"\n')
     entries = parse_list_file(lst)
     assert [(e.path.name, e.label) for e in entries] == [("a b.jpg", "Coca Cola Zero"), ("0.jpg", "Quoted  label")]
 
@@ -51,13 +52,18 @@ def test_label_after_the_first_tab_keeps_spaces_and_path_may_have_spaces(root):
 def test_whitespace_separated_rest_of_line_is_the_label(root):
     lst = write(root, "gallery/0/0.jpg   cat\ngallery/0/1.jpg Coca Cola\n  c.png\t  dog  \n")
     assert [(e.path.name, e.label) for e in parse_list_file(lst)] == [
-        ("0.jpg", "cat"), ("1.jpg", "Coca Cola"), ("c.png", "dog")]
+        ("0.jpg", "cat"),
+        ("1.jpg", "Coca Cola"),
+        ("c.png", "dog"),
+    ]
 
 
 def test_quoted_path_and_label_without_tab(root):
     lst = write(root, "\"my photos/a b.jpg\" \"Coca Cola\"\n'gallery/1/0.jpg' 'x y'\n")
     assert [(e.path, e.label) for e in parse_list_file(lst)] == [
-        (root / "my photos/a b.jpg", "Coca Cola"), (root / "gallery/1/0.jpg", "x y")]
+        (root / "my photos/a b.jpg", "Coca Cola"),
+        (root / "gallery/1/0.jpg", "x y"),
+    ]
 
 
 def test_blank_lines_and_comments_are_skipped_line_numbers_kept(root):
@@ -103,7 +109,7 @@ def test_invalid_label_reports_line(root):
 
 
 def test_unclosed_quote_is_a_bad_line(root):
-    lst = write(root, "\"gallery/0/0.jpg cat\n")
+    lst = write(root, '"gallery/0/0.jpg cat\n')
     with pytest.raises(GalleryFileError, match=":1: unclosed quote"):
         parse_list_file(lst)
 
@@ -137,8 +143,16 @@ def test_missing_list_file():
 
 
 def test_scan_folder_tree(tmp_path):
-    for rel in ["cat/1.jpg", "cat/sub/2.PNG", "dog/a.jpeg", "dog/notes.txt", "top.jpg", ".hidden/x.jpg",
-                "dog/.x.jpg", "Coca Cola/c.bmp"]:
+    for rel in [
+        "cat/1.jpg",
+        "cat/sub/2.PNG",
+        "dog/a.jpeg",
+        "dog/notes.txt",
+        "top.jpg",
+        ".hidden/x.jpg",
+        "dog/.x.jpg",
+        "Coca Cola/c.bmp",
+    ]:
         p = tmp_path / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"x")

@@ -3,6 +3,7 @@
 milvus-lite in server mode by default; a full Milvus server with ``SHITU_TEST_MILVUS_URI=milvus://host:port``
 (see tests/milvus_server.py). Every test here talks gRPC to that server: nothing is faked.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -47,14 +48,16 @@ def test_milvus_gallery_matches_local_gallery_real(milvus, tmp_path):
     vecs = _unit(300)
     labels = [f"l{i % 7}" for i in range(300)]
     meta = [{"sku": i} if i % 3 == 0 else None for i in range(300)]
-    with Gallery.create(tmp_path / "local", 32, "Flat", "IP") as loc, \
-            MilvusGallery.create(milvus.uri("crud"), 32, "Flat", "IP") as mil:
+    with (
+        Gallery.create(tmp_path / "local", 32, "Flat", "IP") as loc,
+        MilvusGallery.create(milvus.uri("crud"), 32, "Flat", "IP") as mil,
+    ):
         from shitu.serving.gallery.backend import GalleryBackend
 
         assert isinstance(loc, GalleryBackend) and isinstance(mil, GalleryBackend)
         ids_l = loc.add(vecs, labels, sources=[f"s{i}" for i in range(300)], metadata=meta)
         ids_m = mil.add(vecs, labels, sources=[f"s{i}" for i in range(300)], metadata=meta)
-        assert len(set(ids_m)) == 300 and all(0 < i < 2 ** 53 for i in ids_m)
+        assert len(set(ids_m)) == 300 and all(0 < i < 2**53 for i in ids_m)
         to_m = dict(zip(ids_l, ids_m))
         q = _unit(20, seed=1)
         for rl, rm in zip(loc.search(q, 5), mil.search(q, 5)):
@@ -78,8 +81,9 @@ def test_milvus_gallery_matches_local_gallery_real(milvus, tmp_path):
         assert all(m.id != ids_m[2] and m.label != "l4" for row in hits for m in row)
         assert len(mil) == 300 - 1 - labels.count("l4") + (1 if labels[2] == "l4" else 0)
         assert mil.label_counts()["renamed"] == 1
-        assert [r["id"] for r in mil.list(label="l1", limit=5)] == sorted(r["id"] for r in mil.list(label="l1",
-                                                                                                   limit=5))
+        assert [r["id"] for r in mil.list(label="l1", limit=5)] == sorted(
+            r["id"] for r in mil.list(label="l1", limit=5)
+        )
         info = mil.info()
         assert info["backend"] == "milvus" and info["count"] == len(mil) and info["metric"] == "IP"
         # a second client (another replica) sees the same gallery and ids
@@ -237,8 +241,12 @@ def test_migrate_local_to_milvus_and_back_real(milvus, tmp_path, capsys):
 
     vecs = _unit(1300, seed=7)
     with Gallery.create(tmp_path / "src", 32, "Flat", "IP") as g:
-        ids = g.add(vecs, [f"p{i % 50}" for i in range(1300)], metadata=[{"i": i} for i in range(1300)],
-                    content_hashes=[f"h{i}" for i in range(1300)])
+        ids = g.add(
+            vecs,
+            [f"p{i % 50}" for i in range(1300)],
+            metadata=[{"i": i} for i in range(1300)],
+            content_hashes=[f"h{i}" for i in range(1300)],
+        )
         g.remove(ids=ids[:10])
     uri = milvus.uri("mig")
     assert main(["gallery", "migrate", str(tmp_path / "src"), uri, "--json"]) == 0
@@ -271,6 +279,7 @@ def test_engine_recognizes_with_a_milvus_gallery_real(milvus, engine, photos, mo
     from shitu.model_spec import ModelSpec
     from shitu.params import merge
     from shitu.serving.engine.engine import Engine, EngineError
+
     from .conftest import GENERAL_LITE
 
     uri = milvus.uri("engine")
@@ -288,8 +297,11 @@ def test_engine_recognizes_with_a_milvus_gallery_real(milvus, engine, photos, mo
     finally:
         loaded.close()
 
-    eng = Engine(ModelSpec.from_dir(models_dir / "det"), ModelSpec.from_dir(models_dir / "rec"),
-                 merge(GENERAL_LITE, {"IndexProcess": {"index_dir": uri}}))
+    eng = Engine(
+        ModelSpec.from_dir(models_dir / "det"),
+        ModelSpec.from_dir(models_dir / "rec"),
+        merge(GENERAL_LITE, {"IndexProcess": {"index_dir": uri}}),
+    )
     assert eng.gallery().path == uri.split("?")[0]
     other = "shelf-" + uri.rsplit("_", 1)[-1]
     with pytest.raises(EngineError, match="no gallery named"):
@@ -306,7 +318,6 @@ def test_shitu_recognize_in_process_on_a_milvus_gallery_real(milvus, engine, pho
     import cv2
 
     from shitu.serving.cli import main
-
     from shitu.serving.engine import load_engine
 
     uri = milvus.uri("cli")

@@ -6,6 +6,7 @@ updates; after each change returns it asks the child to poll until the change is
 the (system-wide monotonic) time it saw it. The behaviour test gives the child a generous deadline; the
 one-second figure the README promises is checked by the ``timing`` test, run by ``make bench``.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,15 +63,21 @@ def visibility_delays(tmp_path, method: str) -> list[float]:
     ids = g.add(x[:100], [f"l{i}" for i in range(100)])
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(dim=DIM, poll=POLL_SECONDS))
-    proc = subprocess.Popen([sys.executable, str(script), str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
 
         def visible(vector, id_, present=True, label=None) -> float:
             committed = time.monotonic()
-            proc.stdin.write(json.dumps({"vector": vector.tolist(), "id": id_, "present": present,
-                                         "label": label}) + "\n")
+            proc.stdin.write(
+                json.dumps({"vector": vector.tolist(), "id": id_, "present": present, "label": label}) + "\n"
+            )
             proc.stdin.flush()
             reply = json.loads(proc.stdout.readline())
             assert reply["seen"] is not None, f"change not visible in the other process: {reply}"
@@ -124,8 +131,9 @@ def test_two_writers_interleave(tmp_path):
     path = tmp_path / "g"
     Gallery.create(path, 8, "HNSW32", "L2").close()
     script = tmp_path / "writer.py"
-    script.write_text(textwrap.dedent(
-        """
+    script.write_text(
+        textwrap.dedent(
+            """
         import sys
         import numpy as np
         from shitu.serving.gallery.local import Gallery
@@ -138,7 +146,8 @@ def test_two_writers_interleave(tmp_path):
                 if i % 4 == 3:
                     g.remove(labels=[f"{tag}{i - 1}"])
         """
-    ))
+        )
+    )
     procs = [subprocess.Popen([sys.executable, str(script), str(path), tag]) for tag in ("a", "bb")]
     for p in procs:
         assert p.wait(timeout=120) == 0

@@ -4,6 +4,7 @@ Real galleries (SQLite + faiss) throughout. A second ``Gallery`` object on the s
 connections and its own index copy, like another process; its log refresh is switched off (``refresh_interval``
 of an hour) so that only the record cache's own check of the change counter can make it see a change.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -101,8 +102,10 @@ def test_whole_cache_follows_adds_revectors_and_removals_elsewhere(pair):
     writer.remove(ids=[ids[2], added[2]])
     reader.refresh()  # the index catches up; the records follow the log on the next search
     hits = reader.search(new[:2], k=1)
-    assert [(h[0].id, h[0].label, h[0].source) for h in hits] == [(added[0], "fresh", "a.jpg"),
-                                                                   (added[1], "fresh", "b.jpg")]
+    assert [(h[0].id, h[0].label, h[0].source) for h in hits] == [
+        (added[0], "fresh", "a.jpg"),
+        (added[1], "fresh", "b.jpg"),
+    ]
     assert reader.search(-new[:1], k=1)[0][0].id == ids[1]  # re-vectored: found by its new vector
     assert cache.whole and len(cache.rows) == len(writer) == 50 + 3 - 2
     reader.__dict__["_records"] = RecordCache()

@@ -1,4 +1,5 @@
 """`shitu gallery add|remove|info|list --server URL`: the gallery commands against a running server."""
+
 from __future__ import annotations
 
 import json

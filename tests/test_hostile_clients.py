@@ -4,6 +4,7 @@ Every test runs against real ``hub serving`` over loopback (single process and g
 ``/health`` must keep answering within 2 s for every probe while the attack runs, and the attacked requests get
 JSON envelopes.
 """
+
 from __future__ import annotations
 
 import json
@@ -111,16 +112,29 @@ def _unread_answers_are_cut(served, token: str | None = None) -> None:
     dim = served.post("index_search", {"operation": "info"}).json()["results"]["dim"]
     gallery = f"unread-{uuid.uuid4().hex[:8]}"
     vectors = unit_vectors(100, dim)
-    add = {"operation": "add", "gallery": gallery, "embeddings": vectors.tolist(), "labels": ["big"] * 100,
-           "metadata": [{"blob": "x" * 16000}] * 100}
+    add = {
+        "operation": "add",
+        "gallery": gallery,
+        "embeddings": vectors.tolist(),
+        "labels": ["big"] * 100,
+        "metadata": [{"blob": "x" * 16000}] * 100,
+    }
     if token:
         add["token"] = token
     assert served.post("index_search", add).json()["status"] == "000"
-    search = json.dumps({"operation": "search", "gallery": gallery, "embeddings": vectors[:4].tolist(),
-                         "params": {"IndexProcess": {"return_k": 100, "score_thres": -1}}}).encode()
+    search = json.dumps(
+        {
+            "operation": "search",
+            "gallery": gallery,
+            "embeddings": vectors[:4].tolist(),
+            "params": {"IndexProcess": {"return_k": 100, "score_thres": -1}},
+        }
+    ).encode()
     host, port = _addr(served)
-    request = (f"POST /predict/index_search HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(search)}\r\n\r\n").encode() + search
+    request = (
+        f"POST /predict/index_search HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(search)}\r\n\r\n"
+    ).encode() + search
     clients = []
     try:
         for _ in range(3):
@@ -233,9 +247,11 @@ def test_real_work_per_request_is_bounded_before_any_work(served, photos):
     from tests.conftest import b64
 
     img = b64(next(iter(photos.values())))
-    cases = [("feature_extraction", {"images": [img], "boxes": [[[0, 0, 10, 10]] * 2000]}, "2000 boxes"),
-             ("index_search", {"embeddings": [[0.0] * 4] * 300}, "300 embeddings"),
-             ("index_search", {"embeddings": [[0.0] * 4], "return_k": 1000}, "Limits.max_return_k")]
+    cases = [
+        ("feature_extraction", {"images": [img], "boxes": [[[0, 0, 10, 10]] * 2000]}, "2000 boxes"),
+        ("index_search", {"embeddings": [[0.0] * 4] * 300}, "300 embeddings"),
+        ("index_search", {"embeddings": [[0.0] * 4], "return_k": 1000}, "Limits.max_return_k"),
+    ]
     # 256 queries x 100 matches each carrying up to 16 kB of metadata made a 411 MB answer from a 1 MB request
     dim = served.post("index_search", {"operation": "info"}).json()["results"]["dim"]
     cases.append(("index_search", {"embeddings": [[0.1] * dim] * 256, "return_k": 100}, "Limits.max_matches"))
@@ -246,8 +262,12 @@ def test_real_work_per_request_is_bounded_before_any_work(served, photos):
 
 # -- hostile JSON ------------------------------------------------------------------------------------------------
 def _raw_post(served, module: str, body: bytes, **headers):
-    return requests.post(f"{served.url}/predict/{module}", data=body, timeout=120,
-                         headers={"Content-Type": "application/json", **headers})
+    return requests.post(
+        f"{served.url}/predict/{module}",
+        data=body,
+        timeout=120,
+        headers={"Content-Type": "application/json", **headers},
+    )
 
 
 def _server_paths() -> list[str]:
@@ -256,8 +276,12 @@ def _server_paths() -> list[str]:
 
     import shitu
 
-    return [str(Path(shitu.__file__).resolve().parent.parent), os.environ["HUB_HOME"], os.environ["SHITU_HOME"],
-            str(Path.home())]
+    return [
+        str(Path(shitu.__file__).resolve().parent.parent),
+        os.environ["HUB_HOME"],
+        os.environ["SHITU_HOME"],
+        str(Path.home()),
+    ]
 
 
 def test_real_huge_names_are_not_echoed_nor_compared(served):
@@ -274,8 +298,11 @@ def test_real_malformed_bodies_get_envelopes(served):
     r = _raw_post(served, "mainbody_detection", deep)
     body = r.json()
     assert body.pop("request_id")  # every envelope carries one (the observability issue)
-    assert r.status_code == 400 and body == {"status": "400", "msg": "the request JSON is nested too deeply",
-                                             "results": ""}
+    assert r.status_code == 400 and body == {
+        "status": "400",
+        "msg": "the request JSON is nested too deeply",
+        "results": "",
+    }
     for body in (b"null", b"[1, 2]", b"42", b'"x"'):
         r = _raw_post(served, "mainbody_detection", body)
         assert r.status_code == 400 and r.json()["msg"] == "the request body must be a JSON object", body
@@ -284,8 +311,13 @@ def test_real_malformed_bodies_get_envelopes(served):
         yield b'{"images": ["'
         for _ in range(65):
             yield b"A" * (1 << 20)
-    r = requests.post(f"{served.url}/predict/mainbody_detection", data=chunks(), timeout=120,
-                      headers={"Content-Type": "application/json"})  # chunked: no Content-Length to refuse early
+
+    r = requests.post(
+        f"{served.url}/predict/mainbody_detection",
+        data=chunks(),
+        timeout=120,
+        headers={"Content-Type": "application/json"},
+    )  # chunked: no Content-Length to refuse early
     assert r.status_code == 413 and r.json()["status"] == "413" and "larger than the limit" in r.json()["msg"]
     _probe_health(served, probes=1)
 
@@ -295,10 +327,19 @@ def test_real_odd_values_get_clear_errors(served):
     cases = [
         ({"operation": "remove", "ids": [2**70]}, "0..2**63-1"),
         ({"operation": "add", "embeddings": [[0.1] * dim], "labels": ["\ud800"]}, "not valid Unicode"),
-        ({"operation": "add", "embeddings": [[0.1] * dim], "labels": ["a"], "metadata": [json.loads(
-            '{"a": ' + "[" * 700 + "]" * 700 + "}")]}, "nested more than"),
-        ({"operation": "add", "embeddings": [[0.1] * dim], "labels": ["a"], "metadata": [{"a": "x" * 20000}]},
-         "Limits.max_metadata_bytes"),
+        (
+            {
+                "operation": "add",
+                "embeddings": [[0.1] * dim],
+                "labels": ["a"],
+                "metadata": [json.loads('{"a": ' + "[" * 700 + "]" * 700 + "}")],
+            },
+            "nested more than",
+        ),
+        (
+            {"operation": "add", "embeddings": [[0.1] * dim], "labels": ["a"], "metadata": [{"a": "x" * 20000}]},
+            "Limits.max_metadata_bytes",
+        ),
         ({"operation": "info", "gallery": "tokg\n"}, "invalid gallery name"),
         ({"operation": "info", "scenario": "no-such-pack"}, "no pack named"),
     ]
@@ -337,9 +378,12 @@ def test_open_galleries_are_bounded(tmp_path, models_dir):
     from shitu.params import merge
     from shitu.serving.engine.engine import Engine
 
-    eng = Engine(ModelSpec.from_dir(models_dir / "det"), ModelSpec.from_dir(models_dir / "rec"),
-                 merge({"Limits": {"max_open_galleries": 3}, "IndexProcess": {"index_method": "Flat"}}),
-                 gallery_root=tmp_path)
+    eng = Engine(
+        ModelSpec.from_dir(models_dir / "det"),
+        ModelSpec.from_dir(models_dir / "rec"),
+        merge({"Limits": {"max_open_galleries": 3}, "IndexProcess": {"index_method": "Flat"}}),
+        gallery_root=tmp_path,
+    )
     try:
         vec = np.ones((1, eng.embedding_size), np.float32)
         eng.gallery("g0", create=True).add(vec, ["a"])
@@ -367,13 +411,32 @@ def test_real_shitu_serve_listens_on_loopback_with_gunicorn_state_under_its_home
     port = control.free_port()
     env = {**os.environ, "SHITU_ADMIN_TOKEN": ""}
     log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("shitu")), "serve", "--port", str(port), "--workers",
-                             "2", "--modules", "index_search", "--config-out", str(tmp_path / "serve.json")],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("shitu")),
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--modules",
+            "index_search",
+            "--config-out",
+            str(tmp_path / "serve.json"),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         control.wait_ready(f"http://127.0.0.1:{port}", proc)
-        listening = {c.laddr for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-                     for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        listening = {
+            c.laddr
+            for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+            for c in p.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        }
         assert listening and all(a.ip == "127.0.0.1" for a in listening), listening
         ctl = Path(os.environ["HUB_HOME"]) / "gunicorn" / f"serving-{port}.ctl"
         deadline = time.monotonic() + 60  # the arbiter opens its control socket on its own schedule

@@ -1,8 +1,8 @@
 """Hostile packs: names with a trailing newline, YAML bombs, archive bombs, downloads that never end."""
+
 from __future__ import annotations
 
 import gzip
-import io
 import socket
 import sys
 import tarfile
@@ -36,8 +36,8 @@ def test_names_with_a_trailing_newline_are_refused(tmp_path):
 
 def test_yaml_aliases_are_refused_before_they_expand():
     laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
-        for p, c in zip("abcdefgh", "bcdefghi"))
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi")
+    )
     assert len(laughs) < 2048
     with pytest.raises(ManifestError, match="aliases"):
         mf.load_yaml("name: testpack\n" + laughs)
@@ -116,8 +116,9 @@ def test_download_that_drips_ends_at_its_deadline(tmp_path, monkeypatch):
     monkeypatch.setenv("SHITU_DOWNLOAD_DEADLINE", "2")
     try:
         with pytest.raises(PackError, match="not finished within 2 s"):
-            fetch.download(f"http://127.0.0.1:{server.getsockname()[1]}/pack.tar.gz", tmp_path / "pack.tar.gz",
-                           progress=False)
+            fetch.download(
+                f"http://127.0.0.1:{server.getsockname()[1]}/pack.tar.gz", tmp_path / "pack.tar.gz", progress=False
+            )
     finally:
         stop.set()
         server.close()

@@ -1,4 +1,5 @@
 """What cameras, phones and attackers send: every format decodes to BGR uint8, bad bytes are clear errors."""
+
 from __future__ import annotations
 
 import base64
@@ -34,14 +35,26 @@ def test_exif_orientation_is_applied(rgb):
     assert img[2, 30, 2] > 200  # red band now at the top (BGR: red is channel 2)
 
 
-@pytest.mark.parametrize("fmt,mode,kw", [
-    ("PNG", "L", {}), ("PNG", "RGBA", {}), ("PNG", "I;16", {}), ("JPEG", "CMYK", {}),
-    ("JPEG", "RGB", {"progressive": True}), ("WEBP", "RGB", {}), ("BMP", "RGB", {}), ("PNG", "P", {}),
-    ("TIFF", "RGB", {}),
-])
+@pytest.mark.parametrize(
+    "fmt,mode,kw",
+    [
+        ("PNG", "L", {}),
+        ("PNG", "RGBA", {}),
+        ("PNG", "I;16", {}),
+        ("JPEG", "CMYK", {}),
+        ("JPEG", "RGB", {"progressive": True}),
+        ("WEBP", "RGB", {}),
+        ("BMP", "RGB", {}),
+        ("PNG", "P", {}),
+        ("TIFF", "RGB", {}),
+    ],
+)
 def test_formats_decode_to_bgr8(rgb, fmt, mode, kw):
-    im = rgb.convert(mode) if mode != "I;16" else Image.fromarray((np.asarray(rgb.convert("L")).astype(np.uint16)
-                                                                    * 257), "I;16")
+    im = (
+        rgb.convert(mode)
+        if mode != "I;16"
+        else Image.fromarray((np.asarray(rgb.convert("L")).astype(np.uint16) * 257), "I;16")
+    )
     out = decode(pil_bytes(im, fmt, **kw))
     assert out.dtype == np.uint8 and out.shape == (60, 90, 3)
     # The values, not only the shape: each band's colour (BGR), or its gray level for gray images (16-bit

@@ -1,4 +1,5 @@
 """One label rule for requests, list files, the CLI and the gallery (real service in-process, real gallery)."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,12 +14,15 @@ def search_service():
     return SearchService({}, gallery="labels-test")
 
 
-@pytest.mark.parametrize("label, words", [
-    ("cola\x85", "U+0085"),  # a C1 control character: used to pass the request check, then fail in the gallery
-    ("cola\t", "U+0009"),
-    ("   ", "empty"),
-    ("x" * 129, "129 characters"),
-])
+@pytest.mark.parametrize(
+    "label, words",
+    [
+        ("cola\x85", "U+0085"),  # a C1 control character: used to pass the request check, then fail in the gallery
+        ("cola\t", "U+0009"),
+        ("   ", "empty"),
+        ("x" * 129, "129 characters"),
+    ],
+)
 def test_request_labels_follow_the_gallery_rule(search_service, label, words):
     from shitu.serving.hub.service import RequestError
 

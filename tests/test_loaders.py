@@ -1,14 +1,15 @@
 """Loaders and decoders on tiny Paddle models built on the fly, in both file formats."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import yaml
 
+from shitu.model_spec import ModelSpec, ModelSpecError
 from shitu.params import merge
 from shitu.serving.engine.detection import MainbodyDetector
 from shitu.serving.engine.extraction import FeatureExtractor
-from shitu.model_spec import ModelSpec, ModelSpecError
 from shitu.serving.engine.predictor import Predictor, PredictorError
 
 from .tiny_models import build
@@ -35,12 +36,27 @@ def tiny_det(request, tmp_path_factory):
 @pytest.fixture(scope="module", params=["pir", "legacy"])
 def tiny_rec(request, tmp_path_factory):
     d = build("featuremap", tmp_path_factory.mktemp(f"rec_{request.param}"), legacy=request.param == "legacy")
-    (d / "shitu_model.yml").write_text(yaml.safe_dump({
-        "kind": "extractor", "pooling": "gap", "input_color": "RGB",
-        "transform_ops": [{"ResizeImage": {"size": 32}},
-                          {"NormalizeImage": {"scale": "1.0/255.0", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
-                                              "order": ""}},
-                          {"ToCHWImage": None}]}))
+    (d / "shitu_model.yml").write_text(
+        yaml.safe_dump(
+            {
+                "kind": "extractor",
+                "pooling": "gap",
+                "input_color": "RGB",
+                "transform_ops": [
+                    {"ResizeImage": {"size": 32}},
+                    {
+                        "NormalizeImage": {
+                            "scale": "1.0/255.0",
+                            "mean": [0.5, 0.5, 0.5],
+                            "std": [0.5, 0.5, 0.5],
+                            "order": "",
+                        }
+                    },
+                    {"ToCHWImage": None},
+                ],
+            }
+        )
+    )
     return request.param, d
 
 

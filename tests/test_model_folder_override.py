@@ -8,6 +8,7 @@ official recogniser ran on general-lite's pre-processing (square padding, BGR Na
 
 Real models: the official-format fixtures of ``../shared/official_format`` and the embedded general-lite pack.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,10 +47,14 @@ def test_real_official_recogniser_by_parameter_embeds_with_its_own_preprocessing
 def test_real_caller_settings_still_apply_to_a_replaced_model():
     from shitu.serving.engine.engine import load_engine
 
-    ops = [{"ResizeImage": {"size": [224, 224]}}, {"NormalizeImage": {"scale": 1 / 255, "order": "hwc"}},
-           {"ToCHWImage": None}]
-    engine = load_engine(params={"Global": {"rec_inference_model_dir": str(REC)},
-                                 "RecPreProcess": {"transform_ops": ops}})
+    ops = [
+        {"ResizeImage": {"size": [224, 224]}},
+        {"NormalizeImage": {"scale": 1 / 255, "order": "hwc"}},
+        {"ToCHWImage": None},
+    ]
+    engine = load_engine(
+        params={"Global": {"rec_inference_model_dir": str(REC)}, "RecPreProcess": {"transform_ops": ops}}
+    )
     try:
         assert engine.params["RecPreProcess.transform_ops"] == ops
     finally:
@@ -80,8 +85,9 @@ def test_real_a_gallery_of_another_recogniser_is_refused_not_searched(photos, tm
     images = list(photos.values())[:2]
     engine = load_engine(params={"Global": {"rec_inference_model_dir": str(REC)}})
     try:
-        with pytest.raises(EngineError, match="holds vectors of model rec .* not of this engine's recogniser "
-                                              "general_PPLCNetV2"):
+        with pytest.raises(
+            EngineError, match="holds vectors of model rec .* not of this engine's recogniser general_PPLCNetV2"
+        ):
             engine.recognize(images[:1])  # the default gallery: general-lite's demo gallery
         own = tmp_path / "official-gallery"
         engine.gallery_add(images, ["a", "b"], gallery=own)

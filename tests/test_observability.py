@@ -1,4 +1,5 @@
 """Metrics, request ids and bounded logs, against a real ``hub serving`` (gunicorn, 2 workers) over HTTP."""
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -28,8 +29,11 @@ def obs_server(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        s = start_served(tmp, workers=2, init_args={"token": TOKEN, "params": {
-            "Limits": {"max_log_bytes": LOG_BYTES, "log_backups": LOG_BACKUPS}}})
+        s = start_served(
+            tmp,
+            workers=2,
+            init_args={"token": TOKEN, "params": {"Limits": {"max_log_bytes": LOG_BYTES, "log_backups": LOG_BACKUPS}}},
+        )
     finally:
         for k, v in saved.items():
             if v is None:
@@ -61,8 +65,10 @@ def value(samples, name: str, **labels) -> float:
 def test_metrics_move_by_the_right_amounts_during_traffic(obs_server, photos):
     cat = b64(photos["cat"])
     ok_req = {"images": [cat, cat], "gallery": "obs"}
-    added = obs_server.post("image_recognition", {"operation": "add", "gallery": "obs", "token": TOKEN,
-                                                  "labels": ["cat", "cat2"], "images": [cat, cat]}).json()
+    added = obs_server.post(
+        "image_recognition",
+        {"operation": "add", "gallery": "obs", "token": TOKEN, "labels": ["cat", "cat2"], "images": [cat, cat]},
+    ).json()
     assert added["status"] == "000", added
     # Warm both workers (each loads its models on its first request) before counting.
     with cf.ThreadPoolExecutor(4) as pool:
@@ -83,8 +89,12 @@ def test_metrics_move_by_the_right_amounts_during_traffic(obs_server, photos):
     try:
         with cf.ThreadPoolExecutor(3) as pool:
             oks = list(pool.map(lambda _: obs_server.post("image_recognition", ok_req).json(), range(n_ok)))
-            bads = list(pool.map(lambda _: obs_server.post("image_recognition", {"images": [cat], "thresold": 1})
-                                 .json(), range(n_bad)))
+            bads = list(
+                pool.map(
+                    lambda _: obs_server.post("image_recognition", {"images": [cat], "thresold": 1}).json(),
+                    range(n_bad),
+                )
+            )
         not_json = requests.post(f"{obs_server.url}/predict/image_recognition", data="not json", timeout=30)
     finally:
         stop.set()
@@ -121,12 +131,14 @@ def test_request_ids_in_answers_envelopes_and_logs(obs_server, photos):
     cat = b64(photos["cat"])
     r = obs_server.post("image_recognition", {"images": [cat]}, headers={"X-Request-ID": "client-id-42"})
     assert r.headers["X-Request-ID"] == "client-id-42" and r.json()["status"] == "000"
-    bad = obs_server.post("image_recognition", {"images": [cat], "thresold": 1},
-                          headers={"X-Request-ID": "client-id-43"})
+    bad = obs_server.post(
+        "image_recognition", {"images": [cat], "thresold": 1}, headers={"X-Request-ID": "client-id-43"}
+    )
     assert bad.json()["request_id"] == "client-id-43" == bad.headers["X-Request-ID"]
     # A header that is no acceptable id is replaced (no log injection), an absent one generated.
-    weird = obs_server.post("image_recognition", {"images": ["bm90"], "x": 1},
-                            headers={"X-Request-ID": "a b\tc" + "x" * 200})
+    weird = obs_server.post(
+        "image_recognition", {"images": ["bm90"], "x": 1}, headers={"X-Request-ID": "a b\tc" + "x" * 200}
+    )
     rid = weird.json()["request_id"]
     assert rid == weird.headers["X-Request-ID"] and len(rid) == 32 and " " not in rid
     from shitu.serving.client import ServerError, ShituClient
@@ -134,31 +146,45 @@ def test_request_ids_in_answers_envelopes_and_logs(obs_server, photos):
     with pytest.raises(ServerError) as info:
         ShituClient(obs_server.url).recognize(photos["cat"], threshold=2.0)
     assert info.value.request_id and len(info.value.request_id) == 32
-    too_big = requests.post(f"{obs_server.url}/predict/image_recognition", data=b"{" + b" " * 100, timeout=30,
-                            headers={"Content-Type": "application/json"})
+    too_big = requests.post(
+        f"{obs_server.url}/predict/image_recognition",
+        data=b"{" + b" " * 100,
+        timeout=30,
+        headers={"Content-Type": "application/json"},
+    )
     assert too_big.json()["request_id"] == too_big.headers["X-Request-ID"]
     # Every log line of those requests carries its id: the request line, and the traceback PaddleHub logs.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        lines = [json.loads(x) for f in sorted(obs_server.log_dir.glob("shitu-requests.log*"))
-                 if not f.name.endswith(".lock") for x in f.read_text().splitlines()]
+        lines = [
+            json.loads(x)
+            for f in sorted(obs_server.log_dir.glob("shitu-requests.log*"))
+            if not f.name.endswith(".lock")
+            for x in f.read_text().splitlines()
+        ]
         mine = {x["request_id"]: x for x in lines if x["request_id"] in ("client-id-42", "client-id-43", rid)}
         if len(mine) == 3:
             break
         time.sleep(0.5)
     assert mine["client-id-42"]["status"] == "000" and mine["client-id-42"]["images"] == 1
     assert mine["client-id-43"]["status"] == "101" and "thresold" in mine["client-id-43"]["error"]
-    server_lines = [json.loads(x) for f in obs_server.log_dir.glob("shitu-server.log*")
-                    if not f.name.endswith(".lock") for x in f.read_text().splitlines()]
+    server_lines = [
+        json.loads(x)
+        for f in obs_server.log_dir.glob("shitu-server.log*")
+        if not f.name.endswith(".lock")
+        for x in f.read_text().splitlines()
+    ]
     assert any(x["request_id"] == "client-id-43" and "RequestError" in x["message"] for x in server_lines)
 
 
 def test_tokens_bodies_and_images_are_never_logged(obs_server, photos):
     cat = b64(photos["coffee"])
     for token in (TOKEN, TOKEN + "-wrong"):
-        obs_server.post("image_recognition", {"operation": "add", "gallery": "obs2", "token": token,
-                                              "labels": ["coffee"], "images": [cat]},
-                        headers={"Authorization": f"Bearer {token}"})
+        obs_server.post(
+            "image_recognition",
+            {"operation": "add", "gallery": "obs2", "token": token, "labels": ["coffee"], "images": [cat]},
+            headers={"Authorization": f"Bearer {token}"},
+        )
     obs_server.post("image_recognition", {"images": [cat], "gallery": "obs2", "thresold": 1})
     time.sleep(1)
     texts = [f.read_text(errors="replace") for f in obs_server.log_dir.iterdir() if f.is_file()]

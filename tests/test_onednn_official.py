@@ -1,4 +1,5 @@
 """oneDNN on official-format models only with a pass list verified on that model (each check in a subprocess)."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,9 @@ OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "official_format"
 DET = "picodet_PPLCNet_x2_5_mainbody_lite_v1.0_infer"
 REC = "general_PPLCNetV2_base_pretrained_v1.0_infer"
 
-pytestmark = pytest.mark.skipif(not (OFFICIAL / "legacy" / REC).is_dir(),
-                                reason=f"official-format fixtures not found at {OFFICIAL}")
+pytestmark = pytest.mark.skipif(
+    not (OFFICIAL / "legacy" / REC).is_dir(), reason=f"official-format fixtures not found at {OFFICIAL}"
+)
 
 
 @pytest.fixture
@@ -35,9 +37,13 @@ def test_real_official_model_runs_without_onednn_until_verified(onednn_home, pho
     assert spec.onednn is None
     assert "oneDNN off" in Predictor(spec).description  # nothing verified yet
 
-    out = subprocess.run([sys.executable, "-m", "shitu.serving.engine.onednn", str(OFFICIAL / "legacy" / REC),
-                          "extractor"], capture_output=True, text=True, timeout=900,
-                         env={**os.environ, "SHITU_HOME": str(onednn_home.parent)})
+    out = subprocess.run(
+        [sys.executable, "-m", "shitu.serving.engine.onednn", str(OFFICIAL / "legacy" / REC), "extractor"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "SHITU_HOME": str(onednn_home.parent)},
+    )
     assert out.returncode == 0 and "oneDNN verified" in out.stdout, out.stdout + out.stderr
     (record_file,) = onednn_home.glob("*.json")
     record = json.loads(record_file.read_text())
@@ -74,8 +80,12 @@ def test_real_explicit_onednn_setting_is_never_changed(onednn_home, models_dir):
 
     spec = ModelSpec.from_dir(models_dir / "rec")  # general-lite: onednn true with its own pass list
     assert onednn.resolve(spec) is spec
-    out = subprocess.run([sys.executable, "-m", "shitu", "plugins", "verify", "general-lite", "--onednn"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "shitu", "plugins", "verify", "general-lite", "--onednn"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "general-lite detector: oneDNN on as the pack says" in out.stdout
     assert not onednn_home.exists()

@@ -1,6 +1,7 @@
 """onnxruntime sessions of the detector and the recogniser must not spin idle pool threads: each session owns a
 pool, and on few cores a spinning pool starves the other model (the pipeline on onnxruntime measured 180 ms
 end-to-end spinning, 41-72 ms not, paddle 95 ms; see README Benchmarks). Real models, real onnxruntime."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,6 +1,7 @@
 """Packs bring their galleries: declared list files / folders / vectors are built on first use, with the gallery's
 declared index_method and dist_type; ``shitu gallery --scenario NAME --gallery NAME``; general-lite answers out of
 the box from its shipped demo gallery. Real models, real faiss, real ``hub serving``."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,12 @@ def shelf_pack(folder: Path, photos, name: str, list_lines: list[str] | None = N
 
     def mutate(data):
         data["params"]["IndexProcess"]["index_method"] = "HNSW32"
-        data["galleries"]["shelf"] = {"title": "Shelf", "list_file": "gallery/list.txt", "index_method": "Flat",
-                                      "dist_type": "IP"}
+        data["galleries"]["shelf"] = {
+            "title": "Shelf",
+            "list_file": "gallery/list.txt",
+            "index_method": "Flat",
+            "dist_type": "IP",
+        }
         data["default_gallery"] = "shelf"
 
     return lite_pack(folder, name, mutate=mutate)
@@ -91,14 +96,16 @@ def test_bad_pack_list_lines_are_reported_with_the_pack_file(tmp_path, photos, c
 
 def test_served_pack_gallery_answers_instead_of_an_empty_list_real(served, tmp_path, photos, queries):
     registry.install(str(shelf_pack(tmp_path / "src", photos, "shelf-c")), progress=False)
-    body = served.post("image_recognition", {"scenario": "shelf-c",
-                                             "images": [b64(queries["coffee_rescaled_crop"])]}).json()
+    body = served.post(
+        "image_recognition", {"scenario": "shelf-c", "images": [b64(queries["coffee_rescaled_crop"])]}
+    ).json()
     assert body["status"] == "000", body
     assert [r["label"] for r in body["results"][0]["results"]][:1] == ["coffee"]  # was: [] from an empty gallery
 
 
-def test_recognize_answers_right_after_install_from_the_shipped_demo_gallery_real(tmp_path, queries, monkeypatch,
-                                                                                 capsys):
+def test_recognize_answers_right_after_install_from_the_shipped_demo_gallery_real(
+    tmp_path, queries, monkeypatch, capsys
+):
     from shitu.serving.cli import main
 
     monkeypatch.setenv("SHITU_HOME", str(tmp_path / "fresh-home"))
@@ -128,7 +135,6 @@ def test_manifest_allows_one_gallery_source(tmp_path):
     (folder / "pack.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(ManifestError, match="give one of list_file, folder or vectors_file"):
         read_manifest(folder / "pack.yaml")
-
 
 
 def test_plugins_install_builds_the_galleries_the_pack_brings_real(tmp_path, photos, capsys):

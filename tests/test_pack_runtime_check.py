@@ -4,13 +4,13 @@ Real parts: the embedded general-lite models, real paddle.inference in real chil
 the README template with ``onednn: true`` and no pass list used to install and then segfault paddle on the first
 request (``FusedConv2dOp``); a crashing pass list is now refused at install.
 """
+
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import yaml
@@ -54,8 +54,7 @@ def test_pass_list_that_crashes_is_refused_at_install_real(tmp_path):
 def test_store_pack_enables_onednn_only_as_recorded_real(tmp_path):
     registry.install(str(lite_pack(tmp_path / "src", "verified")), progress=False)
     pack = registry.get_pack("verified")
-    assert pack.record["runtime"]["detector"] == {**pack.record["runtime"]["detector"], "status": "ok",
-                                                   "onednn": True}
+    assert pack.record["runtime"]["detector"] == {**pack.record["runtime"]["detector"], "status": "ok", "onednn": True}
     assert pack.detector_spec().onednn and pack.extractor_spec().onednn
     # A record without the run (an older install, or one edited by hand): oneDNN off, never guessed.
     folder = store.version_dir("verified", "1.0.0")

@@ -1,8 +1,8 @@
 """Importing PaddleClas index folders: real folders written by PaddleClas's own ``build_gallery.py``, and hostile
 ``id_map.pkl`` files that must be refused without anything being executed."""
+
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import struct
@@ -14,8 +14,12 @@ import numpy as np
 import pytest
 
 from shitu.serving.gallery.local import Gallery
-from shitu.serving.gallery.paddleclas_index import (IndexImportError, import_paddleclas_index, read_faiss_index,
-                                                    read_id_map)
+from shitu.serving.gallery.paddleclas_index import (
+    IndexImportError,
+    import_paddleclas_index,
+    read_faiss_index,
+    read_id_map,
+)
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 REC_MODEL = SHARED / "official_format" / "legacy" / "general_PPLCNetV2_base_pretrained_v1.0_infer"
@@ -40,8 +44,9 @@ def _paddleclas_available() -> bool:
     return REC_MODEL.is_dir()
 
 
-needs_paddleclas = pytest.mark.skipif(not _paddleclas_available(),
-                                      reason="paddleclas==2.6.0 (dev extra) or ../shared official models missing")
+needs_paddleclas = pytest.mark.skipif(
+    not _paddleclas_available(), reason="paddleclas==2.6.0 (dev extra) or ../shared official models missing"
+)
 
 
 def _write_gallery_images(root: Path, photos: dict) -> list[str]:
@@ -53,7 +58,7 @@ def _write_gallery_images(root: Path, photos: dict) -> list[str]:
     for label, bgr in list(photos.items())[:4]:
         h, w = bgr.shape[:2]
         for j in range(4):
-            crop = bgr[j * h // 16: h - j * h // 16, j * w // 16: w - j * w // 16]
+            crop = bgr[j * h // 16 : h - j * h // 16, j * w // 16 : w - j * w // 16]
             cv2.imwrite(str(img / f"{label}_{j}.jpg"), crop)
             lines.append(f"{label}_{j}.jpg\t{label}")
     (img / "list.txt").write_text("\n".join(lines) + "\n")
@@ -66,25 +71,63 @@ def build_with_paddleclas(root: Path, index_method: str, dist_type: str) -> Path
 
     binary = dist_type == "hamming"
     cfg = {
-        "Global": {"rec_inference_model_dir": str(REC_MODEL), "batch_size": 1, "use_gpu": False,
-                   "enable_mkldnn": False, "cpu_num_threads": 1, "enable_benchmark": False, "use_fp16": False,
-                   "ir_optim": True, "use_tensorrt": False, "gpu_mem": 8000, "enable_profile": False},
-        "RecPreProcess": {"transform_ops": [
-            {"ResizeImage": {"size": [224, 224], "return_numpy": False, "interpolation": "bilinear",
-                             "backend": "cv2"}},
-            {"NormalizeImage": {"scale": 0.00392157, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                                "order": "hwc"}},
-            {"ToCHWImage": None}]},
+        "Global": {
+            "rec_inference_model_dir": str(REC_MODEL),
+            "batch_size": 1,
+            "use_gpu": False,
+            "enable_mkldnn": False,
+            "cpu_num_threads": 1,
+            "enable_benchmark": False,
+            "use_fp16": False,
+            "ir_optim": True,
+            "use_tensorrt": False,
+            "gpu_mem": 8000,
+            "enable_profile": False,
+        },
+        "RecPreProcess": {
+            "transform_ops": [
+                {
+                    "ResizeImage": {
+                        "size": [224, 224],
+                        "return_numpy": False,
+                        "interpolation": "bilinear",
+                        "backend": "cv2",
+                    }
+                },
+                {
+                    "NormalizeImage": {
+                        "scale": 0.00392157,
+                        "mean": [0.485, 0.456, 0.406],
+                        "std": [0.229, 0.224, 0.225],
+                        "order": "hwc",
+                    }
+                },
+                {"ToCHWImage": None},
+            ]
+        },
         "RecPostProcess": {"main_indicator": "Binarize", "Binarize": {"method": "sign"}} if binary else None,
-        "IndexProcess": {"index_method": index_method, "image_root": str(root / "gallery"),
-                         "index_dir": str(root / "index"), "data_file": str(root / "gallery" / "list.txt"),
-                         "index_operation": "new", "delimiter": "\t", "dist_type": dist_type,
-                         "embedding_size": 512, "batch_size": 32},
+        "IndexProcess": {
+            "index_method": index_method,
+            "image_root": str(root / "gallery"),
+            "index_dir": str(root / "index"),
+            "data_file": str(root / "gallery" / "list.txt"),
+            "index_operation": "new",
+            "delimiter": "\t",
+            "dist_type": dist_type,
+            "embedding_size": 512,
+            "batch_size": 32,
+        },
     }
     (root / "build.yaml").write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, FLAGS_enable_pir_api="0")  # PaddleClas's predictor loads legacy graphs only so
-    proc = subprocess.run([sys.executable, "-m", "paddleclas.deploy.python.build_gallery", "-c",
-                           str(root / "build.yaml")], env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "paddleclas.deploy.python.build_gallery", "-c", str(root / "build.yaml")],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root / "index"
 
@@ -112,8 +155,11 @@ def test_real_paddleclas_folder_imports_with_same_ids_labels_vectors(kind, paddl
     # PaddleClas's own view of the folder, read the way it reads it (its own files, trusted here).
     with open(folder / "id_map.pkl", "rb") as f:
         theirs = pickle.load(f)  # noqa: S301 - a file this test just made with PaddleClas
-    raw = faiss.read_index_binary(str(folder / "vector.index")) if dist == "hamming" else \
-        faiss.read_index(str(folder / "vector.index"))
+    raw = (
+        faiss.read_index_binary(str(folder / "vector.index"))
+        if dist == "hamming"
+        else faiss.read_index(str(folder / "vector.index"))
+    )
     if kind == "ivf_l2":
         faiss.extract_index_ivf(raw).make_direct_map()
     with Gallery.open(tmp_path / "g") as g:
@@ -140,17 +186,35 @@ def test_cli_import_paddleclas_and_open_message(paddleclas_folders, tmp_path):
     folder, lines = paddleclas_folders["hnsw_ip"]
     with pytest.raises(GalleryError, match="import-paddleclas"):
         Gallery.open(folder)
-    proc = subprocess.run([sys.executable, "-m", "shitu", "gallery", "import-paddleclas", str(folder),
-                           str(tmp_path / "g"), "--model-dir", str(REC_MODEL)], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shitu",
+            "gallery",
+            "import-paddleclas",
+            str(folder),
+            str(tmp_path / "g"),
+            "--model-dir",
+            str(REC_MODEL),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert '"count": 16' in proc.stdout and REC_MODEL.name in proc.stdout
-    again = subprocess.run([sys.executable, "-m", "shitu", "gallery", "import-paddleclas", str(folder),
-                            str(tmp_path / "g")], capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [sys.executable, "-m", "shitu", "gallery", "import-paddleclas", str(folder), str(tmp_path / "g")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 3 and "not empty" in again.stderr
 
 
 # -- hostile pickles (no PaddleClas needed) ---------------------------------------------------------------------
+
 
 def _write(tmp_path: Path, data: bytes) -> Path:
     p = tmp_path / "id_map.pkl"
@@ -180,8 +244,10 @@ def test_payload_hidden_behind_numpy_names_is_refused(tmp_path):
     # A numpy scalar whose dtype is an object dtype, and a direct call of a global that is not numpy's.
     obj_scalar = pickle.dumps({np.array([1], dtype=object)[0:1][0]: "a"}, protocol=4)  # int key: plain ok
     assert read_id_map(_write(tmp_path, obj_scalar)) == {1: "a"}
-    evil = (b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x05numpy\x8c\x05dtype\x93\x8c\x02O8\x89\x88"
-            b"\x87R\x94K\x00\x8c\x01a\x94s.")
+    evil = (
+        b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x05numpy\x8c\x05dtype\x93\x8c\x02O8\x89\x88"
+        b"\x87R\x94K\x00\x8c\x01a\x94s."
+    )
     with pytest.raises(IndexImportError, match="refused|not a readable"):
         read_id_map(_write(tmp_path, evil))
     glob = b"cposix\nsystem\n(Vtouch " + str(marker).encode() + b"\ntR."
@@ -192,10 +258,12 @@ def test_payload_hidden_behind_numpy_names_is_refused(tmp_path):
 
 def test_huge_declared_sizes_are_refused_without_allocating(tmp_path):
     # BINUNICODE8 / BINBYTES8 / BINUNICODE declaring far more than the file holds.
-    for blob in (b"\x80\x04\x8d" + struct.pack("<Q", 1 << 60) + b"abc",
-                 b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b"abc",
-                 b"\x80\x03X" + struct.pack("<I", 0xFFFFFFF0) + b"abc",
-                 b"\x80\x04\x95" + struct.pack("<Q", 1 << 62) + b"}."):
+    for blob in (
+        b"\x80\x04\x8d" + struct.pack("<Q", 1 << 60) + b"abc",
+        b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b"abc",
+        b"\x80\x03X" + struct.pack("<I", 0xFFFFFFF0) + b"abc",
+        b"\x80\x04\x95" + struct.pack("<Q", 1 << 62) + b"}.",
+    ):
         with pytest.raises(IndexImportError):
             read_id_map(_write(tmp_path, blob))
     # A file over the byte cap is refused before it is read; a dict over the entry cap too.

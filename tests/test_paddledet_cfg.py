@@ -1,4 +1,5 @@
 """A PaddleDetection export's ``infer_cfg.yml`` is read wherever the detector is loaded: model folders and packs."""
+
 from __future__ import annotations
 
 import sys
@@ -14,10 +15,13 @@ from shitu.model_spec import ModelSpec  # noqa: E402
 from shitu.plugins import registry  # noqa: E402
 
 INFER_CFG = {
-    "mode": "paddle", "arch": "GFL",
-    "Preprocess": [{"type": "Resize", "interp": 2, "keep_ratio": False, "target_size": [320, 320]},
-                   {"type": "NormalizeImage", "is_scale": True, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
-                   {"type": "Permute"}],
+    "mode": "paddle",
+    "arch": "GFL",
+    "Preprocess": [
+        {"type": "Resize", "interp": 2, "keep_ratio": False, "target_size": [320, 320]},
+        {"type": "NormalizeImage", "is_scale": True, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+        {"type": "Permute"},
+    ],
     "label_list": ["foreground"],
 }
 CFG_BYTES = yaml.safe_dump(INFER_CFG).encode()
@@ -38,16 +42,19 @@ def test_pack_detector_without_transform_ops_reads_infer_cfg(tmp_path):
     registry.install(str(folder), progress=False)
     spec = registry.get_pack("cfgpack").detector_spec()
     assert _resize_of(spec) == [320, 320]  # before: PP-ShiTu's 640 default, the export's own file ignored
-    assert {"DetNormalizeImage": {"is_scale": True, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}} \
-        in spec.transform_ops
+    assert {
+        "DetNormalizeImage": {"is_scale": True, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    } in spec.transform_ops
     assert spec.decoder_args["class_names"] == ["foreground"]
 
 
 def test_description_keys_win_over_infer_cfg(tmp_path):
     (tmp_path / "infer_cfg.yml").write_bytes(CFG_BYTES)
     ops = [{"DetResize": {"interp": 2, "keep_ratio": False, "target_size": [416, 416]}}, {"DetPermute": {}}]
-    spec = ModelSpec.from_dict({"kind": "detector", "decoder": "paddledet", "transform_ops": ops,
-                                "decoder_args": {"class_names": ["thing"]}}, tmp_path)
+    spec = ModelSpec.from_dict(
+        {"kind": "detector", "decoder": "paddledet", "transform_ops": ops, "decoder_args": {"class_names": ["thing"]}},
+        tmp_path,
+    )
     assert _resize_of(spec) == [416, 416] and spec.decoder_args["class_names"] == ["thing"]
     spec = ModelSpec.from_dict({"kind": "detector", "decoder": "paddledet"}, tmp_path)
     assert _resize_of(spec) == [320, 320]

@@ -1,6 +1,7 @@
 """Every parameter the schema accepts is read by the product, and the ones that used to be ignored now act:
 ``DetPreProcess.transform_ops`` / ``RecPreProcess.transform_ops``, per-request ``IndexProcess.hamming_radius``,
 and ``NormalizeImage(output_fp16=True)`` (real models, real faiss)."""
+
 from __future__ import annotations
 
 import re
@@ -44,13 +45,18 @@ def test_every_schema_field_is_read_somewhere():
 def test_rec_and_det_transform_ops_replace_the_model_folders(models_dir, engine, photos):
     from shitu.serving.engine.engine import Engine
 
-    det_ops = [{"DetResize": {"interp": 2, "keep_ratio": False, "target_size": [320, 320]}},
-               {"DetNormalizeImage": {"is_scale": True, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}},
-               {"DetPermute": {}}]
+    det_ops = [
+        {"DetResize": {"interp": 2, "keep_ratio": False, "target_size": [320, 320]}},
+        {"DetNormalizeImage": {"is_scale": True, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}},
+        {"DetPermute": {}},
+    ]
     rec_ops = [dict(op) for op in DEFAULT_REC_OPS]
     rec_ops[0] = {"ResizeImage": {"size": [160, 160], "interpolation": "bilinear", "backend": "cv2"}}
-    custom = Engine(ModelSpec.from_dir(models_dir / "det"), ModelSpec.from_dir(models_dir / "rec"),
-                    merge({"DetPreProcess": {"transform_ops": det_ops}, "RecPreProcess": {"transform_ops": rec_ops}}))
+    custom = Engine(
+        ModelSpec.from_dir(models_dir / "det"),
+        ModelSpec.from_dir(models_dir / "rec"),
+        merge({"DetPreProcess": {"transform_ops": det_ops}, "RecPreProcess": {"transform_ops": rec_ops}}),
+    )
     try:
         assert custom.detector.transforms.config == det_ops
         assert custom.extractor.transforms.config == rec_ops

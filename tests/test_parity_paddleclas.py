@@ -10,6 +10,7 @@ The one intended difference: shitu-hub clips boxes to the image; PaddleClas keep
 fails to crop such a box, so ``predict_system`` raises on those images: they are compared on boxes and features
 only).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,13 +27,21 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from paddleclas_config import DET, OFFICIAL, REC, SETTINGS, paddleclas_config  # noqa: E402
 
-PARAMS = {"Global": {"threshold": SETTINGS["threshold"], "max_det_results": SETTINGS["max_det_results"],
-                     "rec_nms_thresold": SETTINGS["rec_nms_thresold"], "enable_mkldnn": False, "cpu_num_threads": 1},
-          "IndexProcess": {"score_thres": SETTINGS["score_thres"], "return_k": SETTINGS["return_k"]}}
+PARAMS = {
+    "Global": {
+        "threshold": SETTINGS["threshold"],
+        "max_det_results": SETTINGS["max_det_results"],
+        "rec_nms_thresold": SETTINGS["rec_nms_thresold"],
+        "enable_mkldnn": False,
+        "cpu_num_threads": 1,
+    },
+    "IndexProcess": {"score_thres": SETTINGS["score_thres"], "return_k": SETTINGS["return_k"]},
+}
 
-pytestmark = pytest.mark.skipif(not (OFFICIAL / "legacy" / DET).is_dir(),
-                                reason=f"official-format fixtures not found at {OFFICIAL} (../shared/official_format "
-                                       "beside the repository)")
+pytestmark = pytest.mark.skipif(
+    not (OFFICIAL / "legacy" / DET).is_dir(),
+    reason=f"official-format fixtures not found at {OFFICIAL} (../shared/official_format beside the repository)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +70,9 @@ def reference(tmp_path_factory, photos, queries):
     job.write_text(json.dumps({"config": str(cfg), "queries": paths}))
     script = Path(__file__).parent / "peer_clients" / "paddleclas_reference.py"
     env = {**os.environ, "FLAGS_enable_pir_api": "0"}
-    run = subprocess.run([sys.executable, str(script), str(job), str(out)], cwd=tmp, env=env, capture_output=True,
-                         text=True, timeout=900)
+    run = subprocess.run(
+        [sys.executable, str(script), str(job), str(out)], cwd=tmp, env=env, capture_output=True, text=True, timeout=900
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return {Path(r["path"]).stem: r for r in json.loads(out.read_text())}
 
@@ -76,15 +86,26 @@ def ours(request, photos, queries, tmp_path_factory):
     from shitu.serving.gallery import Gallery
 
     root = OFFICIAL / request.param
-    engine = Engine(ModelSpec.from_dir(root / DET, "detector"), ModelSpec.from_dir(root / REC, "extractor"),
-                    merge(PARAMS))
-    gallery = Gallery.create(tmp_path_factory.mktemp(f"parity-{request.param}") / "g", engine.embedding_size,
-                             index_method="Flat", dist_type="IP")  # a real faiss gallery, exact search
+    engine = Engine(
+        ModelSpec.from_dir(root / DET, "detector"), ModelSpec.from_dir(root / REC, "extractor"), merge(PARAMS)
+    )
+    gallery = Gallery.create(
+        tmp_path_factory.mktemp(f"parity-{request.param}") / "g",
+        engine.embedding_size,
+        index_method="Flat",
+        dist_type="IP",
+    )  # a real faiss gallery, exact search
     gallery.add(engine.embed(list(photos.values())), list(photos))
     det_params = engine.request_params({"Global.append_whole_image": False})
-    answers = {name: {"feature": engine.embed([img])[0], "boxes": engine.detector.detect(img, det_params),
-                      "recognitions": engine.recognize([img], gallery=gallery)[0], "shape": img.shape}
-               for name, img in _images(photos, queries).items()}
+    answers = {
+        name: {
+            "feature": engine.embed([img])[0],
+            "boxes": engine.detector.detect(img, det_params),
+            "recognitions": engine.recognize([img], gallery=gallery)[0],
+            "shape": img.shape,
+        }
+        for name, img in _images(photos, queries).items()
+    }
     return request.param, answers
 
 
@@ -131,5 +152,7 @@ def test_real_recognition_labels_equal_paddleclas_predict_system(reference, ours
         assert [r.label for r in found] == [r["rec_docs"] for r in ref], (fmt, name, found, ref)
         for r, e in zip(found, ref):
             np.testing.assert_allclose(r.bbox, _clip(e["bbox"], mine["shape"]), atol=1.0, err_msg=f"{fmt} {name}")
-    print(f"PaddleClas predict_system raised on {len(crashed)} of {len(answers)} images "
-          f"(boxes with negative coordinates): {crashed}")
+    print(
+        f"PaddleClas predict_system raised on {len(crashed)} of {len(answers)} images "
+        f"(boxes with negative coordinates): {crashed}"
+    )

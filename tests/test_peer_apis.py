@@ -8,6 +8,7 @@
   and, when an interpreter with ``paddlex[serving]`` is given in ``SHITU_PADDLEX_PYTHON``, against PaddleX's own
   pydantic schema (``tests/peer_clients/validate_paddlex.py``).
 """
+
 from __future__ import annotations
 
 import ast
@@ -37,8 +38,10 @@ def peer_served(tmp_path_factory, photos):
 
     s = start_served(tmp_path_factory.mktemp("peer-served"), init_args={"token": TOKEN, "gallery": "peers"})
     labels = ["cat", "coffee", "rocket"]
-    r = s.post("image_recognition", {"operation": "add", "labels": labels, "token": TOKEN,
-                                     "images": [b64(photos[k]) for k in labels]})
+    r = s.post(
+        "image_recognition",
+        {"operation": "add", "labels": labels, "token": TOKEN, "images": [b64(photos[k]) for k in labels]},
+    )
     assert r.json()["status"] == "000", r.text
     yield s
     hub_serving.stop(s.proc)
@@ -70,16 +73,21 @@ def _paddleclas_client() -> Path | None:
 def test_real_paddleclas_pipeline_http_client_runs_unchanged(peer_served, queries, tmp_path):
     client = _paddleclas_client()
     if client is None:
-        pytest.skip(f"PaddleClas's {CLIENT_PATH} not found: the paddleclas wheels do not ship it; set "
-                    "SHITU_PADDLECLAS_SRC to a PaddleClas source tree to run it")
+        pytest.skip(
+            f"PaddleClas's {CLIENT_PATH} not found: the paddleclas wheels do not ship it; set "
+            "SHITU_PADDLECLAS_SRC to a PaddleClas source tree to run it"
+        )
     source = client.read_text()
     assert source.count("127.0.0.1:18081") == 1 and source.count("../../drink_dataset_v2.0/test_images/001.jpeg") == 1
     image = tmp_path / "query.jpg"
     image.write_bytes(base64.b64decode(b64(queries["coffee_rescaled_crop"])))
     host_port = peer_served.url.removeprefix("http://")
     script = tmp_path / "pipeline_http_client.py"  # only the host/port and the image path are changed
-    script.write_text(source.replace("127.0.0.1:18081", host_port)
-                      .replace("../../drink_dataset_v2.0/test_images/001.jpeg", str(image)))
+    script.write_text(
+        source.replace("127.0.0.1:18081", host_port).replace(
+            "../../drink_dataset_v2.0/test_images/001.jpeg", str(image)
+        )
+    )
     out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     answer = ast.literal_eval(out.stdout.strip().splitlines()[-1])  # the client prints r.json()
@@ -94,25 +102,34 @@ def test_real_paddle_serving_wire_format_without_content_type(peer_served, queri
     r = requests.post(f"{peer_served.url}/recognition/prediction", data=body, timeout=120)  # no Content-Type
     assert "Content-Type" not in r.request.headers
     answer = r.json()
-    assert r.status_code == 200 and answer == {**answer, "err_no": 0, "err_msg": "", "key": ["result"],
-                                               "tensors": []}, answer
+    assert r.status_code == 200 and answer == {
+        **answer,
+        "err_no": 0,
+        "err_msg": "",
+        "key": ["result"],
+        "tensors": [],
+    }, answer
     assert set(answer) == {"err_no", "err_msg", "key", "value", "tensors"}
     objects = ast.literal_eval(answer["value"][0])
     expected = _recognized(peer_served, image)
     assert [list(o) for o in objects] == [["bbox", "rec_docs", "rec_scores"]] * len(objects)
-    assert [(o["bbox"], o["rec_docs"], o["rec_scores"]) for o in objects] == \
-        [(e["bbox"], e["label"], e["score"]) for e in expected]
+    assert [(o["bbox"], o["rec_docs"], o["rec_scores"]) for o in objects] == [
+        (e["bbox"], e["label"], e["score"]) for e in expected
+    ]
     assert objects[0]["rec_docs"] == "cat"
 
 
-@pytest.mark.parametrize("body, needle", [
-    ({"key": ["img"], "value": ["aGVsbG8="]}, "no 'image' among the keys"),
-    ({"key": ["image"], "value": []}, "two lists of the same length"),
-    ({"key": ["image"], "value": ["http://example.com/a.jpg"]}, "does not fetch images from URLs"),
-    ({"key": ["image"], "value": ["bm90IGFuIGltYWdl"]}, "not an image"),
-    ({"key": ["image"], "value": ["aGVsbG8="], "fetch": ["x"]}, "unknown field(s) ['fetch']"),
-    ("not json", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ({"key": ["img"], "value": ["aGVsbG8="]}, "no 'image' among the keys"),
+        ({"key": ["image"], "value": []}, "two lists of the same length"),
+        ({"key": ["image"], "value": ["http://example.com/a.jpg"]}, "does not fetch images from URLs"),
+        ({"key": ["image"], "value": ["bm90IGFuIGltYWdl"]}, "not an image"),
+        ({"key": ["image"], "value": ["aGVsbG8="], "fetch": ["x"]}, "unknown field(s) ['fetch']"),
+        ("not json", "not valid JSON"),
+    ],
+)
 def test_real_paddle_serving_bad_request_names_the_problem(peer_served, body, needle):
     data = body if isinstance(body, str) else json.dumps(body)
     answer = requests.post(f"{peer_served.url}/recognition/prediction", data=data, timeout=60).json()
@@ -124,16 +141,21 @@ def test_real_paddle_serving_bad_request_names_the_problem(peer_served, body, ne
 class PaddleXClient:
     """The documented PaddleX client flow: POST JSON to ``<url>/<endpoint>``, read ``result``; records exchanges."""
 
-    OPERATIONS = {"/shitu-index-build": "buildIndex", "/shitu-index-add": "addImagesToIndex",
-                  "/shitu-index-remove": "removeImagesFromIndex", "/shitu-infer": "infer"}
+    OPERATIONS = {
+        "/shitu-index-build": "buildIndex",
+        "/shitu-index-add": "addImagesToIndex",
+        "/shitu-index-remove": "removeImagesFromIndex",
+        "/shitu-infer": "infer",
+    }
 
     def __init__(self, url: str, headers: dict | None = None):
         self.url, self.headers, self.exchanges = url, headers or {}, []
 
     def call(self, endpoint: str, payload: dict, expect: int = 200) -> dict:
         r = requests.post(self.url + endpoint, json=payload, headers=self.headers, timeout=300)
-        self.exchanges.append({"operation": self.OPERATIONS[endpoint], "request": payload, "response": r.json(),
-                               "status": r.status_code})
+        self.exchanges.append(
+            {"operation": self.OPERATIONS[endpoint], "request": payload, "response": r.json(), "status": r.status_code}
+        )
         assert r.status_code == expect, r.text
         check_envelope(r.json(), r.status_code)
         return r.json()
@@ -178,11 +200,13 @@ def test_real_paddlex_client_flow_build_add_infer_remove(peer_served, photos, qu
     built = px.call("/shitu-index-build", {"imageLabelPairs": [pair("cat"), pair("rocket")]})["result"]
     key = built["indexKey"]
     assert built["imageCount"] == 2 and key.startswith("paddlex-")
-    assert px.call("/shitu-index-add", {"imageLabelPairs": [pair("coffee")], "indexKey": key})["result"] == \
-        {"imageCount": 3}
+    assert px.call("/shitu-index-add", {"imageLabelPairs": [pair("coffee")], "indexKey": key})["result"] == {
+        "imageCount": 3
+    }
 
-    result = px.call("/shitu-infer", {"image": b64(queries["coffee_rescaled_crop"]), "indexKey": key,
-                                      "topk": 2, "recThreshold": 0.0})["result"]
+    result = px.call(
+        "/shitu-infer", {"image": b64(queries["coffee_rescaled_crop"]), "indexKey": key, "topk": 2, "recThreshold": 0.0}
+    )["result"]
     check_infer_result(result)
     assert result["image"] is None
     best = max((r for o in result["detectedObjects"] for r in o["recResults"]), key=lambda r: r["score"])
@@ -191,8 +215,10 @@ def test_real_paddlex_client_flow_build_add_infer_remove(peer_served, photos, qu
 
     # ids number the index's images from 0 in the order added (cat 0, rocket 1, coffee 2), as in PaddleX
     assert px.call("/shitu-index-remove", {"ids": [2], "indexKey": key})["result"] == {"imageCount": 2}
-    result = px.call("/shitu-infer", {"image": b64(queries["coffee_rescaled_crop"]), "indexKey": key,
-                                      "recThreshold": 0.0, "visualize": True})["result"]
+    result = px.call(
+        "/shitu-infer",
+        {"image": b64(queries["coffee_rescaled_crop"]), "indexKey": key, "recThreshold": 0.0, "visualize": True},
+    )["result"]
     check_infer_result(result)
     assert "coffee" not in {r["label"] for o in result["detectedObjects"] for r in o["recResults"]}
     drawn = np.frombuffer(base64.b64decode(result["image"]), np.uint8)
@@ -203,24 +229,31 @@ def test_real_paddlex_client_flow_build_add_infer_remove(peer_served, photos, qu
     # without indexKey: the served module's default gallery ("peers"); detThreshold 0.5 finds no box on this photo,
     # so the whole image is searched (as in PaddleX)
     result = px.call("/shitu-infer", {"image": b64(queries["rocket_bright_blur"]), "detThreshold": 0.5})["result"]
-    assert result["detectedObjects"] and "rocket" in {r["label"] for o in result["detectedObjects"]
-                                                      for r in o["recResults"]}
+    assert result["detectedObjects"] and "rocket" in {
+        r["label"] for o in result["detectedObjects"] for r in o["recResults"]
+    }
     _validate_with_paddlex_schema(px.exchanges, tmp_path)
 
 
-@pytest.mark.parametrize("endpoint, payload, needle", [
-    ("/shitu-infer", {"image": "https://example.com/cat.jpg"}, "does not fetch images from URLs"),
-    ("/shitu-infer", {"image": "aGVsbG8=", "topK": 3}, "unknown field(s) ['topK']"),
-    ("/shitu-infer", {"image": "aGVsbG8=", "topk": "3"}, "field 'topk' must be an integer"),
-    ("/shitu-infer", {"image": "aGVsbG8=", "detThreshold": 7}, "Global.threshold"),
-    ("/shitu-infer", {"image": "aGVsbG8=", "indexKey": "../etc"}, "invalid indexKey"),
-    ("/shitu-infer", {"image": "aGVsbG8=", "indexKey": "no-such-index"}, "no gallery named 'no-such-index'"),
-    ("/shitu-infer", {"image": "bm90IGFuIGltYWdl"}, "not an image"),
-    ("/shitu-index-build", {"imageLabelPairs": []}, "non-empty list"),
-    ("/shitu-index-add", {"imageLabelPairs": [{"image": "aGVsbG8=", "label": "x"}], "indexKey": "nope"},
-     "no gallery named 'nope'"),
-    ("/shitu-index-remove", {"ids": [-1], "indexKey": "peers"}, "integers >= 0"),
-])
+@pytest.mark.parametrize(
+    "endpoint, payload, needle",
+    [
+        ("/shitu-infer", {"image": "https://example.com/cat.jpg"}, "does not fetch images from URLs"),
+        ("/shitu-infer", {"image": "aGVsbG8=", "topK": 3}, "unknown field(s) ['topK']"),
+        ("/shitu-infer", {"image": "aGVsbG8=", "topk": "3"}, "field 'topk' must be an integer"),
+        ("/shitu-infer", {"image": "aGVsbG8=", "detThreshold": 7}, "Global.threshold"),
+        ("/shitu-infer", {"image": "aGVsbG8=", "indexKey": "../etc"}, "invalid indexKey"),
+        ("/shitu-infer", {"image": "aGVsbG8=", "indexKey": "no-such-index"}, "no gallery named 'no-such-index'"),
+        ("/shitu-infer", {"image": "bm90IGFuIGltYWdl"}, "not an image"),
+        ("/shitu-index-build", {"imageLabelPairs": []}, "non-empty list"),
+        (
+            "/shitu-index-add",
+            {"imageLabelPairs": [{"image": "aGVsbG8=", "label": "x"}], "indexKey": "nope"},
+            "no gallery named 'nope'",
+        ),
+        ("/shitu-index-remove", {"ids": [-1], "indexKey": "peers"}, "integers >= 0"),
+    ],
+)
 def test_real_paddlex_bad_request_names_the_problem(peer_served, endpoint, payload, needle, tmp_path):
     px = PaddleXClient(peer_served.url, AUTH)
     answer = px.call(endpoint, payload, expect=422)
@@ -231,9 +264,11 @@ def test_real_paddlex_bad_request_names_the_problem(peer_served, endpoint, paylo
 def test_real_paddlex_writes_need_the_admin_token(peer_served, photos):
     px = PaddleXClient(peer_served.url)  # no Authorization header
     pair = {"image": b64(photos["cat"]), "label": "cat"}
-    for endpoint, payload in (("/shitu-index-build", {"imageLabelPairs": [pair]}),
-                              ("/shitu-index-add", {"imageLabelPairs": [pair], "indexKey": "peers"}),
-                              ("/shitu-index-remove", {"ids": [0], "indexKey": "peers"})):
+    for endpoint, payload in (
+        ("/shitu-index-build", {"imageLabelPairs": [pair]}),
+        ("/shitu-index-add", {"imageLabelPairs": [pair], "indexKey": "peers"}),
+        ("/shitu-index-remove", {"ids": [0], "indexKey": "peers"}),
+    ):
         assert "admin token" in px.call(endpoint, payload, expect=422)["errorMsg"]
     info = peer_served.post("image_recognition", {"operation": "info"}).json()["results"]
     assert info["count"] == 3  # nothing changed
@@ -258,15 +293,25 @@ def test_real_paddlex_image_urls_fetched_only_when_enabled(tmp_path, photos, que
     with http_server(site) as base:
         with pytest.raises(RequestError, match="does not fetch images from URLs"):
             paddlex.infer(refusing, {"image": f"{base}/query.jpg"})
-        built = paddlex.build_index(fetching, {"imageLabelPairs": [{"image": f"{base}/cat.jpg", "label": "cat"},
-                                                                   {"image": f"{base}/rocket.jpg", "label": "rocket"}]})
+        built = paddlex.build_index(
+            fetching,
+            {
+                "imageLabelPairs": [
+                    {"image": f"{base}/cat.jpg", "label": "cat"},
+                    {"image": f"{base}/rocket.jpg", "label": "rocket"},
+                ]
+            },
+        )
         assert built["imageCount"] == 2
-        result = paddlex.infer(fetching, {"image": f"{base}/query.jpg", "indexKey": built["indexKey"],
-                                          "recThreshold": 0.5})
+        result = paddlex.infer(
+            fetching, {"image": f"{base}/query.jpg", "indexKey": built["indexKey"], "recThreshold": 0.5}
+        )
         assert "cat" in {r["label"] for o in result["detectedObjects"] for r in o["recResults"]}
-        for url, needle in ((f"{base}/big.jpg", "larger than the limit of 300000 bytes"),
-                            (f"{base}/folder", "answered HTTP 301"),  # a redirect is not followed
-                            (f"{base}/missing.jpg", "answered HTTP 404"),
-                            ("file:///etc/passwd", "only http and https")):
+        for url, needle in (
+            (f"{base}/big.jpg", "larger than the limit of 300000 bytes"),
+            (f"{base}/folder", "answered HTTP 301"),  # a redirect is not followed
+            (f"{base}/missing.jpg", "answered HTTP 404"),
+            ("file:///etc/passwd", "only http and https"),
+        ):
             with pytest.raises(RequestError, match=needle):
                 paddlex.infer(fetching, {"image": url})

@@ -1,4 +1,5 @@
 """``shitu plugins``: the argparse wiring and the human-readable tables."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,6 @@ from shitu.plugins import registry  # noqa: E402
 from shitu.serving.cli import plugins as cli  # noqa: E402
 
 
-
 def run(capsys, *argv):
     code = cli.main(list(argv))
     out, err = capsys.readouterr()
@@ -26,9 +26,15 @@ def test_register_adds_plugins_to_a_main_parser():
     parser = argparse.ArgumentParser(prog="shitu")
     sub = parser.add_subparsers(dest="command")
     cli.register(sub)
-    for argv in (["plugins", "list"], ["plugins", "info", "general-lite"], ["plugins", "verify"],
-                 ["plugins", "install", "x", "--from", "a.tar", "--from", "b.tar", "--trust", "--sha256", "0" * 64],
-                 ["plugins", "remove", "x", "--all"], ["plugins", "use", "x", "1.0"], ["plugins", "rollback", "x"]):
+    for argv in (
+        ["plugins", "list"],
+        ["plugins", "info", "general-lite"],
+        ["plugins", "verify"],
+        ["plugins", "install", "x", "--from", "a.tar", "--from", "b.tar", "--trust", "--sha256", "0" * 64],
+        ["plugins", "remove", "x", "--all"],
+        ["plugins", "use", "x", "1.0"],
+        ["plugins", "rollback", "x"],
+    ):
         args = parser.parse_args(argv)
         assert callable(args.func)
     args = parser.parse_args(["plugins", "install", "p", "--from", "a.tar", "--from", "b.tar"])
@@ -86,8 +92,9 @@ def test_verify_prints_a_table_and_fails_on_problems(tmp_path, capsys):
 
 def test_install_use_rollback_remove(tmp_path, capsys):
     for version in ("1.0.0", "2.0.0"):
-        assert run(capsys, "install", str(packkit.make_pack(tmp_path / version, version=version)),
-                   "--no-progress")[0] == 0
+        assert (
+            run(capsys, "install", str(packkit.make_pack(tmp_path / version, version=version)), "--no-progress")[0] == 0
+        )
     code, out, _ = run(capsys, "use", "testpack", "1.0.0")
     assert code == 0 and "using testpack 1.0.0" in out
     assert registry.default_pack_name() == "testpack"
@@ -110,6 +117,11 @@ def test_errors_are_one_line_messages(tmp_path, capsys):
 
 
 def test_module_entry_point(home):
-    proc = subprocess.run([sys.executable, "-m", "shitu", "plugins", "list"], capture_output=True, text=True,
-                          env={**__import__("os").environ, "SHITU_HOME": str(home)}, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "shitu", "plugins", "list"],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "SHITU_HOME": str(home)},
+        timeout=120,
+    )
     assert proc.returncode == 0 and "general-lite" in proc.stdout

@@ -1,4 +1,5 @@
 """Installing packs: every source, checksums, hostile archives, interrupted installs, downloads."""
+
 from __future__ import annotations
 
 import os
@@ -18,9 +19,8 @@ import packkit  # noqa: E402
 from packkit import home  # noqa: E402,F401  (autouse: a fresh SHITU_HOME per test)
 
 from shitu.plugins import registry, store  # noqa: E402
-from shitu.serving.cli import plugins as cli  # noqa: E402
 from shitu.plugins.errors import PackError  # noqa: E402
-
+from shitu.serving.cli import plugins as cli  # noqa: E402
 
 
 @pytest.fixture
@@ -111,6 +111,7 @@ def test_checksum_mismatch_is_rejected(tmp_path, home, base):
     def wrong_hash(d):
         d["models"]["recognizer"]["files"][1]["sha256"] = "0" * 64
         del d["models"]["recognizer"]["files"][1]["size"]
+
     src = packkit.make_pack(tmp_path / "v3", version="3.0.0", mutate=wrong_hash)
     with pytest.raises(PackError, match=r"checksum mismatch: pack 'testpack' 3.0.0: models/rec/model.pdiparams"):
         registry.install(str(src), progress=False)
@@ -120,6 +121,7 @@ def test_checksum_mismatch_is_rejected(tmp_path, home, base):
 def test_malformed_manifest_is_rejected(tmp_path, home, base):
     def bad(d):
         d["models"]["recognizer"]["files"][1]["sha256"] = "not-a-hash"
+
     src = packkit.make_pack(tmp_path / "bad", version="2.0.0", mutate=bad)
     with pytest.raises(PackError) as info:
         registry.install(str(src), progress=False)
@@ -149,23 +151,45 @@ def _hostile_archives(tmp_path: Path, outside: Path):
     good = [("pack.yaml", b"schema_version: 1\n")]
     return {
         "dotdot-tar": (packkit.write_tar(tmp_path / "a.tar.gz", good + [("../x", b"evil")]), "contains '..'"),
-        "deep-dotdot-tar": (packkit.write_tar(tmp_path / "b.tar.gz", good + [("models/../../x", b"evil")]),
-                            "contains '..'"),
-        "absolute-tar": (packkit.write_tar(tmp_path / "c.tar.gz", good + [(str(outside / "abs.txt"), b"evil")]),
-                         "has an absolute path"),
-        "symlink-out-tar": (packkit.write_tar(tmp_path / "d.tar.gz", good, extra=[
-            packkit.link_info("models/link", str(outside / "target.txt"))]), "points outside the pack"),
-        "symlink-dotdot-tar": (packkit.write_tar(tmp_path / "e.tar.gz", good, extra=[
-            packkit.link_info("models/link", "../../../target.txt")]), "points outside the pack"),
-        "hardlink-out-tar": (packkit.write_tar(tmp_path / "f.tar.gz", good, extra=[
-            packkit.link_info("link", "../target.txt", hard=True)]), "points outside the pack"),
-        "device-tar": (packkit.write_tar(tmp_path / "g.tar.gz", good, extra=[packkit.device_info("null")]),
-                       "is a device file"),
+        "deep-dotdot-tar": (
+            packkit.write_tar(tmp_path / "b.tar.gz", good + [("models/../../x", b"evil")]),
+            "contains '..'",
+        ),
+        "absolute-tar": (
+            packkit.write_tar(tmp_path / "c.tar.gz", good + [(str(outside / "abs.txt"), b"evil")]),
+            "has an absolute path",
+        ),
+        "symlink-out-tar": (
+            packkit.write_tar(
+                tmp_path / "d.tar.gz", good, extra=[packkit.link_info("models/link", str(outside / "target.txt"))]
+            ),
+            "points outside the pack",
+        ),
+        "symlink-dotdot-tar": (
+            packkit.write_tar(
+                tmp_path / "e.tar.gz", good, extra=[packkit.link_info("models/link", "../../../target.txt")]
+            ),
+            "points outside the pack",
+        ),
+        "hardlink-out-tar": (
+            packkit.write_tar(
+                tmp_path / "f.tar.gz", good, extra=[packkit.link_info("link", "../target.txt", hard=True)]
+            ),
+            "points outside the pack",
+        ),
+        "device-tar": (
+            packkit.write_tar(tmp_path / "g.tar.gz", good, extra=[packkit.device_info("null")]),
+            "is a device file",
+        ),
         "dotdot-zip": (packkit.zip_with(tmp_path / "h.zip", good + [("../x", b"evil")]), "contains '..'"),
-        "absolute-zip": (packkit.zip_with(tmp_path / "i.zip", good + [(str(outside / "abs.txt"), b"evil")]),
-                         "has an absolute path"),
-        "symlink-out-zip": (packkit.zip_with(tmp_path / "j.zip", good, symlinks={"link": str(outside / "t.txt")}),
-                            "points outside the pack"),
+        "absolute-zip": (
+            packkit.zip_with(tmp_path / "i.zip", good + [(str(outside / "abs.txt"), b"evil")]),
+            "has an absolute path",
+        ),
+        "symlink-out-zip": (
+            packkit.zip_with(tmp_path / "j.zip", good, symlinks={"link": str(outside / "t.txt")}),
+            "points outside the pack",
+        ),
     }
 
 
@@ -194,8 +218,10 @@ def test_links_inside_an_archive_are_copied(tmp_path):
     rec_graph = (src / "models" / "rec" / "model.json").read_bytes()
     members = [(f.relative_to(src).as_posix(), f.read_bytes()) for f in sorted(src.rglob("*")) if f.is_file()]
     members = [m for m in members if m[0] != "models/rec/model.json"] + [("extra/graph.json", rec_graph)]
-    extra = [packkit.link_info("models/rec/model.json", "../../extra/graph.json"),
-             packkit.link_info("extra/hard.json", "extra/graph.json", hard=True)]
+    extra = [
+        packkit.link_info("models/rec/model.json", "../../extra/graph.json"),
+        packkit.link_info("extra/hard.json", "extra/graph.json", hard=True),
+    ]
     registry.install(str(packkit.write_tar(tmp_path / "links.tar.gz", members, extra=extra)), progress=False)
     pack = registry.get_pack("testpack")
     installed = pack.root / "models" / "rec" / "model.json"
@@ -208,8 +234,7 @@ def test_link_to_a_folder_or_missing_member_is_rejected(tmp_path):
     good = [("pack.yaml", b"x"), ("models/a", b"a")]
     for extra, label in (([packkit.link_info("l", "models")], "folder"), ([packkit.link_info("l", "nope")], "gone")):
         with pytest.raises(PackError, match="does not point at a regular file"):
-            registry.install(str(packkit.write_tar(tmp_path / f"{label}.tar.gz", good, extra=extra)),
-                             progress=False)
+            registry.install(str(packkit.write_tar(tmp_path / f"{label}.tar.gz", good, extra=extra)), progress=False)
 
 
 # -- interrupted install -------------------------------------------------------------------------------------------
@@ -254,8 +279,7 @@ def test_install_killed_halfway_leaves_previous_version_working(tmp_path, home):
     # The previous version is untouched and still the one served.
     pack = registry.get_pack("testpack")
     assert pack.version == "1.0.0" and pack.is_available() and registry.verify("testpack") == []
-    assert {k: v for k, v in packkit.snapshot(home).items() if "/.tmp/" not in k and not k.endswith(".tmp/")} \
-        == before
+    assert {k: v for k, v in packkit.snapshot(home).items() if "/.tmp/" not in k and not k.endswith(".tmp/")} == before
     # The next writer cleans up and the install works.
     registry.install(str(src), progress=False)
     assert registry.get_pack("testpack").version == "2.0.0"
@@ -314,10 +338,14 @@ def test_no_network_fails_fast_with_instructions_then_installs_from_files(tmp_pa
     text = str(info.value)
     assert "cannot download" in text and "tiny_det_v1.0_infer.tar" in text
     assert f"{dead}/tiny_det_v1.0_infer.tar" in text and f"{dead}/tiny_rec_v1.0_infer.tar" in text
-    command = next(line.strip() for line in text.splitlines() if line.strip().startswith("shitu plugins install")
-                   and "--from" in line)
-    assert command == (f"shitu plugins install {src} --from tiny_det_v1.0_infer.tar "
-                       "--from tiny_rec_v1.0_infer.tar --trust")
+    command = next(
+        line.strip()
+        for line in text.splitlines()
+        if line.strip().startswith("shitu plugins install") and "--from" in line
+    )
+    assert command == (
+        f"shitu plugins install {src} --from tiny_det_v1.0_infer.tar --from tiny_rec_v1.0_infer.tar --trust"
+    )
     assert not store.installed_versions("remotepack")
     # Run exactly that command in the folder holding the files ("fetched on a connected machine").
     monkeypatch.chdir(serve)
@@ -349,13 +377,23 @@ def test_official_pack_installs_from_downloaded_files(tmp_path):
     # Stand-ins for PaddleClas's tarballs, laid out as documented (<name>_infer/inference.*).
     files = []
     for stem in ("ppyolov2_r50vd_dcn_mainbody_v1.0", "product_ResNet50_vd_aliproduct_v1.0"):
-        files.append(packkit.write_tar(tmp_path / f"{stem}_infer.tar", [
-            (f"{stem}_infer/inference.pdmodel", stem.encode()), (f"{stem}_infer/inference.pdiparams", b"w" * 99),
-            (f"{stem}_infer/inference.pdiparams.info", b"i")], gz=False))
+        files.append(
+            packkit.write_tar(
+                tmp_path / f"{stem}_infer.tar",
+                [
+                    (f"{stem}_infer/inference.pdmodel", stem.encode()),
+                    (f"{stem}_infer/inference.pdiparams", b"w" * 99),
+                    (f"{stem}_infer/inference.pdiparams.info", b"i"),
+                ],
+                gz=False,
+            )
+        )
     with pytest.raises(PackError) as err:
         registry.get_pack("product").detector_spec()
-    assert "shitu plugins install product --from ppyolov2_r50vd_dcn_mainbody_v1.0_infer.tar --from " \
-           "product_ResNet50_vd_aliproduct_v1.0_infer.tar --trust" in str(err.value)
+    assert (
+        "shitu plugins install product --from ppyolov2_r50vd_dcn_mainbody_v1.0_infer.tar --from "
+        "product_ResNet50_vd_aliproduct_v1.0_infer.tar --trust" in str(err.value)
+    )
     registry.install("product", from_files=files, trust=True, progress=False)
     pack = registry.get_pack("product")
     assert pack.source == "store" and pack.is_available()

@@ -1,4 +1,5 @@
 """The pack manifest: schema validation with key paths, the built-in manifests, version ranges."""
+
 from __future__ import annotations
 
 import copy
@@ -50,6 +51,7 @@ def _set(path: str, value):
             cur[int(last[1:-1])] = value
         else:
             cur[last] = value
+
     return mutate
 
 
@@ -130,11 +132,20 @@ def test_extension_keys_are_ignored():
     mf.parse_manifest(data)
 
 
-@pytest.mark.parametrize("version,spec,ok", [
-    ("0.1.0", ">=0.1.0,<0.2", True), ("0.2.0", ">=0.1.0,<0.2", False), ("0.1.5", "==0.1.*", True),
-    ("0.10.0", "==0.1.*", False), ("1.2", "~=1.1", True), ("2.0", "~=1.1", False), ("0.1.0rc1", ">=0.1.0", False),
-    ("0.1.0", "!=0.1.0", False), ("1.10", ">1.9", True),
-])
+@pytest.mark.parametrize(
+    "version,spec,ok",
+    [
+        ("0.1.0", ">=0.1.0,<0.2", True),
+        ("0.2.0", ">=0.1.0,<0.2", False),
+        ("0.1.5", "==0.1.*", True),
+        ("0.10.0", "==0.1.*", False),
+        ("1.2", "~=1.1", True),
+        ("2.0", "~=1.1", False),
+        ("0.1.0rc1", ">=0.1.0", False),
+        ("0.1.0", "!=0.1.0", False),
+        ("1.10", ">1.9", True),
+    ],
+)
 def test_version_ranges(version, spec, ok):
     assert mf.version_matches(version, spec) is ok
 
@@ -175,24 +186,32 @@ def test_general_lite_manifest_matches_its_model_folders():
         folder_spec = ModelSpec.from_dir(PACKS / "general_lite" / entry.path)
         manifest_spec = ModelSpec.from_dict(copy.deepcopy(entry.description), PACKS / "general_lite" / entry.path)
         assert folder_spec == manifest_spec, f"{role}: pack.yaml and {sub}/shitu_model.yml disagree"
-    assert m.params == {"Global": {"threshold": 0.2, "max_det_results": 5, "min_box_ratio": 0.1, "crop_padding": 0.2},
-                        "RecPostProcess": {"pooling": "gem", "gem_power": 3.0, "centering": "centering.npy"},
-                        "RecPreProcess": {"transform_ops": [
-                            {"PadToSquare": {"value": [103.53, 116.28, 123.675]}},
-                            *ModelSpec.from_dir(PACKS / "general_lite" / "models" / "rec").transform_ops]},
-                        "IndexProcess": {"score_thres": 0.5, "index_method": "Flat", "dist_type": "IP"}}
+    assert m.params == {
+        "Global": {"threshold": 0.2, "max_det_results": 5, "min_box_ratio": 0.1, "crop_padding": 0.2},
+        "RecPostProcess": {"pooling": "gem", "gem_power": 3.0, "centering": "centering.npy"},
+        "RecPreProcess": {
+            "transform_ops": [
+                {"PadToSquare": {"value": [103.53, 116.28, 123.675]}},
+                *ModelSpec.from_dir(PACKS / "general_lite" / "models" / "rec").transform_ops,
+            ]
+        },
+        "IndexProcess": {"score_thres": 0.5, "index_method": "Flat", "dist_type": "IP"},
+    }
     assert "centering.npy" in {f.path for f in m.models["recognizer"].files}  # listed, so installs check its hash
     assert list(m.galleries) == ["demo"] and m.default_gallery == "demo"
     assert m.models["recognizer"].embedding_size == 512
 
 
-@pytest.mark.parametrize("pack,det,rec,dim", [
-    ("general", "picodet_PPLCNet_x2_5_mainbody_lite_v1.0", "general_PPLCNetV2_base_pretrained_v1.0", 512),
-    ("product", "ppyolov2_r50vd_dcn_mainbody_v1.0", "product_ResNet50_vd_aliproduct_v1.0", 512),
-    ("vehicle", "ppyolov2_r50vd_dcn_mainbody_v1.0", "vehicle_cls_ResNet50_CompCars_v1.0", 512),
-    ("logo", "ppyolov2_r50vd_dcn_mainbody_v1.0", "logo_rec_ResNet50_Logo3K_v1.0", 512),
-    ("anime", "ppyolov2_r50vd_dcn_mainbody_v1.0", "cartoon_rec_ResNet50_iCartoon_v1.0", 2048),
-])
+@pytest.mark.parametrize(
+    "pack,det,rec,dim",
+    [
+        ("general", "picodet_PPLCNet_x2_5_mainbody_lite_v1.0", "general_PPLCNetV2_base_pretrained_v1.0", 512),
+        ("product", "ppyolov2_r50vd_dcn_mainbody_v1.0", "product_ResNet50_vd_aliproduct_v1.0", 512),
+        ("vehicle", "ppyolov2_r50vd_dcn_mainbody_v1.0", "vehicle_cls_ResNet50_CompCars_v1.0", 512),
+        ("logo", "ppyolov2_r50vd_dcn_mainbody_v1.0", "logo_rec_ResNet50_Logo3K_v1.0", 512),
+        ("anime", "ppyolov2_r50vd_dcn_mainbody_v1.0", "cartoon_rec_ResNet50_iCartoon_v1.0", 2048),
+    ],
+)
 def test_official_pack_manifests(pack, det, rec, dim):
     m = mf.read_manifest(PACKS / pack)
     d, r = m.models["detector"], m.models["recognizer"]

@@ -1,4 +1,5 @@
 """Discovery (built-in, entry points, store), selection, defaults, versions side by side, use and rollback."""
+
 from __future__ import annotations
 
 import importlib
@@ -17,10 +18,8 @@ from shitu.plugins import registry, store  # noqa: E402
 from shitu.plugins.errors import PackError  # noqa: E402
 
 
-
 def _install(tmp_path, version, **kw):
-    return registry.install(str(packkit.make_pack(tmp_path / f"src-{version}", version=version, **kw)),
-                            progress=False)
+    return registry.install(str(packkit.make_pack(tmp_path / f"src-{version}", version=version, **kw)), progress=False)
 
 
 # -- defaults and built-ins ----------------------------------------------------------------------------------------
@@ -37,8 +36,12 @@ def test_default_pack_is_general_lite_and_works_offline(home):
     gallery = pack.gallery()
     assert gallery.name == pack.default_gallery == "demo"
     assert pack.gallery_dir() == home / "galleries" / "general-lite" / "demo"
-    assert gallery.open_args() == {"path": home / "galleries" / "general-lite" / "demo", "dim": 512,
-                                   "index_method": "Flat", "dist_type": "IP"}
+    assert gallery.open_args() == {
+        "path": home / "galleries" / "general-lite" / "demo",
+        "dim": 512,
+        "index_method": "Flat",
+        "dist_type": "IP",
+    }
     # The specs are copies: callers cannot change the pack.
     det.transform_ops.clear()
     assert pack.detector_spec().transform_ops
@@ -189,8 +192,22 @@ def test_verify_reports_missing_and_mismatched(tmp_path):
 def pip_install_beside(wheel: Path, site: Path, monkeypatch) -> None:
     """``pip install --target site wheel`` and put ``site`` on ``sys.path`` for this test only: a real pip install
     that cannot leave the running virtualenv changed, even if the test is killed half-way."""
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet", "--target",
-                    str(site), str(wheel)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--quiet",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+    )
     monkeypatch.syspath_prepend(str(site))
     importlib.invalidate_caches()
 

@@ -4,6 +4,7 @@ Reads (recognition, search, gallery info) and ``GET /metrics`` (whose samples na
 items) need the token; ``/health`` stays open for load balancers and liveness probes. Before ``/metrics`` checked
 it, anyone could list the galleries of a server that protects reads.
 """
+
 from __future__ import annotations
 
 import pytest

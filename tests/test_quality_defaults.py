@@ -3,9 +3,9 @@
 The pooling and pack tests run the real embedded models through paddle.inference; the ``select_boxes`` tests feed
 synthetic detector boxes (named so) to the filter, beside the real-model ones.
 """
+
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -59,8 +59,18 @@ def _synthetic_boxes() -> Detections:
 
 
 def test_min_box_ratio_drops_specks_synthetic_boxes():
-    p = merge(None, {"Global": {"threshold": 0.2, "max_det_results": 1, "append_whole_image": False,
-                                "min_box_size": 4, "min_box_ratio": 0.1}})
+    p = merge(
+        None,
+        {
+            "Global": {
+                "threshold": 0.2,
+                "max_det_results": 1,
+                "append_whole_image": False,
+                "min_box_size": 4,
+                "min_box_ratio": 0.1,
+            }
+        },
+    )
     ex = Explanation.start(p)
     kept = select_boxes(_synthetic_boxes(), 480, 640, p, ex)
     assert kept.xyxy.tolist() == [[100, 100, 300, 300]]  # the specks no longer crowd the object out of top-1
@@ -86,7 +96,11 @@ def test_general_lite_ships_the_measured_defaults(photos, tmp_path):
     eng = load_engine(params={"Global.cpu_num_threads": 1})
     try:
         p = eng.params
-        assert p["RecPostProcess.pooling"] == "gem" and p["Global.min_box_ratio"] == 0.1 and p["Global.crop_padding"] == 0.2
+        assert (
+            p["RecPostProcess.pooling"] == "gem"
+            and p["Global.min_box_ratio"] == 0.1
+            and p["Global.crop_padding"] == 0.2
+        )
         assert p["Global.threshold"] == 0.2 and p["IndexProcess.score_thres"] == 0.5
         assert p["RecPostProcess.centering"] == "centering.npy"
         assert list(eng.extractor.spec.transform_ops[0]) == ["PadToSquare"]
@@ -104,9 +118,10 @@ def test_general_lite_ships_the_measured_defaults(photos, tmp_path):
         eng.close()
 
 
-@pytest.mark.skipif(not Path("/usr/share/icons/oxygen").is_dir() or not Path("/usr/share/icons/elementary-xfce").is_dir(),
-                    reason="benchmark icon themes not installed (apt-get install oxygen-icon-theme "
-                           "elementary-xfce-icon-theme)")
+@pytest.mark.skipif(
+    not Path("/usr/share/icons/oxygen").is_dir() or not Path("/usr/share/icons/elementary-xfce").is_dir(),
+    reason="benchmark icon themes not installed (apt-get install oxygen-icon-theme elementary-xfce-icon-theme)",
+)
 def test_quality_set_is_deterministic_with_true_boxes():
     sys.path.insert(0, str(BENCH))
     try:
@@ -205,19 +220,28 @@ def test_candidates_over_http_and_the_sdk(served, photos, queries):
 
     from .conftest import b64
 
-    r = served.post("image_recognition", {"operation": "add", "images": [b64(v) for v in photos.values()],
-                                          "labels": list(photos), "gallery": "candidates"}).json()
+    r = served.post(
+        "image_recognition",
+        {
+            "operation": "add",
+            "images": [b64(v) for v in photos.values()],
+            "labels": list(photos),
+            "gallery": "candidates",
+        },
+    ).json()
     assert r["status"] == "000", r
-    body = served.post("image_recognition", {"images": [b64(queries["cat_mirrored_crop"])], "candidates": 2,
-                                             "gallery": "candidates"}).json()
+    body = served.post(
+        "image_recognition", {"images": [b64(queries["cat_mirrored_crop"])], "candidates": 2, "gallery": "candidates"}
+    ).json()
     first = body["results"][0]["results"][0]
     assert first["label"] == "cat" and [c["label"] for c in first["candidates"]][0] == "cat"
     assert len(first["candidates"]) == 2
     with ShituClient(served.url) as client:  # unchanged user code sees them too
         res = client.recognize(queries["cat_mirrored_crop"], gallery="candidates", candidates=2)
     assert res[0].to_dict()["candidates"] == first["candidates"]
-    bad = served.post("image_recognition", {"images": [b64(queries["cat_mirrored_crop"])], "candidates": 99,
-                                            "gallery": "candidates"}).json()
+    bad = served.post(
+        "image_recognition", {"images": [b64(queries["cat_mirrored_crop"])], "candidates": 99, "gallery": "candidates"}
+    ).json()
     assert bad["status"] == "101" and "candidates" in bad["msg"]
 
 
@@ -241,8 +265,9 @@ def test_gallery_search_cli_applies_score_thres_like_engine_search(tmp_path, pho
     assert cli.main(["gallery", "search", str(g), str(tmp_path / "ihc.png"), "--json"]) == 1  # nothing passes 0.5
     assert json.loads(capsys.readouterr().out)["matches"] == []
     # centred embeddings (general-lite 1.2.0) score below 0 against unrelated images: -1 accepts every match
-    assert cli.main(["gallery", "search", str(g), str(tmp_path / "ihc.png"), "--json",
-                     "--param", "score_thres=-1"]) == 0
+    assert (
+        cli.main(["gallery", "search", str(g), str(tmp_path / "ihc.png"), "--json", "--param", "score_thres=-1"]) == 0
+    )
     assert len(json.loads(capsys.readouterr().out)["matches"]) == 5
     assert cli.main(["gallery", "search", str(g), str(tmp_path / "cat_q.png"), "--json"]) == 0
     cli_ids = [m["id"] for m in json.loads(capsys.readouterr().out)["matches"]]

@@ -1,4 +1,5 @@
 """Hostile input, faults and load against the served modules: nothing lost, no one let in."""
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -45,14 +46,17 @@ def test_token_protects_gallery_changes_not_recognition(served_multi, photos):
         payload = dict(add, **({"token": token} if token else {}))
         b = body(s.post("image_recognition", payload))
         assert b["status"] == "101" and "admin token" in b["msg"] and ADMIN_TOKEN not in b["msg"]
-    for op in ({"operation": "remove", "labels": ["cat"]}, {"operation": "add", "embeddings": [[0.0] * 512],
-                                                            "labels": ["x"]}):
+    for op in (
+        {"operation": "remove", "labels": ["cat"]},
+        {"operation": "add", "embeddings": [[0.0] * 512], "labels": ["x"]},
+    ):
         assert body(s.post("index_search", {**op, "gallery": "rel-token"}))["status"] == "101"
     # Nothing was created: the gallery still does not exist.
     assert "no gallery named" in body(s.post("image_recognition", {"operation": "info", "gallery": "rel-token"}))["msg"]
     # The right token, as a bearer header, works; recognition needs none.
-    r = requests.post(f"{s.url}/predict/image_recognition", json=add, timeout=120,
-                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    r = requests.post(
+        f"{s.url}/predict/image_recognition", json=add, timeout=120, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
     assert ok(r)["added"] == 1
     assert ok(s.post("image_recognition", {"images": [b64(photos["cat"])], "gallery": "rel-token"}))[0]["results"]
     assert ADMIN_TOKEN not in s.log.read_text(errors="replace")
@@ -69,8 +73,12 @@ def test_request_paths_are_never_file_paths(served):
 def test_limits_images_per_request_and_body_size(served, photos):
     b = body(served.post("mainbody_detection", {"images": ["aGk="] * 33}))
     assert b["status"] == "101" and "limit is 32" in b["msg"]
-    r = requests.post(f"{served.url}/predict/mainbody_detection", data=b"{" + b" " * (65 * 1024 * 1024) + b"}",
-                      headers={"Content-Type": "application/json"}, timeout=120)
+    r = requests.post(
+        f"{served.url}/predict/mainbody_detection",
+        data=b"{" + b" " * (65 * 1024 * 1024) + b"}",
+        headers={"Content-Type": "application/json"},
+        timeout=120,
+    )
     assert r.status_code == 413 and body(r)["status"] == "413"
     labels = {"operation": "add", "images": [b64(photos["cat"])], "gallery": "rel-limits"}
     for bad in (["x" * 129], ["a\x00b"], [""], [5]):
@@ -81,19 +89,36 @@ def test_limits_images_per_request_and_body_size(served, photos):
 
 # -- fuzzing -----------------------------------------------------------------------------------------------------
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True) | st.text(max_size=30),
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=True) | st.text(max_size=30),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
-    max_leaves=12)
-keys = st.sampled_from(["images", "operation", "gallery", "scenario", "params", "threshold", "labels", "ids",
-                        "embeddings", "boxes", "Global", "score_thres", "max_det_results", "token", "zzz"])
+    max_leaves=12,
+)
+keys = st.sampled_from(
+    [
+        "images",
+        "operation",
+        "gallery",
+        "scenario",
+        "params",
+        "threshold",
+        "labels",
+        "ids",
+        "embeddings",
+        "boxes",
+        "Global",
+        "score_thres",
+        "max_det_results",
+        "token",
+        "zzz",
+    ]
+)
 
 
 @pytest.fixture(scope="module")
 def services():
     from shitu.serving.hub.service import DetectionService, ExtractionService, RecognitionService, SearchService
 
-    return [cls({}, gallery="fuzz") for cls in (RecognitionService, SearchService, DetectionService,
-                                                 ExtractionService)]
+    return [cls({}, gallery="fuzz") for cls in (RecognitionService, SearchService, DetectionService, ExtractionService)]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -151,8 +176,12 @@ def served_multi_to_break(tmp_path):
 def test_killed_worker_is_replaced_and_others_keep_answering(served_multi_to_break, photos, queries):
     s = served_multi_to_break
     g = {"gallery": "rel-kill"}
-    ok(s.post("image_recognition", {"operation": "add", "images": [b64(photos["rocket"])], "labels": ["rocket"],
-                                    "token": ADMIN_TOKEN, **g}))
+    ok(
+        s.post(
+            "image_recognition",
+            {"operation": "add", "images": [b64(photos["rocket"])], "labels": ["rocket"], "token": ADMIN_TOKEN, **g},
+        )
+    )
     before = worker_pids(s)
     assert len(before) == 2
     query = {"images": [b64(queries["rocket_bright_blur"])] * 6, **g}
@@ -203,8 +232,11 @@ def test_server_killed_during_gallery_adds_reopens_consistent(tmp_path, photos):
         i = 0
         while not stop.is_set():
             try:
-                r = s.post("image_recognition", {"operation": "add", "images": [b64(photos["cat"])],
-                                                 "labels": [f"cat-{i}"], **g}, timeout=30)
+                r = s.post(
+                    "image_recognition",
+                    {"operation": "add", "images": [b64(photos["cat"])], "labels": [f"cat-{i}"], **g},
+                    timeout=30,
+                )
                 if r.json()["status"] == "000":
                     acked.append(i)
             except Exception:
@@ -261,8 +293,12 @@ def test_disk_full_during_commit_keeps_previous_state(tmp_path):
     with Gallery.create(path, 512, index_method="Flat") as g:
         g.add(base, [f"item-{i}" for i in range(50)])
     size = sum(f.stat().st_size for f in path.iterdir())
-    proc = subprocess.run([sys.executable, "-c", DISK_FULL_CHILD, str(path), str(size + 600_000)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", DISK_FULL_CHILD, str(path), str(size + 600_000)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "ERROR" in proc.stdout and "NO ERROR" not in proc.stdout, proc.stdout + proc.stderr
     with Gallery.open(path) as g:
         assert {r["label"] for r in g.list(limit=10_000)} >= {f"item-{i}" for i in range(50)}
@@ -279,8 +315,12 @@ def test_short_soak_mixed_load(served_multi, photos, queries):
     s = served_multi
     g = {"gallery": "rel-soak"}
     tok = {"token": ADMIN_TOKEN}
-    ok(s.post("image_recognition", {"operation": "add", "images": [b64(photos["coffee"])], "labels": ["coffee"],
-                                    **g, **tok}))
+    ok(
+        s.post(
+            "image_recognition",
+            {"operation": "add", "images": [b64(photos["coffee"])], "labels": ["coffee"], **g, **tok},
+        )
+    )
     q = {"images": [b64(queries["coffee_rescaled_crop"])], **g}
     warm_every_worker(s, q, "rel-soak")  # a worker replaced by an earlier test loads its models now, not below
     rss0 = sum(psutil.Process(p).memory_info().rss for p in worker_pids(s))
@@ -293,8 +333,12 @@ def test_short_soak_mixed_load(served_multi, photos, queries):
             try:
                 if n == 0 and i % 4 != 3:  # 3 adds, then the latest removed: two adds of three stay
                     label = f"rocket-{i}"
-                    ok(s.post("image_recognition", {"operation": "add", "images": [b64(photos["rocket"])],
-                                                    "labels": [label], **g, **tok}))
+                    ok(
+                        s.post(
+                            "image_recognition",
+                            {"operation": "add", "images": [b64(photos["rocket"])], "labels": [label], **g, **tok},
+                        )
+                    )
                     with lock:
                         added.append(label)
                 elif n == 0:

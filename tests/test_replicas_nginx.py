@@ -1,13 +1,14 @@
 """Stateless replicas: Debian's nginx (the shipped deploy/nginx/shitu-hub.conf) in front of 2 real ``hub serving``
 instances whose gallery is one collection on a real Milvus API (milvus-lite server mode, or SHITU_TEST_MILVUS_URI).
 """
+
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
 
-import requests
 import pytest
+import requests
 
 from .conftest import b64, start_served
 from .milvus_server import milvus_server
@@ -25,14 +26,16 @@ def milvus(tmp_path_factory):
 def _replicas(milvus, tmp: Path):
     """nginx on a free loopback port -> 2 instances sharing one Milvus gallery."""
     if nginx_binary() is None:
-        pytest.skip("nginx is not installed (Debian package `nginx`, listed in tests/system-packages.txt; "
-                    "`make test` installs it where apt-get is available)")
+        pytest.skip(
+            "nginx is not installed (Debian package `nginx`, listed in tests/system-packages.txt; "
+            "`make test` installs it where apt-get is available)"
+        )
     from shitu.serving.hub import control as hub_serving
 
     uri = milvus.uri("replicas")
     instances = []
     try:
-        for i in range(2):
+        for _ in range(2):
             instances.append(start_served(tmp, init_args={"gallery": uri}))
         proxy = Nginx(tmp / "nginx", [s.url.removeprefix("http://") for s in instances], hub_serving.free_port())
         proxy.start()
@@ -65,8 +68,10 @@ def _post(url: str, payload: dict) -> tuple[dict, str]:
 
 def test_add_through_one_instance_is_found_by_the_next_20_requests_whichever_answers_real(replicas, photos):
     proxy, instances = replicas
-    body, _ = _post(proxy.url, {"operation": "add", "labels": ["cat", "coffee"],
-                                "images": [b64(photos["cat"]), b64(photos["coffee"])]})
+    body, _ = _post(
+        proxy.url,
+        {"operation": "add", "labels": ["cat", "coffee"], "images": [b64(photos["cat"]), b64(photos["coffee"])]},
+    )
     assert body["status"] == "000" and body["results"]["added"] == 2, body
     answered = set()
     query = {"images": [b64(photos["cat"])]}
@@ -109,17 +114,27 @@ def test_concurrent_adds_and_removes_through_two_instances_real(replicas):
         for r in range(6):
             vecs = rng.standard_normal((5, 512)).astype(np.float32)
             vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-            res = requests.post(f"{url}/predict/index_search", timeout=300, json={
-                "operation": "add", "gallery": gallery, "labels": [f"w{seed}-{r}"] * 5,
-                "embeddings": vecs.tolist()}).json()
+            res = requests.post(
+                f"{url}/predict/index_search",
+                timeout=300,
+                json={
+                    "operation": "add",
+                    "gallery": gallery,
+                    "labels": [f"w{seed}-{r}"] * 5,
+                    "embeddings": vecs.tolist(),
+                },
+            ).json()
             if res["status"] != "000":
                 failures.append(res["msg"])
                 return
             ids = res["results"]["ids"]
             acked.update(zip(ids, vecs))
             if r % 2:
-                res = requests.post(f"{url}/predict/index_search", timeout=300, json={
-                    "operation": "remove", "gallery": gallery, "ids": ids[:2]}).json()
+                res = requests.post(
+                    f"{url}/predict/index_search",
+                    timeout=300,
+                    json={"operation": "remove", "gallery": gallery, "ids": ids[:2]},
+                ).json()
                 if res["status"] != "000" or res["results"]["removed"] != 2:
                     failures.append(str(res))
                     return
@@ -133,14 +148,22 @@ def test_concurrent_adds_and_removes_through_two_instances_real(replicas):
     assert not failures, failures
     assert len(acked) == 60
     for s in instances:
-        rows = requests.post(f"{s.url}/predict/index_search", timeout=300, json={
-            "operation": "list", "gallery": gallery, "limit": 1000}).json()["results"]
+        rows = requests.post(
+            f"{s.url}/predict/index_search", timeout=300, json={"operation": "list", "gallery": gallery, "limit": 1000}
+        ).json()["results"]
         listed = {r["id"] for r in rows}
         assert len(removed) == 12 and listed == set(acked) - removed
         keep = sorted(listed)
-        res = requests.post(f"{s.url}/predict/index_search", timeout=300, json={
-            "gallery": gallery, "return_k": 1, "score_thres": 0.0,
-            "embeddings": [acked[i].tolist() for i in keep]}).json()["results"]
+        res = requests.post(
+            f"{s.url}/predict/index_search",
+            timeout=300,
+            json={
+                "gallery": gallery,
+                "return_k": 1,
+                "score_thres": 0.0,
+                "embeddings": [acked[i].tolist() for i in keep],
+            },
+        ).json()["results"]
         assert [r["matches"][0]["id"] for r in res] == keep
 
 
@@ -160,6 +183,10 @@ def test_killing_one_instance_keeps_the_service_answering_real(replicas_to_break
 
 def test_request_size_limit_is_enforced_by_nginx_real(replicas):
     proxy, _ = replicas
-    r = requests.post(f"{proxy.url}/predict/image_recognition", data=b"x" * (65 * 1024 * 1024),
-                      headers={"Content-Type": "application/json"}, timeout=120)
+    r = requests.post(
+        f"{proxy.url}/predict/image_recognition",
+        data=b"x" * (65 * 1024 * 1024),
+        headers={"Content-Type": "application/json"},
+        timeout=120,
+    )
     assert r.status_code == 413

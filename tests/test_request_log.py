@@ -1,5 +1,6 @@
 """The request log's pieces in isolation: a rotating log shared by several real processes, message cuts, ids.
 (The served behaviour is tested against ``hub serving`` in test_observability.py.)"""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shitu.serving.hub.request_log import (MAX_MESSAGE_CHARS, LockedRotatingFileHandler, RequestContextFilter,
-                                           REQUEST_ID, new_request_id)
+from shitu.serving.hub.request_log import (
+    MAX_MESSAGE_CHARS,
+    REQUEST_ID,
+    LockedRotatingFileHandler,
+    RequestContextFilter,
+    new_request_id,
+)
 
 WRITER = r"""
 import logging, sys

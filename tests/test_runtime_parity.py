@@ -2,6 +2,7 @@
 its ONNX file) gives the paddle.inference path's answers on real photographs: same boxes (same count, within 1 px),
 embeddings with cosine >= 0.9999, same labels; an explicit ``paddle`` still wins, and a model without an ONNX file
 stays on paddle. Real models, real onnxruntime and paddle.inference, real faiss."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """`shitu serve`'s default workers x model threads: the rule keyed by usable cores, and that serve writes it."""
+
 from __future__ import annotations
 
 import json
@@ -12,20 +13,23 @@ import pytest
 from shitu.serving.hub.serve_defaults import ServeDefaults, serve_defaults, usable_cores
 
 
-@pytest.mark.parametrize("cores, workers, threads, expected", [
-    (1, None, None, (1, 1)),  # one core: no second thread, no second worker
-    (2, None, None, (1, 2)),  # one worker's 2 threads keep both cores busy
-    (3, None, None, (1, 2)),
-    (4, None, None, (2, 2)),
-    (16, None, None, (8, 2)),
-    (2, 2, None, (2, 1)),  # --workers 2 on 2 cores: 1 thread each (the shipped 2-worker config)
-    (4, 1, None, (1, 2)),
-    (8, 3, None, (3, 2)),
-    (1, 4, None, (4, 1)),
-    (2, None, 1, (2, 1)),  # --threads 1 on 2 cores: a worker per core
-    (16, None, 4, (4, 4)),
-    (2, 3, 3, (3, 3)),  # both given: kept as they are
-])
+@pytest.mark.parametrize(
+    "cores, workers, threads, expected",
+    [
+        (1, None, None, (1, 1)),  # one core: no second thread, no second worker
+        (2, None, None, (1, 2)),  # one worker's 2 threads keep both cores busy
+        (3, None, None, (1, 2)),
+        (4, None, None, (2, 2)),
+        (16, None, None, (8, 2)),
+        (2, 2, None, (2, 1)),  # --workers 2 on 2 cores: 1 thread each (the shipped 2-worker config)
+        (4, 1, None, (1, 2)),
+        (8, 3, None, (3, 2)),
+        (1, 4, None, (4, 1)),
+        (2, None, 1, (2, 1)),  # --threads 1 on 2 cores: a worker per core
+        (16, None, 4, (4, 4)),
+        (2, 3, 3, (3, 3)),  # both given: kept as they are
+    ],
+)
 def test_rule_per_core_count(cores, workers, threads, expected):
     assert serve_defaults(cores, workers, threads) == ServeDefaults(*expected)
 
@@ -37,8 +41,10 @@ def test_rule_refuses_non_positive_numbers():
 
 
 def test_usable_cores_follows_the_affinity_mask():
-    code = "import os; os.sched_setaffinity(0, {0}); from shitu.serving.hub.serve_defaults import usable_cores; " \
-           "print(usable_cores())"
+    code = (
+        "import os; os.sched_setaffinity(0, {0}); from shitu.serving.hub.serve_defaults import usable_cores; "
+        "print(usable_cores())"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "1", out.stderr
     assert usable_cores() == len(os.sched_getaffinity(0))
@@ -91,9 +97,13 @@ def test_serve_writes_the_rule_for_its_cores_real(tmp_path):
     port = hub_serving.free_port()
     cfg = tmp_path / "serving.json"
     shitu = Path(sys.executable).with_name("shitu")
-    proc = subprocess.Popen([str(shitu), "serve", "--port", str(port), "--modules", "image_recognition",
-                             "--config-out", str(cfg)], stdout=subprocess.DEVNULL, stderr=open(tmp_path / "log", "wb"),
-                            start_new_session=True, preexec_fn=lambda: os.sched_setaffinity(0, {0}))
+    proc = subprocess.Popen(
+        [str(shitu), "serve", "--port", str(port), "--modules", "image_recognition", "--config-out", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "log", "wb"),
+        start_new_session=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {0}),
+    )
     try:
         hub_serving.wait_ready(f"http://127.0.0.1:{port}", proc, timeout=600)
         written = json.loads(cfg.read_text())

@@ -1,4 +1,5 @@
 """End to end: the four modules under the real `hub serving`, over HTTP, on the default models."""
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -41,15 +42,19 @@ def test_per_request_threshold_returns_fewer_boxes(served, photos):
     low = ok(served.post("mainbody_detection", {"images": img, "threshold": 0.1, "max_det_results": 20}))
     high = ok(served.post("mainbody_detection", {"images": img, "threshold": 0.6, "max_det_results": 20}))
     assert len(high[0]["boxes"]) < len(low[0]["boxes"])
-    nested = ok(served.post("mainbody_detection", {"images": img, "params": {"Global": {"threshold": 0.6,
-                                                                                          "max_det_results": 20}}}))
+    nested = ok(
+        served.post(
+            "mainbody_detection", {"images": img, "params": {"Global": {"threshold": 0.6, "max_det_results": 20}}}
+        )
+    )
     assert nested == high
 
 
 def test_feature_extraction(served, photos):
     img = photos["coffee"]
-    res = ok(served.post("feature_extraction", {"images": [b64(img)], "boxes": [[[100, 10, 450, 390],
-                                                                                [0, 0, 200, 200]]]}))
+    res = ok(
+        served.post("feature_extraction", {"images": [b64(img)], "boxes": [[[100, 10, 450, 390], [0, 0, 200, 200]]]})
+    )
     e = np.array(res[0]["embeddings"])
     assert e.shape == (2, 512) and res[0]["dim"] == 512 and res[0]["normalized"] is True
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-4)
@@ -78,8 +83,12 @@ def test_index_search_add_search_remove(served, photos, queries):
 
 def test_image_recognition_with_gallery_maintenance(served, photos, queries):
     g = {"gallery": "srv-rec"}
-    added = ok(served.post("image_recognition", {"operation": "add", "images": [b64(v) for v in photos.values()],
-                                                 "labels": list(photos), **g}))
+    added = ok(
+        served.post(
+            "image_recognition",
+            {"operation": "add", "images": [b64(v) for v in photos.values()], "labels": list(photos), **g},
+        )
+    )
     assert len(added["ids"]) == len(photos)
     names = ["cat_mirrored_crop", "coffee_rescaled_crop", "rocket_bright_blur", "not_in_gallery_ihc"]
     res = ok(served.post("image_recognition", {"images": [b64(queries[n]) for n in names], **g}))
@@ -100,21 +109,24 @@ def test_partial_batch_failure_keeps_other_results(served, photos):
     assert res[0]["boxes"] and res[2]["boxes"]
 
 
-@pytest.mark.parametrize("payload,words", [
-    ({}, ["missing field 'images'"]),
-    ({"images": []}, ["empty list"]),
-    ({"images": "abc"}, ["must be a list"]),
-    ({"images": ["@@not base64@@"]}, ["image 0", "base64"]),
-    ({"images": ["aGVsbG8gd29ybGQ="]}, ["image 0", "not an image"]),
-    ({"images": [123]}, ["image 0", "base64 string"]),
-    ({"images": ["aGVsbG8="], "thresold": 0.3}, ["thresold", "unknown parameter"]),
-    ({"images": ["aGVsbG8="], "threshold": "high"}, ["Global.threshold", "expected float"]),
-    ({"images": ["aGVsbG8="], "cpu_num_threads": 8}, ["cpu_num_threads", "fixed when the service starts"]),
-    ({"operation": "explode"}, ["unknown operation"]),
-    ({"images": ["aGVsbG8="], "gallery": "../../etc"}, ["invalid gallery name"]),
-    ({"operation": "add", "images": ["aGVsbG8="]}, ["image 0"]),
-    ({"operation": "remove"}, ["needs 'ids'"]),
-])
+@pytest.mark.parametrize(
+    "payload,words",
+    [
+        ({}, ["missing field 'images'"]),
+        ({"images": []}, ["empty list"]),
+        ({"images": "abc"}, ["must be a list"]),
+        ({"images": ["@@not base64@@"]}, ["image 0", "base64"]),
+        ({"images": ["aGVsbG8gd29ybGQ="]}, ["image 0", "not an image"]),
+        ({"images": [123]}, ["image 0", "base64 string"]),
+        ({"images": ["aGVsbG8="], "thresold": 0.3}, ["thresold", "unknown parameter"]),
+        ({"images": ["aGVsbG8="], "threshold": "high"}, ["Global.threshold", "expected float"]),
+        ({"images": ["aGVsbG8="], "cpu_num_threads": 8}, ["cpu_num_threads", "fixed when the service starts"]),
+        ({"operation": "explode"}, ["unknown operation"]),
+        ({"images": ["aGVsbG8="], "gallery": "../../etc"}, ["invalid gallery name"]),
+        ({"operation": "add", "images": ["aGVsbG8="]}, ["image 0"]),
+        ({"operation": "remove"}, ["needs 'ids'"]),
+    ],
+)
 def test_bad_requests_get_an_error_envelope(served, payload, words):
     error(served.post("image_recognition", payload), *words)
 
@@ -122,8 +134,12 @@ def test_bad_requests_get_an_error_envelope(served, payload, words):
 def test_non_json_bodies_get_an_envelope_and_server_keeps_serving(served, photos):
     r = requests.post(f"{served.url}/predict/image_recognition", data=b"\x89PNG not json", timeout=30)
     assert r.status_code == 415 and r.json()["status"] == "415"
-    r = requests.post(f"{served.url}/predict/image_recognition", data="{broken",
-                      headers={"Content-Type": "application/json"}, timeout=30)
+    r = requests.post(
+        f"{served.url}/predict/image_recognition",
+        data="{broken",
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
     assert r.status_code == 400 and "not valid JSON" in r.json()["msg"]
     r = requests.post(f"{served.url}/predict/image_recognition", json=[1, 2], timeout=30)
     assert r.json()["status"] != "000"
@@ -150,8 +166,7 @@ def test_multiprocess_gallery_change_seen_by_every_worker(served_multi, photos, 
     s = served_multi
     g = {"gallery": "srv-multi", "token": ADMIN_TOKEN}
     query = {"images": [b64(queries["rocket_bright_blur"])], "gallery": "srv-multi"}
-    ok(s.post("image_recognition", {"operation": "add", "images": [b64(photos["flower"])], "labels": ["flower"],
-                                    **g}))
+    ok(s.post("image_recognition", {"operation": "add", "images": [b64(photos["flower"])], "labels": ["flower"], **g}))
     # Warm both workers up: each loads its models and opens the gallery (no rocket yet) in its own memory.
     warm_every_worker(s, query, "srv-multi")
     assert ok(s.post("image_recognition", query))[0]["results"] == []
@@ -185,7 +200,9 @@ def test_shipped_config_files_are_the_documented_ones():
     init = {"params": {"Global": {"threshold": 0.3}}}
     cfg = serving_config(MODULES, 8866, 2, init)
     assert init == {"params": {"Global": {"threshold": 0.3}}}  # the caller's mapping is not changed
-    assert cfg["modules_info"]["image_recognition"]["init_args"]["params"]["Global"] == {"threshold": 0.3,
-                                                                                         "cpu_num_threads": 1}
+    assert cfg["modules_info"]["image_recognition"]["init_args"]["params"]["Global"] == {
+        "threshold": 0.3,
+        "cpu_num_threads": 1,
+    }
     mine = serving_config(MODULES, 8866, 2, {"params": {"Global.cpu_num_threads": 2}})
     assert mine["modules_info"]["index_search"]["init_args"]["params"] == {"Global.cpu_num_threads": 2}

@@ -1,4 +1,5 @@
 """One server, two scenario packs chosen per request (issue: plugin registry and scenario packs)."""
+
 from __future__ import annotations
 
 import shutil
@@ -33,8 +34,12 @@ def test_image_recognition_answers_from_two_packs_in_one_server(served, photos, 
 
     cat = b64(photos["cat"])
     for scenario, label in (("general-lite", "cat"), ("lite-strict", "kitty")):
-        ok(served.post("image_recognition", {"operation": "add", "scenario": scenario, "gallery": "two-packs",
-                                             "images": [cat], "labels": [label]}))
+        ok(
+            served.post(
+                "image_recognition",
+                {"operation": "add", "scenario": scenario, "gallery": "two-packs", "images": [cat], "labels": [label]},
+            )
+        )
     query = {"gallery": "two-packs", "images": [b64(queries["cat_mirrored_crop"])]}
     lite = ok(served.post("image_recognition", {**query, "scenario": "general-lite"}))
     strict = ok(served.post("image_recognition", {**query, "scenario": "lite-strict"}))

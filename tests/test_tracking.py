@@ -1,5 +1,6 @@
 """The IoU tracker: matching (Hungarian and greedy), track birth (min_hits), death (max_age), the label vote and
 the whole-image track."""
+
 from __future__ import annotations
 
 import sys
@@ -132,8 +133,11 @@ def test_whole_image_is_its_own_track_and_never_matches_boxes():
     whole = [0, 0, 60, 70]
     for i in range(4):
         # The object box covers almost all of the image: IoU with the whole-image box is high.
-        upd = t.update([rec(box_at(0, y=0, w=60, h=68), "cat"),
-                        rec(whole, "kitchen" if i != 2 else "garden", 0.5, whole=True)], i, i * 0.5)
+        upd = t.update(
+            [rec(box_at(0, y=0, w=60, h=68), "cat"), rec(whole, "kitchen" if i != 2 else "garden", 0.5, whole=True)],
+            i,
+            i * 0.5,
+        )
         assert upd.frame_label is not None and upd.frame_label.track_id == 0
         assert upd.frame_label.label == "kitchen" and upd.frame_label.is_whole_image
     assert [(s.track_id, s.label, s.frames) for s in t.summaries()] == [(1, "cat", 4)]
@@ -170,7 +174,13 @@ def test_two_objects_keep_their_ids_and_labels():
 
 
 def test_parameter_validation():
-    for kwargs in ({"iou_threshold": 0}, {"max_age": -1}, {"min_hits": 0}, {"whole_image": "box"},
-                   {"matcher": "magic"}, {"vote_window": 0}):
+    for kwargs in (
+        {"iou_threshold": 0},
+        {"max_age": -1},
+        {"min_hits": 0},
+        {"whole_image": "box"},
+        {"matcher": "magic"},
+        {"vote_window": 0},
+    ):
         with pytest.raises(ValueError):
             Tracker(**kwargs)

@@ -1,4 +1,5 @@
 """Pre-processing ops (PaddleClas names) and the parameter schema."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,9 +11,14 @@ from shitu.serving.engine.transforms import OPS, TransformError, Transforms, bui
 
 def test_resize_short_and_crop_like_paddleclas():
     img = np.zeros((300, 600, 3), np.uint8)
-    t = Transforms([{"ResizeImage": {"resize_short": 256}}, {"CropImage": {"size": 224}},
-                    {"NormalizeImage": {"scale": "1.0/255.0", "mean": [0, 0, 0], "std": [1, 1, 1], "order": "hwc"}},
-                    {"ToCHWImage": None}])
+    t = Transforms(
+        [
+            {"ResizeImage": {"resize_short": 256}},
+            {"CropImage": {"size": 224}},
+            {"NormalizeImage": {"scale": "1.0/255.0", "mean": [0, 0, 0], "std": [1, 1, 1], "order": "hwc"}},
+            {"ToCHWImage": None},
+        ]
+    )
     out = t(img).image
     assert out.shape == (3, 224, 224) and out.dtype == np.float32
 
@@ -25,30 +31,45 @@ def test_resize_size_is_w_h():
 def test_normalize_values_and_color_order():
     img = np.zeros((2, 2, 3), np.uint8)
     img[..., 0] = 255  # blue in BGR
-    rgb = Transforms([{"NormalizeImage": {"scale": 1 / 255, "mean": [0, 0, 0], "std": [1, 1, 1], "order": "chw"}}],
-                     input_color="RGB")(img).image
+    rgb = Transforms(
+        [{"NormalizeImage": {"scale": 1 / 255, "mean": [0, 0, 0], "std": [1, 1, 1], "order": "chw"}}], input_color="RGB"
+    )(img).image
     assert rgb[2].max() == pytest.approx(1.0) and rgb[0].max() == 0  # blue ends up last in RGB
-    bgr = Transforms([{"NormalizeImage": {"scale": 1.0, "mean": [255, 0, 0], "std": [2, 1, 1]}}],
-                     input_color="BGR")(img).image
+    bgr = Transforms([{"NormalizeImage": {"scale": 1.0, "mean": [255, 0, 0], "std": [2, 1, 1]}}], input_color="BGR")(
+        img
+    ).image
     assert bgr[0].max() == 0
 
 
 def test_det_resize_keeps_scale_factor():
-    t = Transforms([{"DetResize": {"target_size": [320, 320], "keep_ratio": False}},
-                    {"DetNormalizeImage": {"is_scale": True}}, {"DetPermute": {}}])
+    t = Transforms(
+        [
+            {"DetResize": {"target_size": [320, 320], "keep_ratio": False}},
+            {"DetNormalizeImage": {"is_scale": True}},
+            {"DetPermute": {}},
+        ]
+    )
     s = t(np.zeros((160, 640, 3), np.uint8))
     assert s.image.shape == (3, 320, 320)
     assert s.scale_factor == pytest.approx((2.0, 0.5))
-    keep = Transforms([{"DetResize": {"target_size": [320, 320], "keep_ratio": True}}])(np.zeros((160, 640, 3),
-                                                                                               np.uint8))
+    keep = Transforms([{"DetResize": {"target_size": [320, 320], "keep_ratio": True}}])(
+        np.zeros((160, 640, 3), np.uint8)
+    )
     assert keep.scale_factor[0] == keep.scale_factor[1]
 
 
 def test_unknown_op_lists_known_ones():
     with pytest.raises(TransformError) as e:
         build_op({"RandomFlip": {}})
-    for name in ("ResizeImage", "CropImage", "NormalizeImage", "ToCHWImage", "DetResize", "DetNormalizeImage",
-                 "DetPermute"):
+    for name in (
+        "ResizeImage",
+        "CropImage",
+        "NormalizeImage",
+        "ToCHWImage",
+        "DetResize",
+        "DetNormalizeImage",
+        "DetPermute",
+    ):
         assert name in str(e.value) and name in OPS
 
 
@@ -66,10 +87,16 @@ def test_params_spellings_and_errors():
     assert merge({"Global.max_det_results": 3})["Global.max_det_results"] == 3
     assert merge({"rec_nms_threshold": 0.2})["Global.rec_nms_thresold"] == 0.2
     assert merge({"score_thres": 1})["IndexProcess.score_thres"] == 1.0  # int widened to float
-    for bad, word in [({"thresold": 0.3}, "unknown"), ({"threshold": "0.3"}, "expected float"),
-                      ({"threshold": 1.5}, "<= 1.0"), ({"max_det_results": 2.5}, "integer"),
-                      ({"append_whole_image": 1}, "true or false"), ({"transform_ops": []}, "ambiguous"),
-                      ({"score_thres": float("nan")}, "finite"), ({"dist_type": "cos"}, "one of")]:
+    for bad, word in [
+        ({"thresold": 0.3}, "unknown"),
+        ({"threshold": "0.3"}, "expected float"),
+        ({"threshold": 1.5}, "<= 1.0"),
+        ({"max_det_results": 2.5}, "integer"),
+        ({"append_whole_image": 1}, "true or false"),
+        ({"transform_ops": []}, "ambiguous"),
+        ({"score_thres": float("nan")}, "finite"),
+        ({"dist_type": "cos"}, "one of"),
+    ]:
         with pytest.raises(ParamError, match=word):
             merge(bad)
 

@@ -7,6 +7,7 @@ recognizer finds the pasted crops by template matching (so it really looks at th
 noise (every 4th cat detection says "dog", every 5th astronaut one says "person", every 3rd whole-image one says
 "tower", always with lower scores) to test the vote. One test runs the real engine.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,7 +23,6 @@ from skimage import data
 
 from shitu.serving.cli import video as video_cli
 from shitu.serving.engine.results import Recognition
-from shitu.serving.video.tracker import Tracker
 from shitu.serving.video.stream import (
     CaptureSource,
     FrameResult,
@@ -32,6 +32,7 @@ from shitu.serving.video.stream import (
     open_source,
     recognize_video,
 )
+from shitu.serving.video.tracker import Tracker
 
 W, H, FPS, N_FRAMES = 320, 240, 25.0, 40
 CAT_SIZE, ASTRO_SIZE = (96, 72), (64, 64)  # (w, h)
@@ -116,13 +117,21 @@ class FakeRecognizer:
                 self.counts[label] += 1
                 noisy = k % period == period - 1
                 th, tw = template.shape[:2]
-                recs.append(Recognition([x, y, x + tw, y + th], wrong if noisy else label,
-                                        0.55 if noisy else 0.85, 0.9))
+                recs.append(
+                    Recognition([x, y, x + tw, y + th], wrong if noisy else label, 0.55 if noisy else 0.85, 0.9)
+                )
             k = self.counts["whole"]
             self.counts["whole"] += 1
             h, w = image.shape[:2]
-            recs.append(Recognition([0, 0, w, h], "tower" if k % 3 == 2 else "rocket", 0.4 if k % 3 == 2 else 0.6,
-                                    1.0, is_whole_image=True))
+            recs.append(
+                Recognition(
+                    [0, 0, w, h],
+                    "tower" if k % 3 == 2 else "rocket",
+                    0.4 if k % 3 == 2 else 0.6,
+                    1.0,
+                    is_whole_image=True,
+                )
+            )
             out.append([r.to_dict() for r in recs] if self.as_dicts else recs)
             self.images += 1
         return out
@@ -185,7 +194,13 @@ def test_sampler_every_and_fps():
     assert kept[:5] == [0, 3, 5, 8, 10] and len(kept) == 20
     s = Sampler(fps=2)  # a gap in the timestamps restarts the grid instead of bursting
     assert [s(Frame(i, t, None)) for i, t in enumerate([0.0, 0.5, 3.0, 3.1, 3.5, 3.6])] == [
-        True, True, True, False, True, False]
+        True,
+        True,
+        True,
+        False,
+        True,
+        False,
+    ]
     with pytest.raises(ValueError):
         Sampler(every=2, fps=5)
     with pytest.raises(ValueError):
@@ -203,13 +218,22 @@ def test_tracks_follow_objects_with_voted_labels(video):
     assert set(rec.batches) == {4}
 
     cat, astro = report.tracks  # exactly two tracks, ids by confirmation order
-    assert (cat.track_id, cat.label, cat.first_frame, cat.last_frame, cat.frames) == (1, "cat", 0, N_FRAMES - 1,
-                                                                                      N_FRAMES)
+    assert (cat.track_id, cat.label, cat.first_frame, cat.last_frame, cat.frames) == (
+        1,
+        "cat",
+        0,
+        N_FRAMES - 1,
+        N_FRAMES,
+    )
     assert cat.first_time == 0.0 and cat.last_time == pytest.approx((N_FRAMES - 1) / FPS)
     assert set(cat.votes) == {"cat", "dog"} and cat.confidence == pytest.approx(30 * 0.85 / (30 * 0.85 + 10 * 0.55))
     assert cat.score == pytest.approx(0.85)
-    assert (astro.track_id, astro.label, astro.first_frame, astro.last_frame) == (2, "astronaut", ASTRO_FIRST,
-                                                                                  ASTRO_LAST)
+    assert (astro.track_id, astro.label, astro.first_frame, astro.last_frame) == (
+        2,
+        "astronaut",
+        ASTRO_FIRST,
+        ASTRO_LAST,
+    )
     assert astro.frames == ASTRO_LAST - ASTRO_FIRST + 1
     assert astro.first_time == pytest.approx(ASTRO_FIRST / FPS)
     assert report.frame_label.label == "rocket" and report.frame_label.track_id == 0
@@ -242,8 +266,9 @@ def test_batch_size_does_not_change_the_result(video):
     assert [t.to_dict() for t in a.tracks] == [t.to_dict() for t in b.tracks]
 
 
-@pytest.mark.parametrize("kwargs,expected", [({"every": 3}, list(range(0, N_FRAMES, 3))),
-                                             ({"fps": 5}, list(range(0, N_FRAMES, 5)))])
+@pytest.mark.parametrize(
+    "kwargs,expected", [({"every": 3}, list(range(0, N_FRAMES, 3))), ({"fps": 5}, list(range(0, N_FRAMES, 5)))]
+)
 def test_sampled_frames_are_tracked(video, kwargs, expected):
     report = recognize_video(video, FakeRecognizer(), **kwargs)
     assert [f.index for f in report.frames] == expected
@@ -281,8 +306,15 @@ def test_on_frame_max_frames_dict_results_and_overrides(video):
         calls.append(overrides)
         return FakeRecognizer(as_dicts=True)(images)
 
-    report = recognize_video(video, recognizer, on_frame=seen.append, max_frames=10, batch_size=4,
-                             overrides={"threshold": 0.4}, keep_frames=False)
+    report = recognize_video(
+        video,
+        recognizer,
+        on_frame=seen.append,
+        max_frames=10,
+        batch_size=4,
+        overrides={"threshold": 0.4},
+        keep_frames=False,
+    )
     assert [f.index for f in seen] == list(range(10))
     assert report.frames_processed == 10 and report.frames == []
     assert calls == [{"threshold": 0.4}] * 3
@@ -323,8 +355,7 @@ def test_real_engine_tracks_the_cat(video, tmp_path):
         engine.gallery_add([CAT_PHOTO], ["cat"])
         # the gallery picture is the tight crop pasted in the video: boxes are not widened to frame it like a
         # picture with a margin (general-lite's crop_padding 0.2 scores it 0.34-0.43 with centred embeddings)
-        report = recognize_video(video, functools.partial(engine.recognize, crop_padding=0.0), every=2,
-                                 batch_size=4)
+        report = recognize_video(video, functools.partial(engine.recognize, crop_padding=0.0), every=2, batch_size=4)
     finally:
         engine.close()
     cats = [t for t in report.tracks if t.label == "cat"]
@@ -349,19 +380,20 @@ def test_cli_in_process_with_the_real_engine(video, tmp_path, capsys):
     engine = load_engine(gallery=tmp_path / "g")
     try:  # a catalogue-like picture: the cat on a white margin, as the pack's crop_padding expects
         h, w = CAT_PHOTO.shape[:2]
-        framed = cv2.copyMakeBorder(CAT_PHOTO, h // 5, h // 5, w // 5, w // 5, cv2.BORDER_CONSTANT,
-                                    value=(255, 255, 255))
+        framed = cv2.copyMakeBorder(
+            CAT_PHOTO, h // 5, h // 5, w // 5, w // 5, cv2.BORDER_CONSTANT, value=(255, 255, 255)
+        )
         engine.gallery_add([framed], ["cat"])
     finally:
         engine.close()
-    rc = shitu_main(["recognize-video", str(video), "--gallery", str(tmp_path / "g"), "--every", "4", "--json",
-                     "--no-progress"])
+    rc = shitu_main(
+        ["recognize-video", str(video), "--gallery", str(tmp_path / "g"), "--every", "4", "--json", "--no-progress"]
+    )
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert rc == 0
     tracks = [x for x in lines if x["type"] == "track"]
     assert any(t["label"] == "cat" for t in tracks), tracks
     assert lines[-1]["type"] == "summary" and lines[-1]["frames_processed"] == N_FRAMES // 4
-
 
 
 def run_cli(argv, monkeypatch, recognizer=None):
@@ -374,8 +406,7 @@ def run_cli(argv, monkeypatch, recognizer=None):
             self.recognize = recognizer or FakeRecognizer()
 
     fake = types.ModuleType("shitu.serving.engine.engine")
-    fake.load_engine = lambda scenario=None, gallery=None, params=None: FakeEngine(scenario=scenario,
-                                                                                   gallery=gallery)
+    fake.load_engine = lambda scenario=None, gallery=None, params=None: FakeEngine(scenario=scenario, gallery=gallery)
     monkeypatch.setitem(sys.modules, "shitu.serving.engine.engine", fake)
     return video_cli.main(["recognize-video", *map(str, argv)]), loaded
 
@@ -392,7 +423,10 @@ def test_cli_json_lines_with_a_fake_engine(video, monkeypatch, capsys):
     assert set(frames[3]["tracks"][0]) >= {"track_id", "bbox", "label", "score", "confidence", "raw_label"}
     assert frames[3]["frame_label"]["label"] == "rocket" and frames[3]["time"] == pytest.approx(6 / FPS)
     assert [(t["track_id"], t["label"], t["first_frame"], t["last_frame"]) for t in tracks] == [
-        (1, "cat", 0, 38), (2, "astronaut", 12, 28), (0, "rocket", 0, 38)]
+        (1, "cat", 0, 38),
+        (2, "astronaut", 12, 28),
+        (0, "rocket", 0, 38),
+    ]
     assert summary["type"] == "summary" and summary["frames_processed"] == N_FRAMES // 2
     assert summary["frames_skipped"] == N_FRAMES // 2 and summary["live"] is False
 
@@ -422,18 +456,23 @@ def test_cli_server_mode_builds_the_client_with_a_fake_client(video, monkeypatch
     fake = types.ModuleType("shitu.serving.client.sdk")
     fake.ShituClient = FakeClient
     monkeypatch.setitem(sys.modules, "shitu.serving.client.sdk", fake)
-    rc = video_cli.main(["recognize-video", str(video), "--server", "http://srv:8866", "--json", "--no-progress",
-                         "--max-frames", "5"])
+    rc = video_cli.main(
+        ["recognize-video", str(video), "--server", "http://srv:8866", "--json", "--no-progress", "--max-frames", "5"]
+    )
     assert rc == 0 and urls == ["http://srv:8866"]
     assert [json.loads(x)["type"] for x in capsys.readouterr().out.splitlines()] == ["frame"] * 5 + [
-        "track", "track", "summary"]
+        "track",
+        "track",
+        "summary",
+    ]
 
 
 def test_cli_exit_status_with_fakes(video, tmp_path, monkeypatch, capsys):
     rc, loaded = run_cli([tmp_path / "nope.avi", "--no-progress"], monkeypatch)
     assert rc == 2 and loaded == [] and "no such video file" in capsys.readouterr().err
-    rc, _ = run_cli([video, "--no-progress", "--max-frames", "3"], monkeypatch,
-                    recognizer=lambda images: [[] for _ in images])
+    rc, _ = run_cli(
+        [video, "--no-progress", "--max-frames", "3"], monkeypatch, recognizer=lambda images: [[] for _ in images]
+    )
     assert rc == 1 and "no tracks" in capsys.readouterr().out  # nothing recognised
 
     def broken(images):

@@ -6,6 +6,7 @@ the machine is (frames dropped, never queued; every frame accounted for; capture
 on the machine's speed (lag under half a second against a 50 ms recognizer, how many frames keep up) are the
 ``timing`` tests, run by ``make bench``.
 """
+
 from __future__ import annotations
 
 import threading

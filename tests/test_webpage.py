@@ -6,6 +6,7 @@ screenshot in its temp folder. The HTTP tests check the page's files, the galler
 the thumbnails they show. Chromium and chromium-driver are in tests/system-packages.txt (``make test`` installs
 them); without Chromium or the ``playwright`` package the browser test skips and says which is missing.
 """
+
 from __future__ import annotations
 
 import base64
@@ -35,9 +36,18 @@ def ok(resp) -> object:
 
 
 def seed(served, gallery: str, photos) -> None:
-    ok(served.post("image_recognition", {"operation": "add", "gallery": gallery, "token": ADMIN_TOKEN,
-                                         "labels": ["cat", "coffee", "rocket"],
-                                         "images": [b64(photos[k]) for k in ("cat", "coffee", "rocket")]}))
+    ok(
+        served.post(
+            "image_recognition",
+            {
+                "operation": "add",
+                "gallery": gallery,
+                "token": ADMIN_TOKEN,
+                "labels": ["cat", "coffee", "rocket"],
+                "images": [b64(photos[k]) for k in ("cat", "coffee", "rocket")],
+            },
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +55,10 @@ def web_served(tmp_path_factory, photos):
     """A real ``hub serving`` (single process) with an admin token, and a gallery of cat, coffee and rocket."""
     from shitu.serving.hub import control as hub_serving
 
-    s = start_served(tmp_path_factory.mktemp("web-served"),
-                     init_args={"token": ADMIN_TOKEN, "params": {"Limits": {"max_pixels": MAX_PIXELS}}})
+    s = start_served(
+        tmp_path_factory.mktemp("web-served"),
+        init_args={"token": ADMIN_TOKEN, "params": {"Limits": {"max_pixels": MAX_PIXELS}}},
+    )
     try:
         seed(s, GALLERY, photos)
         yield s
@@ -55,6 +67,7 @@ def web_served(tmp_path_factory, photos):
 
 
 # -- the page's files (HTTP) ------------------------------------------------------------------------------------
+
 
 def test_page_files_are_served_offline_with_a_strict_content_security_policy(web_served):
     page = requests.get(f"{web_served.url}/web/", timeout=30)
@@ -79,8 +92,7 @@ def test_page_is_served_in_the_multiprocess_mode_too(served_multi):
     assert res["default"] in res["galleries"]
 
 
-@pytest.mark.parametrize("path", ["/web/../setup.py", "/web/%2e%2e/setup.py", "/web/..%2fsetup.py",
-                                  "/web/nothing.js"])
+@pytest.mark.parametrize("path", ["/web/../setup.py", "/web/%2e%2e/setup.py", "/web/..%2fsetup.py", "/web/nothing.js"])
 def test_page_files_outside_the_web_folder_are_not_served(web_served, path):
     r = requests.get(web_served.url + path, timeout=30)
     assert r.status_code == 404
@@ -88,6 +100,7 @@ def test_page_files_outside_the_web_folder_are_not_served(web_served, path):
 
 
 # -- the gallery-browsing operations (HTTP) -------------------------------------------------------------------------
+
 
 def test_galleries_operation_lists_galleries_and_slider_defaults(web_served):
     res = ok(web_served.post("image_recognition", {"operation": "galleries"}))
@@ -108,26 +121,33 @@ def test_labels_operation_counts_filters_pages_and_carries_thumbnails(web_served
     assert max(img.shape[:2]) == 96  # the cat photo is 451x300: scaled to 96 on its longer side
     res = ok(web_served.post("image_recognition", {"operation": "labels", "gallery": GALLERY, "contains": "CO"}))
     assert [e["label"] for e in res["labels"]] == ["coffee"]
-    res = ok(web_served.post("image_recognition", {"operation": "labels", "gallery": GALLERY, "limit": 1,
-                                                   "offset": 1, "per_label": 0}))
+    res = ok(
+        web_served.post(
+            "image_recognition", {"operation": "labels", "gallery": GALLERY, "limit": 1, "offset": 1, "per_label": 0}
+        )
+    )
     assert res == {"total": 3, "offset": 1, "labels": [{"label": "coffee", "count": 1, "items": []}]}
     # thumbnails stay out of the ordinary answers
     listed = ok(web_served.post("index_search", {"operation": "list", "gallery": GALLERY}))
     assert listed and all("thumbnail" not in str(r) for r in listed)
 
 
-@pytest.mark.parametrize("payload, words", [
-    ({"per_label": 1000}, "'per_label' must be an integer in 0..24"),
-    ({"limit": -1}, "'limit' must be an integer"),
-    ({"contains": 3}, "'contains' must be a string"),
-    ({"gallery": "no-such-gallery"}, "no gallery named 'no-such-gallery'"),
-])
+@pytest.mark.parametrize(
+    "payload, words",
+    [
+        ({"per_label": 1000}, "'per_label' must be an integer in 0..24"),
+        ({"limit": -1}, "'limit' must be an integer"),
+        ({"contains": 3}, "'contains' must be a string"),
+        ({"gallery": "no-such-gallery"}, "no gallery named 'no-such-gallery'"),
+    ],
+)
 def test_labels_operation_refuses_bad_fields_by_name(web_served, payload, words):
     body = web_served.post("image_recognition", {"operation": "labels", "gallery": GALLERY, **payload}).json()
     assert body["status"] == "101" and words in body["msg"], body
 
 
 # -- thumbnails in the gallery database (in-process, real engine) --------------------------------------------------
+
 
 def test_thumbnails_are_stored_on_add_and_deleted_with_their_item(engine, photos, tmp_path):
     from shitu.serving.gallery import thumbnails
@@ -152,7 +172,6 @@ def test_thumbnails_are_stored_on_add_and_deleted_with_their_item(engine, photos
 
 def test_a_thumbnail_that_cannot_be_stored_never_fails_the_add(engine, photos, tmp_path, caplog):
     """A fault injected beside the real path: ``thumbnails`` is a view, so writing a thumbnail fails."""
-    from shitu.serving.gallery import thumbnails
 
     folder = tmp_path / "g"
     first = engine.gallery_add([photos["cat"]], ["cat"], gallery=folder)
@@ -178,8 +197,14 @@ def test_thumbnail_keeps_aspect_and_never_enlarges():
 
 # -- the real browser ---------------------------------------------------------------------------------------------
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +212,10 @@ def chromium():
     """The Debian ``chromium`` driven by Playwright (its own browser download cannot work offline)."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
-        pytest.skip("Debian package 'chromium' is not installed (make test installs it with apt-get where it can; "
-                    "see tests/system-packages.txt)")
+        pytest.skip(
+            "Debian package 'chromium' is not installed (make test installs it with apt-get where it can; "
+            "see tests/system-packages.txt)"
+        )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -272,38 +299,48 @@ def _browse(web_served, page, queries, photos, tmp_path: Path) -> None:
     page.wait_for_selector("body[data-recognition=done]", timeout=deadline)
     assert sorted(_table_labels(page)) == ["cat", "coffee"]
     assert page.eval_on_selector("#canvas", "c => [c.width, c.height]") == [760, 420]
-    drawn = page.eval_on_selector("#canvas", """c => {
+    drawn = page.eval_on_selector(
+        "#canvas",
+        """c => {
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let red = 0;
         for (let i = 0; i < d.length; i += 4) if (d[i] > 200 && d[i + 1] < 60 && d[i + 2] < 100) red++;
-        return red; }""")
+        return red; }""",
+    )
     assert drawn > 500, "no box drawn in the first box colour"
     page.screenshot(path=str(tmp_path / "webpage-recognition.png"), full_page=True)
 
     # 1b. the same photo dropped on the drop zone (a real DragEvent carrying the file)
     page.evaluate("() => { document.body.dataset.recognition = ''; }")
-    page.evaluate("""([data, name]) => {
+    page.evaluate(
+        """([data, name]) => {
         const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
         const dt = new DataTransfer();
         dt.items.add(new File([bytes], name, {type: 'image/jpeg'}));
         const zone = document.getElementById('drop');
         for (const type of ['dragover', 'drop'])
             zone.dispatchEvent(new DragEvent(type, {dataTransfer: dt, bubbles: true, cancelable: true}));
-    }""", [base64.b64encode(collage.read_bytes()).decode(), "dropped.jpg"])
+    }""",
+        [base64.b64encode(collage.read_bytes()).decode(), "dropped.jpg"],
+    )
     page.wait_for_selector("body[data-recognition=done]", timeout=deadline)
     assert sorted(_table_labels(page)) == ["cat", "coffee"]
 
     # 2. the sliders change the answer (each value is a real request: figures from the general-lite models)
     def answer_after(name: str, value: float, shown: str, condition: str) -> None:
         _set_slider(page, name, value)
-        page.wait_for_function(f"() => document.querySelector('#{name}-value').textContent === '{shown}' && "
-                               f"document.body.dataset.recognition === 'done' && ({condition})", timeout=deadline)
+        page.wait_for_function(
+            f"() => document.querySelector('#{name}-value').textContent === '{shown}' && "
+            f"document.body.dataset.recognition === 'done' && ({condition})",
+            timeout=deadline,
+        )
 
     rows = "document.querySelectorAll('#results tbody tr')"
     answer_after("max_det_results", 1, "1", f"{rows}.length === 1 && {rows}[0].dataset.label === 'cat'")
     answer_after("max_det_results", 5, "5", f"{rows}.length === 2")
     # detector boxes all below 0.9: only the whole image is searched, and it matches nothing at 0.5 (coffee 0.47) ...
-    answer_after("threshold", 0.9, "0.90",
-                 "document.querySelector('#results tbody').innerText.includes('nothing recognised')")
+    answer_after(
+        "threshold", 0.9, "0.90", "document.querySelector('#results tbody').innerText.includes('nothing recognised')"
+    )
     # ... but at score_thres 0.3 it is recognised, marked as the whole image
     answer_after("score_thres", 0.3, "0.30", "document.querySelectorAll('#results tbody tr.whole-image').length === 1")
     assert page.inner_text("#results tbody tr.whole-image td:nth-child(4)") == "whole image"
@@ -343,17 +380,24 @@ def _browse(web_served, page, queries, photos, tmp_path: Path) -> None:
     # 7. errors show as messages, never a stack trace: a wrong token, a file that is not an image
     page.fill("#token", "wrong-token")
     page.click(".label-card[data-label=coffee] .remove-item")
-    page.wait_for_function("() => document.querySelector('#message').className === 'error' && "
-                           "document.querySelector('#message').innerText.includes('admin token')", timeout=deadline)
+    page.wait_for_function(
+        "() => document.querySelector('#message').className === 'error' && "
+        "document.querySelector('#message').innerText.includes('admin token')",
+        timeout=deadline,
+    )
     assert _count(page) == 2
     page.set_input_files("#file", str(broken))
-    page.wait_for_function("() => document.querySelector('#message').innerText.includes('not an image')", timeout=deadline)
+    page.wait_for_function(
+        "() => document.querySelector('#message').innerText.includes('not an image')", timeout=deadline
+    )
     message = page.inner_text("#message")
-    assert "Traceback" not in message and "File \"" not in message
+    assert "Traceback" not in message and 'File "' not in message
     assert page.eval_on_selector("#results", "t => t.hidden")  # the previous answer is not left on show
     page.set_input_files("#file", str(too_big))
-    page.wait_for_function("() => document.querySelector('#message').innerText.includes("
-                           f"'more than the limit of {MAX_PIXELS}')", timeout=deadline)
+    page.wait_for_function(
+        f"() => document.querySelector('#message').innerText.includes('more than the limit of {MAX_PIXELS}')",
+        timeout=deadline,
+    )
 
     page.screenshot(path=str(tmp_path / "webpage.png"), full_page=True)
     assert (tmp_path / "webpage.png").stat().st_size > 10_000
@@ -368,13 +412,17 @@ def _browse(web_served, page, queries, photos, tmp_path: Path) -> None:
     page.set_input_files("#add-files", str(astronaut))
     page.fill("#add-label", "astronaut")
     page.click("#add-form button[type=submit]")
-    page.wait_for_function("() => document.querySelector('#gallery-name').textContent === 'web-new' && "
-                           "document.querySelector('#gallery-info').dataset.count === '1'", timeout=deadline)
+    page.wait_for_function(
+        "() => document.querySelector('#gallery-name').textContent === 'web-new' && "
+        "document.querySelector('#gallery-info').dataset.count === '1'",
+        timeout=deadline,
+    )
     assert page.input_value("#gallery") == "web-new"
     assert outside == [] and page_errors == []
 
 
 # -- make demo ------------------------------------------------------------------------------------------------------
+
 
 def test_demo_serve_prints_the_page_url_and_serves_it_until_ctrl_c(tmp_path):
     """``make demo`` runs ``shitu demo --serve``: the demo, then the page's URL, serving until Ctrl-C."""
@@ -386,8 +434,13 @@ def test_demo_serve_prints_the_page_url_and_serves_it_until_ctrl_c(tmp_path):
     import time
 
     shitu = Path(sys.executable).with_name("shitu")
-    proc = subprocess.Popen([str(shitu), "demo", "--out", str(tmp_path / "demo"), "--serve"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    proc = subprocess.Popen(
+        [str(shitu), "demo", "--out", str(tmp_path / "demo"), "--serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ),
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
     reader.start()
@@ -402,13 +455,16 @@ def test_demo_serve_prints_the_page_url_and_serves_it_until_ctrl_c(tmp_path):
         page = requests.get(url, timeout=60)
         assert page.status_code == 200 and "<title>shitu-hub" in page.text
         base = url.removesuffix("/web/")
-        labels = requests.post(f"{base}/predict/image_recognition", json={"operation": "labels", "gallery": "demo"},
-                               timeout=120).json()["results"]["labels"]
+        labels = requests.post(
+            f"{base}/predict/image_recognition", json={"operation": "labels", "gallery": "demo"}, timeout=120
+        ).json()["results"]["labels"]
         assert {e["label"] for e in labels} >= {"cat", "coffee", "rocket"}
         # general-lite's 'demo' gallery comes from the pack's shipped embeddings (no images, so no thumbnails);
         # items added through the server carry one (test_thumbnails_are_stored_on_add_and_deleted_with_their_item).
-        assert all(e["items"][0]["thumbnail"] is None or e["items"][0]["thumbnail"].startswith("data:image/jpeg")
-                   for e in labels)
+        assert all(
+            e["items"][0]["thumbnail"] is None or e["items"][0]["thumbnail"].startswith("data:image/jpeg")
+            for e in labels
+        )
         proc.send_signal(signal.SIGINT)
         assert proc.wait(120) == 0
         with pytest.raises(requests.ConnectionError):

@@ -3,6 +3,7 @@
 ``build(kind, out_dir, legacy)`` runs paddle in a subprocess: the legacy ``.pdmodel`` format needs
 ``FLAGS_enable_pir_api=0`` before paddle is imported, and the test process has paddle in PIR mode already.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,8 +57,9 @@ def build(kind: str, out_dir: Path, legacy: bool) -> Path:
     env = dict(os.environ, FLAGS_enable_pir_api="0" if legacy else "1")
     script = out_dir / "_build_tiny_model.py"  # dy2static reads the source, so it must be a file
     script.write_text(_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), kind, str(out_dir)], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script), kind, str(out_dir)], env=env, capture_output=True, text=True, timeout=300
+    )
     script.unlink()
     if proc.returncode != 0:
         raise RuntimeError(f"building the tiny {kind} model failed:\n{proc.stderr[-3000:]}")

@@ -13,6 +13,7 @@ Names are those both themes draw in their ``apps``, ``devices``, ``places``, ``c
 same picture under two names in either theme) removed. Everything is deterministic for a given ``seed``.
 Nothing is downloaded: the themes come from ``apt-get install oxygen-icon-theme elementary-xfce-icon-theme``.
 """
+
 from __future__ import annotations
 
 import glob
@@ -29,8 +30,20 @@ THEME_A = ("oxygen", "oxygen/base/128x128/{folder}/*.png", "oxygen-icon-theme")
 THEME_B = ("elementary-xfce", "elementary-xfce/{folder}/128/*.png", "elementary-xfce-icon-theme")
 FOLDERS = ("apps", "devices", "places", "categories", "actions", "status")
 #: Colour photographs bundled in the scikit-image / scikit-learn wheels (no download).
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
-          "brick", "grass", "gravel", "china.jpg", "flower.jpg")
+PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "brick",
+    "grass",
+    "gravel",
+    "china.jpg",
+    "flower.jpg",
+)
 CANVAS = 256
 
 
@@ -53,8 +66,10 @@ class QualitySet:
     scenes: list[Scene] = field(default_factory=list)
 
     def describe(self) -> str:
-        return (f"{len(self.labels)} classes: gallery {THEME_A[0]} on white, queries {THEME_B[0]} alone "
-                f"({len(self.alone)}) and on photos ({len(self.scenes)})")
+        return (
+            f"{len(self.labels)} classes: gallery {THEME_A[0]} on white, queries {THEME_B[0]} alone "
+            f"({len(self.alone)}) and on photos ({len(self.scenes)})"
+        )
 
 
 def _theme_icons(pattern: str, package: str) -> dict[str, str]:
@@ -114,7 +129,7 @@ def on_white(rgba: np.ndarray, size: int = CANVAS) -> np.ndarray:
 def _paste(canvas: np.ndarray, rgba: np.ndarray, x: int, y: int) -> None:
     h, w = rgba.shape[:2]
     alpha = rgba[:, :, 3:4].astype(np.float32) / 255.0
-    region = canvas[y:y + h, x:x + w]
+    region = canvas[y : y + h, x : x + w]
     region[:] = region * (1 - alpha) + rgba[:, :, :3].astype(np.float32) * alpha
 
 
@@ -142,7 +157,7 @@ def make_scene(rgba: np.ndarray, photo: np.ndarray, rng: np.random.RandomState) 
     s = min(pw / out_w, ph / out_h) * rng.uniform(0.6, 1.0)
     cw, ch = int(out_w * s), int(out_h * s)
     x0, y0 = rng.randint(0, pw - cw + 1), rng.randint(0, ph - ch + 1)
-    bg = cv2.resize(photo[y0:y0 + ch, x0:x0 + cw], (out_w, out_h), interpolation=cv2.INTER_AREA).astype(np.float32)
+    bg = cv2.resize(photo[y0 : y0 + ch, x0 : x0 + cw], (out_w, out_h), interpolation=cv2.INTER_AREA).astype(np.float32)
     side = int(min(out_w, out_h) * rng.uniform(0.25, 0.60))
     icon = cv2.resize(rgba, (side, side), interpolation=cv2.INTER_AREA if side < rgba.shape[0] else cv2.INTER_CUBIC)
     angle = rng.uniform(-25, 25)
@@ -152,7 +167,7 @@ def make_scene(rgba: np.ndarray, photo: np.ndarray, rng: np.random.RandomState) 
     rot = cv2.getRotationMatrix2D((c, c), angle, 1.0)
     icon = cv2.warpAffine(icon, rot, icon.shape[:2][::-1], flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0, 0))
     ys, xs = np.nonzero(icon[:, :, 3] > 32)
-    icon = icon[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    icon = icon[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     ih, iw = icon.shape[:2]
     x, y = rng.randint(0, max(1, out_w - iw)), rng.randint(0, max(1, out_h - ih))
     icon = icon[: out_h - y, : out_w - x]

@@ -21,6 +21,7 @@ missing), adds the gallery images to a faiss ``Flat`` gallery in a temporary fol
 
 Scores are ranked without ``score_thres`` for R@k (a ranking measure); the threshold is reported separately.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,17 +43,36 @@ from common import describe, machine, table, write_json  # noqa: E402
 #: general-lite 1.0.0 and 1.1.0 stretched crops to 224 x 224 (1.2.0 pads them to a square first).
 STRETCH_OPS: list[dict[str, Any]] = [
     {"ResizeImage": {"size": [224, 224], "interpolation": "bilinear"}},
-    {"NormalizeImage": {"scale": 1.0, "mean": [103.53, 116.28, 123.675], "std": [57.375, 57.12, 58.395],
-                        "order": "hwc"}},
-    {"ToCHWImage": None}]
+    {
+        "NormalizeImage": {
+            "scale": 1.0,
+            "mean": [103.53, 116.28, 123.675],
+            "std": [57.375, 57.12, 58.395],
+            "order": "hwc",
+        }
+    },
+    {"ToCHWImage": None},
+]
 #: The general-lite settings before issue #18 (GAP pooling, threshold 0.3, 5 boxes, no relative size floor).
-BEFORE: dict[str, Any] = {"Global.threshold": 0.3, "Global.max_det_results": 5, "Global.min_box_size": 4,
-                          "Global.min_box_ratio": 0.0, "Global.crop_padding": 0.0, "RecPostProcess.pooling": "gap",
-                          "RecPostProcess.flip_average": False, "IndexProcess.score_thres": 0.8,
-                          "RecPreProcess.transform_ops": STRETCH_OPS, "RecPostProcess.centering": None}
+BEFORE: dict[str, Any] = {
+    "Global.threshold": 0.3,
+    "Global.max_det_results": 5,
+    "Global.min_box_size": 4,
+    "Global.min_box_ratio": 0.0,
+    "Global.crop_padding": 0.0,
+    "RecPostProcess.pooling": "gap",
+    "RecPostProcess.flip_average": False,
+    "IndexProcess.score_thres": 0.8,
+    "RecPreProcess.transform_ops": STRETCH_OPS,
+    "RecPostProcess.centering": None,
+}
 #: general-lite 1.1.0 (GeM, detector threshold 0.2, min_box_ratio 0.1, crop_padding 0.1; stretched, not centred).
-V110: dict[str, Any] = {"RecPreProcess.transform_ops": STRETCH_OPS, "RecPostProcess.centering": None,
-                        "Global.crop_padding": 0.1, "IndexProcess.score_thres": 0.9}
+V110: dict[str, Any] = {
+    "RecPreProcess.transform_ops": STRETCH_OPS,
+    "RecPostProcess.centering": None,
+    "Global.crop_padding": 0.1,
+    "IndexProcess.score_thres": 0.9,
+}
 
 
 def _known(settings: dict[str, Any]) -> dict[str, Any]:
@@ -60,6 +80,8 @@ def _known(settings: dict[str, Any]) -> dict[str, Any]:
     from shitu.params.schema import BY_NAME
 
     return {k: v for k, v in settings.items() if k in BY_NAME}
+
+
 TARGET_PRECISION = 0.9
 
 
@@ -108,8 +130,9 @@ def pipeline_report(engine: Any, qs: dataset.QualitySet, settings: dict[str, Any
     scene_r1, scene_r5, recall, accepted, accepted_ok, times, crops = [], [], [], 0, 0, [], []
     for s in qs.scenes:
         t0 = time.perf_counter()
-        recs, expl = engine.recognize_explained([s.image], index, **_per_request(settings, return_k=5,
-                                                                                 score_thres=0.0))[0]
+        recs, expl = engine.recognize_explained(
+            [s.image], index, **_per_request(settings, return_k=5, score_thres=0.0)
+        )[0]
         times.append(time.perf_counter() - t0)
         crops.append(len(expl.searched))
         boxes = np.array([b.bbox for b in expl.searched if not b.is_whole_image] or np.zeros((0, 4)))
@@ -125,12 +148,15 @@ def pipeline_report(engine: Any, qs: dataset.QualitySet, settings: dict[str, Any
     return {
         "alone_r1": float(np.mean([m[0].label == t for m, t in zip(alone, qs.labels)])),
         "alone_r5": float(np.mean([t in {x.label for x in m} for m, t in zip(alone, qs.labels)])),
-        "scene_r1": float(np.mean(scene_r1)), "scene_r5": float(np.mean(scene_r5)),
+        "scene_r1": float(np.mean(scene_r1)),
+        "scene_r5": float(np.mean(scene_r5)),
         "oracle_r1": float(np.mean([m[0].label == s.label for m, s in zip(oracle, qs.scenes)])),
         "oracle_r5": float(np.mean([s.label in {x.label for x in m} for m, s in zip(oracle, qs.scenes)])),
         "det_recall": float(np.mean(recall)),
-        "accepted": accepted / n, "precision_accepted": accepted_ok / max(accepted, 1),
-        "score_thres": thres, "median_ms_per_scene": statistics.median(times) * 1000,
+        "accepted": accepted / n,
+        "precision_accepted": accepted_ok / max(accepted, 1),
+        "score_thres": thres,
+        "median_ms_per_scene": statistics.median(times) * 1000,
         "crops_per_scene": float(np.mean(crops)),
     }
 
@@ -148,8 +174,9 @@ def flat_gallery(dim: int) -> Any:
     return Gallery.create(Path(folder) / "g", dim, index_method="Flat")
 
 
-def latency(engines: dict[str, tuple[Any, dict[str, Any]]], qs: dataset.QualitySet, index: Any, rounds: int
-            ) -> dict[str, float]:
+def latency(
+    engines: dict[str, tuple[Any, dict[str, Any]]], qs: dataset.QualitySet, index: Any, rounds: int
+) -> dict[str, float]:
     """Median ms per scene image for each setting, interleaved image by image (a shared CPU's load hits all)."""
     times: dict[str, list[float]] = {name: [] for name in engines}
     for _ in range(rounds):
@@ -178,8 +205,9 @@ def _per_request(settings: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 
 # -- the sweep -------------------------------------------------------------------------------------------------
-def feature_maps(extractor: Any, images: list[np.ndarray], size: int, flip: bool = False, square: bool = False
-                 ) -> np.ndarray:
+def feature_maps(
+    extractor: Any, images: list[np.ndarray], size: int, flip: bool = False, square: bool = False
+) -> np.ndarray:
     """Backbone feature maps ``[n, C, h, w]`` at input ``size`` (the pack's normalisation); ``square``: padded to a
     square with the normalisation mean first (``PadToSquare``), else stretched."""
     import cv2
@@ -191,7 +219,7 @@ def feature_maps(extractor: Any, images: list[np.ndarray], size: int, flip: bool
     out = []
     for i in range(0, len(images), 8):
         batch = []
-        for img in images[i:i + 8]:
+        for img in images[i : i + 8]:
             if square:
                 img = pad_to_square(norm["mean"])(Sample(img, img.shape[:2])).image
             x = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.float32)
@@ -218,9 +246,16 @@ def sweep(engine: Any, qs: dataset.QualitySet) -> dict[str, Any]:
         a1, a5, a_best, a_ok = rank_at(f["a"] @ f["g"].T, qs.labels, qs.labels)
         o1, o5, o_best, o_ok = rank_at(f["o"] @ f["g"].T, qs.labels, truth_o)
         emb_rows.append([name, a1, a5, o1, o5, per_crop * 1000])
-        emb[name] = {"alone_r1": a1, "alone_r5": a5, "oracle_r1": o1, "oracle_r5": o5,
-                     "ms_per_crop": per_crop * 1000, "best": a_best + o_best, "right": a_ok + o_ok,
-                     "gallery_pairs": _pair_scores(f["g"])}
+        emb[name] = {
+            "alone_r1": a1,
+            "alone_r5": a5,
+            "oracle_r1": o1,
+            "oracle_r5": o5,
+            "ms_per_crop": per_crop * 1000,
+            "best": a_best + o_best,
+            "right": a_ok + o_ok,
+            "gallery_pairs": _pair_scores(f["g"]),
+        }
 
     for square in (False, True):
         for size in (224, 288):
@@ -236,20 +271,26 @@ def sweep(engine: Any, qs: dataset.QualitySet) -> dict[str, Any]:
                     if flip:
                         f = {k: v + pool(maps_f[k], method, power) for k, v in f.items()}
                     f = {k: l2_normalize(v) for k, v in f.items()}
-                    name = (f"{method}{'' if method == 'gap' else f' p={power:g}'} {size}"
-                            f"{' square' if square else ''}{' +flip' if flip else ''}")
+                    name = (
+                        f"{method}{'' if method == 'gap' else f' p={power:g}'} {size}"
+                        f"{' square' if square else ''}{' +flip' if flip else ''}"
+                    )
                     add_row(name, f, per_crop)
                     if (size, flip, method, power) == (224, False, "gem", 3.0):
                         # centring and PCA whitening, estimated here on the generic photo crops (as shipped)
-                        generic[square] = l2_normalize(pool(feature_maps(ex, generic_images(0), 224, square=square),
-                                                            "gem", 3.0))
+                        generic[square] = l2_normalize(
+                            pool(feature_maps(ex, generic_images(0), 224, square=square), "gem", 3.0)
+                        )
                         mean = generic[square].mean(axis=0)
                         add_row(f"{name} +centre", {k: l2_normalize(v - mean) for k, v in f.items()}, per_crop)
                         _, sv, vt = np.linalg.svd(generic[square] - mean, full_matrices=False)
                         lam = sv[:96] ** 2 / len(generic[square])
                         w = vt[:96].T / np.sqrt(lam + lam.mean())
-                        add_row(f"{name} +centre +whiten96", {k: l2_normalize((v - mean) @ w) for k, v in f.items()},
-                                per_crop)
+                        add_row(
+                            f"{name} +centre +whiten96",
+                            {k: l2_normalize((v - mean) @ w) for k, v in f.items()},
+                            per_crop,
+                        )
     return {"embedding": emb, "embedding_rows": emb_rows}
 
 
@@ -277,31 +318,47 @@ def detector_recall(engine: Any, qs: dataset.QualitySet) -> dict[str, Any]:
             row = {f"top{k}": float(np.mean(v)) for k, v in hits.items()}
             row["small_share_top5"] = small_kept / max(kept_total, 1)
             det[f"thr={thr} ratio={ratio}"] = row
-            det_rows.append([thr, ratio, row["top1"], row["top5"], row["top10"], row["topall"],
-                             row["small_share_top5"]])
+            det_rows.append(
+                [thr, ratio, row["top1"], row["top5"], row["top10"], row["topall"], row["small_share_top5"]]
+            )
     return {"detector": det, "detector_rows": det_rows}
 
 
 def _pair_scores(g: np.ndarray) -> dict[str, float]:
     s = g @ g.T
     off = s[~np.eye(len(g), dtype=bool)]
-    return {"median": float(np.median(off)), "p99": float(np.percentile(off, 99)),
-            "share_ge_0.8": float((off >= 0.8).mean())}
+    return {
+        "median": float(np.median(off)),
+        "p99": float(np.percentile(off, 99)),
+        "share_ge_0.8": float((off >= 0.8).mean()),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--classes", type=int, default=80)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--scenes-per-class", type=int, default=1,
-                    help="scene queries per object (3: 219 scenes, R@1 steps of 0.005 instead of 0.014)")
+    ap.add_argument(
+        "--scenes-per-class",
+        type=int,
+        default=1,
+        help="scene queries per object (3: 219 scenes, R@1 steps of 0.005 instead of 0.014)",
+    )
     ap.add_argument("--scenario", default=None)
     ap.add_argument("--sweep", action="store_true", help="also print the measurements behind the defaults")
     ap.add_argument("--skip-before", action="store_true", help="only the pack as shipped")
-    ap.add_argument("--latency-rounds", type=int, default=1,
-                    help="passes over the scenes timing each setting in turn (0: time the quality pass only)")
-    ap.add_argument("--adapted", metavar="DIR", help="also measure a recogniser written by `shitu adapt` (train "
-                    "it on the set's gallery: --write-gallery, then shitu adapt LIST --out DIR)")
+    ap.add_argument(
+        "--latency-rounds",
+        type=int,
+        default=1,
+        help="passes over the scenes timing each setting in turn (0: time the quality pass only)",
+    )
+    ap.add_argument(
+        "--adapted",
+        metavar="DIR",
+        help="also measure a recogniser written by `shitu adapt` (train "
+        "it on the set's gallery: --write-gallery, then shitu adapt LIST --out DIR)",
+    )
     ap.add_argument("--write-gallery", metavar="DIR", help="write the gallery as a PaddleClas list file and exit")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -322,20 +379,37 @@ def main(argv: list[str] | None = None) -> int:
         engine = load_engine(args.scenario, params={"Global.cpu_num_threads": 1})
         sw = sweep(engine, qs)
         print("\nEmbedding (R@k on alone queries and oracle boxes; ms per crop, 1 thread, batches of 8):")
-        print(table(["variant", "alone R@1", "alone R@5", "oracle R@1", "oracle R@5", "ms/crop"],
-                    sw["embedding_rows"]))
+        print(table(["variant", "alone R@1", "alone R@5", "oracle R@1", "oracle R@5", "ms/crop"], sw["embedding_rows"]))
         print("\nScores (top-1 answers over alone + oracle queries; different gallery pairs):")
         rows = []
         for name, e in sw["embedding"].items():
             right = [b for b, r in zip(e["best"], e["right"]) if r]
             wrong = [b for b, r in zip(e["best"], e["right"]) if not r]
-            rows.append([name, statistics.median(right) if right else float("nan"),
-                         statistics.median(wrong) if wrong else float("nan"), e["gallery_pairs"]["p99"],
-                         e["gallery_pairs"]["share_ge_0.8"], calibrate(e["best"], e["right"])])
+            rows.append(
+                [
+                    name,
+                    statistics.median(right) if right else float("nan"),
+                    statistics.median(wrong) if wrong else float("nan"),
+                    e["gallery_pairs"]["p99"],
+                    e["gallery_pairs"]["share_ge_0.8"],
+                    calibrate(e["best"], e["right"]),
+                ]
+            )
             e["thres_p90"] = rows[-1][-1]
             del e["best"], e["right"]
-        print(table(["variant", "right median", "wrong median", "pairs p99", "pairs >= 0.8",
-                     f"thres @{TARGET_PRECISION:.0%}"], rows))
+        print(
+            table(
+                [
+                    "variant",
+                    "right median",
+                    "wrong median",
+                    "pairs p99",
+                    "pairs >= 0.8",
+                    f"thres @{TARGET_PRECISION:.0%}",
+                ],
+                rows,
+            )
+        )
         out["sweep"] = {"embedding": sw["embedding"]}
         engine.close()
     engine = load_engine(args.scenario, params={"Global.cpu_num_threads": 1})
@@ -366,13 +440,47 @@ def main(argv: list[str] | None = None) -> int:
     for name, (engine, _) in engines.items():
         engine.close()
         r = out[name]
-        rows.append([name, r["alone_r1"], r["alone_r5"], r["scene_r1"], r["scene_r5"], r["oracle_r1"],
-                     r["oracle_r5"], r["det_recall"], r["score_thres"], r["accepted"], r["precision_accepted"],
-                     r["crops_per_scene"], r["median_ms_per_scene"]])
-    print("\nPipeline (Engine.recognize on scenes; R@k ranked without score_thres; 1 thread per model; ms/scene "
-          "interleaved):")
-    print(table(["settings", "alone R@1", "alone R@5", "scene R@1", "scene R@5", "oracle R@1", "oracle R@5",
-                 "det recall", "score_thres", "accepted", "precision", "crops/scene", "ms/scene"], rows))
+        rows.append(
+            [
+                name,
+                r["alone_r1"],
+                r["alone_r5"],
+                r["scene_r1"],
+                r["scene_r5"],
+                r["oracle_r1"],
+                r["oracle_r5"],
+                r["det_recall"],
+                r["score_thres"],
+                r["accepted"],
+                r["precision_accepted"],
+                r["crops_per_scene"],
+                r["median_ms_per_scene"],
+            ]
+        )
+    print(
+        "\nPipeline (Engine.recognize on scenes; R@k ranked without score_thres; 1 thread per model; ms/scene "
+        "interleaved):"
+    )
+    print(
+        table(
+            [
+                "settings",
+                "alone R@1",
+                "alone R@5",
+                "scene R@1",
+                "scene R@5",
+                "oracle R@1",
+                "oracle R@5",
+                "det recall",
+                "score_thres",
+                "accepted",
+                "precision",
+                "crops/scene",
+                "ms/scene",
+            ],
+            rows,
+        )
+    )
     out["summary"] = summary(out) or quality_summary(out, [name for name, _ in runs if name in engines])
     write_json("quality", out, args.json)
     return 0
@@ -380,11 +488,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def quality_summary(out: dict[str, Any], names: list[str]) -> list[dict[str, str]]:
     """Headline figures per settings measured (``make bench`` collects them into one table)."""
-    return [{"what": f"recognition quality, {name} settings ({out['set']}): R@1 alone / in scenes, detector "
-                     "recall, precision of accepted answers, ms per scene",
-             "figure": f"{out[name]['alone_r1']:.3f} / {out[name]['scene_r1']:.3f}, {out[name]['det_recall']:.3f}, "
-                       f"{out[name]['precision_accepted']:.3f}, {out[name]['median_ms_per_scene']:.0f} ms"}
-            for name in names]
+    return [
+        {
+            "what": f"recognition quality, {name} settings ({out['set']}): R@1 alone / in scenes, detector "
+            "recall, precision of accepted answers, ms per scene",
+            "figure": f"{out[name]['alone_r1']:.3f} / {out[name]['scene_r1']:.3f}, {out[name]['det_recall']:.3f}, "
+            f"{out[name]['precision_accepted']:.3f}, {out[name]['median_ms_per_scene']:.0f} ms",
+        }
+        for name in names
+    ]
 
 
 def summary(out: dict[str, Any]) -> list[dict[str, str]]:
@@ -392,12 +504,20 @@ def summary(out: dict[str, Any]) -> list[dict[str, str]]:
     if "shipped" not in out or "before" not in out:
         return []
     now, was = out["shipped"], out["before"]
-    rows = [{"what": f"quality set, {label} R@1: general-lite shipped vs 1.0.0",
-             "figure": f"{now[key]:.3f} vs {was[key]:.3f}"}
-            for key, label in (("scene_r1", "scene"), ("alone_r1", "alone"), ("oracle_r1", "true-box"))]
-    rows.append({"what": "quality set, ms per scene: general-lite shipped / 1.0.0 (interleaved, 1 thread)",
-                 "figure": f"{now['median_ms_per_scene'] / was['median_ms_per_scene']:.2f}x "
-                           f"({now['median_ms_per_scene']:.1f} vs {was['median_ms_per_scene']:.1f} ms)"})
+    rows = [
+        {
+            "what": f"quality set, {label} R@1: general-lite shipped vs 1.0.0",
+            "figure": f"{now[key]:.3f} vs {was[key]:.3f}",
+        }
+        for key, label in (("scene_r1", "scene"), ("alone_r1", "alone"), ("oracle_r1", "true-box"))
+    ]
+    rows.append(
+        {
+            "what": "quality set, ms per scene: general-lite shipped / 1.0.0 (interleaved, 1 thread)",
+            "figure": f"{now['median_ms_per_scene'] / was['median_ms_per_scene']:.2f}x "
+            f"({now['median_ms_per_scene']:.1f} vs {was['median_ms_per_scene']:.1f} ms)",
+        }
+    )
     return rows
 
 

@@ -12,6 +12,7 @@ Answer ``results``::
 Every request field and operation is documented in the README ("Serving API"); the handling itself is
 :class:`shitu.serving.hub.service.ExtractionService`.
 """
+
 from __future__ import annotations
 
 from paddlehub.module.module import moduleinfo

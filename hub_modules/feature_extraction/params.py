@@ -5,6 +5,7 @@ live in one place only. Put a value here only when this module needs another def
 Precedence when serving: schema defaults < these < scenario pack < ``config.json`` ``init_args`` < per-request
 arguments.
 """
+
 from __future__ import annotations
 
 from typing import Any

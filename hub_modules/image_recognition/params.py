@@ -5,6 +5,7 @@ rec_nms_thresold, batch_size; IndexProcess.score_thres, labels, ...) with the sc
 place only. Put a value here only when this module needs another default than every other one. Precedence when
 serving: schema defaults < these < scenario pack < ``config.json`` ``init_args`` < per-request arguments.
 """
+
 from __future__ import annotations
 
 from typing import Any

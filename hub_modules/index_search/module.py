@@ -11,6 +11,7 @@ Answer ``results``::
 Every request field and operation is documented in the README ("Serving API"); the handling itself is
 :class:`shitu.serving.hub.service.SearchService`.
 """
+
 from __future__ import annotations
 
 from paddlehub.module.module import moduleinfo

@@ -5,6 +5,7 @@ which live in one place only. Put a value here only when this module needs anoth
 Precedence when serving: schema defaults < these < scenario pack < ``config.json`` ``init_args`` < per-request
 arguments.
 """
+
 from __future__ import annotations
 
 from typing import Any

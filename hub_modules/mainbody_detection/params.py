@@ -5,6 +5,7 @@ with the schema's defaults, which live in one place only. Put a value here only 
 default than every other one. Precedence when serving: schema defaults < these < scenario pack < ``config.json``
 ``init_args`` < per-request arguments.
 """
+
 from __future__ import annotations
 
 from typing import Any

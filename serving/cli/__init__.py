@@ -7,6 +7,7 @@
 Each module adds its subcommands with ``register(subparsers)`` and imports its heavy dependencies only when run,
 so ``shitu --help`` stays fast.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="shitu", description="shitu-hub: image recognition as a service")
     parser.add_argument("--version", action="version", version=f"shitu-hub {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="also show the libraries' notices (paddle's ccache warning, faiss's loader INFO lines)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show the libraries' notices (paddle's ccache warning, faiss's loader INFO lines)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

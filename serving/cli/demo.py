@@ -9,6 +9,7 @@ Queries are other views: a mirrored crop, a rescaled crop, a brighter blurred co
 objects on a new background, and an image of something the gallery does not hold (rejected by
 ``IndexProcess.score_thres``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,20 +43,19 @@ def gallery_photos() -> dict[str, np.ndarray]:
 def query_photos(gallery: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """name -> BGR query image; every name says what it should be recognised as."""
     import cv2
-
     from skimage import data
 
     cat, coffee, rocket = gallery["cat"], gallery["coffee"], gallery["rocket"]
     h, w = coffee.shape[:2]
     queries = {
         "cat_mirrored_crop": np.ascontiguousarray(cat[10:290, 30:430][:, ::-1]),
-        "coffee_rescaled_crop": cv2.resize(coffee[h // 10: h - h // 10, w // 10: w - w // 10], None, fx=0.7, fy=0.7),
+        "coffee_rescaled_crop": cv2.resize(coffee[h // 10 : h - h // 10, w // 10 : w - w // 10], None, fx=0.7, fy=0.7),
         "rocket_bright_blur": cv2.GaussianBlur(cv2.convertScaleAbs(rocket, alpha=1.15, beta=12), (5, 5), 0),
     }
     # Two gallery objects side by side on a plain background: one box each.
     canvas = np.full((420, 760, 3), (200, 210, 215), np.uint8)
-    canvas[40:40 + 270, 20:20 + 360] = cv2.resize(cat, (360, 270))
-    canvas[60:60 + 300, 400:400 + 340] = cv2.resize(coffee[0:400, 100:550], (340, 300))
+    canvas[40 : 40 + 270, 20 : 20 + 360] = cv2.resize(cat, (360, 270))
+    canvas[60 : 60 + 300, 400 : 400 + 340] = cv2.resize(coffee[0:400, 100:550], (340, 300))
     queries["collage_cat_and_coffee"] = canvas
     queries["not_in_gallery_ihc"] = np.ascontiguousarray(data.immunohistochemistry()[:, :, ::-1])
     return queries
@@ -67,8 +67,8 @@ def overlapping_collage(gallery: dict[str, np.ndarray]) -> np.ndarray:
     import cv2
 
     canvas = np.full((420, 760, 3), (200, 210, 215), np.uint8)
-    canvas[40:40 + 270, 20:20 + 360] = cv2.resize(gallery["cat"], (360, 270))
-    canvas[60:60 + 300, 260:260 + 340] = cv2.resize(gallery["coffee"][0:400, 100:550], (340, 300))
+    canvas[40 : 40 + 270, 20 : 20 + 360] = cv2.resize(gallery["cat"], (360, 270))
+    canvas[60 : 60 + 300, 260 : 260 + 340] = cv2.resize(gallery["coffee"][0:400, 100:550], (340, 300))
     return canvas
 
 
@@ -88,7 +88,9 @@ def report(name: str, img: np.ndarray, found: list, out_dir: Path, as_json: bool
 
     from shitu.serving.engine.draw import draw_recognitions
 
-    print(json.dumps({"image": name, "results": [r.to_dict() for r in found]}) if as_json else format_table(name, found))
+    print(
+        json.dumps({"image": name, "results": [r.to_dict() for r in found]}) if as_json else format_table(name, found)
+    )
     cv2.imwrite(str(out_dir / "annotated" / f"{name}.jpg"), draw_recognitions(img, found))
 
 
@@ -103,8 +105,7 @@ def run_demo(out_dir: Path, as_json: bool = False) -> int:
     if len(g) == 0:
         engine.gallery_add(list(gallery.values()), list(gallery), sources=[f"demo:{k}" for k in gallery])
     print(f"gallery {g.path}: {len(g)} images, labels {sorted(gallery)}", file=sys.stderr)
-    print(f"models: {engine.detector.predictor.description}; {engine.extractor.predictor.description}",
-          file=sys.stderr)
+    print(f"models: {engine.detector.predictor.description}; {engine.extractor.predictor.description}", file=sys.stderr)
     for name, img in query_photos(gallery).items():
         report(name, img, engine.recognize([img])[0], out_dir, as_json)
     print(f"annotated images written to {out_dir / 'annotated'}", file=sys.stderr)
@@ -122,9 +123,9 @@ def run_served_demo(out_dir: Path, as_json: bool = False, serve: bool = False) -
 
     import requests
 
-    from shitu.serving.hub import control as hub_serving
     from shitu.serving.engine.images import encode
     from shitu.serving.engine.results import Recognition
+    from shitu.serving.hub import control as hub_serving
 
     out_dir = Path(out_dir).resolve()
     (out_dir / "annotated").mkdir(parents=True, exist_ok=True)
@@ -155,8 +156,14 @@ def run_served_demo(out_dir: Path, as_json: bool = False, serve: bool = False) -
         gallery = gallery_photos()
         info = call({"operation": "info", "gallery": "demo"})
         if info["count"] == 0:  # type: ignore[index]
-            call({"operation": "add", "gallery": "demo", "images": [b64(v) for v in gallery.values()],
-                  "labels": list(gallery)})
+            call(
+                {
+                    "operation": "add",
+                    "gallery": "demo",
+                    "images": [b64(v) for v in gallery.values()],
+                    "labels": list(gallery),
+                }
+            )
         print(f"gallery 'demo': {len(gallery)} photos, labels {sorted(gallery)}", file=sys.stderr)
         for name, img in query_photos(gallery).items():
             answer = call({"images": [b64(img)], "gallery": "demo"})[0]  # type: ignore[index]
@@ -193,8 +200,11 @@ def write_photos(folder: Path) -> int:
     for name, img in {**gallery, **query_photos(gallery)}.items():
         cv2.imwrite(str(folder / f"{name}.jpg"), img)
         print(folder / f"{name}.jpg")
-    print(f"example photos in {folder}; try: shitu recognize {folder / 'collage_cat_and_coffee.jpg'}   "
-          f"(general-lite's demo gallery holds {', '.join(sorted(gallery))})", file=sys.stderr)
+    print(
+        f"example photos in {folder}; try: shitu recognize {folder / 'collage_cat_and_coffee.jpg'}   "
+        f"(general-lite's demo gallery holds {', '.join(sorted(gallery))})",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -208,16 +218,22 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "demo", help="recognise the demo photographs with the embedded default models",
+        "demo",
+        help="recognise the demo photographs with the embedded default models",
         description="Start hub serving on the embedded general-lite models, add the demo photographs (scikit-image "
-                    "and scikit-learn sample images) to the gallery 'demo', recognise other views of them and print "
-                    "the answers; annotated copies go to OUT/annotated. With --photos DIR, only write the "
-                    "photographs (gallery and queries) as JPEG files, e.g. to try `shitu recognize` on them.")
-    p.add_argument("--out", default="demo_output", help="folder for the gallery and annotated images "
-                                                        "(default: %(default)s)")
+        "and scikit-learn sample images) to the gallery 'demo', recognise other views of them and print "
+        "the answers; annotated copies go to OUT/annotated. With --photos DIR, only write the "
+        "photographs (gallery and queries) as JPEG files, e.g. to try `shitu recognize` on them.",
+    )
+    p.add_argument(
+        "--out", default="demo_output", help="folder for the gallery and annotated images (default: %(default)s)"
+    )
     p.add_argument("--json", action="store_true", help="JSON lines instead of tables")
     p.add_argument("--in-process", action="store_true", help="run the engine in this process, without hub serving")
-    p.add_argument("--serve", action="store_true",
-                   help="then print the web page's URL and keep serving until Ctrl-C (not with --in-process)")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="then print the web page's URL and keep serving until Ctrl-C (not with --in-process)",
+    )
     p.add_argument("--photos", metavar="DIR", help="write the demo photographs to DIR as JPEG files and stop")
     p.set_defaults(func=_run)

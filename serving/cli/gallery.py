@@ -14,6 +14,7 @@ Examples::
     shitu gallery info ./my_gallery --json
     shitu gallery migrate ./my_gallery milvus://127.0.0.1:19530/shop   # to Milvus (and back the same way)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shitu.serving.cli.toolkit import (EXIT_NOTHING, EXIT_OK, EXIT_USAGE, add_param_option, add_token_option, fail,
-                                      UsageError, guard, key_values, param_overrides)
+from shitu.serving.cli.toolkit import (
+    EXIT_NOTHING,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    add_param_option,
+    add_token_option,
+    fail,
+    guard,
+    key_values,
+    param_overrides,
+)
 
 
 def _guard(fn: Any) -> Any:
@@ -53,7 +64,6 @@ def _resolve_pack_gallery(args: argparse.Namespace) -> None:
     if getattr(args, "gallery", None) is not None:
         raise UsageError(f"give a gallery folder ({args.gallery}) or --gallery {name}, not both")
     from shitu.plugins import registry
-
     from shitu.plugins.errors import PackError
 
     try:
@@ -68,8 +78,9 @@ def _resolve_pack_gallery(args: argparse.Namespace) -> None:
         if not is_built(spec):
             engine = _load_engine(args)
             try:
-                ensure_built(spec, embed_images_fn(engine), engine.embedding_size, progress=True,
-                             identity=engine.maker_of(spec))
+                ensure_built(
+                    spec, embed_images_fn(engine), engine.embedding_size, progress=True, identity=engine.maker_of(spec)
+                )
             finally:
                 engine.close()
 
@@ -113,8 +124,16 @@ def _print_report(report: Any, gallery: Any, as_json: bool) -> None:
     from shitu.serving.gallery.build import format_bad
 
     if as_json:
-        print(json.dumps({"added": report.added, "skipped_existing": report.skipped_existing,
-                          "bad": [list(b) for b in report.bad], "count": len(gallery)}))
+        print(
+            json.dumps(
+                {
+                    "added": report.added,
+                    "skipped_existing": report.skipped_existing,
+                    "bad": [list(b) for b in report.bad],
+                    "count": len(gallery),
+                }
+            )
+        )
         return
     print(f"{gallery.path}: {report.summary()}; {len(gallery)} items")
     if report.bad:
@@ -123,17 +142,19 @@ def _print_report(report: Any, gallery: Any, as_json: bool) -> None:
 
 def _build_or_add(args: argparse.Namespace, create: bool) -> int:
     from shitu.serving.gallery.backend import create_gallery, gallery_exists, is_remote, open_gallery
-    from shitu.serving.gallery.local import GalleryError
     from shitu.serving.gallery.build import build_from_entries, embed_images_fn
-    from shitu.serving.gallery.list_file import ListEntry, GalleryFileError, read_entries
+    from shitu.serving.gallery.list_file import GalleryFileError, ListEntry, read_entries
+    from shitu.serving.gallery.local import GalleryError
 
     path = args.gallery if is_remote(args.gallery) else Path(args.gallery)
     exists = gallery_exists(path)
     spec = getattr(args, "pack_gallery", None)
     if not args.sources:
         if spec is None or spec.source() is None:
-            raise UsageError("give a list file, a folder or images to add"
-                         + (f" (gallery {spec.name!r} of pack {spec.pack!r} declares no content)" if spec else ""))
+            raise UsageError(
+                "give a list file, a folder or images to add"
+                + (f" (gallery {spec.name!r} of pack {spec.pack!r} declares no content)" if spec else "")
+            )
         from shitu.serving.gallery.pack_gallery import ensure_built
 
         if exists:
@@ -141,13 +162,22 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
             return EXIT_OK
         engine = _load_engine(args)
         try:
-            ensure_built(spec, embed_images_fn(engine), engine.embedding_size, progress=not args.no_progress,
-                         skip_bad=args.skip_bad, max_label_length=args.max_label_length, identity=engine.maker_of(spec))
+            ensure_built(
+                spec,
+                embed_images_fn(engine),
+                engine.embedding_size,
+                progress=not args.no_progress,
+                skip_bad=args.skip_bad,
+                max_label_length=args.max_label_length,
+                identity=engine.maker_of(spec),
+            )
         finally:
             engine.close()
         with open_gallery(path, readonly=True) as g:
-            print(f"{path}: built {spec.pack}/{spec.name} from {spec.source().name}: {len(g)} items, "
-                  f"index {g.info()['index_method']}, metric {g.metric}")
+            print(
+                f"{path}: built {spec.pack}/{spec.name} from {spec.source().name}: {len(g)} items, "
+                f"index {g.info()['index_method']}, metric {g.metric}"
+            )
         return EXIT_OK
     if not create and not exists:
         return fail(f"{path}: not a gallery (use `shitu gallery build` to create one)")
@@ -162,8 +192,9 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
     else:
         if len(args.sources) != 1:
             return fail("give one list file or folder, or images with --label")
-        entries = read_entries(args.sources[0], args.image_root, args.delimiter, errors,
-                               max_label_length=args.max_label_length)
+        entries = read_entries(
+            args.sources[0], args.image_root, args.delimiter, errors, max_label_length=args.max_label_length
+        )
     if errors and not args.skip_bad:  # every bad entry at once, unreadable images included
         from shitu.serving.gallery.build import GalleryBuildError, all_bad
 
@@ -186,22 +217,33 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
             if binary and dist_type not in (None, "hamming"):
                 raise GalleryError("the extractor gives binary embeddings: use --dist-type hamming")
             gallery = create_gallery(
-                path, dim, index_method=args.index_method or (spec.index_method if spec else
-                                                              engine.params["IndexProcess.index_method"]),
-                dist_type=dist_type or ("hamming" if binary else spec.dist_type if spec else
-                                        engine.params["IndexProcess.dist_type"]),
-                hamming_radius=args.hamming_radius if args.hamming_radius is not None
+                path,
+                dim,
+                index_method=args.index_method
+                or (spec.index_method if spec else engine.params["IndexProcess.index_method"]),
+                dist_type=dist_type
+                or ("hamming" if binary else spec.dist_type if spec else engine.params["IndexProcess.dist_type"]),
+                hamming_radius=args.hamming_radius
+                if args.hamming_radius is not None
                 else engine.params["IndexProcess.hamming_radius"],
-                exist_ok=True, max_label_length=args.max_label_length,
+                exist_ok=True,
+                max_label_length=args.max_label_length,
             )
         from shitu.serving.gallery.backup import remember_model
 
         # What made the vectors, checked by export/import (an engine without a model file has no identity).
         remember_model(path, getattr(getattr(engine, "extractor", None), "spec", None))
         with gallery:
-            report = build_from_entries(gallery, entries, embed_images_fn(engine), batch_size=args.batch_size,
-                                        skip_bad=args.skip_bad, progress=not args.no_progress, pre_bad=errors,
-                                        decode_fn=_decode_fn(engine))
+            report = build_from_entries(
+                gallery,
+                entries,
+                embed_images_fn(engine),
+                batch_size=args.batch_size,
+                skip_bad=args.skip_bad,
+                progress=not args.no_progress,
+                pre_bad=errors,
+                decode_fn=_decode_fn(engine),
+            )
             gallery.checkpoint()
             _print_report(report, gallery, args.json)
     finally:
@@ -318,11 +360,18 @@ def cmd_compact(args: argparse.Namespace) -> int:
         before = g.info()
         g.compact()
         after = g.info()
-    msg = {"dropped": before["removed_pending"], "index": after["index"], "count": after["count"],
-           "size_bytes": after["size_bytes"]}
-    print(json.dumps(msg) if args.json else
-          f"compacted: dropped {msg['dropped']} removed vectors; {msg['count']} items, index {msg['index']}, "
-          f"{msg['size_bytes']} bytes on disk")
+    msg = {
+        "dropped": before["removed_pending"],
+        "index": after["index"],
+        "count": after["count"],
+        "size_bytes": after["size_bytes"],
+    }
+    print(
+        json.dumps(msg)
+        if args.json
+        else f"compacted: dropped {msg['dropped']} removed vectors; {msg['count']} items, index {msg['index']}, "
+        f"{msg['size_bytes']} bytes on disk"
+    )
     return EXIT_OK
 
 
@@ -348,16 +397,27 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``gallery`` and its subcommands to the ``shitu`` parser."""
-    p = subparsers.add_parser("gallery", help="build, change, inspect and search galleries",
-                              description="Manage a gallery folder (the labelled index searched at recognition).")
+    p = subparsers.add_parser(
+        "gallery",
+        help="build, change, inspect and search galleries",
+        description="Manage a gallery folder (the labelled index searched at recognition).",
+    )
     sub = p.add_subparsers(dest="gallery_command", metavar="SUBCOMMAND")
     p.set_defaults(func=lambda a: (p.print_help(), EXIT_USAGE)[1])
 
     def common(sp: argparse.ArgumentParser, scenario: bool = False) -> None:
-        sp.add_argument("gallery", nargs="?", help="gallery folder, or milvus://host:port/collection (or --scenario NAME --gallery NAME)")
-        sp.add_argument("--gallery", dest="gallery_name", metavar="NAME",
-                        help="a gallery of a scenario pack, by name, in place of GALLERY (pack: --scenario, "
-                             "default: the default pack)")
+        sp.add_argument(
+            "gallery",
+            nargs="?",
+            help="gallery folder, or milvus://host:port/collection (or --scenario NAME --gallery NAME)",
+        )
+        sp.add_argument(
+            "--gallery",
+            dest="gallery_name",
+            metavar="NAME",
+            help="a gallery of a scenario pack, by name, in place of GALLERY (pack: --scenario, "
+            "default: the default pack)",
+        )
         sp.add_argument("--json", action="store_true", help="JSON output")
         if scenario:
             sp.add_argument("--scenario", help="scenario pack of --gallery NAME (default: the default pack)")
@@ -368,20 +428,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     def build_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--image-root", help="folder the list's image paths are relative to (default: its folder)")
-        sp.add_argument("--delimiter", default="\t", help="column separator of the list file (default: tab; "
-                                                          "whitespace is accepted as well)")
+        sp.add_argument(
+            "--delimiter",
+            default="\t",
+            help="column separator of the list file (default: tab; whitespace is accepted as well)",
+        )
         sp.add_argument("--batch-size", type=int, default=16, help="images per feature-extraction batch")
-        sp.add_argument("--skip-bad", action="store_true",
-                        help="skip bad lines (missing label, missing or unreadable image) and report them; "
-                             "without it a bad line stops the build before anything is added")
+        sp.add_argument(
+            "--skip-bad",
+            action="store_true",
+            help="skip bad lines (missing label, missing or unreadable image) and report them; "
+            "without it a bad line stops the build before anything is added",
+        )
         sp.add_argument("--no-progress", action="store_true", help="no progress bar")
         sp.add_argument("--max-label-length", type=int, default=128, help="longest label accepted")
         engine_opts(sp)
 
     def remote(sp: argparse.ArgumentParser, local: Any, remote_name: str, scenario: bool = True) -> None:
         """``--server URL``: the same subcommand on a served gallery (GALLERY is then its name there)."""
-        sp.add_argument("--server", metavar="URL", help="change/inspect the gallery of a running server instead; "
-                                                       "GALLERY is then the gallery's name there")
+        sp.add_argument(
+            "--server",
+            metavar="URL",
+            help="change/inspect the gallery of a running server instead; GALLERY is then the gallery's name there",
+        )
         add_token_option(sp)
         if scenario:
             sp.add_argument("--scenario", help="scenario pack on the server (default: the server's)")
@@ -396,25 +465,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
         sp.set_defaults(func=run)
 
-    b = sub.add_parser("build", help="create a gallery (or extend it) from a list file or a label/image folder tree",
-                       description="Images already in the gallery (same sha256) are skipped, so re-running is cheap.")
+    b = sub.add_parser(
+        "build",
+        help="create a gallery (or extend it) from a list file or a label/image folder tree",
+        description="Images already in the gallery (same sha256) are skipped, so re-running is cheap.",
+    )
     common(b)
-    b.add_argument("sources", nargs="*", metavar="SOURCE",
-                   help="list file (path<TAB>label per line) or folder tree label/image.jpg; or images with --label; "
-                        "none with --gallery NAME: the list, folder or vectors the pack declares for it")
+    b.add_argument(
+        "sources",
+        nargs="*",
+        metavar="SOURCE",
+        help="list file (path<TAB>label per line) or folder tree label/image.jpg; or images with --label; "
+        "none with --gallery NAME: the list, folder or vectors the pack declares for it",
+    )
     b.add_argument("--label", help="label for image files given as SOURCE")
-    b.add_argument("--index-method", help="Flat, IVF, HNSW32 or a faiss factory string (new galleries; default: "
-                                          "IndexProcess.index_method)")
+    b.add_argument(
+        "--index-method",
+        help="Flat, IVF, HNSW32 or a faiss factory string (new galleries; default: IndexProcess.index_method)",
+    )
     b.add_argument("--dist-type", choices=("IP", "L2", "hamming", "cosine"), help="metric (new galleries)")
     b.add_argument("--hamming-radius", type=int, help="hamming search radius (new binary galleries)")
     build_opts(b)
     b.set_defaults(func=cmd_build)
 
-    a = sub.add_parser("add", help="add images to an existing gallery (a list file, a folder tree, or images "
-                                   "with --label)")
+    a = sub.add_parser(
+        "add", help="add images to an existing gallery (a list file, a folder tree, or images with --label)"
+    )
     common(a)
-    a.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="list file (path<TAB>label per line), folder tree label/image.jpg, or images with --label")
+    a.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="list file (path<TAB>label per line), folder tree label/image.jpg, or images with --label",
+    )
     a.add_argument("--label", help="label for image files given as SOURCE")
     build_opts(a)
     remote(a, cmd_add, "remote_gallery_add", scenario=False)
@@ -437,8 +520,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common(i)
     remote(i, cmd_info, "remote_gallery_info")
 
-    s = sub.add_parser("search", help="search whole images against the gallery (matches passing the pack's "
-                                      "IndexProcess.score_thres; --param score_thres=0 lists all)")
+    s = sub.add_parser(
+        "search",
+        help="search whole images against the gallery (matches passing the pack's "
+        "IndexProcess.score_thres; --param score_thres=0 lists all)",
+    )
     common(s)
     s.add_argument("images", nargs="+", metavar="IMAGE", help="image files; each is searched as a whole")
     s.add_argument("-k", type=int, default=5, help="matches per image")
@@ -446,25 +532,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     engine_opts(s)
     s.set_defaults(func=cmd_search)
 
-    c = sub.add_parser("compact", help="drop removed vectors, retrain IVF if needed, write a fresh snapshot",
-                       description="Drop the vectors of removed items from the index (done automatically once more "
-                                   "than 20%% are removed), retrain an IVF index when needed, and write a fresh "
-                                   "snapshot.")
+    c = sub.add_parser(
+        "compact",
+        help="drop removed vectors, retrain IVF if needed, write a fresh snapshot",
+        description="Drop the vectors of removed items from the index (done automatically once more "
+        "than 20%% are removed), retrain an IVF index when needed, and write a fresh "
+        "snapshot.",
+    )
     common(c, scenario=True)
     c.set_defaults(func=cmd_compact)
 
-    mg = sub.add_parser("migrate", help="copy a gallery between a folder and a Milvus collection "
-                                        "(milvus://host:port/collection), then verify it",
-                        description="DST must not exist yet. Counts and a search of the first --verify items are "
-                                    "compared; Milvus destinations keep the ids. Credentials: $SHITU_MILVUS_TOKEN.")
+    mg = sub.add_parser(
+        "migrate",
+        help="copy a gallery between a folder and a Milvus collection (milvus://host:port/collection), then verify it",
+        description="DST must not exist yet. Counts and a search of the first --verify items are "
+        "compared; Milvus destinations keep the ids. Credentials: $SHITU_MILVUS_TOKEN.",
+    )
     common(mg)
     mg.add_argument("destination", metavar="DST", help="new gallery: a folder or milvus://host:port/collection")
     mg.add_argument("--verify", type=int, default=50, help="items searched in both galleries after the copy")
     mg.set_defaults(func=cmd_migrate)
 
-    rp = sub.add_parser("repair", help="rebuild a lost or damaged index snapshot from gallery.db",
-                        description="Rebuild the faiss snapshot from gallery.db (the source of truth) when the "
-                                    "snapshot is missing, truncated or corrupt; the items are kept.")
+    rp = sub.add_parser(
+        "repair",
+        help="rebuild a lost or damaged index snapshot from gallery.db",
+        description="Rebuild the faiss snapshot from gallery.db (the source of truth) when the "
+        "snapshot is missing, truncated or corrupt; the items are kept.",
+    )
     common(rp, scenario=True)
     rp.set_defaults(func=cmd_repair)
 

@@ -11,6 +11,7 @@ Examples::
     shitu gallery import shop.tar.gz ./shop-copy --scenario general-lite
     shitu gallery import-paddleclas ./drink_dataset_v2.0/index ./drinks    # vector.index + id_map.pkl
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,12 +24,12 @@ from shitu.serving.cli.toolkit import EXIT_ERROR, EXIT_OK, param_overrides
 
 def _run(fn: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
+        from shitu.model_spec import ModelSpecError
         from shitu.params import ParamError
         from shitu.plugins.errors import PackError
         from shitu.serving.gallery.backup import BackupError
         from shitu.serving.gallery.local import GalleryError
         from shitu.serving.gallery.paddleclas_index import IndexImportError
-        from shitu.model_spec import ModelSpecError
 
         try:
             result = fn(args)
@@ -85,11 +86,15 @@ def cmd_import_paddleclas(args: argparse.Namespace) -> dict[str, Any]:
     from shitu.serving.gallery.paddleclas_index import import_paddleclas_index
 
     limits = merge(param_overrides(getattr(args, "param", None)))
-    summary = import_paddleclas_index(args.folder, args.gallery, delimiter=args.delimiter,
-                                      index_method=args.index_method,
-                                      max_bytes=int(limits["Limits.max_index_import_bytes"]),
-                                      max_items=int(limits["Limits.max_index_import_items"]),
-                                      max_label_length=int(limits["Limits.max_label_length"]))
+    summary = import_paddleclas_index(
+        args.folder,
+        args.gallery,
+        delimiter=args.delimiter,
+        index_method=args.index_method,
+        max_bytes=int(limits["Limits.max_index_import_bytes"]),
+        max_items=int(limits["Limits.max_index_import_items"]),
+        max_label_length=int(limits["Limits.max_label_length"]),
+    )
     identity = _model(args)
     if identity:
         set_gallery_model_identity(args.gallery, identity)
@@ -101,13 +106,19 @@ def register_ops(sub: argparse._SubParsersAction) -> None:
     """Add the subcommands to ``shitu gallery``'s subparsers."""
 
     def model_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--scenario", help="the scenario pack whose feature extractor produced / will search the "
-                                           "vectors (its identity is recorded and checked)")
+        sp.add_argument(
+            "--scenario",
+            help="the scenario pack whose feature extractor produced / will search the "
+            "vectors (its identity is recorded and checked)",
+        )
         sp.add_argument("--model-dir", help="the feature extractor folder, instead of --scenario")
 
-    b = sub.add_parser("backup", help="consistent copy of a gallery, also while it is served and written to",
-                       description="SQLite's online backup of gallery.db plus the faiss snapshot it records, with "
-                                   "checksums in backup.json; OUT must be a new (or empty) folder.")
+    b = sub.add_parser(
+        "backup",
+        help="consistent copy of a gallery, also while it is served and written to",
+        description="SQLite's online backup of gallery.db plus the faiss snapshot it records, with "
+        "checksums in backup.json; OUT must be a new (or empty) folder.",
+    )
     b.add_argument("gallery", help="gallery folder")
     b.add_argument("out", help="new folder for the backup")
     b.set_defaults(func=_run(cmd_backup))
@@ -123,21 +134,28 @@ def register_ops(sub: argparse._SubParsersAction) -> None:
     model_opts(e)
     e.set_defaults(func=_run(cmd_export))
 
-    i = sub.add_parser("import", help="add an export archive to a gallery (a new one keeps the ids); refused "
-                                      "when the models differ")
+    i = sub.add_parser(
+        "import", help="add an export archive to a gallery (a new one keeps the ids); refused when the models differ"
+    )
     i.add_argument("archive", help="archive written by `shitu gallery export`")
     i.add_argument("gallery", help="gallery folder (created when missing)")
     model_opts(i)
     i.set_defaults(func=_run(cmd_import))
 
-    p = sub.add_parser("import-paddleclas", help="a PaddleClas index folder (vector.index + id_map.pkl) as a new "
-                                                 "gallery, same ids, labels and vectors; nothing in it is executed")
+    p = sub.add_parser(
+        "import-paddleclas",
+        help="a PaddleClas index folder (vector.index + id_map.pkl) as a new "
+        "gallery, same ids, labels and vectors; nothing in it is executed",
+    )
     p.add_argument("folder", help="PaddleClas index folder (IndexProcess.index_dir of build_gallery.py)")
     p.add_argument("gallery", help="new gallery folder")
     p.add_argument("--delimiter", default="\t", help="column separator of the list-file lines (default: tab)")
     p.add_argument("--index-method", help="index method of the new gallery (default: the one read from the index)")
-    p.add_argument("--param", action="append", metavar="KEY=VALUE",
-                   help="limits: Limits.max_index_import_bytes, Limits.max_index_import_items, "
-                        "Limits.max_label_length")
+    p.add_argument(
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="limits: Limits.max_index_import_bytes, Limits.max_index_import_items, Limits.max_label_length",
+    )
     model_opts(p)
     p.set_defaults(func=_run(cmd_import_paddleclas))

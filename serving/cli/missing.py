@@ -4,6 +4,7 @@
 PIL); ``pip install "shitu-hub[serving]"`` adds the engine (paddle.inference, OpenCV, faiss) and PaddleHub.
 A command that needs the engine in a client-only installation stops with :func:`explain` instead of a traceback.
 """
+
 from __future__ import annotations
 
 #: Top-level modules of the serving stack -> what provides them.
@@ -22,7 +23,9 @@ def explain(exc: ModuleNotFoundError) -> str | None:
     dist = SERVING_MODULES.get(top)
     if dist is None:
         return None
-    hint = ("; reading videos needs only OpenCV: pip install opencv-python" if top == "cv2" else "")
-    return (f"this needs the serving stack ({dist}, module {top!r} is not installed): "
-            f"pip install \"shitu-hub[serving]\"{hint}. Without it, run commands against a server with "
-            f"--server URL")
+    hint = "; reading videos needs only OpenCV: pip install opencv-python" if top == "cv2" else ""
+    return (
+        f"this needs the serving stack ({dist}, module {top!r} is not installed): "
+        f'pip install "shitu-hub[serving]"{hint}. Without it, run commands against a server with '
+        f"--server URL"
+    )

@@ -5,15 +5,16 @@
 ``shitu`` command uses them): 0 ok, 1 problems found (``verify``), 2 bad usage, 3 an error (printed to stderr as
 ``error: ...``).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from shitu.serving.cli.toolkit import EXIT_USAGE, guard
 from shitu.serving.cli.toolkit import EXIT_NOTHING as EXIT_PROBLEMS
+from shitu.serving.cli.toolkit import EXIT_USAGE, guard
 from shitu.serving.cli.toolkit import table as _table
 
 
@@ -44,8 +45,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows.append([flags, p.name, p.version, p.source, state, p.title or (p.error or "")[:60]])
     _out(_table(rows, ["", "NAME", "VERSION", "SOURCE", "STATE", "TITLE"]))
     _out()
-    _out(f"* current version of a pack   D default pack ({registry.default_pack_name()})"
-         + ("" if args.all else "   --all: every discovered version"))
+    _out(
+        f"* current version of a pack   D default pack ({registry.default_pack_name()})"
+        + ("" if args.all else "   --all: every discovered version")
+    )
     broken = [p for p in packs if p.error]
     for p in broken:
         _out(f"broken: {p.name} ({p.source}): {p.error}")
@@ -59,14 +62,30 @@ def cmd_info(args: argparse.Namespace) -> int:
     name = args.name or registry.default_pack_name()
     pack = registry.find_pack(name, args.version)
     if args.json:
-        _out(json.dumps({"name": pack.name, "version": pack.version, "source": pack.source,
-                         "root": str(pack.root), "available": pack.is_available(), "compatible": pack.compatible,
-                         "manifest": pack.manifest}, indent=2, default=str))
+        _out(
+            json.dumps(
+                {
+                    "name": pack.name,
+                    "version": pack.version,
+                    "source": pack.source,
+                    "root": str(pack.root),
+                    "available": pack.is_available(),
+                    "compatible": pack.compatible,
+                    "manifest": pack.manifest,
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return 0
     about = [
-        ["name", pack.name], ["version", pack.version], ["title", pack.title], ["source", pack.source],
-        ["folder", pack.root], ["license", pack.license], ["shitu-hub", pack.shitu_hub
-                                                           + ("" if pack.compatible else "  (NOT this version)")],
+        ["name", pack.name],
+        ["version", pack.version],
+        ["title", pack.title],
+        ["source", pack.source],
+        ["folder", pack.root],
+        ["license", pack.license],
+        ["shitu-hub", pack.shitu_hub + ("" if pack.compatible else "  (NOT this version)")],
         ["state", "ready" if pack.is_available() else "model files not installed"],
         ["default pack", "yes" if registry.default_pack_name() == pack.name else "no"],
     ]
@@ -81,13 +100,30 @@ def cmd_info(args: argparse.Namespace) -> int:
     for role, m in pack.models.items():
         present = sum((pack.root / m.path / f.path).is_file() for f in m.files)
         unverified = sum(f.sha256 is None for f in m.files)
-        rows.append([role, m.name, m.format, m.embedding_size or "-", m.description.get("decoder") or "-",
-                     f"{present}/{len(m.files)}" + (f" ({unverified} without sha256)" if unverified else ""),
-                     m.archive.url if m.archive else m.path])
+        rows.append(
+            [
+                role,
+                m.name,
+                m.format,
+                m.embedding_size or "-",
+                m.description.get("decoder") or "-",
+                f"{present}/{len(m.files)}" + (f" ({unverified} without sha256)" if unverified else ""),
+                m.archive.url if m.archive else m.path,
+            ]
+        )
     _out(_table(rows, ["MODEL", "NAME", "FORMAT", "DIM", "DECODER", "FILES PRESENT", "FROM"]))
     _out()
-    rows = [[("*" if g.name == pack.default_gallery else " ") + g.name, g.title, g.index_method, g.dist_type,
-             g.embedding_size, g.dir()] for g in pack.galleries.values()]
+    rows = [
+        [
+            ("*" if g.name == pack.default_gallery else " ") + g.name,
+            g.title,
+            g.index_method,
+            g.dist_type,
+            g.embedding_size,
+            g.dir(),
+        ]
+        for g in pack.galleries.values()
+    ]
     _out(_table(rows, ["GALLERY", "TITLE", "INDEX", "METRIC", "DIM", "FOLDER"]))
     if pack.params:
         _out()
@@ -103,8 +139,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_install(args: argparse.Namespace) -> int:
     from shitu.plugins import registry
 
-    info = registry.install(args.source, name=args.name, trust=args.trust, sha256=args.sha256 or None,
-                            progress=not args.no_progress, from_files=args.from_files or None)
+    info = registry.install(
+        args.source,
+        name=args.name,
+        trust=args.trust,
+        sha256=args.sha256 or None,
+        progress=not args.no_progress,
+        from_files=args.from_files or None,
+    )
     _out(f"installed {info.name} {info.version} into {info.root} (now current)")
     if args.use:
         registry.use(info.name, info.version)
@@ -139,8 +181,11 @@ def _build_galleries(name: str, version: str, progress: bool) -> None:
             engine.close()
     except Exception as exc:  # noqa: BLE001 -- the pack is installed; its galleries can be built later
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        print(f"warning: galleries of {name} not built now ({first}); they are built on first use, or run "
-              f"`shitu gallery build --scenario {name} --gallery NAME`", file=sys.stderr)
+        print(
+            f"warning: galleries of {name} not built now ({first}); they are built on first use, or run "
+            f"`shitu gallery build --scenario {name} --gallery NAME`",
+            file=sys.stderr,
+        )
 
 
 @guard
@@ -165,8 +210,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.name:
         targets = [(args.name, args.version)]
     else:
-        targets = [(p.name, p.version) for p in registry.list_packs()
-                   if not p.error and (p.source == "store" or (p.current and p.available))]
+        targets = [
+            (p.name, p.version)
+            for p in registry.list_packs()
+            if not p.error and (p.source == "store" or (p.current and p.available))
+        ]
     rows, problems = [], []
     for name, version in targets:
         pack = registry.find_pack(name, version)
@@ -177,15 +225,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
             runtime = registry.check_runtime(name, pack.version)
             for role, rec in runtime.items():
                 status = rec["status"]
-                rows.append([pack.name, pack.version, f"(run {role})",
-                             status.upper() if status in runtime_check.FATAL else status,
-                             f"oneDNN {'on' if rec.get('onednn') else 'off'}" + (f": {rec['detail']}"
-                                                                                if rec.get("detail") else "")])
+                rows.append(
+                    [
+                        pack.name,
+                        pack.version,
+                        f"(run {role})",
+                        status.upper() if status in runtime_check.FATAL else status,
+                        f"oneDNN {'on' if rec.get('onednn') else 'off'}"
+                        + (f": {rec['detail']}" if rec.get("detail") else ""),
+                    ]
+                )
                 ort = rec.get("onnxruntime")
                 if ort:
-                    rows.append([pack.name, pack.version, f"(run {role}, onnxruntime)",
-                                 ort["status"].upper() if ort["status"] in runtime_check.FATAL else ort["status"],
-                                 ort.get("detail", "")])
+                    rows.append(
+                        [
+                            pack.name,
+                            pack.version,
+                            f"(run {role}, onnxruntime)",
+                            ort["status"].upper() if ort["status"] in runtime_check.FATAL else ort["status"],
+                            ort.get("detail", ""),
+                        ]
+                    )
             refused = runtime_check.refusal(pack._m, runtime, f"{pack.name} {pack.version}")
             if refused:
                 problems.append(refused)
@@ -197,8 +257,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
             _out(f"  {p}")
         return EXIT_PROBLEMS
     files = sum(1 for row in rows if not row[2].startswith("(run "))
-    _out(f"ok: {files} file(s) in {len(targets)} pack(s) verified"
-         + (f", {len(rows) - files} model run(s)" if len(rows) > files else ""))
+    _out(
+        f"ok: {files} file(s) in {len(targets)} pack(s) verified"
+        + (f", {len(rows) - files} model run(s)" if len(rows) > files else "")
+    )
     if getattr(args, "onednn", False):
         return _verify_onednn(targets)
     return 0
@@ -227,8 +289,9 @@ def cmd_use(args: argparse.Namespace) -> int:
     from shitu.plugins import registry
 
     pack = registry.use(args.name, args.version, default=not args.keep_default)
-    _out(f"using {pack.name} {pack.version} ({pack.source})"
-         + ("" if args.keep_default else "; it is the default pack"))
+    _out(
+        f"using {pack.name} {pack.version} ({pack.source})" + ("" if args.keep_default else "; it is the default pack")
+    )
     if not pack.is_available():
         _out()
         _out(pack.fetch_instructions())
@@ -247,9 +310,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 # -- wiring --------------------------------------------------------------------------------------------------------
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``plugins`` (list | info | install | remove | verify | use | rollback) to a ``shitu`` parser."""
-    p = subparsers.add_parser("plugins", help="scenario packs: list, install, verify, switch",
-                              description="Scenario packs: a detector, a recogniser, their parameters and "
-                                          "galleries. Store: $SHITU_HOME/packs (default ~/.shitu).")
+    p = subparsers.add_parser(
+        "plugins",
+        help="scenario packs: list, install, verify, switch",
+        description="Scenario packs: a detector, a recogniser, their parameters and "
+        "galleries. Store: $SHITU_HOME/packs (default ~/.shitu).",
+    )
     _build(p)
 
 
@@ -268,23 +334,42 @@ def _build(p: argparse.ArgumentParser) -> None:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("install", help="install a pack from a folder, archive, URL or built-in name",
-                       description="Install a pack into the store and make it current. SOURCE: a pack folder, "
-                                   "a .tar/.tar.gz/.zip archive, an http(s) URL of one, or the name of a built-in "
-                                   "pack (its model files are downloaded, or taken from --from files).")
-    s.add_argument("source", help="a pack folder, a pack.yaml, a .tar.gz/.zip archive, an http(s) URL of one, "
-                                   "or the name of a built-in / entry-point pack")
+    s = sub.add_parser(
+        "install",
+        help="install a pack from a folder, archive, URL or built-in name",
+        description="Install a pack into the store and make it current. SOURCE: a pack folder, "
+        "a .tar/.tar.gz/.zip archive, an http(s) URL of one, or the name of a built-in "
+        "pack (its model files are downloaded, or taken from --from files).",
+    )
+    s.add_argument(
+        "source",
+        help="a pack folder, a pack.yaml, a .tar.gz/.zip archive, an http(s) URL of one, "
+        "or the name of a built-in / entry-point pack",
+    )
     s.add_argument("--name", help="the pack name SOURCE must hold")
-    s.add_argument("--from", dest="from_files", action="append", metavar="FILE",
-                   help="a model archive/file downloaded elsewhere (repeatable); matched by file name")
-    s.add_argument("--sha256", action="append", metavar="HEX",
-                   help="expected sha256 of a file whose manifest publishes none (repeatable)")
-    s.add_argument("--trust", action="store_true",
-                   help="accept files without a published sha256 (their hashes are recorded)")
+    s.add_argument(
+        "--from",
+        dest="from_files",
+        action="append",
+        metavar="FILE",
+        help="a model archive/file downloaded elsewhere (repeatable); matched by file name",
+    )
+    s.add_argument(
+        "--sha256",
+        action="append",
+        metavar="HEX",
+        help="expected sha256 of a file whose manifest publishes none (repeatable)",
+    )
+    s.add_argument(
+        "--trust", action="store_true", help="accept files without a published sha256 (their hashes are recorded)"
+    )
     s.add_argument("--use", action="store_true", help="also make it the default pack")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
-    s.add_argument("--no-galleries", action="store_true",
-                   help="do not build the galleries the pack brings now (they are built on first use)")
+    s.add_argument(
+        "--no-galleries",
+        action="store_true",
+        help="do not build the galleries the pack brings now (they are built on first use)",
+    )
     s.set_defaults(func=cmd_install)
 
     s = sub.add_parser("remove", help="remove a version (or --all) from the store")
@@ -293,13 +378,19 @@ def _build(p: argparse.ArgumentParser) -> None:
     s.add_argument("--all", action="store_true", help="remove every version")
     s.set_defaults(func=cmd_remove)
 
-    s = sub.add_parser("verify", help="check every file against its sha256 and run each model once (in a "
-                       "child process, with the pack's runtime settings)")
+    s = sub.add_parser(
+        "verify",
+        help="check every file against its sha256 and run each model once (in a "
+        "child process, with the pack's runtime settings)",
+    )
     s.add_argument("name", nargs="?", help="pack name (default: every installed or ready pack)")
     s.add_argument("--version", help="a specific version")
-    s.add_argument("--onednn", action="store_true",
-                   help="also verify a oneDNN pass list on models that leave it unset (official models), each in a "
-                        "subprocess, and record it so they run with oneDNN")
+    s.add_argument(
+        "--onednn",
+        action="store_true",
+        help="also verify a oneDNN pass list on models that leave it unset (official models), each in a "
+        "subprocess, and record it so they run with oneDNN",
+    )
     s.add_argument("--files-only", action="store_true", help="only check the files (no test forward)")
     s.set_defaults(func=cmd_verify)
 

@@ -23,20 +23,48 @@ be decoded.
 
 Heavy modules (the engine, OpenCV, the client) are imported inside the commands, so ``shitu --help`` stays fast.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from shitu.serving.cli.toolkit import (EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE, TOKEN_ENV, UsageError, add_param_option,
-                                      add_token_option, fail, guard, key_values, param_overrides, positive_float,
-                                      positive_int, resolve_gallery, token_from)
+from shitu.serving.cli.toolkit import (
+    EXIT_ERROR,
+    EXIT_NOTHING,
+    EXIT_OK,
+    EXIT_USAGE,
+    TOKEN_ENV,
+    UsageError,
+    add_param_option,
+    add_token_option,
+    fail,
+    guard,
+    key_values,
+    param_overrides,
+    positive_float,
+    positive_int,
+    resolve_gallery,
+    token_from,
+)
 
-__all__ = ["register", "main", "cmd_recognize", "cmd_detect", "remote_gallery_add", "remote_gallery_remove",
-           "remote_gallery_info", "remote_gallery_list", "TOKEN_ENV", "UsageError", "param_overrides"]
+__all__ = [
+    "register",
+    "main",
+    "cmd_recognize",
+    "cmd_detect",
+    "remote_gallery_add",
+    "remote_gallery_remove",
+    "remote_gallery_info",
+    "remote_gallery_list",
+    "TOKEN_ENV",
+    "UsageError",
+    "param_overrides",
+]
 
 
 def make_client(args: argparse.Namespace) -> Any:
@@ -74,25 +102,37 @@ def _client_options(p: argparse.ArgumentParser, token: bool) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``recognize`` and ``detect`` to the ``shitu`` parser."""
     r = subparsers.add_parser(
-        "recognize", help="recognise images in-process or on a server (--server URL)",
+        "recognize",
+        help="recognise images in-process or on a server (--server URL)",
         description="Recognise what the images show and where: in-process by default, on a shitu-hub server with "
-                    "--server. Exit status: 0 something recognised, 1 nothing, 2 usage error, 3 server/engine "
-                    "error or an undecodable image.")
+        "--server. Exit status: 0 something recognised, 1 nothing, 2 usage error, 3 server/engine "
+        "error or an undecodable image.",
+    )
     r.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    r.add_argument("--gallery", metavar="NAME|DIR", help="gallery: a name (server / scenario pack) or, in-process, "
-                                                         "a gallery folder or milvus://host:port/collection")
+    r.add_argument(
+        "--gallery",
+        metavar="NAME|DIR",
+        help="gallery: a name (server / scenario pack) or, in-process, "
+        "a gallery folder or milvus://host:port/collection",
+    )
     r.add_argument("--json", action="store_true", help="one JSON object per image and line")
     r.add_argument("--draw", metavar="DIR", help="write annotated copies of the images into DIR")
-    r.add_argument("--explain", action="store_true",
-                   help="also show why: every detector box (kept or dropped, by which filter), each searched box's "
-                        "top matches and whether score_thres or rec-NMS dropped it; --draw draws dropped boxes dashed")
+    r.add_argument(
+        "--explain",
+        action="store_true",
+        help="also show why: every detector box (kept or dropped, by which filter), each searched box's "
+        "top matches and whether score_thres or rec-NMS dropped it; --draw draws dropped boxes dashed",
+    )
     add_param_option(r)
     _client_options(r, token=True)
     r.set_defaults(func=cmd_recognize)
 
-    d = subparsers.add_parser("detect", help="main-object boxes of images, in-process or on a server (--server URL)",
-                              description="Detect main objects. Exit status: 0 some box besides the whole image, "
-                                          "1 none, 2 usage error, 3 server/engine error or an undecodable image.")
+    d = subparsers.add_parser(
+        "detect",
+        help="main-object boxes of images, in-process or on a server (--server URL)",
+        description="Detect main objects. Exit status: 0 some box besides the whole image, "
+        "1 none, 2 usage error, 3 server/engine error or an undecodable image.",
+    )
     d.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     d.add_argument("--json", action="store_true", help="one JSON object per image and line")
     d.add_argument("--draw", metavar="DIR", help="write annotated copies of the images into DIR")
@@ -145,8 +185,10 @@ def _local_engine(args: argparse.Namespace, overrides: dict[str, Any], need_gall
         if not (path / DB_NAME).is_file():
             engine.close()
             what = f"gallery {gallery!r}" if gallery else "the default gallery"
-            raise UsageError(f"{what} of scenario {engine.scenario!r} does not exist ({path}); build it with "
-                             "`shitu gallery build` or pass --gallery DIR")
+            raise UsageError(
+                f"{what} of scenario {engine.scenario!r} does not exist ({path}); build it with "
+                "`shitu gallery build` or pass --gallery DIR"
+            )
     return engine
 
 
@@ -172,8 +214,10 @@ def _run_local(args: argparse.Namespace, overrides: dict[str, Any], op: str) -> 
             elif op == "recognize":
                 out.append(ImageRecognitions(engine.recognize([img])[0], i, w, h))
             else:
-                boxes = [Box.from_dict({k: v for k, v in b.items() if k != "class_id"})
-                         for b in engine.detect([img])[0].to_list()]
+                boxes = [
+                    Box.from_dict({k: v for k, v in b.items() if k != "class_id"})
+                    for b in engine.detect([img])[0].to_list()
+                ]
                 out.append(ImageDetections(boxes, i, w, h))
     finally:
         engine.close()
@@ -193,8 +237,7 @@ def _run(args: argparse.Namespace, op: str) -> int:
         with client:
             call = client.recognize if op == "recognize" else client.detect
             extra = {"gallery": args.gallery, "explain": args.explain} if op == "recognize" else {}
-            results = call(list(args.images), scenario=args.scenario, params=overrides, raise_on_error=False,
-                           **extra)
+            results = call(list(args.images), scenario=args.scenario, params=overrides, raise_on_error=False, **extra)
     else:
         try:
             results = _run_local(args, overrides, op)
@@ -206,8 +249,9 @@ def _run(args: argparse.Namespace, op: str) -> int:
     for path, res in zip(args.images, results):
         failed = failed or res.error is not None
         found = found or any(not getattr(x, "is_whole_image", False) or op == "recognize" for x in res)
-        print(json.dumps({"image": path, **res.to_dict()}, ensure_ascii=False) if args.json
-              else format_result(path, res))
+        print(
+            json.dumps({"image": path, **res.to_dict()}, ensure_ascii=False) if args.json else format_result(path, res)
+        )
         if getattr(res, "explanation", None) is not None and not args.json:
             print(f"  why:\n{res.explanation.format()}")
         if args.draw and res.error is None:
@@ -305,13 +349,17 @@ def remote_gallery_add(args: argparse.Namespace) -> int:
             raise UsageError(f"{sources[0]}: no such file or folder")
         errors: list[GalleryFileError] = []
         kwargs = {"max_label_length": args.max_label_length} if getattr(args, "max_label_length", None) else {}
-        entries = read_entries(sources[0], getattr(args, "image_root", None), getattr(args, "delimiter", "\t"),
-                               errors, **kwargs)
+        entries = read_entries(
+            sources[0], getattr(args, "image_root", None), getattr(args, "delimiter", "\t"), errors, **kwargs
+        )
         for e in errors:
             print(f"{'skipped' if getattr(args, 'skip_bad', False) else 'error'}: {e}", file=sys.stderr)
         if errors and not getattr(args, "skip_bad", False):
-            return fail(f"{len(errors)} bad entr{'y' if len(errors) == 1 else 'ies'} in {sources[0]}; nothing "
-                         "added (--skip-bad adds the good ones)", EXIT_ERROR)
+            return fail(
+                f"{len(errors)} bad entr{'y' if len(errors) == 1 else 'ies'} in {sources[0]}; nothing "
+                "added (--skip-bad adds the good ones)",
+                EXIT_ERROR,
+            )
         paths, labels = [str(e.path) for e in entries], [e.label for e in entries]
     if not paths:
         print("nothing to add", file=sys.stderr)
@@ -319,8 +367,9 @@ def remote_gallery_add(args: argparse.Namespace) -> int:
     overrides = param_overrides(getattr(args, "param", None))
     with make_client(args) as client:
         try:
-            ids = client.gallery_add(paths, labels, gallery=_gallery_name(args),
-                                     scenario=getattr(args, "scenario", None), params=overrides)
+            ids = client.gallery_add(
+                paths, labels, gallery=_gallery_name(args), scenario=getattr(args, "scenario", None), params=overrides
+            )
         except Exception as exc:
             if getattr(exc, "partial", None):
                 print(f"note: ids {exc.partial} were added by earlier requests before the error", file=sys.stderr)
@@ -346,10 +395,14 @@ def remote_gallery_remove(args: argparse.Namespace) -> int:
     if not ids and not labels:
         raise UsageError("give --id and/or --label")
     with make_client(args) as client:
-        n = client.gallery_remove(ids=ids, labels=labels, gallery=_gallery_name(args),
-                                  scenario=getattr(args, "scenario", None))
-    print(json.dumps({"removed": n}) if getattr(args, "json", False) else
-          f"{_where(args)}: removed {n} item{'s' if n != 1 else ''}")
+        n = client.gallery_remove(
+            ids=ids, labels=labels, gallery=_gallery_name(args), scenario=getattr(args, "scenario", None)
+        )
+    print(
+        json.dumps({"removed": n})
+        if getattr(args, "json", False)
+        else f"{_where(args)}: removed {n} item{'s' if n != 1 else ''}"
+    )
     return EXIT_OK if n else EXIT_NOTHING
 
 
@@ -376,9 +429,13 @@ def remote_gallery_list(args: argparse.Namespace) -> int:
     if getattr(args, "labels", False):
         raise UsageError("--labels is not available with --server")
     with make_client(args) as client:
-        rows = client.gallery_list(getattr(args, "label", None), getattr(args, "limit", 100) or 100,
-                                   getattr(args, "offset", 0) or 0, gallery=_gallery_name(args),
-                                   scenario=getattr(args, "scenario", None))
+        rows = client.gallery_list(
+            getattr(args, "label", None),
+            getattr(args, "limit", 100) or 100,
+            getattr(args, "offset", 0) or 0,
+            gallery=_gallery_name(args),
+            scenario=getattr(args, "scenario", None),
+        )
     for r in rows:
         print(json.dumps(r.to_dict(), ensure_ascii=False) if getattr(args, "json", False) else str(r))
     return EXIT_OK if rows else EXIT_NOTHING

@@ -2,6 +2,7 @@
 
 The work is done by :mod:`shitu.serving.hub.control` (config, install, the ``hub`` command); this is the command line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,29 +49,49 @@ def run_serve(args: argparse.Namespace) -> int:
     config_path.write_text(json.dumps(cfg, indent=2))
     print(f"installing {', '.join(modules)} into {hub_home() / 'modules'}", file=sys.stderr)
     install_modules(modules)
-    print(f"hub serving start -c {config_path}  ({args.host}:{args.port}, {pick.workers} worker(s) x "
-          f"{pick.threads} model thread(s))", file=sys.stderr)
+    print(
+        f"hub serving start -c {config_path}  ({args.host}:{args.port}, {pick.workers} worker(s) x "
+        f"{pick.threads} model thread(s))",
+        file=sys.stderr,
+    )
     os.execv(hub_command()[0], [*hub_command(), "serving", "start", "-c", str(config_path)])
     return 0  # pragma: no cover - exec does not return
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``serve`` to the ``shitu`` parser."""
-    p = subparsers.add_parser("serve", help="hub install the modules and run `hub serving start -c config.json`",
-                              description="Write config.json, `hub install` the modules and exec `hub serving start "
-                                          "-c config.json`. An unknown module or scenario, or a scenario whose "
-                                          "models are not installed, stops here, before anything starts.")
+    p = subparsers.add_parser(
+        "serve",
+        help="hub install the modules and run `hub serving start -c config.json`",
+        description="Write config.json, `hub install` the modules and exec `hub serving start "
+        "-c config.json`. An unknown module or scenario, or a scenario whose "
+        "models are not installed, stops here, before anything starts.",
+    )
     p.add_argument("--port", type=non_negative_int, default=8866, help="port to listen on (default: %(default)s)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
-    p.add_argument("--token", help="admin token for gallery changes (default: $SHITU_ADMIN_TOKEN); strongly "
-                   "advised with --host beyond loopback")
-    p.add_argument("--workers", type=positive_int, default=None,
-                   help=">1: gunicorn multi-process mode with that many workers (default: from this machine's cores, "
-                        "see README Serving)")
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="model threads per worker (paddle.inference or onnxruntime), Global.cpu_num_threads "
-                        "(default: from this machine's cores and --workers, see README Serving)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)",
+    )
+    p.add_argument(
+        "--token",
+        help="admin token for gallery changes (default: $SHITU_ADMIN_TOKEN); strongly "
+        "advised with --host beyond loopback",
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help=">1: gunicorn multi-process mode with that many workers (default: from this machine's cores, "
+        "see README Serving)",
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="model threads per worker (paddle.inference or onnxruntime), Global.cpu_num_threads "
+        "(default: from this machine's cores and --workers, see README Serving)",
+    )
     p.add_argument("--modules", help=f"comma-separated subset of {','.join(MODULES)}")
     p.add_argument("--scenario", help="default scenario pack of the served modules")
     p.add_argument("--config-out", default="shitu_serving.json", help="where to write the config.json used")

@@ -14,20 +14,40 @@ argparse number types and table printing.
 Imports here are light: error classes of other rooms are looked up only once their module is loaded (an error
 of a module that was never imported cannot have been raised).
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from shitu.names import GALLERY_NAME
 
-__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_NOTHING", "EXIT_OK", "EXIT_USAGE", "GALLERY_NAME", "TOKEN_ENV",
-           "UsageError", "add_param_option", "add_token_option", "fail", "guard", "key_values",
-           "non_negative_int", "param_overrides", "positive_float", "positive_int", "resolve_gallery", "table",
-           "token_from"]
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_NOTHING",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "GALLERY_NAME",
+    "TOKEN_ENV",
+    "UsageError",
+    "add_param_option",
+    "add_token_option",
+    "fail",
+    "guard",
+    "key_values",
+    "non_negative_int",
+    "param_overrides",
+    "positive_float",
+    "positive_int",
+    "resolve_gallery",
+    "table",
+    "token_from",
+]
 
 #: Exit codes: 0 ok, 1 nothing recognised / found (``plugins verify``: problems found), 2 usage error,
 #: 3 server, engine, gallery or pack error; 130 interrupted (Ctrl-C).
@@ -105,8 +125,12 @@ def guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespa
 
 def add_param_option(parser: argparse.ArgumentParser, example: str = "threshold=0.5") -> None:
     """``--param KEY=VALUE`` (repeatable), read by :func:`param_overrides`."""
-    parser.add_argument("--param", action="append", metavar="KEY=VALUE",
-                        help=f"parameter override by PP-ShiTu name, e.g. {example} (repeatable)")
+    parser.add_argument(
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help=f"parameter override by PP-ShiTu name, e.g. {example} (repeatable)",
+    )
 
 
 def param_overrides(items: Sequence[str] | None) -> dict[str, Any]:
@@ -152,8 +176,13 @@ def resolve_gallery(arg: str | None) -> str | Path | None:
         return None
     if "://" in arg:
         return arg
-    if ("/" in arg or os.sep in arg or (os.altsep and os.altsep in arg) or Path(arg).is_dir()
-            or not GALLERY_NAME.match(arg)):
+    if (
+        "/" in arg
+        or os.sep in arg
+        or (os.altsep and os.altsep in arg)
+        or Path(arg).is_dir()
+        or not GALLERY_NAME.match(arg)
+    ):
         return Path(arg)
     return arg
 

@@ -7,18 +7,29 @@ stays fast.
 Exit status (as ``shitu.serving.cli.toolkit``): 0 something was tracked, 1 nothing was recognised in any processed frame,
 2 usage error (bad option, source that can't be opened), 3 engine, client or server error.
 """
+
 from __future__ import annotations
 
 import argparse
 import functools
 import json
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["register", "run", "main", "format_frame", "format_tracks"]
 
-from shitu.serving.cli.toolkit import (EXIT_ERROR, EXIT_NOTHING, EXIT_OK, EXIT_USAGE, non_negative_int, positive_float,
-                                      positive_int, resolve_gallery, table)
+from shitu.serving.cli.toolkit import (
+    EXIT_ERROR,
+    EXIT_NOTHING,
+    EXIT_OK,
+    EXIT_USAGE,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    resolve_gallery,
+    table,
+)
 
 
 def _iou(text: str) -> float:
@@ -42,8 +53,9 @@ def register(subparsers: Any) -> None:
     where.add_argument("--server", metavar="URL", help="recognise on a shitu server (default: in-process engine)")
     where.add_argument("--scenario", help="scenario pack (in-process, or on the server with --server)")
     where.add_argument(
-        "--gallery", metavar="NAME|PATH", help="gallery: a name in the pack, or a folder (with --server: a gallery "
-        "name on the server)"
+        "--gallery",
+        metavar="NAME|PATH",
+        help="gallery: a name in the pack, or a folder (with --server: a gallery name on the server)",
     )
     sampling = p.add_argument_group("sampling").add_mutually_exclusive_group()
     sampling.add_argument("--every", type=positive_int, metavar="N", help="process every N-th frame")
@@ -146,8 +158,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``recognize-video`` for parsed ``args``; returns the exit status."""
     from tqdm import tqdm
 
-    from shitu.serving.video.tracker import Tracker
     from shitu.serving.video.stream import VideoSourceError, is_live_url, open_source, recognize_video
+    from shitu.serving.video.tracker import Tracker
 
     out = sys.stdout
     try:

@@ -2,30 +2,31 @@
 
 Light: numpy, requests and the result types; no paddle, faiss or OpenCV. See ``CLIENT.md`` beside this file.
 """
+
 from shitu.serving.client.sdk import (  # noqa: F401
     DEFAULT_URL,
     RETRY_HTTP_STATUSES,
     VECTOR_BATCH,
-    ShituError,
-    InputError,
-    ServerError,
-    ImageFailed,
-    ConnectionFailed,
-    Timeout,
+    AsyncShituClient,
     Box,
-    ImageResult,
-    ImageRecognitions,
-    ImageDetections,
-    SearchHits,
+    ConnectionFailed,
     Embeddings,
-    GalleryItem,
     GalleryInfo,
+    GalleryItem,
+    ImageDetections,
+    ImageFailed,
+    ImageRecognitions,
+    ImageResult,
+    InputError,
     Scenario,
+    SearchHits,
+    ServerError,
+    ShituClient,
+    ShituError,
+    Timeout,
+    draw,
     image_bytes,
     load_image,
-    draw,
-    ShituClient,
-    AsyncShituClient,
 )
 
 __all__ = [

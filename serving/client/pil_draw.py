@@ -4,11 +4,13 @@ The same picture as :func:`shitu.serving.engine.draw.draw_recognitions` (boxes, 
 match as a banner, one stable colour per label), drawn on the image file as it was sent (EXIF orientation
 applied, as the server decodes it).
 """
+
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from shitu.serving.engine.draw import color_for
 

@@ -46,6 +46,7 @@ timeout or a dropped connection after sending is raised at once, since the serve
 Longer than 600 lines: the blocking and the asyncio client share request building and answer parsing here,
 so the two forms of every method change together.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -58,9 +59,10 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import requests
@@ -69,9 +71,26 @@ from shitu.serving.engine.explain import Explanation
 from shitu.serving.engine.results import Match, Recognition
 
 __all__ = [
-    "AsyncShituClient", "Box", "ConnectionFailed", "Embeddings", "GalleryInfo", "GalleryItem", "ImageDetections",
-    "ImageFailed", "ImageRecognitions", "ImageResult", "InputError", "Match", "Recognition", "Scenario",
-    "SearchHits", "ServerError", "ShituClient", "ShituError", "Timeout", "draw",
+    "AsyncShituClient",
+    "Box",
+    "ConnectionFailed",
+    "Embeddings",
+    "GalleryInfo",
+    "GalleryItem",
+    "ImageDetections",
+    "ImageFailed",
+    "ImageRecognitions",
+    "ImageResult",
+    "InputError",
+    "Match",
+    "Recognition",
+    "Scenario",
+    "SearchHits",
+    "ServerError",
+    "ShituClient",
+    "ShituError",
+    "Timeout",
+    "draw",
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8866"
@@ -114,9 +133,16 @@ class ServerError(ShituError):
     the operator: every log line of the request carries it), when the server gave one.
     """
 
-    def __init__(self, msg: str, status: str | None = None, http_status: int | None = None,
-                 index: int | None = None, module: str | None = None, operation: str | None = None,
-                 request_id: str | None = None):
+    def __init__(
+        self,
+        msg: str,
+        status: str | None = None,
+        http_status: int | None = None,
+        index: int | None = None,
+        module: str | None = None,
+        operation: str | None = None,
+        request_id: str | None = None,
+    ):
         self.msg, self.status, self.http_status = msg, status, http_status
         self.index, self.module, self.operation = index, module, operation
         self.request_id = request_id
@@ -141,8 +167,9 @@ class ImageFailed(ServerError):
     results of all images, in order (failed ones empty with ``.error`` set).
     """
 
-    def __init__(self, errors: dict[int, str], results: list[Any], module: str | None = None,
-                 operation: str | None = None):
+    def __init__(
+        self, errors: dict[int, str], results: list[Any], module: str | None = None, operation: str | None = None
+    ):
         first = min(errors)
         more = f" (and {len(errors) - 1} more failed)" if len(errors) > 1 else ""
         super().__init__(f"image {first}: {errors[first]}{more}", None, None, first, module, operation)
@@ -180,14 +207,22 @@ class Box:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Box":
+    def from_dict(cls, d: Mapping[str, Any]) -> Box:
         known = {"bbox", "score", "is_whole_image"}
-        return cls([int(v) for v in d["bbox"]], float(d["score"]), bool(d.get("is_whole_image", False)),
-                   {k: v for k, v in d.items() if k not in known})
+        return cls(
+            [int(v) for v in d["bbox"]],
+            float(d["score"]),
+            bool(d.get("is_whole_image", False)),
+            {k: v for k, v in d.items() if k not in known},
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bbox": [int(v) for v in self.bbox], "score": round(float(self.score), 6),
-                "is_whole_image": bool(self.is_whole_image), **self.extra}
+        return {
+            "bbox": [int(v) for v in self.bbox],
+            "score": round(float(self.score), 6),
+            "is_whole_image": bool(self.is_whole_image),
+            **self.extra,
+        }
 
     def __str__(self) -> str:
         where = "whole image" if self.is_whole_image else f"[{', '.join(map(str, self.bbox))}]"
@@ -206,8 +241,14 @@ class ImageResult(list):
     key = "items"
     item_type: Callable[[Mapping[str, Any]], Any] = dict
 
-    def __init__(self, items: Iterable[Any] = (), index: int = 0, width: int | None = None,
-                 height: int | None = None, error: str | None = None):
+    def __init__(
+        self,
+        items: Iterable[Any] = (),
+        index: int = 0,
+        width: int | None = None,
+        height: int | None = None,
+        error: str | None = None,
+    ):
         super().__init__(items)
         self.index, self.width, self.height, self.error = index, width, height, error
 
@@ -216,7 +257,7 @@ class ImageResult(list):
         return self.error is None
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], index: int | None = None) -> "ImageResult":
+    def from_dict(cls, d: Mapping[str, Any], index: int | None = None) -> ImageResult:
         idx = int(d.get("index", 0)) if index is None else index
         if "error" in d:
             return cls((), idx, error=str(d["error"]))
@@ -257,7 +298,7 @@ class ImageRecognitions(ImageResult):
     explanation: Explanation | None = None
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], index: int | None = None) -> "ImageResult":
+    def from_dict(cls, d: Mapping[str, Any], index: int | None = None) -> ImageResult:
         out = super().from_dict(d, index)
         if d.get("explanation") is not None:
             out.explanation = Explanation.from_dict(d["explanation"])  # type: ignore[attr-defined]
@@ -315,26 +356,39 @@ class Embeddings:
 
     def __repr__(self) -> str:
         tail = f", error={self.error!r}" if self.error is not None else f", boxes={self.boxes}"
-        return (f"Embeddings(index={self.index}, vectors=<{self.vectors.dtype} {list(self.vectors.shape)}>"
-                f"{tail})")
+        return f"Embeddings(index={self.index}, vectors=<{self.vectors.dtype} {list(self.vectors.shape)}>{tail})"
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], index: int | None = None) -> "Embeddings":
+    def from_dict(cls, d: Mapping[str, Any], index: int | None = None) -> Embeddings:
         idx = int(d.get("index", 0)) if index is None else index
         if "error" in d:
             return cls(idx, np.zeros((0, 0), np.float32), error=str(d["error"]))
         binary = bool(d.get("binary", False))
         vectors = np.asarray(d.get("embeddings") or [], np.uint8 if binary else np.float32)
-        return cls(idx, vectors.reshape(len(vectors), -1) if vectors.size else vectors.reshape(0, 0),
-                   [[int(v) for v in b] for b in d.get("boxes") or []], d.get("width"), d.get("height"),
-                   d.get("dim"), d.get("normalized"), binary)
+        return cls(
+            idx,
+            vectors.reshape(len(vectors), -1) if vectors.size else vectors.reshape(0, 0),
+            [[int(v) for v in b] for b in d.get("boxes") or []],
+            d.get("width"),
+            d.get("height"),
+            d.get("dim"),
+            d.get("normalized"),
+            binary,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         if self.error is not None:
             return {"index": self.index, "error": self.error}
-        return {"index": self.index, "width": self.width, "height": self.height, "boxes": self.boxes,
-                "embeddings": self.vectors.tolist(), "dim": self.dim, "normalized": self.normalized,
-                "binary": self.binary}
+        return {
+            "index": self.index,
+            "width": self.width,
+            "height": self.height,
+            "boxes": self.boxes,
+            "embeddings": self.vectors.tolist(),
+            "dim": self.dim,
+            "normalized": self.normalized,
+            "binary": self.binary,
+        }
 
     def __str__(self) -> str:
         if self.error is not None:
@@ -359,7 +413,7 @@ class GalleryItem:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "GalleryItem":
+    def from_dict(cls, d: Mapping[str, Any]) -> GalleryItem:
         k, rest = _split_known(d, ("id", "label", "source", "metadata"))
         return cls(int(k["id"]), str(k["label"]), k["source"], k["metadata"], rest)
 
@@ -383,13 +437,19 @@ class GalleryInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "GalleryInfo":
+    def from_dict(cls, d: Mapping[str, Any]) -> GalleryInfo:
         k, rest = _split_known(d, ("count", "labels", "dim", "metric", "index"))
         return cls(int(k["count"] or 0), k["labels"], k["dim"], k["metric"], k["index"], rest)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "labels": self.labels, "dim": self.dim, "metric": self.metric,
-                "index": self.index, **self.extra}
+        return {
+            "count": self.count,
+            "labels": self.labels,
+            "dim": self.dim,
+            "metric": self.metric,
+            "index": self.index,
+            **self.extra,
+        }
 
     def __str__(self) -> str:
         return f"{self.count} items, {self.labels} labels, {self.dim}-d {self.metric}, index {self.index}"
@@ -407,14 +467,26 @@ class Scenario:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Scenario":
+    def from_dict(cls, d: Mapping[str, Any]) -> Scenario:
         k, rest = _split_known(d, ("name", "title", "version", "available", "default"))
-        return cls(str(k["name"]), str(k["title"] or ""), k["version"], bool(k["available"] in (None, True)),
-                   bool(k["default"]), rest)
+        return cls(
+            str(k["name"]),
+            str(k["title"] or ""),
+            k["version"],
+            bool(k["available"] in (None, True)),
+            bool(k["default"]),
+            rest,
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "title": self.title, "version": self.version, "available": self.available,
-                "default": self.default, **self.extra}
+        return {
+            "name": self.name,
+            "title": self.title,
+            "version": self.version,
+            "available": self.available,
+            "default": self.default,
+            **self.extra,
+        }
 
     def __str__(self) -> str:
         flags = (" (default)" if self.default else "") + ("" if self.available else " (not installed)")
@@ -560,16 +632,18 @@ def _never_connected(exc: requests.RequestException) -> bool:
         from urllib3.exceptions import NewConnectionError
 
         cause = exc.args[0] if exc.args else None
-        return isinstance(cause, NewConnectionError) or isinstance(getattr(cause, "reason", None),
-                                                                   NewConnectionError)
+        return isinstance(cause, NewConnectionError) or isinstance(getattr(cause, "reason", None), NewConnectionError)
     return False
 
 
 def _return_k(params: Mapping[str, Any]) -> int:
     """The ``return_k`` a request's parameters ask for (short, dotted or nested name), else the server default."""
     nested = params.get("IndexProcess")
-    for value in (params.get("return_k"), params.get("IndexProcess.return_k"),
-                  nested.get("return_k") if isinstance(nested, Mapping) else None):
+    for value in (
+        params.get("return_k"),
+        params.get("IndexProcess.return_k"),
+        nested.get("return_k") if isinstance(nested, Mapping) else None,
+    ):
         if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
             return value
     return DEFAULT_RETURN_K
@@ -589,12 +663,26 @@ class ShituClient:
     defaults: vectors are sent in requests that fit them.
     """
 
-    def __init__(self, base_url: str = DEFAULT_URL, timeout: float | tuple[float, float] = 60.0, retries: int = 2,
-                 token: str | None = None, batch_size: int = 8, *, scenario: str | None = None,
-                 gallery: str | None = None, params: Mapping[str, Any] | None = None, backoff: float = 0.5,
-                 max_backoff: float = 8.0, max_batch_bytes: int = 32 * 1024 * 1024, image_format: str = "jpeg",
-                 jpeg_quality: int = 95, session: requests.Session | None = None, max_queries: int = VECTOR_BATCH,
-                 max_matches: int = MAX_MATCHES):
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        timeout: float | tuple[float, float] = 60.0,
+        retries: int = 2,
+        token: str | None = None,
+        batch_size: int = 8,
+        *,
+        scenario: str | None = None,
+        gallery: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        max_batch_bytes: int = 32 * 1024 * 1024,
+        image_format: str = "jpeg",
+        jpeg_quality: int = 95,
+        session: requests.Session | None = None,
+        max_queries: int = VECTOR_BATCH,
+        max_matches: int = MAX_MATCHES,
+    ):
         if "://" not in base_url:
             base_url = "http://" + base_url
         if batch_size < 1:
@@ -642,7 +730,7 @@ class ShituClient:
             s.close()
         self._local = threading.local()
 
-    def __enter__(self) -> "ShituClient":
+    def __enter__(self) -> ShituClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -687,18 +775,38 @@ class ShituClient:
             body = None
         if not isinstance(body, dict) or "status" not in body:
             text = " ".join(resp.text.split())[:300] or resp.reason or ""
-            raise ServerError(f"HTTP {resp.status_code}: not a shitu-hub answer: {text}", str(resp.status_code),
-                              resp.status_code, None, module, operation)
+            raise ServerError(
+                f"HTTP {resp.status_code}: not a shitu-hub answer: {text}",
+                str(resp.status_code),
+                resp.status_code,
+                None,
+                module,
+                operation,
+            )
         status = str(body.get("status"))
         if status != "000" or resp.status_code >= 400:
             msg = str(body.get("msg") or f"error status {status}")
             m = _IMAGE_INDEX.match(msg)
-            raise ServerError(msg, status, resp.status_code, int(m.group(1)) if m else None, module, operation,
-                              request_id=body.get("request_id") or resp.headers.get("X-Request-ID"))
+            raise ServerError(
+                msg,
+                status,
+                resp.status_code,
+                int(m.group(1)) if m else None,
+                module,
+                operation,
+                request_id=body.get("request_id") or resp.headers.get("X-Request-ID"),
+            )
         return body.get("results")
 
-    def _payload(self, operation: str, scenario: str | None, gallery: str | None,
-                 params: Mapping[str, Any] | None, overrides: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
+    def _payload(
+        self,
+        operation: str,
+        scenario: str | None,
+        gallery: str | None,
+        params: Mapping[str, Any] | None,
+        overrides: Mapping[str, Any],
+        **fields: Any,
+    ) -> dict[str, Any]:
         payload: dict[str, Any] = {"operation": operation}
         scenario = scenario or self.scenario
         gallery = gallery or self.gallery
@@ -729,8 +837,15 @@ class ShituClient:
         if batch:
             yield start, batch
 
-    def _per_image(self, module: str, operation: str, images: Any, parse: Callable[[Mapping[str, Any], int], Any],
-                   raise_on_error: bool, payload: Callable[[list[str], int], dict[str, Any]]) -> Any:
+    def _per_image(
+        self,
+        module: str,
+        operation: str,
+        images: Any,
+        parse: Callable[[Mapping[str, Any], int], Any],
+        raise_on_error: bool,
+        payload: Callable[[list[str], int], dict[str, Any]],
+    ) -> Any:
         """Send ``images`` in batches; per-image results in order; failed images per ``raise_on_error``."""
         single, items = _as_list(images)
         if not items:
@@ -750,8 +865,9 @@ class ShituClient:
                 # each image gets its own result or reason. Safe: these operations change nothing.
                 return [r for k, enc in enumerate(encoded) for r in send(start + k, [enc])]
             if not isinstance(answer, list) or len(answer) != len(encoded):
-                raise ServerError(f"expected {len(encoded)} results, got {_describe(answer)}", "000", 200, None,
-                                  module, operation)
+                raise ServerError(
+                    f"expected {len(encoded)} results, got {_describe(answer)}", "000", 200, None, module, operation
+                )
             return [parse(r, start + k) for k, r in enumerate(answer)]
 
         try:
@@ -766,28 +882,61 @@ class ShituClient:
         return out[0] if single else out
 
     # -- operations ----------------------------------------------------------------------------------------------
-    def recognize(self, images: Any, *, scenario: str | None = None, gallery: str | None = None,
-                  params: Mapping[str, Any] | None = None, raise_on_error: bool = True, explain: bool = False,
-                  **overrides: Any) -> Any:
+    def recognize(
+        self,
+        images: Any,
+        *,
+        scenario: str | None = None,
+        gallery: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        raise_on_error: bool = True,
+        explain: bool = False,
+        **overrides: Any,
+    ) -> Any:
         """What and where: one :class:`ImageRecognitions` (a list of :class:`Recognition`, best first) per image;
         one image in, one out; a list in, a list out. ``explain``: each also carries its ``explanation``."""
         return self._per_image(
-            "image_recognition", "recognize", images,
-            lambda d, i: ImageRecognitions.from_dict(d, i), raise_on_error,
-            lambda enc, start: self._payload("recognize", scenario, gallery, params, overrides, images=enc,
-                                             explain=True if explain else None))
+            "image_recognition",
+            "recognize",
+            images,
+            lambda d, i: ImageRecognitions.from_dict(d, i),
+            raise_on_error,
+            lambda enc, start: self._payload(
+                "recognize", scenario, gallery, params, overrides, images=enc, explain=True if explain else None
+            ),
+        )
 
-    def detect(self, images: Any, *, scenario: str | None = None, gallery: str | None = None,
-               params: Mapping[str, Any] | None = None, raise_on_error: bool = True, **overrides: Any) -> Any:
+    def detect(
+        self,
+        images: Any,
+        *,
+        scenario: str | None = None,
+        gallery: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        raise_on_error: bool = True,
+        **overrides: Any,
+    ) -> Any:
         """Main-object boxes: one :class:`ImageDetections` (a list of :class:`Box`) per image."""
         return self._per_image(
-            "mainbody_detection", "predict", images,
-            lambda d, i: ImageDetections.from_dict(d, i), raise_on_error,
-            lambda enc, start: self._payload("predict", scenario, gallery, params, overrides, images=enc))
+            "mainbody_detection",
+            "predict",
+            images,
+            lambda d, i: ImageDetections.from_dict(d, i),
+            raise_on_error,
+            lambda enc, start: self._payload("predict", scenario, gallery, params, overrides, images=enc),
+        )
 
-    def extract(self, images: Any, boxes: Sequence[Sequence[Sequence[float]] | None] | None = None, *,
-                scenario: str | None = None, gallery: str | None = None, params: Mapping[str, Any] | None = None,
-                raise_on_error: bool = True, **overrides: Any) -> Any:
+    def extract(
+        self,
+        images: Any,
+        boxes: Sequence[Sequence[Sequence[float]] | None] | None = None,
+        *,
+        scenario: str | None = None,
+        gallery: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        raise_on_error: bool = True,
+        **overrides: Any,
+    ) -> Any:
         """Embeddings: one :class:`Embeddings` per image, one row per box of ``boxes[i]`` (``[[x1, y1, x2, y2],
         ...]``; the whole image when ``boxes`` or ``boxes[i]`` is None). For one image, ``boxes`` is its list."""
         single, items = _as_list(images)
@@ -798,18 +947,33 @@ class ShituClient:
             boxes = [None if b is None else np.asarray(b, np.float64).reshape(-1, 4).tolist() for b in boxes]
 
         def payload(enc: list[str], start: int) -> dict[str, Any]:
-            part = boxes[start:start + len(enc)] if boxes is not None else None
+            part = boxes[start : start + len(enc)] if boxes is not None else None
             if part is not None and all(b is None for b in part):
                 part = None
-            return self._payload("predict", scenario, gallery, params, overrides, images=enc,
-                                 boxes=None if part is None else [b or [] for b in part])
+            return self._payload(
+                "predict",
+                scenario,
+                gallery,
+                params,
+                overrides,
+                images=enc,
+                boxes=None if part is None else [b or [] for b in part],
+            )
 
-        out = self._per_image("feature_extraction", "predict", items, lambda d, i: Embeddings.from_dict(d, i),
-                              raise_on_error, payload)
+        out = self._per_image(
+            "feature_extraction", "predict", items, lambda d, i: Embeddings.from_dict(d, i), raise_on_error, payload
+        )
         return out[0] if single else out
 
-    def search(self, embeddings: Any, *, scenario: str | None = None, gallery: str | None = None,
-               params: Mapping[str, Any] | None = None, **overrides: Any) -> Any:
+    def search(
+        self,
+        embeddings: Any,
+        *,
+        scenario: str | None = None,
+        gallery: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> Any:
         """Gallery matches per embedding: one :class:`SearchHits` (a list of :class:`Match`) per row. Takes a
         ``[n, d]`` array or list of rows (a list out), one ``[d]`` vector (one out) or an :class:`Embeddings`
         (its rows; a list out). ``return_k=`` and ``score_thres=`` are the usual knobs."""
@@ -825,19 +989,30 @@ class ShituClient:
         per_request = max(1, min(self.max_queries, self.max_matches // k))
         try:
             for start in range(0, len(arr), per_request):
-                rows = arr[start:start + per_request].tolist()
-                answer = self._post("index_search", self._payload("search", scenario, gallery, params, overrides,
-                                                                  embeddings=rows), idempotent=True)
+                rows = arr[start : start + per_request].tolist()
+                answer = self._post(
+                    "index_search",
+                    self._payload("search", scenario, gallery, params, overrides, embeddings=rows),
+                    idempotent=True,
+                )
                 out.extend(SearchHits.from_dict(r, start + k) for k, r in enumerate(answer))
         except ShituError as exc:
             exc.partial = out
             raise
         return out[0] if single else out
 
-    def gallery_add(self, images: Any = None, labels: str | Sequence[str] | None = None, *,
-                    embeddings: Any = None, metadata: Sequence[Mapping[str, Any] | None] | None = None,
-                    scenario: str | None = None, gallery: str | None = None,
-                    params: Mapping[str, Any] | None = None, **overrides: Any) -> list[int]:
+    def gallery_add(
+        self,
+        images: Any = None,
+        labels: str | Sequence[str] | None = None,
+        *,
+        embeddings: Any = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        scenario: str | None = None,
+        gallery: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> list[int]:
         """Add images (or precomputed ``embeddings``) under ``labels`` (one per item, or one label for all);
         returns the new gallery ids in order. Needs the admin token when the server has one. Each request is all
         or nothing; when a later batch fails, the exception's ``partial`` holds the ids already added."""
@@ -864,21 +1039,23 @@ class ShituClient:
         ids: list[int] = []
 
         # Image files keep their names on the server (the items' `source`); other images are "request:<i>".
-        names = [Path(x).name if isinstance(x, (str, os.PathLike)) else None for x in items] if images is not None \
-            else None
+        names = (
+            [Path(x).name if isinstance(x, (str, os.PathLike)) else None for x in items] if images is not None else None
+        )
 
         def fields(start: int, n: int) -> dict[str, Any]:
-            meta = None if metadata is None else [None if m is None else dict(m) for m in metadata[start:start + n]]
-            out = {"labels": labels[start:start + n], "metadata": meta}
-            if names is not None and any(names[start:start + n]):
-                out["sources"] = names[start:start + n]
+            meta = None if metadata is None else [None if m is None else dict(m) for m in metadata[start : start + n]]
+            out = {"labels": labels[start : start + n], "metadata": meta}
+            if names is not None and any(names[start : start + n]):
+                out["sources"] = names[start : start + n]
             return out
 
         try:
             if images is not None:
                 for start, enc in self._batches(items):
-                    payload = self._payload("add", scenario, gallery, params, overrides, images=enc,
-                                            **fields(start, len(enc)))
+                    payload = self._payload(
+                        "add", scenario, gallery, params, overrides, images=enc, **fields(start, len(enc))
+                    )
                     try:
                         answer = self._post("image_recognition", payload, idempotent=False)
                     except ServerError as exc:
@@ -888,43 +1065,77 @@ class ShituClient:
                     ids.extend(int(i) for i in answer["ids"])
             else:
                 for start in range(0, count, self.max_queries):
-                    rows = vecs[start:start + self.max_queries].tolist()
-                    payload = self._payload("add", scenario, gallery, params, overrides, embeddings=rows,
-                                            **fields(start, len(rows)))
+                    rows = vecs[start : start + self.max_queries].tolist()
+                    payload = self._payload(
+                        "add", scenario, gallery, params, overrides, embeddings=rows, **fields(start, len(rows))
+                    )
                     ids.extend(int(i) for i in self._post("index_search", payload, idempotent=False)["ids"])
         except ShituError as exc:
             exc.partial = ids
             raise
         return ids
 
-    def gallery_remove(self, ids: int | Sequence[int] | None = None, labels: str | Sequence[str] | None = None, *,
-                       scenario: str | None = None, gallery: str | None = None,
-                       params: Mapping[str, Any] | None = None, **overrides: Any) -> int:
+    def gallery_remove(
+        self,
+        ids: int | Sequence[int] | None = None,
+        labels: str | Sequence[str] | None = None,
+        *,
+        scenario: str | None = None,
+        gallery: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> int:
         """Remove items by id and/or every item of some labels; returns how many were removed."""
         ids = [ids] if isinstance(ids, (int, np.integer)) else ids
         labels = [labels] if isinstance(labels, str) else labels
         if not ids and not labels:
             raise InputError("gallery_remove needs ids or labels")
-        payload = self._payload("remove", scenario, gallery, params, overrides,
-                                ids=[int(i) for i in ids] if ids else None, labels=list(labels) if labels else None)
+        payload = self._payload(
+            "remove",
+            scenario,
+            gallery,
+            params,
+            overrides,
+            ids=[int(i) for i in ids] if ids else None,
+            labels=list(labels) if labels else None,
+        )
         return int(self._post("image_recognition", payload, idempotent=True)["removed"])
 
-    def gallery_info(self, *, scenario: str | None = None, gallery: str | None = None,
-                     params: Mapping[str, Any] | None = None, **overrides: Any) -> GalleryInfo:
+    def gallery_info(
+        self,
+        *,
+        scenario: str | None = None,
+        gallery: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> GalleryInfo:
         """Counts and configuration of a gallery (the server's default gallery when none is named)."""
         payload = self._payload("info", scenario, gallery, params, overrides)
         return GalleryInfo.from_dict(self._post("image_recognition", payload, idempotent=True))
 
-    def gallery_list(self, label: str | None = None, limit: int = 100, offset: int = 0, *,
-                     scenario: str | None = None, gallery: str | None = None,
-                     params: Mapping[str, Any] | None = None, **overrides: Any) -> list[GalleryItem]:
+    def gallery_list(
+        self,
+        label: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        *,
+        scenario: str | None = None,
+        gallery: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> list[GalleryItem]:
         """Gallery records by id (optionally of one ``label``), ``limit`` from ``offset``."""
-        payload = self._payload("list", scenario, gallery, params, overrides, label=label, limit=limit,
-                                offset=offset)
+        payload = self._payload("list", scenario, gallery, params, overrides, label=label, limit=limit, offset=offset)
         return [GalleryItem.from_dict(r) for r in self._post("index_search", payload, idempotent=True)]
 
-    def scenarios(self, *, scenario: str | None = None, gallery: str | None = None,
-                  params: Mapping[str, Any] | None = None, **overrides: Any) -> list[Scenario]:
+    def scenarios(
+        self,
+        *,
+        scenario: str | None = None,
+        gallery: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> list[Scenario]:
         """The scenario packs the server knows; ``default`` marks the one it uses when none is named."""
         payload = self._payload("scenarios", scenario, gallery, params, overrides)
         return [Scenario.from_dict(d) for d in self._post("image_recognition", payload, idempotent=True)]
@@ -961,8 +1172,18 @@ class AsyncShituClient:
     """``await``-able twin of :class:`ShituClient` (same arguments and methods): each call runs the synchronous
     client in a worker thread (``asyncio.to_thread``), so many calls may be in flight at once."""
 
-    _CALLS = ("recognize", "detect", "extract", "search", "gallery_add", "gallery_remove", "gallery_info",
-              "gallery_list", "scenarios", "health")
+    _CALLS = (
+        "recognize",
+        "detect",
+        "extract",
+        "search",
+        "gallery_add",
+        "gallery_remove",
+        "gallery_info",
+        "gallery_list",
+        "scenarios",
+        "health",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any):
         self.client = ShituClient(*args, **kwargs)
@@ -981,7 +1202,7 @@ class AsyncShituClient:
     async def close(self) -> None:
         self.client.close()
 
-    async def __aenter__(self) -> "AsyncShituClient":
+    async def __aenter__(self) -> AsyncShituClient:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

@@ -10,6 +10,7 @@
 
 ``from shitu.serving.engine import load_engine`` works and imports paddle only when called for.
 """
+
 from __future__ import annotations
 
 from typing import Any

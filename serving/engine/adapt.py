@@ -10,13 +10,15 @@ is a new recogniser folder: the same model files plus ``projection.npy`` and a `
 
 Held-out views (made with another seed, never trained on) measure R@1 before and after.
 """
+
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -48,8 +50,10 @@ def default_backgrounds() -> list[np.ndarray]:
         import skimage.data
         from sklearn.datasets import load_sample_image
     except ImportError as exc:
-        raise RuntimeError(f"background photos need scikit-image and scikit-learn ({exc}); "
-                           "pip install 'shitu-hub[demo]' or pass background images") from None
+        raise RuntimeError(
+            f"background photos need scikit-image and scikit-learn ({exc}); "
+            "pip install 'shitu-hub[demo]' or pass background images"
+        ) from None
     out = [cv2.cvtColor(load_sample_image(n), cv2.COLOR_RGB2BGR) for n in ("china.jpg", "flower.jpg")]
     for name in ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "brick", "grass", "gravel"):
         img = getattr(skimage.data, name)()
@@ -73,7 +77,10 @@ def make_view(img: np.ndarray, background: np.ndarray, rng: np.random.RandomStat
     """One training view: ``img`` jittered, pasted on a crop of ``background``, loosely cropped around it."""
     mask = _object_mask(img)
     ys, xs = np.nonzero(mask)
-    img, mask = img[ys.min():ys.max() + 1, xs.min():xs.max() + 1], mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    img, mask = (
+        img[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1],
+        mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1],
+    )
     bh, bw = background.shape[:2]
     side = min(bh, bw)
     canvas = cv2.resize(background[:side, :side], (320, 320)).astype(np.float32)
@@ -89,11 +96,11 @@ def make_view(img: np.ndarray, background: np.ndarray, rng: np.random.RandomStat
     obj = cv2.warpAffine(obj, rot, obj.shape[1::-1])
     m = cv2.warpAffine(m, rot, m.shape[1::-1])
     ys, xs = np.nonzero(m > 32)
-    obj, m = obj[ys.min():ys.max() + 1, xs.min():xs.max() + 1], m[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    obj, m = obj[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1], m[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     oh, ow = min(obj.shape[0], 320), min(obj.shape[1], 320)
     x, y = rng.randint(0, 321 - ow), rng.randint(0, 321 - oh)
     alpha = (m[:oh, :ow].astype(np.float32) / 255.0)[:, :, None]
-    region = canvas[y:y + oh, x:x + ow]
+    region = canvas[y : y + oh, x : x + ow]
     region[:] = region * (1 - alpha) + obj[:oh, :ow] * alpha
     out = canvas.astype(np.uint8)
     if rng.rand() < 0.5:
@@ -108,8 +115,9 @@ def make_view(img: np.ndarray, background: np.ndarray, rng: np.random.RandomStat
 VIEW_CHUNK = 64
 
 
-def iter_views(images: Sequence[np.ndarray], backgrounds: Sequence[np.ndarray], per_image: int, seed: int
-               ) -> Iterator[tuple[np.ndarray, int]]:
+def iter_views(
+    images: Sequence[np.ndarray], backgrounds: Sequence[np.ndarray], per_image: int, seed: int
+) -> Iterator[tuple[np.ndarray, int]]:
     """``per_image`` views of each image, one at a time: ``(view, index of the image it came from)``."""
     rng = np.random.RandomState(seed)
     for i, img in enumerate(images):
@@ -117,8 +125,13 @@ def iter_views(images: Sequence[np.ndarray], backgrounds: Sequence[np.ndarray], 
             yield make_view(img, backgrounds[rng.randint(len(backgrounds))], rng), i
 
 
-def embed_views(embed: Callable[[list[np.ndarray]], np.ndarray], images: Sequence[np.ndarray],
-                backgrounds: Sequence[np.ndarray], per_image: int, seed: int) -> tuple[np.ndarray, list[int]]:
+def embed_views(
+    embed: Callable[[list[np.ndarray]], np.ndarray],
+    images: Sequence[np.ndarray],
+    backgrounds: Sequence[np.ndarray],
+    per_image: int,
+    seed: int,
+) -> tuple[np.ndarray, list[int]]:
     """The embeddings of :func:`iter_views`' views, made :data:`VIEW_CHUNK` at a time; (features, owners)."""
     feats: list[np.ndarray] = []
     owner: list[int] = []
@@ -134,8 +147,15 @@ def embed_views(embed: Callable[[list[np.ndarray]], np.ndarray], images: Sequenc
     return (np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)), owner
 
 
-def train_projection(feats: np.ndarray, targets: np.ndarray, classes: int, steps: int = 300, lr: float = 0.01,
-                     scale: float = 16.0, seed: int = 0) -> tuple[np.ndarray, float]:
+def train_projection(
+    feats: np.ndarray,
+    targets: np.ndarray,
+    classes: int,
+    steps: int = 300,
+    lr: float = 0.01,
+    scale: float = 16.0,
+    seed: int = 0,
+) -> tuple[np.ndarray, float]:
     """A ``[d, d]`` map (from the identity) trained with cosine softmax; (matrix, final loss)."""
     import paddle
 
@@ -161,9 +181,16 @@ def _r1(queries: np.ndarray, owner: list[int], gallery: np.ndarray, labels: Sequ
     return float(np.mean([labels[b] == labels[o] for b, o in zip(best, owner)]))
 
 
-def adapt(embed: Any, images: Sequence[np.ndarray], labels: Sequence[str], backgrounds: Sequence[np.ndarray],
-          per_image: int = 12, heldout_per_image: int = 3, steps: int = 300, seed: int = 0
-          ) -> tuple[np.ndarray, AdaptReport]:
+def adapt(
+    embed: Any,
+    images: Sequence[np.ndarray],
+    labels: Sequence[str],
+    backgrounds: Sequence[np.ndarray],
+    per_image: int = 12,
+    heldout_per_image: int = 3,
+    steps: int = 300,
+    seed: int = 0,
+) -> tuple[np.ndarray, AdaptReport]:
     """Train the projection for ``images`` under ``labels``; ``embed``: BGR images -> un-projected features."""
     import time
 
@@ -176,15 +203,29 @@ def adapt(embed: Any, images: Sequence[np.ndarray], labels: Sequence[str], backg
     targets = np.array([target_of[lab] for lab in labels] + [target_of[labels[o]] for o in owner])
     matrix, loss = train_projection(feats, targets, len(names), steps, seed=seed)
     h, held_owner = embed_views(embed, images, backgrounds, heldout_per_image, seed + 1000)
-    report = AdaptReport(len(names), len(owner), len(held_owner), steps, loss, _r1(h, held_owner, g, labels),
-                         _r1(h @ matrix, held_owner, g @ matrix, labels), labels=names)
+    report = AdaptReport(
+        len(names),
+        len(owner),
+        len(held_owner),
+        steps,
+        loss,
+        _r1(h, held_owner, g, labels),
+        _r1(h @ matrix, held_owner, g @ matrix, labels),
+        labels=names,
+    )
     report.seconds = time.perf_counter() - t0
     return matrix, report
 
 
-def write_recognizer(spec: ModelSpec, pooling: str, matrix: np.ndarray, out_dir: Path, report: AdaptReport,
-                     save_network: Callable[[Path], tuple[str, str]] | None = None,
-                     centering: str | None = None) -> Path:
+def write_recognizer(
+    spec: ModelSpec,
+    pooling: str,
+    matrix: np.ndarray,
+    out_dir: Path,
+    report: AdaptReport,
+    save_network: Callable[[Path], tuple[str, str]] | None = None,
+    centering: str | None = None,
+) -> Path:
     """A new recogniser folder: ``spec``'s model files, ``projection.npy`` and its ``shitu_model.yml``.
 
     ``centering``: the centring vector's file the features were trained with (copied with the folder's other
@@ -214,16 +255,27 @@ def write_recognizer(spec: ModelSpec, pooling: str, matrix: np.ndarray, out_dir:
         if f.is_file() and not f.is_symlink() and f.name not in skip and not (out_dir / f.name).exists():
             shutil.copy2(f, out_dir / f.name)
     np.save(out_dir / PROJECTION_FILE, matrix.astype(np.float32), allow_pickle=False)
-    desc = {"kind": "extractor", "model_file": model.name, "params_file": params.name,
-            "onnx_file": spec.onnx_file if spec.onnx_file and (out_dir / spec.onnx_file).is_file() else None,
-            "input_color": spec.input_color, "transform_ops": spec.transform_ops, "pooling": pooling,
-            "projection": PROJECTION_FILE, "centering": centering, "onednn": spec.onednn,
-            "onednn_passes": spec.onednn_passes}
+    desc = {
+        "kind": "extractor",
+        "model_file": model.name,
+        "params_file": params.name,
+        "onnx_file": spec.onnx_file if spec.onnx_file and (out_dir / spec.onnx_file).is_file() else None,
+        "input_color": spec.input_color,
+        "transform_ops": spec.transform_ops,
+        "pooling": pooling,
+        "projection": PROJECTION_FILE,
+        "centering": centering,
+        "onednn": spec.onednn,
+        "onednn_passes": spec.onednn_passes,
+    }
     network = "its last layers fine-tuned" if save_network is not None else "the same network"
-    header = (f"# Adapted by `shitu adapt` from {spec.model_dir.name}: {network} plus a projection head "
-              f"trained on {report.classes} labels\n# (held-out R@1 {report.heldout_r1_before:.3f} -> "
-              f"{report.heldout_r1_after:.3f}; adapt_report.json).\n")
-    (out_dir / SPEC_FILE).write_text(header + yaml.safe_dump({k: v for k, v in desc.items() if v is not None},
-                                                             sort_keys=False))
+    header = (
+        f"# Adapted by `shitu adapt` from {spec.model_dir.name}: {network} plus a projection head "
+        f"trained on {report.classes} labels\n# (held-out R@1 {report.heldout_r1_before:.3f} -> "
+        f"{report.heldout_r1_after:.3f}; adapt_report.json).\n"
+    )
+    (out_dir / SPEC_FILE).write_text(
+        header + yaml.safe_dump({k: v for k, v in desc.items() if v is not None}, sort_keys=False)
+    )
     (out_dir / REPORT_FILE).write_text(json.dumps(asdict(report), indent=2))
     return out_dir

@@ -14,11 +14,13 @@
 
 ``shitu plugins use NAME VERSION`` / ``shitu plugins rollback NAME`` then switch recogniser and galleries together.
 """
+
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -52,10 +54,20 @@ def _centre_of(engine: Any) -> np.ndarray | None:
     return get(name)
 
 
-def train_recognizer(engine: Any, images: Sequence[np.ndarray], labels: Sequence[str],
-                     backgrounds: Sequence[np.ndarray], out: Path, *, method: str = "head", views: int = 12,
-                     steps: int = 300, finetune_steps: int = 40, seed: int = 0,
-                     log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+def train_recognizer(
+    engine: Any,
+    images: Sequence[np.ndarray],
+    labels: Sequence[str],
+    backgrounds: Sequence[np.ndarray],
+    out: Path,
+    *,
+    method: str = "head",
+    views: int = 12,
+    steps: int = 300,
+    finetune_steps: int = 40,
+    seed: int = 0,
+    log: Callable[[str], None] = lambda _m: None,
+) -> dict[str, Any]:
     """Train ``engine``'s recogniser on the images and write the new recogniser folder ``out``.
 
     Returns ``{"report", "head", "finetuned"}``: the last stage's :class:`~.adapt.AdaptReport`, the head trained
@@ -67,10 +79,19 @@ def train_recognizer(engine: Any, images: Sequence[np.ndarray], labels: Sequence
         raise ValueError(f"method {method!r}: expected one of {', '.join(METHODS)}")
     p = engine.params
     raw = p.override({"RecPostProcess.normalize": False, "RecPostProcess.binarize": False})
-    matrix, report = adapt(lambda imgs: engine.extractor.embed(imgs, raw), images, labels, backgrounds,
-                           per_image=views, steps=steps, seed=seed)
-    log(f"head: {report.classes} labels, {report.train_views} training views, {report.steps} steps "
-        f"({report.seconds:.0f} s): held-out R@1 {report.heldout_r1_before:.3f} -> {report.heldout_r1_after:.3f}")
+    matrix, report = adapt(
+        lambda imgs: engine.extractor.embed(imgs, raw),
+        images,
+        labels,
+        backgrounds,
+        per_image=views,
+        steps=steps,
+        seed=seed,
+    )
+    log(
+        f"head: {report.classes} labels, {report.train_views} training views, {report.steps} steps "
+        f"({report.seconds:.0f} s): held-out R@1 {report.heldout_r1_before:.3f} -> {report.heldout_r1_after:.3f}"
+    )
     pooling = p["RecPostProcess.pooling"] or engine.extractor.spec.pooling
     centering = p["RecPostProcess.centering"] or engine.extractor.spec.centering
     head = matrix if engine.extractor.projection is None else engine.extractor.projection @ matrix
@@ -79,36 +100,67 @@ def train_recognizer(engine: Any, images: Sequence[np.ndarray], labels: Sequence
         return {"report": report, "head": matrix, "finetuned": False}
     from shitu.serving.engine.finetune import finetune, save_network
 
-    net, ft = finetune(engine.extractor.spec, pooling, p["RecPostProcess.gem_power"], head, images, labels,
-                       backgrounds, steps=finetune_steps, seed=seed, centre=_centre_of(engine),
-                       log=log)
-    log(f"fine-tune: {ft.steps} steps ({ft.seconds:.0f} s): held-out R@1 {ft.heldout_r1_before:.3f} -> "
-        f"{ft.heldout_r1_after:.3f}")
+    net, ft = finetune(
+        engine.extractor.spec,
+        pooling,
+        p["RecPostProcess.gem_power"],
+        head,
+        images,
+        labels,
+        backgrounds,
+        steps=finetune_steps,
+        seed=seed,
+        centre=_centre_of(engine),
+        log=log,
+    )
+    log(
+        f"fine-tune: {ft.steps} steps ({ft.seconds:.0f} s): held-out R@1 {ft.heldout_r1_before:.3f} -> "
+        f"{ft.heldout_r1_after:.3f}"
+    )
     ft.heldout_r1_before = report.heldout_r1_before  # before any adapting, as the head's report gives it
-    write_recognizer(engine.extractor.spec, pooling, net.head.numpy().astype(np.float32), out, ft,
-                     save_network=lambda d: save_network(net, engine.extractor.spec, d), centering=centering)
+    write_recognizer(
+        engine.extractor.spec,
+        pooling,
+        net.head.numpy().astype(np.float32),
+        out,
+        ft,
+        save_network=lambda d: save_network(net, engine.extractor.spec, d),
+        centering=centering,
+    )
     return {"report": ft, "head": matrix, "finetuned": True}
 
 
-def adapt_pack(name: str, images: Sequence[np.ndarray], labels: Sequence[str], backgrounds: Sequence[np.ndarray], *,
-               method: str = "head", views: int = 12, steps: int = 300, finetune_steps: int = 40, seed: int = 0,
-               make_current: bool = True, image_files: Sequence[Path] = (),
-               params: dict[str, Any] | None = None, log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+def adapt_pack(
+    name: str,
+    images: Sequence[np.ndarray],
+    labels: Sequence[str],
+    backgrounds: Sequence[np.ndarray],
+    *,
+    method: str = "head",
+    views: int = 12,
+    steps: int = 300,
+    finetune_steps: int = 40,
+    seed: int = 0,
+    make_current: bool = True,
+    image_files: Sequence[Path] = (),
+    params: dict[str, Any] | None = None,
+    log: Callable[[str], None] = lambda _m: None,
+) -> dict[str, Any]:
     """Train, stage, carry the galleries over, install; returns what was done (version, report, galleries).
 
     ``image_files``: images (the training list's, any the user points to) in which gallery items are looked up by
     content hash when they must be embedded again."""
+    from shitu.files import sha256_file
     from shitu.model_spec import ModelSpec
     from shitu.plugins import adapted_version, registry, store
-    from shitu.plugins.errors import PackError
     from shitu.plugins.embedding_space import embedding_space
+    from shitu.plugins.errors import PackError
     from shitu.serving.engine import load_engine
     from shitu.serving.engine.engine import runtime_options
     from shitu.serving.engine.extraction import FeatureExtractor, binarize, l2_normalize
     from shitu.serving.engine.images import load
     from shitu.serving.gallery.backup import model_identity
     from shitu.serving.gallery.pack_gallery import read_vectors, write_vectors
-    from shitu.files import sha256_file
     from shitu.serving.gallery.reembed import locator, plan, reembed_all
 
     pack = registry.get_pack(name)
@@ -118,12 +170,13 @@ def adapt_pack(name: str, images: Sequence[np.ndarray], labels: Sequence[str], b
         finetuning = method == "finetune"
         shipped = [g.name for g in pack.galleries.values() if g.vectors_file is not None]
         if finetuning and shipped:
-            raise PackError(f"pack {pack.name!r} ships gallery vectors ({', '.join(shipped)}) that only a projection "
-                            "head can carry over; adapt it with --method head")
+            raise PackError(
+                f"pack {pack.name!r} ships gallery vectors ({', '.join(shipped)}) that only a projection "
+                "head can carry over; adapt it with --method head"
+            )
         old_root = pack.gallery_dir(pack.default_gallery).parent
         locate = locator({sha256_file(f): Path(f) for f in image_files})
-        plan(old_root, None, mappable=not finetuning, old_identity=model_identity(engine.extractor.spec),
-             locate=locate)
+        plan(old_root, None, mappable=not finetuning, old_identity=model_identity(engine.extractor.spec), locate=locate)
         base, installed = ensure_in_store(pack.name)
         if installed:
             log(f"installed {base.name} {base.version} into the store, so that rollback can return to it")
@@ -131,8 +184,19 @@ def adapt_pack(name: str, images: Sequence[np.ndarray], labels: Sequence[str], b
         dim = engine.embedding_size
         store.home().mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".adapt-", dir=store.home()) as tmp:
-            trained = train_recognizer(engine, images, labels, backgrounds, Path(tmp) / "rec", method=method,
-                                       views=views, steps=steps, finetune_steps=finetune_steps, seed=seed, log=log)
+            trained = train_recognizer(
+                engine,
+                images,
+                labels,
+                backgrounds,
+                Path(tmp) / "rec",
+                method=method,
+                views=views,
+                steps=steps,
+                finetune_steps=finetune_steps,
+                seed=seed,
+                log=log,
+            )
             report, matrix = trained["report"], trained["head"]
 
             def rewrite_vectors(path: Path) -> None:
@@ -142,22 +206,46 @@ def adapt_pack(name: str, images: Sequence[np.ndarray], labels: Sequence[str], b
             pooling = p["RecPostProcess.pooling"] or engine.extractor.spec.pooling
             trained_with = {"RecPostProcess": {"pooling": pooling, "gem_power": p["RecPostProcess.gem_power"]}}
             manifest = adapted_version.stage(
-                base, Path(tmp) / "rec", Path(tmp) / "pack", version=version, params=trained_with,
+                base,
+                Path(tmp) / "rec",
+                Path(tmp) / "pack",
+                version=version,
+                params=trained_with,
                 note=f"{method}: held-out R@1 {report.heldout_r1_before:.3f} -> {report.heldout_r1_after:.3f} on "
-                     f"{report.classes} labels", rewrite_vectors=None if trained["finetuned"] else rewrite_vectors)
+                f"{report.classes} labels",
+                rewrite_vectors=None if trained["finetuned"] else rewrite_vectors,
+            )
             new_root = store.galleries_dir() / f"{base.name}+{embedding_space(manifest)}"
             new_spec = ModelSpec.from_dir(Path(tmp) / "pack" / manifest.models["recognizer"].path, "extractor")
-            new_extractor = FeatureExtractor(new_spec.with_transform_ops(p["RecPreProcess.transform_ops"]),
-                                             runtime_options(p, "rec"))
-            copies = plan(old_root, new_root, mappable=not trained["finetuned"],
-                          old_identity=model_identity(engine.extractor.spec), locate=locate)
-            galleries = reembed_all(copies, projection=matrix, embed=lambda imgs: new_extractor.embed(imgs, p),
-                                    read_image=lambda s: load(s), identity=model_identity(new_spec),
-                                    binarize=binarize, normalize_mapped=p["RecPostProcess.normalize"])
+            new_extractor = FeatureExtractor(
+                new_spec.with_transform_ops(p["RecPreProcess.transform_ops"]), runtime_options(p, "rec")
+            )
+            copies = plan(
+                old_root,
+                new_root,
+                mappable=not trained["finetuned"],
+                old_identity=model_identity(engine.extractor.spec),
+                locate=locate,
+            )
+            galleries = reembed_all(
+                copies,
+                projection=matrix,
+                embed=lambda imgs: new_extractor.embed(imgs, p),
+                read_image=lambda s: load(s),
+                identity=model_identity(new_spec),
+                binarize=binarize,
+                normalize_mapped=p["RecPostProcess.normalize"],
+            )
             for gname, done in galleries.items():
                 log(f"gallery {gname}: {done['items']} items carried over ({done['how']})")
             info = adapted_version.install_staged(Path(tmp) / "pack", make_current=make_current)
     finally:
         engine.close()
-    return {"name": info.name, "version": info.version, "base_version": base.version, "current": make_current,
-            "report": report, "galleries": galleries}
+    return {
+        "name": info.name,
+        "version": info.version,
+        "base_version": base.version,
+        "current": make_current,
+        "report": report,
+        "galleries": galleries,
+    }

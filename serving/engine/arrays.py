@@ -1,4 +1,5 @@
 """Reading a float array that a model folder ships (``.npy``, never unpickled): the centring vector, the projection."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -8,24 +8,39 @@ search; then each image's boxes are filtered, fall back to the whole image (``Gl
 fallback``, again batched over the images that need it) and pass rec-NMS on their own. The answers are those of
 the one-image pipeline (same boxes, labels and ids; scores equal up to float rounding of batched forwards).
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from shitu.serving.engine.detection import MainbodyDetector, whole_image_box
 from shitu.serving.engine.extraction import FeatureExtractor, crop
-from shitu.serving.engine.pipeline import (CANDIDATE_DEPTH, SearchIndex, collect, falls_back, rec_nms, recognize,
-                                           search_options)
+from shitu.serving.engine.pipeline import (
+    CANDIDATE_DEPTH,
+    SearchIndex,
+    collect,
+    falls_back,
+    rec_nms,
+    recognize,
+    search_options,
+)
 from shitu.serving.engine.results import Detections, Recognition
 from shitu.serving.engine.timing import NULL_TIMER, StageTimer
 
 __all__ = ["recognize_many"]
 
 
-def recognize_many(images: Sequence[np.ndarray], detector: MainbodyDetector, extractor: FeatureExtractor,
-                   index: SearchIndex, params: Any, timer: StageTimer = NULL_TIMER) -> list[list[Recognition]]:
+def recognize_many(
+    images: Sequence[np.ndarray],
+    detector: MainbodyDetector,
+    extractor: FeatureExtractor,
+    index: SearchIndex,
+    params: Any,
+    timer: StageTimer = NULL_TIMER,
+) -> list[list[Recognition]]:
     """Everything recognised in each BGR image of ``images``, best first per image."""
     if len(images) <= 1:
         return [recognize(img, detector, extractor, index, params, timer) for img in images]
@@ -35,15 +50,31 @@ def recognize_many(images: Sequence[np.ndarray], detector: MainbodyDetector, ext
     setting = params["Global.append_whole_image"]
     again = [i for i, det in enumerate(dets) if falls_back(setting, found[i], det)]
     if again:
-        _search_all([images[i] for i in again], [whole_image_box(*images[i].shape[:2]) for i in again], extractor,
-                    index, params, timer, [found[i] for i in again])
+        _search_all(
+            [images[i] for i in again],
+            [whole_image_box(*images[i].shape[:2]) for i in again],
+            extractor,
+            index,
+            params,
+            timer,
+            [found[i] for i in again],
+        )
     with timer.stage("rec_nms"):
-        return [rec_nms(f, params["Global.rec_nms_thresold"], index.higher_is_better, params["Global.rec_nms_per_label"])
-                for f in found]
+        return [
+            rec_nms(f, params["Global.rec_nms_thresold"], index.higher_is_better, params["Global.rec_nms_per_label"])
+            for f in found
+        ]
 
 
-def _search_all(images: Sequence[np.ndarray], dets: Sequence[Detections], extractor: FeatureExtractor,
-                index: SearchIndex, params: Any, timer: StageTimer, found: list[list[Recognition]]) -> None:
+def _search_all(
+    images: Sequence[np.ndarray],
+    dets: Sequence[Detections],
+    extractor: FeatureExtractor,
+    index: SearchIndex,
+    params: Any,
+    timer: StageTimer,
+    found: list[list[Recognition]],
+) -> None:
     """Embed the boxes of every image in one call, search them in one call; append each image's accepted best
     matches to its list in ``found``."""
     with timer.stage("crop"):
@@ -52,11 +83,12 @@ def _search_all(images: Sequence[np.ndarray], dets: Sequence[Detections], extrac
         return
     feats = extractor.embed(crops, params, timer)
     with timer.stage("search"):
-        matches = index.search(feats, max(1, params["IndexProcess.candidates"] * CANDIDATE_DEPTH),
-                               **search_options(index, params))
+        matches = index.search(
+            feats, max(1, params["IndexProcess.candidates"] * CANDIDATE_DEPTH), **search_options(index, params)
+        )
     start = 0
     for det, out in zip(dets, found):
         n = len(det)
         if n:
-            collect(det, matches[start:start + n], 1, index, params, timer, None, out, [])
+            collect(det, matches[start : start + n], 1, index, params, timer, None, out, [])
         start += n

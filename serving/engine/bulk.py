@@ -18,12 +18,14 @@ weights: the embedded recogniser's are 13 MB). A call with one image, a paddle o
 uses the engine's own recogniser. The vectors equal the engine's ``embed`` (same pre-processing, pooling,
 normalisation; float rounding of a different batch split aside, cos >= 0.9999).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -15,11 +15,13 @@ pack sets all three together, as general-lite does), and galleries must be re-em
 ``python -m shitu.serving.engine.centering OUT.npy [--scenario NAME]`` re-estimates it with a scenario's settings
 from random crops of the photographs bundled in the scikit-image / scikit-learn wheels (no download).
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,8 +30,26 @@ from shitu.serving.engine.arrays import load_float_array
 from shitu.serving.engine.predictor import PredictorError
 
 #: scikit-image photographs bundled in its wheel (grey ones are repeated over 3 channels), and scikit-learn's two.
-SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
-                  "brick", "grass", "gravel", "camera", "clock", "coins", "moon", "page", "text", "colorwheel", "logo")
+SKIMAGE_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "brick",
+    "grass",
+    "gravel",
+    "camera",
+    "clock",
+    "coins",
+    "moon",
+    "page",
+    "text",
+    "colorwheel",
+    "logo",
+)
 SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 CROPS_PER_PHOTO = 12
 
@@ -40,16 +60,19 @@ def load_centering(spec: ModelSpec, name: str | None) -> np.ndarray | None:
         return None
     path = spec.model_dir / name
     if not path.is_file():
-        raise PredictorError(f"RecPostProcess.centering: no file {name!r} in the recogniser folder "
-                             f"{spec.model_dir.name}; copy it there or set the parameter to null")
+        raise PredictorError(
+            f"RecPostProcess.centering: no file {name!r} in the recogniser folder "
+            f"{spec.model_dir.name}; copy it there or set the parameter to null"
+        )
     return load_float_array(path, 1, "the centering vector", "[d]")
 
 
 def center(feats: np.ndarray, mean: np.ndarray, where: Any = "") -> np.ndarray:
     """``l2(feats) - mean`` (rows); the caller normalises again. ``where`` names the folder in errors."""
     if feats.shape[1] != mean.shape[0]:
-        raise PredictorError(f"{where}: the centering vector has {mean.shape[0]} values, the model gives "
-                             f"{feats.shape[1]}-d features")
+        raise PredictorError(
+            f"{where}: the centering vector has {mean.shape[0]} values, the model gives {feats.shape[1]}-d features"
+        )
     norm = np.linalg.norm(feats, axis=1, keepdims=True)
     return (feats / np.maximum(norm, 1e-12) - mean).astype(np.float32)
 
@@ -75,7 +98,7 @@ def generic_images(seed: int = 0) -> list[np.ndarray]:
             s = rng.uniform(0.2, 1.0)
             ch, cw = int(h * s * rng.uniform(0.7, 1.0)), int(w * s * rng.uniform(0.7, 1.0))
             y, x = rng.randint(0, h - ch + 1), rng.randint(0, w - cw + 1)
-            out.append(bgr[y:y + ch, x:x + cw])
+            out.append(bgr[y : y + ch, x : x + cw])
     return out
 
 
@@ -98,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     params = engine.params.override({"RecPostProcess.normalize": False})
     mean = estimate(lambda imgs: engine.extractor.embed(imgs, params), generic_images(args.seed))
     np.save(args.out, mean, allow_pickle=False)
-    print(f"{args.out}: mean of {len(SKIMAGE_PHOTOS + SKLEARN_PHOTOS) * CROPS_PER_PHOTO} generic crops, "
-          f"norm {float(np.linalg.norm(mean)):.3f}")
+    print(
+        f"{args.out}: mean of {len(SKIMAGE_PHOTOS + SKLEARN_PHOTOS) * CROPS_PER_PHOTO} generic crops, "
+        f"norm {float(np.linalg.norm(mean)):.3f}"
+    )
     return 0
 
 

@@ -15,6 +15,7 @@ Then ``Global.threshold`` drops weak boxes, ``Global.min_box_size`` / ``Global.m
 otherwise match random gallery items and crowd the object out of the top-k), ``Global.max_det_results`` keeps the best ones, and the whole image is
 appended as one more box when ``Global.append_whole_image`` is on (``"fallback"``: only when no box is left).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -63,8 +64,15 @@ def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 class GFLDecoder:
     """Decodes raw GFL heads (NanoDet): outputs are picked by shape, not by name."""
 
-    def __init__(self, input_size: list[int], strides: list[int], reg_max: int, class_names: list[str] | None = None,
-                 pre_nms_top_k: int = 1000, min_score: float = 0.05):
+    def __init__(
+        self,
+        input_size: list[int],
+        strides: list[int],
+        reg_max: int,
+        class_names: list[str] | None = None,
+        pre_nms_top_k: int = 1000,
+        min_score: float = 0.05,
+    ):
         self.input_h, self.input_w = int(input_size[0]), int(input_size[1])
         self.strides = [int(s) for s in strides]
         self.reg_max = int(reg_max)
@@ -78,8 +86,13 @@ class GFLDecoder:
         rows, cols = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
         return np.stack([(cols.ravel() + 0.5) * stride, (rows.ravel() + 0.5) * stride], axis=1).astype(np.float32)
 
-    def decode(self, outputs: dict[str, np.ndarray], scale_yx: tuple[float, float], nms_iou: float,
-               min_score: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def decode(
+        self,
+        outputs: dict[str, np.ndarray],
+        scale_yx: tuple[float, float],
+        nms_iou: float,
+        min_score: float | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """-> (xyxy in original pixels, scores, class ids), after class-agnostic NMS.
 
         ``min_score``: drop cells scoring under it (never under the decoder's own floor) before decoding and NMS.
@@ -136,13 +149,21 @@ class MainbodyDetector:
         if spec.decoder == "gfl":
             args = dict(spec.decoder_args)
             self._gfl: GFLDecoder | None = GFLDecoder(
-                args.get("input_size", [416, 416]), args.get("strides", [8, 16, 32]), args.get("reg_max", 7),
-                args.get("class_names"))
+                args.get("input_size", [416, 416]),
+                args.get("strides", [8, 16, 32]),
+                args.get("reg_max", 7),
+                args.get("class_names"),
+            )
         else:
             self._gfl = None
 
-    def raw(self, image_bgr: np.ndarray, nms_iou: float = 0.5, timer: StageTimer = NULL_TIMER,
-            min_score: float | None = None) -> Detections:
+    def raw(
+        self,
+        image_bgr: np.ndarray,
+        nms_iou: float = 0.5,
+        timer: StageTimer = NULL_TIMER,
+        min_score: float | None = None,
+    ) -> Detections:
         """Every box the model finds (after its NMS), before threshold / top-k / whole-image box.
 
         ``nms_iou`` and ``min_score`` (boxes under it need not be decoded: :meth:`GFLDecoder.decode`) are used by
@@ -174,8 +195,9 @@ class MainbodyDetector:
         xyxy = np.clip(xyxy, 0, [w, h, w, h]).astype(np.float32)
         return Detections.from_arrays(xyxy, scores, classes)
 
-    def detect(self, image_bgr: np.ndarray, params: Any, timer: StageTimer = NULL_TIMER,
-               explanation: Explanation | None = None) -> Detections:
+    def detect(
+        self, image_bgr: np.ndarray, params: Any, timer: StageTimer = NULL_TIMER, explanation: Explanation | None = None
+    ) -> Detections:
         """Boxes as ``Global.threshold``, ``Global.max_det_results``, ``Global.append_whole_image`` say."""
         # an explanation shows the boxes under Global.threshold too; otherwise they need not be decoded
         floor = None if explanation is not None else params["Global.threshold"]
@@ -184,8 +206,9 @@ class MainbodyDetector:
             return select_boxes(det, image_bgr.shape[0], image_bgr.shape[1], params, explanation)
 
 
-def select_boxes(det: Detections, height: int, width: int, params: Any,
-                 explanation: Explanation | None = None) -> Detections:
+def select_boxes(
+    det: Detections, height: int, width: int, params: Any, explanation: Explanation | None = None
+) -> Detections:
     """Apply threshold, minimum size, top-k and the whole-image box to raw detections.
 
     ``Global.append_whole_image``: ``True`` appends the whole-image box, ``"fallback"`` only when no detector box
@@ -199,7 +222,7 @@ def select_boxes(det: Detections, height: int, width: int, params: Any,
     order = passed[np.argsort(-det.scores[passed], kind="stable")]
     top = order[: params["Global.max_det_results"]]
     if explanation is not None:
-        explanation.detector_filters(det, low, small, order[len(top):])
+        explanation.detector_filters(det, low, small, order[len(top) :])
     det = det[top]
     whole = params["Global.append_whole_image"]
     if whole is True or (whole == "fallback" and len(det) == 0):

@@ -4,17 +4,30 @@
 Needs only numpy and OpenCV (imported when drawing), so the client SDK can use it;
 :mod:`shitu.serving.client.pil_draw` draws the same with PIL where OpenCV is not installed.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from shitu.serving.engine.explain import Explanation
 from shitu.serving.engine.results import Recognition
 
-_PALETTE = [(56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (10, 249, 72),
-            (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0), (168, 153, 44), (255, 194, 0)]
+_PALETTE = [
+    (56, 56, 255),
+    (151, 157, 255),
+    (31, 112, 255),
+    (29, 178, 255),
+    (49, 210, 207),
+    (10, 249, 72),
+    (23, 204, 146),
+    (134, 219, 61),
+    (52, 147, 26),
+    (187, 212, 0),
+    (168, 153, 44),
+    (255, 194, 0),
+]
 
 
 def color_for(label: str) -> tuple[int, int, int]:
@@ -40,18 +53,27 @@ def draw_recognitions(image_bgr: np.ndarray, recognitions: Iterable[Recognition]
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thick, thick)
         ty = y1 + th + base + 2 if y1 < th + base + 2 else y1
         cv2.rectangle(out, (x1, ty - th - base - 2), (x1 + tw + 4, ty), color, -1)
-        cv2.putText(out, text, (x1 + 2, ty - base - 1), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thick, (255, 255, 255),
-                    thick, cv2.LINE_AA)
+        cv2.putText(
+            out,
+            text,
+            (x1 + 2, ty - base - 1),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.5 * thick,
+            (255, 255, 255),
+            thick,
+            cv2.LINE_AA,
+        )
     return out
 
 
-_DROPPED = (128, 128, 128)   # detector boxes dropped by a filter: grey, dashed
-_REJECTED = (0, 140, 255)    # searched, best match under IndexProcess.score_thres: orange, dashed
+_DROPPED = (128, 128, 128)  # detector boxes dropped by a filter: grey, dashed
+_REJECTED = (0, 140, 255)  # searched, best match under IndexProcess.score_thres: orange, dashed
 _SUPPRESSED = (255, 0, 255)  # searched and accepted, dropped by rec-NMS: magenta, dashed
 
 
-def dashed_rectangle(image: np.ndarray, box: Sequence[int], color: tuple[int, int, int], thickness: int = 1,
-                     dash: int = 8) -> None:
+def dashed_rectangle(
+    image: np.ndarray, box: Sequence[int], color: tuple[int, int, int], thickness: int = 1, dash: int = 8
+) -> None:
     """Draw ``box`` [x1, y1, x2, y2] on ``image`` in place as a dashed outline."""
     import cv2
 
@@ -65,8 +87,9 @@ def dashed_rectangle(image: np.ndarray, box: Sequence[int], color: tuple[int, in
             cv2.line(image, p, q, color, thickness, cv2.LINE_AA)
 
 
-def draw_explanation(image_bgr: np.ndarray, recognitions: Iterable[Recognition], explanation: Explanation
-                     ) -> np.ndarray:
+def draw_explanation(
+    image_bgr: np.ndarray, recognitions: Iterable[Recognition], explanation: Explanation
+) -> np.ndarray:
     """The answer drawn as :func:`draw_recognitions` does, over the boxes the answer left out, dashed and captioned
     with why: detector boxes dropped by a filter (grey; of those under ``Global.threshold`` only the best
     ``Global.max_det_results``, the explanation lists them all), searched boxes rejected by ``score_thres`` (orange)
@@ -98,8 +121,9 @@ def draw_explanation(image_bgr: np.ndarray, recognitions: Iterable[Recognition],
     return draw_recognitions(out, recognitions)
 
 
-def _caption(image: np.ndarray, text: str, x: int, y: int, color: tuple[int, int, int], thick: int,
-             below: bool = False) -> None:
+def _caption(
+    image: np.ndarray, text: str, x: int, y: int, color: tuple[int, int, int], thick: int, below: bool = False
+) -> None:
     """``text`` on a filled ``color`` strip at (x, y): above that point, or inside the box's bottom edge."""
     import cv2
 
@@ -107,5 +131,6 @@ def _caption(image: np.ndarray, text: str, x: int, y: int, color: tuple[int, int
     ty = y - 2 if below else y
     ty = max(ty, th + base + 2)
     cv2.rectangle(image, (x, ty - th - base - 2), (x + tw + 4, ty), color, -1)
-    cv2.putText(image, text, (x + 2, ty - base - 1), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, (255, 255, 255), thick,
-                cv2.LINE_AA)
+    cv2.putText(
+        image, text, (x + 2, ty - base - 1), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, (255, 255, 255), thick, cv2.LINE_AA
+    )

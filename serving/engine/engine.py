@@ -9,30 +9,30 @@
 
 Parameters merge as defaults < scenario pack < ``params`` (e.g. ``config.json`` ``init_args``) < per-call overrides.
 """
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from shitu.names import GALLERY_NAME  # gallery names a request may use (never a path)
 from shitu.echo import clip
+from shitu.model_spec import ModelSpec
+from shitu.names import GALLERY_NAME  # gallery names a request may use (never a path)
 from shitu.params import Params, flatten, merge
-
+from shitu.serving.engine.batched import recognize_many
+from shitu.serving.engine.bulk import BulkEmbedder
 from shitu.serving.engine.detection import MainbodyDetector
 from shitu.serving.engine.explain import Explanation
 from shitu.serving.engine.extraction import FeatureExtractor
 from shitu.serving.engine.open_galleries import OpenGalleries
-from shitu.model_spec import ModelSpec
-from shitu.serving.engine.batched import recognize_many
-from shitu.serving.engine.bulk import BulkEmbedder
 from shitu.serving.engine.pipeline import SearchIndex, accepted_matches, recognize, search_options
 from shitu.serving.engine.predictor import RuntimeOptions
 from shitu.serving.engine.results import Detections, Match, Recognition
 from shitu.serving.engine.timing import NULL_TIMER, StageTimer
-
 
 
 class EngineError(ValueError):
@@ -53,9 +53,17 @@ def runtime_options(params: Params, which: str) -> RuntimeOptions:
 class Engine:
     """Detector + feature extractor + galleries of one scenario, with merged parameters."""
 
-    def __init__(self, detector_spec: ModelSpec, extractor_spec: ModelSpec, params: Params | None = None,
-                 gallery_root: Path | None = None, default_gallery: str = "default", scenario: str = "custom",
-                 gallery_specs: dict[str, Any] | None = None, pack_extractor: ModelSpec | None = None):
+    def __init__(
+        self,
+        detector_spec: ModelSpec,
+        extractor_spec: ModelSpec,
+        params: Params | None = None,
+        gallery_root: Path | None = None,
+        default_gallery: str = "default",
+        scenario: str = "custom",
+        gallery_specs: dict[str, Any] | None = None,
+        pack_extractor: ModelSpec | None = None,
+    ):
         self.params = params or merge()
         #: The scenario pack's own recogniser, which made the vectors a pack ships (``vectors_file``); differs from
         #: the extractor when ``Global.rec_inference_model_dir`` replaced it.
@@ -121,8 +129,9 @@ class Engine:
                 spec = self._declared_gallery(name, path)
                 named = isinstance(name, str) and name != self.default_gallery
                 if named and not create and not (path / DB_NAME).is_file() and spec is None:
-                    raise EngineError(f"no gallery named {name!r} in scenario {self.scenario!r} "
-                                      "(adding images creates it)")
+                    raise EngineError(
+                        f"no gallery named {name!r} in scenario {self.scenario!r} (adding images creates it)"
+                    )
             return self._galleries.get(key, lambda: self._open_gallery(path, spec))
 
     def _open_gallery(self, path: Path, spec: Any = None) -> Any:
@@ -131,7 +140,8 @@ class Engine:
 
         binary = self.params["RecPostProcess.binarize"]
         gallery = Gallery.open_or_create(
-            path, self.embedding_size,
+            path,
+            self.embedding_size,
             index_method=spec.index_method if spec else self.params["IndexProcess.index_method"],
             dist_type="hamming" if binary else (spec.dist_type if spec else self.params["IndexProcess.dist_type"]),
             hamming_radius=self.params["IndexProcess.hamming_radius"],
@@ -146,7 +156,8 @@ class Engine:
             raise EngineError(
                 f"gallery {path.name!r} holds vectors of model {describe_model(recorded)}, not of this engine's "
                 f"recogniser {describe_model(self.model_identity)}: scores between two embedding spaces mean nothing. "
-                "Use it with the recogniser that built it, or build a gallery with this one (shitu gallery build)")
+                "Use it with the recogniser that built it, or build a gallery with this one (shitu gallery build)"
+            )
         remember_model(path, self.extractor.spec)  # what made the vectors, checked here and by export/import
         return gallery
 
@@ -182,16 +193,23 @@ class Engine:
         from shitu.serving.gallery.pack_gallery import ensure_built
 
         try:
-            if not ensure_built(spec, self.embed, self.embedding_size,
-                                max_label_length=self.params["Limits.max_label_length"], identity=self.maker_of(spec)):
+            if not ensure_built(
+                spec,
+                self.embed,
+                self.embedding_size,
+                max_label_length=self.params["Limits.max_label_length"],
+                identity=self.maker_of(spec),
+            ):
                 from shitu.serving.gallery.backup import remember_model
 
                 remember_model(path, self.pack_extractor)  # built before galleries recorded it: by the pack's own
         except GalleryError as exc:  # the details name files on this machine: point to the command that shows them
             first = str(exc).splitlines()[0]
-            raise EngineError(f"gallery {spec.name!r} of scenario {self.scenario!r} cannot be built from the pack's "
-                              f"{spec.source().name} ({first.split(';')[0]}); `shitu gallery build --scenario "
-                              f"{self.scenario} --gallery {spec.name}` on the server shows why") from None
+            raise EngineError(
+                f"gallery {spec.name!r} of scenario {self.scenario!r} cannot be built from the pack's "
+                f"{spec.source().name} ({first.split(';')[0]}); `shitu gallery build --scenario "
+                f"{self.scenario} --gallery {spec.name}` on the server shows why"
+            ) from None
         return spec
 
     def _remote_gallery(self, uri: str, name: Any, create: bool) -> Any:
@@ -203,16 +221,21 @@ class Engine:
             if uri not in self._galleries:
                 named = isinstance(name, str) and name != self.default_gallery and uri != name
                 if named and not create and not MilvusGallery.exists(uri):
-                    raise EngineError(f"no gallery named {name!r} in scenario {self.scenario!r} "
-                                      "(adding images creates it)")
+                    raise EngineError(
+                        f"no gallery named {name!r} in scenario {self.scenario!r} (adding images creates it)"
+                    )
             binary = self.params["RecPostProcess.binarize"]
-            return self._galleries.get(uri, lambda: MilvusGallery.open_or_create(
-                uri, self.embedding_size,
-                index_method=self.params["IndexProcess.index_method"],
-                dist_type="hamming" if binary else self.params["IndexProcess.dist_type"],
-                hamming_radius=self.params["IndexProcess.hamming_radius"],
-                max_label_length=self.params["Limits.max_label_length"],
-            ))
+            return self._galleries.get(
+                uri,
+                lambda: MilvusGallery.open_or_create(
+                    uri,
+                    self.embedding_size,
+                    index_method=self.params["IndexProcess.index_method"],
+                    dist_type="hamming" if binary else self.params["IndexProcess.dist_type"],
+                    hamming_radius=self.params["IndexProcess.hamming_radius"],
+                    max_label_length=self.params["Limits.max_label_length"],
+                ),
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -234,8 +257,9 @@ class Engine:
         (:mod:`shitu.serving.engine.bulk`); equal to :meth:`embed`."""
         return self._bulk(images)
 
-    def extract(self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[Sequence[float]]] | None = None,
-                **overrides: Any) -> list[np.ndarray]:
+    def extract(
+        self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[Sequence[float]]] | None = None, **overrides: Any
+    ) -> list[np.ndarray]:
         """One ``[n_boxes, d]`` array per image (the whole image when ``boxes`` is None or an image's list is)."""
         p = self.request_params(overrides)
         out = []
@@ -248,24 +272,32 @@ class Engine:
             out.append(self.extractor.extract(img, arr, p))
         return out
 
-    def search(self, embeddings: np.ndarray, gallery: str | Path | None = None, **overrides: Any
-               ) -> list[list[Match]]:
+    def search(self, embeddings: np.ndarray, gallery: str | Path | None = None, **overrides: Any) -> list[list[Match]]:
         """Top ``IndexProcess.return_k`` matches per embedding that pass ``IndexProcess.score_thres``."""
         p = self.request_params(overrides)
         g = self.gallery(gallery)
         hits = g.search(np.asarray(embeddings), p["IndexProcess.return_k"], **search_options(g, p))
         return accepted_matches(hits, p["IndexProcess.score_thres"], g.higher_is_better)
 
-    def recognize(self, images: Sequence[np.ndarray], gallery: str | Path | SearchIndex | None = None,
-                  timer: StageTimer = NULL_TIMER, **overrides: Any) -> list[list[Recognition]]:
+    def recognize(
+        self,
+        images: Sequence[np.ndarray],
+        gallery: str | Path | SearchIndex | None = None,
+        timer: StageTimer = NULL_TIMER,
+        **overrides: Any,
+    ) -> list[list[Recognition]]:
         """What and where, per image, best first (the crops of all images go through the recogniser together)."""
         p = self.request_params(overrides)
         g = self.gallery(gallery)
         return recognize_many(images, self.detector, self.extractor, g, p, timer)
 
-    def recognize_explained(self, images: Sequence[np.ndarray], gallery: str | Path | SearchIndex | None = None,
-                            timer: StageTimer = NULL_TIMER, **overrides: Any
-                            ) -> list[tuple[list[Recognition], Explanation]]:
+    def recognize_explained(
+        self,
+        images: Sequence[np.ndarray],
+        gallery: str | Path | SearchIndex | None = None,
+        timer: StageTimer = NULL_TIMER,
+        **overrides: Any,
+    ) -> list[tuple[list[Recognition], Explanation]]:
         """:meth:`recognize` plus, per image, an :class:`~.explain.Explanation` of every stage (``explain``)."""
         p = self.request_params(overrides)
         g = self.gallery(gallery)
@@ -275,16 +307,23 @@ class Engine:
             out.append((recognize(img, self.detector, self.extractor, g, p, timer, explanation), explanation))
         return out
 
-    def gallery_add(self, images: Sequence[np.ndarray], labels: Sequence[str], gallery: str | Path | None = None,
-                    sources: Sequence[str | None] | None = None, metadata: Sequence[dict | None] | None = None,
-                    content_hashes: Sequence[str | None] | None = None) -> list[int]:
+    def gallery_add(
+        self,
+        images: Sequence[np.ndarray],
+        labels: Sequence[str],
+        gallery: str | Path | None = None,
+        sources: Sequence[str | None] | None = None,
+        metadata: Sequence[dict | None] | None = None,
+        content_hashes: Sequence[str | None] | None = None,
+    ) -> list[int]:
         """Add whole images under ``labels``; returns their gallery ids."""
         if len(images) != len(labels):
             raise EngineError(f"{len(images)} images but {len(labels)} labels")
         feats = self.extractor.embed(list(images), self.params)
         g = self.gallery(gallery, create=True)
         ids = g.add(
-            feats, list(labels),
+            feats,
+            list(labels),
             sources=list(sources) if sources is not None else None,
             metadata=list(metadata) if metadata is not None else None,
             content_hashes=list(content_hashes) if content_hashes is not None else None,
@@ -294,8 +333,14 @@ class Engine:
         thumbnails.store(g, ids, images)  # for browsing the gallery (web page); never fails the add
         return ids
 
-    def gallery_build(self, source: str | Path, gallery: str | Path | None = None, image_root: str | Path | None = None,
-                      skip_bad: bool = False, progress: bool = False) -> Any:
+    def gallery_build(
+        self,
+        source: str | Path,
+        gallery: str | Path | None = None,
+        image_root: str | Path | None = None,
+        skip_bad: bool = False,
+        progress: bool = False,
+    ) -> Any:
         """Add the images of a PaddleClas list file (``path<TAB>label``) or a ``label/image`` folder tree.
 
         In-process twin of ``shitu gallery build``: images already in the gallery (same content) are skipped; a bad
@@ -304,12 +349,20 @@ class Engine:
         """
         from shitu.serving.gallery.build import build_from_source, embed_images_fn
 
-        return build_from_source(self.gallery(gallery, create=True), source, embed_images_fn(self),
-                                 image_root=image_root, delimiter=self.params["IndexProcess.delimiter"],
-                                 batch_size=self.params["Global.batch_size"], skip_bad=skip_bad, progress=progress)
+        return build_from_source(
+            self.gallery(gallery, create=True),
+            source,
+            embed_images_fn(self),
+            image_root=image_root,
+            delimiter=self.params["IndexProcess.delimiter"],
+            batch_size=self.params["Global.batch_size"],
+            skip_bad=skip_bad,
+            progress=progress,
+        )
 
-    def gallery_remove(self, ids: Sequence[int] | None = None, labels: Sequence[str] | None = None,
-                       gallery: str | Path | None = None) -> int:
+    def gallery_remove(
+        self, ids: Sequence[int] | None = None, labels: Sequence[str] | None = None, gallery: str | Path | None = None
+    ) -> int:
         return self.gallery(gallery).remove(ids=list(ids) if ids else None, labels=list(labels) if labels else None)
 
     def gallery_info(self, gallery: str | Path | None = None) -> dict[str, Any]:
@@ -325,8 +378,14 @@ def check_boxes(boxes: Any, shape: tuple[int, ...], index: int) -> np.ndarray:
     if arr.ndim != 2 or arr.shape[1] != 4 or not np.all(np.isfinite(arr)):
         raise EngineError(f"image {index}: boxes must be lists of 4 finite numbers [x1, y1, x2, y2]")
     h, w = shape[:2]
-    bad = (arr[:, 2] <= arr[:, 0]) | (arr[:, 3] <= arr[:, 1]) | (arr[:, 2] <= 0) | (arr[:, 3] <= 0) | \
-        (arr[:, 0] >= w) | (arr[:, 1] >= h)
+    bad = (
+        (arr[:, 2] <= arr[:, 0])
+        | (arr[:, 3] <= arr[:, 1])
+        | (arr[:, 2] <= 0)
+        | (arr[:, 3] <= 0)
+        | (arr[:, 0] >= w)
+        | (arr[:, 1] >= h)
+    )
     if bad.any():
         raise EngineError(f"image {index}: box {arr[bad][0].tolist()} is empty or outside the {w}x{h} image")
     return arr
@@ -344,8 +403,12 @@ def builtin_models_dir() -> Path:
 #: ``rec_inference_model_dir``, which brings its own (an official PaddleClas folder's pre-processing, say).
 PACK_MODEL_PARAMS: dict[str, tuple[str, ...]] = {
     "Global.det_inference_model_dir": ("DetPreProcess.transform_ops",),
-    "Global.rec_inference_model_dir": ("RecPreProcess.transform_ops", "RecPostProcess.pooling",
-                                       "RecPostProcess.gem_power", "RecPostProcess.centering"),
+    "Global.rec_inference_model_dir": (
+        "RecPreProcess.transform_ops",
+        "RecPostProcess.pooling",
+        "RecPostProcess.gem_power",
+        "RecPostProcess.centering",
+    ),
 }
 
 
@@ -358,9 +421,14 @@ def pack_params_for(pack_params: dict[str, Any], given: Params) -> dict[str, Any
     return {name: value for name, value in flatten(pack_params).items() if name not in dropped}
 
 
-def load_engine(scenario: str | None = None, gallery: str | Path | None = None,
-                params: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None, *,
-                gallery_dir: str | Path | None = None) -> Engine:
+def load_engine(
+    scenario: str | None = None,
+    gallery: str | Path | None = None,
+    params: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+    *,
+    gallery_dir: str | Path | None = None,
+) -> Engine:
     """An :class:`Engine` for scenario pack ``scenario`` (default pack when None).
 
     ``gallery``: a gallery name of the pack (``"shop"``), or a folder (a ``Path``, or a string that is not a valid
@@ -388,7 +456,13 @@ def load_engine(scenario: str | None = None, gallery: str | Path | None = None,
         merged = merged.override({"IndexProcess.index_dir": str(gallery)})
     elif gallery:
         default_gallery = gallery
-    return Engine(det_spec, rec_spec, merged, gallery_root=gallery_root, default_gallery=default_gallery,
-                  scenario=pack.name, gallery_specs=pack.galleries,
-                  pack_extractor=pack.extractor_spec() if rec_dir else None)
-
+    return Engine(
+        det_spec,
+        rec_spec,
+        merged,
+        gallery_root=gallery_root,
+        default_gallery=default_gallery,
+        scenario=pack.name,
+        gallery_specs=pack.galleries,
+        pack_extractor=pack.extractor_spec() if rec_dir else None,
+    )

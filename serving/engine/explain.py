@@ -15,6 +15,7 @@ every line here). It records, per image:
 
 Like :mod:`.results` this module needs only numpy, so the client SDK reads explanations without paddle.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -25,9 +26,18 @@ import numpy as np
 from shitu.serving.engine.results import Detections, Match, Recognition
 
 #: Parameters that steer the stages an explanation describes (reported with it).
-EXPLAINED_PARAMS = ("Global.threshold", "Global.min_box_size", "Global.max_det_results", "Global.append_whole_image",
-                    "IndexProcess.score_thres", "IndexProcess.return_k", "Global.rec_nms_thresold",
-                    "Global.rec_nms_per_label", "IndexProcess.labels", "Global.min_box_ratio")
+EXPLAINED_PARAMS = (
+    "Global.threshold",
+    "Global.min_box_size",
+    "Global.max_det_results",
+    "Global.append_whole_image",
+    "IndexProcess.score_thres",
+    "IndexProcess.return_k",
+    "Global.rec_nms_thresold",
+    "Global.rec_nms_per_label",
+    "IndexProcess.labels",
+    "Global.min_box_ratio",
+)
 
 KEPT = "kept"
 REJECTED = "rejected"
@@ -52,11 +62,16 @@ class DetectorBox:
         return self.dropped_by is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bbox": self.bbox, "score": round(self.score, 6), "kept": self.kept, "dropped_by": self.dropped_by,
-                "reason": self.reason}
+        return {
+            "bbox": self.bbox,
+            "score": round(self.score, 6),
+            "kept": self.kept,
+            "dropped_by": self.dropped_by,
+            "reason": self.reason,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DetectorBox":
+    def from_dict(cls, d: dict[str, Any]) -> DetectorBox:
         return cls(_box(d["bbox"]), float(d["score"]), d.get("dropped_by"), str(d.get("reason", "")))
 
 
@@ -76,17 +91,31 @@ class SearchedBox:
     iou: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bbox": self.bbox, "det_score": round(self.det_score, 6), "is_whole_image": self.is_whole_image,
-                "matches": [{"id": m.id, "label": m.label, "score": round(float(m.score), 6)} for m in self.matches],
-                "verdict": self.verdict, "dropped_by": self.dropped_by, "reason": self.reason,
-                "suppressed_by": self.suppressed_by, "iou": None if self.iou is None else round(self.iou, 4)}
+        return {
+            "bbox": self.bbox,
+            "det_score": round(self.det_score, 6),
+            "is_whole_image": self.is_whole_image,
+            "matches": [{"id": m.id, "label": m.label, "score": round(float(m.score), 6)} for m in self.matches],
+            "verdict": self.verdict,
+            "dropped_by": self.dropped_by,
+            "reason": self.reason,
+            "suppressed_by": self.suppressed_by,
+            "iou": None if self.iou is None else round(self.iou, 4),
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SearchedBox":
-        return cls(_box(d["bbox"]), float(d.get("det_score", 0.0)), bool(d.get("is_whole_image", False)),
-                   [Match(int(m["id"]), str(m["label"]), float(m["score"])) for m in d.get("matches") or []],
-                   str(d.get("verdict", REJECTED)), d.get("dropped_by"), str(d.get("reason", "")),
-                   d.get("suppressed_by"), d.get("iou"))
+    def from_dict(cls, d: dict[str, Any]) -> SearchedBox:
+        return cls(
+            _box(d["bbox"]),
+            float(d.get("det_score", 0.0)),
+            bool(d.get("is_whole_image", False)),
+            [Match(int(m["id"]), str(m["label"]), float(m["score"])) for m in d.get("matches") or []],
+            str(d.get("verdict", REJECTED)),
+            d.get("dropped_by"),
+            str(d.get("reason", "")),
+            d.get("suppressed_by"),
+            d.get("iou"),
+        )
 
 
 @dataclass
@@ -100,7 +129,7 @@ class Explanation:
 
     # -- recording (called by detection and the pipeline) ---------------------------------------------------------
     @classmethod
-    def start(cls, params: Any) -> "Explanation":
+    def start(cls, params: Any) -> Explanation:
         return cls(params={name: params[name] for name in EXPLAINED_PARAMS})
 
     def detector_filters(self, det: Detections, low: np.ndarray, small: np.ndarray, over: np.ndarray) -> None:
@@ -125,8 +154,15 @@ class Explanation:
                 box.reason = f"only the best {p['Global.max_det_results']} boxes are kept"
             self.detector.append(box)
 
-    def searched_box(self, bbox: Any, det_score: float, is_whole_image: bool, matches: list[Match],
-                     accepted: bool, higher_is_better: bool) -> int:
+    def searched_box(
+        self,
+        bbox: Any,
+        det_score: float,
+        is_whole_image: bool,
+        matches: list[Match],
+        accepted: bool,
+        higher_is_better: bool,
+    ) -> int:
         """Record one searched box and whether its best match passed ``IndexProcess.score_thres``; its index."""
         box = SearchedBox(_box(bbox), float(det_score), bool(is_whole_image), list(matches))
         thres = self.params["IndexProcess.score_thres"]
@@ -143,8 +179,15 @@ class Explanation:
         self.searched.append(box)
         return len(self.searched) - 1
 
-    def rec_nms(self, found: list[Recognition], searched_index: list[int], kept: list[Recognition],
-                iou_threshold: float, higher_is_better: bool, per_label: bool) -> None:
+    def rec_nms(
+        self,
+        found: list[Recognition],
+        searched_index: list[int],
+        kept: list[Recognition],
+        iou_threshold: float,
+        higher_is_better: bool,
+        per_label: bool,
+    ) -> None:
         """Name, for each accepted box that rec-NMS dropped, the kept box that suppressed it (greedy NMS: the
         best-ranked kept box overlapping it by more than ``iou_threshold``)."""
         kept_ids = {id(r) for r in kept}
@@ -160,8 +203,10 @@ class Explanation:
                 overlap = float(pairwise_iou(np.array([other.bbox]), np.array([r.bbox]))[0, 0])
                 if overlap > iou_threshold:
                     me.suppressed_by, me.iou = searched_index[position[id(other)]], overlap
-                    me.reason = (f"overlaps searched box {me.suppressed_by} ({other.label} {other.score:.3f}) "
-                                 f"with IoU {overlap:.2f} > {iou_threshold}")
+                    me.reason = (
+                        f"overlaps searched box {me.suppressed_by} ({other.label} {other.score:.3f}) "
+                        f"with IoU {overlap:.2f} > {iou_threshold}"
+                    )
                     break
             else:  # only at an IoU equal to the threshold up to float rounding
                 me.reason = f"overlaps a better box with IoU about {iou_threshold}"
@@ -181,20 +226,30 @@ class Explanation:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"params": dict(self.params), "detector": [b.to_dict() for b in self.detector],
-                "whole_image": self.whole_image, "searched": [s.to_dict() for s in self.searched]}
+        return {
+            "params": dict(self.params),
+            "detector": [b.to_dict() for b in self.detector],
+            "whole_image": self.whole_image,
+            "searched": [s.to_dict() for s in self.searched],
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Explanation":
-        return cls(dict(d.get("params") or {}), [DetectorBox.from_dict(b) for b in d.get("detector") or []],
-                   str(d.get("whole_image", "off")), [SearchedBox.from_dict(s) for s in d.get("searched") or []])
+    def from_dict(cls, d: dict[str, Any]) -> Explanation:
+        return cls(
+            dict(d.get("params") or {}),
+            [DetectorBox.from_dict(b) for b in d.get("detector") or []],
+            str(d.get("whole_image", "off")),
+            [SearchedBox.from_dict(s) for s in d.get("searched") or []],
+        )
 
     def format(self, indent: str = "    ") -> str:
         """A readable table: detector boxes (of those under ``Global.threshold`` the best ``max_det_results``), then
         searched boxes with their top matches and verdicts."""
         p = self.params
-        lines = [f"{indent}detector boxes (threshold {p.get('Global.threshold')}, min_box_size "
-                 f"{p.get('Global.min_box_size')}, max_det_results {p.get('Global.max_det_results')}):"]
+        lines = [
+            f"{indent}detector boxes (threshold {p.get('Global.threshold')}, min_box_size "
+            f"{p.get('Global.min_box_size')}, max_det_results {p.get('Global.max_det_results')}):"
+        ]
         if not self.detector:
             lines.append(f"{indent}    (none)")
         shown = self.notable_detector_boxes()
@@ -205,8 +260,10 @@ class Explanation:
             lines.append(f"{indent}  ... and {len(self.detector) - len(shown)} more dropped by Global.threshold")
         setting = p.get("Global.append_whole_image")
         lines.append(f"{indent}whole image: {self.whole_image} (append_whole_image {setting})")
-        lines.append(f"{indent}searched boxes (score_thres {p.get('IndexProcess.score_thres')}, rec_nms_thresold "
-                     f"{p.get('Global.rec_nms_thresold')}, per label {p.get('Global.rec_nms_per_label')}):")
+        lines.append(
+            f"{indent}searched boxes (score_thres {p.get('IndexProcess.score_thres')}, rec_nms_thresold "
+            f"{p.get('Global.rec_nms_thresold')}, per label {p.get('Global.rec_nms_per_label')}):"
+        )
         if not self.searched:
             lines.append(f"{indent}    (none)")
         for i, s in enumerate(self.searched):

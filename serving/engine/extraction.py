@@ -7,9 +7,11 @@ power ``RecPostProcess.gem_power``; measured better on the embedded backbone, se
 be sign-binarised for hamming galleries (``RecPostProcess.binarize``). The embedding size is read from the model's
 output, not assumed. A ``RecPostProcess.centering`` vector is subtracted right after pooling (:mod:`.centering`).
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -87,8 +89,10 @@ class FeatureExtractor:
             batch = [self.transforms(img).image for img in images]
             shapes = {b.shape for b in batch}
             if len(shapes) > 1:
-                raise PredictorError(f"{self.spec.model_dir}: pre-processing gives different sizes "
-                                     f"{sorted(shapes)}; add a fixed-size ResizeImage/CropImage op")
+                raise PredictorError(
+                    f"{self.spec.model_dir}: pre-processing gives different sizes "
+                    f"{sorted(shapes)}; add a fixed-size ResizeImage/CropImage op"
+                )
             x = np.stack(batch)
         with timer.stage("rec_forward"):
             out = self.predictor.run({self.predictor.input_names[0]: x})
@@ -96,8 +100,10 @@ class FeatureExtractor:
         if feats.ndim == 4:
             method = (params["RecPostProcess.pooling"] if params is not None else None) or self.spec.pooling
             if method not in ("gap", "gem"):
-                raise PredictorError(f"{self.spec.model_dir}: the model outputs a feature map {feats.shape}; "
-                                     "set 'pooling: gap' in its shitu_model.yml")
+                raise PredictorError(
+                    f"{self.spec.model_dir}: the model outputs a feature map {feats.shape}; "
+                    "set 'pooling: gap' in its shitu_model.yml"
+                )
             feats = pool(feats, method, params["RecPostProcess.gem_power"] if params is not None else 3.0)
         feats = feats.reshape(len(images), -1).astype(np.float32)
         centering = self.centering(params["RecPostProcess.centering"] if params is not None else None)
@@ -105,8 +111,10 @@ class FeatureExtractor:
             feats = center(feats, centering, self.spec.model_dir.name)
         if self.projection is not None:
             if feats.shape[1] != self.projection.shape[0]:
-                raise PredictorError(f"{self.spec.model_dir}: projection {self.spec.projection} expects "
-                                     f"{self.projection.shape[0]}-d features, the model gives {feats.shape[1]}")
+                raise PredictorError(
+                    f"{self.spec.model_dir}: projection {self.spec.projection} expects "
+                    f"{self.projection.shape[0]}-d features, the model gives {feats.shape[1]}"
+                )
             feats = feats @ self.projection
         return feats
 
@@ -126,7 +134,9 @@ class FeatureExtractor:
         """
         batch_size = params["Global.batch_size"] if params is not None else 8
         normalize = params["RecPostProcess.normalize"] if params is not None else True
-        parts = [self._forward(list(images[i:i + batch_size]), timer, params) for i in range(0, len(images), batch_size)]
+        parts = [
+            self._forward(list(images[i : i + batch_size]), timer, params) for i in range(0, len(images), batch_size)
+        ]
         if not parts:
             return np.zeros((0, self.embedding_size), np.float32)
         feats = np.concatenate(parts)

@@ -11,13 +11,15 @@ The result is saved with ``paddle.jit.save`` as ``model.json`` + ``model.pdipara
 ``projection.npy``. The network's ONNX copy is not carried over (its weights are the old ones), so the folder runs
 on paddle.inference. Galleries must be embedded again from their images: no linear map takes old vectors there.
 """
+
 from __future__ import annotations
 
 import re
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,8 +40,15 @@ def _layer_index(name: str) -> tuple[int, str]:
 class _Net:
     """The loaded program + pooling + head, as paddle tensors."""
 
-    def __init__(self, spec: ModelSpec, pooling: str, gem_power: float, head: np.ndarray, layers: int,
-                 centre: np.ndarray | None = None):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        pooling: str,
+        gem_power: float,
+        head: np.ndarray,
+        layers: int,
+        centre: np.ndarray | None = None,
+    ):
         import paddle
 
         model, _params = spec.files()
@@ -56,8 +65,9 @@ class _Net:
             p.stop_gradient = p.name not in chosen
         self.pooling, self.power = pooling, gem_power
         self.centre = None if centre is None else paddle.to_tensor(np.asarray(centre, np.float32).reshape(1, -1))
-        self.head = paddle.create_parameter(list(head.shape), "float32",
-                                            default_initializer=paddle.nn.initializer.Assign(head))
+        self.head = paddle.create_parameter(
+            list(head.shape), "float32", default_initializer=paddle.nn.initializer.Assign(head)
+        )
         self.transforms = Transforms(spec.transform_ops, spec.input_color)
         self.input_name = list(getattr(self.layer, "_input_args_names", None) or [])
 
@@ -81,7 +91,7 @@ class _Net:
         import paddle
 
         with paddle.no_grad():
-            parts = [self.features(list(images[i:i + batch])).numpy() for i in range(0, len(images), batch)]
+            parts = [self.features(list(images[i : i + batch])).numpy() for i in range(0, len(images), batch)]
         return np.concatenate(parts).astype(np.float32)
 
 
@@ -96,11 +106,24 @@ def finetune(*args: Any, **kwargs: Any) -> tuple[_Net, AdaptReport]:
         return _finetune(*args, **kwargs)
 
 
-def _finetune(spec: ModelSpec, pooling: str, gem_power: float, head: np.ndarray, images: Sequence[np.ndarray],
-              labels: Sequence[str], backgrounds: Sequence[np.ndarray], *, steps: int = 40, batch: int = 8,
-              layers: int = 4, lr: float = 1e-4, scale: float = 16.0, seed: int = 0,
-              centre: np.ndarray | None = None, log: Callable[[str], None] = lambda _m: None
-              ) -> tuple[_Net, AdaptReport]:
+def _finetune(
+    spec: ModelSpec,
+    pooling: str,
+    gem_power: float,
+    head: np.ndarray,
+    images: Sequence[np.ndarray],
+    labels: Sequence[str],
+    backgrounds: Sequence[np.ndarray],
+    *,
+    steps: int = 40,
+    batch: int = 8,
+    layers: int = 4,
+    lr: float = 1e-4,
+    scale: float = 16.0,
+    seed: int = 0,
+    centre: np.ndarray | None = None,
+    log: Callable[[str], None] = lambda _m: None,
+) -> tuple[_Net, AdaptReport]:
     import paddle
     import paddle.nn.functional as F
 
@@ -113,10 +136,12 @@ def _finetune(spec: ModelSpec, pooling: str, gem_power: float, head: np.ndarray,
     gallery0 = net.embed(images)  # held-out views: the head's report's (same seed), made again when needed
     held0, held_owner = embed_views(net.embed, images, backgrounds, 3, seed + 1000)
     before = _r1(held0, held_owner, gallery0, labels)
-    centres0 = np.stack([l2_normalize(gallery0[[i for i, lab in enumerate(labels) if lab == n]]).mean(0)
-                         for n in names]).T
-    centres = paddle.create_parameter(list(centres0.shape), "float32",
-                                      default_initializer=paddle.nn.initializer.Assign(centres0))
+    centres0 = np.stack(
+        [l2_normalize(gallery0[[i for i, lab in enumerate(labels) if lab == n]]).mean(0) for n in names]
+    ).T
+    centres = paddle.create_parameter(
+        list(centres0.shape), "float32", default_initializer=paddle.nn.initializer.Assign(centres0)
+    )
     opt = paddle.optimizer.Adam(lr, parameters=[*net.trainable, net.head, centres])
     loss = None
     for step in range(steps):  # fresh views every step (nothing kept in memory but the batch)
@@ -132,9 +157,17 @@ def _finetune(spec: ModelSpec, pooling: str, gem_power: float, head: np.ndarray,
             log(f"fine-tune step {step}/{steps}: loss {float(loss):.3f} ({time.perf_counter() - t0:.0f} s)")
     held1, _ = embed_views(net.embed, images, backgrounds, 3, seed + 1000)
     after = _r1(held1, held_owner, net.embed(images), labels)
-    report = AdaptReport(len(names), steps * batch, len(held_owner), steps,
-                         float(loss) if loss is not None else float("nan"), before, after,
-                         seconds=time.perf_counter() - t0, labels=names)
+    report = AdaptReport(
+        len(names),
+        steps * batch,
+        len(held_owner),
+        steps,
+        float(loss) if loss is not None else float("nan"),
+        before,
+        after,
+        seconds=time.perf_counter() - t0,
+        labels=names,
+    )
     return net, report
 
 

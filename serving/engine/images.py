@@ -5,6 +5,7 @@ orientation, flattens alpha, converts grayscale, 16-bit and CMYK. The pixel coun
 *before* decoding, so a small PNG declaring 30000x30000 is refused without allocating it; a file whose header
 cannot be read that way is refused, never handed to OpenCV to find out.
 """
+
 from __future__ import annotations
 
 import base64
@@ -16,7 +17,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-
 
 NOT_AN_IMAGE = "not an image (unknown or corrupt format)"
 
@@ -38,7 +38,7 @@ class ImageLimits:
     max_pixels: int = 40_000_000
 
     @classmethod
-    def from_params(cls, params: Any) -> "ImageLimits":
+    def from_params(cls, params: Any) -> ImageLimits:
         return cls(params["Limits.max_image_bytes"], params["Limits.max_pixels"])
 
 

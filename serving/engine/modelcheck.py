@@ -14,6 +14,7 @@ A crash shows as the child's exit by a signal, which the caller records and refu
 (pre-processing, model, decoding) on a synthetic 320x240 image. The caller (:mod:`shitu.plugins.runtime_check`)
 never imports this module: packs must stay loadable without the serving stack.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,9 +34,11 @@ def check(request: dict[str, Any]) -> dict[str, Any]:
     from shitu.serving.engine.predictor import RuntimeOptions
 
     spec = ModelSpec.from_dict(dict(request["description"]), request["model_dir"])
-    options = RuntimeOptions(cpu_threads=int(request.get("cpu_threads", 1)),
-                             enable_mkldnn=bool(request.get("onednn", False)),
-                             backend=str(request.get("backend", "paddle")))
+    options = RuntimeOptions(
+        cpu_threads=int(request.get("cpu_threads", 1)),
+        enable_mkldnn=bool(request.get("onednn", False)),
+        backend=str(request.get("backend", "paddle")),
+    )
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
     params = merge()

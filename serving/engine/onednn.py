@@ -15,6 +15,7 @@ description leaves ``onednn`` unset runs without oneDNN until a pass list has be
 MODEL_DIR detector|extractor`` for a model folder (``Global.*_inference_model_dir``). A model whose description
 sets ``onednn`` is never changed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,6 +49,8 @@ def default_passes() -> list[str]:
     config.disable_gpu()
     config.enable_mkldnn()
     return list(config.pass_builder().all_passes())
+
+
 VERIFY_TIMEOUT_S = 900
 #: A verified list is used only when it was also measured this much faster than plain CPU.
 MIN_SPEEDUP = 1.1
@@ -97,7 +100,9 @@ def _images() -> list[np.ndarray]:
         for _ in range(3):
             x, y = int(rng.integers(0, w - 60)), int(rng.integers(0, h - 60))
             color = tuple(int(c) for c in rng.integers(0, 255, 3))
-            cv2.rectangle(img, (x, y), (x + int(rng.integers(40, w // 2)), y + int(rng.integers(40, h // 2))), color, -1)
+            cv2.rectangle(
+                img, (x, y), (x + int(rng.integers(40, w // 2)), y + int(rng.integers(40, h // 2))), color, -1
+            )
         out.append(img)
     return out
 
@@ -134,8 +139,11 @@ def _same(kind: str, ref: list[np.ndarray], got: list[np.ndarray]) -> tuple[bool
             continue
         for x, y, label in ((a, b, "missing with oneDNN"), (b, a, "extra with oneDNN")):
             for row in x[x[:, 0] >= _MIN_DET_SCORE + (0 if label.startswith("missing") else 0.005)]:
-                near = (np.abs(y[:, 1:] - row[1:]).max(axis=1) <= 1.0) & (np.abs(y[:, 0] - row[0]) <= 2e-3) \
-                    if len(y) else np.zeros(0, bool)
+                near = (
+                    (np.abs(y[:, 1:] - row[1:]).max(axis=1) <= 1.0) & (np.abs(y[:, 0] - row[0]) <= 2e-3)
+                    if len(y)
+                    else np.zeros(0, bool)
+                )
                 if not near.any():
                     return False, f"image {i}: box {np.round(row[1:], 1).tolist()} score {row[0]:.3f} {label}"
     return True, "same answers"
@@ -153,8 +161,14 @@ def check(spec: ModelSpec, passes: list[str] | None) -> dict[str, Any]:
     speedup = round(t_plain / max(t_onednn, 1e-9), 2)
     if ok and speedup < MIN_SPEEDUP:
         ok, detail = False, f"same answers but not faster ({speedup}x < {MIN_SPEEDUP}x)"
-    return {"ok": ok, "passes": passes, "detail": detail, "ms_plain": round(t_plain * 1000, 1),
-            "ms_onednn": round(t_onednn * 1000, 1), "speedup": speedup}
+    return {
+        "ok": ok,
+        "passes": passes,
+        "detail": detail,
+        "ms_plain": round(t_plain * 1000, 1),
+        "ms_onednn": round(t_onednn * 1000, 1),
+        "speedup": speedup,
+    }
 
 
 def _spec_json(spec: ModelSpec) -> str:
@@ -180,16 +194,21 @@ def verify(spec: ModelSpec, timeout: float = VERIFY_TIMEOUT_S) -> dict[str, Any]
             continue
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:
-            tried.append({"ok": False, "passes": passes,
-                          "detail": f"the check process exited with {proc.returncode} (crashed)"})
+            tried.append(
+                {"ok": False, "passes": passes, "detail": f"the check process exited with {proc.returncode} (crashed)"}
+            )
             continue
         result = json.loads(lines[-1])
         tried.append(result)
         if result["ok"]:
             break
     best = next((t for t in tried if t["ok"]), None)
-    record = {**(best or {"ok": False, "passes": None}), "model": spec.model_dir.name, "kind": spec.kind,
-              "tried": tried}
+    record = {
+        **(best or {"ok": False, "passes": None}),
+        "model": spec.model_dir.name,
+        "kind": spec.kind,
+        "tried": tried,
+    }
     path = record_path(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -202,8 +221,10 @@ def describe(record: dict[str, Any]) -> str:
     """One line for the CLI."""
     if record.get("ok"):
         passes = "paddle's default passes" if record["passes"] is None else f"{len(record['passes'])} passes"
-        return (f"oneDNN verified ({passes}): same answers, {record['ms_plain']} -> {record['ms_onednn']} ms per "
-                f"image ({record['speedup']}x)")
+        return (
+            f"oneDNN verified ({passes}): same answers, {record['ms_plain']} -> {record['ms_onednn']} ms per "
+            f"image ({record['speedup']}x)"
+        )
     return "oneDNN stays off: " + "; ".join(str(t.get("detail")) for t in record.get("tried", []))
 
 

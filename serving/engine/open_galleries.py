@@ -5,11 +5,13 @@ distinct galleries exhaust the process's descriptors, after which healthy galler
 out of the cache may still be in use by a request running on another thread, so it is *retired* and closed once
 nothing but the cache refers to it any more (checked on each later lookup, and at :meth:`OpenGalleries.close`).
 """
+
 from __future__ import annotations
 
 import sys
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class OpenGalleries:

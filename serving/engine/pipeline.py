@@ -12,6 +12,7 @@ Stages, with the PP-ShiTu parameters that steer them:
    ``Global.rec_nms_thresold`` (IoU) is dropped (with ``Global.rec_nms_per_label`` only by a box of the same label);
 6. results ordered best first.
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol
@@ -68,8 +69,9 @@ def candidates(hits: list[Match], n: int) -> dict[str, Any]:
     return {"candidates": [{"label": lab, "score": round(sc, 6)} for lab, sc in list(best.items())[:n]]}
 
 
-def rec_nms(recognitions: list[Recognition], iou_threshold: float, higher_is_better: bool,
-            per_label: bool = False) -> list[Recognition]:
+def rec_nms(
+    recognitions: list[Recognition], iou_threshold: float, higher_is_better: bool, per_label: bool = False
+) -> list[Recognition]:
     """Drop recognised boxes that overlap a better match by more than ``iou_threshold``; best first.
 
     ``per_label`` (``Global.rec_nms_per_label``): only boxes recognised with the same label suppress each other.
@@ -90,9 +92,15 @@ def rec_nms(recognitions: list[Recognition], iou_threshold: float, higher_is_bet
     return [recognitions[i] for i in keep]
 
 
-def recognize(image: np.ndarray, detector: MainbodyDetector, extractor: FeatureExtractor, index: SearchIndex,
-              params: Any, timer: StageTimer = NULL_TIMER, explanation: Explanation | None = None
-              ) -> list[Recognition]:
+def recognize(
+    image: np.ndarray,
+    detector: MainbodyDetector,
+    extractor: FeatureExtractor,
+    index: SearchIndex,
+    params: Any,
+    timer: StageTimer = NULL_TIMER,
+    explanation: Explanation | None = None,
+) -> list[Recognition]:
     """Everything recognised in one BGR image, best first.
 
     With ``Global.append_whole_image: fallback`` the whole image is embedded and searched only when no detected box
@@ -105,16 +113,22 @@ def recognize(image: np.ndarray, detector: MainbodyDetector, extractor: FeatureE
     setting = params["Global.append_whole_image"]
     fall_back = falls_back(setting, found, det)
     if fall_back:
-        _search(image, whole_image_box(*image.shape[:2]), extractor, index, params, timer, explanation, found,
-                searched)
+        _search(image, whole_image_box(*image.shape[:2]), extractor, index, params, timer, explanation, found, searched)
     if explanation is not None:
         explanation.whole_image = _whole_image_note(setting, fall_back, det)
     with timer.stage("rec_nms"):
-        kept = rec_nms(found, params["Global.rec_nms_thresold"], index.higher_is_better,
-                       params["Global.rec_nms_per_label"])
+        kept = rec_nms(
+            found, params["Global.rec_nms_thresold"], index.higher_is_better, params["Global.rec_nms_per_label"]
+        )
         if explanation is not None:
-            explanation.rec_nms(found, searched, kept, params["Global.rec_nms_thresold"], index.higher_is_better,
-                                params["Global.rec_nms_per_label"])
+            explanation.rec_nms(
+                found,
+                searched,
+                kept,
+                params["Global.rec_nms_thresold"],
+                index.higher_is_better,
+                params["Global.rec_nms_per_label"],
+            )
         return kept
 
 
@@ -134,8 +148,17 @@ def _whole_image_note(setting: Any, fell_back: bool, det: Detections) -> str:
     return "fallback: not needed"
 
 
-def _search(image: np.ndarray, det: Detections, extractor: FeatureExtractor, index: SearchIndex, params: Any,
-            timer: StageTimer, explanation: Explanation | None, found: list[Recognition], searched: list[int]) -> None:
+def _search(
+    image: np.ndarray,
+    det: Detections,
+    extractor: FeatureExtractor,
+    index: SearchIndex,
+    params: Any,
+    timer: StageTimer,
+    explanation: Explanation | None,
+    found: list[Recognition],
+    searched: list[int],
+) -> None:
     """Embed and search the boxes ``det``; append accepted best matches to ``found``."""
     if len(det) == 0:
         return
@@ -144,13 +167,23 @@ def _search(image: np.ndarray, det: Detections, extractor: FeatureExtractor, ind
     feats = extractor.embed(crops, params, timer)
     with timer.stage("search"):
         k = min(params["IndexProcess.return_k"], params["Limits.max_explain_matches"]) if explanation is not None else 1
-        matches = index.search(feats, max(k, params["IndexProcess.candidates"] * CANDIDATE_DEPTH),
-                               **search_options(index, params))
+        matches = index.search(
+            feats, max(k, params["IndexProcess.candidates"] * CANDIDATE_DEPTH), **search_options(index, params)
+        )
     collect(det, matches, k, index, params, timer, explanation, found, searched)
 
 
-def collect(det: Detections, matches: list[list[Match]], k: int, index: SearchIndex, params: Any,
-            timer: StageTimer, explanation: Explanation | None, found: list[Recognition], searched: list[int]) -> None:
+def collect(
+    det: Detections,
+    matches: list[list[Match]],
+    k: int,
+    index: SearchIndex,
+    params: Any,
+    timer: StageTimer,
+    explanation: Explanation | None,
+    found: list[Recognition],
+    searched: list[int],
+) -> None:
     """Append to ``found`` a recognition per box of ``det`` whose best match (``matches``, one row per box)
     passes ``IndexProcess.score_thres``; ``k`` hits per box go to the explanation."""
     thres = params["IndexProcess.score_thres"]
@@ -158,20 +191,22 @@ def collect(det: Detections, matches: list[list[Match]], k: int, index: SearchIn
         for i, hits in enumerate(matches):
             ok = bool(hits) and accepts(hits[0].score, thres, index.higher_is_better)
             if explanation is not None:
-                at = explanation.searched_box(det.xyxy[i], det.scores[i], det.is_whole_image[i], hits[:k], ok,
-                                              index.higher_is_better)
+                at = explanation.searched_box(
+                    det.xyxy[i], det.scores[i], det.is_whole_image[i], hits[:k], ok, index.higher_is_better
+                )
             if not ok:
                 continue
             best = hits[0]
-            found.append(Recognition(
-                bbox=[int(round(v)) for v in det.xyxy[i]],
-                label=best.label,
-                score=float(best.score),
-                det_score=float(det.scores[i]),
-                is_whole_image=bool(det.is_whole_image[i]),
-                id=best.id,
-                extra=candidates(hits, params["IndexProcess.candidates"]),
-            ))
+            found.append(
+                Recognition(
+                    bbox=[int(round(v)) for v in det.xyxy[i]],
+                    label=best.label,
+                    score=float(best.score),
+                    det_score=float(det.scores[i]),
+                    is_whole_image=bool(det.is_whole_image[i]),
+                    id=best.id,
+                    extra=candidates(hits, params["IndexProcess.candidates"]),
+                )
+            )
             if explanation is not None:
                 searched.append(at)
-

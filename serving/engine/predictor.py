@@ -6,6 +6,7 @@
   passes), GPU when paddle is built with CUDA and the user asks.
 - Inputs and outputs by name, batch input, glog silenced.
 """
+
 from __future__ import annotations
 
 import os
@@ -77,15 +78,35 @@ class Predictor:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = set(self.input_names) - set(inputs)
         if missing:
-            raise PredictorError(f"{self.spec.model_dir}: missing input(s) {sorted(missing)}; "
-                                 f"the model takes {self.input_names}")
+            raise PredictorError(
+                f"{self.spec.model_dir}: missing input(s) {sorted(missing)}; the model takes {self.input_names}"
+            )
         with self._lock:
             return self._impl.run(inputs)
 
 
-_DTYPE_BYTES = {"f32": 4, "f64": 8, "i64": 8, "i32": 4, "f16": 2, "bf16": 2, "i8": 1, "u8": 1, "b": 1, "i16": 2,
-                "FP32": 4, "FP64": 8, "INT64": 8, "INT32": 4, "FP16": 2, "BF16": 2, "INT8": 1, "UINT8": 1,
-                "BOOL": 1, "INT16": 2}
+_DTYPE_BYTES = {
+    "f32": 4,
+    "f64": 8,
+    "i64": 8,
+    "i32": 4,
+    "f16": 2,
+    "bf16": 2,
+    "i8": 1,
+    "u8": 1,
+    "b": 1,
+    "i16": 2,
+    "FP32": 4,
+    "FP64": 8,
+    "INT64": 8,
+    "INT32": 4,
+    "FP16": 2,
+    "BF16": 2,
+    "INT8": 1,
+    "UINT8": 1,
+    "BOOL": 1,
+    "INT16": 2,
+}
 
 
 def _weights_in_graph(model_file: Path) -> tuple[int, int]:
@@ -132,7 +153,8 @@ def check_weights(model_file: Path, params_file: Path) -> None:
     if not expected <= size <= expected + 256 * count + 64:
         raise PredictorError(
             f"weights file {params_file} does not match model {model_file}: the graph declares {count} "
-            f"parameters ({expected} bytes of data), the file has {size} bytes")
+            f"parameters ({expected} bytes of data), the file has {size} bytes"
+        )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -184,9 +206,11 @@ class _PaddleBackend(_Backend):
             raise PredictorError(f"cannot load model {model_file}: {_first_line(exc)}") from exc
         self.input_names = list(self._predictor.get_input_names())
         self.output_names = list(self._predictor.get_output_names())
-        self.description = (f"paddle.inference {model_file.name} "
-                            f"({'gpu' if options.use_gpu else 'cpu'}, oneDNN {'on' if mkldnn else 'off'}, "
-                            f"{options.cpu_threads} threads)")
+        self.description = (
+            f"paddle.inference {model_file.name} "
+            f"({'gpu' if options.use_gpu else 'cpu'}, oneDNN {'on' if mkldnn else 'off'}, "
+            f"{options.cpu_threads} threads)"
+        )
         self._model_file = model_file
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -213,8 +237,9 @@ class _OnnxBackend(_Backend):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise PredictorError("the onnxruntime backend needs onnxruntime: "
-                                 "`pip install \"shitu-hub[serving]\"`") from None
+            raise PredictorError(
+                'the onnxruntime backend needs onnxruntime: `pip install "shitu-hub[serving]"`'
+            ) from None
         so = ort.SessionOptions()
         so.intra_op_num_threads = options.cpu_threads
         so.inter_op_num_threads = 1

@@ -6,6 +6,7 @@
 
 This module imports only numpy (and the numpy-only gallery interface), so the client SDK can use it without paddle.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -32,11 +33,11 @@ class Detections:
     is_whole_image: np.ndarray
 
     @classmethod
-    def empty(cls) -> "Detections":
+    def empty(cls) -> Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32), np.zeros(0, bool))
 
     @classmethod
-    def from_arrays(cls, xyxy: Any, scores: Any, class_ids: Any = None, is_whole_image: Any = None) -> "Detections":
+    def from_arrays(cls, xyxy: Any, scores: Any, class_ids: Any = None, is_whole_image: Any = None) -> Detections:
         xyxy = np.asarray(xyxy, np.float32).reshape(-1, 4)
         n = len(xyxy)
         return cls(
@@ -49,13 +50,13 @@ class Detections:
     def __len__(self) -> int:
         return len(self.xyxy)
 
-    def __getitem__(self, index: Any) -> "Detections":
+    def __getitem__(self, index: Any) -> Detections:
         """Index, slice or boolean mask -> a new :class:`Detections`."""
         if isinstance(index, (int, np.integer)):
             index = [int(index)]
         return Detections(self.xyxy[index], self.scores[index], self.class_ids[index], self.is_whole_image[index])
 
-    def concat(self, other: "Detections") -> "Detections":
+    def concat(self, other: Detections) -> Detections:
         return Detections(
             np.concatenate([self.xyxy, other.xyxy]),
             np.concatenate([self.scores, other.scores]),
@@ -103,7 +104,7 @@ class Recognition:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Recognition":
+    def from_dict(cls, d: dict[str, Any]) -> Recognition:
         known = {"bbox", "label", "score", "det_score", "is_whole_image", "id"}
         return cls(
             bbox=[int(v) for v in d["bbox"]],
@@ -118,4 +119,3 @@ class Recognition:
     def __str__(self) -> str:
         where = "whole image" if self.is_whole_image else f"[{', '.join(map(str, self.bbox))}]"
         return f"{self.label} {self.score:.3f} at {where}"
-

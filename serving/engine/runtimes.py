@@ -12,6 +12,7 @@ with the same boxes and embeddings as paddle.inference (cosine >= 0.9999, ``test
 so they stay on paddle.inference (with the oneDNN pass list verified on them). An explicit ``paddle`` or
 ``onnxruntime`` (a user's ``--param``, ``config.json``, or a pack's ``params``) is used as given.
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,10 +1,11 @@
 """Per-stage wall-clock accounting for the pipeline (read by the benchmarks; costs two clock reads per stage)."""
+
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Iterator
 
 
 class StageTimer:

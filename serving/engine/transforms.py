@@ -12,10 +12,12 @@ Images enter as OpenCV decodes them (BGR, uint8, HWC); :class:`Transforms` conve
 the model expects (``input_color``), then applies the ops. Detector ops (``Det*``) also keep the ``im_shape`` /
 ``scale_factor`` that PaddleDetection exports take as inputs.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -93,8 +95,13 @@ def _scale(value: Any) -> float:
 
 
 @register_op("ResizeImage")
-def resize_image(size: Any = None, resize_short: int | None = None, interpolation: Any = None,
-                 backend: str = "cv2", return_numpy: bool = True) -> Op:
+def resize_image(
+    size: Any = None,
+    resize_short: int | None = None,
+    interpolation: Any = None,
+    backend: str = "cv2",
+    return_numpy: bool = True,
+) -> Op:
     """Resize to ``size`` ([w, h] or an int), or the short side to ``resize_short`` keeping the aspect ratio."""
     if (size is None) == (resize_short is None):
         raise TransformError("ResizeImage needs exactly one of 'size' or 'resize_short'")
@@ -158,7 +165,7 @@ def crop_image(size: Any = 224) -> Op:
         if w < cw or h < ch:
             raise TransformError(f"CropImage: image {w}x{h} is smaller than the crop {cw}x{ch}")
         x0, y0 = (w - cw) // 2, (h - ch) // 2
-        s.image = s.image[y0:y0 + ch, x0:x0 + cw]
+        s.image = s.image[y0 : y0 + ch, x0 : x0 + cw]
         return s
 
     return op
@@ -192,7 +199,7 @@ def _normalizer(scale: float, mean: Any, std: Any) -> Callable[[np.ndarray], np.
     return apply
 
 
-def _hwc(s: "Sample") -> np.ndarray:
+def _hwc(s: Sample) -> np.ndarray:
     """The image as HWC, for ops that work on pixels (resize, crop)."""
     if s.chw:
         s.image, s.chw = np.ascontiguousarray(s.image.transpose(1, 2, 0)), False
@@ -200,8 +207,14 @@ def _hwc(s: "Sample") -> np.ndarray:
 
 
 @register_op("NormalizeImage")
-def normalize_image(scale: Any = 1.0 / 255.0, mean: Any = (0.485, 0.456, 0.406), std: Any = (0.229, 0.224, 0.225),
-                    order: str = "hwc", channel_num: int = 3, output_fp16: bool = False) -> Op:
+def normalize_image(
+    scale: Any = 1.0 / 255.0,
+    mean: Any = (0.485, 0.456, 0.406),
+    std: Any = (0.229, 0.224, 0.225),
+    order: str = "hwc",
+    channel_num: int = 3,
+    output_fp16: bool = False,
+) -> Op:
     """``(x * scale - mean) / std`` per channel (``order`` is accepted for PaddleClas configs; output is CHW)."""
     order = (order or "hwc").lower()
     if order not in ("hwc", "chw"):
@@ -246,8 +259,11 @@ def det_resize(target_size: Any = (640, 640), keep_ratio: bool = False, interp: 
             sy = sx = ratio
         else:
             sy, sx = th / h, tw / w
-        s.image = cv2.resize(s.image, None, None, fx=sx, fy=sy, interpolation=flag) if keep_ratio else \
-            cv2.resize(s.image, (tw, th), interpolation=flag)
+        s.image = (
+            cv2.resize(s.image, None, None, fx=sx, fy=sy, interpolation=flag)
+            if keep_ratio
+            else cv2.resize(s.image, (tw, th), interpolation=flag)
+        )
         s.scale_factor = (s.scale_factor[0] * sy, s.scale_factor[1] * sx)
         return s
 
@@ -255,8 +271,12 @@ def det_resize(target_size: Any = (640, 640), keep_ratio: bool = False, interp: 
 
 
 @register_op("DetNormalizeImage")
-def det_normalize_image(is_scale: bool = True, mean: Any = (0.485, 0.456, 0.406),
-                        std: Any = (0.229, 0.224, 0.225), norm_type: str = "mean_std") -> Op:
+def det_normalize_image(
+    is_scale: bool = True,
+    mean: Any = (0.485, 0.456, 0.406),
+    std: Any = (0.229, 0.224, 0.225),
+    norm_type: str = "mean_std",
+) -> Op:
     """PaddleDetection's NormalizeImage: optional ``/255`` then ``(x - mean) / std``."""
     if norm_type not in ("mean_std", "none"):
         raise TransformError(f"DetNormalizeImage norm_type must be 'mean_std' or 'none', got {norm_type!r}")

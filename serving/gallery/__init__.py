@@ -7,6 +7,7 @@
 
 ``from shitu.serving.gallery import Gallery`` works and imports faiss only when called for.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -16,16 +16,26 @@ from the name.
 ``score`` of a :class:`Match` (also ``shitu.serving.engine.results.Match``) is the raw metric: similarity when
 ``higher_is_better`` (inner product), a distance otherwise (squared L2, hamming).
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["GalleryBackend", "Match", "check_vectors", "create_gallery", "gallery_exists", "is_remote",
-           "open_gallery", "remote_gallery_uri"]
+__all__ = [
+    "GalleryBackend",
+    "Match",
+    "check_vectors",
+    "create_gallery",
+    "gallery_exists",
+    "is_remote",
+    "open_gallery",
+    "remote_gallery_uri",
+]
 
 #: URI schemes of remote galleries.
 REMOTE_SCHEMES = ("milvus://",)
@@ -87,9 +97,14 @@ class GalleryBackend(Protocol):
         """``label`` as stored, or :class:`~shitu.serving.gallery.local.LabelError` naming the problem."""
         ...
 
-    def add(self, vectors: np.ndarray, labels: Sequence[str], sources: Sequence[str | None] | None = None,
-            metadata: Sequence[dict | None] | None = None,
-            content_hashes: Sequence[str | None] | None = None) -> list[int]:
+    def add(
+        self,
+        vectors: np.ndarray,
+        labels: Sequence[str],
+        sources: Sequence[str | None] | None = None,
+        metadata: Sequence[dict | None] | None = None,
+        content_hashes: Sequence[str | None] | None = None,
+    ) -> list[int]:
         """Add items in one step; their new ids, in order."""
         ...
 
@@ -97,8 +112,16 @@ class GalleryBackend(Protocol):
         """Remove items by id and/or label; how many were removed. Searches never return them afterwards."""
         ...
 
-    def update(self, id: int, label: str | None = None, vector: np.ndarray | None = None, *,
-               source: str | None = None, metadata: dict | None = None, content_hash: str | None = None) -> None:
+    def update(
+        self,
+        id: int,
+        label: str | None = None,
+        vector: np.ndarray | None = None,
+        *,
+        source: str | None = None,
+        metadata: dict | None = None,
+        content_hash: str | None = None,
+    ) -> None:
         """Relabel an item and/or replace its vector; the id stays the same."""
         ...
 
@@ -212,8 +235,10 @@ def check_vectors(vectors: Any, dim: int, binary: bool, normalize: bool, what: s
     if binary:
         width = dim // 8
         if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != width:
-            raise ValueError(f"{what} must be packed bits, uint8 [n, {width}] for this {dim}-bit hamming gallery; "
-                             f"got {arr.dtype} {list(arr.shape)}")
+            raise ValueError(
+                f"{what} must be packed bits, uint8 [n, {width}] for this {dim}-bit hamming gallery; "
+                f"got {arr.dtype} {list(arr.shape)}"
+            )
         return np.ascontiguousarray(arr)
     if arr.ndim != 2 or arr.shape[1] != dim or not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"{what} must be float [n, {dim}]; got {arr.dtype} {list(arr.shape)}")

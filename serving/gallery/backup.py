@@ -18,6 +18,7 @@ The model identity is ``{"name": <model folder name>, "sha256": <sha256 of its w
 (:func:`model_identity`); a gallery records it in its ``meta`` table (key ``model_identity``): the engine and
 ``shitu gallery build`` record the model they embed with when a gallery records none (:func:`remember_model`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,9 +37,20 @@ import numpy as np
 
 from shitu.files import move_into_place, staging_dir
 
-__all__ = ["BackupError", "backup", "restore", "export_archive", "import_archive", "model_identity",
-           "gallery_model_identity", "set_gallery_model_identity", "remember_model", "same_model", "describe_model",
-           "MANIFEST"]
+__all__ = [
+    "BackupError",
+    "backup",
+    "restore",
+    "export_archive",
+    "import_archive",
+    "model_identity",
+    "gallery_model_identity",
+    "set_gallery_model_identity",
+    "remember_model",
+    "same_model",
+    "describe_model",
+    "MANIFEST",
+]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +92,7 @@ def _meta(conn: sqlite3.Connection) -> dict[str, str]:
 
 # -- model identity -------------------------------------------------------------------------------------------------
 
+
 def model_identity(spec: Any) -> dict[str, str]:
     """The identity of a feature extractor (a :class:`~shitu.model_spec.ModelSpec`): folder name + weights sha256
     (+ the sha256 of its projection head, when it has one: ``shitu adapt`` keeps the weights and adds a head)."""
@@ -111,8 +124,10 @@ def set_gallery_model_identity(gallery_dir: str | os.PathLike, identity: dict[st
         raise BackupError(f"{gallery_dir}: its vectors come from model {_describe(current)}, not {_describe(identity)}")
     conn = sqlite3.connect(str(Path(gallery_dir) / DB_NAME), isolation_level=None, timeout=30)
     try:
-        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('model_identity', ?)",
-                     (json.dumps(identity, sort_keys=True),))
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('model_identity', ?)",
+            (json.dumps(identity, sort_keys=True),),
+        )
     finally:
         conn.close()
 
@@ -145,6 +160,7 @@ def _describe(identity: dict[str, str] | None) -> str:
 
 
 # -- backup / restore -----------------------------------------------------------------------------------------------
+
 
 def backup(gallery_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Any]:
     """A consistent copy of the gallery in ``gallery_dir`` (served or not) into the new folder ``out_dir``."""
@@ -192,27 +208,41 @@ def _backup_once(db: Path, src_dir: Path, tmp: Path, last: bool) -> dict[str, An
                     if not last:
                         return None  # replaced by a newer snapshot meanwhile: take a fresher copy
                     # The database alone is a whole gallery: the restored copy rebuilds its index.
-                    dst.executemany("UPDATE meta SET value = ? WHERE key = ?",
-                                    [("", "snapshot_file"), ("0", "snapshot_seq"), ("", "snapshot_sha256"),
-                                     ("0", "snapshot_size")])
+                    dst.executemany(
+                        "UPDATE meta SET value = ? WHERE key = ?",
+                        [("", "snapshot_file"), ("0", "snapshot_seq"), ("", "snapshot_sha256"), ("0", "snapshot_size")],
+                    )
                     snap = ""
                 if snap:
                     digest = _sha256_file(tmp / snap)
                     if digest != meta.get("snapshot_sha256"):
-                        raise BackupError(f"{src_dir / snap}: the snapshot does not match the sha256 gallery.db "
-                                          "records for it; run `shitu gallery repair` first")
-                    snapshot = {"file": snap, "sha256": digest, "size": (tmp / snap).stat().st_size,
-                                "seq": int(meta.get("snapshot_seq", 0))}
+                        raise BackupError(
+                            f"{src_dir / snap}: the snapshot does not match the sha256 gallery.db "
+                            "records for it; run `shitu gallery repair` first"
+                        )
+                    snapshot = {
+                        "file": snap,
+                        "sha256": digest,
+                        "size": (tmp / snap).stat().st_size,
+                        "seq": int(meta.get("snapshot_seq", 0)),
+                    }
             dst.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             dst.close()
     finally:
         src.close()
     return {
-        "format": BACKUP_FORMAT, "version": 1, "created_at": time.time(), "source": src_dir.name,
+        "format": BACKUP_FORMAT,
+        "version": 1,
+        "created_at": time.time(),
+        "source": src_dir.name,
         "db": {"file": DB_NAME, "sha256": _sha256_file(dst_db), "size": dst_db.stat().st_size},
-        "snapshot": snapshot, "seq": int(meta.get("seq", 0)), "count": int(count), "dim": int(meta["dim"]),
-        "metric": meta["metric"], "index_method": meta["index_method"],
+        "snapshot": snapshot,
+        "seq": int(meta.get("seq", 0)),
+        "count": int(count),
+        "dim": int(meta["dim"]),
+        "metric": meta["metric"],
+        "index_method": meta["index_method"],
         "model": json.loads(meta["model_identity"]) if meta.get("model_identity") else None,
     }
 
@@ -286,8 +316,10 @@ def restore(backup_dir: str | os.PathLike, dest: str | os.PathLike) -> dict[str,
 
 # -- export / import ------------------------------------------------------------------------------------------------
 
-def export_archive(gallery_dir: str | os.PathLike, out_file: str | os.PathLike,
-                   model: dict[str, str] | None = None) -> dict[str, Any]:
+
+def export_archive(
+    gallery_dir: str | os.PathLike, out_file: str | os.PathLike, model: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Write the gallery's records, vectors and model identity to the portable archive ``out_file`` (.tar.gz).
 
     Read in one SQLite read transaction: a consistent state even while the gallery is written to. ``model``
@@ -304,8 +336,10 @@ def export_archive(gallery_dir: str | os.PathLike, out_file: str | os.PathLike,
     try:
         conn.execute("BEGIN")
         meta = _meta(conn)
-        rows = conn.execute("SELECT i.id, i.label, i.source, i.metadata, i.content_hash, i.added_at, v.vector "
-                            "FROM items i JOIN vectors v ON v.slot = i.slot ORDER BY i.id").fetchall()
+        rows = conn.execute(
+            "SELECT i.id, i.label, i.source, i.metadata, i.content_hash, i.added_at, v.vector "
+            "FROM items i JOIN vectors v ON v.slot = i.slot ORDER BY i.id"
+        ).fetchall()
         conn.execute("COMMIT")
     finally:
         conn.close()
@@ -317,22 +351,49 @@ def export_archive(gallery_dir: str | os.PathLike, out_file: str | os.PathLike,
     if any(len(r[6]) != width for r in rows):
         raise BackupError(f"{src / DB_NAME}: a stored vector has the wrong size")
     raw = b"".join(r[6] for r in rows)
-    vectors = (np.frombuffer(raw, np.uint8).reshape(len(rows), dim // 8) if binary
-               else np.frombuffer(raw, "<f4").reshape(len(rows), dim))
-    manifest = {"format": ARCHIVE_FORMAT, "version": 1, "created_at": time.time(), "count": len(rows),
-                "dim": dim, "metric": meta["metric"], "normalize": bool(int(meta.get("normalize", "0"))),
-                "index_method": meta["index_method"], "hamming_radius": int(meta["hamming_radius"]),
-                "model": recorded or model, "seq": int(meta["seq"])}
-    records = "".join(json.dumps({"id": r[0], "label": r[1], "source": r[2],
-                                  "metadata": json.loads(r[3]) if r[3] else None, "content_hash": r[4],
-                                  "added_at": r[5]}, ensure_ascii=False) + "\n" for r in rows).encode()
+    vectors = (
+        np.frombuffer(raw, np.uint8).reshape(len(rows), dim // 8)
+        if binary
+        else np.frombuffer(raw, "<f4").reshape(len(rows), dim)
+    )
+    manifest = {
+        "format": ARCHIVE_FORMAT,
+        "version": 1,
+        "created_at": time.time(),
+        "count": len(rows),
+        "dim": dim,
+        "metric": meta["metric"],
+        "normalize": bool(int(meta.get("normalize", "0"))),
+        "index_method": meta["index_method"],
+        "hamming_radius": int(meta["hamming_radius"]),
+        "model": recorded or model,
+        "seq": int(meta["seq"]),
+    }
+    records = "".join(
+        json.dumps(
+            {
+                "id": r[0],
+                "label": r[1],
+                "source": r[2],
+                "metadata": json.loads(r[3]) if r[3] else None,
+                "content_hash": r[4],
+                "added_at": r[5],
+            },
+            ensure_ascii=False,
+        )
+        + "\n"
+        for r in rows
+    ).encode()
     npy = io.BytesIO()
     np.save(npy, vectors, allow_pickle=False)
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     try:
         with tarfile.open(tmp, "w:gz") as tar:
-            for name, data in (("manifest.json", json.dumps(manifest, indent=1).encode()),
-                               ("records.jsonl", records), ("vectors.npy", npy.getvalue())):
+            for name, data in (
+                ("manifest.json", json.dumps(manifest, indent=1).encode()),
+                ("records.jsonl", records),
+                ("vectors.npy", npy.getvalue()),
+            ):
                 info = tarfile.TarInfo(name)
                 info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
                 tar.addfile(info, io.BytesIO(data))
@@ -364,8 +425,7 @@ def read_archive(archive: str | os.PathLike) -> tuple[dict[str, Any], list[dict[
         with tarfile.open(archive, "r:*") as tar:
             manifest = json.loads(_member(tar, "manifest.json", MAX_MANIFEST_BYTES, archive))
             lines = _member(tar, "records.jsonl", MAX_ARCHIVE_MEMBER, archive).decode().splitlines()
-            vectors = np.load(io.BytesIO(_member(tar, "vectors.npy", MAX_ARCHIVE_MEMBER, archive)),
-                              allow_pickle=False)
+            vectors = np.load(io.BytesIO(_member(tar, "vectors.npy", MAX_ARCHIVE_MEMBER, archive)), allow_pickle=False)
         records = [json.loads(line) for line in lines if line.strip()]
     except (tarfile.TarError, OSError, ValueError, EOFError) as e:
         raise BackupError(f"{archive}: not a readable gallery export: {e}") from None
@@ -380,8 +440,9 @@ def read_archive(archive: str | os.PathLike) -> tuple[dict[str, Any], list[dict[
     return manifest, records, vectors
 
 
-def import_archive(archive: str | os.PathLike, gallery_dir: str | os.PathLike,
-                   model: dict[str, str] | None = None) -> dict[str, Any]:
+def import_archive(
+    archive: str | os.PathLike, gallery_dir: str | os.PathLike, model: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Add an export archive's items to the gallery in ``gallery_dir`` (created, with the same ids, when new).
 
     Refused when the archive's model identity differs from the gallery's (or from ``model``, the identity of the
@@ -397,17 +458,24 @@ def import_archive(archive: str | os.PathLike, gallery_dir: str | os.PathLike,
     ours = gallery_model_identity(dest) if exists else None
     for other in (ours, model):
         if theirs and other and theirs != other:
-            raise BackupError(f"{archive}: its vectors come from model {_describe(theirs)}; the gallery's model is "
-                              f"{_describe(other)}: vectors of different models cannot be searched together")
-    fields = dict(sources=[r.get("source") for r in records], metadata=[r.get("metadata") for r in records],
-                  content_hashes=[r.get("content_hash") for r in records])
+            raise BackupError(
+                f"{archive}: its vectors come from model {_describe(theirs)}; the gallery's model is "
+                f"{_describe(other)}: vectors of different models cannot be searched together"
+            )
+    fields = dict(
+        sources=[r.get("source") for r in records],
+        metadata=[r.get("metadata") for r in records],
+        content_hashes=[r.get("content_hash") for r in records],
+    )
     labels = [r["label"] for r in records]
     identity = theirs or model
     if exists:  # one transaction: all or nothing
         with Gallery.open(dest) as g:
             if g.dim != manifest["dim"] or g.metric != manifest["metric"]:
-                raise BackupError(f"{archive}: {manifest['metric']} vectors of dim {manifest['dim']} cannot go "
-                                  f"into {dest}, a {g.metric} gallery of dim {g.dim}")
+                raise BackupError(
+                    f"{archive}: {manifest['metric']} vectors of dim {manifest['dim']} cannot go "
+                    f"into {dest}, a {g.metric} gallery of dim {g.dim}"
+                )
             added = len(g.add(vectors, labels, **fields))
             count = len(g)
         if identity:
@@ -418,12 +486,20 @@ def import_archive(archive: str | os.PathLike, gallery_dir: str | os.PathLike,
     tmp = _tmp_beside(dest, "import")
     try:
         dist = "cosine" if manifest.get("normalize") else manifest["metric"]
-        with Gallery.create(tmp, int(manifest["dim"]), index_method=manifest["index_method"], dist_type=dist,
-                            hamming_radius=int(manifest.get("hamming_radius", 100))) as g:
+        with Gallery.create(
+            tmp,
+            int(manifest["dim"]),
+            index_method=manifest["index_method"],
+            dist_type=dist,
+            hamming_radius=int(manifest.get("hamming_radius", 100)),
+        ) as g:
             ids = np.array([int(r.get("id", 0)) for r in records], np.int64)
             keep_ids = bool(len(ids)) and bool(np.all(np.diff(ids) > 0)) and int(ids[0]) >= 0
-            added = add_keeping_ids(g, ids, vectors, labels, **fields) if keep_ids else \
-                len(g.add(vectors, labels, **fields))
+            added = (
+                add_keeping_ids(g, ids, vectors, labels, **fields)
+                if keep_ids
+                else len(g.add(vectors, labels, **fields))
+            )
             count = len(g)
         if identity:
             set_gallery_model_identity(tmp, identity)

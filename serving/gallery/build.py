@@ -12,23 +12,32 @@ unreadable or undecodable image, or a bad list line passed in as ``pre_bad``) st
 changes (:class:`GalleryBuildError`, listing them with file name and line), unless ``skip_bad`` is set: then bad
 entries are skipped and listed in :attr:`BuildReport.bad`.
 """
+
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import Future, ThreadPoolExecutor
 import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from shitu.files import sha256_file
+from shitu.serving.gallery.list_file import GalleryFileError, ListEntry, read_entries
 from shitu.serving.gallery.local import Gallery, GalleryError
-from shitu.serving.gallery.list_file import ListEntry, GalleryFileError, read_entries
 
-__all__ = ["BuildReport", "GalleryBuildError", "all_bad", "build_from_entries", "build_from_source", "sha256_file",
-           "unreadable"]
+__all__ = [
+    "BuildReport",
+    "GalleryBuildError",
+    "all_bad",
+    "build_from_entries",
+    "build_from_source",
+    "sha256_file",
+    "unreadable",
+]
 
 EmbedFn = Callable[[list[np.ndarray]], np.ndarray]
 #: Encoded file bytes -> BGR uint8 image; raises ``ValueError`` (e.g. ``ImageError``) saying why it cannot.
@@ -68,8 +77,6 @@ class GalleryBuildError(GalleryError):
         )
 
 
-
-
 def _decode(data: bytes, decode_fn: DecodeFn | None) -> np.ndarray | str:
     """The image, or why it cannot be used."""
     if decode_fn is not None:
@@ -105,8 +112,9 @@ def unreadable(entries: Sequence[ListEntry], decode_fn: DecodeFn | None = None) 
     return bad
 
 
-def all_bad(known: Sequence[GalleryFileError | BadEntry], entries: Sequence[ListEntry],
-            decode_fn: DecodeFn | None = None) -> list[BadEntry]:
+def all_bad(
+    known: Sequence[GalleryFileError | BadEntry], entries: Sequence[ListEntry], decode_fn: DecodeFn | None = None
+) -> list[BadEntry]:
     """``known`` problems plus the unreadable ``entries`` not among them, in file and line order."""
     out = [_as_bad(b) for b in known]
     seen = {(src, line) for src, line, _ in out}
@@ -242,7 +250,13 @@ def build_from_source(
     errors: list[GalleryFileError] = []
     entries = read_entries(source, image_root, delimiter, errors, max_label_length=gallery.max_label_length)
     return build_from_entries(
-        gallery, entries, embed_fn, batch_size=batch_size, skip_bad=skip_bad, progress=progress, pre_bad=errors,
+        gallery,
+        entries,
+        embed_fn,
+        batch_size=batch_size,
+        skip_bad=skip_bad,
+        progress=progress,
+        pre_bad=errors,
         decode_fn=decode_fn,
     )
 

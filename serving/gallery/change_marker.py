@@ -17,6 +17,7 @@ marker (or a foreign program writing ``gallery.db``) is noticed by the periodic 
 (read-only media, a gallery opened read-only before any writer made the file) reads ``seq`` from SQLite on every
 search, as before.
 """
+
 from __future__ import annotations
 
 import mmap

@@ -11,6 +11,7 @@
 The parts call each other's methods through ``self`` (one object); locks: ``_wlock`` (writes, ``_wconn``) is
 always taken before ``_lock`` (``_state``, ``_conn``).
 """
+
 from __future__ import annotations
 
 import math
@@ -97,15 +98,24 @@ class GalleryCore:
 
     def _vectors(self, vectors: Any, what: str = "vectors") -> np.ndarray:
         spec = self._spec
-        if (type(vectors) is np.ndarray and vectors.dtype == np.float32 and vectors.ndim == 2 and not spec.binary
-                and not spec.normalize and vectors.shape[1] == spec.dim and vectors.flags.c_contiguous):
+        if (
+            type(vectors) is np.ndarray
+            and vectors.dtype == np.float32
+            and vectors.ndim == 2
+            and not spec.binary
+            and not spec.normalize
+            and vectors.shape[1] == spec.dim
+            and vectors.flags.c_contiguous
+        ):
             # The usual case (the extractor's output), checked without copies. One vector: its squared norm (one
             # small C call; numpy's reductions cost several times more right after a search has filled the CPU
             # caches) is finite only when every element is, and when it overflows the element-wise check decides.
             # Several: a float64 sum of float32 values cannot overflow, so it is finite exactly when all are.
             if len(vectors) == 1:
-                if (not math.isfinite(faiss.fvec_norm_L2sqr(faiss.swig_ptr(vectors), spec.dim))
-                        and not np.isfinite(vectors).all()):
+                if (
+                    not math.isfinite(faiss.fvec_norm_L2sqr(faiss.swig_ptr(vectors), spec.dim))
+                    and not np.isfinite(vectors).all()
+                ):
                     raise GalleryError(f"{what} contain NaN or infinite values")
             elif not math.isfinite(vectors.sum(dtype=np.float64)):
                 raise GalleryError(f"{what} contain NaN or infinite values")

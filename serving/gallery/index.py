@@ -13,18 +13,28 @@ removed in the meantime. Removed vectors are physically dropped by compaction (`
 indexes, a rebuild for HNSW; :mod:`.maintenance`), automatically once more than ``compact_ratio`` of the index
 is dead.
 """
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import faiss
 import numpy as np
 
-__all__ = ["DEFAULT_TUNING", "METRICS", "SMALL_BATCH", "IndexConfig", "IndexState", "describe", "exact_search",
-           "nlist_for"]
+__all__ = [
+    "DEFAULT_TUNING",
+    "METRICS",
+    "SMALL_BATCH",
+    "IndexConfig",
+    "IndexState",
+    "describe",
+    "exact_search",
+    "nlist_for",
+]
 
 #: Searches of fewer queries than this run on a single OpenMP thread (see ``IndexState.search``).
 SMALL_BATCH = 8
@@ -394,8 +404,12 @@ class IndexState:
         allocated and the C++ search called directly (a few microseconds per call, a tenth of a small search)."""
         spec = self.spec
         binary = spec.binary
-        if (queries.dtype != (np.uint8 if binary else np.float32) or queries.ndim != 2 or not queries.flags.c_contiguous
-                or queries.shape[1] != (spec.dim // 8 if binary else spec.dim)):
+        if (
+            queries.dtype != (np.uint8 if binary else np.float32)
+            or queries.ndim != 2
+            or not queries.flags.c_contiguous
+            or queries.shape[1] != (spec.dim // 8 if binary else spec.dim)
+        ):
             return self.index.search(queries, k) if params is None else self.index.search(queries, k, params=params)
         n = len(queries)
         dist = np.empty((n, k), np.int32 if binary else np.float32)
@@ -435,7 +449,6 @@ class IndexState:
                 if j == k:
                     break
         return out_d, out_i
-
 
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)

@@ -5,10 +5,12 @@
 id. Only for galleries nobody else writes to yet (an import builds its gallery in a private folder): the counter
 only moves forward once anything was written, so ids are never reused.
 """
+
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,8 +41,13 @@ def _set_next_id(gallery: Any, next_id: int) -> None:
         conn.close()
 
 
-def add_keeping_ids(gallery: Any, ids: Sequence[int] | np.ndarray, vectors: np.ndarray, labels: Sequence[str],
-                    **fields: Sequence[Any] | None) -> int:
+def add_keeping_ids(
+    gallery: Any,
+    ids: Sequence[int] | np.ndarray,
+    vectors: np.ndarray,
+    labels: Sequence[str],
+    **fields: Sequence[Any] | None,
+) -> int:
     """Add items under ``ids`` (strictly increasing, >= the gallery's next id); returns how many were added."""
     ids = np.asarray(ids, np.int64)
     if len(ids) and (np.any(np.diff(ids) <= 0) or ids[0] < 0):
@@ -48,8 +55,11 @@ def add_keeping_ids(gallery: Any, ids: Sequence[int] | np.ndarray, vectors: np.n
     added = 0
     for start, stop in id_runs(ids):
         _set_next_id(gallery, int(ids[start]))
-        got = gallery.add(vectors[start:stop], list(labels[start:stop]),
-                          **{k: (list(v[start:stop]) if v is not None else None) for k, v in fields.items()})
+        got = gallery.add(
+            vectors[start:stop],
+            list(labels[start:stop]),
+            **{k: (list(v[start:stop]) if v is not None else None) for k, v in fields.items()},
+        )
         if got != ids[start:stop].tolist():  # pragma: no cover - the gallery assigns next_id onwards
             raise ValueError("the gallery did not keep the given ids")
         added += len(got)

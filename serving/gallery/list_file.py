@@ -19,6 +19,7 @@ the line, or, when an ``errors`` list is passed, is appended to it and skipped.
 
 This module imports only the standard library.
 """
+
 from __future__ import annotations
 
 import os

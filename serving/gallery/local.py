@@ -12,6 +12,7 @@
 - :mod:`.reading` -- search and record queries;
 - this module -- creation, opening, repair, the writes (``add``, ``remove``, ``update``) and lifetime.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,10 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,8 +33,18 @@ from shitu.serving.gallery.index import DEFAULT_TUNING, METRICS, SMALL_BATCH, In
 from shitu.serving.gallery.list_file import DEFAULT_MAX_LABEL_LENGTH, label_problem
 from shitu.serving.gallery.maintenance import MaintenanceMixin
 from shitu.serving.gallery.reading import ReadingMixin
-from shitu.serving.gallery.storage import (DB_NAME, FORMAT_VERSION, SCHEMA, GalleryError, LabelError, chunks, connect,
-                                           fsync_dir, on_disk, read_meta)
+from shitu.serving.gallery.storage import (
+    DB_NAME,
+    FORMAT_VERSION,
+    SCHEMA,
+    GalleryError,
+    LabelError,
+    chunks,
+    connect,
+    fsync_dir,
+    on_disk,
+    read_meta,
+)
 
 __all__ = ["DEFAULT_TUNING", "FORMAT_VERSION", "Gallery", "GalleryError", "LabelError", "DB_NAME", "SMALL_BATCH"]
 
@@ -107,7 +119,7 @@ class Gallery(MaintenanceMixin, ReadingMixin):
         *,
         max_label_length: int = DEFAULT_MAX_LABEL_LENGTH,
         **tuning: Any,
-    ) -> "Gallery":
+    ) -> Gallery:
         """Create an empty gallery in folder ``path``.
 
         ``index_method``: ``Flat``, ``IVF`` (nlist chosen from the size, exact until ``ivf_min_train`` vectors),
@@ -131,7 +143,9 @@ class Gallery(MaintenanceMixin, ReadingMixin):
         unknown = set(tuning) - set(DEFAULT_TUNING)
         if unknown:
             raise GalleryError(f"unknown gallery option(s) {sorted(unknown)}; known: {sorted(DEFAULT_TUNING)}")
-        spec = IndexConfig(dim, metric, index_method.strip(), int(hamming_radius), normalize, {**DEFAULT_TUNING, **tuning})
+        spec = IndexConfig(
+            dim, metric, index_method.strip(), int(hamming_radius), normalize, {**DEFAULT_TUNING, **tuning}
+        )
         try:
             spec.empty_index(0 if not spec.auto_ivf else 1)
         except (RuntimeError, TypeError, ValueError) as e:
@@ -195,7 +209,7 @@ class Gallery(MaintenanceMixin, ReadingMixin):
         return cls.open(path, max_label_length=max_label_length)
 
     @classmethod
-    def _open_existing(cls, path: Path, dim: int, metric: str, max_label_length: int) -> "Gallery":
+    def _open_existing(cls, path: Path, dim: int, metric: str, max_label_length: int) -> Gallery:
         """Open an existing gallery for create(exist_ok) / open_or_create.
 
         Its own index method and metric win (those parameters are for new galleries), but the dimension and the
@@ -208,7 +222,7 @@ class Gallery(MaintenanceMixin, ReadingMixin):
         return g
 
     @classmethod
-    def open_or_create(cls, path: str | os.PathLike, dim: int, **kw: Any) -> "Gallery":
+    def open_or_create(cls, path: str | os.PathLike, dim: int, **kw: Any) -> Gallery:
         """Open the gallery in ``path`` (checking ``dim`` and metric) or create it with ``kw``."""
         return cls.create(path, dim, exist_ok=True, **kw)
 
@@ -220,7 +234,7 @@ class Gallery(MaintenanceMixin, ReadingMixin):
         *,
         verify: bool = True,
         max_label_length: int = DEFAULT_MAX_LABEL_LENGTH,
-    ) -> "Gallery":
+    ) -> Gallery:
         """Open the gallery in folder ``path``.
 
         Corruption is reported as :class:`GalleryError` naming the file: a damaged ``gallery.db`` (checked with
@@ -240,7 +254,7 @@ class Gallery(MaintenanceMixin, ReadingMixin):
         return g
 
     @classmethod
-    def _connect_gallery(cls, path: Path, readonly: bool, verify: bool, max_label_length: int) -> "Gallery":
+    def _connect_gallery(cls, path: Path, readonly: bool, verify: bool, max_label_length: int) -> Gallery:
         db = path / DB_NAME
         if not path.is_dir():
             raise GalleryError(f"{path}: no such gallery folder")
@@ -300,7 +314,7 @@ class Gallery(MaintenanceMixin, ReadingMixin):
             raise GalleryError(f"{db}: damaged gallery metadata ({e})") from None
 
     @classmethod
-    def repair(cls, path: str | os.PathLike) -> "Gallery":
+    def repair(cls, path: str | os.PathLike) -> Gallery:
         """Rebuild the faiss snapshot from the vectors in ``gallery.db`` (after a lost or damaged snapshot)."""
         g = cls._connect_gallery(Path(path), False, True, DEFAULT_MAX_LABEL_LENGTH)
         try:
@@ -508,8 +522,12 @@ class Gallery(MaintenanceMixin, ReadingMixin):
                 base_seq = seq = c["seq"]
                 sets: list[str] = ["updated_at = ?"]
                 args: list[Any] = [now]
-                for col, value in (("label", label), ("source", source), ("metadata", meta_json),
-                                   ("content_hash", content_hash)):
+                for col, value in (
+                    ("label", label),
+                    ("source", source),
+                    ("metadata", meta_json),
+                    ("content_hash", content_hash),
+                ):
                     if value is not None:
                         sets.append(f"{col} = ?")
                         args.append(value)
@@ -541,7 +559,6 @@ class Gallery(MaintenanceMixin, ReadingMixin):
 
             self._after_write(base_seq, apply, seq)
 
-
     # -- lifetime ------------------------------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -565,7 +582,7 @@ class Gallery(MaintenanceMixin, ReadingMixin):
             self._state = None
             self._changes.close()
 
-    def __enter__(self) -> "Gallery":
+    def __enter__(self) -> Gallery:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -573,6 +590,5 @@ class Gallery(MaintenanceMixin, ReadingMixin):
 
     def __repr__(self) -> str:
         return (
-            f"Gallery({str(self.path)!r}, dim={self.dim}, metric={self.metric!r}, "
-            f"index_method={self.index_method!r})"
+            f"Gallery({str(self.path)!r}, dim={self.dim}, metric={self.metric!r}, index_method={self.index_method!r})"
         )

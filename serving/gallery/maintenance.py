@@ -5,6 +5,7 @@ write (the next write or open tries again). Rebuilds of big indexes (``backgroun
 thread while searches go on with the current index; changes committed meanwhile are replayed onto the new index
 before it replaces the current one.
 """
+
 from __future__ import annotations
 
 import logging

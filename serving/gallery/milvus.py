@@ -23,6 +23,7 @@ Longer than 600 lines: one class implements the whole backend interface over one
 allocation, consistency, the index mapping and the error translation all depend on each other); the URI parsing
 and the connection settings are the only separable parts and are short.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,9 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,8 +50,11 @@ DEFAULT_TIMEOUT = 10.0
 _ID_BITS = 53  # ids stay exact in JavaScript numbers
 _BATCH = 2000  # rows per insert / ids per query expression
 _QUERY_LIMIT = 16384  # Milvus's largest query window (limit + offset)
-_URI = re.compile(r"^milvus://(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+)(?::(?P<port>\d{1,5}))?"
-                  r"/(?P<collection>[^/?#]+)(?:\?timeout=(?P<timeout>\d+(?:\.\d+)?))?$", re.IGNORECASE)
+_URI = re.compile(
+    r"^milvus://(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+)(?::(?P<port>\d{1,5}))?"
+    r"/(?P<collection>[^/?#]+)(?:\?timeout=(?P<timeout>\d+(?:\.\d+)?))?$",
+    re.IGNORECASE,
+)
 _METRICS = {"ip": "IP", "inner_product": "IP", "cosine": "IP", "l2": "L2", "hamming": "hamming"}
 _MAX_SOURCE = 4096
 _INFO_LABELS_UP_TO = 100_000  # info() counts distinct labels (a full read) only up to this many items
@@ -84,7 +89,7 @@ class MilvusTarget:
         scheme = "https" if os.environ.get("SHITU_MILVUS_SECURE", "") in ("1", "true", "yes") else "http"
         return f"{scheme}://{self.host}:{self.port}"
 
-    def with_collection(self, name: str) -> "MilvusTarget":
+    def with_collection(self, name: str) -> MilvusTarget:
         """The same server, collection ``name`` (gallery names' ``-`` and ``.`` become ``_``)."""
         return replace(self, collection=_collection_name(name))
 
@@ -102,8 +107,10 @@ def parse_uri(uri: str) -> MilvusTarget:
     """``milvus://host[:port]/collection[?timeout=S]`` -> :class:`MilvusTarget`; GalleryError if malformed."""
     m = _URI.match(str(uri).strip())
     if not m:
-        raise GalleryError(f"not a Milvus gallery URI: {uri!r} (expected milvus://host:port/collection; "
-                           "credentials go in SHITU_MILVUS_TOKEN, not in the URI)")
+        raise GalleryError(
+            f"not a Milvus gallery URI: {uri!r} (expected milvus://host:port/collection; "
+            "credentials go in SHITU_MILVUS_TOKEN, not in the URI)"
+        )
     port = int(m["port"] or DEFAULT_PORT)
     if not 0 < port < 65536:
         raise GalleryError(f"{uri!r}: port {port} out of range")
@@ -129,8 +136,10 @@ def _index_params(index_method: str, metric: str, binary: bool) -> tuple[str, di
     m = re.match(r"^HNSW(\d*)", method)
     if m and not binary:
         return "HNSW", {"M": int(m.group(1) or 32), "efConstruction": 40}
-    raise GalleryError(f"index_method {index_method!r} has no Milvus equivalent for {metric} galleries: use Flat, "
-                       "IVF<nlist> or HNSW<M> (HNSW: float vectors only)")
+    raise GalleryError(
+        f"index_method {index_method!r} has no Milvus equivalent for {metric} galleries: use Flat, "
+        "IVF<nlist> or HNSW<M> (HNSW: float vectors only)"
+    )
 
 
 def _filter_in(field: str, values: Sequence[Any]) -> str:
@@ -140,7 +149,7 @@ def _filter_in(field: str, values: Sequence[Any]) -> str:
 
 def _chunks(seq: Sequence[Any], n: int = _BATCH) -> Iterable[Sequence[Any]]:
     for i in range(0, len(seq), n):
-        yield seq[i:i + n]
+        yield seq[i : i + n]
 
 
 class MilvusGallery:
@@ -148,8 +157,9 @@ class MilvusGallery:
 
     _FIELDS = ["id", "label", "source", "metadata", "content_hash", "added_at", "updated_at"]
 
-    def __init__(self, target: MilvusTarget, client: Any, settings: dict[str, Any], readonly: bool,
-                 max_label_length: int):
+    def __init__(
+        self, target: MilvusTarget, client: Any, settings: dict[str, Any], readonly: bool, max_label_length: int
+    ):
         # Private: use create / open.
         self.target = target
         self.path = target.uri  # what the CLI prints; the service drops it from answers
@@ -179,8 +189,9 @@ class MilvusGallery:
         try:
             return MilvusClient(uri=target.endpoint, token=_token(), timeout=target.call_timeout)
         except Exception as e:  # pymilvus raises its own and grpc's errors
-            raise MilvusUnavailable(f"cannot reach the Milvus server of gallery {target.collection!r}: "
-                                    f"{_reason(e)}") from None
+            raise MilvusUnavailable(
+                f"cannot reach the Milvus server of gallery {target.collection!r}: {_reason(e)}"
+            ) from None
 
     @classmethod
     def exists(cls, uri: str) -> bool:
@@ -192,9 +203,18 @@ class MilvusGallery:
             client.close()
 
     @classmethod
-    def create(cls, uri: str, dim: int, index_method: str = "HNSW32", dist_type: str = "IP",
-               hamming_radius: int = 100, exist_ok: bool = False, *,
-               max_label_length: int = DEFAULT_MAX_LABEL_LENGTH, **tuning: Any) -> "MilvusGallery":
+    def create(
+        cls,
+        uri: str,
+        dim: int,
+        index_method: str = "HNSW32",
+        dist_type: str = "IP",
+        hamming_radius: int = 100,
+        exist_ok: bool = False,
+        *,
+        max_label_length: int = DEFAULT_MAX_LABEL_LENGTH,
+        **tuning: Any,
+    ) -> MilvusGallery:
         """Create the collection of gallery ``uri`` (arguments as ``Gallery.create``; ``tuning`` is ignored
         except ``ef_search`` / ``nprobe``). With ``exist_ok`` an existing one of the same dim and kind is opened."""
         from pymilvus import DataType, MilvusClient
@@ -207,9 +227,15 @@ class MilvusGallery:
             raise GalleryError(f"dim must be a positive integer (a multiple of 8 for hamming), not {dim!r}")
         binary = metric == "hamming"
         index_type, build = _index_params(str(index_method), metric, binary)
-        settings = {"shitu_gallery": FORMAT_VERSION, "dim": int(dim), "metric": metric,
-                    "normalize": str(dist_type).lower() == "cosine", "index_method": str(index_method).strip(),
-                    "hamming_radius": int(hamming_radius), "created_at": time.time()}
+        settings = {
+            "shitu_gallery": FORMAT_VERSION,
+            "dim": int(dim),
+            "metric": metric,
+            "normalize": str(dist_type).lower() == "cosine",
+            "index_method": str(index_method).strip(),
+            "hamming_radius": int(hamming_radius),
+            "created_at": time.time(),
+        }
         client = cls._connect(target)
         try:
             if _guarded(target, lambda: client.has_collection(target.collection, timeout=target.call_timeout)):
@@ -219,11 +245,13 @@ class MilvusGallery:
                 g = cls.open(uri, max_label_length=max_label_length)
                 if g.dim != int(dim) or (g.metric == "hamming") != binary:
                     g.close()
-                    raise GalleryError(f"{target.uri}: holds a {g.metric} gallery of dim {g.dim}, "
-                                       f"not {metric} of dim {dim}")
+                    raise GalleryError(
+                        f"{target.uri}: holds a {g.metric} gallery of dim {g.dim}, not {metric} of dim {dim}"
+                    )
                 return g
-            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
-                                                description=json.dumps(settings, sort_keys=True))
+            schema = MilvusClient.create_schema(
+                auto_id=False, enable_dynamic_field=False, description=json.dumps(settings, sort_keys=True)
+            )
             schema.add_field("id", DataType.INT64, is_primary=True)
             schema.add_field("vector", DataType.BINARY_VECTOR if binary else DataType.FLOAT_VECTOR, dim=int(dim))
             schema.add_field("label", DataType.VARCHAR, max_length=max(1, int(max_label_length)) * 4)
@@ -233,11 +261,20 @@ class MilvusGallery:
             schema.add_field("added_at", DataType.DOUBLE)
             schema.add_field("updated_at", DataType.DOUBLE)
             index = client.prepare_index_params()
-            index.add_index(field_name="vector", index_type=index_type,
-                            metric_type="HAMMING" if binary else metric, params=build)
-            _guarded(target, lambda: client.create_collection(
-                target.collection, schema=schema, index_params=index, consistency_level="Strong",
-                properties={_PROPERTY: json.dumps(settings, sort_keys=True)}, timeout=target.call_timeout))
+            index.add_index(
+                field_name="vector", index_type=index_type, metric_type="HAMMING" if binary else metric, params=build
+            )
+            _guarded(
+                target,
+                lambda: client.create_collection(
+                    target.collection,
+                    schema=schema,
+                    index_params=index,
+                    consistency_level="Strong",
+                    properties={_PROPERTY: json.dumps(settings, sort_keys=True)},
+                    timeout=target.call_timeout,
+                ),
+            )
         except BaseException:
             client.close()
             raise
@@ -246,7 +283,7 @@ class MilvusGallery:
         return g
 
     @classmethod
-    def open_or_create(cls, uri: str, dim: int, **kw: Any) -> "MilvusGallery":
+    def open_or_create(cls, uri: str, dim: int, **kw: Any) -> MilvusGallery:
         """Open the gallery in ``uri``, creating it first when there is none. Two replicas whose first add to a new
         gallery comes at the same moment both try to create it; the one that loses opens the winner's."""
         try:
@@ -257,8 +294,9 @@ class MilvusGallery:
             return cls.create(uri, dim, exist_ok=True, **kw)
 
     @classmethod
-    def open(cls, uri: str, readonly: bool = False, *, verify: bool = True,
-             max_label_length: int = DEFAULT_MAX_LABEL_LENGTH) -> "MilvusGallery":
+    def open(
+        cls, uri: str, readonly: bool = False, *, verify: bool = True, max_label_length: int = DEFAULT_MAX_LABEL_LENGTH
+    ) -> MilvusGallery:
         """Open the gallery in collection ``uri``; GalleryError when there is none or it is not a gallery."""
         target = parse_uri(uri)
         client = cls._connect(target)
@@ -270,11 +308,14 @@ class MilvusGallery:
                 settings = json.loads((desc.get("properties") or {}).get(_PROPERTY) or desc.get("description") or "")
                 assert isinstance(settings, dict) and "dim" in settings and "metric" in settings
             except (ValueError, AssertionError):
-                raise GalleryError(f"{target.uri}: collection {target.collection!r} is not a shitu-hub gallery") \
-                    from None
+                raise GalleryError(
+                    f"{target.uri}: collection {target.collection!r} is not a shitu-hub gallery"
+                ) from None
             if int(settings.get("shitu_gallery", 0)) > FORMAT_VERSION:
-                raise GalleryError(f"{target.uri}: gallery format {settings['shitu_gallery']} is newer than this "
-                                   f"release supports ({FORMAT_VERSION}); upgrade shitu-hub")
+                raise GalleryError(
+                    f"{target.uri}: gallery format {settings['shitu_gallery']} is newer than this "
+                    f"release supports ({FORMAT_VERSION}); upgrade shitu-hub"
+                )
             _guarded(target, lambda: client.load_collection(target.collection, timeout=target.call_timeout))
         except BaseException:
             client.close()
@@ -293,8 +334,10 @@ class MilvusGallery:
         except MilvusUnavailable as e:
             if not any(w in str(e).lower() for w in ("not loaded", "released", "load()")):
                 raise
-            _guarded(self.target, lambda: self._client.load_collection(self.target.collection,
-                                                                       timeout=self.target.call_timeout))
+            _guarded(
+                self.target,
+                lambda: self._client.load_collection(self.target.collection, timeout=self.target.call_timeout),
+            )
             return _guarded(self.target, lambda: fn(self.target.collection, *args, **kw))
 
     def _query(self, expr: str, fields: list[str], limit: int | None = None, offset: int = 0) -> list[dict]:
@@ -394,9 +437,16 @@ class MilvusGallery:
             ids |= fresh
         return list(ids)
 
-    def add(self, vectors: np.ndarray, labels: Sequence[str], sources: Sequence[str | None] | None = None,
-            metadata: Sequence[dict | None] | None = None, content_hashes: Sequence[str | None] | None = None,
-            *, ids: Sequence[int] | None = None) -> list[int]:
+    def add(
+        self,
+        vectors: np.ndarray,
+        labels: Sequence[str],
+        sources: Sequence[str | None] | None = None,
+        metadata: Sequence[dict | None] | None = None,
+        content_hashes: Sequence[str | None] | None = None,
+        *,
+        ids: Sequence[int] | None = None,
+    ) -> list[int]:
         """Add items; returns their ids, in order. ``ids`` keeps given ids (``shitu gallery migrate``). All or
         nothing: when the server fails part-way, the rows already inserted are deleted again."""
         self._check_writable()
@@ -421,16 +471,27 @@ class MilvusGallery:
             new_ids = [int(i) for i in ids]
             if len(new_ids) != n or len(set(new_ids)) != n or min(new_ids) <= 0 or max(new_ids) >= 1 << _ID_BITS:
                 raise GalleryError("ids must be distinct integers in [1, 2**53), one per vector")
-            taken = [int(r["id"]) for part in _chunks(new_ids) for r in self._query(_filter_in("id", list(part)),
-                                                                                     ["id"])]
+            taken = [
+                int(r["id"]) for part in _chunks(new_ids) for r in self._query(_filter_in("id", list(part)), ["id"])
+            ]
             if taken:
                 raise GalleryError(f"ids already in the gallery: {sorted(taken)[:10]}")
         else:
             new_ids = self._new_ids(n)
         now = time.time()
-        rows = [{"id": new_ids[i], "vector": self._row_vector(vecs[i]), "label": labels[i], "source": src[i],
-                 "metadata": meta[i], "content_hash": content_hashes[i] or "", "added_at": now, "updated_at": now}
-                for i in range(n)]
+        rows = [
+            {
+                "id": new_ids[i],
+                "vector": self._row_vector(vecs[i]),
+                "label": labels[i],
+                "source": src[i],
+                "metadata": meta[i],
+                "content_hash": content_hashes[i] or "",
+                "added_at": now,
+                "updated_at": now,
+            }
+            for i in range(n)
+        ]
         done = 0
         try:
             for part in _chunks(rows):
@@ -459,8 +520,16 @@ class MilvusGallery:
             self._call("delete", ids=list(part))
         return len(found)
 
-    def update(self, id: int, label: str | None = None, vector: np.ndarray | None = None, *,
-               source: str | None = None, metadata: dict | None = None, content_hash: str | None = None) -> None:
+    def update(
+        self,
+        id: int,
+        label: str | None = None,
+        vector: np.ndarray | None = None,
+        *,
+        source: str | None = None,
+        metadata: dict | None = None,
+        content_hash: str | None = None,
+    ) -> None:
         """Relabel an item and/or replace its vector, source, metadata, content hash; the id stays."""
         self._check_writable()
         rows = self._query(f"id == {int(id)}", self._FIELDS + ["vector"])
@@ -494,8 +563,9 @@ class MilvusGallery:
         self._call("compact")
 
     # -- searching ---------------------------------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int = 5, labels: Sequence[str] | None = None,
-               hamming_radius: int | None = None) -> list[list[Match]]:
+    def search(
+        self, queries: np.ndarray, k: int = 5, labels: Sequence[str] | None = None, hamming_radius: int | None = None
+    ) -> list[list[Match]]:
         """The ``k`` best matches of each query, best first (scores as the local gallery's: IP similarity,
         squared L2 or hamming distance; hamming hits beyond ``hamming_radius`` dropped: this call's, else the
         gallery's own)."""
@@ -514,9 +584,15 @@ class MilvusGallery:
         elif method.startswith("IVF"):
             params["params"]["nprobe"] = int(self.tuning["nprobe"] or 16)
         expr = _filter_in("label", sorted(set(labels))) if labels is not None else ""
-        hits = self._call("search", data=[self._row_vector(v) for v in q], limit=k, filter=expr,
-                          output_fields=["label", "source", "metadata"], search_params=params,
-                          consistency_level="Strong")
+        hits = self._call(
+            "search",
+            data=[self._row_vector(v) for v in q],
+            limit=k,
+            filter=expr,
+            output_fields=["label", "source", "metadata"],
+            search_params=params,
+            consistency_level="Strong",
+        )
         out: list[list[Match]] = []
         radius = (self.hamming_radius if hamming_radius is None else hamming_radius) if self._binary else None
         for row in hits:
@@ -526,19 +602,30 @@ class MilvusGallery:
                 if radius is not None and d > radius:
                     continue
                 ent = h.get("entity", {})
-                matches.append(Match(id=int(h["id"]), label=ent.get("label"), score=d,
-                                     source=ent.get("source") or None,
-                                     metadata=json.loads(ent["metadata"]) if ent.get("metadata") else None))
+                matches.append(
+                    Match(
+                        id=int(h["id"]),
+                        label=ent.get("label"),
+                        score=d,
+                        source=ent.get("source") or None,
+                        metadata=json.loads(ent["metadata"]) if ent.get("metadata") else None,
+                    )
+                )
             out.append(matches)
         return out
 
     # -- reading records ------------------------------------------------------------------------------------------
     @staticmethod
     def _record(r: dict[str, Any]) -> dict[str, Any]:
-        return {"id": int(r["id"]), "label": r["label"], "source": r.get("source") or None,
-                "metadata": json.loads(r["metadata"]) if r.get("metadata") else None,
-                "content_hash": r.get("content_hash") or None, "added_at": r.get("added_at"),
-                "updated_at": r.get("updated_at")}
+        return {
+            "id": int(r["id"]),
+            "label": r["label"],
+            "source": r.get("source") or None,
+            "metadata": json.loads(r["metadata"]) if r.get("metadata") else None,
+            "content_hash": r.get("content_hash") or None,
+            "added_at": r.get("added_at"),
+            "updated_at": r.get("updated_at"),
+        }
 
     def get(self, id: int, with_vector: bool = False) -> dict[str, Any] | None:
         rows = self._query(f"id == {int(id)}", self._FIELDS + (["vector"] if with_vector else []))
@@ -586,13 +673,21 @@ class MilvusGallery:
             idx = {}
         count = len(self)
         return {
-            "path": self.target.uri, "backend": "milvus", "collection": self.target.collection,
-            "count": count, "labels": len(self.label_counts()) if count <= _INFO_LABELS_UP_TO else None,
-            "dim": self.dim, "metric": self.metric, "normalize": self.normalize,
-            "index_method": self.index_method, "index": (idx or {}).get("index_type"),
+            "path": self.target.uri,
+            "backend": "milvus",
+            "collection": self.target.collection,
+            "count": count,
+            "labels": len(self.label_counts()) if count <= _INFO_LABELS_UP_TO else None,
+            "dim": self.dim,
+            "metric": self.metric,
+            "normalize": self.normalize,
+            "index_method": self.index_method,
+            "index": (idx or {}).get("index_type"),
             "hamming_radius": self.hamming_radius if self._binary else None,
-            "format_version": int(self._s.get("shitu_gallery", 1)), "readonly": self.readonly,
-            "created_at": float(self._s.get("created_at", 0.0)), "tuning": dict(self.tuning),
+            "format_version": int(self._s.get("shitu_gallery", 1)),
+            "readonly": self.readonly,
+            "created_at": float(self._s.get("created_at", 0.0)),
+            "tuning": dict(self.tuning),
         }
 
     # -- lifetime --------------------------------------------------------------------------------------------------
@@ -604,7 +699,7 @@ class MilvusGallery:
             except Exception:  # closing a channel to a dead server
                 pass
 
-    def __enter__(self) -> "MilvusGallery":
+    def __enter__(self) -> MilvusGallery:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -15,6 +15,7 @@ Vectors file format (``format`` 1)::
     {"format": 1, "dim": 512, "model": "nanodet-g-backbone-embed", "metric": "IP",
      "items": [{"label": "cat", "source": "skimage.data.chelsea", "vector": [0.01, ...]}, ...]}
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,9 @@ import os
 import shutil
 import sys
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -59,19 +61,34 @@ def read_vectors(path: str | os.PathLike, dim: int) -> tuple[np.ndarray, list[st
     return vectors, labels, sources
 
 
-def write_vectors(path: str | os.PathLike, vectors: np.ndarray, labels: Sequence[str],
-                  sources: Sequence[str | None], model: str, metric: str = "IP") -> None:
+def write_vectors(
+    path: str | os.PathLike,
+    vectors: np.ndarray,
+    labels: Sequence[str],
+    sources: Sequence[str | None],
+    model: str,
+    metric: str = "IP",
+) -> None:
     """Write a vectors file (6 decimals: cosine scores change by less than 1e-5)."""
     vectors = np.asarray(vectors, np.float32)
-    items = [{"label": lab, "source": src, "vector": [round(float(x), 6) for x in vec]}
-             for lab, src, vec in zip(labels, sources, vectors)]
-    doc = {"format": VECTORS_FORMAT, "dim": int(vectors.shape[1]), "model": model, "metric": metric,
-           "items": items}
+    items = [
+        {"label": lab, "source": src, "vector": [round(float(x), 6) for x in vec]}
+        for lab, src, vec in zip(labels, sources, vectors)
+    ]
+    doc = {"format": VECTORS_FORMAT, "dim": int(vectors.shape[1]), "model": model, "metric": metric, "items": items}
     Path(path).write_text(json.dumps(doc, separators=(",", ":")) + "\n", encoding="utf-8")
 
 
-def ensure_built(spec: Any, embed_fn: EmbedFn, dim: int, *, max_label_length: int = DEFAULT_MAX_LABEL_LENGTH,
-                 progress: bool = False, skip_bad: bool = False, identity: dict[str, str] | None = None) -> bool:
+def ensure_built(
+    spec: Any,
+    embed_fn: EmbedFn,
+    dim: int,
+    *,
+    max_label_length: int = DEFAULT_MAX_LABEL_LENGTH,
+    progress: bool = False,
+    skip_bad: bool = False,
+    identity: dict[str, str] | None = None,
+) -> bool:
     """Build the declared gallery ``spec`` if its folder has none yet; return whether it was built now.
 
     ``identity``: the model identity of the recogniser that made its vectors (``embed_fn``'s, or the pack's own for
@@ -93,11 +110,14 @@ def ensure_built(spec: Any, embed_fn: EmbedFn, dim: int, *, max_label_length: in
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     if progress:
-        print(f"building gallery {spec.pack}/{spec.name} from {source.name} ({spec.index_method}, {spec.dist_type})"
-              f" ...", file=sys.stderr)
+        print(
+            f"building gallery {spec.pack}/{spec.name} from {source.name} ({spec.index_method}, {spec.dist_type}) ...",
+            file=sys.stderr,
+        )
     try:
-        with Gallery.create(staging, dim, index_method=spec.index_method, dist_type=spec.dist_type,
-                            max_label_length=max_label_length) as gallery:
+        with Gallery.create(
+            staging, dim, index_method=spec.index_method, dist_type=spec.dist_type, max_label_length=max_label_length
+        ) as gallery:
             if spec.vectors_file is not None:
                 vectors, labels, sources = read_vectors(spec.vectors_file, dim)
                 gallery.add(vectors, labels, sources=sources)

@@ -21,6 +21,7 @@ same ids, labels (the second column of the line) and sources (the first), the sa
 and the corresponding index method (``Flat``, ``HNSW<M>``, ``IVF``). The gallery is built in a temporary folder
 and renamed into place, so a failed import leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import io
@@ -37,8 +38,15 @@ import numpy as np
 
 from shitu.files import move_into_place, staging_dir
 
-__all__ = ["IndexImportError", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_ITEMS", "read_id_map", "read_faiss_index",
-           "import_paddleclas_index", "is_paddleclas_index"]
+__all__ = [
+    "IndexImportError",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_ITEMS",
+    "read_id_map",
+    "read_faiss_index",
+    "import_paddleclas_index",
+    "is_paddleclas_index",
+]
 
 #: Defaults of ``Limits.max_index_import_bytes`` / ``Limits.max_index_import_items`` (see the parameter schema).
 DEFAULT_MAX_BYTES = 1 << 30
@@ -50,17 +58,58 @@ ID_MAP = "id_map.pkl"
 VECTOR_INDEX = "vector.index"
 
 #: Opcodes a pickled dict of int/str (numpy int64 keys included) is made of; anything else is refused.
-_ALLOWED_OPCODES = frozenset({
-    "PROTO", "FRAME", "STOP", "MARK", "POP", "POP_MARK",
-    "EMPTY_DICT", "DICT", "SETITEM", "SETITEMS", "EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3",
-    "EMPTY_LIST", "LIST", "APPEND", "APPENDS",
-    "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET",
-    "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "NONE", "NEWTRUE", "NEWFALSE",
-    "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "STRING", "BINSTRING", "SHORT_BINSTRING",
-    "SHORT_BINBYTES", "BINBYTES",
-    # numpy.int64 keys: GLOBAL/STACK_GLOBAL of the two names below, REDUCE to call them, BUILD for dtype state.
-    "GLOBAL", "STACK_GLOBAL", "REDUCE", "BUILD",
-})
+_ALLOWED_OPCODES = frozenset(
+    {
+        "PROTO",
+        "FRAME",
+        "STOP",
+        "MARK",
+        "POP",
+        "POP_MARK",
+        "EMPTY_DICT",
+        "DICT",
+        "SETITEM",
+        "SETITEMS",
+        "EMPTY_TUPLE",
+        "TUPLE",
+        "TUPLE1",
+        "TUPLE2",
+        "TUPLE3",
+        "EMPTY_LIST",
+        "LIST",
+        "APPEND",
+        "APPENDS",
+        "MEMOIZE",
+        "PUT",
+        "BINPUT",
+        "LONG_BINPUT",
+        "GET",
+        "BINGET",
+        "LONG_BINGET",
+        "INT",
+        "BININT",
+        "BININT1",
+        "BININT2",
+        "LONG",
+        "LONG1",
+        "NONE",
+        "NEWTRUE",
+        "NEWFALSE",
+        "UNICODE",
+        "SHORT_BINUNICODE",
+        "BINUNICODE",
+        "STRING",
+        "BINSTRING",
+        "SHORT_BINSTRING",
+        "SHORT_BINBYTES",
+        "BINBYTES",
+        # numpy.int64 keys: GLOBAL/STACK_GLOBAL of the two names below, REDUCE to call them, BUILD for dtype state.
+        "GLOBAL",
+        "STACK_GLOBAL",
+        "REDUCE",
+        "BUILD",
+    }
+)
 _NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
 #: The only globals an id map may name (each mapped to a stand-in defined here, never imported).
 _GLOBALS = frozenset({f"{m}.scalar" for m in _NUMPY_MODULES} | {"numpy.dtype", "_codecs.encode"})
@@ -71,6 +120,7 @@ class IndexImportError(ValueError):
 
 
 # -- the two stand-ins numpy's int64 pickles name -------------------------------------------------------------
+
 
 class _IntDType:
     """Stands in for ``numpy.dtype`` while unpickling: integer dtypes only (``i1``..``u8``)."""
@@ -111,8 +161,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _latin1
         if module == "numpy" and name == "dtype":
             return _IntDType
-        raise pickle.UnpicklingError(f"id_map.pkl: refers to {module}.{name}; refused (only ints and strings "
-                                     "are read from a PaddleClas id map)")
+        raise pickle.UnpicklingError(
+            f"id_map.pkl: refers to {module}.{name}; refused (only ints and strings are read from a PaddleClas id map)"
+        )
 
 
 def _scan(data: bytes, max_items: int) -> None:
@@ -121,25 +172,27 @@ def _scan(data: bytes, max_items: int) -> None:
     try:
         for op, arg, _pos in pickletools.genops(io.BytesIO(data)):
             if op.name not in _ALLOWED_OPCODES:
-                raise IndexImportError(f"{ID_MAP}: pickle opcode {op.name} refused (a PaddleClas id map is a dict "
-                                       "of ints and strings)")
-            if op.name in ("GLOBAL",) and (not isinstance(arg, str) or arg.replace(" ", ".") not in
-                                           _GLOBALS):
+                raise IndexImportError(
+                    f"{ID_MAP}: pickle opcode {op.name} refused (a PaddleClas id map is a dict of ints and strings)"
+                )
+            if op.name in ("GLOBAL",) and (not isinstance(arg, str) or arg.replace(" ", ".") not in _GLOBALS):
                 raise IndexImportError(f"{ID_MAP}: refers to {arg!r}; refused")
             if isinstance(arg, (str, bytes)) and len(arg) > MAX_DOC_CHARS:
                 raise IndexImportError(f"{ID_MAP}: a string of {len(arg)} characters; the limit is {MAX_DOC_CHARS}")
             ops += 1
             if ops > 64 * max_items + 64:
-                raise IndexImportError(f"{ID_MAP}: more than {max_items} entries; the limit is {max_items} "
-                                       "(Limits.max_index_import_items)")
+                raise IndexImportError(
+                    f"{ID_MAP}: more than {max_items} entries; the limit is {max_items} (Limits.max_index_import_items)"
+                )
     except IndexImportError:
         raise
     except Exception as e:  # truncated data, a declared length past the end, an unknown opcode byte
         raise IndexImportError(f"{ID_MAP}: not a readable pickle ({e})") from None
 
 
-def read_id_map(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES,
-                max_items: int = DEFAULT_MAX_ITEMS) -> dict[int, str]:
+def read_id_map(
+    path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES, max_items: int = DEFAULT_MAX_ITEMS
+) -> dict[int, str]:
     """``id_map.pkl`` -> ``{faiss id: list-file line}``, without executing anything (see the module doc)."""
     path = Path(path)
     try:
@@ -166,13 +219,15 @@ def read_id_map(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES,
     out: dict[int, str] = {}
     for k, v in obj.items():
         if not isinstance(k, int) or isinstance(k, bool) or not isinstance(v, str):
-            raise IndexImportError(f"{ID_MAP}: an entry {type(k).__name__} -> {type(v).__name__}; PaddleClas "
-                                   "writes int -> str")
+            raise IndexImportError(
+                f"{ID_MAP}: an entry {type(k).__name__} -> {type(v).__name__}; PaddleClas writes int -> str"
+            )
         out[k] = v
     return out
 
 
 # -- the faiss side ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class FaissContents:
@@ -207,8 +262,9 @@ def read_faiss_index(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES
     except OSError as e:
         raise IndexImportError(f"{VECTOR_INDEX}: cannot read it: {e.strerror or e}") from None
     if size > max_bytes:
-        raise IndexImportError(f"{VECTOR_INDEX}: {size} bytes; the limit is {max_bytes} "
-                               "(Limits.max_index_import_bytes)")
+        raise IndexImportError(
+            f"{VECTOR_INDEX}: {size} bytes; the limit is {max_bytes} (Limits.max_index_import_bytes)"
+        )
     with open(path, "rb") as f:
         head = f.read(4)
     binary = head[:1] == b"I" and head[1:2] == b"B"  # binary fourccs: IBxF, IBHf, IBwF, IBMp, ...
@@ -228,8 +284,11 @@ def read_faiss_index(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES
     if "IVF" in type(inner).__name__:
         inner.make_direct_map()
     try:
-        vectors = inner.reconstruct_n(0, n) if n else np.zeros(
-            (0, index.d // 8 if binary else index.d), np.uint8 if binary else np.float32)
+        vectors = (
+            inner.reconstruct_n(0, n)
+            if n
+            else np.zeros((0, index.d // 8 if binary else index.d), np.uint8 if binary else np.float32)
+        )
     except RuntimeError as e:
         raise IndexImportError(f"{VECTOR_INDEX}: cannot reconstruct its vectors: {str(e).splitlines()[0]}") from None
     if binary:
@@ -249,6 +308,7 @@ def read_faiss_index(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES
 
 # -- the import ---------------------------------------------------------------------------------------------------
 
+
 def is_paddleclas_index(folder: str | os.PathLike) -> bool:
     folder = Path(folder)
     return (folder / ID_MAP).is_file() and (folder / VECTOR_INDEX).is_file()
@@ -262,17 +322,23 @@ def split_doc(doc: str, delimiter: str = "\t") -> tuple[str, str]:
     return parts[0].strip(), parts[1].strip()
 
 
-def import_paddleclas_index(folder: str | os.PathLike, dest: str | os.PathLike, *, delimiter: str = "\t",
-                            index_method: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
-                            max_items: int = DEFAULT_MAX_ITEMS,
-                            max_label_length: int | None = None) -> dict[str, Any]:
+def import_paddleclas_index(
+    folder: str | os.PathLike,
+    dest: str | os.PathLike,
+    *,
+    delimiter: str = "\t",
+    index_method: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_items: int = DEFAULT_MAX_ITEMS,
+    max_label_length: int | None = None,
+) -> dict[str, Any]:
     """Import PaddleClas index ``folder`` into a new gallery at ``dest``; returns a summary.
 
     Ids, labels and vectors are kept; sources are the image paths of the list file. ``index_method`` overrides
     the method read from the index (``Flat``, ``HNSW<M>``, ``IVF``).
     """
-    from shitu.serving.gallery.list_file import DEFAULT_MAX_LABEL_LENGTH
     from shitu.serving.gallery.keep_ids import add_keeping_ids
+    from shitu.serving.gallery.list_file import DEFAULT_MAX_LABEL_LENGTH
     from shitu.serving.gallery.local import DB_NAME, Gallery, GalleryError
 
     folder, dest = Path(folder), Path(dest)
@@ -285,8 +351,10 @@ def import_paddleclas_index(folder: str | os.PathLike, dest: str | os.PathLike, 
     if len(contents.ids) > max_items:
         raise IndexImportError(f"{VECTOR_INDEX}: {len(contents.ids)} vectors; the limit is {max_items}")
     if set(contents.ids.tolist()) != set(id_map) or len(id_map) != len(contents.ids):
-        raise IndexImportError(f"{VECTOR_INDEX} holds {len(contents.ids)} vectors and {ID_MAP} {len(id_map)} "
-                               "entries, with different ids: the folder is inconsistent")
+        raise IndexImportError(
+            f"{VECTOR_INDEX} holds {len(contents.ids)} vectors and {ID_MAP} {len(id_map)} "
+            "entries, with different ids: the folder is inconsistent"
+        )
     order = np.argsort(contents.ids, kind="stable")
     ids = contents.ids[order]
     vectors = contents.vectors[order]
@@ -296,12 +364,22 @@ def import_paddleclas_index(folder: str | os.PathLike, dest: str | os.PathLike, 
     tmp = staging_dir(dest, "import")
     method = index_method or contents.index_method
     try:
-        gallery = Gallery.create(tmp, contents.dim, index_method=method, dist_type=contents.metric,
-                                 max_label_length=max_label_length or DEFAULT_MAX_LABEL_LENGTH)
+        gallery = Gallery.create(
+            tmp,
+            contents.dim,
+            index_method=method,
+            dist_type=contents.metric,
+            max_label_length=max_label_length or DEFAULT_MAX_LABEL_LENGTH,
+        )
         try:
             add_keeping_ids(gallery, ids, vectors, [d[1] for d in docs], sources=[d[0] for d in docs])
-            summary = {"count": len(gallery), "labels": len(gallery.label_counts()), "dim": contents.dim,
-                       "metric": contents.metric, "index_method": method}
+            summary = {
+                "count": len(gallery),
+                "labels": len(gallery.label_counts()),
+                "dim": contents.dim,
+                "metric": contents.metric,
+                "index_method": method,
+            }
         finally:
             gallery.close()
         move_into_place(tmp, dest)  # dest is missing or an empty folder (checked above)

@@ -4,10 +4,12 @@ Every hit is resolved by slot against SQLite (through a cache valid for one valu
 :mod:`.record_cache`), so nothing removed (here or in another process) is returned; a hit found stale makes the
 search catch up with the change log and run again.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,8 +25,9 @@ __all__ = ["ReadingMixin"]
 class ReadingMixin(ReplicationMixin):
     """``search``, ``get``, ``list``, ``label_counts``, ``hashes_present``, ``len()`` and ``info``."""
 
-    def search(self, queries: np.ndarray, k: int = 5, labels: Sequence[str] | None = None, *,
-               hamming_radius: int | None = None) -> list[list[Match]]:
+    def search(
+        self, queries: np.ndarray, k: int = 5, labels: Sequence[str] | None = None, *, hamming_radius: int | None = None
+    ) -> list[list[Match]]:
         """The ``k`` best matches of each query (one list per query, best first).
 
         ``score`` is the raw metric: IP similarity (higher is better), squared L2 distance or hamming distance

@@ -19,6 +19,7 @@ removed or relabelled anywhere, exactly as when every hit was read from the data
   while another process commits may be newer than the ``seq`` read just before; they are dropped at the next lookup
   (``seq`` moved), so nothing older than the database is ever served.
 """
+
 from __future__ import annotations
 
 import sqlite3

@@ -15,15 +15,17 @@ content hashes and thumbnails, and vectors of the new recogniser:
   its items have no image to embed again (thumbnails are too small to stand in for them). The old galleries are
   only read; each new one is built in a hidden sibling folder and renamed into place.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -64,8 +66,10 @@ def _read(src: Path) -> tuple[dict[str, str], list[tuple], dict[int, bytes]]:
     try:
         conn.execute("BEGIN")
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        rows = conn.execute("SELECT i.id, i.label, i.source, i.metadata, i.content_hash, v.vector FROM items i "
-                            "JOIN vectors v ON v.slot = i.slot ORDER BY i.id").fetchall()
+        rows = conn.execute(
+            "SELECT i.id, i.label, i.source, i.metadata, i.content_hash, v.vector FROM items i "
+            "JOIN vectors v ON v.slot = i.slot ORDER BY i.id"
+        ).fetchall()
         try:
             thumbs = {int(i): bytes(j) for i, j in conn.execute("SELECT id, jpeg FROM thumbnails")}
         except sqlite3.OperationalError:  # no item was ever added with its image
@@ -93,8 +97,14 @@ def locator(known: dict[str, Path] | None = None) -> Locate:
     return locate
 
 
-def plan(old_root: Path, new_root: Path | None, *, mappable: bool, old_identity: dict[str, str] | None,
-         locate: Locate | None = None) -> list[GalleryCopy]:
+def plan(
+    old_root: Path,
+    new_root: Path | None,
+    *,
+    mappable: bool,
+    old_identity: dict[str, str] | None,
+    locate: Locate | None = None,
+) -> list[GalleryCopy]:
     """What :func:`reembed_all` would do; raises :class:`ReembedError` naming every gallery it cannot carry over.
 
     ``mappable``: the new recogniser is the old one plus a linear head. ``old_identity``: the old recogniser's
@@ -125,16 +135,28 @@ def plan(old_root: Path, new_root: Path | None, *, mappable: bool, old_identity:
                 copy.images[r[0]] = found
         (refused if copy.missing else out).append(copy)
     if refused:
-        lines = [f"gallery {c.name!r}: {len(c.missing)} of {c.count} items have no stored image to embed again "
-                 f"(ids {', '.join(c.missing[:5])}{', ...' if len(c.missing) > 5 else ''})" for c in refused]
-        raise ReembedError("the new recogniser cannot take these galleries along (nothing was changed):\n"
-                           + "\n".join(lines) + "\nre-add their images, or remove these galleries first")
+        lines = [
+            f"gallery {c.name!r}: {len(c.missing)} of {c.count} items have no stored image to embed again "
+            f"(ids {', '.join(c.missing[:5])}{', ...' if len(c.missing) > 5 else ''})"
+            for c in refused
+        ]
+        raise ReembedError(
+            "the new recogniser cannot take these galleries along (nothing was changed):\n"
+            + "\n".join(lines)
+            + "\nre-add their images, or remove these galleries first"
+        )
     return out
 
 
-def _copy_one(copy: GalleryCopy, projection: np.ndarray | None, embed: EmbedFn, read_image: ReadImage,
-              identity: dict[str, str] | None, binarize: Callable[[np.ndarray], np.ndarray], normalize_mapped: bool
-              ) -> int:
+def _copy_one(
+    copy: GalleryCopy,
+    projection: np.ndarray | None,
+    embed: EmbedFn,
+    read_image: ReadImage,
+    identity: dict[str, str] | None,
+    binarize: Callable[[np.ndarray], np.ndarray],
+    normalize_mapped: bool,
+) -> int:
     from shitu.serving.gallery.backup import set_gallery_model_identity
     from shitu.serving.gallery.keep_ids import add_keeping_ids
 
@@ -150,20 +172,31 @@ def _copy_one(copy: GalleryCopy, projection: np.ndarray | None, embed: EmbedFn, 
         late = [r[0] for r in rows if r[0] not in copy.images]
         if late:
             raise ReembedError(f"gallery {copy.name!r}: items {late[:5]} were added while adapting; run it again")
-        parts = [np.asarray(embed([read_image(str(copy.images[r[0]])) for r in rows[i:i + IMAGE_CHUNK]]))
-                 for i in range(0, len(rows), IMAGE_CHUNK)]  # a chunk of images in memory at a time
+        parts = [
+            np.asarray(embed([read_image(str(copy.images[r[0]])) for r in rows[i : i + IMAGE_CHUNK]]))
+            for i in range(0, len(rows), IMAGE_CHUNK)
+        ]  # a chunk of images in memory at a time
         vectors = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
         if metric == "hamming":
             vectors = binarize(vectors)
     tmp = staging_dir(copy.dest, "reembed")
     try:
-        with Gallery.create(tmp, dim, index_method=meta["index_method"],
-                            dist_type="cosine" if normalize else metric,
-                            hamming_radius=int(meta.get("hamming_radius", 100))) as gallery:
-            add_keeping_ids(gallery, [r[0] for r in rows], np.asarray(vectors), [r[1] for r in rows],
-                            sources=[r[2] for r in rows],
-                            metadata=[json.loads(r[3]) if r[3] else None for r in rows],
-                            content_hashes=[r[4] for r in rows])
+        with Gallery.create(
+            tmp,
+            dim,
+            index_method=meta["index_method"],
+            dist_type="cosine" if normalize else metric,
+            hamming_radius=int(meta.get("hamming_radius", 100)),
+        ) as gallery:
+            add_keeping_ids(
+                gallery,
+                [r[0] for r in rows],
+                np.asarray(vectors),
+                [r[1] for r in rows],
+                sources=[r[2] for r in rows],
+                metadata=[json.loads(r[3]) if r[3] else None for r in rows],
+                content_hashes=[r[4] for r in rows],
+            )
             gallery.checkpoint()
         if thumbs:
             _copy_thumbnails(tmp, thumbs)
@@ -190,10 +223,22 @@ def _copy_thumbnails(folder: Path, thumbs: dict[int, bytes]) -> None:
         conn.close()
 
 
-def reembed_all(copies: list[GalleryCopy], *, projection: np.ndarray | None, embed: EmbedFn, read_image: ReadImage,
-                identity: dict[str, str] | None, binarize: Callable[[np.ndarray], np.ndarray],
-                normalize_mapped: bool = True) -> dict[str, Any]:
+def reembed_all(
+    copies: list[GalleryCopy],
+    *,
+    projection: np.ndarray | None,
+    embed: EmbedFn,
+    read_image: ReadImage,
+    identity: dict[str, str] | None,
+    binarize: Callable[[np.ndarray], np.ndarray],
+    normalize_mapped: bool = True,
+) -> dict[str, Any]:
     """Carry out :func:`plan`'s copies; ``{gallery name: {"items": n, "how": ...}}``. ``embed``: images -> the new
     recogniser's vectors; ``normalize_mapped``: L2-normalise mapped vectors (``RecPostProcess.normalize``)."""
-    return {c.name: {"items": _copy_one(c, projection, embed, read_image, identity, binarize, normalize_mapped),
-                     "how": c.how} for c in copies}
+    return {
+        c.name: {
+            "items": _copy_one(c, projection, embed, read_image, identity, binarize, normalize_mapped),
+            "how": c.how,
+        }
+        for c in copies
+    }

@@ -7,6 +7,7 @@ index structurally (IVF (re)training, HNSW compaction) bumps the index generatio
 load that snapshot instead of rebuilding themselves. A gallery object used first in a forked child (gunicorn
 ``--preload``) opens new SQLite connections there.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,8 @@ import time
 
 import numpy as np
 
-from shitu.serving.gallery.snapshot import SnapshotMixin
 from shitu.serving.gallery.index import IndexState
+from shitu.serving.gallery.snapshot import SnapshotMixin
 from shitu.serving.gallery.storage import GalleryError, chunks, connect, read_txn
 
 __all__ = ["ReplicationMixin"]

@@ -7,6 +7,7 @@ checksum) and reconciles it with ``items`` (adding vectors written after it, tom
 process killed at any point leaves a gallery that opens at its last committed state. Snapshot files are never
 changed once named, only deleted once a newer one is recorded.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,15 +18,23 @@ import sqlite3
 import sys
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import faiss
 import numpy as np
 
 from shitu.serving.gallery.core import GalleryCore
 from shitu.serving.gallery.index import IndexState
-from shitu.serving.gallery.storage import (LOG_KEEP_SECONDS, GalleryError, chunks, fsync_dir, pid_alive, read_meta,
-                                           read_txn, sha256_stream)
+from shitu.serving.gallery.storage import (
+    LOG_KEEP_SECONDS,
+    GalleryError,
+    chunks,
+    fsync_dir,
+    pid_alive,
+    read_meta,
+    read_txn,
+    sha256_stream,
+)
 
 __all__ = ["Cancelled", "SNAP_RE", "SnapshotMixin", "TMP_RE"]
 

@@ -22,21 +22,38 @@ A gallery is a folder::
 Each write is one SQLite transaction (``BEGIN IMMEDIATE`` serialises writers across processes). No pickle
 anywhere: records and metadata live in SQLite/JSON, vectors as raw bytes.
 """
+
 from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from shitu.files import fsync_dir, sha256_stream
 
-__all__ = ["CHUNK", "DB_NAME", "FORMAT_VERSION", "GalleryError", "LabelError", "LOG_KEEP_SECONDS", "SCHEMA",
-           "WAL_SHRINK_BYTES", "chunks", "connect", "fsync_dir", "on_disk", "pid_alive", "read_meta", "read_txn",
-           "sha256_stream"]
+__all__ = [
+    "CHUNK",
+    "DB_NAME",
+    "FORMAT_VERSION",
+    "GalleryError",
+    "LabelError",
+    "LOG_KEEP_SECONDS",
+    "SCHEMA",
+    "WAL_SHRINK_BYTES",
+    "chunks",
+    "connect",
+    "fsync_dir",
+    "on_disk",
+    "pid_alive",
+    "read_meta",
+    "read_txn",
+    "sha256_stream",
+]
 
 #: Version of the on-disk format written by this release; opening a newer one is an error.
 FORMAT_VERSION = 1
@@ -130,4 +147,3 @@ def read_meta(conn: sqlite3.Connection) -> dict[str, str]:
 def on_disk(vectors: np.ndarray) -> np.ndarray:
     """Vectors as stored in ``gallery.db``: float32 little-endian, or packed-bit bytes."""
     return vectors if vectors.dtype == np.uint8 else vectors.astype("<f4", copy=False)
-

@@ -12,12 +12,14 @@ thumbnails never appear in ``list`` / ``search`` answers: they are read only by 
 A thumbnail is written in its own transaction right after the item's add has committed; a failure there (a full
 disk, a read-only folder) is logged and leaves the item without a thumbnail, never undoes the add.
 """
+
 from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -40,8 +42,11 @@ def make_thumbnail(image_bgr: np.ndarray, side: int = THUMB_SIDE, quality: int =
     """A BGR image -> JPEG bytes whose longer side is at most ``side`` pixels (never enlarged)."""
     h, w = image_bgr.shape[:2]
     scale = min(1.0, side / max(h, w, 1))
-    small = image_bgr if scale >= 1.0 else cv2.resize(
-        image_bgr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    small = (
+        image_bgr
+        if scale >= 1.0
+        else cv2.resize(image_bgr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    )
     ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError("cannot encode a thumbnail")
@@ -79,9 +84,11 @@ def store(gallery: Any, ids: Sequence[int], images: Sequence[np.ndarray]) -> int
             try:
                 for statement in _DDL:
                     conn.execute(statement)
-                conn.executemany("INSERT OR REPLACE INTO thumbnails (id, jpeg) SELECT ?, ? "
-                                 "WHERE EXISTS (SELECT 1 FROM items WHERE items.id = ?)",
-                                 [(i, j, i) for i, j in rows])
+                conn.executemany(
+                    "INSERT OR REPLACE INTO thumbnails (id, jpeg) SELECT ?, ? "
+                    "WHERE EXISTS (SELECT 1 FROM items WHERE items.id = ?)",
+                    [(i, j, i) for i, j in rows],
+                )
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -104,7 +111,7 @@ def fetch(gallery: Any, ids: Iterable[int]) -> dict[int, bytes]:
     try:
         out: dict[int, bytes] = {}
         for start in range(0, len(wanted), 500):
-            part = wanted[start:start + 500]
+            part = wanted[start : start + 500]
             q = f"SELECT id, jpeg FROM thumbnails WHERE id IN ({','.join('?' * len(part))})"
             out.update((int(i), bytes(j)) for i, j in conn.execute(q, part))
         return out

@@ -14,6 +14,7 @@ creates:
 - serves the PaddleX and Paddle Serving recognition APIs (:mod:`shitu.serving.hub.peers`).
 - is served so that slow or idle clients cost a bounded amount (:mod:`shitu.serving.hub.connections`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -68,9 +69,13 @@ def configure(app: Any) -> Any:
         if isinstance(exc, HTTPException):
             return _http_error(exc)
         logging.getLogger("shitu.serving").error("unhandled error: %s", exc, exc_info=exc)
-        msg = "the request body must be a JSON object" if isinstance(exc, (TypeError, ValueError, AttributeError)) \
-            else "the request JSON is nested too deeply" if isinstance(exc, RecursionError) \
+        msg = (
+            "the request body must be a JSON object"
+            if isinstance(exc, (TypeError, ValueError, AttributeError))
+            else "the request JSON is nested too deeply"
+            if isinstance(exc, RecursionError)
             else f"internal error ({type(exc).__name__})"
+        )
         code = 400 if msg.startswith("the request") else 500
         response = jsonify(_envelope(str(code), msg))  # the envelope's status agrees with the HTTP code
         response.status_code = code
@@ -80,13 +85,16 @@ def configure(app: Any) -> Any:
     def _health():  # noqa: ANN202
         from paddlehub.serving.model_service.base_model_service import v2_module_info
 
-        return jsonify({"status": "000", "msg": "", "results": {"pid": os.getpid(),
-                                                                "modules": sorted(v2_module_info.modules)}})
+        return jsonify(
+            {"status": "000", "msg": "", "results": {"pid": os.getpid(), "modules": sorted(v2_module_info.modules)}}
+        )
 
     from shitu.serving.hub import observability
 
-    log_bytes, log_backups = _log_limits or (BY_NAME["Limits.max_log_bytes"].default,
-                                             BY_NAME["Limits.log_backups"].default)
+    log_bytes, log_backups = _log_limits or (
+        BY_NAME["Limits.max_log_bytes"].default,
+        BY_NAME["Limits.log_backups"].default,
+    )
     observability.instrument(app, log_bytes, log_backups)
     from shitu.serving.hub import connections, peers, webpage
 
@@ -120,4 +128,3 @@ def install() -> None:
 
     connections.install_gunicorn()
     _installed = True
-

@@ -21,6 +21,7 @@ it). This module replaces both transports, keeping PaddleHub's app and its ``con
 Both listen on ``127.0.0.1`` unless told otherwise (:data:`HOST_ENV`, ``init_args`` ``host``,
 ``shitu serve --host``).
 """
+
 from __future__ import annotations
 
 import hmac
@@ -31,8 +32,9 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 #: Environment variable naming the address to listen on (default loopback only).
 HOST_ENV = "SHITU_HOST"
@@ -100,8 +102,9 @@ def metrics_allowed(bearer: str | None) -> bool:
     module protects reads (its metrics name its galleries and count their items); then only with such a token."""
     if not SETTINGS.read_tokens:
         return True
-    return isinstance(bearer, str) and any(hmac.compare_digest(bearer.encode(), t.encode())
-                                           for t in SETTINGS.read_tokens)
+    return isinstance(bearer, str) and any(
+        hmac.compare_digest(bearer.encode(), t.encode()) for t in SETTINGS.read_tokens
+    )
 
 
 def _warn_exposed(host: str) -> None:
@@ -126,9 +129,11 @@ def warn_if_exposed(host: str, has_token: bool) -> str | None:
     """The warning to print when listening beyond loopback without an admin token (None when fine)."""
     if host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.") or has_token:
         return None
-    return (f"WARNING: listening on {host} without an admin token: anyone who can reach this address can add to "
-            "and remove from the galleries. Set a token (shitu serve --token, init_args token or "
-            "SHITU_ADMIN_TOKEN) or listen on 127.0.0.1.")
+    return (
+        f"WARNING: listening on {host} without an admin token: anyone who can reach this address can add to "
+        "and remove from the galleries. Set a token (shitu serve --token, init_args token or "
+        "SHITU_ADMIN_TOKEN) or listen on 127.0.0.1."
+    )
 
 
 # -- deadlines ---------------------------------------------------------------------------------------------------
@@ -208,8 +213,10 @@ WATCHDOG = Watchdog()
 
 def _envelope_response(start_response: Callable, code: int, reason: str, msg: str) -> list[bytes]:
     body = json.dumps({"status": str(code), "msg": msg, "results": ""}).encode()
-    start_response(f"{code} {reason}", [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                                        ("Connection", "close")])
+    start_response(
+        f"{code} {reason}",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Connection", "close")],
+    )
     return [body]
 
 
@@ -247,17 +254,26 @@ class BodyReader:
                 raise EOFError
         except RequestEntityTooLarge:
             WATCHDOG.disarm()
-            return _envelope_response(start_response, 413, "Content Too Large",
-                                      f"the request body is larger than the limit of {limit} bytes")
+            return _envelope_response(
+                start_response, 413, "Content Too Large", f"the request body is larger than the limit of {limit} bytes"
+            )
         except (EOFError, OSError, ValueError, ClientDisconnected) as exc:
             expired = WATCHDOG.disarm()
             if expired or isinstance(exc, (socket.timeout, TimeoutError)):
-                return _envelope_response(start_response, 408, "Request Timeout",
-                                          f"the request did not arrive within {SETTINGS.request_timeout:g} s")
+                return _envelope_response(
+                    start_response,
+                    408,
+                    "Request Timeout",
+                    f"the request did not arrive within {SETTINGS.request_timeout:g} s",
+                )
             return _envelope_response(start_response, 400, "Bad Request", "the request body is incomplete")
         if WATCHDOG.disarm():  # the deadline passed just as the last byte came
-            return _envelope_response(start_response, 408, "Request Timeout",
-                                      f"the request did not arrive within {SETTINGS.request_timeout:g} s")
+            return _envelope_response(
+                start_response,
+                408,
+                "Request Timeout",
+                f"the request did not arrive within {SETTINGS.request_timeout:g} s",
+            )
         path = environ.get("PATH_INFO", "")
         predict = path.startswith("/predict/")
         if predict and "json" in environ.get("CONTENT_TYPE", "") and data.strip() and data.lstrip()[:1] != b"{":
@@ -295,8 +311,11 @@ def _compute() -> Any:
 
 # -- single process: threaded Werkzeug ---------------------------------------------------------------------------
 _BUSY_BODY = json.dumps({"status": "503", "msg": "too many open connections; retry", "results": ""}).encode()
-_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
-         + f"Content-Length: {len(_BUSY_BODY)}\r\n\r\n".encode() + _BUSY_BODY)
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    + f"Content-Length: {len(_BUSY_BODY)}\r\n\r\n".encode()
+    + _BUSY_BODY
+)
 
 
 def _werkzeug_classes() -> tuple[type, type]:
@@ -356,8 +375,13 @@ def serve_single(app: Any, port: int) -> None:
     host = listen_host()
     server = server_class(host, int(port), app, handler=handler)
     _warn_exposed(host)
-    log.warning("serving on http://%s:%s (threaded, %d connections, requests within %g s)", host, port,
-                SETTINGS.max_connections, SETTINGS.request_timeout)
+    log.warning(
+        "serving on http://%s:%s (threaded, %d connections, requests within %g s)",
+        host,
+        port,
+        SETTINGS.max_connections,
+        SETTINGS.request_timeout,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -426,8 +450,12 @@ def install_gunicorn() -> None:
         for key, value in gunicorn_settings(port).items():
             if key in self.cfg.settings:
                 self.cfg.set(key, value)
-        log.warning("serving on http://%s (gunicorn gthread, %s threads per worker, requests within %g s)",
-                    self.cfg.bind[0], SETTINGS.max_connections, SETTINGS.request_timeout)
+        log.warning(
+            "serving on http://%s (gunicorn gthread, %s threads per worker, requests within %g s)",
+            self.cfg.bind[0],
+            SETTINGS.max_connections,
+            SETTINGS.request_timeout,
+        )
         _warn_exposed(listen_host())
 
     StandaloneApplication.load_config = load_config

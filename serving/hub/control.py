@@ -11,6 +11,7 @@ file)::
 It also keeps PaddleHub offline: PaddleHub reports each ``hub install`` / ``hub serving start`` to its server;
 :func:`offline_hub_config` points that at a closed loopback port so nothing leaves the machine.
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,18 +53,28 @@ def install_modules(modules: tuple[str, ...] = MODULES, env: dict[str, str] | No
     """``hub install`` each module folder (one process for all)."""
     env = dict(env or os.environ)
     offline_hub_config(Path(env["HUB_HOME"]) if "HUB_HOME" in env else None)
-    proc = subprocess.run([*hub_command(), "install", *[str(module_dir(m)) for m in modules]], env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [*hub_command(), "install", *[str(module_dir(m)) for m in modules]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     installed = Path(env.get("HUB_HOME", hub_home())) / "modules"
     missing = [m for m in modules if not (installed / m / "module.py").is_file()]
     if proc.returncode != 0 or missing:
-        raise RuntimeError(f"hub install failed for {missing or list(modules)}:\n{proc.stdout[-2000:]}"
-                           f"{proc.stderr[-2000:]}")
+        raise RuntimeError(
+            f"hub install failed for {missing or list(modules)}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        )
 
 
-def serving_config(modules: tuple[str, ...] = MODULES, port: int = 8866, workers: int = 1,
-                   init_args: dict[str, Any] | None = None, predict_args: dict[str, Any] | None = None
-                   ) -> dict[str, Any]:
+def serving_config(
+    modules: tuple[str, ...] = MODULES,
+    port: int = 8866,
+    workers: int = 1,
+    init_args: dict[str, Any] | None = None,
+    predict_args: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """A ``config.json`` for ``hub serving start -c``; ``workers > 1`` selects the gunicorn multi-process mode."""
     args = copy.deepcopy(init_args or {})  # the caller's mapping stays as it was
     if workers > 1:
@@ -71,8 +82,9 @@ def serving_config(modules: tuple[str, ...] = MODULES, port: int = 8866, workers
         if "Global.cpu_num_threads" not in flatten(params):
             params.setdefault("Global", {})["cpu_num_threads"] = THREADS_PER_WORKER
     cfg: dict[str, Any] = {
-        "modules_info": {m: {"init_args": {"version": "1.0.0", **args}, "predict_args": dict(predict_args or {})}
-                         for m in modules},
+        "modules_info": {
+            m: {"init_args": {"version": "1.0.0", **args}, "predict_args": dict(predict_args or {})} for m in modules
+        },
         "port": port,
         "use_multiprocess": workers > 1,
         "workers": workers,
@@ -89,8 +101,13 @@ def free_port() -> int:
 def start(config_path: Path, env: dict[str, str] | None = None, log_path: Path | None = None) -> subprocess.Popen:
     """``hub serving start -c config_path`` in its own process group (so :func:`stop` ends every worker)."""
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    return subprocess.Popen([*hub_command(), "serving", "start", "-c", str(config_path)], env=env or dict(os.environ),
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [*hub_command(), "serving", "start", "-c", str(config_path)],
+        env=env or dict(os.environ),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def wait_ready(base_url: str, proc: subprocess.Popen | None = None, timeout: float = 180.0) -> None:
@@ -139,4 +156,3 @@ def check_serve_args(modules: tuple[str, ...], scenario: str | None) -> str | No
     if not pack.is_available():
         return f"--scenario: {pack.fetch_instructions()}"
     return None
-

@@ -7,6 +7,7 @@
 
 Both are reads: they need the admin token only when the server protects reads (``protect_reads``).
 """
+
 from __future__ import annotations
 
 import base64
@@ -54,8 +55,12 @@ class GalleryViewOps:
 
     def op_galleries(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
         engine: Engine = self.engine(request)  # type: ignore[attr-defined]
-        return {"scenario": engine.scenario, "default": engine.default_gallery, "galleries": gallery_names(engine),
-                "params": {name.split(".", 1)[1]: engine.params[name] for name in PAGE_PARAMS}}
+        return {
+            "scenario": engine.scenario,
+            "default": engine.default_gallery,
+            "galleries": gallery_names(engine),
+            "params": {name.split(".", 1)[1]: engine.params[name] for name in PAGE_PARAMS},
+        }
 
     def op_labels(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
         from shitu.serving.gallery import thumbnails
@@ -70,14 +75,19 @@ class GalleryViewOps:
         gallery = self.engine(request).gallery(request.get("gallery"))  # type: ignore[attr-defined]
         needle = contains.casefold()
         counts = [(lab, n) for lab, n in gallery.label_counts().items() if needle in lab.casefold()]
-        page = counts[offset:offset + limit]
+        page = counts[offset : offset + limit]
         items = {lab: gallery.list(label=lab, limit=per_label) if per_label else [] for lab, _ in page}
         thumbs = thumbnails.fetch(gallery, (r["id"] for rows in items.values() for r in rows))
 
         def item(record: dict[str, Any]) -> dict[str, Any]:
             jpeg = thumbs.get(record["id"])
-            return {"id": record["id"],
-                    "thumbnail": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode() if jpeg else None}
+            return {
+                "id": record["id"],
+                "thumbnail": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode() if jpeg else None,
+            }
 
-        return {"total": len(counts), "offset": offset,
-                "labels": [{"label": lab, "count": n, "items": [item(r) for r in items[lab]]} for lab, n in page]}
+        return {
+            "total": len(counts),
+            "offset": offset,
+            "labels": [{"label": lab, "count": n, "items": [item(r) for r in items[lab]]} for lab, n in page],
+        }

@@ -6,6 +6,7 @@ handler (:mod:`shitu.serving.hub.service`) and all its limits apply unchanged. A
 OpenCV gives them, encoded losslessly (PNG); ``paths`` are read here, by the caller's process, and their file
 names go to ``sources`` for gallery adds.
 """
+
 from __future__ import annotations
 
 import base64
@@ -23,8 +24,9 @@ def _encode_array(image: np.ndarray, index: int) -> str:
     import cv2
 
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-        raise InProcessError(f"images[{index}]: expected a uint8 HxW or HxWxC (C = 1, 3, 4) BGR array, got "
-                             f"{image.dtype} {image.shape}")
+        raise InProcessError(
+            f"images[{index}]: expected a uint8 HxW or HxWxC (C = 1, 3, 4) BGR array, got {image.dtype} {image.shape}"
+        )
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(image))
     if not ok:
         raise InProcessError(f"images[{index}]: the array cannot be encoded")

@@ -19,13 +19,15 @@ Metrics (all prefixed ``shitu_``):
 | ``gallery_items`` | gauge | scenario, gallery | items in each served gallery (read at scrape time) |
 | ``worker_restarts_total`` | counter | | gunicorn workers that exited (and were replaced) |
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 __all__ = ["prepare", "Metrics", "get", "STAGE_GROUPS", "CONTENT_TYPE"]
 
@@ -34,16 +36,21 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: The pipeline's stage names (engine timing) -> the stages reported.
 STAGE_GROUPS = {
     "decode": "decode",
-    "det_preprocess": "detect", "det_forward": "detect", "det_postprocess": "detect",
-    "crop": "extract", "rec_preprocess": "extract", "rec_forward": "extract",
-    "search": "search", "rec_nms": "search",
+    "det_preprocess": "detect",
+    "det_forward": "detect",
+    "det_postprocess": "detect",
+    "crop": "extract",
+    "rec_preprocess": "extract",
+    "rec_forward": "extract",
+    "search": "search",
+    "rec_nms": "search",
 }
 #: Galleries counted per scrape at most (a scrape stays cheap whatever the number of galleries).
 MAX_GALLERIES = 256
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _COUNT_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128)
 
-_metrics: "Metrics | None" = None
+_metrics: Metrics | None = None
 
 
 def _shitu_home() -> Path:
@@ -88,8 +95,9 @@ class _GalleryCollector:
     def collect(self) -> Iterable[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        family = GaugeMetricFamily("shitu_gallery_items", "Items in each served gallery.",
-                                   labels=["scenario", "gallery"])
+        family = GaugeMetricFamily(
+            "shitu_gallery_items", "Items in each served gallery.", labels=["scenario", "gallery"]
+        )
         root = _shitu_home() / "galleries"
         for db in sorted(root.glob("*/*/gallery.db"))[:MAX_GALLERIES]:
             try:
@@ -110,21 +118,36 @@ class Metrics:
     def __init__(self) -> None:
         from prometheus_client import Counter, Histogram
 
-        self.requests = Counter("shitu_requests_total", "Requests answered, by envelope status.",
-                                ["module", "operation", "status"])
-        self.latency = Histogram("shitu_request_seconds", "Time from a request's arrival to its answer.",
-                                 ["module", "operation"], buckets=_LATENCY_BUCKETS)
-        self.stages = Histogram("shitu_stage_seconds", "Pipeline time per request and stage.", ["stage"],
-                                buckets=_LATENCY_BUCKETS)
-        self.images = Histogram("shitu_images_per_request", "Images in a request.", ["module"],
-                                buckets=_COUNT_BUCKETS)
-        self.boxes = Histogram("shitu_boxes_per_request", "Boxes answered per request.", ["module"],
-                               buckets=_COUNT_BUCKETS)
+        self.requests = Counter(
+            "shitu_requests_total", "Requests answered, by envelope status.", ["module", "operation", "status"]
+        )
+        self.latency = Histogram(
+            "shitu_request_seconds",
+            "Time from a request's arrival to its answer.",
+            ["module", "operation"],
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.stages = Histogram(
+            "shitu_stage_seconds", "Pipeline time per request and stage.", ["stage"], buckets=_LATENCY_BUCKETS
+        )
+        self.images = Histogram("shitu_images_per_request", "Images in a request.", ["module"], buckets=_COUNT_BUCKETS)
+        self.boxes = Histogram(
+            "shitu_boxes_per_request", "Boxes answered per request.", ["module"], buckets=_COUNT_BUCKETS
+        )
         self.errors = Counter("shitu_errors_total", "Failed requests by kind.", ["module", "kind"])
         self.restarts = Counter("shitu_worker_restarts_total", "gunicorn workers that exited and were replaced.")
 
-    def observe(self, module: str, operation: str, status: str, seconds: float, stages: dict[str, float],
-                images: int | None, boxes: int | None, error_kind: str | None) -> None:
+    def observe(
+        self,
+        module: str,
+        operation: str,
+        status: str,
+        seconds: float,
+        stages: dict[str, float],
+        images: int | None,
+        boxes: int | None,
+        error_kind: str | None,
+    ) -> None:
         self.requests.labels(module, operation, status).inc()
         self.latency.labels(module, operation).observe(seconds)
         grouped: dict[str, float] = {}

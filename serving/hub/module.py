@@ -1,4 +1,5 @@
 """The base class of the four PaddleHub modules (imports paddlehub; the modules' ``module.py`` files use it)."""
+
 from __future__ import annotations
 
 import os
@@ -7,8 +8,7 @@ from typing import Any
 from paddlehub.module.module import serving
 
 from shitu.serving.hub import app as hub_app
-from shitu.serving.hub import observability
-from shitu.serving.hub import connections
+from shitu.serving.hub import connections, observability
 from shitu.serving.hub.service import TOKEN_ENV
 
 hub_app.install()
@@ -27,12 +27,25 @@ class ServiceModule:
     service_class: Any = None
     default_params: Any = None
 
-    def __init__(self, scenario: str | None = None, gallery: str | None = None, token: str | None = None,
-                 protect_reads: bool = False, host: str | None = None, **init_args: Any):
+    def __init__(
+        self,
+        scenario: str | None = None,
+        gallery: str | None = None,
+        token: str | None = None,
+        protect_reads: bool = False,
+        host: str | None = None,
+        **init_args: Any,
+    ):
         init_args.pop("directory", None)
         connections.set_host(host)  # where `hub serving` listens (default 127.0.0.1)
-        self.service = self.service_class(type(self).default_params(), scenario=scenario, gallery=gallery,
-                                          token=token, protect_reads=protect_reads, **init_args)
+        self.service = self.service_class(
+            type(self).default_params(),
+            scenario=scenario,
+            gallery=gallery,
+            token=token,
+            protect_reads=protect_reads,
+            **init_args,
+        )
         connections.note_token(token or os.environ.get(TOKEN_ENV), protect_reads)
 
     def predict(self, **request: Any) -> Any:

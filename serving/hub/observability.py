@@ -7,6 +7,7 @@ runs the module with a fresh stage timer and notes module, operation, status, im
 ``request_id`` to an error envelope; ``after_request`` answers the ``X-Request-ID`` header (and adds the id to
 HTTP error envelopes), updates the metrics and writes the request's log line.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -15,9 +16,8 @@ import os
 import time
 from typing import Any
 
-from shitu.serving.hub import connections
+from shitu.serving.hub import connections, request_log
 from shitu.serving.hub import metrics as shitu_metrics
-from shitu.serving.hub import request_log
 
 __all__ = ["prepare", "instrument", "install_hooks", "note_error"]
 
@@ -74,7 +74,10 @@ def _wrap_predict_v2(original: Any) -> Any:
             images = input.get("images") if isinstance(input, dict) else None
             status = str(out.get("status")) if isinstance(out, dict) else "500"
             g.shitu_info = {
-                "module": module, "operation": operation, "status": status, "stages": timer.values,
+                "module": module,
+                "operation": operation,
+                "status": status,
+                "stages": timer.values,
                 "images": len(images) if isinstance(images, list) else None,
                 "boxes": _count_boxes(out.get("results")) if status == "000" else None,
                 "error_kind": (kind or "Error") if status != "000" else None,
@@ -151,21 +154,46 @@ def instrument(app: Any, max_log_bytes: int, log_backups: int) -> None:
             return response
         seconds = time.perf_counter() - getattr(g, "shitu_t0", time.perf_counter())
         if info is None:
-            name = request.path[len("/predict/"):]
+            name = request.path[len("/predict/") :]
             from paddlehub.serving.model_service.base_model_service import v2_module_info
 
             module = name if name in v2_module_info.modules else "unknown"
             code = envelope_status or str(response.status_code)
-            info = {"module": module, "operation": "-", "status": code, "stages": {}, "images": None,
-                    "boxes": None, "error_kind": f"http_{code}" if code not in ("000", "200") else None,
-                    "error": None}
-        shitu_metrics.get().observe(info["module"], info["operation"], info["status"], seconds, info["stages"],
-                                    info["images"], info["boxes"], info["error_kind"])
+            info = {
+                "module": module,
+                "operation": "-",
+                "status": code,
+                "stages": {},
+                "images": None,
+                "boxes": None,
+                "error_kind": f"http_{code}" if code not in ("000", "200") else None,
+                "error": None,
+            }
+        shitu_metrics.get().observe(
+            info["module"],
+            info["operation"],
+            info["status"],
+            seconds,
+            info["stages"],
+            info["images"],
+            info["boxes"],
+            info["error_kind"],
+        )
         request_log.log_request(
-            request_id=rid, pid=os.getpid(), method=request.method, path=request.path, module=info["module"],
-            operation=info["operation"], status=info["status"], http=response.status_code,
-            ms=round(seconds * 1000, 1), images=info["images"], boxes=info["boxes"],
-            remote=request.remote_addr, error=info["error"])
+            request_id=rid,
+            pid=os.getpid(),
+            method=request.method,
+            path=request.path,
+            module=info["module"],
+            operation=info["operation"],
+            status=info["status"],
+            http=response.status_code,
+            ms=round(seconds * 1000, 1),
+            images=info["images"],
+            boxes=info["boxes"],
+            remote=request.remote_addr,
+            error=info["error"],
+        )
         return response
 
     @app.teardown_request
@@ -180,8 +208,12 @@ def instrument(app: Any, max_log_bytes: int, log_backups: int) -> None:
     @app.route("/metrics", methods=["GET"])
     def _shitu_metrics() -> Any:
         if not connections.metrics_allowed(connections.bearer_token()):
-            return Response("/metrics needs the admin token of a module that protects reads "
-                            "(header 'Authorization: Bearer ...')\n", status=401, mimetype="text/plain",
-                            headers={"WWW-Authenticate": "Bearer"})
-        return Response(shitu_metrics.Metrics.render(), mimetype=None,
-                        headers={"Content-Type": shitu_metrics.CONTENT_TYPE})
+            return Response(
+                "/metrics needs the admin token of a module that protects reads (header 'Authorization: Bearer ...')\n",
+                status=401,
+                mimetype="text/plain",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return Response(
+            shitu_metrics.Metrics.render(), mimetype=None, headers={"Content-Type": shitu_metrics.CONTENT_TYPE}
+        )

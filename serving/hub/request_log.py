@@ -13,6 +13,7 @@
   a process notices another rotated the file). Every message is cut to :data:`MAX_MESSAGE_CHARS` characters,
   on the console too, so a request echoing 8 MB of input cannot write 8 MB of log.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -27,8 +28,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REQUEST_ID", "HEADER", "new_request_id", "current_request_id", "configure_logs", "log_request",
-           "LockedRotatingFileHandler", "MAX_MESSAGE_CHARS", "log_dir"]
+__all__ = [
+    "REQUEST_ID",
+    "HEADER",
+    "new_request_id",
+    "current_request_id",
+    "configure_logs",
+    "log_request",
+    "LockedRotatingFileHandler",
+    "MAX_MESSAGE_CHARS",
+    "log_dir",
+]
 
 HEADER = "X-Request-ID"
 #: Longest log message kept (characters); the rest is replaced by a note of how much was cut.
@@ -128,8 +138,9 @@ class LockedRotatingFileHandler(logging.handlers.RotatingFileHandler):
 
 
 def _text_formatter() -> logging.Formatter:
-    return logging.Formatter("[%(asctime)s] [%(levelname)s] [pid %(process)d] [request_id=%(request_id)s] "
-                             "%(name)s: %(message)s")
+    return logging.Formatter(
+        "[%(asctime)s] [%(levelname)s] [pid %(process)d] [request_id=%(request_id)s] %(name)s: %(message)s"
+    )
 
 
 class _JsonFormatter(logging.Formatter):
@@ -137,9 +148,14 @@ class _JsonFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if fields is not None:
             return json.dumps(fields, ensure_ascii=False, sort_keys=False)
-        out = {"ts": round(record.created, 3), "level": record.levelname, "pid": record.process,
-               "request_id": getattr(record, "request_id", "-"), "logger": record.name,
-               "message": record.getMessage()}
+        out = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "pid": record.process,
+            "request_id": getattr(record, "request_id", "-"),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         if record.exc_text:
             out["exception"] = record.exc_text
         return json.dumps(out, ensure_ascii=False)
@@ -197,6 +213,8 @@ def log_request(**fields: Any) -> None:
     if fields.get("error"):
         fields["error"] = _cut(str(fields["error"]))[:500]
     record = _request_logger.makeRecord(_request_logger.name, logging.INFO, __file__, 0, "request", None, None)
-    record.fields = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() % 1 * 1000):03d}Z",
-                     **fields}
+    record.fields = {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() % 1 * 1000):03d}Z",
+        **fields,
+    }
     _request_logger.handle(record)

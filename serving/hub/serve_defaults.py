@@ -13,6 +13,7 @@ process may run on (``os.sched_getaffinity``: ``taskset``, a container's cpuset;
 where a CPU quota allows less (``docker --cpus``, a Kubernetes CPU limit: the container's ``cpu.max`` in cgroup v2,
 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` in v1), rounded up.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,10 @@ class ServeDefaults:
 
 def cpu_quota(cgroup: Path = Path("/sys/fs/cgroup")) -> float | None:
     """Cores' worth of CPU time the cgroup quota allows (None: no quota, or none readable)."""
-    for quota_file, period_file in ((cgroup / "cpu.max", None),
-                                    (cgroup / "cpu" / "cpu.cfs_quota_us", cgroup / "cpu" / "cpu.cfs_period_us")):
+    for quota_file, period_file in (
+        (cgroup / "cpu.max", None),
+        (cgroup / "cpu" / "cpu.cfs_quota_us", cgroup / "cpu" / "cpu.cfs_period_us"),
+    ):
         try:
             words = quota_file.read_text().split()[:2]
             if period_file is not None:

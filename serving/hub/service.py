@@ -18,6 +18,7 @@ Errors raise :class:`RequestError`; PaddleHub turns the exception into ``{"statu
 images of a batch fail and others succeed, the answer is ``status "000"`` with ``{"index": i, "error": ...}`` in
 place of the failed images' results.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -25,19 +26,19 @@ import json
 import logging
 import os
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from shitu.echo import clip
 from shitu.params import ParamError, flatten, merge
-
 from shitu.serving.engine.engine import GALLERY_NAME, Engine, EngineError, check_boxes, load_engine
 from shitu.serving.engine.images import ImageError, ImageLimits, b64decode, check_bytes, decode, header_size
-from shitu.serving.hub.connections import bearer_token
-from shitu.serving.hub.gallery_view import GalleryViewOps
 from shitu.serving.engine.timing import current_timer
 from shitu.serving.gallery.list_file import label_problem
+from shitu.serving.hub.connections import bearer_token
+from shitu.serving.hub.gallery_view import GalleryViewOps
 
 #: Keys with a meaning of their own; every other top-level key is a parameter override.
 COMMON_FIELDS = {"images", "scenario", "gallery", "params", "operation", "token"}
@@ -101,14 +102,19 @@ class Service:
     #: Extra request fields (besides COMMON_FIELDS) per operation.
     fields: dict[str, set[str]] = {}
 
-    def __init__(self, module_defaults: dict[str, Any] | None = None, scenario: str | None = None,
-                 gallery: str | None = None, token: str | None = None, protect_reads: bool = False,
-                 **init_params: Any):
+    def __init__(
+        self,
+        module_defaults: dict[str, Any] | None = None,
+        scenario: str | None = None,
+        gallery: str | None = None,
+        token: str | None = None,
+        protect_reads: bool = False,
+        **init_params: Any,
+    ):
         self.default_scenario = scenario
         self.default_gallery = gallery
         self._token = token or os.environ.get(TOKEN_ENV) or None
         self._protect_reads = bool(protect_reads)
-        layers = [module_defaults or {}]
         # config.json init_args: a "params" mapping and/or parameters given directly.
         extra = dict(init_params.pop("params", None) or {})
         extra.update(init_params)
@@ -117,7 +123,6 @@ class Service:
         self.engines = EngineCache(self._load, stamp=self._pack_stamp)
         self._check_scenario(self.default_scenario)  # an unknown or uninstalled pack fails at start
         from shitu.serving.hub import app as hub_app
-
         from shitu.serving.hub import connections
 
         merged = merge(self._module_defaults, self._init_params)
@@ -193,8 +198,10 @@ class Service:
         overrides = self._overrides(request, known)
         gallery = request.get("gallery")
         if gallery is not None and (not isinstance(gallery, str) or not GALLERY_NAME.match(gallery)):
-            raise RequestError(f"invalid gallery name {clip(gallery)}: a gallery is named with letters, digits, "
-                               "'_', '-' and '.' (max 64), never by a path")
+            raise RequestError(
+                f"invalid gallery name {clip(gallery)}: a gallery is named with letters, digits, "
+                "'_', '-' and '.' (max 64), never by a path"
+            )
         try:
             result = getattr(self, f"op_{operation}")(request, overrides)
         except (ParamError, ImageError, EngineError) as exc:
@@ -223,8 +230,10 @@ class Service:
             return
         given = request.get("token") or bearer_token()
         if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self._token.encode()):
-            raise RequestError("this operation needs a valid admin token (field 'token' or header "
-                               "'Authorization: Bearer ...'); the token given is missing or wrong")
+            raise RequestError(
+                "this operation needs a valid admin token (field 'token' or header "
+                "'Authorization: Bearer ...'); the token given is missing or wrong"
+            )
 
     # -- helpers for subclasses --------------------------------------------------------------------------------
     @staticmethod
@@ -240,8 +249,9 @@ class Service:
             raise RequestError(f"field {name!r} is an empty list")
         return value
 
-    def decode_images(self, request: dict[str, Any], engine: Engine, strict: bool = False
-                      ) -> list[np.ndarray | ImageError]:
+    def decode_images(
+        self, request: dict[str, Any], engine: Engine, strict: bool = False
+    ) -> list[np.ndarray | ImageError]:
         """Decode ``images``; a failed image becomes its :class:`ImageError` (or raises when ``strict``)."""
         items = self._list_field(request, "images")
         assert items is not None
@@ -259,8 +269,10 @@ class Service:
             except ImageError as exc:
                 raw.append(ImageError(exc.reason, i))
         if total > engine.params["Limits.max_request_pixels"]:
-            raise RequestError(f"the images of this request have {total} pixels together, more than the limit of "
-                               f"{engine.params['Limits.max_request_pixels']}; send fewer or smaller images")
+            raise RequestError(
+                f"the images of this request have {total} pixels together, more than the limit of "
+                f"{engine.params['Limits.max_request_pixels']}; send fewer or smaller images"
+            )
         out: list[np.ndarray | ImageError] = []
         for i, data in enumerate(raw):
             try:
@@ -276,8 +288,9 @@ class Service:
         return out
 
     @staticmethod
-    def per_image(images: list[np.ndarray | ImageError], run: Callable[[int, np.ndarray], dict[str, Any]]
-                  ) -> list[dict[str, Any]]:
+    def per_image(
+        images: list[np.ndarray | ImageError], run: Callable[[int, np.ndarray], dict[str, Any]]
+    ) -> list[dict[str, Any]]:
         """Run ``run`` on each decoded image; failed images keep their error. All failed -> RequestError."""
         results: list[dict[str, Any]] = []
         for i, img in enumerate(images):
@@ -290,8 +303,10 @@ class Service:
                 results.append({"index": i, "error": str(exc).removeprefix(f"image {i}: ")})
         if results and all("error" in r for r in results):
             first = next(r for r in results)
-            raise RequestError(f"image {first['index']}: {first['error']}"
-                               + (f" (and {len(results) - 1} more failed)" if len(results) > 1 else ""))
+            raise RequestError(
+                f"image {first['index']}: {first['error']}"
+                + (f" (and {len(results) - 1} more failed)" if len(results) > 1 else "")
+            )
         return results
 
     # -- gallery operations shared by index_search and image_recognition --------------------------------------
@@ -320,14 +335,17 @@ class Service:
             if m is None:
                 continue
             if _depth(m, max_depth + 1) > max_depth:  # before json.dumps, which would recurse
-                raise RequestError(f"metadata[{i}] is nested more than {max_depth} levels deep "
-                                   "(Limits.max_metadata_depth)")
+                raise RequestError(
+                    f"metadata[{i}] is nested more than {max_depth} levels deep (Limits.max_metadata_depth)"
+                )
             text = json.dumps(m, ensure_ascii=False)
             if not _is_text(text):
                 raise RequestError(f"metadata[{i}] is not valid Unicode (a lone surrogate)")
             if len(text.encode()) > max_bytes:
-                raise RequestError(f"metadata[{i}] is {len(text.encode())} bytes of JSON, more than the limit of "
-                                   f"{max_bytes} (Limits.max_metadata_bytes)")
+                raise RequestError(
+                    f"metadata[{i}] is {len(text.encode())} bytes of JSON, more than the limit of "
+                    f"{max_bytes} (Limits.max_metadata_bytes)"
+                )
         return meta
 
     def _sources(self, request: dict[str, Any], count: int, engine: Engine) -> list[str]:
@@ -336,19 +354,26 @@ class Service:
         if given is None:
             return [f"request:{i}" for i in range(count)]
         limit = engine.params["Limits.max_source_length"]
-        if len(given) != count or not all(v is None or (isinstance(v, str) and len(v) <= limit and v.isprintable())
-                                          for v in given):
-            raise RequestError(f"field 'sources' must be a list of {count} names (printable, at most {limit} "
-                               "characters; Limits.max_source_length) or nulls")
+        if len(given) != count or not all(
+            v is None or (isinstance(v, str) and len(v) <= limit and v.isprintable()) for v in given
+        ):
+            raise RequestError(
+                f"field 'sources' must be a list of {count} names (printable, at most {limit} "
+                "characters; Limits.max_source_length) or nulls"
+            )
         return [v if v else f"request:{i}" for i, v in enumerate(given)]
 
     def gallery_add_images(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
         engine = self.engine(request)
         images = self.decode_images(request, engine, strict=True)  # all or nothing
         labels = self._labels(request, len(images), engine)
-        ids = engine.gallery_add(images, labels, gallery=request.get("gallery"),  # type: ignore[arg-type]
-                                 sources=self._sources(request, len(images), engine),
-                                 metadata=self._metadata(request, len(images), engine))
+        ids = engine.gallery_add(
+            images,
+            labels,
+            gallery=request.get("gallery"),  # type: ignore[arg-type]
+            sources=self._sources(request, len(images), engine),
+            metadata=self._metadata(request, len(images), engine),
+        )
         return {"ids": ids, "added": len(ids)}
 
     def gallery_remove(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -398,9 +423,15 @@ class DetectionService(Service):
         engine = self.engine(request)
         p = engine.request_params(overrides)
         images = self.decode_images(request, engine)
-        return self.per_image(images, lambda i, img: {
-            "boxes": [{k: v for k, v in d.items() if k != "class_id"}
-                      for d in engine.detector.detect(img, p, current_timer()).to_list()]})
+        return self.per_image(
+            images,
+            lambda i, img: {
+                "boxes": [
+                    {k: v for k, v in d.items() if k != "class_id"}
+                    for d in engine.detector.detect(img, p, current_timer()).to_list()
+                ]
+            },
+        )
 
 
 class ExtractionService(Service):
@@ -428,8 +459,13 @@ class ExtractionService(Service):
                 img_boxes = np.clip(check_boxes(img_boxes, img.shape, i), 0, [w, h, w, h]).round().astype(int).tolist()
             (feats,) = engine.extract([img], [img_boxes] if img_boxes else None, **overrides)
             used = img_boxes or [[0, 0, img.shape[1], img.shape[0]]]
-            return {"boxes": used, "embeddings": feats, "dim": engine.embedding_size,
-                    "normalized": p["RecPostProcess.normalize"], "binary": p["RecPostProcess.binarize"]}
+            return {
+                "boxes": used,
+                "embeddings": feats,
+                "dim": engine.embedding_size,
+                "normalized": p["RecPostProcess.normalize"],
+                "binary": p["RecPostProcess.binarize"],
+            }
 
         return self.per_image(images, run)
 
@@ -439,37 +475,47 @@ class SearchService(Service):
 
     default_operation = "search"
     write_operations = frozenset({"add", "remove"})
-    fields = {"search": {"embeddings"}, "add": {"embeddings", "labels", "metadata", "sources"},
-              "remove": {"ids", "labels"}, "list": {"label", "limit", "offset"}}
+    fields = {
+        "search": {"embeddings"},
+        "add": {"embeddings", "labels", "metadata", "sources"},
+        "remove": {"ids", "labels"},
+        "list": {"label", "limit", "offset"},
+    }
 
     def _embeddings(self, request: dict[str, Any], engine: Engine, binary: bool) -> np.ndarray:
         rows = self._list_field(request, "embeddings")
         assert rows is not None
         if len(rows) > engine.params["Limits.max_queries"]:
-            raise RequestError(f"{len(rows)} embeddings in one request; the limit is "
-                               f"{engine.params['Limits.max_queries']}")
+            raise RequestError(
+                f"{len(rows)} embeddings in one request; the limit is {engine.params['Limits.max_queries']}"
+            )
         dim = engine.embedding_size // 8 if binary else engine.embedding_size
         try:
             arr = np.asarray(rows, np.uint8 if binary else np.float32)
         except (TypeError, ValueError):
             raise RequestError("field 'embeddings' must be a list of lists of numbers") from None
         if arr.ndim != 2 or arr.shape[1] != dim or not np.all(np.isfinite(arr)):
-            raise RequestError(f"field 'embeddings' must be a list of {dim}-number lists (finite), got shape "
-                               f"{list(arr.shape)}")
+            raise RequestError(
+                f"field 'embeddings' must be a list of {dim}-number lists (finite), got shape {list(arr.shape)}"
+            )
         return arr
 
     def op_search(self, request: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
         engine = self.engine(request)
         p = engine.request_params(overrides)
         if p["IndexProcess.return_k"] > engine.params["Limits.max_return_k"]:
-            raise RequestError(f"return_k {p['IndexProcess.return_k']} is more than the limit of "
-                               f"{engine.params['Limits.max_return_k']} (Limits.max_return_k)")
+            raise RequestError(
+                f"return_k {p['IndexProcess.return_k']} is more than the limit of "
+                f"{engine.params['Limits.max_return_k']} (Limits.max_return_k)"
+            )
         queries = self._embeddings(request, engine, p["RecPostProcess.binarize"])
         matches, limit = len(queries) * p["IndexProcess.return_k"], engine.params["Limits.max_matches"]
         if matches > limit:
-            raise RequestError(f"{len(queries)} embeddings x return_k {p['IndexProcess.return_k']} = {matches} "
-                               f"matches; the limit is {limit} (Limits.max_matches): send fewer embeddings per "
-                               "request or ask for fewer matches")
+            raise RequestError(
+                f"{len(queries)} embeddings x return_k {p['IndexProcess.return_k']} = {matches} "
+                f"matches; the limit is {limit} (Limits.max_matches): send fewer embeddings per "
+                "request or ask for fewer matches"
+            )
         with current_timer().stage("search"):
             hits = engine.search(queries, gallery=request.get("gallery"), **overrides)
         return [{"index": i, "matches": [m.to_dict() for m in row]} for i, row in enumerate(hits)]
@@ -481,8 +527,11 @@ class SearchService(Service):
         vectors = self._embeddings(request, engine, engine.params["RecPostProcess.binarize"])
         labels = self._labels(request, len(vectors), engine)
         ids = engine.gallery(request.get("gallery"), create=True).add(
-            vectors, labels, sources=self._sources(request, len(vectors), engine) if "sources" in request else None,
-            metadata=self._metadata(request, len(vectors), engine))
+            vectors,
+            labels,
+            sources=self._sources(request, len(vectors), engine) if "sources" in request else None,
+            metadata=self._metadata(request, len(vectors), engine),
+        )
         return {"ids": ids, "added": len(ids)}
 
     def op_remove(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -508,8 +557,12 @@ class RecognitionService(GalleryViewOps, Service):
 
     default_operation = "recognize"
     write_operations = frozenset({"add", "remove"})
-    fields = {"recognize": {"explain"}, "add": {"labels", "metadata", "sources"}, "remove": {"ids", "labels"},
-              **GalleryViewOps.fields}
+    fields = {
+        "recognize": {"explain"},
+        "add": {"labels", "metadata", "sources"},
+        "remove": {"ids", "labels"},
+        **GalleryViewOps.fields,
+    }
 
     def op_recognize(self, request: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
         engine = self.engine(request)
@@ -521,12 +574,23 @@ class RecognitionService(GalleryViewOps, Service):
         gallery = request.get("gallery")
         engine.gallery(gallery)  # an unknown gallery fails the whole request, not each image
         if explain:
-            return self.per_image(images, lambda i, img: _explained(
-                engine.recognize_explained([img], gallery=gallery, **overrides)[0]))
+            return self.per_image(
+                images, lambda i, img: _explained(engine.recognize_explained([img], gallery=gallery, **overrides)[0])
+            )
         batched = _recognize_together(engine, images, gallery, overrides)
-        return self.per_image(images, lambda i, img: {
-            "results": [r.to_dict() for r in (batched[i] if i in batched else engine.recognize(
-                [img], gallery=gallery, timer=current_timer(), **overrides)[0])]})
+        return self.per_image(
+            images,
+            lambda i, img: {
+                "results": [
+                    r.to_dict()
+                    for r in (
+                        batched[i]
+                        if i in batched
+                        else engine.recognize([img], gallery=gallery, timer=current_timer(), **overrides)[0]
+                    )
+                ]
+            },
+        )
 
     def op_add(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
         return self.gallery_add_images(request, overrides)
@@ -557,8 +621,9 @@ def _explained(answer: tuple[list[Any], Any]) -> dict[str, Any]:
     return {"results": [r.to_dict() for r in recognitions], "explanation": explanation.to_dict()}
 
 
-def _recognize_together(engine: Engine, images: list[np.ndarray | ImageError], gallery: Any,
-                        overrides: dict[str, Any]) -> dict[int, list[Any]]:
+def _recognize_together(
+    engine: Engine, images: list[np.ndarray | ImageError], gallery: Any, overrides: dict[str, Any]
+) -> dict[int, list[Any]]:
     """The recognitions of the decoded images, their crops embedded together (:mod:`shitu.serving.engine.batched`),
     by image index; ``{}`` for a single image, or when the batch fails (each image then runs alone and keeps its
     own error)."""

@@ -8,6 +8,7 @@ thumbnails, add and remove items. Nothing is loaded from outside the server: the
 
 ``GET /`` (PaddleHub's "no visual interface" text) redirects to the page.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,7 +19,7 @@ WEB_DIR = Path(__file__).resolve().with_name("web")
 #: Sent with every file of the page: own origin only, nothing from a CDN, no framing by other sites.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
-                               "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
@@ -43,6 +44,7 @@ def register(app: Any) -> Any:
 
     paddlehub_index = app.view_functions.get("index")
     if paddlehub_index is not None:
+
         def index():  # noqa: ANN202 - GET / shows the page; anything else keeps PaddleHub's answer
             return redirect("/web/") if request.method == "GET" else paddlehub_index()
 

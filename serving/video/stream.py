@@ -25,20 +25,22 @@ This module imports numpy only at import time (OpenCV and tqdm when used), so th
 Longer than 600 lines: sources, sampling, the live reader and the loop that joins them keep one
 frame-accounting contract (read = processed + dropped + skipped) in one place.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, Union, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from shitu.serving.engine.results import Recognition
-from shitu.serving.video.tracker import TrackObservation, Tracker, TrackSummary
+from shitu.serving.video.tracker import Tracker, TrackObservation, TrackSummary
 
 __all__ = [
     "Recognizer",
@@ -189,7 +191,7 @@ class IterableSource:
         self._it = None
 
 
-SourceLike = Union[str, os.PathLike, int, FrameSource, Iterable[np.ndarray]]
+SourceLike = str | os.PathLike | int | FrameSource | Iterable[np.ndarray]
 
 
 def open_source(source: SourceLike, *, is_live: bool | None = None) -> FrameSource:
@@ -289,7 +291,7 @@ class LatestFrameReader:
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="shitu-video-reader", daemon=True)
 
-    def start(self) -> "LatestFrameReader":
+    def start(self) -> LatestFrameReader:
         self._thread.start()
         return self
 

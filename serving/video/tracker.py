@@ -28,11 +28,13 @@ The tracker counts in *processed* frames (it sees only the frames that were samp
 and timestamps are the caller's and only recorded. It imports numpy only (scipy lazily), so the client SDK can use
 it.
 """
+
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -319,9 +321,7 @@ class Tracker:
 
         boxes = np.array([r.bbox for r in objects], np.float64).reshape(-1, 4)
         tracks = self._active
-        predicted = np.array(
-            [t.predicted() if self.predict else t.bbox for t in tracks], np.float64
-        ).reshape(-1, 4)
+        predicted = np.array([t.predicted() if self.predict else t.bbox for t in tracks], np.float64).reshape(-1, 4)
         pairs = self._match(iou_matrix(predicted, boxes))
         matched_t = {t for t, _ in pairs}
         matched_d = {d for _, d in pairs}
@@ -365,9 +365,7 @@ class Tracker:
             seen.append((track, rec))
         self._active = survivors
 
-        observations = [
-            self._observe(t, r) for t, r in seen if t.track_id is not None
-        ]
+        observations = [self._observe(t, r) for t, r in seen if t.track_id is not None]
         observations.sort(key=lambda o: o.track_id)
         return TrackerUpdate(observations, frame_label)
 

@@ -13,6 +13,7 @@ reads it (``cv2.imread(path)[:, :, ::-1]``). When ``predict_system`` raises (it 
 coordinates), the error is recorded and ``system_clipped`` holds its answer with the detector's boxes clipped to the
 image, shitu-hub's one intended difference.
 """
+
 import json
 import sys
 
@@ -57,8 +58,11 @@ def main(job_path: str, out_path: str) -> int:
     out = []
     for path in job["queries"]:
         img = cv2.imread(path)[:, :, ::-1]
-        entry = {"path": path, "feature": rec.predict([img])[0].tolist(),
-                 "boxes": [[r["score"], *r["bbox"]] for r in _plain(det.predict(img))]}
+        entry = {
+            "path": path,
+            "feature": rec.predict([img])[0].tolist(),
+            "boxes": [[r["score"], *r["bbox"]] for r in _plain(det.predict(img))],
+        }
         try:
             entry["system"] = _plain(system.predict(img))
         except Exception as exc:  # noqa: BLE001 - e.g. a crop of a box with negative coordinates

@@ -8,6 +8,7 @@ Run by ``tests/test_peer_apis.py`` with an interpreter that has ``paddlex[servin
 ``exchanges.json``: a list of ``{"operation", "request", "response", "status"}``. Prints one line per exchange and
 exits 1 on the first that does not validate.
 """
+
 import json
 import sys
 

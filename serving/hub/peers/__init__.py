@@ -12,6 +12,7 @@ Both call the ``image_recognition`` module's :class:`~shitu.serving.hub.service.
 pack, galleries, parameters, limits and admin token), so they need that module served. They are registered on
 PaddleHub's Flask app by :func:`shitu.serving.hub.app.configure`.
 """
+
 from __future__ import annotations
 
 import base64
@@ -39,8 +40,10 @@ def recognition_service() -> RecognitionService:
             service = getattr(v2_module_info.get_module_info(name).get("module"), "service", None)
             if isinstance(service, RecognitionService):
                 return service
-    raise PeerError(f"this server does not serve the {RECOGNITION_MODULE!r} module, which the PaddleX and Paddle "
-                    f"Serving APIs use; start hub serving with it (served: {sorted(modules)})")
+    raise PeerError(
+        f"this server does not serve the {RECOGNITION_MODULE!r} module, which the PaddleX and Paddle "
+        f"Serving APIs use; start hub serving with it (served: {sorted(modules)})"
+    )
 
 
 def json_body(raw: bytes) -> dict[str, Any]:
@@ -65,8 +68,10 @@ def image_field(value: Any, name: str, params: Any = None) -> str:
     if not is_url(value):
         return value
     if params is None or not params["Limits.image_url_fetch"]:
-        raise PeerError(f"field {name!r} is a URL; this server does not fetch images from URLs (no server-side "
-                        "fetches unless Limits.image_url_fetch is on): send the image file's bytes as base64")
+        raise PeerError(
+            f"field {name!r} is a URL; this server does not fetch images from URLs (no server-side "
+            "fetches unless Limits.image_url_fetch is on): send the image file's bytes as base64"
+        )
     return base64.b64encode(fetch_image(value, name, params)).decode("ascii")
 
 
@@ -88,11 +93,15 @@ def fetch_image(url: str, name: str, params: Any) -> bytes:
             for chunk in response.iter_content(65536):
                 data += chunk
                 if len(data) > limit:
-                    raise PeerError(f"field {name!r}: the image at the URL is larger than the limit of {limit} "
-                                    "bytes (Limits.max_image_bytes)")
+                    raise PeerError(
+                        f"field {name!r}: the image at the URL is larger than the limit of {limit} "
+                        "bytes (Limits.max_image_bytes)"
+                    )
                 if time.monotonic() > deadline:
-                    raise PeerError(f"field {name!r}: fetching the image URL took longer than {timeout} s "
-                                    "(Limits.image_url_timeout_s)")
+                    raise PeerError(
+                        f"field {name!r}: fetching the image URL took longer than {timeout} s "
+                        "(Limits.image_url_timeout_s)"
+                    )
     except requests.RequestException as exc:
         raise PeerError(f"field {name!r}: cannot fetch the image URL ({type(exc).__name__})") from None
     return bytes(data)

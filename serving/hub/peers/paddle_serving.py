@@ -15,13 +15,13 @@ set ``err_no`` as Paddle Serving does: 5000 for bad input (the message names the
 ``paddle-serving-server`` itself has no wheel for Python 3.11; this route takes its place for HTTP clients. Its
 gRPC/brpc clients (``paddle_serving_client``) are not served.
 """
+
 from __future__ import annotations
 
 import logging
 from typing import Any
 
 from shitu.params import ParamError
-
 from shitu.serving.hub.peers import PeerError, image_field, json_body, recognition_service
 from shitu.serving.hub.service import RequestError
 
@@ -32,22 +32,33 @@ OK, INPUT_PARAMS_ERROR, UNKNOWN = 0, 5000, 10000
 
 def response(err_no: int, err_msg: str, value: str | None = None) -> dict[str, Any]:
     """Paddle Serving's pipeline response object."""
-    return {"err_no": err_no, "err_msg": err_msg, "key": ["result"] if value is not None else [],
-            "value": [value] if value is not None else [], "tensors": []}
+    return {
+        "err_no": err_no,
+        "err_msg": err_msg,
+        "key": ["result"] if value is not None else [],
+        "value": [value] if value is not None else [],
+        "tensors": [],
+    }
 
 
 def rec_docs(results: list[dict[str, Any]]) -> str:
     """Recognition results -> the ``str(list)`` PaddleClas's recognition web service returns."""
-    return str([{"bbox": [int(v) for v in r["bbox"]], "rec_docs": r["label"], "rec_scores": float(r["score"])}
-                for r in results])
+    return str(
+        [
+            {"bbox": [int(v) for v in r["bbox"]], "rec_docs": r["label"], "rec_scores": float(r["score"])}
+            for r in results
+        ]
+    )
 
 
 def predict(body: dict[str, Any]) -> dict[str, Any]:
     """One request object -> the response object (errors raise PeerError / RequestError)."""
     keys, values = body.get("key"), body.get("value")
     if not isinstance(keys, list) or not isinstance(values, list) or len(keys) != len(values):
-        raise PeerError("the request must hold 'key' and 'value', two lists of the same length "
-                        '({"key": ["image"], "value": ["<base64 image>"]})')
+        raise PeerError(
+            "the request must hold 'key' and 'value', two lists of the same length "
+            '({"key": ["image"], "value": ["<base64 image>"]})'
+        )
     unknown = set(body) - {"key", "value", "logid"}
     if unknown:
         raise PeerError(f"unknown field(s) {sorted(unknown)}; a request holds 'key', 'value' and optionally 'logid'")

@@ -31,17 +31,18 @@ How it maps onto shitu-hub (the ``image_recognition`` module's service: its scen
 - build / add / remove change a gallery and need the admin token (header ``Authorization: Bearer ...``) when the
   server has one.
 """
+
 from __future__ import annotations
 
 import base64
 import logging
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from shitu.params import ParamError
-
 from shitu.serving.engine.detection import whole_image_box
 from shitu.serving.engine.draw import draw_recognitions
 from shitu.serving.engine.engine import GALLERY_NAME, EngineError
@@ -75,8 +76,9 @@ def _fields(body: dict[str, Any], required: set[str], optional: set[str] = froze
 
 def _index_key(value: Any) -> str:
     if not isinstance(value, str) or not GALLERY_NAME.match(value):
-        raise PeerError(f"invalid indexKey {value!r}: an index key is a gallery name (letters, digits, '_', '-', "
-                        "'.'; at most 64)")
+        raise PeerError(
+            f"invalid indexKey {value!r}: an index key is a gallery name (letters, digits, '_', '-', '.'; at most 64)"
+        )
     return value
 
 
@@ -146,10 +148,12 @@ def infer(service: RecognitionService, body: dict[str, Any]) -> dict[str, Any]:
     if visualize is not None and not isinstance(visualize, bool):
         raise PeerError("field 'visualize' must be true or false")
     overrides: dict[str, Any] = {"Global.append_whole_image": False}
-    for field, param, integral in (("detThreshold", "Global.threshold", False),
-                                   ("recThreshold", "IndexProcess.score_thres", False),
-                                   ("hammingRadius", "IndexProcess.hamming_radius", True),
-                                   ("topk", "IndexProcess.return_k", True)):
+    for field, param, integral in (
+        ("detThreshold", "Global.threshold", False),
+        ("recThreshold", "IndexProcess.score_thres", False),
+        ("hammingRadius", "IndexProcess.hamming_radius", True),
+        ("topk", "IndexProcess.return_k", True),
+    ):
         value = _number(body, field, integral)
         if value is not None:
             overrides[param] = value
@@ -168,13 +172,23 @@ def infer(service: RecognitionService, body: dict[str, Any]) -> dict[str, Any]:
         det.scores[:] = 0.0
     (feats,) = engine.extract([image], [det.xyxy.tolist()], **overrides)
     hits = engine.search(feats, gallery=key, **overrides)
-    objects = [{"bbox": [float(v) for v in box], "score": float(score),
-                "recResults": [{"label": m.label, "score": float(m.score)} for m in matches]}
-               for box, score, matches in zip(det.xyxy, det.scores, hits)]
+    objects = [
+        {
+            "bbox": [float(v) for v in box],
+            "score": float(score),
+            "recResults": [{"label": m.label, "score": float(m.score)} for m in matches],
+        }
+        for box, score, matches in zip(det.xyxy, det.scores, hits)
+    ]
     drawn = None
     if visualize:
-        found = [Recognition([int(round(v)) for v in o["bbox"]], o["recResults"][0]["label"],
-                             o["recResults"][0]["score"], o["score"]) for o in objects if o["recResults"]]
+        found = [
+            Recognition(
+                [int(round(v)) for v in o["bbox"]], o["recResults"][0]["label"], o["recResults"][0]["score"], o["score"]
+            )
+            for o in objects
+            if o["recResults"]
+        ]
         drawn = base64.b64encode(encode(draw_recognitions(image, found))).decode("ascii")
     return to_jsonable({"detectedObjects": objects, "image": drawn})
 
