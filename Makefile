@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test venv bench clean system-deps peer-deps milvus-lite
+.PHONY: demo test venv bench clean system-deps peer-deps milvus-lite lint
 
 # The virtualenv, refreshed whenever setup.py changes (the stamp records the extras installed).
 $(PY):
@@ -41,8 +41,19 @@ $(MILVUS_SERVER)/.stamp: | $(PY)
 
 milvus-lite: $(MILVUS_SERVER)/.stamp
 
-## make test: create/refresh the virtualenv with the dev extra, install the Debian packages, run the whole suite.
-test: $(VENV)/.stamp-dev system-deps peer-deps milvus-lite
+## make lint: ruff (lint + format), mypy on the typed rooms, import-linter's contracts (pyproject.toml).
+# mypy reads the code under its import names: build/typecheck/shitu links the folders setup.py maps under `shitu`.
+TYPED := shitu.params shitu.serving.engine shitu.serving.gallery shitu.serving.client shitu.plugins shitu.errors
+lint: $(VENV)/.stamp-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	@rm -rf build/typecheck && mkdir -p build/typecheck/shitu
+	@for f in shitu/*.py; do ln -s ../../../$$f build/typecheck/shitu/; done
+	@for d in serving plugins params hub_modules; do ln -s ../../../$$d build/typecheck/shitu/$$d; done
+	MYPYPATH=build/typecheck $(VENV)/bin/mypy $(addprefix -p ,$(TYPED))
+
+## make test: create/refresh the virtualenv with the dev extra, install the Debian packages, lint, run the whole suite.
+test: $(VENV)/.stamp-dev system-deps peer-deps milvus-lite lint
 	$(PY) -m pytest -q tests
 
 ## make bench: the benchmark suite (tables on stdout, JSON in benchmarks/results/), then the tests that assert a

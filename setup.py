@@ -123,6 +123,10 @@ setup(
             # The Milvus gallery tests: the client, and milvus-lite's server (its own protobuf: `make milvus-lite`).
             "pymilvus>=2.5.18,<2.6",
             "milvus-lite==3.2.2",
+            # make lint (run by make test)
+            "ruff>=0.15",
+            "mypy>=1.10",
+            "import-linter>=2.0",
         ],
     },
     entry_points={"console_scripts": ["shitu=shitu.serving.cli:main"]},
