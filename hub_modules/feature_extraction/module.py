@@ -9,7 +9,7 @@ Answer ``results``::
     [{"index": 0, "width": 451, "height": 300, "boxes": [[10, 10, 200, 200]], "embeddings": [[0.01, ...]],
       "dim": 512, "normalized": true, "binary": false}]
 
-Every request field and operation is documented in the README ("Serving API"); the handling itself is
+Every request field and operation is documented in docs/serving.md ("HTTP API"); the handling itself is
 :class:`shitu.serving.hub.service.ExtractionService`.
 """
 

@@ -10,7 +10,7 @@ Answer ``results``::
       "results": [{"bbox": [0, 0, 640, 427], "label": "rocket", "score": 0.97, "det_score": 1.0,
                    "is_whole_image": true, "id": 3}]}]
 
-Every request field and operation is documented in the README ("Serving API"); the handling itself is
+Every request field and operation is documented in docs/serving.md ("HTTP API"); the handling itself is
 :class:`shitu.serving.hub.service.RecognitionService`.
 """
 

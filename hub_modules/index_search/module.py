@@ -8,7 +8,7 @@ Answer ``results``::
 
     [{"index": 0, "matches": [{"id": 3, "label": "cat", "score": 0.97, "source": "...", "metadata": null}]}]
 
-Every request field and operation is documented in the README ("Serving API"); the handling itself is
+Every request field and operation is documented in docs/serving.md ("HTTP API"); the handling itself is
 :class:`shitu.serving.hub.service.SearchService`.
 """
 

@@ -9,7 +9,7 @@ Answer ``results``::
     [{"index": 0, "width": 451, "height": 300,
       "boxes": [{"bbox": [16, 1, 443, 299], "score": 0.49, "is_whole_image": false}, ...]}]
 
-Every request field and operation is documented in the README ("Serving API"); the handling itself is
+Every request field and operation is documented in docs/serving.md ("HTTP API"); the handling itself is
 :class:`shitu.serving.hub.service.DetectionService`.
 """
 
