@@ -222,6 +222,9 @@ class Watchdog:
 WATCHDOG = Watchdog()
 
 
+#: Called with ``(environ, http code, message, request id)`` for each request refused before the app runs (the
+#: request log and the metrics of :mod:`.observability` register here).
+REFUSAL_HOOKS: list[Callable[[dict[str, Any], int, str, str], None]] = []
 #: The environ key holding the request id chosen before the app runs (the app's request hooks use the same one).
 RID_KEY = "shitu.request_id"
 
@@ -244,6 +247,11 @@ def _envelope_response(
     body = envelopes.error_body(environ.get("PATH_INFO", ""), code, msg, rid)
     headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), (request_log.HEADER, rid)]
     start_response(f"{code} {reason}", headers + browsers.cors_headers(environ))
+    for hook in REFUSAL_HOOKS:
+        try:
+            hook(environ, code, msg, rid)
+        except Exception:  # noqa: BLE001 - a metric or a log line must never fail the answer
+            log.debug("refusal hook failed", exc_info=True)
     return [body]
 
 
