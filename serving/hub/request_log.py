@@ -107,6 +107,11 @@ def _cut(text: str) -> str:
     return f"{text[:MAX_MESSAGE_CHARS]}... [{len(text) - MAX_MESSAGE_CHARS} characters cut]"
 
 
+def _traceback(text: str) -> str:
+    """A traceback for a log: cut, escaped, every line indented (none of them can pass for a record)."""
+    return "    " + escape(_cut(text), keep_newlines=True)
+
+
 class RequestContextFilter(logging.Filter):
     """Adds ``request_id`` to every record and cuts long messages (arguments merged first)."""
 
@@ -128,9 +133,9 @@ class RequestContextFilter(logging.Filter):
             message = f"[request_id={rid}] {message}"
         record.msg, record.args = message, None
         if record.exc_info and record.exc_text is None:
-            record.exc_text = escape(_cut(logging.Formatter().formatException(record.exc_info)), keep_newlines=True)
+            record.exc_text = _traceback(logging.Formatter().formatException(record.exc_info))
         elif record.exc_text:
-            record.exc_text = escape(_cut(record.exc_text), keep_newlines=True)
+            record.exc_text = _traceback(record.exc_text)
         record._shitu_done = True
         return True
 
