@@ -206,9 +206,10 @@ FIELDS: tuple[Field, ...] = (
           "connections; more wait in the listen backlog).", minimum=1, maximum=4096,
           per_request=False),
     Field("Limits", "allowed_hosts", list, None,
-          "Host names (`Host` header, port ignored) `hub serving` answers, against DNS rebinding. Null: the address it "
-          "listens on and the loopback names (`localhost`, `127.0.0.1`, `::1`), or any name when it listens on all "
-          "addresses (`0.0.0.0`, `::`); `[\"*\"]`: any name. Other names get a `403` envelope.", nullable=True,
+          "Host names (`Host` header, port ignored) `hub serving` answers besides the address it listens on and the "
+          "loopback names (`localhost`, `127.0.0.1`, `::1`), against DNS rebinding; `[\"*\"]`: any name. Null: "
+          "any name when it listens on all addresses (`0.0.0.0`, `::`), else none. Other names get a `403` envelope "
+          "(`GET /health` answers whatever the name).", nullable=True,
           per_request=False, check=_labels),
     Field("Limits", "allowed_origins", list, [],
           "Web origins (`https://app.example:8443`) other than the server's own whose pages may send POST requests "

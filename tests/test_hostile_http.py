@@ -383,3 +383,46 @@ def test_real_own_web_page_and_plain_clients_still_write(served, photos):
     )
     assert r.status_code == 403 and r.json()["errorCode"] == 403
     assert "Access-Control-Allow-Origin" not in r.headers
+
+
+CORS_PAGE = """<!doctype html><html><body><script>
+window.ask = async (target) => {
+  const r = await fetch(target + "/predict/image_recognition", {method: "POST",
+    headers: {"Content-Type": "application/json"}, body: JSON.stringify({operation: "info"})});
+  return {status: r.status, body: await r.json(), rid: r.headers.get("X-Request-ID")};
+};
+</script></body></html>"""
+
+
+def test_real_browser_cors_only_for_configured_origins_and_hosts(tmp_path, chromium_browser):
+    """``Limits.allowed_origins`` lets a page on that origin call the API and read the answer (CORS preflight
+    answered); ``Limits.allowed_hosts`` adds a host name. Another origin still gets nothing."""
+    from shitu.serving.hub import control as hub_serving
+    from tests.conftest import start_served
+
+    handler = type("Page", (_Page,), {"html": CORS_PAGE.encode()})
+    allowed, other = (ThreadingHTTPServer(("127.0.0.1", 0), handler) for _ in range(2))
+    for page_server in (allowed, other):
+        threading.Thread(target=page_server.serve_forever, daemon=True).start()
+    origin = f"http://127.0.0.1:{allowed.server_address[1]}"
+    limits = {"allowed_origins": [origin], "allowed_hosts": ["shitu.test"]}
+    server = start_served(tmp_path, init_args={"params": {"Limits": limits}})
+    try:
+        context = chromium_browser.new_context()
+        page = context.new_page()
+        page.goto(f"{origin}/")
+        answer = page.evaluate("(t) => window.ask(t)", server.url)
+        assert answer["status"] == 200 and answer["body"]["status"] == "000" and answer["rid"], answer
+        page.goto(f"http://127.0.0.1:{other.server_address[1]}/")
+        blocked = page.evaluate("(t) => window.ask(t).then(() => 'read', () => 'blocked')", server.url)
+        assert blocked == "blocked"
+        context.close()
+        port = _addr(server)[1]
+        ok = requests.get(f"{server.url}/web/", headers={"Host": f"shitu.test:{port}"}, timeout=30)
+        assert ok.status_code == 200
+        refused = requests.get(f"{server.url}/web/", headers={"Host": "other.test"}, timeout=30)
+        assert refused.status_code == 403
+    finally:
+        hub_serving.stop(server.proc)
+        allowed.shutdown()
+        other.shutdown()

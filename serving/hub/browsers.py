@@ -5,8 +5,9 @@ server first when the body is ``text/plain`` or a form; it cannot read the answe
 page whose DNS name is re-pointed at 127.0.0.1 (DNS rebinding) talks to a loopback server as its *own* origin. So
 every request is checked before its body is read (:func:`refusal`):
 
-- ``Host``: its name (port ignored) must be one of ``Limits.allowed_hosts``; by default the address the server
-  listens on and the loopback names, or any name when it listens on all addresses. Else ``403``.
+- ``Host``: its name (port ignored) must be the address the server listens on, a loopback name, or one of
+  ``Limits.allowed_hosts`` (``["*"]``: any); with ``allowed_hosts`` null, any name when the server listens on all
+  addresses (``0.0.0.0``, ``::``). Else ``403``. ``GET /health`` answers whatever the name.
 - ``Origin`` (sent by browsers with every cross-origin request and every POST): on a POST it must be the server's
   own (the ``Host`` the request was sent to) or one of ``Limits.allowed_origins``. Else ``403``. Clients that are
   not browsers send no ``Origin`` and are not concerned.
@@ -80,11 +81,11 @@ def _host_name(host: str) -> str:
 
 def host_allowed(host: str, listen_host: str) -> bool:
     name = _host_name(host)
-    if POLICY.hosts is not None:
-        return "*" in POLICY.hosts or name in POLICY.hosts
-    if listen_host in WILDCARD_HOSTS:
-        return True
-    return name in LOOPBACK_NAMES or name.startswith("127.") or name == listen_host.lower().strip("[]")
+    if name in LOOPBACK_NAMES or name.startswith("127.") or name == listen_host.lower().strip("[]"):
+        return True  # a foreign page's request carries the page's own name, never these
+    if POLICY.hosts is None:
+        return listen_host in WILDCARD_HOSTS
+    return "*" in POLICY.hosts or name in POLICY.hosts
 
 
 def _host_port(host: str) -> str | None:
