@@ -426,3 +426,25 @@ def test_real_browser_cors_only_for_configured_origins_and_hosts(tmp_path, chrom
         hub_serving.stop(server.proc)
         allowed.shutdown()
         other.shutdown()
+
+
+@pytest.mark.parametrize("server_name", ["served", "served_multi"])
+def test_real_body_within_the_limit_with_expect_gets_one_100_continue_then_its_answer(request, server_name):
+    """curl sends ``Expect: 100-continue`` with large uploads: a body within the limit is still taken."""
+    server = request.getfixturevalue(server_name)
+    host, port = _addr(server)
+    body = json.dumps({"operation": "info", "token": ADMIN_TOKEN}).encode()
+    head = (
+        f"POST /predict/index_search HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection((host, port), timeout=30) as s:
+        s.sendall(head)
+        first = s.recv(4096)
+        assert first.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), first
+        s.sendall(body)
+        data = first[len(b"HTTP/1.1 100 Continue\r\n\r\n") :]
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.count(b"100 Continue") == 0 and data.startswith(b"HTTP/1.1 200"), data[:300]
+    assert json.loads(data.partition(b"\r\n\r\n")[2])["status"] == "000"
