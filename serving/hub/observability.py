@@ -196,6 +196,35 @@ def instrument(app: Any, max_log_bytes: int, log_backups: int) -> None:
         )
         return response
 
+    def _shitu_refused(environ: dict[str, Any], code: int, msg: str, rid: str) -> None:
+        """A request refused before the app ran (browser checks, body limits, deadlines): its metrics and log line."""
+        path = environ.get("PATH_INFO", "")
+        module = "-"
+        if path.startswith("/predict/"):
+            from paddlehub.serving.model_service.base_model_service import v2_module_info
+
+            name = path[len("/predict/") :]
+            module = name if name in v2_module_info.modules else "unknown"
+            shitu_metrics.get().observe(module, "-", str(code), 0.0, {}, None, None, f"http_{code}")
+        request_log.log_request(
+            request_id=rid,
+            pid=os.getpid(),
+            method=environ.get("REQUEST_METHOD", "-"),
+            path=path,
+            module=module,
+            operation="-",
+            status=str(code),
+            http=code,
+            ms=0.0,
+            images=None,
+            boxes=None,
+            remote=environ.get("REMOTE_ADDR"),
+            error=msg,
+        )
+
+    if not any(getattr(h, "__name__", "") == "_shitu_refused" for h in connections.REFUSAL_HOOKS):
+        connections.REFUSAL_HOOKS.append(_shitu_refused)
+
     @app.teardown_request
     def _shitu_teardown(_exc: Any) -> None:
         token = getattr(g, "shitu_rid_token", None)

@@ -23,6 +23,7 @@ from typing import Any
 
 from shitu.params import ParamError
 from shitu.serving.hub.peers import PeerError, image_field, json_body, recognition_service
+from shitu.serving.hub.request_log import current_request_id
 from shitu.serving.hub.service import RequestError
 
 ROUTE = "/recognition/prediction"
@@ -59,6 +60,8 @@ def predict(body: dict[str, Any]) -> dict[str, Any]:
             "the request must hold 'key' and 'value', two lists of the same length "
             '({"key": ["image"], "value": ["<base64 image>"]})'
         )
+    if not all(isinstance(k, str) for k in keys):
+        raise PeerError("every entry of 'key' must be a string (the name of the value at the same place)")
     unknown = set(body) - {"key", "value", "logid"}
     if unknown:
         raise PeerError(f"unknown field(s) {sorted(unknown)}; a request holds 'key', 'value' and optionally 'logid'")
@@ -85,4 +88,6 @@ def register(app: Any) -> None:
         except Exception as exc:  # noqa: BLE001 - answered in the peer's envelope, logged here
             logging.getLogger("shitu.serving").error("paddle serving route: %s", exc, exc_info=exc)
             answer = response(UNKNOWN, f"internal error ({type(exc).__name__})")
+        if answer["err_no"] != OK:
+            answer["request_id"] = current_request_id()
         return jsonify(answer)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -57,8 +58,12 @@ INDEX_PREFIX = "paddlex-"
 
 
 def envelope(result: dict[str, Any] | None, error_code: int = 0, error_msg: str = "Success") -> dict[str, Any]:
-    """PaddleX's response object (``result`` only on success)."""
-    out: dict[str, Any] = {"logId": str(uuid.uuid4()), "errorCode": error_code, "errorMsg": error_msg}
+    """PaddleX's response object (``result`` only on success); ``logId`` is the request id (``X-Request-ID``)."""
+    from shitu.serving.hub.request_log import current_request_id
+
+    rid = current_request_id()
+    out: dict[str, Any] = {"logId": rid if rid != "-" else str(uuid.uuid4()), "errorCode": error_code}
+    out["errorMsg"] = error_msg
     if result is not None:
         out["result"] = result
     return out
@@ -99,8 +104,11 @@ def _number(body: dict[str, Any], name: str, integral: bool = False) -> float | 
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integral and value != int(value)):
-        raise PeerError(f"field {name!r} must be {'an integer' if integral else 'a number'}, got {value!r}")
+    what = "an integer" if integral else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PeerError(f"field {name!r} must be {what}, got {str(value)[:40]}")
+    if integral and (value != int(value) or abs(value) >= 2**31):
+        raise PeerError(f"field {name!r} must be an integer below 2**31, got {str(value)[:40]}")
     return int(value) if integral else float(value)
 
 
