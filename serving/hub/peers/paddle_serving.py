@@ -21,9 +21,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from shitu.params import ParamError
+from shitu.errors import ShituError
 from shitu.serving.hub.peers import PeerError, image_field, json_body, recognition_service
-from shitu.serving.hub.service import RequestError
 
 ROUTE = "/recognition/prediction"
 #: Paddle Serving's ``CustomExceptionCode`` values used here.
@@ -78,8 +77,8 @@ def register(app: Any) -> None:
     def _paddle_serving_recognition():  # noqa: ANN202 - flask view
         try:
             answer = predict(json_body(request.get_data()))
-        except (RequestError, ParamError) as exc:
-            answer = response(INPUT_PARAMS_ERROR, str(exc))
+        except ShituError as exc:  # a server's fault says only its request id (shitu.serving.hub.service)
+            answer = response(INPUT_PARAMS_ERROR if exc.http_status < 500 else UNKNOWN, str(exc))
         except HTTPException:
             raise  # body too large: the app's handler answers it
         except Exception as exc:  # noqa: BLE001 - answered in the peer's envelope, logged here
