@@ -93,7 +93,6 @@ setup(
     package_dir=PACKAGE_DIR,
     include_package_data=True,
     package_data={
-        "shitu.plugins": ["WRITING_PACKS.md"],
         **PACK_DATA,
         "shitu.hub_modules": ["*/config.json", "*.json"],
     },
@@ -128,6 +127,9 @@ setup(
             "ruff>=0.15",
             "mypy>=1.10",
             "import-linter>=2.0",
+            # make docs (run by make test): the documentation site, built with --strict
+            "mkdocs>=1.6",
+            "mkdocs-material>=9.5",
         ],
     },
     entry_points={"console_scripts": ["shitu=shitu.serving.cli:main"]},

@@ -9,5 +9,5 @@
 - ``packs/`` -- the built-in packs (``general-lite`` embedded and offline; ``general``, ``product``, ``vehicle``,
   ``logo``, ``anime`` describing PP-ShiTu's published models, installed on demand).
 
-``plugins/WRITING_PACKS.md`` explains how to write a pack. Importing this package imports nothing else.
+``docs/writing-packs.md`` explains how to write a pack. Importing this package imports nothing else.
 """

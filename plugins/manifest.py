@@ -2,7 +2,7 @@
 
 Reading a manifest imports no code: it is YAML, read with ``yaml.SafeLoader`` (duplicate keys refused), checked
 key by key, and every error names the key path that is wrong, e.g.
-``models.recognizer.files[1].sha256: expected 64 hex characters``. ``plugins/WRITING_PACKS.md`` documents every key
+``models.recognizer.files[1].sha256: expected 64 hex characters``. ``docs/writing-packs.md`` documents every key
 with a complete example.
 
 Layout of a manifest (schema version 1)::

@@ -36,6 +36,8 @@ def test_real_reads_need_the_token(reads_served, photos):
 
 def test_real_metrics_need_the_token_health_does_not(reads_served):
     url = reads_served.url
+    # A request of this test's own, so the request counters exist whichever test of the module ran first.
+    assert reads_served.post("index_search", {"operation": "info", "token": TOKEN}).json()["status"] == "000"
     assert requests.get(f"{url}/health", timeout=10).status_code == 200
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         r = requests.get(f"{url}/metrics", headers=headers, timeout=10)

@@ -1,4 +1,4 @@
-"""PaddleHub module ``index_search`` (requests and answers: the README's "Serving API"; the code:
+"""PaddleHub module ``index_search`` (requests and answers: docs/serving.md ("HTTP API"); the code:
 :mod:`shitu.serving.hub.module`)."""
 
 from paddlehub.module.module import moduleinfo

@@ -1,4 +1,4 @@
-"""PaddleHub module ``mainbody_detection`` (requests and answers: the README's "Serving API"; the code:
+"""PaddleHub module ``mainbody_detection`` (requests and answers: docs/serving.md ("HTTP API"); the code:
 :mod:`shitu.serving.hub.module`)."""
 
 from paddlehub.module.module import moduleinfo

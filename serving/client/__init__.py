@@ -1,6 +1,6 @@
 """The client SDK: :class:`ShituClient` (sync) and :class:`AsyncShituClient` over the served HTTP API.
 
-Light: numpy, requests and the result types; no paddle, faiss or OpenCV. See ``CLIENT.md`` beside this file.
+Light: numpy, requests and the result types; no paddle, faiss or OpenCV. See ``docs/sdk-cli.md``.
 """
 
 from shitu.serving.client.sdk import (  # noqa: F401
