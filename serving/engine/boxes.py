@@ -11,7 +11,7 @@ from numpy.typing import ArrayLike
 
 
 def iou(a: ArrayLike, b: ArrayLike) -> np.ndarray:
-    """IoU of every box of ``a`` ``[n, 4]`` with every box of ``b`` ``[m, 4]`` -> ``[n, m]`` (0 where both are empty)."""
+    """IoU of every box of ``a`` ``[n, 4]`` with every box of ``b`` ``[m, 4]`` -> ``[n, m]`` (0: both empty)."""
     a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
     w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
     h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
