@@ -96,3 +96,38 @@ def test_explained_batch_equals_explained_single_images_real_models(engine, phot
             (s.bbox, s.verdict, [m.id for m in s.matches]) for s in ex_alone.searched
         ]
         assert ex.whole_image == ex_alone.whole_image
+
+
+def test_a_request_is_parsed_once_and_its_gallery_resolved_once_real_service(photos, queries, monkeypatch):
+    """The real service and engine, with spies around the real functions: a recognition request used to be
+    validated three times (``Service._overrides``, ``op_recognize``, ``Engine.recognize``) and its gallery looked up
+    by name twice; now the edge parses it once and passes typed values (``params=``, the opened gallery) inward."""
+    import sys
+
+    from shitu.serving.engine.engine import Engine
+    from shitu.serving.hub import request_models
+    from shitu.serving.hub.service import RecognitionService
+
+    merge_module = sys.modules["shitu.params.merge"]
+    svc = RecognitionService({})
+    request = {"images": [b64(img) for img in _images(photos, queries, 3)], "threshold": 0.3, "labels": ["cat"]}
+    svc.handle(request)  # warm: the engine and its gallery are loaded
+    flattened: list[object] = []
+    by_name: list[object] = []
+    real_flatten, real_gallery = merge_module.flatten, Engine.gallery
+
+    def flatten_spy(layer, *args, **kwargs):
+        flattened.append(layer)
+        return real_flatten(layer, *args, **kwargs)
+
+    def gallery_spy(self, name=None, *args, **kwargs):
+        if name is None or isinstance(name, str):
+            by_name.append(name)
+        return real_gallery(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(merge_module, "flatten", flatten_spy)
+    monkeypatch.setattr(request_models, "flatten", flatten_spy)
+    monkeypatch.setattr(Engine, "gallery", gallery_spy)
+    answer = svc.handle({**request, "explain": True})
+    assert len(answer) == 3 and all("explanation" in a for a in answer)
+    assert len(flattened) == 1 and len(by_name) == 1
