@@ -256,12 +256,12 @@ class Service:
                 f"{engine.params['Limits.max_request_pixels']}; send fewer or smaller images"
             )
         out: list[np.ndarray | ImageError] = []
-        for i, data in enumerate(raw):
+        for i, encoded in enumerate(raw):
             try:
-                if isinstance(data, ImageError):
-                    raise data
+                if isinstance(encoded, ImageError):
+                    raise encoded
                 with current_timer().stage("decode"):
-                    out.append(decode(data, limits))
+                    out.append(decode(encoded, limits))
             except ImageError as exc:
                 err = ImageError(exc.reason, i)
                 if strict:
