@@ -77,6 +77,7 @@ ENGINE = [
     "faiss-cpu>=1.8",
     # Global.det_backend / rec_backend `auto`: the embedded models run fastest on onnxruntime (same answers).
     "onnxruntime>=1.17",
+    "pydantic>=2",  # the typed request models of the hub services (shitu.serving.hub.request_models)
 ]
 
 setup(

@@ -180,6 +180,9 @@ FIELDS: tuple[Field, ...] = (
     Field("Limits", "max_explain_matches", int, 10,
           "Gallery matches listed per searched box in `explain` answers: the best `IndexProcess.return_k`, at most "
           "this many.", minimum=1, maximum=1000, per_request=False),
+    Field("Limits", "max_filter_labels", int, 1000,
+          "Labels a request may give in its `IndexProcess.labels` filter (refused before any work; explanations "
+          "report how many labels were filtered on, never the list).", minimum=1, per_request=False),
     Field("Limits", "max_index_import_bytes", int, 1 << 30,
           "Largest `vector.index` or `id_map.pkl` file read when importing a PaddleClas index folder.", minimum=1,
           per_request=False),

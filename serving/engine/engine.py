@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from shitu.echo import clip
+from shitu.errors import InvalidArgument
 from shitu.model_spec import ModelSpec
 from shitu.names import GALLERY_NAME  # gallery names a request may use (never a path)
 from shitu.params import Params, flatten, merge
-from shitu.serving.engine.batched import recognize_many
 from shitu.serving.engine.bulk import BulkEmbedder
 from shitu.serving.engine.detection import MainbodyDetector
 from shitu.serving.engine.explain import Explanation
@@ -35,7 +35,7 @@ from shitu.serving.engine.results import Detections, Match, Recognition
 from shitu.serving.engine.timing import NULL_TIMER, StageTimer
 
 
-class EngineError(ValueError):
+class EngineError(InvalidArgument):
     """A request to the engine is invalid (unknown gallery, bad boxes...)."""
 
 
@@ -85,8 +85,13 @@ class Engine:
         self._bulk = BulkEmbedder(self.extractor, self.params)  # gallery builds; copies made on first use
 
     # -- parameters ----------------------------------------------------------------------------------------------
-    def request_params(self, overrides: dict[str, Any] | None = None) -> Params:
-        """Engine parameters with per-request ``overrides`` (validated; load-time parameters refused)."""
+    def request_params(self, overrides: dict[str, Any] | None = None, params: Params | None = None) -> Params:
+        """Engine parameters with per-request ``overrides`` (validated; load-time parameters refused), or ``params``
+        as they are: a server's request parsed once at its edge (:mod:`shitu.serving.hub.requests`)."""
+        if params is not None:
+            if overrides:
+                raise EngineError("give parameter overrides or params=, not both")
+            return params
         return self.params.override(overrides, per_request=True) if overrides else self.params
 
     @property
@@ -243,8 +248,8 @@ class Engine:
         self._bulk.close()
 
     # -- operations ----------------------------------------------------------------------------------------------
-    def detect(self, images: Sequence[np.ndarray], **overrides: Any) -> list[Detections]:
-        p = self.request_params(overrides)
+    def detect(self, images: Sequence[np.ndarray], params: Params | None = None, **overrides: Any) -> list[Detections]:
+        p = self.request_params(overrides, params)
         return [self.detector.detect(img, p) for img in images]
 
     def embed(self, images: Sequence[np.ndarray], **overrides: Any) -> np.ndarray:
@@ -258,10 +263,14 @@ class Engine:
         return self._bulk(images)
 
     def extract(
-        self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[Sequence[float]]] | None = None, **overrides: Any
+        self,
+        images: Sequence[np.ndarray],
+        boxes: Sequence[Sequence[Sequence[float]]] | None = None,
+        params: Params | None = None,
+        **overrides: Any,
     ) -> list[np.ndarray]:
         """One ``[n_boxes, d]`` array per image (the whole image when ``boxes`` is None or an image's list is)."""
-        p = self.request_params(overrides)
+        p = self.request_params(overrides, params)
         out = []
         for i, img in enumerate(images):
             img_boxes = boxes[i] if boxes is not None and i < len(boxes) else None
@@ -272,9 +281,15 @@ class Engine:
             out.append(self.extractor.extract(img, arr, p))
         return out
 
-    def search(self, embeddings: np.ndarray, gallery: str | Path | None = None, **overrides: Any) -> list[list[Match]]:
+    def search(
+        self,
+        embeddings: np.ndarray,
+        gallery: str | Path | SearchIndex | None = None,
+        params: Params | None = None,
+        **overrides: Any,
+    ) -> list[list[Match]]:
         """Top ``IndexProcess.return_k`` matches per embedding that pass ``IndexProcess.score_thres``."""
-        p = self.request_params(overrides)
+        p = self.request_params(overrides, params)
         g = self.gallery(gallery)
         hits = g.search(np.asarray(embeddings), p["IndexProcess.return_k"], **search_options(g, p))
         return accepted_matches(hits, p["IndexProcess.score_thres"], g.higher_is_better)
@@ -284,28 +299,30 @@ class Engine:
         images: Sequence[np.ndarray],
         gallery: str | Path | SearchIndex | None = None,
         timer: StageTimer = NULL_TIMER,
+        params: Params | None = None,
+        explanations: Sequence[Explanation] | None = None,
         **overrides: Any,
     ) -> list[list[Recognition]]:
-        """What and where, per image, best first (the crops of all images go through the recogniser together)."""
-        p = self.request_params(overrides)
-        g = self.gallery(gallery)
-        return recognize_many(images, self.detector, self.extractor, g, p, timer)
+        """What and where, per image, best first (the crops of all images go through the recogniser together).
+
+        ``params``: the request's parameters, already merged (else ``overrides`` by PP-ShiTu name); ``explanations``:
+        one :class:`~.explain.Explanation` per image to fill with every stage's view."""
+        p = self.request_params(overrides, params)
+        return recognize(images, self.detector, self.extractor, self.gallery(gallery), p, timer, explanations)
 
     def recognize_explained(
         self,
         images: Sequence[np.ndarray],
         gallery: str | Path | SearchIndex | None = None,
         timer: StageTimer = NULL_TIMER,
+        params: Params | None = None,
         **overrides: Any,
     ) -> list[tuple[list[Recognition], Explanation]]:
         """:meth:`recognize` plus, per image, an :class:`~.explain.Explanation` of every stage (``explain``)."""
-        p = self.request_params(overrides)
-        g = self.gallery(gallery)
-        out = []
-        for img in images:
-            explanation = Explanation.start(p)
-            out.append((recognize(img, self.detector, self.extractor, g, p, timer, explanation), explanation))
-        return out
+        p = self.request_params(overrides, params)
+        explanations = [Explanation.start(p) for _ in images]
+        found = self.recognize(images, gallery, timer, params=p, explanations=explanations)
+        return list(zip(found, explanations))
 
     def gallery_add(
         self,

@@ -22,7 +22,7 @@ from shitu.serving.hub import metrics as shitu_metrics
 __all__ = ["prepare", "instrument", "install_hooks", "note_error"]
 
 #: Exception class name of the failure of the request in this context (set by the hub module).
-_ERROR_KIND: contextvars.ContextVar[str | None] = contextvars.ContextVar("shitu_error_kind", default=None)
+_ERROR: contextvars.ContextVar[BaseException | None] = contextvars.ContextVar("shitu_error", default=None)
 _hooks_installed = False
 
 
@@ -32,8 +32,8 @@ def prepare() -> None:
 
 
 def note_error(exc: BaseException) -> None:
-    """Called by the hub module when a request fails: remembers the kind for the metrics and the log."""
-    _ERROR_KIND.set(type(exc).__name__)
+    """Called by the hub module when a request fails: remembers it for the envelope, the metrics and the log."""
+    _ERROR.set(exc)
 
 
 def _module_and_operation(module_info: dict[str, Any], body: Any) -> tuple[str, str]:
@@ -62,13 +62,19 @@ def _wrap_predict_v2(original: Any) -> Any:
 
     def predict_v2(module_info: dict, input: dict) -> dict:  # noqa: A002 - PaddleHub's signature
         timer = StageTimer()
-        token = _ERROR_KIND.set(None)
+        from shitu.serving.hub.envelopes import envelope_of
+
+        token = _ERROR.set(None)
         try:
             with timing_scope(timer):
                 out = original(module_info, input)
-            kind = _ERROR_KIND.get()
+            error = _ERROR.get()
         finally:
-            _ERROR_KIND.reset(token)
+            _ERROR.reset(token)
+        kind = type(error).__name__ if error is not None else None
+        http = 200
+        if error is not None and isinstance(out, dict):  # PaddleHub answered "101": the one table says what it is
+            out["status"], http = envelope_of(error)
         if has_request_context():
             module, operation = _module_and_operation(module_info, input)
             images = input.get("images") if isinstance(input, dict) else None
@@ -85,7 +91,7 @@ def _wrap_predict_v2(original: Any) -> Any:
             }
             if status != "000" and isinstance(out, dict):
                 out["request_id"] = request_log.current_request_id()
-        return out
+        return (out, http) if http != 200 else out
 
     predict_v2.__wrapped__ = original  # type: ignore[attr-defined]
     return predict_v2

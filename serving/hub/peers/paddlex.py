@@ -43,14 +43,15 @@ from typing import Any
 
 import numpy as np
 
+from shitu.errors import ShituError
 from shitu.params import ParamError
 from shitu.serving.engine.detection import whole_image_box
 from shitu.serving.engine.draw import draw_recognitions
-from shitu.serving.engine.engine import GALLERY_NAME, EngineError
-from shitu.serving.engine.images import ImageError, encode
+from shitu.serving.engine.engine import GALLERY_NAME
+from shitu.serving.engine.images import encode
 from shitu.serving.engine.results import Recognition
 from shitu.serving.hub.peers import PeerError, image_field, json_body, recognition_service
-from shitu.serving.hub.service import RecognitionService, RequestError, to_jsonable
+from shitu.serving.hub.service import RecognitionService, to_jsonable
 
 #: PaddleX numbers an index's images from 0; a gallery's ids start at 1.
 ID_OFFSET = 1
@@ -171,7 +172,7 @@ def infer(service: RecognitionService, body: dict[str, Any]) -> dict[str, Any]:
     except ParamError as exc:
         raise PeerError(str(exc).replace("parameter ", "field mapped to parameter ", 1)) from None
     engine.gallery(key)  # an unknown index key fails before any image is decoded
-    (image,) = service.decode_images({"images": [image_field(body["image"], "image", params)]}, engine, strict=True)
+    (image,) = service.decode_images([image_field(body["image"], "image", params)], engine, strict=True)
     assert isinstance(image, np.ndarray)
     h, w = image.shape[:2]
     det = engine.detector.detect(image, params)
@@ -213,8 +214,9 @@ def handle(route: str, raw: bytes) -> tuple[dict[str, Any], int]:
     """One request body for ``route`` -> (PaddleX envelope, HTTP status)."""
     try:
         return envelope(ROUTES[route](recognition_service(), json_body(raw))), 200
-    except (RequestError, ParamError, ImageError, EngineError) as exc:
-        return envelope(None, 422, str(exc)), 422
+    except ShituError as exc:  # a client's fault: 422; a server's (its message: the request id) keeps its code
+        status = 422 if exc.http_status < 500 else exc.http_status
+        return envelope(None, status, str(exc)), status
 
 
 def register(app: Any) -> None:
