@@ -14,10 +14,10 @@ from shitu.params import ParamError, merge
 from shitu.serving.cli.demo import overlapping_collage
 from shitu.serving.cli.toolkit import EXIT_OK
 from shitu.serving.client.sdk import ShituClient
-from shitu.serving.engine import explain as explain_module
-from shitu.serving.engine.explain import Explanation, pairwise_iou
 from shitu.serving.engine.pipeline import rec_nms
-from shitu.serving.engine.results import Recognition
+from shitu.serving.results import Recognition
+from shitu.serving.results import explanation as explain_module
+from shitu.serving.results.explanation import Explanation, pairwise_iou
 
 from .conftest import b64
 

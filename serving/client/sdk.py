@@ -67,8 +67,8 @@ from typing import Any
 import numpy as np
 import requests
 
-from shitu.serving.engine.explain import Explanation
-from shitu.serving.engine.results import Match, Recognition
+from shitu.serving.results import Match, Recognition
+from shitu.serving.results.explanation import Explanation
 
 __all__ = [
     "AsyncShituClient",
@@ -291,7 +291,7 @@ class ImageResult(list):
 
 class ImageRecognitions(ImageResult):
     """:class:`Recognition` objects of one image, best first; ``explanation`` (an
-    :class:`~shitu.serving.engine.explain.Explanation`) when asked for with ``explain=True``, else ``None``."""
+    :class:`~shitu.serving.results.explanation.Explanation`) when asked for with ``explain=True``, else ``None``."""
 
     key = "results"
     item_type = staticmethod(Recognition.from_dict)
@@ -595,7 +595,7 @@ def draw(image: Any, results: Iterable[Any], prefix: str = "") -> np.ndarray:
     """A BGR copy of ``image`` with ``results`` drawn on it: :class:`Recognition` or :class:`Box` objects (or
     their dicts), e.g. what ``recognize`` / ``detect`` gave for that image; an :class:`ImageRecognitions` with an
     ``explanation`` also shows, dashed, the boxes the answer left out and why. Needs OpenCV."""
-    from shitu.serving.engine.draw import draw_explanation, draw_recognitions
+    from shitu.serving.results.draw import draw_explanation, draw_recognitions
 
     explanation = getattr(results, "explanation", None)
     if explanation is not None:

@@ -27,8 +27,8 @@ from shitu.serving.engine.pipeline import (
     recognize,
     search_options,
 )
-from shitu.serving.engine.results import Detections, Recognition
 from shitu.serving.engine.timing import NULL_TIMER, StageTimer
+from shitu.serving.results import Detections, Recognition
 
 __all__ = ["recognize_many"]
 

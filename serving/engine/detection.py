@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 
 from shitu.model_spec import ModelSpec
-from shitu.serving.engine.explain import Explanation
 from shitu.serving.engine.predictor import Predictor, PredictorError, RuntimeOptions
-from shitu.serving.engine.results import Detections
 from shitu.serving.engine.timing import NULL_TIMER, StageTimer
 from shitu.serving.engine.transforms import Transforms
+from shitu.serving.results import Detections
+from shitu.serving.results.explanation import Explanation
 
 
 def nms(xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:

@@ -36,6 +36,7 @@ from shitu.params import ParamError, flatten, merge
 from shitu.serving.engine.engine import GALLERY_NAME, Engine, EngineError, check_boxes, load_engine
 from shitu.serving.engine.images import ImageError, ImageLimits, b64decode, check_bytes, decode, header_size
 from shitu.serving.engine.timing import current_timer
+from shitu.serving.galleries.manager import GalleryRequestError
 from shitu.serving.gallery.list_file import label_problem
 from shitu.serving.hub.connections import bearer_token
 from shitu.serving.hub.gallery_view import GalleryViewOps
@@ -204,7 +205,7 @@ class Service:
             )
         try:
             result = getattr(self, f"op_{operation}")(request, overrides)
-        except (ParamError, ImageError, EngineError) as exc:
+        except (ParamError, ImageError, EngineError, GalleryRequestError) as exc:
             raise RequestError(str(exc)) from None
         return to_jsonable(result)
 
@@ -632,6 +633,6 @@ def _recognize_together(
         return {}
     try:
         answers = engine.recognize([images[i] for i in good], gallery=gallery, timer=current_timer(), **overrides)
-    except (RequestError, EngineError):
+    except (RequestError, EngineError, GalleryRequestError):
         return {}
     return dict(zip(good, answers))

@@ -39,7 +39,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from shitu.serving.engine.results import Recognition
+from shitu.serving.results import Recognition
+from shitu.serving.results.draw import draw_tracks
 from shitu.serving.video.tracker import Tracker, TrackObservation, TrackSummary
 
 __all__ = [
@@ -466,42 +467,7 @@ class VideoReport:
         return d
 
 
-# --- drawing -------------------------------------------------------------------------------------------------
-
-
-def _color(track_id: int) -> tuple[int, int, int]:
-    """A stable, well separated BGR colour per track id (golden-ratio hue steps)."""
-    import colorsys
-
-    h = (track_id * 0.618033988749895) % 1.0
-    r, g, b = colorsys.hsv_to_rgb(h, 0.85, 0.95)
-    return int(b * 255), int(g * 255), int(r * 255)
-
-
-def draw_tracks(image: np.ndarray, result: FrameResult) -> np.ndarray:
-    """A copy of ``image`` with each track's box and ``#id label score`` drawn, and the frame label at the top."""
-    import cv2
-
-    out = image.copy()
-    h, w = out.shape[:2]
-    scale = max(0.4, min(w, h) / 800.0)
-    thick = max(2, int(round(scale * 3)))
-
-    def text(s: str, x: int, y: int, color: tuple[int, int, int]) -> None:
-        (tw, th), base = cv2.getTextSize(s, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-        y = max(y, th + base)
-        cv2.rectangle(out, (x, y - th - base), (x + tw + 2, y), color, -1)
-        cv2.putText(out, s, (x + 1, y - base + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick, cv2.LINE_AA)
-
-    for t in result.tracks:
-        x1, y1, x2, y2 = (int(v) for v in t.bbox)
-        color = _color(t.track_id)
-        cv2.rectangle(out, (x1, y1), (x2, y2), color, thick)
-        text(f"#{t.track_id} {t.label} {t.score:.2f}", x1, y1, color)
-    if result.frame_label is not None:
-        fl = result.frame_label
-        text(f"frame: {fl.label} {fl.score:.2f}", 0, h - 2, (255, 255, 255))
-    return out
+# --- writing -------------------------------------------------------------------------------------------------
 
 
 class AnnotatedVideoWriter:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from shitu.serving.engine.results import Recognition
+from shitu.serving.results import Recognition
 
 __all__ = [
     "Tracker",

@@ -44,12 +44,13 @@ import numpy as np
 
 from shitu.params import ParamError
 from shitu.serving.engine.detection import whole_image_box
-from shitu.serving.engine.draw import draw_recognitions
 from shitu.serving.engine.engine import GALLERY_NAME, EngineError
 from shitu.serving.engine.images import ImageError, encode
-from shitu.serving.engine.results import Recognition
+from shitu.serving.galleries.manager import GalleryRequestError
 from shitu.serving.hub.peers import PeerError, image_field, json_body, recognition_service
 from shitu.serving.hub.service import RecognitionService, RequestError, to_jsonable
+from shitu.serving.results import Recognition
+from shitu.serving.results.draw import draw_recognitions
 
 #: PaddleX numbers an index's images from 0; a gallery's ids start at 1.
 ID_OFFSET = 1
@@ -205,7 +206,7 @@ def handle(route: str, raw: bytes) -> tuple[dict[str, Any], int]:
     """One request body for ``route`` -> (PaddleX envelope, HTTP status)."""
     try:
         return envelope(ROUTES[route](recognition_service(), json_body(raw))), 200
-    except (RequestError, ParamError, ImageError, EngineError) as exc:
+    except (RequestError, ParamError, ImageError, EngineError, GalleryRequestError) as exc:
         return envelope(None, 422, str(exc)), 422
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from shitu.serving.engine.results import Detections, Match, Recognition
+from shitu.serving.results import Detections, Match, Recognition
 
 #: Parameters that steer the stages an explanation describes (reported with it).
 EXPLAINED_PARAMS = (
