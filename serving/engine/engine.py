@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from shitu.serving.results.explanation import Explanation
 if TYPE_CHECKING:
     from shitu.plugins.gallery_spec import GallerySpec
     from shitu.serving.gallery.backend import GalleryBackend
+    from shitu.serving.gallery.local import Gallery
 
 
 class EngineError(InvalidArgument):
@@ -126,7 +127,9 @@ class Engine:
 
     def _index(self, gallery: str | Path | SearchIndex | None) -> SearchIndex:
         """The gallery to search: an index object as it is, else the manager's gallery of that name or folder."""
-        return self.gallery(gallery) if gallery is None or isinstance(gallery, (str, Path)) else gallery
+        if gallery is None or isinstance(gallery, (str, Path)):
+            return cast("SearchIndex", self.gallery(gallery))  # a backend's read-only higher_is_better serves
+        return gallery
 
     def maker_of(self, spec: GallerySpec) -> dict[str, str]:
         return self.galleries.maker_of(spec)
@@ -168,7 +171,7 @@ class Engine:
     def search(self, embeddings: np.ndarray, gallery: str | Path | None = None, **overrides: Any) -> list[list[Match]]:
         """Top ``IndexProcess.return_k`` matches per embedding that pass ``IndexProcess.score_thres``."""
         p = self.request_params(overrides)
-        g = self.gallery(gallery)
+        g = self._index(gallery)
         hits = g.search(np.asarray(embeddings), p["IndexProcess.return_k"], **search_options(g, p))
         return accepted_matches(hits, p["IndexProcess.score_thres"], g.higher_is_better)
 
@@ -241,7 +244,7 @@ class Engine:
         from shitu.serving.gallery.build import build_from_source, embed_images_fn
 
         return build_from_source(
-            self.gallery(gallery, create=True),
+            cast("Gallery", self.gallery(gallery, create=True)),  # any backend builds: it adds and looks up
             source,
             embed_images_fn(self),
             image_root=image_root,

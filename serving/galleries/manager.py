@@ -89,7 +89,7 @@ class GalleryManager:
             raise GalleryRequestError("this engine has no gallery folder; pass gallery= or set IndexProcess.index_dir")
         return self.gallery_root / name
 
-    def _missing(self, name: str | Path) -> GalleryRequestError:
+    def _missing(self, name: object) -> GalleryRequestError:
         return GalleryRequestError(
             f"no gallery named {name!r} in scenario {self.scenario!r} (adding images creates it)"
         )
@@ -151,7 +151,7 @@ class GalleryManager:
         remember_model(path, self.extractor)  # what made the vectors, checked here and by export/import
         return gallery
 
-    def _remote(self, uri: str, name: str | None, create: bool) -> GalleryBackend:
+    def _remote(self, uri: str, name: str | Path | None, create: bool) -> GalleryBackend:
         """The gallery in a Milvus collection (``shitu.serving.gallery.milvus``); as for folders, only the
         default gallery and ``create`` make a missing one."""
         from shitu.serving.gallery.milvus import MilvusGallery

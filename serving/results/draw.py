@@ -119,17 +119,20 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
-def _render(img: Image.Image, marks: Sequence[_Mark]) -> Image.Image:
-    """Draw ``marks`` on ``img`` in place (lines ~1/300 of the shorter side thick)."""
+def _render(img: Image.Image, marks: Sequence[_Mark], thick: int = 0) -> Image.Image:
+    """Draw ``marks`` on ``img`` in place; outlines ``thick + 1`` pixels wide, centred on the box's edges
+    (``thick``: 1/300 of the shorter side unless given)."""
     canvas = ImageDraw.Draw(img)
-    thick = max(1, round(min(img.size) / 300))
-    font = _font(11 * thick)
+    thick = thick or max(1, round(min(img.size) / 300))
+    font = _font(11 * max(1, round(min(img.size) / 300)))
     for m in marks:
         x1, y1 = (m.box[0], m.box[1]) if m.box else (0, 0)
         if m.box and m.dashed:
             _dashed(canvas, m.box, m.color, thick, 8 * thick)
         elif m.box and m.box[2] > m.box[0]:
-            canvas.rectangle(m.box, outline=m.color, width=thick + 1)
+            half = (thick + 1) // 2
+            outline = (m.box[0] - half, m.box[1] - half, m.box[2] + half, m.box[3] + half)
+            canvas.rectangle(outline, outline=m.color, width=thick + 1)
         left, top, right, bottom = canvas.textbbox((0, 0), m.text, font=font)
         th = bottom - top + 4
         if m.at_bottom and m.box:  # inside the bottom edge
@@ -152,10 +155,10 @@ def _dashed(canvas: ImageDraw.ImageDraw, box: tuple[int, int, int, int], color: 
             canvas.line((p, q), fill=color, width=width)
 
 
-def _on_array(image_bgr: np.ndarray, marks: Sequence[_Mark]) -> np.ndarray:
-    rgb = image_bgr[..., ::-1] if image_bgr.ndim == 3 else np.stack([image_bgr] * 3, axis=-1)
-    img = Image.fromarray(np.ascontiguousarray(rgb[..., :3]).astype(np.uint8, copy=False))
-    return np.ascontiguousarray(np.asarray(_render(img, marks))[..., ::-1])
+def _on_array(image_bgr: np.ndarray, marks: Sequence[_Mark], thick: int = 0) -> np.ndarray:
+    rgb = image_bgr[..., 2::-1] if image_bgr.ndim == 3 else np.stack([image_bgr] * 3, axis=-1)
+    img = Image.fromarray(np.ascontiguousarray(rgb).astype(np.uint8, copy=False))
+    return np.ascontiguousarray(np.asarray(_render(img, marks, thick))[..., ::-1])
 
 
 def draw_recognitions(image_bgr: np.ndarray, recognitions: Iterable[Boxed], prefix: str = "") -> np.ndarray:
@@ -183,7 +186,8 @@ def draw_tracks(image_bgr: np.ndarray, result: Any) -> np.ndarray:
         h = image_bgr.shape[0]
         fl = result.frame_label
         marks.append(_Mark((0, h, 0, h), f"frame: {fl.label} {fl.score:.2f}", _DROPPED, at_bottom=True))
-    return _on_array(image_bgr, marks)
+    # bolder than on stills: frames are seen moving
+    return _on_array(image_bgr, marks, thick=max(2, round(max(0.4, min(image_bgr.shape[:2]) / 800) * 3)))
 
 
 def draw_file(image: str | Path | bytes, results: Iterable[Boxed], out: str | Path, prefix: str = "") -> None:

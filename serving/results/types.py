@@ -9,6 +9,7 @@ This module imports only numpy (and the numpy-only gallery interface), so the cl
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,7 +105,7 @@ class Recognition:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Recognition:
+    def from_dict(cls, d: Mapping[str, Any]) -> Recognition:
         known = {"bbox", "label", "score", "det_score", "is_whole_image", "id"}
         return cls(
             bbox=[int(v) for v in d["bbox"]],
