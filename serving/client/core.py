@@ -215,33 +215,20 @@ class Core:
         (refused, connect timeout), since the server may have acted on one it received. Backoff as urllib3 does
         it: the first retry at once, then ``backoff * 2**(n-1)`` seconds (at most ``max_backoff``), jittered."""
         n = self.retries if call.retried else 0
-        if call.idempotent:
-            return Retry(
-                total=n,
-                connect=n,
-                read=n,
-                status=n,
-                other=n,
-                redirect=False,
-                allowed_methods=frozenset({"GET", "POST"}),
-                status_forcelist=RETRY_HTTP_STATUSES,
-                raise_on_status=False,
-                respect_retry_after_header=False,
-                backoff_factor=self.backoff,
-                backoff_max=self.max_backoff,
-                backoff_jitter=self.backoff / 4,
-            )
-        return Retry(
+        policy = Retry(
             total=n,
             connect=n,
-            read=False,
-            status=0,
             redirect=False,
             raise_on_status=False,
+            respect_retry_after_header=False,
             backoff_factor=self.backoff,
             backoff_max=self.max_backoff,
             backoff_jitter=self.backoff / 4,
         )
+        if not call.idempotent:
+            return policy.new(read=False, status=0)
+        safe = frozenset({"GET", "POST"})
+        return policy.new(read=n, status=n, other=n, allowed_methods=safe, status_forcelist=RETRY_HTTP_STATUSES)
 
     def _call(self, module: str, payload: dict[str, Any], idempotent: bool) -> Call:
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

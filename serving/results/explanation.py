@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from shitu.serving.results import Detections, Match, Recognition
+from shitu.serving.results.types import Detections, Match, Recognition, pairwise_iou
 
 #: Parameters that steer the stages an explanation describes (reported with it).
 EXPLAINED_PARAMS = (
@@ -273,15 +273,3 @@ class Explanation:
             lines.append(f"{indent}  s{i:<3} {where:<24} {verdict}")
             lines.append(f"{indent}        top matches: {top}")
         return "\n".join(lines)
-
-
-def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``a`` ``[n, 4]`` with every box of ``b`` ``[m, 4]`` (xyxy) -> ``[n, m]``."""
-    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = w * h
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)

@@ -17,7 +17,7 @@ import numpy as np
 
 from shitu.serving.gallery.backend import Match
 
-__all__ = ["Detections", "Match", "Recognition"]
+__all__ = ["Detections", "Match", "Recognition", "pairwise_iou"]
 
 
 @dataclass
@@ -120,3 +120,16 @@ class Recognition:
     def __str__(self) -> str:
         where = "whole image" if self.is_whole_image else f"[{', '.join(map(str, self.bbox))}]"
         return f"{self.label} {self.score:.3f} at {where}"
+
+
+def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``a`` ``[n, 4]`` with every box of ``b`` ``[m, 4]`` (xyxy) -> ``[n, m]``; the one IoU of the
+    house (rec-NMS, explanations, the video tracker)."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = w * h
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
