@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from shitu.errors import InternalError
 from shitu.model_spec import ModelSpec, ModelSpecError
 
 # Silence paddle's C++ logging before paddle is imported anywhere.
@@ -24,8 +25,8 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("FLAGS_call_stack_level", "0")
 
 
-class PredictorError(RuntimeError):
-    """A model cannot be loaded or run; the message names the model path."""
+class PredictorError(InternalError, RuntimeError):
+    """A model cannot be loaded or run; the message names the model path (a server error: never the caller's)."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from shitu.errors import InvalidArgument
+
 _INTERP = {
     "nearest": cv2.INTER_NEAREST,
     "bilinear": cv2.INTER_LINEAR,
@@ -33,7 +35,7 @@ _INTERP = {
 }
 
 
-class TransformError(ValueError):
+class TransformError(InvalidArgument):
     """An op name or its arguments are invalid."""
 
 
