@@ -43,7 +43,7 @@ milvus-lite: $(MILVUS_SERVER)/.stamp
 
 ## make lint: ruff (lint + format), mypy on the typed rooms, import-linter's contracts (pyproject.toml).
 # mypy reads the code under its import names: build/typecheck/shitu links the folders setup.py maps under `shitu`.
-TYPED := shitu.params shitu.serving.engine shitu.serving.gallery shitu.serving.galleries shitu.serving.results shitu.serving.adapt shitu.serving.client shitu.plugins shitu.errors
+TYPED := shitu.params shitu.serving.engine shitu.serving.gallery shitu.serving.galleries shitu.serving.results shitu.serving.adapt shitu.serving.video shitu.serving.client shitu.plugins shitu.errors
 lint: $(VENV)/.stamp-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -65,7 +65,7 @@ class Engine:
         gallery_root: Path | None = None,
         default_gallery: str = "default",
         scenario: str = "custom",
-        gallery_specs: dict[str, Any] | None = None,
+        gallery_specs: dict[str, GallerySpec] | None = None,
         pack_extractor: ModelSpec | None = None,
     ):
         self.params = params or merge()

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
@@ -62,9 +62,37 @@ def track_color(track_id: int) -> RGB:
 class Boxed(Protocol):
     """What can be drawn: a :class:`~.types.Recognition`, or a detected box (no ``label``: drawn as ``object``)."""
 
-    bbox: Sequence[int]
-    score: float
-    is_whole_image: bool
+    @property
+    def bbox(self) -> Sequence[int]: ...
+    @property
+    def score(self) -> float: ...
+    @property
+    def is_whole_image(self) -> bool: ...
+
+
+class Labelled(Protocol):
+    """A track, or the frame label, of a video frame (:mod:`shitu.serving.video.tracker`)."""
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def score(self) -> float: ...
+
+
+class Track(Labelled, Protocol):
+    @property
+    def bbox(self) -> Sequence[float]: ...
+    @property
+    def track_id(self) -> int: ...
+
+
+class FrameTracks(Protocol):
+    """A processed video frame's tracks (:class:`shitu.serving.video.report.FrameResult`)."""
+
+    @property
+    def tracks(self) -> Sequence[Track]: ...
+    @property
+    def frame_label(self) -> Labelled | None: ...
 
 
 @dataclass(frozen=True)
@@ -112,7 +140,7 @@ def _box(bbox: Sequence[float]) -> tuple[int, int, int, int]:
 
 
 @lru_cache(maxsize=16)
-def _font(size: int) -> Any:
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: the fixed bitmap font
@@ -176,7 +204,7 @@ def draw_explanation(image_bgr: np.ndarray, recognitions: Iterable[Boxed], expla
     return _on_array(image_bgr, marks)
 
 
-def draw_tracks(image_bgr: np.ndarray, result: Any) -> np.ndarray:
+def draw_tracks(image_bgr: np.ndarray, result: FrameTracks) -> np.ndarray:
     """A BGR copy of a video frame with each track's box and ``#id label score`` (``result``: a
     :class:`~shitu.serving.video.stream.FrameResult`), and the frame label as a banner at the bottom."""
     marks = [

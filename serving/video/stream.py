@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from shitu.serving.results import Recognition
 from shitu.serving.results.draw import draw_tracks
 from shitu.serving.video.report import FrameResult, VideoReport
 from shitu.serving.video.tracker import Tracker
+
+if TYPE_CHECKING:
+    import cv2
 
 __all__ = [
     "Recognizer",
@@ -120,7 +123,7 @@ class CaptureSource:
         import cv2
 
         self.name = f"camera {target}" if isinstance(target, int) else str(target)
-        self._cap = cv2.VideoCapture(target)
+        self._cap: cv2.VideoCapture | None = cv2.VideoCapture(target)
         if not self._cap.isOpened():
             self._cap.release()
             kind = "camera" if isinstance(target, int) else "video"
@@ -168,7 +171,8 @@ class IterableSource:
         if fps <= 0:
             raise ValueError(f"fps must be > 0, got {fps}")
         self.name = name
-        self.fps = float(fps)
+        self._rate = float(fps)
+        self.fps: float | None = self._rate  # a FrameSource's (None: unknown)
         self.frame_count = len(frames) if isinstance(frames, Sequence) else None
         self.is_live = is_live
         self._it: Iterator[np.ndarray] | None = iter(frames)
@@ -182,7 +186,7 @@ class IterableSource:
         except StopIteration:
             self._it = None
             return None
-        frame = Frame(self._index, self._index / self.fps, np.asarray(image), time.monotonic())
+        frame = Frame(self._index, self._index / self._rate, np.asarray(image), time.monotonic())
         self._index += 1
         return frame
 
@@ -363,7 +367,7 @@ class AnnotatedVideoWriter:
     def __init__(self, path: str | os.PathLike, fps: float):
         self.path = Path(path)
         self.fps = float(fps) if fps and fps > 0 else 25.0
-        self._writer = None
+        self._writer: cv2.VideoWriter | None = None
         self.frames_written = 0
 
     def write(self, image: np.ndarray) -> None:

@@ -394,8 +394,9 @@ class Tracker:
     @staticmethod
     def _observe(track: _Track, rec: Recognition) -> TrackObservation:
         label, confidence, score = track.vote()
+        assert track.track_id is not None  # only confirmed tracks are observed
         return TrackObservation(
-            track_id=int(track.track_id),
+            track_id=track.track_id,
             bbox=[int(round(v)) for v in track.bbox],
             label=label,
             confidence=confidence,
@@ -412,8 +413,9 @@ class Tracker:
     @staticmethod
     def _summary(track: _Track) -> TrackSummary:
         label, confidence, score = track.vote()
+        assert track.track_id is not None  # only confirmed tracks are summarised
         return TrackSummary(
-            track_id=int(track.track_id),
+            track_id=track.track_id,
             label=label,
             confidence=confidence,
             score=score,
