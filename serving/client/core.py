@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from urllib3.util import Retry
@@ -55,6 +55,7 @@ MAX_MATCHES = 2560
 DEFAULT_RETURN_K = 5
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def operation(fn: Callable[..., Operation[Any]]) -> Callable[..., Any]:
     """A core operation as a client method: the client's ``_run`` drives it (blocking, or a coroutine)."""
 
     @functools.wraps(fn)
-    def method(self: Core, *args: Any, **kwargs: Any) -> Any:
+    def method(self: Core[Any], *args: Any, **kwargs: Any) -> Any:
         return self._run(fn(self, *args, **kwargs))
 
     return method
@@ -154,12 +155,9 @@ def _return_k(params: Mapping[str, Any]) -> int:
     return DEFAULT_RETURN_K
 
 
-def _describe(value: Any) -> str:
-    return f"{len(value)} items" if isinstance(value, list) else type(value).__name__
-
-
-class Core:
-    """Settings, request building and the operations of a shitu-hub client (see :class:`~.sdk.ShituClient`)."""
+class Core(Generic[S]):
+    """Settings, request building and the operations of a shitu-hub client (see :class:`~.sdk.ShituClient`);
+    ``S``: the transport's session type (``session=``, a caller's own, else None)."""
 
     def __init__(
         self,
@@ -179,6 +177,7 @@ class Core:
         jpeg_quality: int = 95,
         max_queries: int = VECTOR_BATCH,
         max_matches: int = MAX_MATCHES,
+        session: S | None = None,
     ):
         if "://" not in base_url:
             base_url = "http://" + base_url
@@ -199,6 +198,11 @@ class Core:
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
+        self._given = session
+        self._setup()
+
+    def _setup(self) -> None:
+        """The transport's own state (connections), made at the end of ``__init__``."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base_url!r}, batch_size={self.batch_size}, retries={self.retries})"
@@ -305,9 +309,8 @@ class Core:
                     each.extend((yield from send(start + k, [enc])))
                 return each
             if not isinstance(answer, list) or len(answer) != len(encoded):
-                raise ServerError(
-                    f"expected {len(encoded)} results, got {_describe(answer)}", "000", 200, None, module, operation
-                )
+                got = f"{len(answer)} items" if isinstance(answer, list) else type(answer).__name__
+                raise ServerError(f"expected {len(encoded)} results, got {got}", "000", 200, None, module, operation)
             return [parse(r, start + k) for k, r in enumerate(answer)]
 
         try:

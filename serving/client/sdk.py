@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -146,7 +146,7 @@ class _RetryPerCall(HTTPAdapter):
         pass
 
 
-class ShituClient(Core):
+class ShituClient(Core[requests.Session]):
     """A shitu-hub server's four modules as methods, over ``requests``. Thread-safe (one keep-alive session per
     thread).
 
@@ -162,29 +162,17 @@ class ShituClient(Core):
     are sent in requests that fit them.
     """
 
-    def __init__(
-        self,
-        base_url: str = DEFAULT_URL,
-        timeout: float | tuple[float, float] = 60.0,
-        retries: int = 2,
-        token: str | None = None,
-        batch_size: int = 8,
-        *,
-        session: requests.Session | None = None,
-        **settings: Any,
-    ):
-        super().__init__(base_url, timeout, retries, token, batch_size, **settings)
+    def _setup(self) -> None:
         self._chosen = threading.local()  # the Retry of the call this thread is making
-        self._shared = session
-        if session is not None:
-            session.mount(self.base_url + "/", _RetryPerCall(self._chosen))
+        if self._given is not None:
+            self._given.mount(self.base_url + "/", _RetryPerCall(self._chosen))
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
 
     def _session(self) -> requests.Session:
-        if self._shared is not None:
-            return self._shared
+        if self._given is not None:
+            return self._given
         s: requests.Session | None = getattr(self._local, "session", None)
         if s is None:
             s = requests.Session()
@@ -247,26 +235,14 @@ class ShituClient(Core):
         return Answer(resp.status_code, resp.text, resp.headers, resp.reason or "")
 
 
-class AsyncShituClient(Core):
+class AsyncShituClient(Core["httpx.AsyncClient"]):
     """``await``-able twin of :class:`ShituClient` (same arguments and methods) over one ``httpx.AsyncClient``:
     many calls may be in flight at once on one event loop, with no threads. ``session``: an ``httpx.AsyncClient``
     to use instead of the client's own. Retries follow the same urllib3 ``Retry`` policies, waited with
     ``asyncio.sleep``. Images are read and encoded on the event loop."""
 
-    def __init__(
-        self,
-        base_url: str = DEFAULT_URL,
-        timeout: float | tuple[float, float] = 60.0,
-        retries: int = 2,
-        token: str | None = None,
-        batch_size: int = 8,
-        *,
-        session: httpx.AsyncClient | None = None,
-        **settings: Any,
-    ):
-        super().__init__(base_url, timeout, retries, token, batch_size, **settings)
-        self._http = session
-        self._own = session is None
+    def _setup(self) -> None:
+        self._http, self._own = self._given, self._given is None
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:

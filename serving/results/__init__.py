@@ -4,8 +4,8 @@
 - :mod:`.explanation` -- :class:`~.explanation.Explanation`: why an answer came out as it did (``explain``).
 - :mod:`.draw` -- annotated copies (boxes, labels, the explanation's dashed boxes, video tracks), with PIL.
 
-Imports numpy and PIL only (and the numpy-only gallery interface for :class:`Match`): never paddle, OpenCV, faiss,
-nor :mod:`shitu.serving.engine`, so ``pip install shitu-hub`` (the client) can use all of it.
+Imports numpy and PIL only: never paddle, OpenCV, faiss, nor any other room of the house, so ``pip install
+shitu-hub`` (the client) can use all of it.
 """
 
 from shitu.serving.results.types import Detections, Match, Recognition

@@ -1,23 +1,37 @@
 """Result types shared by every layer: the engine returns them, the modules and the client serialise them.
 
 - :class:`Detections` -- numpy-backed boxes of one image (like supervision's ``Detections``).
-- :class:`Match` -- one gallery hit for one embedding (defined with the gallery interface, re-exported here).
+- :class:`Match` -- one gallery hit for one embedding (what every gallery backend's ``search`` returns).
 - :class:`Recognition` -- one recognised object: where (``bbox``), what (``label``), how sure (``score``).
 
-This module imports only numpy (and the numpy-only gallery interface), so the client SDK can use it without paddle.
+This module imports only numpy, so the client SDK can use it without paddle.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from shitu.serving.gallery.backend import Match
-
 __all__ = ["Detections", "Match", "Recognition", "pairwise_iou"]
+
+
+@dataclass
+class Match:
+    """One gallery hit: item ``id``, its ``label`` and the raw metric ``score`` (IP: similarity; L2/hamming: distance)."""
+
+    id: int
+    label: str
+    score: float
+    source: str | None = None
+    metadata: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["score"] = round(float(self.score), 6)
+        return d
 
 
 @dataclass
