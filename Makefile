@@ -45,7 +45,8 @@ milvus-lite: $(MILVUS_SERVER)/.stamp
 # Both read the code under its import names: build/typecheck/shitu is a hard-linked copy of the folders setup.py
 # maps under `shitu`; import-linter runs from there without site's .pth files (-S), so the editable install's
 # finder does not send `shitu` back to the source folders.
-TYPED := shitu.params shitu.serving.engine shitu.serving.gallery shitu.serving.client shitu.plugins shitu.errors
+TYPED := shitu.params shitu.serving.engine shitu.serving.gallery shitu.serving.galleries shitu.serving.results \
+	shitu.serving.adapt shitu.serving.video shitu.serving.client shitu.plugins shitu.errors
 SITE   = $(shell $(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 lint: $(VENV)/.stamp-dev
 	$(VENV)/bin/ruff check .

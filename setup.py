@@ -65,6 +65,7 @@ SERVING_PINS = [
 CLIENT = [
     "numpy>=1.24",
     "requests>=2.28",
+    "httpx>=0.27",  # AsyncShituClient (pure Python)
     "pyyaml>=6",
     "tqdm>=4.60",
     "Pillow>=9",

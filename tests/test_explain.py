@@ -14,11 +14,10 @@ from shitu.params import ParamError, merge
 from shitu.serving.cli.demo import overlapping_collage
 from shitu.serving.cli.toolkit import EXIT_OK
 from shitu.serving.client.sdk import ShituClient
-from shitu.serving.engine import explain as explain_module
-from shitu.serving.engine.boxes import iou
-from shitu.serving.engine.explain import Explanation
 from shitu.serving.engine.pipeline import rec_nms
-from shitu.serving.engine.results import Recognition
+from shitu.serving.results import Recognition
+from shitu.serving.results import explanation as explain_module
+from shitu.serving.results.explanation import Explanation, pairwise_iou
 
 from .conftest import b64
 
@@ -121,7 +120,7 @@ def test_explain_off_builds_nothing(engine, gallery, queries, monkeypatch):
         raise AssertionError("an explanation was built")
 
     monkeypatch.setattr(explain_module.Explanation, "__init__", refuse)
-    monkeypatch.setattr(explain_module, "iou", refuse)
+    monkeypatch.setattr(explain_module, "pairwise_iou", refuse)
     g = engine.gallery(gallery)
     ks: list[int] = []
     real = g.search
@@ -183,7 +182,7 @@ def test_per_label_rec_nms_keeps_overlapping_different_objects(engine, gallery, 
     assert sorted(r.label for r in both) == ["cat", "coffee"]
     assert all(s.verdict == "kept" for s in ex.searched)
     a, b = (r.bbox for r in both)
-    assert iou(np.array([a]), np.array([b]))[0, 0] > 0.05  # they do overlap
+    assert pairwise_iou(np.array([a]), np.array([b]))[0, 0] > 0.05  # they do overlap
 
 
 def test_per_label_rec_nms_unit():

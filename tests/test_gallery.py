@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shitu.serving.engine.results import Match
 from shitu.serving.gallery.local import FORMAT_VERSION, Gallery, GalleryError, LabelError
+from shitu.serving.results import Match
 
 DIM = 32
 N = 300

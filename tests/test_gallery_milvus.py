@@ -278,7 +278,8 @@ def test_engine_recognizes_with_a_milvus_gallery_real(milvus, engine, photos, mo
     ``IndexProcess.index_dir`` set to a URI, other gallery names are collections on the same server."""
     from shitu.model_spec import ModelSpec
     from shitu.params import merge
-    from shitu.serving.engine.engine import Engine, EngineError
+    from shitu.serving.engine.engine import Engine
+    from shitu.serving.galleries.manager import GalleryRequestError
 
     from .conftest import GENERAL_LITE
 
@@ -304,7 +305,7 @@ def test_engine_recognizes_with_a_milvus_gallery_real(milvus, engine, photos, mo
     )
     assert eng.gallery().path == uri.split("?")[0]
     other = "shelf-" + uri.rsplit("_", 1)[-1]
-    with pytest.raises(EngineError, match="no gallery named"):
+    with pytest.raises(GalleryRequestError, match="no gallery named"):
         eng.gallery(other)
     eng.gallery_add([photos["cat"]], ["cat"], gallery=other)
     assert eng.gallery(other).path.endswith("/shelf_" + uri.rsplit("_", 1)[-1])

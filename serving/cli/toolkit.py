@@ -73,6 +73,7 @@ _RUN_ERRORS = (
     ("shitu.serving.gallery.storage", "GalleryError"),
     ("shitu.serving.gallery.list_file", "GalleryFileError"),
     ("shitu.serving.engine.engine", "EngineError"),
+    ("shitu.serving.galleries.manager", "GalleryRequestError"),
     ("shitu.plugins.errors", "PackError"),
 )
 

@@ -1,25 +1,15 @@
-"""Box geometry shared by detection, rec-NMS and explanations: IoU and greedy NMS on ``[x1, y1, x2, y2]`` boxes.
+"""Greedy NMS on ``[x1, y1, x2, y2]`` boxes, for detection and rec-NMS; the IoU is the house's one
+(:func:`shitu.serving.results.types.pairwise_iou`, shared with explanations and the video tracker).
 
-Kept here rather than taken from supervision (``box_iou_batch``, ``box_non_max_suppression``): the engine must not
-need supervision, and these are two numpy expressions.
+Kept here rather than taken from supervision (``box_non_max_suppression``): the engine must not need supervision,
+and this is a short numpy loop.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numpy.typing import ArrayLike
 
-
-def iou(a: ArrayLike, b: ArrayLike) -> np.ndarray:
-    """IoU of every box of ``a`` ``[n, 4]`` with every box of ``b`` ``[m, 4]`` -> ``[n, m]`` (0: both empty)."""
-    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = w * h
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+from shitu.serving.results.types import pairwise_iou as iou
 
 
 def nms(xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:

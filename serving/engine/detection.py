@@ -24,11 +24,11 @@ import numpy as np
 
 from shitu.model_spec import ModelSpec
 from shitu.serving.engine.boxes import nms
-from shitu.serving.engine.explain import Explanation
 from shitu.serving.engine.predictor import Predictor, PredictorError, RuntimeOptions
-from shitu.serving.engine.results import Detections
 from shitu.serving.engine.timing import NULL_TIMER, StageTimer
 from shitu.serving.engine.transforms import Transforms
+from shitu.serving.results import Detections
+from shitu.serving.results.explanation import Explanation
 
 
 def whole_image_box(height: int, width: int) -> Detections:

@@ -12,31 +12,34 @@ Parameters merge as defaults < scenario pack < ``params`` (e.g. ``config.json`` 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from shitu.echo import clip
 from shitu.errors import InvalidArgument
 from shitu.model_spec import ModelSpec
 from shitu.names import GALLERY_NAME  # gallery names a request may use (never a path)
 from shitu.params import Params, flatten, merge
 from shitu.serving.engine.bulk import BulkEmbedder
 from shitu.serving.engine.detection import MainbodyDetector
-from shitu.serving.engine.explain import Explanation
 from shitu.serving.engine.extraction import FeatureExtractor
-from shitu.serving.engine.open_galleries import OpenGalleries
 from shitu.serving.engine.pipeline import SearchIndex, accepted_matches, recognize, search_options
 from shitu.serving.engine.predictor import RuntimeOptions
-from shitu.serving.engine.results import Detections, Match, Recognition
 from shitu.serving.engine.timing import NULL_TIMER, StageTimer
+from shitu.serving.galleries.manager import GalleryManager
+from shitu.serving.results import Detections, Match, Recognition
+from shitu.serving.results.explanation import Explanation
+
+if TYPE_CHECKING:
+    from shitu.plugins.gallery_spec import GallerySpec
+    from shitu.serving.gallery.backend import GalleryBackend
+    from shitu.serving.gallery.local import Gallery
 
 
 class EngineError(InvalidArgument):
-    """A request to the engine is invalid (unknown gallery, bad boxes...)."""
+    """A request to the engine is invalid (bad boxes, images and labels that do not pair up...)."""
 
 
 def runtime_options(params: Params, which: str) -> RuntimeOptions:
@@ -61,27 +64,28 @@ class Engine:
         gallery_root: Path | None = None,
         default_gallery: str = "default",
         scenario: str = "custom",
-        gallery_specs: dict[str, Any] | None = None,
+        gallery_specs: dict[str, GallerySpec] | None = None,
         pack_extractor: ModelSpec | None = None,
     ):
         self.params = params or merge()
-        #: The scenario pack's own recogniser, which made the vectors a pack ships (``vectors_file``); differs from
-        #: the extractor when ``Global.rec_inference_model_dir`` replaced it.
-        self.pack_extractor = pack_extractor or extractor_spec
-        self._identities: dict[tuple[str, str | None], dict[str, str]] = {}  # by (model folder, projection)
         self.scenario = scenario
         detector_spec = detector_spec.with_transform_ops(self.params["DetPreProcess.transform_ops"])
         extractor_spec = extractor_spec.with_transform_ops(self.params["RecPreProcess.transform_ops"])
-        #: The scenario pack's declared galleries (name -> GallerySpec): built on first use, with their own
-        #: index_method / dist_type (shitu.serving.gallery.pack_gallery).
-        self.gallery_specs = dict(gallery_specs or {})
         self.detector = MainbodyDetector(detector_spec, runtime_options(self.params, "det"))
         self.extractor = FeatureExtractor(extractor_spec, runtime_options(self.params, "rec"))
         self.extractor.centering(self.params["RecPostProcess.centering"])  # a missing or bad file fails the load
-        self.gallery_root = Path(gallery_root) if gallery_root else None
-        self.default_gallery = default_gallery
-        self._galleries = OpenGalleries(self.params["Limits.max_open_galleries"])
-        self._lock = threading.Lock()
+        #: Gallery names, open/create, model identity, pack galleries and thumbnails.
+        self.galleries = GalleryManager(
+            self.params,
+            self.embedding_size,
+            self.extractor.spec,
+            self.embed,
+            gallery_root=gallery_root,
+            default_gallery=default_gallery,
+            scenario=scenario,
+            gallery_specs=gallery_specs,
+            pack_extractor=pack_extractor,
+        )
         self._bulk = BulkEmbedder(self.extractor, self.params)  # gallery builds; copies made on first use
 
     # -- parameters ----------------------------------------------------------------------------------------------
@@ -98,153 +102,44 @@ class Engine:
     def embedding_size(self) -> int:
         return self.extractor.embedding_size
 
-    # -- galleries -----------------------------------------------------------------------------------------------
-    def gallery_path(self, name: str | None = None) -> Path:
-        """Folder of gallery ``name`` (a name, never a path: requests pick galleries by name)."""
-        name = name or self.default_gallery
-        if not GALLERY_NAME.match(name):
-            raise EngineError(f"invalid gallery name {clip(name)}: use letters, digits, '_', '-', '.' (max 64)")
-        if name == self.default_gallery and self.params["IndexProcess.index_dir"]:
-            return Path(self.params["IndexProcess.index_dir"])
-        if self.gallery_root is None:
-            raise EngineError("this engine has no gallery folder; pass gallery= or set IndexProcess.index_dir")
-        return self.gallery_root / name
+    # -- galleries (the manager's, kept here for callers) -------------------------------------------------------
+    @property
+    def default_gallery(self) -> str:
+        return self.galleries.default_gallery
 
-    def gallery(self, name: str | Path | SearchIndex | None = None, create: bool = False) -> Any:
-        """The open gallery ``name``, or a folder path, or an index object as is.
+    @property
+    def gallery_root(self) -> Path | None:
+        return self.galleries.gallery_root
 
-        A folder path and the default gallery are created empty on first use; another gallery *name* must exist
-        unless ``create`` (adding images creates it), so a mistyped name in a request is an error, not a new folder.
-        """
-        if name is not None and not isinstance(name, (str, Path)):
-            return name
-        from shitu.serving.gallery.backend import is_remote, remote_gallery_uri
+    @property
+    def gallery_specs(self) -> dict[str, GallerySpec]:
+        return self.galleries.specs
 
-        index_dir = self.params["IndexProcess.index_dir"]
-        uri = name if is_remote(name) else remote_gallery_uri(name, self.default_gallery, index_dir)  # type: ignore
-        if uri is not None:
-            return self._remote_gallery(uri, name, create)
-        path = Path(name) if isinstance(name, Path) else self.gallery_path(name)
-        key = str(path.resolve())
-        spec = None
-        with self._lock:
-            if key not in self._galleries:
-                from shitu.serving.gallery.local import DB_NAME
-
-                spec = self._declared_gallery(name, path)
-                named = isinstance(name, str) and name != self.default_gallery
-                if named and not create and not (path / DB_NAME).is_file() and spec is None:
-                    raise EngineError(
-                        f"no gallery named {name!r} in scenario {self.scenario!r} (adding images creates it)"
-                    )
-            return self._galleries.get(key, lambda: self._open_gallery(path, spec))
-
-    def _open_gallery(self, path: Path, spec: Any = None) -> Any:
-        """Open or create the gallery folder ``path``; ``spec``: the pack's declaration, whose index wins."""
-        from shitu.serving.gallery.local import Gallery
-
-        binary = self.params["RecPostProcess.binarize"]
-        gallery = Gallery.open_or_create(
-            path,
-            self.embedding_size,
-            index_method=spec.index_method if spec else self.params["IndexProcess.index_method"],
-            dist_type="hamming" if binary else (spec.dist_type if spec else self.params["IndexProcess.dist_type"]),
-            hamming_radius=self.params["IndexProcess.hamming_radius"],
-            max_label_length=self.params["Limits.max_label_length"],
-        )
-        gallery.record_cache_capacity = self.params["Limits.gallery_record_cache"]
-        from shitu.serving.gallery.backup import describe_model, gallery_model_identity, remember_model, same_model
-
-        recorded = gallery_model_identity(path)
-        if recorded is not None and not same_model(recorded, self.model_identity):
-            gallery.close()
-            raise EngineError(
-                f"gallery {path.name!r} holds vectors of model {describe_model(recorded)}, not of this engine's "
-                f"recogniser {describe_model(self.model_identity)}: scores between two embedding spaces mean nothing. "
-                "Use it with the recogniser that built it, or build a gallery with this one (shitu gallery build)"
-            )
-        remember_model(path, self.extractor.spec)  # what made the vectors, checked here and by export/import
-        return gallery
-
-    def maker_of(self, spec: Any) -> dict[str, str]:
-        """The model identity of what makes the vectors of the pack's declared gallery ``spec`` when it is built:
-        the pack's own recogniser for the vectors it ships (``vectors_file``), else this engine's, which embeds the
-        images of its list."""
-        return self._identity_of(self.pack_extractor) if spec.vectors_file is not None else self.model_identity
+    @property
+    def pack_extractor(self) -> ModelSpec:
+        return self.galleries.pack_extractor
 
     @property
     def model_identity(self) -> dict[str, str]:
-        """The recogniser's model identity (weights and projection sha256, :mod:`shitu.serving.gallery.backup`): a
-        gallery that records another one is refused."""
-        return self._identity_of(self.extractor.spec)
+        return self.galleries.model_identity
 
-    def _identity_of(self, spec: ModelSpec) -> dict[str, str]:
-        """:func:`~shitu.serving.gallery.backup.model_identity` of ``spec``, hashed once per model folder (the pack's
-        recogniser is usually the engine's own)."""
-        key = (str(Path(spec.model_dir).resolve()), spec.projection)
-        if key not in self._identities:
-            from shitu.serving.gallery.backup import model_identity
+    def gallery_path(self, name: str | None = None) -> Path:
+        return self.galleries.path(name)
 
-            self._identities[key] = model_identity(spec)
-        return self._identities[key]
+    def gallery(self, name: str | Path | GalleryBackend | None = None, create: bool = False) -> GalleryBackend:
+        return self.galleries.get(name, create)
 
-    def _declared_gallery(self, name: str | Path | None, path: Path) -> Any:
-        """The pack's declaration of gallery ``name`` when ``path`` is its folder, built now if it declares content
-        and has no folder yet (None for folders and undeclared names)."""
-        spec = self.gallery_specs.get(name or self.default_gallery) if not isinstance(name, Path) else None
-        if spec is None or Path(spec.dir()).resolve() != path.resolve():
-            return None
-        from shitu.serving.gallery.local import GalleryError
-        from shitu.serving.gallery.pack_gallery import ensure_built
+    def _index(self, gallery: str | Path | SearchIndex | None) -> SearchIndex:
+        """The gallery to search: an index object as it is, else the manager's gallery of that name or folder."""
+        if gallery is None or isinstance(gallery, (str, Path)):
+            return cast("SearchIndex", self.gallery(gallery))  # a backend's read-only higher_is_better serves
+        return gallery
 
-        try:
-            if not ensure_built(
-                spec,
-                self.embed,
-                self.embedding_size,
-                max_label_length=self.params["Limits.max_label_length"],
-                identity=self.maker_of(spec),
-            ):
-                from shitu.serving.gallery.backup import remember_model
-
-                remember_model(path, self.pack_extractor)  # built before galleries recorded it: by the pack's own
-        except GalleryError as exc:  # the details name files on this machine: point to the command that shows them
-            first = str(exc).splitlines()[0]
-            raise EngineError(
-                f"gallery {spec.name!r} of scenario {self.scenario!r} cannot be built from the pack's "
-                f"{spec.source().name} ({first.split(';')[0]}); `shitu gallery build --scenario "
-                f"{self.scenario} --gallery {spec.name}` on the server shows why"
-            ) from None
-        return spec
-
-    def _remote_gallery(self, uri: str, name: Any, create: bool) -> Any:
-        """The gallery in a Milvus collection (``shitu.serving.gallery.milvus``); as for folders, only the
-        default gallery and ``create`` make a missing one."""
-        from shitu.serving.gallery.milvus import MilvusGallery
-
-        with self._lock:
-            if uri not in self._galleries:
-                named = isinstance(name, str) and name != self.default_gallery and uri != name
-                if named and not create and not MilvusGallery.exists(uri):
-                    raise EngineError(
-                        f"no gallery named {name!r} in scenario {self.scenario!r} (adding images creates it)"
-                    )
-            binary = self.params["RecPostProcess.binarize"]
-            return self._galleries.get(
-                uri,
-                lambda: MilvusGallery.open_or_create(
-                    uri,
-                    self.embedding_size,
-                    index_method=self.params["IndexProcess.index_method"],
-                    dist_type="hamming" if binary else self.params["IndexProcess.dist_type"],
-                    hamming_radius=self.params["IndexProcess.hamming_radius"],
-                    max_label_length=self.params["Limits.max_label_length"],
-                ),
-            )
+    def maker_of(self, spec: GallerySpec) -> dict[str, str]:
+        return self.galleries.maker_of(spec)
 
     def close(self) -> None:
-        with self._lock:
-            self._galleries.close()
+        self.galleries.close()
         self._bulk.close()
 
     # -- operations ----------------------------------------------------------------------------------------------
@@ -290,7 +185,7 @@ class Engine:
     ) -> list[list[Match]]:
         """Top ``IndexProcess.return_k`` matches per embedding that pass ``IndexProcess.score_thres``."""
         p = self.request_params(overrides, params)
-        g = self.gallery(gallery)
+        g = self._index(gallery)
         hits = g.search(np.asarray(embeddings), p["IndexProcess.return_k"], **search_options(g, p))
         return accepted_matches(hits, p["IndexProcess.score_thres"], g.higher_is_better)
 
@@ -308,7 +203,7 @@ class Engine:
         ``params``: the request's parameters, already merged (else ``overrides`` by PP-ShiTu name); ``explanations``:
         one :class:`~.explain.Explanation` per image to fill with every stage's view."""
         p = self.request_params(overrides, params)
-        return recognize(images, self.detector, self.extractor, self.gallery(gallery), p, timer, explanations)
+        return recognize(images, self.detector, self.extractor, self._index(gallery), p, timer, explanations)
 
     def recognize_explained(
         self,
@@ -345,9 +240,7 @@ class Engine:
             metadata=list(metadata) if metadata is not None else None,
             content_hashes=list(content_hashes) if content_hashes is not None else None,
         )
-        from shitu.serving.gallery import thumbnails
-
-        thumbnails.store(g, ids, images)  # for browsing the gallery (web page); never fails the add
+        self.galleries.store_thumbnails(g, ids, images)
         return ids
 
     def gallery_build(
@@ -367,7 +260,7 @@ class Engine:
         from shitu.serving.gallery.build import build_from_source, embed_images_fn
 
         return build_from_source(
-            self.gallery(gallery, create=True),
+            cast("Gallery", self.gallery(gallery, create=True)),  # any backend builds: it adds and looks up
             source,
             embed_images_fn(self),
             image_root=image_root,

@@ -30,10 +30,10 @@ import numpy as np
 from shitu.params import Params
 from shitu.serving.engine.boxes import nms
 from shitu.serving.engine.detection import MainbodyDetector, whole_image_box
-from shitu.serving.engine.explain import Explanation
 from shitu.serving.engine.extraction import FeatureExtractor, crop
-from shitu.serving.engine.results import Detections, Match, Recognition
 from shitu.serving.engine.timing import NULL_TIMER, StageTimer
+from shitu.serving.results import Detections, Match, Recognition
+from shitu.serving.results.explanation import Explanation
 
 
 class SearchIndex(Protocol):

@@ -117,6 +117,7 @@ def resize_image(
         if target is not None:
             tw, th = target
         else:
+            assert resize_short is not None  # exactly one of size and resize_short (checked above)
             ratio = float(resize_short) / min(h, w)
             tw, th = max(1, int(round(w * ratio))), max(1, int(round(h * ratio)))
         if backend == "pil":

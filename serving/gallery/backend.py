@@ -13,7 +13,7 @@ to one backend. A gallery is named by a folder path or by such a URI wherever ga
 and ``shitu gallery ...``. :func:`open_gallery`, :func:`create_gallery` and :func:`gallery_exists` pick the backend
 from the name.
 
-``score`` of a :class:`Match` (also ``shitu.serving.engine.results.Match``) is the raw metric: similarity when
+``score`` of a :class:`Match` (defined in ``shitu.serving.results``) is the raw metric: similarity when
 ``higher_is_better`` (inner product), a distance otherwise (squared L2, hamming).
 """
 
@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from shitu.serving.results.types import Match  # the result type, in the leaf the client shares
 
 __all__ = [
     "GalleryBackend",
@@ -39,22 +40,6 @@ __all__ = [
 
 #: URI schemes of remote galleries.
 REMOTE_SCHEMES = ("milvus://",)
-
-
-@dataclass
-class Match:
-    """One gallery hit: item ``id``, its ``label`` and the raw metric ``score`` (IP: similarity; L2/hamming: distance)."""
-
-    id: int
-    label: str
-    score: float
-    source: str | None = None
-    metadata: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["score"] = round(float(self.score), 6)
-        return d
 
 
 @runtime_checkable

@@ -29,15 +29,16 @@ from shitu.echo import clip
 from shitu.errors import ShituError
 from shitu.params import Params, flatten, merge
 from shitu.serving.engine.engine import Engine, EngineError, check_boxes, load_engine
-from shitu.serving.engine.explain import Explanation
 from shitu.serving.engine.images import ImageError, ImageLimits, b64decode, check_bytes, decode, header_size
 from shitu.serving.engine.timing import current_timer
+from shitu.serving.galleries.manager import GalleryRequestError
 from shitu.serving.gallery.list_file import label_problem
 from shitu.serving.hub import request_models as rm
 from shitu.serving.hub.connections import bearer_token
 from shitu.serving.hub.envelopes import ServerFault, envelope_of, is_legacy_client_error
 from shitu.serving.hub.gallery_view import GalleryViewOps
 from shitu.serving.hub.request_models import RequestError, is_text
+from shitu.serving.results.explanation import Explanation
 
 TOKEN_ENV = "SHITU_ADMIN_TOKEN"
 __all__ = ["RequestError", "ServerFault", "Call", "Service", "envelope_of", "to_jsonable"]
@@ -567,6 +568,6 @@ def _together(
         return {}
     try:
         answers = run([images[i] for i in good])  # type: ignore[misc]
-    except (RequestError, EngineError):
+    except (RequestError, EngineError, GalleryRequestError):
         return {}
     return dict(zip(good, answers))

@@ -46,12 +46,12 @@ import numpy as np
 from shitu.errors import ShituError
 from shitu.params import ParamError
 from shitu.serving.engine.detection import whole_image_box
-from shitu.serving.engine.draw import draw_recognitions
 from shitu.serving.engine.engine import GALLERY_NAME
 from shitu.serving.engine.images import encode
-from shitu.serving.engine.results import Recognition
 from shitu.serving.hub.peers import PeerError, image_field, json_body, recognition_service
 from shitu.serving.hub.service import RecognitionService, to_jsonable
+from shitu.serving.results import Recognition
+from shitu.serving.results.draw import draw_recognitions
 
 #: PaddleX numbers an index's images from 0; a gallery's ids start at 1.
 ID_OFFSET = 1

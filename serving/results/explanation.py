@@ -24,8 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from shitu.serving.engine.boxes import iou
-from shitu.serving.engine.results import Detections, Match, Recognition
+from shitu.serving.results.types import Detections, Match, Recognition, pairwise_iou
 
 #: Parameters that steer the stages an explanation describes (reported with it).
 EXPLAINED_PARAMS = (
@@ -209,7 +208,7 @@ class Explanation:
             for other in kept:  # best first, as rec-NMS visits them
                 if per_label and other.label != r.label:
                     continue
-                overlap = float(iou(other.bbox, r.bbox)[0, 0])
+                overlap = float(pairwise_iou(other.bbox, r.bbox)[0, 0])
                 if overlap > iou_threshold:
                     me.suppressed_by, me.iou = searched_index[position[id(other)]], overlap
                     me.reason = (
