@@ -175,6 +175,39 @@ def test_paddlehub_gradio_routes_answer_404_not_500(shitu_serve):
         assert r.json()["status"] == "404" and "gradio" in r.json()["msg"]
 
 
+@pytest.mark.parametrize("field", ["topk", "hammingRadius", "detThreshold", "recThreshold"])
+@pytest.mark.parametrize("value", ["Infinity", "-Infinity", "NaN", "1" + "0" * 400])
+def test_paddlex_infer_refuses_non_finite_numbers_with_422_not_500(shitu_serve, field, value):
+    """Python's json reads JSON's ``NaN`` / ``Infinity`` literals (Schemathesis never sends them: they are not JSON);
+    ``int()`` of them raised, and ``topk: Infinity`` was a 500 ``internal error (OverflowError)``."""
+    body = '{"image": "aGVsbG8=", "%s": %s}' % (field, value)
+    r = requests.post(
+        f"{shitu_serve}/shitu-infer",
+        data=body,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=60,
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["errorCode"] == 422 and "internal error" not in r.json()["errorMsg"]
+    if not value.isdigit():  # NaN / Infinity: refused as the field they were given in
+        assert field in r.json()["errorMsg"], r.text
+
+
+def test_an_integer_beyond_any_float_is_a_parameter_error_not_an_internal_error(shitu_serve):
+    """``score_thres`` (a float parameter) given a 400-digit JSON integer: ``float()`` of it raised OverflowError,
+    answered as ``internal error (OverflowError)`` with a traceback in the log."""
+    from shitu.params import ParamError, merge
+
+    with pytest.raises(ParamError, match="IndexProcess.score_thres"):
+        merge({"score_thres": 10**400})
+    body = '{"embeddings": [[0.5]], "score_thres": 1%s}' % ("0" * 400)
+    r = requests.post(
+        f"{shitu_serve}/predict/index_search", data=body, headers={"Content-Type": "application/json"}, timeout=60
+    )
+    assert r.status_code == 200 and r.json()["status"] == "101", r.text
+    assert "IndexProcess.score_thres" in r.json()["msg"] and "internal error" not in r.json()["msg"]
+
+
 # -- Schemathesis ---------------------------------------------------------------------------------------------------
 #: What every answer is checked for (``schemathesis run --checks``).
 CHECKS = (

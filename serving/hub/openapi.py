@@ -721,11 +721,25 @@ def build(modules: Mapping[str, type] | None = None, version: str = "") -> JSON:
                 "`token`) when the server has one; with `protect_reads`, every operation does.",
             },
             "security": [{}, {"adminToken": []}],
-            "paths": paths,
+            "paths": _with_request_id(paths),
             "components": _components(),
         },
         example_image(),
     )
+
+
+def _with_request_id(paths: JSON) -> JSON:
+    """Every answer carries the ``X-Request-ID`` header (the client's own when it sent one), except the ``503`` and
+    ``408`` written by :mod:`~shitu.serving.hub.connections` before a request exists."""
+    header = {
+        "description": "This request's id (as in the server's request log); the client's own when it sent one.",
+        "schema": {"type": "string"},
+    }
+    for methods in paths.values():
+        for operation in methods.values():
+            for response in operation["responses"].values():
+                response.setdefault("headers", {})["X-Request-ID"] = header
+    return paths
 
 
 def _with_image(value: Any, image: str) -> Any:

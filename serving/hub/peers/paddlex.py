@@ -36,12 +36,15 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
+import sys
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from shitu.echo import clip
 from shitu.params import ParamError
 from shitu.serving.engine.detection import whole_image_box
 from shitu.serving.engine.draw import draw_recognitions
@@ -96,11 +99,18 @@ def _pairs(body: dict[str, Any], params: Any) -> tuple[list[str], list[str]]:
 
 
 def _number(body: dict[str, Any], name: str, integral: bool = False) -> float | int | None:
+    """A number field, or None when absent. JSON's ``NaN`` / ``Infinity`` (which Python's json reads) and numbers no
+    float holds are refused here: ``int()`` / ``float()`` of them raised (a 500)."""
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integral and value != int(value)):
-        raise PeerError(f"field {name!r} must be {'an integer' if integral else 'a number'}, got {value!r}")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and isinstance(value, float):
+        number = math.isfinite(value) and (not integral or value.is_integer())
+    elif number and not integral:
+        number = abs(value) <= sys.float_info.max  # an int too large for a float (int vs float compares exactly)
+    if not number:
+        raise PeerError(f"field {name!r} must be {'an integer' if integral else 'a finite number'}, got {clip(value)}")
     return int(value) if integral else float(value)
 
 
