@@ -57,7 +57,7 @@ def test_every_request_field_and_operation_of_every_service_is_described():
     from shitu.serving.hub.service import COMMON_FIELDS
 
     spec = openapi.build()
-    for module, cls in openapi._service_classes().items():
+    for module, cls in openapi.service_classes().items():
         body = spec["paths"][f"/predict/{module}"]["post"]["requestBody"]["content"]["application/json"]["schema"]
         variants = body.get("oneOf", [body])
         described = {v["properties"]["operation"]["const"]: v for v in variants}
@@ -206,6 +206,33 @@ def test_an_integer_beyond_any_float_is_a_parameter_error_not_an_internal_error(
     )
     assert r.status_code == 200 and r.json()["status"] == "101", r.text
     assert "IndexProcess.score_thres" in r.json()["msg"] and "internal error" not in r.json()["msg"]
+
+
+_HUGE = "1" + "0" * 400  # a JSON integer that no float holds
+
+
+@pytest.mark.parametrize(
+    "module, body, named",
+    [
+        ("index_search", '{"embeddings": [[%s]]}' % _HUGE, "embeddings"),
+        ("index_search", '{"operation": "add", "embeddings": [[%s]], "labels": ["a"]}' % _HUGE, "embeddings"),
+        ("index_search", '{"embeddings": [[300]], "binarize": true}', "embeddings"),  # beyond uint8
+        ("feature_extraction", '{"images": ["<image>"], "boxes": [[[0, 0, %s, 10]]]}' % _HUGE, "boxes"),
+    ],
+    ids=["search-huge", "add-huge", "search-binary-300", "boxes-huge"],
+)
+def test_numbers_beyond_the_arrays_type_are_refused_not_internal_errors(shitu_serve, module, body, named):
+    """numpy raised OverflowError on them (``internal error (OverflowError)`` and a traceback in the log)."""
+    from shitu.serving.hub.openapi import example_image
+
+    r = requests.post(
+        f"{shitu_serve}/predict/{module}",
+        data=body.replace("<image>", example_image()),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=60,
+    )
+    assert r.status_code == 200 and r.json()["status"] == "101", r.text
+    assert named in r.json()["msg"] and "internal error" not in r.json()["msg"], r.text
 
 
 # -- Schemathesis ---------------------------------------------------------------------------------------------------
