@@ -105,6 +105,15 @@ def test_every_example_of_the_spec_is_a_valid_request():
     assert seen >= 15
 
 
+def test_the_spec_is_written_by_the_command_line_for_the_docs(tmp_path):
+    import json
+
+    from shitu.serving.hub import openapi
+
+    subprocess.run([sys.executable, "-m", "shitu.serving.hub.openapi", str(tmp_path / "openapi.json")], check=True)
+    assert json.loads((tmp_path / "openapi.json").read_text()) == openapi.build()
+
+
 # -- a real `shitu serve` -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def shitu_serve(tmp_path_factory):
