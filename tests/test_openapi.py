@@ -245,6 +245,16 @@ def test_numbers_beyond_the_arrays_type_are_refused_not_internal_errors(shitu_se
     assert named in r.json()["msg"] and "internal error" not in r.json()["msg"], r.text
 
 
+@pytest.mark.parametrize("route", ["/shitu-infer", "/shitu-index-build", "/recognition/prediction"])
+def test_peer_routes_refuse_json_nested_too_deeply_as_bad_input(shitu_serve, route):
+    """Python's json raises RecursionError past its nesting limit: PaddleX's routes answered a 500 and Paddle
+    Serving's ``err_no`` 10000 (internal error) instead of a bad-input answer."""
+    r = requests.post(f"{shitu_serve}{route}", data="[" * 100_000, timeout=60)
+    assert r.status_code in (200, 422), r.text
+    body = r.json()
+    assert (body.get("errorCode") == 422 or body.get("err_no") == 5000) and "nested too deeply" in r.text, r.text
+
+
 # -- Schemathesis ---------------------------------------------------------------------------------------------------
 #: What every answer is checked for (``schemathesis run --checks``).
 CHECKS = (
