@@ -19,6 +19,14 @@ from shitu.serving.hub.openapi.common import (
 )
 from shitu.serving.hub.openapi.params import override_properties
 
+#: PaddleHub's envelope codes of an HTTP 200 answer (``paddlehub.serving.app_compat.package_result``).
+PADDLEHUB_STATUS = {
+    "000": "success",
+    "101": "the module refused or failed the request (`msg` says why)",
+    "111": "the module is not served",
+    "112": "the body is not JSON (`null`)",
+}
+
 #: The hub modules and the service class behind each (the ``service_class`` of ``hub_modules/<name>/module.py``).
 MODULE_SERVICES = {
     "mainbody_detection": "DetectionService",
@@ -271,7 +279,13 @@ def predict_path(module: str, service_class: type) -> JSON:
     body = variants[0] if len(variants) == 1 else {"oneOf": variants}
     ok = {
         "allOf": [{"$ref": "#/components/schemas/Envelope"}],
-        "properties": {"results": {"anyOf": [{"const": ""}, *(_results(module, op) for op in ops)]}},
+        "properties": {
+            "status": {
+                "enum": list(PADDLEHUB_STATUS),
+                "description": "; ".join(f"`{k}`: {v}" for k, v in PADDLEHUB_STATUS.items()),
+            },
+            "results": {"anyOf": [{"const": ""}, *(_results(module, op) for op in ops)]},
+        },
     }
     writes = sorted(service_class.write_operations & set(ops))
     return {
