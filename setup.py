@@ -124,6 +124,9 @@ setup(
             # The Milvus gallery tests: the client, and milvus-lite's server (its own protobuf: `make milvus-lite`).
             "pymilvus>=2.5.18,<2.6",
             "milvus-lite==3.2.2",
+            # the HTTP API's OpenAPI description checked, and fuzzed against a real `shitu serve` (tests/test_openapi.py)
+            "openapi-spec-validator>=0.7",
+            "schemathesis>=4.30",
             # make lint (run by make test)
             "ruff>=0.15",
             "mypy>=1.10",

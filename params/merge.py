@@ -65,7 +65,10 @@ def coerce(f: Field, value: Any) -> Any:
             raise ParamError(f.name, f"expected {' or '.join(json.dumps(c) for c in f.choices)}, got {value!r}")
         return value
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond any float (JSON allows it)
+            raise ParamError(f.name, f"must be a finite number, got {clip(value)}") from None
     if expected is bool:
         if not isinstance(value, bool):
             raise ParamError(f.name, f"expected true or false, got {type(value).__name__} {clip(value)}")

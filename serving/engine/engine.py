@@ -283,7 +283,7 @@ def check_boxes(boxes: Any, shape: tuple[int, ...], index: int) -> np.ndarray:
     """``[[x1, y1, x2, y2], ...]`` for image ``index`` as an array, or EngineError naming the image and box."""
     try:
         arr = np.asarray(boxes, np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float
         raise EngineError(f"image {index}: boxes must be lists of 4 numbers [x1, y1, x2, y2]") from None
     if arr.ndim != 2 or arr.shape[1] != 4 or not np.all(np.isfinite(arr)):
         raise EngineError(f"image {index}: boxes must be lists of 4 finite numbers [x1, y1, x2, y2]")

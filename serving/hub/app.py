@@ -15,7 +15,8 @@ creates:
   page on another site sends (:mod:`.browsers`);
 - adds request ids, the request log, log rotation and ``GET /metrics`` (:mod:`.observability`);
 - serves the web page at ``/web/`` (:mod:`shitu.serving.hub.webpage`);
-- serves the PaddleX and Paddle Serving recognition APIs (:mod:`shitu.serving.hub.peers`).
+- serves the PaddleX and Paddle Serving recognition APIs (:mod:`shitu.serving.hub.peers`);
+- describes every route at ``GET /openapi.json`` (:mod:`shitu.serving.hub.openapi`);
 - is served so that slow or idle clients cost a bounded amount (:mod:`shitu.serving.hub.connections`).
 """
 
@@ -128,13 +129,33 @@ def configure(app: Any) -> Any:
         BY_NAME["Limits.log_backups"].default,
     )
     observability.instrument(app, log_bytes, log_backups)
-    from shitu.serving.hub import connections, peers, webpage
+    from shitu.serving.hub import connections, openapi, peers, webpage
 
     app.wsgi_app = connections.BodyReader(app.wsgi_app, lambda: app.config["MAX_CONTENT_LENGTH"])
     app.run = lambda host=None, port=8866, **_: connections.serve_single(app, port)  # PaddleHub's threaded=False
 
+    _drop_gradio(app)
     peers.register(app)  # PaddleX and Paddle Serving APIs next to /predict/<module>
+    openapi.register(app)
     return webpage.register(app)
+
+
+#: PaddleHub's gradio routes (``/gradio/<module>``, ``/gradio/<module>/<path>``) by endpoint name. The shitu modules
+#: have no gradio app: PaddleHub answered them with a 500 (RuntimeError / KeyError); they are answered 404 instead.
+GRADIO_ENDPOINTS = ("gradio_app", "request_gradio_app")
+
+
+def _drop_gradio(app: Any) -> None:
+    from flask import jsonify
+
+    def _no_gradio(**_: Any) -> Any:
+        response = jsonify(_envelope("404", "this server serves no gradio apps (the web page is at /web/)"))
+        response.status_code = 404
+        return response
+
+    for endpoint in GRADIO_ENDPOINTS:
+        if endpoint in app.view_functions:
+            app.view_functions[endpoint] = _no_gradio
 
 
 def install() -> None:

@@ -464,7 +464,7 @@ class SearchService(Service):
         dim = engine.embedding_size // 8 if binary else engine.embedding_size
         try:
             arr = np.asarray(rows, np.uint8 if binary else np.float32)
-        except (TypeError, ValueError, OverflowError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float
             raise RequestError("field 'embeddings' must be a list of lists of numbers") from None
         if arr.ndim != 2 or arr.shape[1] != dim or not np.all(np.isfinite(arr)):
             raise RequestError(

@@ -37,13 +37,14 @@ from __future__ import annotations
 import base64
 import logging
 import math
+import sys
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from shitu.errors import ShituError
+from shitu.echo import clip
 from shitu.params import ParamError
 from shitu.serving.engine.detection import whole_image_box
 from shitu.serving.engine.engine import GALLERY_NAME
@@ -102,14 +103,21 @@ def _pairs(body: dict[str, Any], params: Any) -> tuple[list[str], list[str]]:
 
 
 def _number(body: dict[str, Any], name: str, integral: bool = False) -> float | int | None:
+    """A number field, or None when absent. JSON's ``NaN`` / ``Infinity`` (which Python's json reads) and numbers no
+    float holds are refused here: ``int()`` / ``float()`` of them raised (a 500)."""
     value = body.get(name)
     if value is None:
         return None
-    what = "an integer" if integral else "a number"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise PeerError(f"field {name!r} must be {what}, got {str(value)[:40]}")
-    if integral and (value != int(value) or abs(value) >= 2**31):
-        raise PeerError(f"field {name!r} must be an integer below 2**31, got {str(value)[:40]}")
+    what = "an integer" if integral else "a finite number"
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and isinstance(value, float):
+        number = math.isfinite(value) and (not integral or value.is_integer())
+    elif number and not integral:
+        number = abs(value) <= sys.float_info.max  # an int too large for a float (int vs float compares exactly)
+    if not number:
+        raise PeerError(f"field {name!r} must be {what}, got {clip(value)}")
+    if integral and abs(value) >= 2**31:
+        raise PeerError(f"field {name!r} must be an integer below 2**31, got {clip(value)}")
     return int(value) if integral else float(value)
 
 
