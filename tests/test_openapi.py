@@ -55,7 +55,7 @@ def test_the_spec_is_valid_openapi_3_1():
 
 def test_every_request_field_and_operation_of_every_service_is_described():
     from shitu.serving.hub import openapi
-    from shitu.serving.hub.service import COMMON_FIELDS
+    from shitu.serving.hub.request_models import Request
 
     spec = openapi.build()
     for module, cls in openapi.service_classes().items():
@@ -64,7 +64,7 @@ def test_every_request_field_and_operation_of_every_service_is_described():
         described = {v["properties"]["operation"]["const"]: v for v in variants}
         assert set(described) == set(openapi.operations(cls)), module
         for op, variant in described.items():
-            for name in COMMON_FIELDS | cls.fields.get(op, set()):
+            for name in cls.requests.get(op, Request).model_fields:  # the fields the service parses
                 assert name in variant["properties"], (module, op, name)
             assert ("operation" in variant["required"]) == (op != cls.default_operation)
 

@@ -109,9 +109,10 @@ def configure(app: Any) -> Any:
     def _not_served(**_: Any):  # noqa: ANN202 - flask view
         from werkzeug.exceptions import NotFound
 
-        raise NotFound()
+        raise NotFound("this server serves no gradio apps (the web page is at /web/)")
 
-    for name in ("gradio_app", "request_gradio_app"):  # PaddleHub's gradio proxy: never served
+    # PaddleHub's gradio proxy: never served (the modules have no gradio app; PaddleHub answered a 500)
+    for name in ("gradio_app", "request_gradio_app"):
         if name in app.view_functions:
             app.view_functions[name] = _not_served
 
@@ -134,28 +135,9 @@ def configure(app: Any) -> Any:
     app.wsgi_app = connections.BodyReader(app.wsgi_app, lambda: app.config["MAX_CONTENT_LENGTH"])
     app.run = lambda host=None, port=8866, **_: connections.serve_single(app, port)  # PaddleHub's threaded=False
 
-    _drop_gradio(app)
     peers.register(app)  # PaddleX and Paddle Serving APIs next to /predict/<module>
     openapi.register(app)
     return webpage.register(app)
-
-
-#: PaddleHub's gradio routes (``/gradio/<module>``, ``/gradio/<module>/<path>``) by endpoint name. The shitu modules
-#: have no gradio app: PaddleHub answered them with a 500 (RuntimeError / KeyError); they are answered 404 instead.
-GRADIO_ENDPOINTS = ("gradio_app", "request_gradio_app")
-
-
-def _drop_gradio(app: Any) -> None:
-    from flask import jsonify
-
-    def _no_gradio(**_: Any) -> Any:
-        response = jsonify(_envelope("404", "this server serves no gradio apps (the web page is at /web/)"))
-        response.status_code = 404
-        return response
-
-    for endpoint in GRADIO_ENDPOINTS:
-        if endpoint in app.view_functions:
-            app.view_functions[endpoint] = _no_gradio
 
 
 def install() -> None:

@@ -246,11 +246,12 @@ def operations(service_class: type) -> list[str]:
 
 
 def _operation_request(module: str, service_class: type, operation: str) -> JSON:
-    from shitu.serving.hub.service import COMMON_FIELDS
+    from shitu.serving.hub.request_models import Request
 
     default = operation == service_class.default_operation
     props = {name: copy.deepcopy(schema) for name, schema in override_properties().items()}
-    for name in sorted(COMMON_FIELDS - {"operation"} | service_class.fields.get(operation, set())):
+    fields = set(service_class.requests.get(operation, Request).model_fields)  # the operation's request model
+    for name in sorted(fields - {"operation"}):
         props[name] = copy.deepcopy(REQUEST_FIELDS[name])  # a request field wins over a parameter's short name
     props["operation"] = {"const": operation}
     if default:

@@ -83,8 +83,6 @@ def json_body(raw: bytes) -> dict[str, Any]:
         raise
     except (UnicodeDecodeError, ValueError):
         raise PeerError("the request body is not valid JSON") from None
-    except RecursionError:  # json's own nesting limit: was a 500 "internal error (RecursionError)"
-        raise PeerError("the request JSON is nested too deeply") from None
     if not isinstance(body, dict):
         raise PeerError("the request body must be a JSON object")
     return body

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from shitu.echo import clip
+from shitu.errors import ShituError
 from shitu.params import ParamError
 from shitu.serving.engine.detection import whole_image_box
 from shitu.serving.engine.engine import GALLERY_NAME
