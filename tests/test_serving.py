@@ -81,6 +81,19 @@ def test_index_search_add_search_remove(served, photos, queries):
     error(served.post("index_search", {"embeddings": [[0.1, 0.2]], **g}), "512")
 
 
+def test_detection_and_extraction_modules_have_no_gallery_operations(served, photos):
+    """Only index_search and image_recognition keep galleries (and protect their writes): a ``remove`` sent to the
+    detection or extraction module is an unknown operation and removes nothing (found by Schemathesis: the typed
+    request path had put ``remove`` / ``info`` on every module, where nothing asks for the token)."""
+    g = {"gallery": "srv-no-remove"}
+    vectors = [r["embeddings"][0] for r in ok(served.post("feature_extraction", {"images": [b64(photos["cat"])]}))]
+    ok(served.post("index_search", {"operation": "add", "embeddings": vectors, "labels": ["cat"], **g}))
+    for module in ("mainbody_detection", "feature_extraction"):
+        for operation in ("remove", "info"):
+            error(served.post(module, {"operation": operation, "labels": ["cat"], **g}), "unknown operation")
+    assert ok(served.post("index_search", {"operation": "info", **g}))["count"] == 1
+
+
 def test_image_recognition_with_gallery_maintenance(served, photos, queries):
     g = {"gallery": "srv-rec"}
     added = ok(

@@ -359,6 +359,12 @@ class Service:
         )
         return {"ids": ids, "added": len(ids)}
 
+
+
+class GalleryOps:
+    """``remove`` and ``info`` of the two modules that keep galleries (``index_search``, ``image_recognition``);
+    the detection and extraction modules answer neither (their ``write_operations`` protect nothing)."""
+
     def op_remove(self, call: Call[rm.RemoveRequest]) -> dict[str, Any]:
         r = call.request
         return {"removed": call.engine.gallery_remove(ids=r.ids, labels=r.labels, gallery=r.gallery)}
@@ -442,7 +448,7 @@ class ExtractionService(Service):
         return self.per_image(images, run)
 
 
-class SearchService(Service):
+class SearchService(GalleryOps, Service):
     """``index_search``: embeddings -> top-k matches; gallery add / remove / info / list."""
 
     default_operation = "search"
@@ -511,7 +517,7 @@ class SearchService(Service):
         return [{k: v for k, v in row.items() if k != "vector"} for row in rows]
 
 
-class RecognitionService(GalleryViewOps, Service):
+class RecognitionService(GalleryViewOps, GalleryOps, Service):
     """``image_recognition``: the whole pipeline; gallery add / remove / info; the scenarios served; browsing
     galleries (``galleries``, ``labels``: :mod:`shitu.serving.hub.gallery_view`)."""
 
