@@ -38,9 +38,24 @@ from typing import Any
 
 import numpy as np
 
-from shitu.serving.gallery.backend import Match, check_vectors
-from shitu.serving.gallery.list_file import DEFAULT_MAX_LABEL_LENGTH, label_problem
-from shitu.serving.gallery.local import GalleryError, LabelError
+from shitu.serving.gallery.backend import Match
+from shitu.serving.gallery.errors import (
+    GalleryError,
+    GalleryExists,
+    GalleryNotFound,
+    GalleryReadOnly,
+    ItemNotFound,
+    MilvusUnavailable,
+)
+from shitu.serving.gallery.validation import (
+    DEFAULT_MAX_LABEL_LENGTH,
+    check_fields,
+    check_label,
+    check_radius,
+    check_vectors,
+    metadata_json,
+    normal_labels,
+)
 
 __all__ = ["MilvusGallery", "MilvusTarget", "MilvusUnavailable", "parse_uri", "FORMAT_VERSION"]
 
@@ -60,10 +75,6 @@ _MAX_SOURCE = 4096
 _INFO_LABELS_UP_TO = 100_000  # info() counts distinct labels (a full read) only up to this many items
 _PROPERTY = "shitu.gallery"  # collection property (and description) holding the gallery's settings as JSON
 _MAX_METADATA = 65535
-
-
-class MilvusUnavailable(GalleryError):
-    """The Milvus server did not answer (down, restarting, overloaded); the call may be retried."""
 
 
 @dataclass(frozen=True)
@@ -241,7 +252,7 @@ class MilvusGallery:
             if _guarded(target, lambda: client.has_collection(target.collection, timeout=target.call_timeout)):
                 client.close()
                 if not exist_ok:
-                    raise GalleryError(f"{target.uri}: a gallery exists already")
+                    raise GalleryExists(f"{target.uri}: a gallery exists already")
                 g = cls.open(uri, max_label_length=max_label_length)
                 if g.dim != int(dim) or (g.metric == "hamming") != binary:
                     g.close()
@@ -302,7 +313,7 @@ class MilvusGallery:
         client = cls._connect(target)
         try:
             if not _guarded(target, lambda: client.has_collection(target.collection, timeout=target.call_timeout)):
-                raise GalleryError(f"{target.uri}: no such gallery (no collection {target.collection!r})")
+                raise GalleryNotFound(f"{target.uri}: no such gallery (no collection {target.collection!r})")
             desc = _guarded(target, lambda: client.describe_collection(target.collection, timeout=target.call_timeout))
             try:
                 settings = json.loads((desc.get("properties") or {}).get(_PROPERTY) or desc.get("description") or "")
@@ -385,19 +396,14 @@ class MilvusGallery:
     # -- writing ---------------------------------------------------------------------------------------------------
     def _check_writable(self) -> None:
         if self.readonly:
-            raise GalleryError(f"{self.target.uri}: opened read-only")
+            raise GalleryReadOnly(f"{self.target.uri}: opened read-only")
 
     def check_label(self, label: Any) -> str:
-        problem = label_problem(label, self.max_label_length)
-        if problem:
-            raise LabelError(f"invalid label {label!r}: {problem}")
-        return label
+        """``label`` as stored (NFC), or :class:`LabelError` naming the problem (the rule: :mod:`.validation`)."""
+        return check_label(label, self.max_label_length)
 
     def _vectors(self, vectors: Any, what: str = "vectors") -> np.ndarray:
-        try:
-            return check_vectors(vectors, self.dim, self._binary, self.normalize, what)
-        except ValueError as e:
-            raise GalleryError(str(e)) from None
+        return check_vectors(vectors, self.dim, self._binary, self.normalize, what)
 
     def _row_vector(self, v: np.ndarray) -> Any:
         return v.tobytes() if self._binary else v.tolist()
@@ -411,20 +417,6 @@ class MilvusGallery:
         if len(value.encode("utf-8")) > limit:
             raise GalleryError(f"{what} is longer than {limit} bytes")
         return value
-
-    @staticmethod
-    def _metadata_json(m: Any) -> str:
-        if m is None:
-            return ""
-        if not isinstance(m, dict):
-            raise GalleryError(f"metadata must be a dict or None, not {type(m).__name__}")
-        try:
-            text = json.dumps(m, ensure_ascii=False, allow_nan=False, sort_keys=True)
-        except (TypeError, ValueError) as e:
-            raise GalleryError(f"metadata is not JSON-serialisable: {e}") from None
-        if len(text.encode("utf-8")) > _MAX_METADATA:
-            raise GalleryError(f"metadata is longer than {_MAX_METADATA} bytes as JSON")
-        return text
 
     def _new_ids(self, n: int) -> list[int]:
         """``n`` fresh random ids below 2**53, none of them in use (checked against the collection)."""
@@ -452,19 +444,11 @@ class MilvusGallery:
         self._check_writable()
         vecs = self._vectors(vectors)
         n = len(vecs)
-        labels = [self.check_label(lab) for lab in labels]
-        if len(labels) != n:
-            raise GalleryError(f"{n} vectors but {len(labels)} labels")
-        sources = [None] * n if sources is None else list(sources)
-        metadata = [None] * n if metadata is None else list(metadata)
-        content_hashes = [None] * n if content_hashes is None else list(content_hashes)
-        if len(sources) != n or len(metadata) != n or len(content_hashes) != n:
-            raise GalleryError("sources, metadata and content_hashes must have one entry per vector")
-        for h in content_hashes:
-            if h is not None and not (isinstance(h, str) and 0 < len(h) <= 128):
-                raise GalleryError(f"content hash must be a non-empty string or None, not {h!r}")
-        src = [self._field_text(s, "source", _MAX_SOURCE) for s in sources]
-        meta = [self._metadata_json(m) for m in metadata]
+        labels, srcs, metas, content_hashes = check_fields(
+            n, labels, sources, metadata, content_hashes, self.max_label_length, _MAX_METADATA
+        )
+        src = [self._field_text(s, "source", _MAX_SOURCE) for s in srcs]
+        meta = [m or "" for m in metas]
         if n == 0:
             return []
         if ids is not None:
@@ -510,7 +494,7 @@ class MilvusGallery:
         """Remove items by id and/or label (Milvus deletes); returns how many were removed."""
         self._check_writable()
         ids = [int(i) for i in (ids or [])]
-        labels = list(labels or [])
+        labels = normal_labels([labels] if isinstance(labels, str) else list(labels or []))
         found: set[int] = set()
         for part in _chunks(ids):
             found |= {int(r["id"]) for r in self._query(_filter_in("id", list(part)), ["id"])}
@@ -534,7 +518,7 @@ class MilvusGallery:
         self._check_writable()
         rows = self._query(f"id == {int(id)}", self._FIELDS + ["vector"])
         if not rows:
-            raise GalleryError(f"{self.target.uri}: no item with id {int(id)}")
+            raise ItemNotFound(f"{self.target.uri}: no item with id {int(id)}")
         row = {k: rows[0][k] for k in self._FIELDS + ["vector"]}
         if self._binary:
             row["vector"] = _binary_bytes(row["vector"])
@@ -548,7 +532,7 @@ class MilvusGallery:
         if source is not None:
             row["source"] = self._field_text(source, "source", _MAX_SOURCE)
         if metadata is not None:
-            row["metadata"] = self._metadata_json(metadata)
+            row["metadata"] = metadata_json(metadata, _MAX_METADATA) or ""
         if content_hash is not None:
             row["content_hash"] = content_hash
         row["updated_at"] = time.time()
@@ -583,7 +567,7 @@ class MilvusGallery:
             params["params"]["ef"] = max(int(self.tuning["ef_search"]), k)
         elif method.startswith("IVF"):
             params["params"]["nprobe"] = int(self.tuning["nprobe"] or 16)
-        expr = _filter_in("label", sorted(set(labels))) if labels is not None else ""
+        expr = _filter_in("label", sorted(normal_labels(list(labels)))) if labels is not None else ""
         hits = self._call(
             "search",
             data=[self._row_vector(v) for v in q],
@@ -594,7 +578,8 @@ class MilvusGallery:
             consistency_level="Strong",
         )
         out: list[list[Match]] = []
-        radius = (self.hamming_radius if hamming_radius is None else hamming_radius) if self._binary else None
+        radius = check_radius(hamming_radius)
+        radius = (self.hamming_radius if radius is None else radius) if self._binary else None
         for row in hits:
             matches = []
             for h in row:
@@ -641,7 +626,7 @@ class MilvusGallery:
         the page); ``offset + limit`` is at most 16384, Milvus's query window."""
         if int(offset) + int(limit) > _QUERY_LIMIT:
             raise GalleryError(f"offset + limit must be at most {_QUERY_LIMIT} for Milvus galleries")
-        expr = _filter_in("label", [label]) if label is not None else ""
+        expr = _filter_in("label", normal_labels([label])) if label is not None else ""
         rows = self._query(expr, self._FIELDS, limit=limit, offset=offset)
         return sorted((self._record(r) for r in rows), key=lambda r: r["id"])
 
@@ -726,7 +711,7 @@ def _guarded(target: MilvusTarget, fn: Callable[[], Any]) -> Any:
     try:
         from pymilvus.exceptions import MilvusException
     except ImportError:  # pragma: no cover - checked on connect
-        MilvusException = Exception  # type: ignore[misc,assignment]
+        MilvusException = Exception
     try:
         return fn()
     except GalleryError:

@@ -32,7 +32,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -142,7 +142,7 @@ def _int_scalar(dtype: Any, data: Any = None) -> int:
     """Stands in for numpy's scalar reconstructor: integer bytes -> a Python int."""
     if not isinstance(dtype, _IntDType) or not isinstance(data, bytes) or len(data) != dtype.size:
         raise pickle.UnpicklingError("id_map.pkl: only integer numpy scalars are accepted")
-    order = "big" if dtype.order == ">" else "little"
+    order: Literal["big", "little"] = "big" if dtype.order == ">" else "little"
     return int.from_bytes(data, order, signed=dtype.signed)
 
 
@@ -268,6 +268,10 @@ def read_faiss_index(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES
     with open(path, "rb") as f:
         head = f.read(4)
     binary = head[:1] == b"I" and head[1:2] == b"B"  # binary fourccs: IBxF, IBHf, IBwF, IBMp, ...
+    # faiss objects are SWIG classes downcast at run time (the stubs know the base classes only).
+    owner: Any
+    index: Any
+    inner: Any
     try:
         owner = faiss.read_index_binary(str(path)) if binary else faiss.read_index(str(path))
     except RuntimeError as e:
@@ -337,7 +341,6 @@ def import_paddleclas_index(
     Ids, labels and vectors are kept; sources are the image paths of the list file. ``index_method`` overrides
     the method read from the index (``Flat``, ``HNSW<M>``, ``IVF``).
     """
-    from shitu.serving.gallery.keep_ids import add_keeping_ids
     from shitu.serving.gallery.list_file import DEFAULT_MAX_LABEL_LENGTH
     from shitu.serving.gallery.local import DB_NAME, Gallery, GalleryError
 
@@ -372,7 +375,7 @@ def import_paddleclas_index(
             max_label_length=max_label_length or DEFAULT_MAX_LABEL_LENGTH,
         )
         try:
-            add_keeping_ids(gallery, ids, vectors, [d[1] for d in docs], sources=[d[0] for d in docs])
+            gallery.add(vectors, [d[1] for d in docs], sources=[d[0] for d in docs], ids=ids.tolist())
             summary = {
                 "count": len(gallery),
                 "labels": len(gallery.label_counts()),

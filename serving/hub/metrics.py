@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -95,18 +94,15 @@ class _GalleryCollector:
     def collect(self) -> Iterable[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
+        from shitu.serving.gallery.store import item_count
+
         family = GaugeMetricFamily(
             "shitu_gallery_items", "Items in each served gallery.", labels=["scenario", "gallery"]
         )
         root = _shitu_home() / "galleries"
         for db in sorted(root.glob("*/*/gallery.db"))[:MAX_GALLERIES]:
-            try:
-                conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=1)
-                try:
-                    n = conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-                finally:
-                    conn.close()
-            except sqlite3.Error:
+            n = item_count(db)
+            if n is None:
                 continue
             family.add_metric([db.parent.parent.name, db.parent.name], float(n))
         yield family
