@@ -29,7 +29,8 @@ import re
 import shutil
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -84,19 +85,28 @@ _STAGED = re.compile(
 _RETRIES = 5
 
 
-_sha256_file = sha256_file
-
-
 def _fresh_dir(dest: Path, what: str) -> None:
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise BackupError(f"{dest}: exists and is not empty; {what} into a new folder")
 
 
-def _tmp_beside(dest: Path, tag: str) -> Path:
+@contextmanager
+def staged(dest: Path, tag: str, error: Callable[[str], Exception] = BackupError) -> Iterator[Path]:
+    """A private folder beside ``dest`` to build it in (``.<dest>.<tag>.<pid>.tmp``; those killed runs left are
+    removed first), moved into place when the block completes, removed when it fails. A gallery error naming the
+    private folder is raised as ``error`` naming ``dest``."""
     tmp = staging_dir(dest, tag)
     _remove_stale_staging(tmp.parent)
     tmp.mkdir()
-    return tmp
+    try:
+        yield tmp
+        move_into_place(tmp, dest)
+    except GalleryError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise error(str(e).replace(str(tmp), str(dest))) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _remove_stale_staging(folder: Path) -> None:
@@ -120,9 +130,9 @@ def model_identity(spec: Any) -> dict[str, str]:
     """The identity of a feature extractor (a :class:`~shitu.model_spec.ModelSpec`): folder name + weights sha256
     (+ the sha256 of its projection head, when it has one: ``shitu adapt`` keeps the weights and adds a head)."""
     _model, params = spec.files()
-    identity = {"name": Path(spec.model_dir).name, "sha256": _sha256_file(params)}
+    identity = {"name": Path(spec.model_dir).name, "sha256": sha256_file(params)}
     if getattr(spec, "projection", None):
-        identity["projection"] = _sha256_file(Path(spec.model_dir) / spec.projection)
+        identity["projection"] = sha256_file(Path(spec.model_dir) / spec.projection)
     return identity
 
 
@@ -135,7 +145,9 @@ def set_gallery_model_identity(gallery_dir: str | os.PathLike, identity: dict[st
     """Record ``identity`` in the gallery (refused when it records a different one)."""
     current = gallery_model_identity(gallery_dir)
     if current is not None and current != identity:
-        raise BackupError(f"{gallery_dir}: its vectors come from model {_describe(current)}, not {_describe(identity)}")
+        raise BackupError(
+            f"{gallery_dir}: its vectors come from model {describe_model(current)}, not {describe_model(identity)}"
+        )
     recorded_model(Path(gallery_dir), identity)
 
 
@@ -159,10 +171,6 @@ def same_model(a: dict[str, str], b: dict[str, str]) -> bool:
 
 def describe_model(identity: dict[str, str] | None) -> str:
     """``name (sha256 0123456789ab...)`` for messages."""
-    return _describe(identity)
-
-
-def _describe(identity: dict[str, str] | None) -> str:
     return "unknown" if not identity else f"{identity.get('name')} (sha256 {str(identity.get('sha256'))[:12]}...)"
 
 
@@ -176,8 +184,7 @@ def backup(gallery_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict[s
     if not db.is_file():
         raise BackupError(f"{src_dir}: not a gallery (no {DB_NAME})")
     _fresh_dir(out, "back up")
-    tmp = _tmp_beside(out, "backup")
-    try:
+    with staged(out, "backup") as tmp:
         manifest = None
         for attempt in range(_RETRIES):
             manifest = _backup_once(db, src_dir, tmp, last=attempt == _RETRIES - 1)
@@ -186,10 +193,6 @@ def backup(gallery_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict[s
         assert manifest is not None  # the last attempt always answers
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         _fsync_tree(tmp)
-        move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -211,7 +214,7 @@ def _backup_once(db: Path, src_dir: Path, tmp: Path, last: bool) -> dict[str, An
             meta, count = copy_database(db, dst_db, keep_snapshot=False)
             snap = ""
         if snap:
-            digest = _sha256_file(tmp / snap)
+            digest = sha256_file(tmp / snap)
             if digest != meta.get("snapshot_sha256"):
                 raise BackupError(
                     f"{src_dir / snap}: the snapshot does not match the sha256 gallery.db "
@@ -228,7 +231,7 @@ def _backup_once(db: Path, src_dir: Path, tmp: Path, last: bool) -> dict[str, An
         "version": 1,
         "created_at": time.time(),
         "source": src_dir.name,
-        "db": {"file": DB_NAME, "sha256": _sha256_file(dst_db), "size": dst_db.stat().st_size},
+        "db": {"file": DB_NAME, "sha256": sha256_file(dst_db), "size": dst_db.stat().st_size},
         "snapshot": snapshot,
         "seq": int(meta.get("seq", 0)),
         "count": int(count),
@@ -284,25 +287,17 @@ def restore(backup_dir: str | os.PathLike, dest: str | os.PathLike) -> dict[str,
         p = _safe_name(entry.get("file"), folder)
         if not p.is_file():
             raise BackupError(f"{p}: missing from the backup")
-        if _sha256_file(p) != entry.get("sha256"):
+        if sha256_file(p) != entry.get("sha256"):
             raise BackupError(f"{p}: damaged (sha256 differs from {MANIFEST})")
     if files[0].get("file") != DB_NAME:
         raise BackupError(f"{folder / MANIFEST}: the database must be {DB_NAME}")
     _fresh_dir(dest, "restore")
-    tmp = _tmp_beside(dest, "restore")
-    try:
+    with staged(dest, "restore") as tmp:
         for entry in files:
             shutil.copyfile(folder / entry["file"], tmp / entry["file"])
         _fsync_tree(tmp)
-        try:
-            with Gallery.open(tmp) as g:
-                info = {"count": len(g), "seq": g.info()["seq"], "dim": g.dim, "metric": g.metric}
-        except GalleryError as e:
-            raise BackupError(str(e).replace(str(tmp), str(dest))) from None
-        move_into_place(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with Gallery.open(tmp) as g:
+            info = {"count": len(g), "seq": g.info()["seq"], "dim": g.dim, "metric": g.metric}
     return info
 
 
@@ -325,7 +320,7 @@ def export_archive(
     meta, rows, _ = read_items(src)
     recorded = json.loads(meta["model_identity"]) if meta.get("model_identity") else None
     if recorded and model and recorded != model:
-        raise BackupError(f"{src}: its vectors come from model {_describe(recorded)}, not {_describe(model)}")
+        raise BackupError(f"{src}: its vectors come from model {describe_model(recorded)}, not {describe_model(model)}")
     dim, binary = int(meta["dim"]), meta["metric"] == "hamming"
     width = dim // 8 if binary else dim * 4
     if any(len(r[6]) != width for r in rows):
@@ -521,8 +516,8 @@ def import_archive(
     for other in (ours, model):
         if theirs and other and theirs != other:
             raise BackupError(
-                f"{archive}: its vectors come from model {_describe(theirs)}; the gallery's model is "
-                f"{_describe(other)}: vectors of different models cannot be searched together"
+                f"{archive}: its vectors come from model {describe_model(theirs)}; the gallery's model is "
+                f"{describe_model(other)}: vectors of different models cannot be searched together"
             )
     fields = ([r.get("source") for r in records], [r.get("metadata") for r in records])
     hashes = [r.get("content_hash") for r in records]
@@ -542,8 +537,7 @@ def import_archive(
         return {"added": added, "count": count, "kept_ids": False}
     # A new gallery keeps the archive's ids; built in a private folder and moved into place when complete.
     _fresh_dir(dest, "import")
-    tmp = _tmp_beside(dest, "import")
-    try:
+    with staged(dest, "import") as tmp:
         dist = "cosine" if manifest.get("normalize") else manifest["metric"]
         with Gallery.create(
             tmp,
@@ -562,11 +556,4 @@ def import_archive(
             count = len(g)
         if identity:
             set_gallery_model_identity(tmp, identity)
-        move_into_place(tmp, dest)
-    except GalleryError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise BackupError(str(e).replace(str(tmp), str(dest))) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"added": added, "count": count, "kept_ids": bool(keep_ids)}

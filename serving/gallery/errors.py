@@ -1,19 +1,8 @@
 """The errors of both gallery backends (local and Milvus), rooted on :mod:`shitu.errors`.
 
 A leaf (no faiss, no pymilvus): the Milvus backend, the CLI and the service import it without loading an index
-library. :class:`GalleryError` is the base of them all; ``http_status`` says who is at fault:
-
-| class | also a | HTTP | raised for |
-|---|---|---|---|
-| :class:`GalleryError` | ``ShituError`` | 400 | a request the gallery refuses (bad vectors, ``k``, dimension or metric) |
-| :class:`LabelError` | ``InvalidArgument`` | 400 | an invalid label (see :mod:`.validation`) |
-| :class:`GalleryNotFound` | ``NotFound`` | 404 | no gallery at that folder or URI |
-| :class:`ItemNotFound` | ``NotFound`` | 404 | no item with that id |
-| :class:`GalleryReadOnly` | ``Conflict`` | 409 | a write to a gallery opened read-only |
-| :class:`GalleryExists` | ``Conflict`` | 409 | creating a gallery where one is, or opening one of another dimension |
-| :class:`GalleryCorrupt` | ``InternalError`` | 500 | a damaged database or snapshot (``shitu gallery repair``) |
-| :class:`GalleryUnavailable` | ``Unavailable`` | 503 | Milvus down, a disk that takes no writes; retry later |
-| :class:`BackupError` | | 400 | a backup, restore, export or import that cannot be done |
+library. :class:`GalleryError` is the base of them all; each class's ``http_status`` (and its ``shitu.errors``
+base) says who is at fault: the caller (400, 404, 409), the server (500) or a dependency (503).
 """
 
 from __future__ import annotations

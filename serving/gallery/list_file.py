@@ -26,6 +26,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from shitu.errors import InvalidArgument
 from shitu.serving.gallery.validation import DEFAULT_MAX_LABEL_LENGTH, label_problem
 
 __all__ = [
@@ -42,7 +43,7 @@ __all__ = [
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jpe", ".ppm", ".pgm", ".pbm")
 
 
-class GalleryFileError(ValueError):
+class GalleryFileError(InvalidArgument):
     """A bad line of a gallery list file (or a bad entry of a folder tree)."""
 
     def __init__(self, file: str | os.PathLike, line_no: int | None, message: str):

@@ -29,14 +29,14 @@ import os
 import pickle
 import pickletools
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from shitu.files import move_into_place, staging_dir
+from shitu.errors import InvalidArgument
+from shitu.serving.gallery.errors import GalleryError
 
 __all__ = [
     "IndexImportError",
@@ -115,7 +115,7 @@ _NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
 _GLOBALS = frozenset({f"{m}.scalar" for m in _NUMPY_MODULES} | {"numpy.dtype", "_codecs.encode"})
 
 
-class IndexImportError(ValueError):
+class IndexImportError(GalleryError, InvalidArgument):
     """The folder is not an importable PaddleClas index; the message names the file and the problem."""
 
 
@@ -341,8 +341,9 @@ def import_paddleclas_index(
     Ids, labels and vectors are kept; sources are the image paths of the list file. ``index_method`` overrides
     the method read from the index (``Flat``, ``HNSW<M>``, ``IVF``).
     """
-    from shitu.serving.gallery.list_file import DEFAULT_MAX_LABEL_LENGTH
-    from shitu.serving.gallery.local import DB_NAME, Gallery, GalleryError
+    from shitu.serving.gallery.backup import staged
+    from shitu.serving.gallery.local import DB_NAME, Gallery
+    from shitu.serving.gallery.validation import DEFAULT_MAX_LABEL_LENGTH
 
     folder, dest = Path(folder), Path(dest)
     if not is_paddleclas_index(folder):
@@ -364,17 +365,15 @@ def import_paddleclas_index(
     docs = [split_doc(id_map[int(i)], delimiter) for i in ids]
     if len(ids) and int(ids[0]) < 0:
         raise IndexImportError(f"{VECTOR_INDEX}: negative ids cannot be kept")
-    tmp = staging_dir(dest, "import")
     method = index_method or contents.index_method
-    try:
-        gallery = Gallery.create(
+    with staged(dest, "import", IndexImportError) as tmp:
+        with Gallery.create(
             tmp,
             contents.dim,
             index_method=method,
             dist_type=contents.metric,
             max_label_length=max_label_length or DEFAULT_MAX_LABEL_LENGTH,
-        )
-        try:
+        ) as gallery:
             gallery.add(vectors, [d[1] for d in docs], sources=[d[0] for d in docs], ids=ids.tolist())
             summary = {
                 "count": len(gallery),
@@ -383,13 +382,4 @@ def import_paddleclas_index(
                 "metric": contents.metric,
                 "index_method": method,
             }
-        finally:
-            gallery.close()
-        move_into_place(tmp, dest)  # dest is missing or an empty folder (checked above)
-    except GalleryError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise IndexImportError(str(e).replace(str(tmp), str(dest))) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary

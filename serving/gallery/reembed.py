@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from shitu.files import move_into_place, staging_dir
 from shitu.names import GALLERY_NAME
 from shitu.serving.gallery.local import DB_NAME, Gallery, GalleryError
 from shitu.serving.gallery.store import read_items, write_thumbnails
@@ -143,7 +141,7 @@ def _copy_one(
     binarize: Callable[[np.ndarray], np.ndarray],
     normalize_mapped: bool,
 ) -> int:
-    from shitu.serving.gallery.backup import set_gallery_model_identity
+    from shitu.serving.gallery.backup import set_gallery_model_identity, staged
 
     meta, rows, thumbs = _read(copy.src)
     dim, metric = int(meta["dim"]), meta["metric"]
@@ -164,8 +162,7 @@ def _copy_one(
         vectors = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
         if metric == "hamming":
             vectors = binarize(vectors)
-    tmp = staging_dir(copy.dest, "reembed")
-    try:
+    with staged(copy.dest, "reembed", ReembedError) as tmp:
         with Gallery.create(
             tmp,
             dim,
@@ -186,10 +183,6 @@ def _copy_one(
             _copy_thumbnails(tmp, thumbs)
         if identity is not None:
             set_gallery_model_identity(tmp, identity)
-        move_into_place(tmp, copy.dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return len(rows)
 
 
