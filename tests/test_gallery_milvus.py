@@ -349,10 +349,12 @@ def test_milvus_backend_loads_no_faiss_and_follows_the_shared_rules_real(milvus)
     subprocess.run([sys.executable, "-c", probe], check=True, timeout=120)
 
     from shitu.errors import Conflict, InvalidArgument, NotFound
-    from shitu.serving.gallery.errors import LabelError
+    from shitu.serving.gallery.errors import GalleryError, LabelError
     from shitu.serving.gallery.milvus import MilvusGallery
 
     uri = milvus.uri("rules")
+    with pytest.raises(GalleryError, match="hamming_radius must be a non-negative integer"):
+        MilvusGallery.create(uri, 32, "Flat", "hamming", hamming_radius="x")  # the local gallery's own checks
     with MilvusGallery.create(uri, 32, "Flat", "IP") as g:
         for bad in ("\u200b", "cola\u202e"):
             with pytest.raises(LabelError) as info:

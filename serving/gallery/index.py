@@ -26,7 +26,7 @@ import faiss
 import numpy as np
 
 from shitu.serving.gallery.errors import GalleryError
-from shitu.serving.gallery.validation import check_vectors
+from shitu.serving.gallery.validation import METRICS, check_vectors
 
 __all__ = [
     "DEFAULT_TUNING",
@@ -59,9 +59,6 @@ DEFAULT_TUNING: dict[str, Any] = {
 def nlist_for(n: int) -> int:
     """IVF lists for ``n`` vectors: about 4*sqrt(n), with at least 39 training points per list."""
     return max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39))
-
-
-METRICS = {"ip": "IP", "inner_product": "IP", "cosine": "IP", "l2": "L2", "hamming": "hamming"}
 
 
 @dataclass

@@ -35,7 +35,7 @@ from shitu.serving.gallery.errors import (
     GalleryReadOnly,
     LabelError,
 )
-from shitu.serving.gallery.index import DEFAULT_TUNING, METRICS, SMALL_BATCH, IndexConfig, describe
+from shitu.serving.gallery.index import DEFAULT_TUNING, SMALL_BATCH, IndexConfig, describe
 from shitu.serving.gallery.maintenance import Maintenance
 from shitu.serving.gallery.reading import record_dict, search_once
 from shitu.serving.gallery.replication import Locks, Replica
@@ -46,6 +46,7 @@ from shitu.serving.gallery.validation import (
     check_fields,
     check_label,
     check_radius,
+    check_settings,
     metadata_json,
     normal_labels,
 )
@@ -156,25 +157,13 @@ class Gallery:
         and metric is opened instead.
         """
         path = Path(path)
-        metric = METRICS.get(str(dist_type).lower())
-        if metric is None:
-            raise GalleryError(f"unknown dist_type {dist_type!r}: use IP, L2, hamming or cosine")
-        normalize = str(dist_type).lower() == "cosine"
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or int(dim) <= 0:
-            raise GalleryError(f"dim must be a positive integer, not {dim!r}")
-        dim = int(dim)
-        if metric == "hamming" and dim % 8:
-            raise GalleryError(f"hamming galleries need dim (in bits) to be a multiple of 8, not {dim}")
-        if not isinstance(index_method, str) or not index_method.strip():
-            raise GalleryError(f"index_method must be a non-empty string, not {index_method!r}")
-        if check_radius(hamming_radius) is None:
-            raise GalleryError("hamming_radius must be a non-negative integer, not None")
+        dim, metric, normalize, index_method, hamming_radius = check_settings(
+            dim, dist_type, index_method, hamming_radius
+        )
         unknown = set(tuning) - set(DEFAULT_TUNING)
         if unknown:
             raise GalleryError(f"unknown gallery option(s) {sorted(unknown)}; known: {sorted(DEFAULT_TUNING)}")
-        spec = IndexConfig(
-            dim, metric, index_method.strip(), int(hamming_radius), normalize, {**DEFAULT_TUNING, **tuning}
-        )
+        spec = IndexConfig(dim, metric, index_method, hamming_radius, normalize, {**DEFAULT_TUNING, **tuning})
         try:
             spec.empty_index(0 if not spec.auto_ivf else 1)
         except (RuntimeError, TypeError, ValueError) as e:

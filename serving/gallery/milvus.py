@@ -45,6 +45,7 @@ from shitu.serving.gallery.validation import (
     check_fields,
     check_label,
     check_radius,
+    check_settings,
     check_vectors,
     metadata_json,
     normal_labels,
@@ -56,7 +57,6 @@ FORMAT_VERSION = 1
 _ID_BITS = 53  # ids stay exact in JavaScript numbers
 _BATCH = 2000  # rows per insert / ids per query expression
 _QUERY_LIMIT = 16384  # Milvus's largest query window (limit + offset)
-_METRICS = {"ip": "IP", "inner_product": "IP", "cosine": "IP", "l2": "L2", "hamming": "hamming"}
 _MAX_SOURCE = 4096
 _INFO_LABELS_UP_TO = 100_000  # info() counts distinct labels (a full read) only up to this many items
 _PROPERTY = "shitu.gallery"  # collection property (and description) holding the gallery's settings as JSON
@@ -136,20 +136,18 @@ class MilvusGallery:
         from pymilvus import DataType, MilvusClient
 
         target = parse_uri(uri)
-        metric = _METRICS.get(str(dist_type).lower())
-        if metric is None:
-            raise GalleryError(f"unknown dist_type {dist_type!r}: use IP, L2, hamming or cosine")
-        if not isinstance(dim, (int, np.integer)) or int(dim) <= 0 or (metric == "hamming" and int(dim) % 8):
-            raise GalleryError(f"dim must be a positive integer (a multiple of 8 for hamming), not {dim!r}")
+        dim, metric, normalize, index_method, hamming_radius = check_settings(
+            dim, dist_type, index_method, hamming_radius
+        )
         binary = metric == "hamming"
         index_type, build = index_params(str(index_method), metric, binary)
         settings = {
             "shitu_gallery": FORMAT_VERSION,
             "dim": int(dim),
             "metric": metric,
-            "normalize": str(dist_type).lower() == "cosine",
-            "index_method": str(index_method).strip(),
-            "hamming_radius": int(hamming_radius),
+            "normalize": normalize,
+            "index_method": index_method,
+            "hamming_radius": hamming_radius,
             "created_at": time.time(),
         }
         client = cls._connect(target)

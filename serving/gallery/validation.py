@@ -163,6 +163,27 @@ def check_vectors(vectors: Any, dim: int, binary: bool, normalize: bool, what: s
     return arr
 
 
+#: ``dist_type`` (``IndexProcess.dist_type``) -> the metric stored; ``cosine`` is IP on normalised vectors.
+METRICS = {"ip": "IP", "inner_product": "IP", "cosine": "IP", "l2": "L2", "hamming": "hamming"}
+
+
+def check_settings(dim: Any, dist_type: Any, index_method: Any, hamming_radius: Any) -> tuple[int, str, bool, str, int]:
+    """A new gallery's settings, checked: ``(dim, metric, normalize, index_method, hamming_radius)``."""
+    metric = METRICS.get(str(dist_type).lower())
+    if metric is None:
+        raise GalleryError(f"unknown dist_type {dist_type!r}: use IP, L2, hamming or cosine")
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or int(dim) <= 0:
+        raise GalleryError(f"dim must be a positive integer, not {dim!r}")
+    if metric == "hamming" and dim % 8:
+        raise GalleryError(f"hamming galleries need dim (in bits) to be a multiple of 8, not {dim}")
+    if not isinstance(index_method, str) or not index_method.strip():
+        raise GalleryError(f"index_method must be a non-empty string, not {index_method!r}")
+    radius = check_radius(hamming_radius)
+    if radius is None:
+        raise GalleryError("hamming_radius must be a non-negative integer, not None")
+    return int(dim), metric, str(dist_type).lower() == "cosine", index_method.strip(), radius
+
+
 def check_radius(radius: Any) -> int | None:
     """A search's ``hamming_radius``: ``None`` or a non-negative integer."""
     if radius is None:
