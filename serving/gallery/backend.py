@@ -25,6 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from shitu.serving.gallery.validation import check_vectors
 from shitu.serving.results.types import Match  # the result type, in the leaf the client shares
 
 __all__ = [
@@ -206,30 +207,6 @@ def gallery_exists(target: str | os.PathLike) -> bool:
         return MilvusGallery.exists(str(target))
     from pathlib import Path
 
-    from shitu.serving.gallery.local import DB_NAME
+    from shitu.serving.gallery.store import DB_NAME
 
     return (Path(target) / DB_NAME).is_file()
-
-
-def check_vectors(vectors: Any, dim: int, binary: bool, normalize: bool, what: str = "vectors") -> np.ndarray:
-    """``vectors`` as a C-contiguous ``[n, dim]`` float32 array (``[n, dim / 8]`` uint8 packed bits when
-    ``binary``), L2-normalised when ``normalize``; ``ValueError`` naming the problem otherwise."""
-    arr = np.asarray(vectors)
-    if arr.ndim == 1:
-        arr = arr.reshape(1, -1)
-    if binary:
-        width = dim // 8
-        if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != width:
-            raise ValueError(
-                f"{what} must be packed bits, uint8 [n, {width}] for this {dim}-bit hamming gallery; "
-                f"got {arr.dtype} {list(arr.shape)}"
-            )
-        return np.ascontiguousarray(arr)
-    if arr.ndim != 2 or arr.shape[1] != dim or not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"{what} must be float [n, {dim}]; got {arr.dtype} {list(arr.shape)}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{what} contain NaN or infinite values")
-    if normalize:
-        arr = arr / np.maximum(np.linalg.norm(arr, axis=1, keepdims=True), 1e-12)
-    return arr

@@ -59,12 +59,13 @@ def degraded() -> list[str]:
     """What is wrong with this server while it still answers: each disk it writes to (galleries, logs) with less
     than ``Limits.min_free_disk_bytes`` free. Gallery writes are refused then; reads keep working."""
     import shutil
-    from pathlib import Path
 
     from shitu.serving.hub import connections, request_log
 
     found = []
-    home = Path(os.environ.get("SHITU_HOME", Path.home() / ".shitu"))
+    from shitu.plugins.store import home as shitu_home
+
+    home = shitu_home()
     for what, folder in (("galleries", home / "galleries"), ("logs", request_log.log_dir())):
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent

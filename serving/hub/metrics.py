@@ -29,11 +29,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sqlite3
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from shitu.serving.gallery.store import pid_alive
 
 __all__ = ["prepare", "Metrics", "get", "STAGE_GROUPS", "CONTENT_TYPE"]
 
@@ -62,17 +63,9 @@ _metrics: Metrics | None = None
 
 
 def _shitu_home() -> Path:
-    return Path(os.environ.get("SHITU_HOME", Path.home() / ".shitu"))
+    from shitu.plugins.store import home
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return home()
 
 
 def metrics_base() -> Path:
@@ -99,7 +92,7 @@ def prepare() -> Path:
             pid = int(old.name)
         except ValueError:
             continue
-        if pid != os.getpid() and not _alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             shutil.rmtree(old, ignore_errors=True)
     folder = run / str(os.getpid())
     shutil.rmtree(folder, ignore_errors=True)  # a pid reused from an earlier run: start from zero
@@ -114,18 +107,15 @@ class _GalleryCollector:
     def collect(self) -> Iterable[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
+        from shitu.serving.gallery.store import item_count
+
         family = GaugeMetricFamily(
             "shitu_gallery_items", "Items in each served gallery.", labels=["scenario", "gallery"]
         )
         root = _shitu_home() / "galleries"
         for db in sorted(root.glob("*/*/gallery.db"))[:MAX_GALLERIES]:
-            try:
-                conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=1)
-                try:
-                    n = conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-                finally:
-                    conn.close()
-            except sqlite3.Error:
+            n = item_count(db)
+            if n is None:
                 continue
             family.add_metric([db.parent.parent.name, db.parent.name], float(n))
         yield family

@@ -360,7 +360,6 @@ class Service:
         return {"ids": ids, "added": len(ids)}
 
 
-
 class GalleryOps:
     """``remove`` and ``info`` of the two modules that keep galleries (``index_search``, ``image_recognition``);
     the detection and extraction modules answer neither (their ``write_operations`` protect nothing)."""
