@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from shitu.plugins import registry, store
-from shitu.plugins.errors import PackError
+from shitu.plugins.errors import InvalidPack, PackConflict
 from shitu.plugins.fetch import copy_tree, sha256_file
 from shitu.plugins.manifest import MANIFEST_FILE, Manifest, read_manifest
 
@@ -69,7 +69,7 @@ def stage(
     """
     rec_dir, dest = Path(rec_dir), Path(dest)
     if dest.exists():
-        raise PackError(f"{dest}: exists already")
+        raise PackConflict(f"{dest}: exists already")
     copy_tree(pack.root, dest)
     for name in _STORE_FILES:
         (dest / name).unlink(missing_ok=True)
@@ -94,7 +94,7 @@ def stage(
         if not gallery.get("vectors_file"):
             continue
         if rewrite_vectors is None:
-            raise PackError(
+            raise InvalidPack(
                 f"pack {pack.name!r}: gallery {gname!r} ships vectors of the old recogniser and this "
                 "recogniser cannot map them; remove the gallery from the pack or give its images"
             )

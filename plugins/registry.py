@@ -32,7 +32,7 @@ from typing import Any
 
 from shitu.plugins import runtime_check, store
 from shitu.plugins.embedding_space import embedding_space
-from shitu.plugins.errors import ManifestError, PackError
+from shitu.plugins.errors import InvalidPack, ManifestError, PackConflict, PackError, PackNotFound, PackUnavailable
 from shitu.plugins.gallery_spec import GallerySpec
 from shitu.plugins.installer import install as _install
 from shitu.plugins.installer import install_hint  # noqa: F401 - also the registry's (Pack.unavailable_reason)
@@ -182,16 +182,16 @@ class Pack:
         from shitu.model_spec import ModelSpec, ModelSpecError
 
         if not self.compatible:
-            raise PackError(
+            raise PackConflict(
                 f"pack {self.name!r} {self.version} needs shitu-hub {self._m.shitu_hub}; this is {shitu_version()}"
             )
         if self.missing_files(role):
-            raise PackError(self.fetch_instructions())
+            raise PackUnavailable(self.fetch_instructions())
         entry = self._m.models[role]
         try:
             spec = ModelSpec.from_dict(copy.deepcopy(entry.description), self.root / entry.path)
         except ModelSpecError as exc:
-            raise PackError(f"pack {self.name!r} {self.version}: models.{role}: {exc}") from None
+            raise InvalidPack(f"pack {self.name!r} {self.version}: models.{role}: {exc}") from None
         if self.source != "builtin" and not runtime_check.onednn_allowed(self.record, role, entry.description):
             spec.onednn = False  # only what `shitu plugins install/verify` ran in a child process is used
         return spec
@@ -248,7 +248,7 @@ class Pack:
         try:
             return self.galleries[key]
         except KeyError:
-            raise PackError(
+            raise PackNotFound(
                 f"pack {self.name!r} has no gallery {key!r} (galleries: {', '.join(self.galleries)})"
             ) from None
 
@@ -304,7 +304,7 @@ def _entry_point_root(value: str) -> Path:
     modname = value.split(":", 1)[0].strip()
     parts = modname.split(".")
     if not all(p.isidentifier() for p in parts):
-        raise PackError(f"entry point value {value!r} is not a module name")
+        raise InvalidPack(f"entry point value {value!r} is not a module name")
     spec = importlib.util.find_spec(parts[0])  # top level: consults finders, imports nothing
     if spec is None:  # installed after the finders cached their folder listings
         importlib.invalidate_caches()
@@ -315,12 +315,12 @@ def _entry_point_root(value: str) -> Path:
             break
         spec = importlib.machinery.PathFinder.find_spec(part, list(spec.submodule_search_locations))
     if spec is None:
-        raise PackError(f"module {modname!r} of entry point {value!r} cannot be found")
+        raise PackNotFound(f"module {modname!r} of entry point {value!r} cannot be found")
     if spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations)))
     if spec.origin and spec.origin not in ("built-in", "frozen"):
         return Path(spec.origin).parent
-    raise PackError(f"module {modname!r} has no folder on disk")
+    raise InvalidPack(f"module {modname!r} has no folder on disk")
 
 
 def _entrypoints() -> list[_Found]:
@@ -394,7 +394,7 @@ def _pick(items: list[_Found], name: str, version: str | None) -> _Found:
                 if i.source == source and i.manifest.version == version:  # type: ignore[union-attr]
                     return i
         have = sorted({i.manifest.version for i in good}, key=version_key)  # type: ignore[union-attr]
-        raise PackError(
+        raise PackNotFound(
             f"pack {name!r} has no version {version!r}" + (f" (available: {', '.join(have)})" if have else "")
         )
     stored = [i for i in items if i.name == name and i.source == "store"]
@@ -403,7 +403,7 @@ def _pick(items: list[_Found], name: str, version: str | None) -> _Found:
         for i in stored:
             if i.root.name == current:
                 if i.manifest is None:
-                    raise PackError(f"pack {name!r} {current} (store) cannot be used: {i.error}")
+                    raise InvalidPack(f"pack {name!r} {current} (store) cannot be used: {i.error}")
                 return i
     for source in ("entrypoint", "builtin"):
         same = [i for i in good if i.source == source]
@@ -411,9 +411,9 @@ def _pick(items: list[_Found], name: str, version: str | None) -> _Found:
             return max(same, key=lambda i: version_key(i.manifest.version))  # type: ignore[union-attr]
     broken = [i for i in items if i.name == name]
     if broken:
-        raise PackError(f"pack {name!r} cannot be used: {broken[0].error}")
+        raise InvalidPack(f"pack {name!r} cannot be used: {broken[0].error}")
     known = sorted({i.name for i in _discover() if i.manifest is not None})
-    raise PackError(
+    raise PackNotFound(
         f"no pack named {name!r} (known: {', '.join(known) or 'none'}); install one with "
         "`shitu plugins install <folder|archive|url|name>`"
     )
@@ -480,7 +480,7 @@ def get_pack(name: str | None = None, version: str | None = None) -> Pack:
     name = name or default_pack_name()
     pack = _to_pack(_pick(_discover(name), name, version))
     if not pack.compatible:
-        raise PackError(
+        raise PackConflict(
             f"pack {pack.name!r} {pack.version} ({pack.source}) needs shitu-hub {pack.shitu_hub}; "
             f"this is {shitu_version()}"
         )
@@ -503,7 +503,7 @@ def _info_of(name: str, version: str) -> PackInfo:
     for p in list_packs():
         if p.name == name and p.version == version and p.source == "store":
             return p
-    raise PackError(f"pack {name!r} {version} is not in the store")  # pragma: no cover - just committed
+    raise PackNotFound(f"pack {name!r} {version} is not in the store")  # pragma: no cover - just committed
 
 
 def install(
@@ -538,9 +538,9 @@ def uninstall(name: str, version: str | None = None) -> list[str]:
         if not versions:
             others = [i.source for i in _discover(name) if i.source != "store"]
             why = f" ({'/'.join(others)} packs cannot be removed)" if others else ""
-            raise PackError(f"pack {name!r} has no version in the store {store.packs_dir()}{why}")
+            raise PackNotFound(f"pack {name!r} has no version in the store {store.packs_dir()}{why}")
         if version is not None and version not in versions:
-            raise PackError(f"pack {name!r} {version} is not installed (installed: {', '.join(versions)})")
+            raise PackNotFound(f"pack {name!r} {version} is not installed (installed: {', '.join(versions)})")
         targets = [version] if version is not None else list(versions)
         current, history = store.read_pointer(name)
         left = [v for v in versions if v not in targets]
@@ -564,13 +564,15 @@ def use(name: str, version: str | None = None, *, default: bool = True) -> Pack:
         versions = store.installed_versions(name)
         if version is not None and versions:
             if version not in versions:
-                raise PackError(
+                raise PackNotFound(
                     f"pack {name!r} {version} is not installed (installed: {', '.join(versions)}); install it first"
                 )
             store.set_current(name, version)
         pack = find_pack(name, version)
         if not pack.compatible:
-            raise PackError(f"pack {name!r} {pack.version} needs shitu-hub {pack.shitu_hub}; this is {shitu_version()}")
+            raise PackConflict(
+                f"pack {name!r} {pack.version} needs shitu-hub {pack.shitu_hub}; this is {shitu_version()}"
+            )
         if default:
             store.write_default(name)
     return pack
@@ -584,9 +586,9 @@ def rollback(name: str) -> str:
         history = [v for v in history if v in versions and v != current]
         if not history:
             if not versions:
-                raise PackError(f"pack {name!r}: no earlier version to roll back to (not in the store)")
+                raise PackNotFound(f"pack {name!r}: no earlier version to roll back to (not in the store)")
             served = store.current_version(name)
-            raise PackError(
+            raise PackConflict(
                 f"pack {name!r}: no earlier version to roll back to: {served} is current and no other "
                 f"version was current before it (installed: {', '.join(versions)}); switch to any "
                 f"installed version with `shitu plugins use {name} VERSION`"
