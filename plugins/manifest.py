@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -58,7 +59,7 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 ROLES = {"detector": "detector", "recognizer": "extractor"}  # manifest role -> ModelSpec kind
 #: ModelSpec description keys a model entry may carry (see shitu.model_spec).
-DESCRIPTION_KEYS = (
+DESCRIPTION_KEYS: tuple[str, ...] = (
     "kind",
     "model_file",
     "params_file",
@@ -66,12 +67,8 @@ DESCRIPTION_KEYS = (
     "input_color",
     "transform_ops",
     "decoder",
-    "decoder_args",
-    "pooling",
-    "projection",
-    "onednn",
-    "onednn_passes",
 )
+DESCRIPTION_KEYS += ("decoder_args", "pooling", "projection", "onednn", "onednn_passes")
 #: Parameters a pack may not set: the registry derives them from the pack's models and galleries.
 PACK_MANAGED_PARAMS = ("Global.det_inference_model_dir", "Global.rec_inference_model_dir", "IndexProcess.index_dir")
 
@@ -82,6 +79,11 @@ class _At(ValueError):
     def __init__(self, problem: str, *at: str | int):
         super().__init__(problem)
         self.problem, self.at = problem, at
+
+
+def _unknown(key: Any, known: Iterable[str]) -> _At:
+    close = difflib.get_close_matches(str(key), list(known), n=1)
+    return _At("unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""), key)
 
 
 # -- value types ---------------------------------------------------------------------------------------------------
@@ -151,8 +153,7 @@ class _Entry(BaseModel):
             if k.startswith("x-"):
                 continue
             if k not in keys:
-                close = difflib.get_close_matches(k, keys, n=1)
-                raise _At("unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""), k)
+                raise _unknown(k, keys)
             if v is not None or cls.model_fields[k].is_required():
                 out[k] = v
         return out
@@ -309,49 +310,34 @@ class GalleryEntry(_Entry):
 
 
 def _models(value: Any) -> Any:
-    if isinstance(value, dict):
-        for k in value:
-            if k not in ROLES and not (isinstance(k, str) and k.startswith("x-")):
-                close = difflib.get_close_matches(str(k), list(ROLES), n=1)
-                raise _At("unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""), k)
-        for role in ROLES:
-            if role not in value:
-                raise _At("required key is missing", role)
-        try:
-            value = {role: _inject(value[role], "role", role) for role in ROLES}
-        except _At as exc:
-            raise _At(exc.problem, role, *exc.at) from None
-    return value
+    if not isinstance(value, dict):
+        return value
+    for k in value:
+        if k not in ROLES and not str(k).startswith("x-"):
+            raise _unknown(k, ROLES)
+    for role in ROLES:
+        if role not in value:
+            raise _At("required key is missing", role)
+    return {role: _inject(value[role], role, "role") for role in ROLES}
 
 
-def _inject(entry: Any, key: str, value: Any, defaults: dict[str, Any] | None = None) -> Any:
-    """``entry`` with ``key`` (not a manifest key) set to the key it is under, after ``defaults``."""
-    if not isinstance(entry, dict):
-        return entry
-    if key in entry:
-        raise _At("unknown key", key)
-    return {**(defaults or {}), **entry, key: value}
+def _inject(entry: Any, name: str, key: str, defaults: dict[str, Any] | None = None) -> Any:
+    """``entry`` (under the key ``name``) with ``key``, not a manifest key, set to ``name``, after ``defaults``."""
+    if isinstance(entry, dict) and key in entry:
+        raise _At("unknown key", name, key)
+    return {**(defaults or {}), **entry, key: name} if isinstance(entry, dict) else entry
 
 
 def _galleries(value: Any, defaults: dict[str, Any]) -> Any:
-    if isinstance(value, dict):
-        if not value:
-            raise _At("a pack needs at least one gallery")
-        for name in value:
-            if not isinstance(name, str) or not GALLERY_RE.match(name):
-                raise _At(
-                    "gallery names are letters, digits, '_', '.' and '-', starting with a letter or digit "
-                    "(they name a folder)",
-                    str(name),
-                )
-        out = {}
-        for name, v in value.items():
-            try:
-                out[name] = _inject({} if v is None else v, "name", name, defaults)
-            except _At as exc:
-                raise _At(exc.problem, name, *exc.at) from None
-        value = out
-    return value
+    if not isinstance(value, dict):
+        return value
+    if not value:
+        raise _At("a pack needs at least one gallery")
+    for name in value:
+        if not isinstance(name, str) or not GALLERY_RE.match(name):
+            problem = "gallery names are letters, digits, '_', '.' and '-', starting with a letter or digit"
+            raise _At(problem + " (they name a folder)", str(name))
+    return {name: _inject({} if v is None else v, name, "name", defaults) for name, v in value.items()}
 
 
 def _params(value: Any) -> dict[str, dict[str, Any]]:
@@ -456,16 +442,14 @@ class Manifest(_Entry):
             self.default_gallery = next(iter(self.galleries))
         elif self.default_gallery not in self.galleries:
             raise _At(f"{self.default_gallery!r} is not one of galleries {list(self.galleries)}", "default_gallery")
-        seen: dict[str, str] = {}
-        for where, prefix, files in [
-            *((f"models.{r}", m.path, m.files) for r, m in self.models.items()),
-            *((f"galleries.{g.name}", ".", g.files) for g in self.galleries.values()),
-        ]:
+        seen: dict[str, tuple[str, str]] = {}
+        owners = [(("models", r), m.path, m.files) for r, m in self.models.items()]
+        for owner, prefix, files in owners + [(("galleries", g), ".", e.files) for g, e in self.galleries.items()]:
             for i, f in enumerate(files):
                 full = _join(prefix, f.path)
                 if full in seen:
-                    raise _At(f"{full!r} is also listed by {seen[full]}", *where.split("."), "files", i, "path")
-                seen[full] = where
+                    raise _At(f"{full!r} is also listed by {'.'.join(seen[full])}", *owner, "files", i, "path")
+                seen[full] = owner
         return self
 
     def all_files(self) -> list[tuple[str, FileEntry]]:

@@ -83,6 +83,12 @@ BAD = [
     ("models.recognizer.files[0].size", -1, "models.recognizer.files[0].size: must be >= 0"),
     ("models.recognizer.archive", {"url": "https://h/x.tar"}, "models.recognizer.archive.sha256: required key"),
     ("models", {"detector": {}}, "models.recognizer: required key is missing"),
+    (
+        "galleries.main.files",
+        [{"path": "models/det/model.json", "sha256": None}],
+        "galleries.main.files[0].path: 'models/det/model.json' is also listed by models.detector",
+    ),
+    ("models.detector.role", "x", "models.detector.role: unknown key"),  # set by the schema, not by a pack
     ("galleries.main.folder", "imgs", None),  # valid on its own
 ]
 
