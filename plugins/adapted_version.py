@@ -22,23 +22,13 @@ import yaml
 from shitu.plugins import registry, store
 from shitu.plugins.errors import InvalidPack, PackConflict
 from shitu.plugins.fetch import copy_tree, sha256_file
-from shitu.plugins.manifest import MANIFEST_FILE, Manifest, read_manifest
+from shitu.plugins.manifest import DESCRIPTION_KEYS, MANIFEST_FILE, Manifest, read_manifest
 
 __all__ = ["LOCAL_PREFIX", "install_staged", "next_version", "stage"]
 
 LOCAL_PREFIX = "adapt"
 #: Keys of a recogniser folder's ``shitu_model.yml`` that the manifest's recogniser entry repeats.
-_DESCRIPTION_KEYS = (
-    "model_file",
-    "params_file",
-    "onnx_file",
-    "input_color",
-    "transform_ops",
-    "pooling",
-    "projection",
-    "onednn",
-    "onednn_passes",
-)
+_DESCRIPTION_KEYS = tuple(k for k in DESCRIPTION_KEYS if k not in ("kind", "decoder", "decoder_args"))
 #: Files of a pack version that are the store's, not the pack's.
 _STORE_FILES = (store.INSTALL_RECORD,)
 
