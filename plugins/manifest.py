@@ -15,7 +15,7 @@ import difflib
 import re
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -116,7 +116,7 @@ def safe_relpath(value: str) -> str:
 
 
 def _folder(value: str) -> str:
-    return "." if value in (".", "") else safe_relpath(value)
+    return "." if value in (".", "") else safe_relpath(_non_empty(value))
 
 
 def _spec(value: str) -> str:
@@ -130,7 +130,7 @@ def _spec(value: str) -> str:
 Str = Annotated[str, Strict()]
 Text = Annotated[str, Strict(), AfterValidator(_non_empty)]
 Url = Annotated[str, Strict(), AfterValidator(_url)]
-RelPath = Annotated[str, Strict(), AfterValidator(safe_relpath)]
+RelPath = Annotated[str, Strict(), AfterValidator(_non_empty), AfterValidator(safe_relpath)]
 Size = Annotated[int, Strict(), Field(ge=0)]
 Sha256 = Annotated[Str | None, AfterValidator(_sha256)]
 
@@ -139,6 +139,7 @@ class _Entry(BaseModel):
     """A mapping of the manifest: unknown keys refused (with a suggestion), ``x-`` keys dropped, null = absent."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    _empty_is_absent: ClassVar[tuple[str, ...]] = ()  # keys whose false-ish value (0, "", []) means "not given"
 
     @model_validator(mode="before")
     @classmethod
@@ -154,6 +155,8 @@ class _Entry(BaseModel):
                 continue
             if k not in keys:
                 raise _unknown(k, keys)
+            if k in cls._empty_is_absent and not v:
+                continue
             if v is not None or cls.model_fields[k].is_required():
                 out[k] = v
         return out
@@ -284,6 +287,7 @@ class ModelEntry(_Entry):
 class GalleryEntry(_Entry):
     """One gallery a pack declares; unset index settings come from the pack's ``IndexProcess`` parameters."""
 
+    _empty_is_absent = ("title", "description", "files")
     name: str  # its key under ``galleries`` (set by the enclosing mapping)
     title: Str = ""  # default: its name
     description: Str = ""
@@ -382,6 +386,8 @@ def _check_name(value: str) -> str:
 class Manifest(_Entry):
     """A parsed ``pack.yaml`` (schema version 1)."""
 
+    _empty_is_absent = ("authors", "notes")
+
     schema_version: int
     name: Annotated[Text, AfterValidator(_check_name)]
     version: Annotated[Text, BeforeValidator(_version), AfterValidator(_check_version)]
@@ -424,7 +430,7 @@ class Manifest(_Entry):
         data = dict(data)
         try:
             key = "params"
-            data[key] = _params(data.get(key) or {})
+            data[key] = _params({} if data.get(key) is None else data[key])
             idx = data[key].get("IndexProcess", {})
             defaults = {
                 k: idx.get(k, BY_NAME[f"IndexProcess.{k}"].default) for k in ("index_method", "dist_type", "delimiter")
