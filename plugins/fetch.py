@@ -301,7 +301,13 @@ def _open(archive: Path) -> tarfile.TarFile | zipfile.ZipFile:
     kind = archive_kind(archive)
     if kind is None:
         raise InvalidPack(f"{archive}: not a .tar, .tar.gz, .tgz or .zip archive")
-    return tarfile.open(archive, "r:*") if kind == "tar" else zipfile.ZipFile(archive)
+    if kind == "tar":
+        return tarfile.open(archive, "r:*")
+    with open(archive, "rb") as fh:  # the count its end record declares, before ZipFile makes an object per entry
+        end = zipfile._EndRecData(fh)  # type: ignore[attr-defined]  # CPython's reader; no public API has it
+    declared = int(end[zipfile._ECD_ENTRIES_TOTAL]) if end else 0  # type: ignore[attr-defined]
+    _budget(archive, [0] * min(declared, max_pack_members() + 1))
+    return zipfile.ZipFile(archive)
 
 
 def archive_names(archive: Path) -> list[str]:

@@ -215,3 +215,17 @@ def test_pack_errors_are_rooted_on_the_one_error_root(tmp_path):
     registry.install(str(packkit.make_pack(tmp_path / "v1")), progress=False)
     with pytest.raises(Conflict, match="already installed"):
         registry.install(str(packkit.make_pack(tmp_path / "v1b")), progress=False)
+
+
+def test_zip_member_count_comes_from_its_end_record_before_zipfile_parses_it_fake_zipfile(tmp_path, monkeypatch):
+    # A fake beside the real tests above: ZipFile is replaced to prove the refusal comes before it parses the
+    # central directory (2M entries would be 2M ZipInfo objects first).
+    archive = packkit.zip_with(tmp_path / "many.zip", _empty_members(41))
+    monkeypatch.setenv("SHITU_MAX_PACK_MEMBERS", "40")
+
+    def no_parse(*args, **kwargs):
+        raise AssertionError("ZipFile was opened before the member count was checked")
+
+    monkeypatch.setattr(fetch.zipfile, "ZipFile", no_parse)
+    with pytest.raises(PackError, match="holds more than 40 members"):
+        fetch.extract_archive(archive, tmp_path / "out")
