@@ -35,7 +35,9 @@ from shitu.plugins.manifest import (
     SHA256_RE,
     Manifest,
     ModelEntry,
+    join,
     read_manifest,
+    shitu_version,
     version_matches,
 )
 
@@ -109,10 +111,10 @@ def install(
             manifest = _stage(str(source), stage, ctx)
             if name is not None and manifest.name != name:
                 raise InvalidPack(f"{source}: holds pack {manifest.name!r}, not {name!r}")
-            if not version_matches(_shitu_version(), manifest.shitu_hub):
+            if not version_matches(shitu_version(), manifest.shitu_hub):
                 raise PackConflict(
                     f"pack {manifest.name!r} {manifest.version} needs shitu-hub {manifest.shitu_hub}; "
-                    f"this is {_shitu_version()}"
+                    f"this is {shitu_version()}"
                 )
             _refuse_installed(manifest)
             for model in manifest.models.values():
@@ -140,7 +142,7 @@ def install(
                     "version": manifest.version,
                     "source": ctx.source_desc,
                     "installed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    "shitu_hub": _shitu_version(),
+                    "shitu_hub": shitu_version(),
                     "trusted": ctx.trust and any(v.get("verified") == "trust" for v in record_files.values()),
                     "files": record_files,
                     "runtime": runtime,
@@ -158,12 +160,6 @@ def _refuse_installed(manifest: Manifest) -> None:
             f"`shitu plugins use {manifest.name} {manifest.version}`, or remove it first "
             f"(`shitu plugins remove {manifest.name} {manifest.version}`)"
         )
-
-
-def _shitu_version() -> str:
-    from shitu._version import __version__
-
-    return __version__
 
 
 def _needed_names(m: Manifest) -> list[str]:
@@ -358,7 +354,7 @@ def _complete_model(m: Manifest, model: ModelEntry, stage: Path, ctx: _Ctx) -> N
         got = set(extract_archive(path, folder, select))
         for f in missing:
             if f.path in got:
-                ctx.provenance[_rel(model.path, f.path)] = how
+                ctx.provenance[join(model.path, f.path)] = how
         lacking = [f.path for f in missing if not f.optional and f.path not in got]
         if lacking:
             raise InvalidPack(
@@ -371,7 +367,7 @@ def _complete_model(m: Manifest, model: ModelEntry, stage: Path, ctx: _Ctx) -> N
             if f.optional:
                 continue
             raise InvalidPack(
-                f"pack {m.name!r}: {_rel(model.path, f.path)} is missing and models.{model.role} gives "
+                f"pack {m.name!r}: {join(model.path, f.path)} is missing and models.{model.role} gives "
                 "no archive or url to fetch it from"
             )
         fname = Path(urlsplit(f.url).path).name or Path(f.path).name
@@ -399,10 +395,6 @@ def _copy(src: Path, dst: Path) -> None:
     from shitu.plugins.fetch import copy_file
 
     copy_file(src, dst)
-
-
-def _rel(folder: str, path: str) -> str:
-    return path if folder in ("", ".") else f"{folder}/{path}"
 
 
 def _check_files(m: Manifest, stage: Path, ctx: _Ctx) -> dict[str, Any]:

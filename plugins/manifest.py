@@ -452,7 +452,7 @@ class Manifest(_Entry):
         owners = [(("models", r), m.path, m.files) for r, m in self.models.items()]
         for owner, prefix, files in owners + [(("galleries", g), ".", e.files) for g, e in self.galleries.items()]:
             for i, f in enumerate(files):
-                full = _join(prefix, f.path)
+                full = join(prefix, f.path)
                 if full in seen:
                     raise _At(f"{full!r} is also listed by {'.'.join(seen[full])}", *owner, "files", i, "path")
                 seen[full] = owner
@@ -460,13 +460,21 @@ class Manifest(_Entry):
 
     def all_files(self) -> list[tuple[str, FileEntry]]:
         """Every listed file as ``(path relative to the pack root, entry)``."""
-        out = [(_join(m.path, f.path), f) for m in self.models.values() for f in m.files]
+        out = [(join(m.path, f.path), f) for m in self.models.values() for f in m.files]
         out += [(f.path, f) for g in self.galleries.values() for f in g.files]
         return out
 
 
-def _join(folder: str, rel: str) -> str:
+def join(folder: str, rel: str) -> str:
+    """``rel`` inside ``folder`` (a model's ``path``), relative to the pack root."""
     return str(PurePosixPath(folder) / rel) if folder not in ("", ".") else rel
+
+
+def shitu_version() -> str:
+    """This shitu-hub's version (what ``shitu_hub`` ranges are checked against)."""
+    from shitu._version import __version__
+
+    return __version__
 
 
 # -- errors: pydantic's, in the manifest's words -------------------------------------------------------------------

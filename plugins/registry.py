@@ -41,7 +41,9 @@ from shitu.plugins.manifest import (
     GalleryEntry,
     Manifest,
     ModelEntry,
+    join,
     read_manifest,
+    shitu_version,
     version_key,
     version_matches,
 )
@@ -70,12 +72,6 @@ ENTRY_POINT_GROUP = "shitu.packs"
 FALLBACK_DEFAULT = "general-lite"
 BUILTIN_DIR = Path(__file__).resolve().parent / "packs"
 SOURCES = ("store", "entrypoint", "builtin")  # resolution order for one name
-
-
-def shitu_version() -> str:
-    from shitu._version import __version__
-
-    return __version__
 
 
 # -- public types --------------------------------------------------------------------------------------------------
@@ -163,7 +159,7 @@ class Pack:
             m = self._m.models[r]
             for f in m.files:
                 if not f.optional and not (self.root / m.path / f.path).is_file():
-                    out.append(_rel(m.path, f.path))
+                    out.append(join(m.path, f.path))
         return out
 
     def is_available(self) -> bool:
@@ -676,7 +672,3 @@ def verify(name: str, version: str | None = None) -> list[str]:
         if c.problem
     ]
     return problems
-
-
-def _rel(folder: str, path: str) -> str:
-    return path if folder in ("", ".") else f"{folder}/{path}"
