@@ -37,9 +37,8 @@ from shitu.plugins.manifest import (
     ModelEntry,
     join,
     read_manifest,
-    shitu_version,
-    version_matches,
 )
+from shitu.plugins.versions import shitu_version, version_matches
 
 
 def _is_url(text: str) -> bool:

@@ -1,10 +1,10 @@
-"""The scenario-pack manifest (``pack.yaml``): its schema (pydantic models), its bounded reading and its versions.
+"""The scenario-pack manifest (``pack.yaml``): its schema (pydantic models), and its bounded reading.
 
 Reading a manifest imports no code: its bytes are capped (:data:`MAX_MANIFEST_BYTES`) before YAML parses them, the
 YAML loader is a ``SafeLoader`` refusing aliases and duplicate keys and capping nesting (:data:`MAX_MANIFEST_DEPTH`)
 and number lengths (:data:`MAX_NUMBER_CHARS`), then the pydantic models below check it. Every error names the key
 path that is wrong, e.g. ``models.recognizer.files[1].sha256: expected 64 hex characters``; keys starting with
-``x-`` are extensions, ignored anywhere. Versions and ``shitu_hub`` ranges are PEP 440 (``packaging``).
+``x-`` are extensions, ignored anywhere. Versions and ``shitu_hub`` ranges are PEP 440 (:mod:`.versions`).
 ``plugins/WRITING_PACKS.md`` documents every key with a complete example.
 """
 
@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 
 import yaml
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.version import InvalidVersion, Version
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -35,6 +34,7 @@ from pydantic_core import ErrorDetails
 
 from shitu.names import GALLERY_NAME
 from shitu.plugins.errors import ManifestError
+from shitu.plugins.versions import VERSION_RE
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "pack.yaml"
@@ -47,28 +47,13 @@ MAX_NUMBER_CHARS = 64
 """Characters of one number in a manifest (a million-digit integer costs seconds to convert)."""
 
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?\Z")
-#: How a version is spelled (it names a store folder): a PEP 440 release (``1.1.0``, ``1.0rc1``) with an optional
-#: local label (``1.1.0+adapt.1``: a version made on this machine from a published one, as ``shitu adapt --pack``
-#: writes). Ordering and ranges are ``packaging``'s.
-VERSION_RE = re.compile(
-    r"^[0-9]+(?:\.[0-9]+){0,3}(?:[.-]?(?:a|b|rc|dev|post)[0-9]*)?"
-    r"(?:\+[a-z0-9]+(?:\.[a-z0-9]+)*)?\Z"
-)
 GALLERY_RE = GALLERY_NAME  # one rule for gallery names (shitu.names)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 ROLES = {"detector": "detector", "recognizer": "extractor"}  # manifest role -> ModelSpec kind
 #: ModelSpec description keys a model entry may carry (see shitu.model_spec).
-DESCRIPTION_KEYS: tuple[str, ...] = (
-    "kind",
-    "model_file",
-    "params_file",
-    "onnx_file",
-    "input_color",
-    "transform_ops",
-    "decoder",
-)
-DESCRIPTION_KEYS += ("decoder_args", "pooling", "projection", "onednn", "onednn_passes")
+_KEYS = "kind model_file params_file onnx_file input_color transform_ops decoder decoder_args pooling projection onednn"
+DESCRIPTION_KEYS = (*_KEYS.split(), "onednn_passes")
 #: Parameters a pack may not set: the registry derives them from the pack's models and galleries.
 PACK_MANAGED_PARAMS = ("Global.det_inference_model_dir", "Global.rec_inference_model_dir", "IndexProcess.index_dir")
 
@@ -470,26 +455,12 @@ def join(folder: str, rel: str) -> str:
     return str(PurePosixPath(folder) / rel) if folder not in ("", ".") else rel
 
 
-def shitu_version() -> str:
-    """This shitu-hub's version (what ``shitu_hub`` ranges are checked against)."""
-    from shitu._version import __version__
-
-    return __version__
-
-
 # -- errors: pydantic's, in the manifest's words -------------------------------------------------------------------
+_NAMES = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
+
+
 def _tname(value: Any) -> str:
-    if value is None:
-        return "null"
-    names = {
-        dict: "a mapping",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-    }
-    return names.get(type(value), type(value).__name__)
+    return "null" if value is None else _NAMES.get(type(value), type(value).__name__)
 
 
 def _message(err: ErrorDetails) -> tuple[str, str]:
@@ -542,15 +513,11 @@ class _BoundedLoader(_LIBYAML):  # type: ignore[misc, valid-type]
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (str, int, float, bool)):
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping",
-                        node.start_mark,
-                        f"found duplicate key {key!r}",
-                        key_node.start_mark,
-                    )
-                seen.add(key)
+            if not isinstance(key, (str, int, float, bool)):
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"found duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
     def _number(self, node: yaml.ScalarNode) -> Any:
@@ -608,21 +575,3 @@ def parse_manifest(data: dict[str, Any], file: str | None = None) -> Manifest:
         raise ManifestError(*_message(exc.errors()[0]), file) from None
     manifest.raw, manifest.file = data, file
     return manifest
-
-
-# -- versions ------------------------------------------------------------------------------------------------------
-def version_key(version: str) -> Version:
-    """Sort key of a version string (PEP 440: ``1.2`` < ``1.10``; ``1.0rc1`` < ``1.0`` < ``1.0+adapt.2`` <
-    ``1.0+adapt.10`` < ``1.0.post1``); a string that is no version sorts first."""
-    try:
-        return Version(version)
-    except InvalidVersion:
-        return Version("0.dev0")
-
-
-def version_matches(version: str, spec: str) -> bool:
-    """Whether ``version`` is in the PEP 440 range ``spec`` (``">=0.1,<0.2"``; pre-releases compare by number)."""
-    try:
-        return SpecifierSet(spec).contains(version, prereleases=True)
-    except InvalidSpecifier:
-        return False

@@ -32,7 +32,8 @@ import filelock
 
 from shitu.files import fsync_dir as _fsync_dir
 from shitu.plugins.errors import PackConflict
-from shitu.plugins.manifest import MANIFEST_FILE, NAME_RE, VERSION_RE, version_key
+from shitu.plugins.manifest import MANIFEST_FILE, NAME_RE
+from shitu.plugins.versions import VERSION_RE, version_key
 
 INSTALL_RECORD = "install.json"
 LOCK_FILE = ".lock"
