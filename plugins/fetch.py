@@ -165,7 +165,8 @@ def download(
     url: str, dest: Path, *, expected_size: int | None = None, progress: bool = True, desc: str | None = None
 ) -> int:
     """Stream ``url`` to ``dest``; return the byte count. Raise :class:`DownloadError` on any failure
-    (the partial file is removed)."""
+    (the partial file is removed). Kept by hand: requests/urllib3 bound each connect and read, not the whole
+    transfer, so a timer shuts the socket at :func:`download_deadline`; nothing here is retried."""
     import requests
     from tqdm import tqdm
 
