@@ -69,6 +69,9 @@ CLIENT = [
     "pyyaml>=6",
     "tqdm>=4.60",
     "Pillow>=9",
+    "pydantic>=2",  # pack manifests (plugins/manifest.py)
+    "packaging>=22",  # PEP 440 versions and ranges of packs
+    "filelock>=3.12",  # the pack store's writer lock
 ]
 #: The in-process engine: paddle.inference, images, search.
 ENGINE = [
