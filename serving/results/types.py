@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["Detections", "Match", "Recognition", "pairwise_iou"]
 
@@ -136,7 +137,7 @@ class Recognition:
         return f"{self.label} {self.score:.3f} at {where}"
 
 
-def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def pairwise_iou(a: ArrayLike, b: ArrayLike) -> np.ndarray:
     """IoU of every box of ``a`` ``[n, 4]`` with every box of ``b`` ``[m, 4]`` (xyxy) -> ``[n, m]``; the one IoU of the
     house (rec-NMS, explanations, the video tracker)."""
     a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
