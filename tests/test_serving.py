@@ -205,6 +205,18 @@ def test_client_faults_keep_paddlehubs_101_envelope(photos, hub_modules_installe
     assert code == 200 and body["status"] == "000"
 
 
+def test_a_failing_hub_module_call_leaves_paddle_in_dynamic_mode(photos, hub_modules_installed):
+    """PaddleHub ran every module method in static-graph mode and stayed in it when the method raised: a refused
+    request made in-process left the process unable to train (``shitu adapt``: 'pir.Value' has no 'backward')."""
+    import paddle
+    import paddlehub as hub
+
+    m = hub.Module(name="image_recognition")
+    body, _ = _hub_call(m, {"images": [b64(photos["cat"])], "thresold": 1}, "rid-mode-1")
+    assert body["status"] == "101"
+    assert paddle.in_dynamic_mode()
+
+
 def test_fake_engine_value_error_answers_a_server_error_with_its_request_id(
     photos, hub_modules_installed, monkeypatch, caplog
 ):

@@ -72,7 +72,7 @@ def label_problem(label: object, max_length: int = DEFAULT_MAX_LABEL_LENGTH) -> 
         if cat == "Cc":
             return f"contains the control character U+{ord(ch):04X}"
         if cat == "Cs":
-            return f"contains the lone surrogate U+{ord(ch):04X}"
+            return f"is not valid Unicode (the lone surrogate U+{ord(ch):04X})"
         if ch in BIDI_CONTROLS:
             return f"contains the bidirectional control U+{ord(ch):04X}"
     label = normal_label(label)

@@ -48,6 +48,13 @@ class ServiceModule:
 
     name: str
 
+    def __getattribute__(self, attr: str) -> Any:
+        """Attributes as they are. PaddleHub's ``RunModule`` wraps every method to run in static-graph mode and, when
+        the method raises, leaves the whole process in that mode (its guard has no ``finally``: a later ``shitu
+        adapt`` in the same process then fails to train); these modules run paddle.inference predictors, which need
+        no graph mode."""
+        return object.__getattribute__(self, attr)
+
     def __init__(
         self,
         scenario: str | None = None,
