@@ -13,6 +13,13 @@ Examples::
     shitu gallery remove ./my_gallery --label "Coca Cola"
     shitu gallery info ./my_gallery --json
     shitu gallery migrate ./my_gallery milvus://127.0.0.1:19530/shop   # to Milvus (and back the same way)
+    shitu gallery build --gallery mine my_photos/                   # a named gallery of the scenario
+    shitu gallery list --gallery mine --labels [--server http://127.0.0.1:8866]
+
+One grammar in every subcommand: GALLERY is a folder (or URI); ``--gallery NAME`` names a gallery of the scenario
+as the engine sees it (the pack's declared galleries and every gallery folder of the scenario, those a server made
+included), or with ``--server`` a gallery of that server; neither is the default gallery. With ``--gallery`` every
+positional is a SOURCE / IMAGE. The options are the same with and without ``--server``.
 """
 
 from __future__ import annotations
@@ -33,7 +40,10 @@ from shitu.serving.cli.toolkit import (
     fail,
     guard,
     key_values,
+    named_gallery,
     param_overrides,
+    resolve_gallery,
+    take_gallery,
 )
 
 
@@ -41,7 +51,6 @@ def _guard(fn: Any) -> Any:
     """The toolkit's :func:`guard`, after ``--scenario NAME --gallery NAME`` is resolved to the pack's folder."""
 
     def resolved(args: argparse.Namespace) -> int:
-        args.func_name = fn.__name__
         _resolve_pack_gallery(args)
         return fn(args)
 
@@ -49,29 +58,34 @@ def _guard(fn: Any) -> Any:
     return guard(resolved)
 
 
+#: The positionals that follow GALLERY, by subcommand: with ``--gallery`` they start with the value argparse gave
+#: GALLERY (:func:`~shitu.serving.cli.toolkit.take_gallery`).
+REST_OF = {"build": "sources", "add": "sources", "search": "images"}
+#: Subcommands that create the gallery ``--gallery NAME`` names when it does not exist yet.
+CREATING = ("build",)
+
+
 def _resolve_pack_gallery(args: argparse.Namespace) -> None:
-    """``--scenario NAME --gallery NAME``: the pack's gallery folder in the store, in place of GALLERY.
+    """GALLERY (a folder or Milvus URI) or ``--gallery NAME|DIR`` (:func:`resolve_gallery`'s rule: a folder, a
+    URI, else a gallery name of ``--scenario``'s pack, as the engine sees it: :func:`named_gallery`); neither: the
+    pack's default gallery. Sets ``args.gallery`` to the folder or URI and ``args.pack_gallery`` to the pack's
+    declaration (or None).
 
     A gallery the pack brings (``list_file`` / ``folder`` / ``vectors_file`` in its ``pack.yaml``) is built here
     first if it has no folder yet, with its declared ``index_method`` and ``dist_type`` (except by ``build``, which
     builds it itself)."""
-    name = getattr(args, "gallery_name", None)
+    command = getattr(args, "gallery_command", None)
+    take_gallery(args, REST_OF.get(command or ""))
     args.pack_gallery = None
-    if name is None:
-        if getattr(args, "gallery", None) is None:
-            raise UsageError("give a gallery folder, or --gallery NAME (with --scenario NAME) for a scenario pack's")
+    if args.gallery is not None:  # the positional: a folder or URI
         return
-    if getattr(args, "gallery", None) is not None:
-        raise UsageError(f"give a gallery folder ({args.gallery}) or --gallery {name}, not both")
-    from shitu.plugins import registry
-    from shitu.plugins.errors import PackError
-
-    try:
-        spec = registry.get_pack(getattr(args, "scenario", None)).gallery(name)
-    except PackError as exc:  # no such pack or gallery: the command line names something that is not there
-        raise UsageError(str(exc)) from exc
-    args.gallery, args.pack_gallery = str(spec.dir()), spec
-    if spec.source() is not None and args.func_name != "cmd_build":
+    target = resolve_gallery(getattr(args, "gallery_name", None))
+    if isinstance(target, Path) or (isinstance(target, str) and "://" in target):
+        args.gallery = str(target)
+        return
+    path, spec = named_gallery(target, getattr(args, "scenario", None), create=command in CREATING)
+    args.gallery, args.pack_gallery = str(path), spec
+    if spec is not None and spec.source() is not None and command != "build":
         from shitu.serving.gallery.build import embed_images_fn
         from shitu.serving.gallery.pack_gallery import ensure_built, is_built
 
@@ -296,14 +310,46 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK if rows else EXIT_NOTHING
 
 
+def truthful_info(info: dict[str, Any], writable: bool | None) -> dict[str, Any]:
+    """A gallery's ``info()`` as ``shitu gallery info`` shows it: ``readonly`` (how *this* command opened it: always
+    read-only) replaced by ``writable`` (whether it can be changed: the folder and its gallery.db writable by this
+    user, or the server's gallery open for writing), ``created_at`` as ISO 8601 UTC (None when not recorded)."""
+    out = dict(info)
+    readonly = out.pop("readonly", None)
+    created = out.get("created_at")
+    if isinstance(created, (int, float)) and not isinstance(created, bool):
+        from datetime import datetime, timezone
+
+        out["created_at"] = (
+            datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="seconds") if created > 0 else None
+        )
+    out["writable"] = writable if writable is not None else (None if readonly is None else not readonly)
+    return out
+
+
+def _writable(target: Any) -> bool | None:
+    """Whether this user can change the gallery folder ``target`` (None for a Milvus collection: the server says)."""
+    import os
+
+    from shitu.serving.gallery.backend import is_remote
+    from shitu.serving.gallery.local import DB_NAME
+
+    if is_remote(target):
+        return None
+    folder = Path(target)
+    return os.access(folder, os.W_OK) and os.access(folder / DB_NAME, os.W_OK)
+
+
+def print_info(info: dict[str, Any], as_json: bool) -> None:
+    """``key  value`` lines, or one JSON object."""
+    print(json.dumps(info, ensure_ascii=False) if as_json else key_values(info))
+
+
 @_guard
 def cmd_info(args: argparse.Namespace) -> int:
     with _open(args.gallery, readonly=True) as g:
         info = g.info()
-    if args.json:
-        print(json.dumps(info, ensure_ascii=False))
-    else:
-        print(key_values(info))
+    print_info(truthful_info(info, _writable(args.gallery)), args.json)
     return EXIT_OK
 
 
@@ -409,14 +455,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sp.add_argument(
             "gallery",
             nargs="?",
-            help="gallery folder, or milvus://host:port/collection (or --scenario NAME --gallery NAME)",
+            help="gallery folder, or milvus://host:port/collection (with --server: a gallery name there); "
+            "or --gallery NAME",
         )
         sp.add_argument(
             "--gallery",
             dest="gallery_name",
             metavar="NAME",
-            help="a gallery of a scenario pack, by name, in place of GALLERY (pack: --scenario, "
-            "default: the default pack)",
+            help="a gallery by name, in place of GALLERY: of --scenario's pack (declared by it, or made by "
+            "`build --gallery NAME` or a server's add), with --server the server's; a folder works too. "
+            "Neither: the default gallery",
         )
         sp.add_argument("--json", action="store_true", help="JSON output")
         if scenario:
@@ -444,8 +492,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sp.add_argument("--max-label-length", type=int, default=128, help="longest label accepted")
         engine_opts(sp)
 
-    def remote(sp: argparse.ArgumentParser, local: Any, remote_name: str, scenario: bool = True) -> None:
-        """``--server URL``: the same subcommand on a served gallery (GALLERY is then its name there)."""
+    def remote(
+        sp: argparse.ArgumentParser, local: Any, remote_name: str, scenario: bool = True, local_only: tuple = ()
+    ) -> None:
+        """``--server URL``: the same subcommand, with the same options, on a served gallery (GALLERY and
+        ``--gallery`` name a gallery there). ``local_only``: option dests that mean nothing to a server."""
         sp.add_argument(
             "--server",
             metavar="URL",
@@ -453,15 +504,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         )
         add_token_option(sp)
         if scenario:
-            sp.add_argument("--scenario", help="scenario pack on the server (default: the server's)")
+            sp.add_argument("--scenario", help="scenario pack (default: the default pack / the server's)")
+
+        @guard
+        def on_server(args: argparse.Namespace) -> int:
+            take_gallery(args, REST_OF.get(args.gallery_command))
+            given = [f"--{d.replace('_', '-')}" for d in local_only if getattr(args, d, None) is not None]
+            if given:
+                raise UsageError(f"{', '.join(given)}: not with --server (the server's gallery keeps its own)")
+            args.gallery = args.gallery or args.gallery_name
+            from shitu.serving.cli import recognize as client_cli
+
+            return int(getattr(client_cli, remote_name)(args))
 
         def run(args: argparse.Namespace) -> int:
-            if args.server:
-                args.gallery = args.gallery or args.gallery_name
-                from shitu.serving.cli import recognize as client_cli
-
-                return getattr(client_cli, remote_name)(args)
-            return local(args)
+            return on_server(args) if args.server else local(args)
 
         sp.set_defaults(func=run)
 
@@ -486,7 +543,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--dist-type", choices=("IP", "L2", "hamming", "cosine"), help="metric (new galleries)")
     b.add_argument("--hamming-radius", type=int, help="hamming search radius (new binary galleries)")
     build_opts(b)
-    b.set_defaults(func=cmd_build)
+    remote(
+        b, cmd_build, "remote_gallery_add", scenario=False, local_only=("index_method", "dist_type", "hamming_radius")
+    )
 
     a = sub.add_parser(
         "add", help="add images to an existing gallery (a list file, a folder tree, or images with --label)"

@@ -9,7 +9,10 @@ argparse number types and table printing.
   the parameter schema, as the server would: ``--param thresold=0.3`` is a usage error naming the parameter.
 - :data:`TOKEN_ENV` is the one environment variable for the admin token (the server reads the same one).
 - :func:`resolve_gallery` is the one rule for ``--gallery NAME|DIR`` in-process: a folder when the value has a path
-  separator, names an existing folder or is not a valid gallery name; else a gallery name of the scenario pack.
+  separator, names an existing folder or is not a valid gallery name; else a gallery name of the scenario.
+- :func:`take_gallery` is the one rule for a command's GALLERY positional beside ``--gallery``: with ``--gallery``
+  every positional is a SOURCE / IMAGE / ...; :func:`named_gallery` finds ``--gallery NAME`` in-process where the
+  engine would (the pack's declared galleries and every gallery folder of the scenario, e.g. one a server made).
 
 Imports here are light: error classes of other rooms are looked up only once their module is loaded (an error
 of a module that was never imported cannot have been raised).
@@ -44,8 +47,11 @@ __all__ = [
     "param_overrides",
     "positive_float",
     "positive_int",
+    "named_gallery",
     "resolve_gallery",
+    "scenario_gallery_names",
     "table",
+    "take_gallery",
     "token_from",
 ]
 
@@ -185,6 +191,62 @@ def resolve_gallery(arg: str | None) -> str | Path | None:
     ):
         return Path(arg)
     return arg
+
+
+def take_gallery(args: argparse.Namespace, rest: str | None = None) -> None:
+    """Settle ``args.gallery`` (the GALLERY positional) and ``args.gallery_name`` (``--gallery``): at most one is set.
+
+    argparse fills an optional GALLERY positional first, so ``build --gallery mine photos/`` gives it ``photos/``:
+    with ``--gallery`` that value is the first of the positionals named ``rest`` (a list: SOURCE..., IMAGE...).
+    Where there is no such list, both is a :class:`UsageError`."""
+    name, positional = getattr(args, "gallery_name", None), getattr(args, "gallery", None)
+    if name is None or positional is None:
+        return
+    if rest is not None and isinstance(getattr(args, rest, None), list):
+        setattr(args, rest, [positional, *getattr(args, rest)])
+        args.gallery = None
+        return
+    raise UsageError(f"give a gallery ({positional}) or --gallery {name}, not both")
+
+
+def scenario_gallery_names(pack: Any) -> list[str]:
+    """The galleries an engine of ``pack`` can open by name: the pack's declared ones, then every gallery folder of
+    the scenario (made by ``shitu gallery build --gallery NAME`` or a server's ``add``), sorted; default first."""
+    from shitu.serving.gallery.local import DB_NAME
+
+    names = set(pack.galleries)
+    root = pack.gallery_dir(pack.default_gallery).parent
+    if root.is_dir():
+        names.update(d.name for d in root.iterdir() if (d / DB_NAME).is_file())
+    names.discard(pack.default_gallery)
+    return [pack.default_gallery, *sorted(names)]
+
+
+def named_gallery(name: str | None, scenario: str | None, create: bool = False) -> tuple[Path, Any]:
+    """``--gallery NAME`` in-process: ``(folder, declaration)`` of gallery ``NAME`` of the scenario pack, where the
+    engine (and a server of that scenario) finds it: the pack's declared gallery (``declaration`` its
+    ``GallerySpec``), else the folder ``NAME`` beside the pack's galleries (``declaration`` None). ``None``: the
+    pack's default gallery. A name that is neither is a :class:`UsageError` listing the names there are, unless
+    ``create`` (``build`` makes it)."""
+    from shitu.plugins import registry
+    from shitu.plugins.errors import PackError
+    from shitu.serving.gallery.local import DB_NAME
+
+    try:
+        pack = registry.get_pack(scenario)
+    except PackError as exc:
+        raise UsageError(f"--scenario: {exc}") from None
+    name = name or pack.default_gallery
+    spec = pack.galleries.get(name)
+    if spec is not None:
+        return Path(spec.dir()), spec
+    path = pack.gallery_dir(pack.default_gallery).parent / name
+    if not create and not (path / DB_NAME).is_file():
+        raise UsageError(
+            f"scenario {pack.name!r} has no gallery {name!r} (galleries: "
+            f"{', '.join(scenario_gallery_names(pack))}; `shitu gallery build --gallery {name} SOURCE` makes it)"
+        )
+    return path, None
 
 
 # -- argparse number types -------------------------------------------------------------------------------------
