@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,23 @@ def test_every_command_and_positional_is_described():
     for name in ("compact", "repair"):
         assert next(iter(commands.values())).choices[name].description
     assert next(iter(sub.values())).choices["demo"].description
+
+
+def test_hub_install_writes_nothing_outside_a_hub_home_named_with_dashes_real():
+    """A clone in a folder named `shitu-hub`: PaddleHub 2.4.0 replaced '-' with '_' in the whole temporary path of
+    `hub install DIR`, writing `../shitu_hub/.../hub_home/tmp/` outside the clone (real `hub install`). The base
+    folder has no '-' above it (pytest's tmp_path has: its stray would land in /tmp/pytest_of_...)."""
+    import shutil
+    import tempfile
+
+    from shitu.serving.hub import control
+
+    base = Path(tempfile.mkdtemp(prefix="first_hour_", dir="/tmp"))
+    try:
+        home = base / "shitu-hub" / "demo_output" / "hub_home"
+        env = {**os.environ, "HUB_HOME": str(home)}
+        control.install_modules(("index_search",), env=env)
+        assert (home / "modules" / "index_search" / "module.py").is_file()
+        assert sorted(p.name for p in base.iterdir()) == ["shitu-hub"]  # was: also shitu_hub
+    finally:
+        shutil.rmtree(base)

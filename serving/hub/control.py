@@ -55,11 +55,12 @@ def hub_command() -> list[str]:
 
 
 def install_modules(modules: tuple[str, ...] = MODULES, env: dict[str, str] | None = None) -> None:
-    """``hub install`` each module folder (one process for all)."""
+    """``hub install`` each module folder (one process for all, :func:`main`: nothing written outside
+    ``HUB_HOME`` whatever its folders are named)."""
     env = dict(env or os.environ)
     offline_hub_config(Path(env["HUB_HOME"]) if "HUB_HOME" in env else None)
-    proc = subprocess.run(
-        [*hub_command(), "install", *[str(module_dir(m)) for m in modules]],
+    proc = subprocess.run(  # `hub install` through main(): see keep_temp_paths
+        [sys.executable, "-m", __name__, "install", *[str(module_dir(m)) for m in modules]],
         env=env,
         capture_output=True,
         text=True,
@@ -171,6 +172,20 @@ def plain_logs() -> None:
     werkzeug.serving._log_add_style = False  # werkzeug's own switch (it is off on Windows consoles)
 
 
+def keep_temp_paths() -> None:
+    """Make PaddleHub 2.4.0's ``hub install DIR`` write only inside ``HUB_HOME``. Its ``_install_from_directory``
+    replaces ``-`` with ``_`` in the *whole* path of its temporary copy (meant for the module's name), so a
+    ``HUB_HOME`` inside a folder named ``shitu-hub`` got a stray ``../shitu_hub/.../tmp/`` outside it: only the
+    last part of a path (the module's name) is normalised now, as PaddleHub means it for names."""
+    from paddlehub.module.manager import LocalModuleManager
+
+    def normalized(self: Any, name: str) -> str:
+        head, tail = os.path.split(name)
+        return os.path.join(head, tail.replace("-", "_"))
+
+    LocalModuleManager._get_normalized_name = normalized  # type: ignore[method-assign]
+
+
 class _Interrupted:
     """Whether SIGINT stopped the server: PaddleHub's single-process server swallows the KeyboardInterrupt and
     gunicorn's arbiter handles SIGINT itself, and both then exit 0 or 1."""
@@ -198,8 +213,9 @@ def _note_sigint() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m shitu.serving.hub.control [--verbose] serving start -c config.json``: the ``hub`` command with
-    the library notices hidden (unless ``--verbose``), no colour off a terminal, and exit status 130 on Ctrl-C."""
+    """``python -m shitu.serving.hub.control [--verbose] serving start -c config.json`` (or ``install DIR...``): the
+    ``hub`` command with the library notices hidden (unless ``--verbose``), no colour off a terminal, exit status
+    130 on Ctrl-C, and :func:`keep_temp_paths`."""
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in args
     args = [a for a in args if a != "--verbose"]
@@ -208,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     if not sys.stderr.isatty():
         plain_logs()
     _note_sigint()
+    keep_temp_paths()
     from paddlehub.commands.utils import execute
 
     sys.argv = ["hub", *args]
