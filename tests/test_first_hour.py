@@ -252,3 +252,73 @@ def test_hub_install_writes_nothing_outside_a_hub_home_named_with_dashes_real():
         assert sorted(p.name for p in base.iterdir()) == ["shitu-hub"]  # was: also shitu_hub
     finally:
         shutil.rmtree(base)
+
+
+def test_demo_serves_with_photos_and_thumbnails_and_sigterm_stops_everything_real():
+    """`make demo` in a clone folder named `shitu-hub` (HUB_HOME / SHITU_HOME left to the demo: inside
+    demo_output): while it serves, OUT/photos exists (was: written after the server stopped) and every item of the
+    demo gallery has a thumbnail on the page (was: six "no picture" cards); SIGTERM (what `timeout` sends) stops
+    the demo and every process it started (was: the hub server left running, orphaned, on its port); nothing is
+    written outside the clone (was: ../shitu_hub/demo_output/hub_home/tmp/). Real hub install and hub serving."""
+    import re
+    import select
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    import psutil
+    import requests
+
+    base = Path(tempfile.mkdtemp(prefix="first_hour_demo_", dir="/tmp"))  # no '-' above the clone
+    clone = base / "shitu-hub"
+    clone.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("HUB_HOME", "SHITU_HOME")}
+    shitu = Path(sys.executable).with_name("shitu")
+    proc = subprocess.Popen(
+        [str(shitu), "demo", "--out", "demo_output", "--serve"],
+        cwd=clone,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    children: list[psutil.Process] = []
+    try:
+        seen, url, deadline = "", None, time.monotonic() + 900
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            if select.select([proc.stdout], [], [], 5)[0]:
+                line = proc.stdout.readline()
+                seen += line
+                found = re.search(r"web page: (http://127\.0\.0\.1:(\d+))/web/", line)
+                url = found and found.group(1)
+        assert url, seen[-3000:]
+        port = int(url.rpartition(":")[2])
+        photos = clone / "demo_output" / "photos"
+        assert (photos / "collage_cat_and_coffee.jpg").is_file() and (photos / "cat.jpg").is_file()
+        body = requests.post(
+            f"{url}/predict/image_recognition", json={"operation": "labels", "gallery": "demo"}, timeout=60
+        ).json()
+        items = [it for lab in body["results"]["labels"] for it in lab["items"]]
+        assert len(items) == 6 and all(it["thumbnail"] for it in items), body
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children  # the hub server (and what it started)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 128 + signal.SIGTERM
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0  # nobody answers on the demo's port
+        assert sorted(p.name for p in base.iterdir()) == ["shitu-hub"]  # was: also shitu_hub
+        assert sorted(p.name for p in clone.iterdir()) == ["demo_output"]
+    finally:
+        if proc.poll() is None:
+            children = children or psutil.Process(proc.pid).children(recursive=True)
+            proc.kill()
+        for p in children:  # only what the demo started: the session's own servers are children of pytest too
+            if p.is_running():
+                p.kill()
+        shutil.rmtree(base, ignore_errors=True)
