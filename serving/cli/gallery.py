@@ -35,14 +35,14 @@ from shitu.serving.cli.toolkit import (
     EXIT_OK,
     EXIT_USAGE,
     UsageError,
+    add_gallery_option,
     add_param_option,
     add_token_option,
     fail,
+    gallery_target,
     guard,
     key_values,
-    named_gallery,
     param_overrides,
-    resolve_gallery,
     take_gallery,
 )
 
@@ -75,16 +75,8 @@ def _resolve_pack_gallery(args: argparse.Namespace) -> None:
     first if it has no folder yet, with its declared ``index_method`` and ``dist_type`` (except by ``build``, which
     builds it itself)."""
     command = getattr(args, "gallery_command", None)
-    take_gallery(args, REST_OF.get(command or ""))
-    args.pack_gallery = None
-    if args.gallery is not None:  # the positional: a folder or URI
-        return
-    target = resolve_gallery(getattr(args, "gallery_name", None))
-    if isinstance(target, Path) or (isinstance(target, str) and "://" in target):
-        args.gallery = str(target)
-        return
-    path, spec = named_gallery(target, getattr(args, "scenario", None), create=command in CREATING)
-    args.gallery, args.pack_gallery = str(path), spec
+    args.gallery, spec = gallery_target(args, REST_OF.get(command or ""), create=command in CREATING)
+    args.pack_gallery = spec
     if spec is not None and spec.source() is not None and command != "build":
         from shitu.serving.gallery.build import embed_images_fn
         from shitu.serving.gallery.pack_gallery import ensure_built, is_built
@@ -458,17 +450,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             help="gallery folder, or milvus://host:port/collection (with --server: a gallery name there); "
             "or --gallery NAME",
         )
-        sp.add_argument(
-            "--gallery",
-            dest="gallery_name",
-            metavar="NAME",
-            help="a gallery by name, in place of GALLERY: of --scenario's pack (declared by it, or made by "
-            "`build --gallery NAME` or a server's add), with --server the server's; a folder works too. "
-            "Neither: the default gallery",
-        )
+        add_gallery_option(sp, scenario)
         sp.add_argument("--json", action="store_true", help="JSON output")
-        if scenario:
-            sp.add_argument("--scenario", help="scenario pack of --gallery NAME (default: the default pack)")
 
     def engine_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--scenario", help="scenario pack whose feature extractor is used (default pack)")

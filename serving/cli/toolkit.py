@@ -38,6 +38,7 @@ __all__ = [
     "GALLERY_NAME",
     "TOKEN_ENV",
     "UsageError",
+    "add_gallery_option",
     "add_param_option",
     "add_token_option",
     "fail",
@@ -50,6 +51,7 @@ __all__ = [
     "named_gallery",
     "resolve_gallery",
     "scenario_gallery_names",
+    "gallery_target",
     "table",
     "take_gallery",
     "token_from",
@@ -247,6 +249,36 @@ def named_gallery(name: str | None, scenario: str | None, create: bool = False) 
             f"{', '.join(scenario_gallery_names(pack))}; `shitu gallery build --gallery {name} SOURCE` makes it)"
         )
     return path, None
+
+
+def gallery_target(args: argparse.Namespace, rest: str | None = None, create: bool = False) -> tuple[str, Any]:
+    """A gallery command's gallery, in-process: ``(folder or URI, the pack's declaration or None)`` from GALLERY (a
+    folder or URI, as given) or ``--gallery NAME|DIR`` (:func:`resolve_gallery`'s rule; a name through
+    :func:`named_gallery` with ``--scenario``); neither: the scenario's default gallery. ``rest``, ``create``: as
+    for :func:`take_gallery` and :func:`named_gallery`."""
+    take_gallery(args, rest)
+    if getattr(args, "gallery", None) is not None:
+        return str(args.gallery), None
+    target = resolve_gallery(getattr(args, "gallery_name", None))
+    if isinstance(target, Path) or (isinstance(target, str) and "://" in target):
+        return str(target), None
+    path, spec = named_gallery(target, getattr(args, "scenario", None), create=create)
+    return str(path), spec
+
+
+def add_gallery_option(parser: argparse.ArgumentParser, scenario: bool = False) -> None:
+    """``--gallery NAME`` (dest ``gallery_name``), read by :func:`gallery_target`; ``scenario``: also
+    ``--scenario``, the pack whose gallery NAME is."""
+    parser.add_argument(
+        "--gallery",
+        dest="gallery_name",
+        metavar="NAME",
+        help="a gallery by name, in place of GALLERY: of --scenario's pack (declared by it, or made by "
+        "`build --gallery NAME` or a server's add), with --server the server's; a folder works too. "
+        "Neither: the default gallery",
+    )
+    if scenario:
+        parser.add_argument("--scenario", help="scenario pack of --gallery NAME (default: the default pack)")
 
 
 # -- argparse number types -------------------------------------------------------------------------------------
