@@ -261,13 +261,13 @@ def test_demo_serves_with_photos_and_thumbnails_and_sigterm_stops_everything_rea
     the demo and every process it started (was: the hub server left running, orphaned, on its port); nothing is
     written outside the clone (was: ../shitu_hub/demo_output/hub_home/tmp/). Real hub install and hub serving."""
     import re
-    import select
     import shutil
     import signal
     import socket
     import subprocess
     import sys
     import tempfile
+    import threading
     import time
 
     import psutil
@@ -288,14 +288,19 @@ def test_demo_serves_with_photos_and_thumbnails_and_sigterm_stops_everything_rea
     )
     children: list[psutil.Process] = []
     try:
-        seen, url, deadline = "", None, time.monotonic() + 900
+        lines: list[str] = []  # read by a thread: the demo's output stops at its "web page" line while it serves
+
+        def read() -> None:
+            for line in proc.stdout:
+                lines.append(line)
+
+        threading.Thread(target=read, daemon=True).start()
+        url, deadline = None, time.monotonic() + 900
         while url is None and time.monotonic() < deadline and proc.poll() is None:
-            if select.select([proc.stdout], [], [], 5)[0]:
-                line = proc.stdout.readline()
-                seen += line
-                found = re.search(r"web page: (http://127\.0\.0\.1:(\d+))/web/", line)
-                url = found and found.group(1)
-        assert url, seen[-3000:]
+            found = re.search(r"web page: (http://127\.0\.0\.1:(\d+))/web/", "".join(lines))
+            url = found and found.group(1)
+            time.sleep(0.5)
+        assert url, "".join(lines)[-3000:]
         port = int(url.rpartition(":")[2])
         photos = clone / "demo_output" / "photos"
         assert (photos / "collage_cat_and_coffee.jpg").is_file() and (photos / "cat.jpg").is_file()

@@ -307,7 +307,7 @@ def truthful_info(info: dict[str, Any], writable: bool | None) -> dict[str, Any]
     read-only) replaced by ``writable`` (whether it can be changed: the folder and its gallery.db writable by this
     user, or the server's gallery open for writing), ``created_at`` as ISO 8601 UTC (None when not recorded)."""
     out = dict(info)
-    readonly = out.pop("readonly", None)
+    out.pop("readonly", None)
     created = out.get("created_at")
     if isinstance(created, (int, float)) and not isinstance(created, bool):
         from datetime import datetime, timezone
@@ -315,12 +315,13 @@ def truthful_info(info: dict[str, Any], writable: bool | None) -> dict[str, Any]
         out["created_at"] = (
             datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="seconds") if created > 0 else None
         )
-    out["writable"] = writable if writable is not None else (None if readonly is None else not readonly)
+    out["writable"] = writable
     return out
 
 
 def _writable(target: Any) -> bool | None:
-    """Whether this user can change the gallery folder ``target`` (None for a Milvus collection: the server says)."""
+    """Whether this user can change the gallery folder ``target`` (None for a Milvus collection: its server's
+    permissions decide, which a read does not show)."""
     import os
 
     from shitu.serving.gallery.backend import is_remote

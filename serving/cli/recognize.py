@@ -416,7 +416,8 @@ def remote_gallery_info(args: argparse.Namespace) -> int:
     d = info.to_dict()
     extra = d.pop("extra", None) or {}
     d.update(extra)
-    print_info(truthful_info(d, None), getattr(args, "json", False))
+    readonly = d.get("readonly")  # how the server opened it (writes may still need the admin token)
+    print_info(truthful_info(d, None if readonly is None else not readonly), getattr(args, "json", False))
     return EXIT_OK
 
 
