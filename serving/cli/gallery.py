@@ -39,11 +39,13 @@ from shitu.serving.cli.toolkit import (
     add_param_option,
     add_token_option,
     fail,
+    folder_writable,
     gallery_target,
     guard,
-    key_values,
     param_overrides,
+    print_info,
     take_gallery,
+    truthful_info,
 )
 
 
@@ -302,47 +304,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK if rows else EXIT_NOTHING
 
 
-def truthful_info(info: dict[str, Any], writable: bool | None) -> dict[str, Any]:
-    """A gallery's ``info()`` as ``shitu gallery info`` shows it: ``readonly`` (how *this* command opened it: always
-    read-only) replaced by ``writable`` (whether it can be changed: the folder and its gallery.db writable by this
-    user, or the server's gallery open for writing), ``created_at`` as ISO 8601 UTC (None when not recorded)."""
-    out = dict(info)
-    out.pop("readonly", None)
-    created = out.get("created_at")
-    if isinstance(created, (int, float)) and not isinstance(created, bool):
-        from datetime import datetime, timezone
-
-        out["created_at"] = (
-            datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="seconds") if created > 0 else None
-        )
-    out["writable"] = writable
-    return out
-
-
-def _writable(target: Any) -> bool | None:
-    """Whether this user can change the gallery folder ``target`` (None for a Milvus collection: its server's
-    permissions decide, which a read does not show)."""
-    import os
-
-    from shitu.serving.gallery.backend import is_remote
-    from shitu.serving.gallery.local import DB_NAME
-
-    if is_remote(target):
-        return None
-    folder = Path(target)
-    return os.access(folder, os.W_OK) and os.access(folder / DB_NAME, os.W_OK)
-
-
-def print_info(info: dict[str, Any], as_json: bool) -> None:
-    """``key  value`` lines, or one JSON object."""
-    print(json.dumps(info, ensure_ascii=False) if as_json else key_values(info))
-
-
 @_guard
 def cmd_info(args: argparse.Namespace) -> int:
     with _open(args.gallery, readonly=True) as g:
         info = g.info()
-    print_info(truthful_info(info, _writable(args.gallery)), args.json)
+    print_info(truthful_info(info, folder_writable(args.gallery)), args.json)
     return EXIT_OK
 
 

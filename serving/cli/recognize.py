@@ -47,8 +47,10 @@ from shitu.serving.cli.toolkit import (
     param_overrides,
     positive_float,
     positive_int,
+    print_info,
     resolve_gallery,
     token_from,
+    truthful_info,
 )
 
 __all__ = [
@@ -411,8 +413,6 @@ def remote_gallery_info(args: argparse.Namespace) -> int:
     ``token``, ``json``, ``timeout``, ``retries`` (all but ``server`` optional)."""
     with make_client(args) as client:
         info = client.gallery_info(gallery=_gallery_name(args), scenario=getattr(args, "scenario", None))
-    from shitu.serving.cli.gallery import print_info, truthful_info
-
     d = info.to_dict()
     extra = d.pop("extra", None) or {}
     d.update(extra)
