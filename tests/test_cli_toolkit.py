@@ -96,3 +96,31 @@ def test_guard_maps_errors_to_exit_codes_and_lets_bugs_through(capsys):
 def test_table_aligns_columns():
     assert table([["a", 1], ["bbb", None]], ["name", "n"]).splitlines() == ["name  n", "----  -", "a     1", "bbb"]
     assert table([["1", "22"], ["333", "4"]], right=True).splitlines() == ["  1  22", "333   4"]
+
+
+def test_take_gallery_gives_the_positional_back_to_the_sources():
+    """`build --gallery mine photos/`: argparse gives photos/ to GALLERY; with --gallery it is the first SOURCE."""
+    from shitu.serving.cli.toolkit import take_gallery
+
+    args = argparse.Namespace(gallery="photos/", gallery_name="mine", sources=["more.txt"])
+    take_gallery(args, "sources")
+    assert (args.gallery, args.gallery_name, args.sources) == (None, "mine", ["photos/", "more.txt"])
+    args = argparse.Namespace(gallery="./g", gallery_name="mine")
+    with pytest.raises(UsageError, match="not both"):
+        take_gallery(args)
+    args = argparse.Namespace(gallery="./g", gallery_name=None, sources=[])
+    take_gallery(args, "sources")
+    assert (args.gallery, args.sources) == ("./g", [])
+
+
+def test_backup_and_restore_take_gallery_names_like_every_gallery_command(tmp_path, image_tree, capsys):
+    """`--gallery NAME` in the backup/restore/export/import subcommands too (was: a folder positional only)."""
+    name = f"cli-bk-{tmp_path.name}"[:60]
+    assert main(["gallery", "build", "--gallery", name, str(image_tree), "--no-progress"]) == 0
+    assert main(["gallery", "backup", "--gallery", name, str(tmp_path / "bk")]) == 0
+    assert main(["gallery", "restore", str(tmp_path / "bk"), "--gallery", f"{name}-2"]) == 0
+    capsys.readouterr()
+    assert main(["gallery", "list", "--gallery", f"{name}-2", "--labels", "--json"]) == 0
+    assert capsys.readouterr().out.strip() == '{"cup": 1}'
+    assert main(["gallery", "export", "--gallery", "no-such-cli", str(tmp_path / "x.tar.gz")]) == EXIT_USAGE
+    assert "has no gallery 'no-such-cli'" in capsys.readouterr().err

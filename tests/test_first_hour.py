@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,98 @@ def test_every_command_and_positional_is_described():
     for name in ("compact", "repair"):
         assert next(iter(commands.values())).choices[name].description
     assert next(iter(sub.values())).choices["demo"].description
+
+
+def test_hub_install_writes_nothing_outside_a_hub_home_named_with_dashes_real():
+    """A clone in a folder named `shitu-hub`: PaddleHub 2.4.0 replaced '-' with '_' in the whole temporary path of
+    `hub install DIR`, writing `../shitu_hub/.../hub_home/tmp/` outside the clone (real `hub install`). The base
+    folder has no '-' above it (pytest's tmp_path has: its stray would land in /tmp/pytest_of_...)."""
+    import shutil
+    import tempfile
+
+    from shitu.serving.hub import control
+
+    base = Path(tempfile.mkdtemp(prefix="first_hour_", dir="/tmp"))
+    try:
+        home = base / "shitu-hub" / "demo_output" / "hub_home"
+        env = {**os.environ, "HUB_HOME": str(home)}
+        control.install_modules(("index_search",), env=env)
+        assert (home / "modules" / "index_search" / "module.py").is_file()
+        assert sorted(p.name for p in base.iterdir()) == ["shitu-hub"]  # was: also shitu_hub
+    finally:
+        shutil.rmtree(base)
+
+
+def test_demo_serves_with_photos_and_thumbnails_and_sigterm_stops_everything_real():
+    """`make demo` in a clone folder named `shitu-hub` (HUB_HOME / SHITU_HOME left to the demo: inside
+    demo_output): while it serves, OUT/photos exists (was: written after the server stopped) and every item of the
+    demo gallery has a thumbnail on the page (was: six "no picture" cards); SIGTERM (what `timeout` sends) stops
+    the demo and every process it started (was: the hub server left running, orphaned, on its port); nothing is
+    written outside the clone (was: ../shitu_hub/demo_output/hub_home/tmp/). Real hub install and hub serving."""
+    import re
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+    import time
+
+    import psutil
+    import requests
+
+    base = Path(tempfile.mkdtemp(prefix="first_hour_demo_", dir="/tmp"))  # no '-' above the clone
+    clone = base / "shitu-hub"
+    clone.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("HUB_HOME", "SHITU_HOME")}
+    shitu = Path(sys.executable).with_name("shitu")
+    proc = subprocess.Popen(
+        [str(shitu), "demo", "--out", "demo_output", "--serve"],
+        cwd=clone,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    children: list[psutil.Process] = []
+    try:
+        lines: list[str] = []  # read by a thread: the demo's output stops at its "web page" line while it serves
+
+        def read() -> None:
+            for line in proc.stdout:
+                lines.append(line)
+
+        threading.Thread(target=read, daemon=True).start()
+        url, deadline = None, time.monotonic() + 900
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            found = re.search(r"web page: (http://127\.0\.0\.1:(\d+))/web/", "".join(lines))
+            url = found and found.group(1)
+            time.sleep(0.5)
+        assert url, "".join(lines)[-3000:]
+        port = int(url.rpartition(":")[2])
+        photos = clone / "demo_output" / "photos"
+        assert (photos / "collage_cat_and_coffee.jpg").is_file() and (photos / "cat.jpg").is_file()
+        body = requests.post(
+            f"{url}/predict/image_recognition", json={"operation": "labels", "gallery": "demo"}, timeout=60
+        ).json()
+        items = [it for lab in body["results"]["labels"] for it in lab["items"]]
+        assert len(items) == 6 and all(it["thumbnail"] for it in items), body
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children  # the hub server (and what it started)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 128 + signal.SIGTERM
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0  # nobody answers on the demo's port
+        assert sorted(p.name for p in base.iterdir()) == ["shitu-hub"]  # was: also shitu_hub
+        assert sorted(p.name for p in clone.iterdir()) == ["demo_output"]
+    finally:
+        if proc.poll() is None:
+            children = children or psutil.Process(proc.pid).children(recursive=True)
+            proc.kill()
+        for p in children:  # only what the demo started: the session's own servers are children of pytest too
+            if p.is_running():
+                p.kill()
+        shutil.rmtree(base, ignore_errors=True)

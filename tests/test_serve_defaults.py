@@ -136,3 +136,61 @@ def test_cpu_quota_caps_the_usable_cores(tmp_path):
     assert cpu_quota(tmp_path) == 1.0 and usable_cores(tmp_path) == 1
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("garbage\n")
     assert cpu_quota(tmp_path) is None
+
+
+def test_serve_prints_its_own_lines_plainly_and_exits_130_on_ctrl_c_real(tmp_path):
+    """The real `shitu serve` into files: no paddle ccache / setuptools warnings, "serving on" at INFO with the web
+    page's URL, no ANSI colour in a request line (a 404 is coloured by werkzeug on a terminal), and SIGINT (Ctrl-C)
+    exits 130 (was: both warnings, "serving on" at WARNING, no URL, exit 1)."""
+    import signal
+
+    import requests
+
+    from shitu.serving.hub import control as hub_serving
+
+    port = hub_serving.free_port()
+    shitu = Path(sys.executable).with_name("shitu")
+    err = tmp_path / "err"
+    proc = subprocess.Popen(
+        [
+            str(shitu),
+            "serve",
+            "--port",
+            str(port),
+            "--modules",
+            "image_recognition",
+            "--config-out",
+            str(tmp_path / "c"),
+        ],
+        stdout=open(tmp_path / "out", "wb"),
+        stderr=open(err, "wb"),
+        start_new_session=True,
+    )
+    try:
+        hub_serving.wait_ready(f"http://127.0.0.1:{port}", proc, timeout=600)
+        assert requests.get(f"http://127.0.0.1:{port}/no-such-route", timeout=30).status_code == 404
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+    finally:
+        hub_serving.stop(proc)
+    text = err.read_text()
+    assert "ccache" not in text and "Setuptools" not in text and "warnings.warn" not in text, text
+    assert "\x1b[" not in text, text
+    serving = [line for line in text.splitlines() if "serving on" in line]
+    assert len(serving) == 1 and "[    INFO]" in serving[0], text
+    assert f"web page http://127.0.0.1:{port}/web/" in serving[0]
+    assert '"GET /no-such-route HTTP/1.1" 404' in text
+
+
+def test_serve_verbose_keeps_the_library_notices_fake_exec(monkeypatch, tmp_path):
+    """`shitu -v serve` execs the server with --verbose (the notices kept); plain `serve` without."""
+    from shitu.serving.cli import main, serve
+
+    calls = []
+    monkeypatch.setattr(serve, "install_modules", lambda modules: None)
+    monkeypatch.setattr(serve.os, "execv", lambda *a: calls.append(a))
+    assert main(["-v", "serve", "--config-out", str(tmp_path / "c")]) == 0
+    assert main(["serve", "--config-out", str(tmp_path / "c")]) == 0
+    (exe, verbose), (_, plain) = calls
+    assert verbose[:3] == [sys.executable, "-m", "shitu.serving.hub.control"] and "--verbose" in verbose
+    assert "--verbose" not in plain and plain[-4:] == ["serving", "start", "-c", str(tmp_path / "c")]

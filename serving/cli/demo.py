@@ -99,6 +99,7 @@ def run_demo(out_dir: Path, as_json: bool = False) -> int:
 
     out_dir = Path(out_dir)
     (out_dir / "annotated").mkdir(parents=True, exist_ok=True)
+    _example_photos(out_dir / "photos")
     engine = load_engine(gallery=out_dir / "gallery")
     gallery = gallery_photos()
     g = engine.gallery()
@@ -110,16 +111,18 @@ def run_demo(out_dir: Path, as_json: bool = False) -> int:
         report(name, img, engine.recognize([img])[0], out_dir, as_json)
     print(f"annotated images written to {out_dir / 'annotated'}", file=sys.stderr)
     engine.close()
-    _example_photos(out_dir / "photos")
     return 0
 
 
 def run_served_demo(out_dir: Path, as_json: bool = False, serve: bool = False) -> int:
     """The main job: install the hub modules, start ``hub serving``, recognise the demo photos over HTTP.
 
-    ``serve``: then print the web page's URL and keep serving until Ctrl-C (``make demo``)."""
+    The example photos are written to ``OUT/photos`` first, so they can be tried while the demo serves. ``serve``:
+    then print the web page's URL and keep serving until Ctrl-C (``make demo``). SIGINT and SIGTERM (``timeout``,
+    a process manager) stop every process the demo started (the server's whole process group); exit 130 / 143."""
     import base64
     import os
+    import signal
 
     import requests
 
@@ -129,29 +132,36 @@ def run_served_demo(out_dir: Path, as_json: bool = False, serve: bool = False) -
 
     out_dir = Path(out_dir).resolve()
     (out_dir / "annotated").mkdir(parents=True, exist_ok=True)
+    _example_photos(out_dir / "photos")
     env = dict(os.environ)
     env.setdefault("HUB_HOME", str(out_dir / "hub_home"))
     env.setdefault("SHITU_HOME", str(out_dir / "shitu_home"))
     os.environ.update({k: env[k] for k in ("HUB_HOME", "SHITU_HOME")})
-    print(f"hub install hub_modules/* into {env['HUB_HOME']}/modules", file=sys.stderr)
-    hub_serving.install_modules(env=env)
-    port = hub_serving.free_port()
-    config = out_dir / "serving_config.json"
-    config.write_text(json.dumps(hub_serving.serving_config(port=port), indent=2))
-    print(f"hub serving start -c {config} (port {port})", file=sys.stderr)
-    proc = hub_serving.start(config, env=env, log_path=out_dir / "serving.log")
-    url = f"http://127.0.0.1:{port}"
 
-    def call(payload: dict) -> object:
-        body = requests.post(f"{url}/predict/image_recognition", json=payload, timeout=300).json()
-        if body["status"] != "000":
-            raise RuntimeError(f"server error {body['status']}: {body['msg']}")
-        return body["results"]
+    def terminated(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds through the finally below, which stops the server
 
-    def b64(img: np.ndarray) -> str:
-        return base64.b64encode(encode(img)).decode()
-
+    signal.signal(signal.SIGTERM, terminated)
+    proc = None
     try:
+        print(f"hub install hub_modules/* into {env['HUB_HOME']}/modules", file=sys.stderr)
+        hub_serving.install_modules(env=env)
+        port = hub_serving.free_port()
+        config = out_dir / "serving_config.json"
+        config.write_text(json.dumps(hub_serving.serving_config(port=port), indent=2))
+        print(f"hub serving start -c {config} (port {port})", file=sys.stderr)
+        proc = hub_serving.start(config, env=env, log_path=out_dir / "serving.log")
+        url = f"http://127.0.0.1:{port}"
+
+        def call(payload: dict) -> object:
+            body = requests.post(f"{url}/predict/image_recognition", json=payload, timeout=300).json()
+            if body["status"] != "000":
+                raise RuntimeError(f"server error {body['status']}: {body['msg']}")
+            return body["results"]
+
+        def b64(img: np.ndarray) -> str:
+            return base64.b64encode(encode(img)).decode()
+
         hub_serving.wait_ready(url, proc)
         gallery = gallery_photos()
         info = call({"operation": "info", "gallery": "demo"})
@@ -164,6 +174,8 @@ def run_served_demo(out_dir: Path, as_json: bool = False, serve: bool = False) -
                     "labels": list(gallery),
                 }
             )
+        else:  # the pack's demo gallery, built from the vectors it ships: pictures from the same photos
+            add_demo_thumbnails(gallery)
         print(f"gallery 'demo': {len(gallery)} photos, labels {sorted(gallery)}", file=sys.stderr)
         for name, img in query_photos(gallery).items():
             answer = call({"images": [b64(img)], "gallery": "demo"})[0]  # type: ignore[index]
@@ -171,14 +183,30 @@ def run_served_demo(out_dir: Path, as_json: bool = False, serve: bool = False) -
         print(f"annotated images written to {out_dir / 'annotated'}", file=sys.stderr)
         if serve:
             print(f"web page: {url}/web/  (gallery 'demo'; Ctrl-C stops the server)", flush=True)
-            try:
-                proc.wait()
-            except KeyboardInterrupt:
-                pass
+            proc.wait()
+    except KeyboardInterrupt:
+        return 130
     finally:
-        hub_serving.stop(proc)
-    _example_photos(out_dir / "photos")
+        if proc is not None:
+            hub_serving.stop(proc)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return 0
+
+
+def add_demo_thumbnails(photos: dict[str, np.ndarray]) -> int:
+    """Thumbnails for the items of the pack's demo gallery that have none (it ships embeddings only, so the web
+    page showed "no picture" cards): each made from the demo photo of its label, written into the gallery folder
+    under ``SHITU_HOME`` beside the server that has it open (galleries are shared by processes). Returns how many
+    were stored."""
+    from shitu.plugins import registry
+    from shitu.serving.gallery import thumbnails
+    from shitu.serving.gallery.local import Gallery
+
+    with Gallery.open(registry.get_pack().gallery_dir("demo")) as g:
+        rows = [r for r in g.list(limit=len(g)) if r["label"] in photos]
+        missing = {r["id"] for r in rows} - set(thumbnails.fetch(g, (r["id"] for r in rows)))
+        todo = [r for r in rows if r["id"] in missing]
+        return thumbnails.store(g, [r["id"] for r in todo], [photos[r["label"]] for r in todo])
 
 
 def _example_photos(folder: Path) -> None:

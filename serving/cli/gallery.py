@@ -13,6 +13,13 @@ Examples::
     shitu gallery remove ./my_gallery --label "Coca Cola"
     shitu gallery info ./my_gallery --json
     shitu gallery migrate ./my_gallery milvus://127.0.0.1:19530/shop   # to Milvus (and back the same way)
+    shitu gallery build --gallery mine my_photos/                   # a named gallery of the scenario
+    shitu gallery list --gallery mine --labels [--server http://127.0.0.1:8866]
+
+One grammar in every subcommand: GALLERY is a folder (or URI); ``--gallery NAME`` names a gallery of the scenario
+as the engine sees it (the pack's declared galleries and every gallery folder of the scenario, those a server made
+included), or with ``--server`` a gallery of that server; neither is the default gallery. With ``--gallery`` every
+positional is a SOURCE / IMAGE. The options are the same with and without ``--server``.
 """
 
 from __future__ import annotations
@@ -28,12 +35,17 @@ from shitu.serving.cli.toolkit import (
     EXIT_OK,
     EXIT_USAGE,
     UsageError,
+    add_gallery_option,
     add_param_option,
     add_token_option,
     fail,
+    folder_writable,
+    gallery_target,
     guard,
-    key_values,
     param_overrides,
+    print_info,
+    take_gallery,
+    truthful_info,
 )
 
 
@@ -41,7 +53,6 @@ def _guard(fn: Any) -> Any:
     """The toolkit's :func:`guard`, after ``--scenario NAME --gallery NAME`` is resolved to the pack's folder."""
 
     def resolved(args: argparse.Namespace) -> int:
-        args.func_name = fn.__name__
         _resolve_pack_gallery(args)
         return fn(args)
 
@@ -49,29 +60,26 @@ def _guard(fn: Any) -> Any:
     return guard(resolved)
 
 
+#: The positionals that follow GALLERY, by subcommand: with ``--gallery`` they start with the value argparse gave
+#: GALLERY (:func:`~shitu.serving.cli.toolkit.take_gallery`).
+REST_OF = {"build": "sources", "add": "sources", "search": "images"}
+#: Subcommands that create the gallery ``--gallery NAME`` names when it does not exist yet.
+CREATING = ("build",)
+
+
 def _resolve_pack_gallery(args: argparse.Namespace) -> None:
-    """``--scenario NAME --gallery NAME``: the pack's gallery folder in the store, in place of GALLERY.
+    """GALLERY (a folder or Milvus URI) or ``--gallery NAME|DIR`` (:func:`resolve_gallery`'s rule: a folder, a
+    URI, else a gallery name of ``--scenario``'s pack, as the engine sees it: :func:`named_gallery`); neither: the
+    pack's default gallery. Sets ``args.gallery`` to the folder or URI and ``args.pack_gallery`` to the pack's
+    declaration (or None).
 
     A gallery the pack brings (``list_file`` / ``folder`` / ``vectors_file`` in its ``pack.yaml``) is built here
     first if it has no folder yet, with its declared ``index_method`` and ``dist_type`` (except by ``build``, which
     builds it itself)."""
-    name = getattr(args, "gallery_name", None)
-    args.pack_gallery = None
-    if name is None:
-        if getattr(args, "gallery", None) is None:
-            raise UsageError("give a gallery folder, or --gallery NAME (with --scenario NAME) for a scenario pack's")
-        return
-    if getattr(args, "gallery", None) is not None:
-        raise UsageError(f"give a gallery folder ({args.gallery}) or --gallery {name}, not both")
-    from shitu.plugins import registry
-    from shitu.plugins.errors import PackError
-
-    try:
-        spec = registry.get_pack(getattr(args, "scenario", None)).gallery(name)
-    except PackError as exc:  # no such pack or gallery: the command line names something that is not there
-        raise UsageError(str(exc)) from exc
-    args.gallery, args.pack_gallery = str(spec.dir()), spec
-    if spec.source() is not None and args.func_name != "cmd_build":
+    command = getattr(args, "gallery_command", None)
+    args.gallery, spec = gallery_target(args, REST_OF.get(command or ""), create=command in CREATING)
+    args.pack_gallery = spec
+    if spec is not None and spec.source() is not None and command != "build":
         from shitu.serving.gallery.build import embed_images_fn
         from shitu.serving.gallery.pack_gallery import ensure_built, is_built
 
@@ -300,10 +308,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     with _open(args.gallery, readonly=True) as g:
         info = g.info()
-    if args.json:
-        print(json.dumps(info, ensure_ascii=False))
-    else:
-        print(key_values(info))
+    print_info(truthful_info(info, folder_writable(args.gallery)), args.json)
     return EXIT_OK
 
 
@@ -409,18 +414,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sp.add_argument(
             "gallery",
             nargs="?",
-            help="gallery folder, or milvus://host:port/collection (or --scenario NAME --gallery NAME)",
+            help="gallery folder, or milvus://host:port/collection (with --server: a gallery name there); "
+            "or --gallery NAME",
         )
-        sp.add_argument(
-            "--gallery",
-            dest="gallery_name",
-            metavar="NAME",
-            help="a gallery of a scenario pack, by name, in place of GALLERY (pack: --scenario, "
-            "default: the default pack)",
-        )
+        add_gallery_option(sp, scenario)
         sp.add_argument("--json", action="store_true", help="JSON output")
-        if scenario:
-            sp.add_argument("--scenario", help="scenario pack of --gallery NAME (default: the default pack)")
 
     def engine_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--scenario", help="scenario pack whose feature extractor is used (default pack)")
@@ -444,8 +442,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sp.add_argument("--max-label-length", type=int, default=128, help="longest label accepted")
         engine_opts(sp)
 
-    def remote(sp: argparse.ArgumentParser, local: Any, remote_name: str, scenario: bool = True) -> None:
-        """``--server URL``: the same subcommand on a served gallery (GALLERY is then its name there)."""
+    def remote(
+        sp: argparse.ArgumentParser, local: Any, remote_name: str, scenario: bool = True, local_only: tuple = ()
+    ) -> None:
+        """``--server URL``: the same subcommand, with the same options, on a served gallery (GALLERY and
+        ``--gallery`` name a gallery there). ``local_only``: option dests that mean nothing to a server."""
         sp.add_argument(
             "--server",
             metavar="URL",
@@ -453,15 +454,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         )
         add_token_option(sp)
         if scenario:
-            sp.add_argument("--scenario", help="scenario pack on the server (default: the server's)")
+            sp.add_argument("--scenario", help="scenario pack (default: the default pack / the server's)")
+
+        @guard
+        def on_server(args: argparse.Namespace) -> int:
+            take_gallery(args, REST_OF.get(args.gallery_command))
+            given = [f"--{d.replace('_', '-')}" for d in local_only if getattr(args, d, None) is not None]
+            if given:
+                raise UsageError(f"{', '.join(given)}: not with --server (the server's gallery keeps its own)")
+            args.gallery = args.gallery or args.gallery_name
+            from shitu.serving.cli import recognize as client_cli
+
+            return int(getattr(client_cli, remote_name)(args))
 
         def run(args: argparse.Namespace) -> int:
-            if args.server:
-                args.gallery = args.gallery or args.gallery_name
-                from shitu.serving.cli import recognize as client_cli
-
-                return getattr(client_cli, remote_name)(args)
-            return local(args)
+            return on_server(args) if args.server else local(args)
 
         sp.set_defaults(func=run)
 
@@ -486,7 +493,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--dist-type", choices=("IP", "L2", "hamming", "cosine"), help="metric (new galleries)")
     b.add_argument("--hamming-radius", type=int, help="hamming search radius (new binary galleries)")
     build_opts(b)
-    b.set_defaults(func=cmd_build)
+    remote(
+        b, cmd_build, "remote_gallery_add", scenario=False, local_only=("index_method", "dist_type", "hamming_radius")
+    )
 
     a = sub.add_parser(
         "add", help="add images to an existing gallery (a list file, a folder tree, or images with --label)"

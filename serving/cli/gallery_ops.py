@@ -19,11 +19,27 @@ import json
 import sys
 from typing import Any
 
-from shitu.serving.cli.toolkit import EXIT_ERROR, EXIT_OK, param_overrides
+from shitu.serving.cli.toolkit import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    add_gallery_option,
+    gallery_target,
+    param_overrides,
+)
+
+#: Subcommands whose gallery is written to: ``--gallery NAME`` may name one that does not exist yet.
+CREATING = ("restore", "import", "import-paddleclas")
 
 
 def _run(fn: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
+        try:  # GALLERY or --gallery NAME, as every gallery subcommand reads them
+            args.gallery, _ = gallery_target(args, create=args.gallery_command in CREATING)
+        except UsageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         from shitu.model_spec import ModelSpecError
         from shitu.params import ParamError
         from shitu.plugins.errors import PackError
@@ -33,6 +49,9 @@ def _run(fn: Any) -> Any:
 
         try:
             result = fn(args)
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
         except (BackupError, GalleryError, IndexImportError, ModelSpecError, PackError, ParamError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_ERROR
@@ -119,17 +138,20 @@ def register_ops(sub: argparse._SubParsersAction) -> None:
         description="SQLite's online backup of gallery.db plus the faiss snapshot it records, with "
         "checksums in backup.json; OUT must be a new (or empty) folder.",
     )
-    b.add_argument("gallery", help="gallery folder")
+    b.add_argument("gallery", nargs="?", help="gallery folder (or --gallery NAME)")
+    add_gallery_option(b, scenario=True)
     b.add_argument("out", help="new folder for the backup")
     b.set_defaults(func=_run(cmd_backup))
 
     r = sub.add_parser("restore", help="restore a backup into a new gallery folder (checksums verified)")
     r.add_argument("backup", help="backup folder (written by `shitu gallery backup`)")
-    r.add_argument("gallery", help="new (or empty) gallery folder")
+    r.add_argument("gallery", nargs="?", help="new (or empty) gallery folder (or --gallery NAME)")
+    add_gallery_option(r, scenario=True)
     r.set_defaults(func=_run(cmd_restore))
 
     e = sub.add_parser("export", help="portable archive: records, vectors, metadata and the model identity")
-    e.add_argument("gallery", help="gallery folder")
+    e.add_argument("gallery", nargs="?", help="gallery folder (or --gallery NAME)")
+    add_gallery_option(e)
     e.add_argument("out", help="archive to write (.tar.gz)")
     model_opts(e)
     e.set_defaults(func=_run(cmd_export))
@@ -138,7 +160,8 @@ def register_ops(sub: argparse._SubParsersAction) -> None:
         "import", help="add an export archive to a gallery (a new one keeps the ids); refused when the models differ"
     )
     i.add_argument("archive", help="archive written by `shitu gallery export`")
-    i.add_argument("gallery", help="gallery folder (created when missing)")
+    i.add_argument("gallery", nargs="?", help="gallery folder, created when missing (or --gallery NAME)")
+    add_gallery_option(i)
     model_opts(i)
     i.set_defaults(func=_run(cmd_import))
 
@@ -148,7 +171,8 @@ def register_ops(sub: argparse._SubParsersAction) -> None:
         "gallery, same ids, labels and vectors; nothing in it is executed",
     )
     p.add_argument("folder", help="PaddleClas index folder (IndexProcess.index_dir of build_gallery.py)")
-    p.add_argument("gallery", help="new gallery folder")
+    p.add_argument("gallery", nargs="?", help="new gallery folder (or --gallery NAME)")
+    add_gallery_option(p)
     p.add_argument("--delimiter", default="\t", help="column separator of the list-file lines (default: tab)")
     p.add_argument("--index-method", help="index method of the new gallery (default: the one read from the index)")
     p.add_argument(

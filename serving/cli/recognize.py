@@ -44,12 +44,13 @@ from shitu.serving.cli.toolkit import (
     add_token_option,
     fail,
     guard,
-    key_values,
     param_overrides,
     positive_float,
     positive_int,
+    print_info,
     resolve_gallery,
     token_from,
+    truthful_info,
 )
 
 __all__ = [
@@ -407,19 +408,18 @@ def remote_gallery_info(args: argparse.Namespace) -> int:
     d = info.to_dict()
     extra = d.pop("extra", None) or {}
     d.update(extra)
-    if getattr(args, "json", False):
-        print(json.dumps(d, ensure_ascii=False))
-    else:
-        print(key_values(d))
+    readonly = d.get("readonly")  # how the server opened it (writes may still need the admin token)
+    print_info(truthful_info(d, None if readonly is None else not readonly), getattr(args, "json", False))
     return EXIT_OK
 
 
 @guard
 def remote_gallery_list(args: argparse.Namespace) -> int:
     """Items of a gallery on a server. ``args``: ``server``, ``gallery``, ``scenario``, ``token``, ``label``,
-    ``limit``, ``offset``, ``json`` (``labels=True``, the label counts, is not served). Exit 1 when empty."""
+    ``limit``, ``offset``, ``json``; ``labels=True``: the labels with their item counts instead (the server's
+    ``labels`` operation, the web page's). Exit 1 when empty."""
     if getattr(args, "labels", False):
-        raise UsageError("--labels is not available with --server")
+        return _remote_label_counts(args)
     with make_client(args) as client:
         rows = client.gallery_list(
             getattr(args, "label", None),
@@ -431,6 +431,32 @@ def remote_gallery_list(args: argparse.Namespace) -> int:
     for r in rows:
         print(json.dumps(r.to_dict(), ensure_ascii=False) if getattr(args, "json", False) else str(r))
     return EXIT_OK if rows else EXIT_NOTHING
+
+
+#: Labels asked for per ``labels`` request (the server's MAX_LABELS_PER_PAGE).
+_LABELS_PAGE = 200
+
+
+def _remote_label_counts(args: argparse.Namespace) -> int:
+    """``shitu gallery list --labels --server URL``: ``count  label`` lines (or one JSON object), as in-process."""
+    counts: dict[str, int] = {}
+    payload: dict[str, Any] = {"operation": "labels", "per_label": 0, "limit": _LABELS_PAGE}
+    if _gallery_name(args):
+        payload["gallery"] = _gallery_name(args)
+    if getattr(args, "scenario", None):
+        payload["scenario"] = args.scenario
+    with make_client(args) as client:
+        while True:
+            page = client._post("image_recognition", {**payload, "offset": len(counts)}, idempotent=True)
+            counts.update((row["label"], int(row["count"])) for row in page["labels"])
+            if not page["labels"] or len(counts) >= int(page["total"]):
+                break
+    if getattr(args, "json", False):
+        print(json.dumps(counts, ensure_ascii=False))
+    else:
+        for label, n in counts.items():
+            print(f"{n:8d}  {label}")
+    return EXIT_OK  # as in-process: an empty gallery has no labels, which is an answer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,6 @@
-"""``shitu serve``: ``hub install`` the modules and run ``hub serving start -c config.json`` in their place.
+"""``shitu serve``: ``hub install`` the modules and run ``hub serving start -c config.json`` in their place
+(through :func:`shitu.serving.hub.control.main`: only the server's own lines, no colour off a terminal, exit 130
+on Ctrl-C).
 
 The work is done by :mod:`shitu.serving.hub.control` (config, install, the ``hub`` command); this is the command line.
 """
@@ -15,7 +17,7 @@ from typing import Any
 from shitu.hub_modules import MODULES
 from shitu.params import ParamError, merge
 from shitu.serving.cli.toolkit import EXIT_USAGE, fail, non_negative_int, positive_int
-from shitu.serving.hub.control import check_serve_args, hub_command, hub_home, install_modules, serving_config
+from shitu.serving.hub.control import check_serve_args, hub_home, install_modules, serve_command, serving_config
 from shitu.serving.hub.serve_defaults import serve_defaults, usable_cores
 
 __all__ = ["register", "run_serve"]
@@ -53,8 +55,10 @@ def run_serve(args: argparse.Namespace) -> int:
         f"hub serving start -c {config_path}  ({args.host}:{args.port}, {pick.workers} worker(s) x "
         f"{pick.threads} model thread(s))",
         file=sys.stderr,
+        flush=True,
     )
-    os.execv(hub_command()[0], [*hub_command(), "serving", "start", "-c", str(config_path)])
+    command = serve_command(config_path, verbose=getattr(args, "verbose", False))
+    os.execv(command[0], command)
     return 0  # pragma: no cover - exec does not return
 
 

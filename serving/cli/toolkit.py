@@ -9,7 +9,10 @@ argparse number types and table printing.
   the parameter schema, as the server would: ``--param thresold=0.3`` is a usage error naming the parameter.
 - :data:`TOKEN_ENV` is the one environment variable for the admin token (the server reads the same one).
 - :func:`resolve_gallery` is the one rule for ``--gallery NAME|DIR`` in-process: a folder when the value has a path
-  separator, names an existing folder or is not a valid gallery name; else a gallery name of the scenario pack.
+  separator, names an existing folder or is not a valid gallery name; else a gallery name of the scenario.
+- :func:`take_gallery` is the one rule for a command's GALLERY positional beside ``--gallery``: with ``--gallery``
+  every positional is a SOURCE / IMAGE / ...; :func:`named_gallery` finds ``--gallery NAME`` in-process where the
+  engine would (the pack's declared galleries and every gallery folder of the scenario, e.g. one a server made).
 
 Imports here are light: error classes of other rooms are looked up only once their module is loaded (an error
 of a module that was never imported cannot have been raised).
@@ -18,6 +21,7 @@ of a module that was never imported cannot have been raised).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -35,18 +39,26 @@ __all__ = [
     "GALLERY_NAME",
     "TOKEN_ENV",
     "UsageError",
+    "add_gallery_option",
     "add_param_option",
     "add_token_option",
     "fail",
+    "folder_writable",
     "guard",
     "key_values",
     "non_negative_int",
     "param_overrides",
     "positive_float",
     "positive_int",
+    "print_info",
+    "named_gallery",
     "resolve_gallery",
+    "scenario_gallery_names",
+    "gallery_target",
     "table",
+    "take_gallery",
     "token_from",
+    "truthful_info",
 ]
 
 #: Exit codes: 0 ok, 1 nothing recognised / found (``plugins verify``: problems found), 2 usage error,
@@ -188,6 +200,92 @@ def resolve_gallery(arg: str | None) -> str | Path | None:
     return arg
 
 
+def take_gallery(args: argparse.Namespace, rest: str | None = None) -> None:
+    """Settle ``args.gallery`` (the GALLERY positional) and ``args.gallery_name`` (``--gallery``): at most one is set.
+
+    argparse fills an optional GALLERY positional first, so ``build --gallery mine photos/`` gives it ``photos/``:
+    with ``--gallery`` that value is the first of the positionals named ``rest`` (a list: SOURCE..., IMAGE...).
+    Where there is no such list, both is a :class:`UsageError`."""
+    name, positional = getattr(args, "gallery_name", None), getattr(args, "gallery", None)
+    if name is None or positional is None:
+        return
+    if rest is not None and isinstance(getattr(args, rest, None), list):
+        setattr(args, rest, [positional, *getattr(args, rest)])
+        args.gallery = None
+        return
+    raise UsageError(f"give a gallery ({positional}) or --gallery {name}, not both")
+
+
+def scenario_gallery_names(pack: Any) -> list[str]:
+    """The galleries an engine of ``pack`` can open by name: the pack's declared ones, then every gallery folder of
+    the scenario (made by ``shitu gallery build --gallery NAME`` or a server's ``add``), sorted; default first."""
+    from shitu.serving.gallery.local import DB_NAME
+
+    names = set(pack.galleries)
+    root = pack.gallery_dir(pack.default_gallery).parent
+    if root.is_dir():
+        names.update(d.name for d in root.iterdir() if (d / DB_NAME).is_file())
+    names.discard(pack.default_gallery)
+    return [pack.default_gallery, *sorted(names)]
+
+
+def named_gallery(name: str | None, scenario: str | None, create: bool = False) -> tuple[Path, Any]:
+    """``--gallery NAME`` in-process: ``(folder, declaration)`` of gallery ``NAME`` of the scenario pack, where the
+    engine (and a server of that scenario) finds it: the pack's declared gallery (``declaration`` its
+    ``GallerySpec``), else the folder ``NAME`` beside the pack's galleries (``declaration`` None). ``None``: the
+    pack's default gallery. A name that is neither is a :class:`UsageError` listing the names there are, unless
+    ``create`` (``build`` makes it)."""
+    from shitu.plugins import registry
+    from shitu.plugins.errors import PackError
+    from shitu.serving.gallery.local import DB_NAME
+
+    try:
+        pack = registry.get_pack(scenario)
+    except PackError as exc:
+        raise UsageError(f"--scenario: {exc}") from None
+    name = name or pack.default_gallery
+    spec = pack.galleries.get(name)
+    if spec is not None:
+        return Path(spec.dir()), spec
+    path = pack.gallery_dir(pack.default_gallery).parent / name
+    if not create and not (path / DB_NAME).is_file():
+        raise UsageError(
+            f"scenario {pack.name!r} has no gallery {name!r} (galleries: "
+            f"{', '.join(scenario_gallery_names(pack))}; `shitu gallery build --gallery {name} SOURCE` makes it)"
+        )
+    return path, None
+
+
+def gallery_target(args: argparse.Namespace, rest: str | None = None, create: bool = False) -> tuple[str, Any]:
+    """A gallery command's gallery, in-process: ``(folder or URI, the pack's declaration or None)`` from GALLERY (a
+    folder or URI, as given) or ``--gallery NAME|DIR`` (:func:`resolve_gallery`'s rule; a name through
+    :func:`named_gallery` with ``--scenario``); neither: the scenario's default gallery. ``rest``, ``create``: as
+    for :func:`take_gallery` and :func:`named_gallery`."""
+    take_gallery(args, rest)
+    if getattr(args, "gallery", None) is not None:
+        return str(args.gallery), None
+    target = resolve_gallery(getattr(args, "gallery_name", None))
+    if isinstance(target, Path) or (isinstance(target, str) and "://" in target):
+        return str(target), None
+    path, spec = named_gallery(target, getattr(args, "scenario", None), create=create)
+    return str(path), spec
+
+
+def add_gallery_option(parser: argparse.ArgumentParser, scenario: bool = False) -> None:
+    """``--gallery NAME`` (dest ``gallery_name``), read by :func:`gallery_target`; ``scenario``: also
+    ``--scenario``, the pack whose gallery NAME is."""
+    parser.add_argument(
+        "--gallery",
+        dest="gallery_name",
+        metavar="NAME",
+        help="a gallery by name, in place of GALLERY: of --scenario's pack (declared by it, or made by "
+        "`build --gallery NAME` or a server's add), with --server the server's; a folder works too. "
+        "Neither: the default gallery",
+    )
+    if scenario:
+        parser.add_argument("--scenario", help="scenario pack of --gallery NAME (default: the default pack)")
+
+
 # -- argparse number types -------------------------------------------------------------------------------------
 
 
@@ -214,6 +312,42 @@ positive_float = _number(float, 0.0, strict=True)
 
 
 # -- printing --------------------------------------------------------------------------------------------------
+
+
+def truthful_info(info: dict[str, Any], writable: bool | None) -> dict[str, Any]:
+    """A gallery's ``info()`` as ``shitu gallery info`` shows it: ``readonly`` (how *this* command opened it: always
+    read-only) replaced by ``writable`` (whether it can be changed: the folder and its gallery.db writable by this
+    user, or the server's gallery open for writing), ``created_at`` as ISO 8601 UTC (None when not recorded)."""
+    out = dict(info)
+    out.pop("readonly", None)
+    created = out.get("created_at")
+    if isinstance(created, (int, float)) and not isinstance(created, bool):
+        from datetime import datetime, timezone
+
+        out["created_at"] = (
+            datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="seconds") if created > 0 else None
+        )
+    out["writable"] = writable
+    return out
+
+
+def folder_writable(target: Any) -> bool | None:
+    """Whether this user can change the gallery folder ``target`` (None for a Milvus collection: its server's
+    permissions decide, which a read does not show)."""
+    import os
+
+    from shitu.serving.gallery.backend import is_remote
+    from shitu.serving.gallery.local import DB_NAME
+
+    if is_remote(target):
+        return None
+    folder = Path(target)
+    return os.access(folder, os.W_OK) and os.access(folder / DB_NAME, os.W_OK)
+
+
+def print_info(info: dict[str, Any], as_json: bool) -> None:
+    """``key  value`` lines, or one JSON object."""
+    print(json.dumps(info, ensure_ascii=False) if as_json else key_values(info))
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = None, right: bool = False) -> str:

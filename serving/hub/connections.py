@@ -484,12 +484,14 @@ def serve_single(app: Any, port: int) -> None:
     host = listen_host()
     server = server_class(host, int(port), app, handler=handler)
     _warn_exposed(host)
-    log.warning(
-        "serving on http://%s:%s (threaded, %d connections, requests within %g s)",
+    log.info(
+        "serving on http://%s:%s (threaded, %d connections, requests within %g s); web page http://%s:%s/web/",
         host,
         port,
         SETTINGS.max_connections,
         SETTINGS.request_timeout,
+        host,
+        port,
     )
     try:
         server.serve_forever()
@@ -578,11 +580,13 @@ def install_gunicorn() -> None:
         for key, value in gunicorn_settings(port).items():
             if key in self.cfg.settings:
                 self.cfg.set(key, value)
-        log.warning(
-            "serving on http://%s (gunicorn gthread, %s threads per worker, requests within %g s)",
+        log.info(
+            "serving on http://%s (gunicorn gthread, %s threads per worker, requests within %g s); "
+            "web page http://%s/web/",
             self.cfg.bind[0],
             SETTINGS.max_connections,
             SETTINGS.request_timeout,
+            self.cfg.bind[0],
         )
         _warn_exposed(listen_host())
 

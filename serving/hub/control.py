@@ -10,6 +10,11 @@ file)::
 
 It also keeps PaddleHub offline: PaddleHub reports each ``hub install`` / ``hub serving start`` to its server;
 :func:`offline_hub_config` points that at a closed loopback port so nothing leaves the machine.
+
+``shitu serve`` becomes ``python -m shitu.serving.hub.control serving start -c config.json`` (:func:`main`): the
+same ``hub`` command in the same process, which first hides the libraries' import-time warnings (paddle's "No
+ccache found", setuptools' "replacing distutils"; ``--verbose`` keeps them), drops ANSI colour where stderr is not
+a terminal (werkzeug's request lines, PaddleHub's log), and exits 130 when stopped by Ctrl-C (SIGINT).
 """
 
 from __future__ import annotations
@@ -50,11 +55,12 @@ def hub_command() -> list[str]:
 
 
 def install_modules(modules: tuple[str, ...] = MODULES, env: dict[str, str] | None = None) -> None:
-    """``hub install`` each module folder (one process for all)."""
+    """``hub install`` each module folder (one process for all, :func:`main`: nothing written outside
+    ``HUB_HOME`` whatever its folders are named)."""
     env = dict(env or os.environ)
     offline_hub_config(Path(env["HUB_HOME"]) if "HUB_HOME" in env else None)
-    proc = subprocess.run(
-        [*hub_command(), "install", *[str(module_dir(m)) for m in modules]],
+    proc = subprocess.run(  # `hub install` through main(): see keep_temp_paths
+        [sys.executable, "-m", __name__, "install", *[str(module_dir(m)) for m in modules]],
         env=env,
         capture_output=True,
         text=True,
@@ -141,6 +147,110 @@ def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
         pass
 
 
+#: Warnings every ``hub serving`` start prints and that say nothing about this server (nothing is compiled; the
+#: distutils shim is setuptools' business): (message start, category).
+LIBRARY_NOTICES = (
+    ("No ccache found", UserWarning),
+    ("Setuptools is replacing distutils", UserWarning),
+)
+
+
+def quiet_libraries() -> None:
+    """Hide :data:`LIBRARY_NOTICES` (before paddle and setuptools are imported)."""
+    import warnings
+
+    for message, category in LIBRARY_NOTICES:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
+def plain_logs() -> None:
+    """No ANSI colour codes in the log lines: werkzeug's request lines and PaddleHub's colorlog formatter
+    (``NO_COLOR``, which colorlog reads at each record)."""
+    os.environ["NO_COLOR"] = "1"
+    import werkzeug.serving
+
+    werkzeug.serving._log_add_style = False  # werkzeug's own switch (it is off on Windows consoles)
+
+
+def keep_temp_paths() -> None:
+    """Make PaddleHub 2.4.0's ``hub install DIR`` write only inside ``HUB_HOME``. Its ``_install_from_directory``
+    replaces ``-`` with ``_`` in the *whole* path of its temporary copy (meant for the module's name), so a
+    ``HUB_HOME`` inside a folder named ``shitu-hub`` got a stray ``../shitu_hub/.../tmp/`` outside it: only the
+    last part of a path (the module's name) is normalised now, as PaddleHub means it for names."""
+    from paddlehub.module.manager import LocalModuleManager
+
+    def normalized(self: Any, name: str) -> str:
+        head, tail = os.path.split(name)
+        return os.path.join(head, tail.replace("-", "_"))
+
+    LocalModuleManager._get_normalized_name = normalized  # type: ignore[method-assign]
+
+
+class _Interrupted:
+    """Whether SIGINT stopped the server: PaddleHub's single-process server swallows the KeyboardInterrupt and
+    gunicorn's arbiter handles SIGINT itself, and both then exit 0 or 1."""
+
+    seen = False
+
+
+def _note_sigint() -> None:
+    def on_sigint(signum: int, frame: Any) -> None:
+        _Interrupted.seen = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        from gunicorn.arbiter import Arbiter
+    except ImportError:  # no gunicorn: single-process serving only
+        return
+    handle_int = Arbiter.handle_int
+
+    def noted(self: Any) -> None:
+        _Interrupted.seen = True
+        handle_int(self)
+
+    Arbiter.handle_int = noted  # type: ignore[method-assign]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m shitu.serving.hub.control [--verbose] serving start -c config.json`` (or ``install DIR...``): the
+    ``hub`` command with the library notices hidden (unless ``--verbose``), no colour off a terminal, exit status
+    130 on Ctrl-C, and :func:`keep_temp_paths`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in args
+    args = [a for a in args if a != "--verbose"]
+    if not verbose:
+        quiet_libraries()
+    if not sys.stderr.isatty():
+        plain_logs()
+    _note_sigint()
+    keep_temp_paths()
+    from paddlehub.commands.utils import execute
+
+    sys.argv = ["hub", *args]
+    try:
+        status = int(execute())
+    except KeyboardInterrupt:
+        status = 130
+    except SystemExit as exc:  # gunicorn's arbiter halts with sys.exit
+        status = exc.code if isinstance(exc.code, int) else 1
+    return 130 if _Interrupted.seen else status
+
+
+def serve_command(config_path: Path, verbose: bool = False) -> list[str]:
+    """The command line ``shitu serve`` becomes: ``hub serving start -c config_path`` through :func:`main`."""
+    return [
+        sys.executable,
+        "-m",
+        __name__,
+        *(["--verbose"] if verbose else []),
+        "serving",
+        "start",
+        "-c",
+        str(config_path),
+    ]
+
+
 def check_serve_args(modules: tuple[str, ...], scenario: str | None) -> str | None:
     """What is wrong with ``shitu serve``'s modules or scenario (None: fine), found before anything starts."""
     unknown = [m for m in modules if m not in MODULES]
@@ -156,3 +266,7 @@ def check_serve_args(modules: tuple[str, ...], scenario: str | None) -> str | No
     if not pack.is_available():
         return f"--scenario: {pack.fetch_instructions()}"
     return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
