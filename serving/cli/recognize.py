@@ -440,14 +440,10 @@ _LABELS_PAGE = 200
 def _remote_label_counts(args: argparse.Namespace) -> int:
     """``shitu gallery list --labels --server URL``: ``count  label`` lines (or one JSON object), as in-process."""
     counts: dict[str, int] = {}
-    payload: dict[str, Any] = {"operation": "labels", "per_label": 0, "limit": _LABELS_PAGE}
-    if _gallery_name(args):
-        payload["gallery"] = _gallery_name(args)
-    if getattr(args, "scenario", None):
-        payload["scenario"] = args.scenario
+    where = {"gallery": _gallery_name(args) or None, "scenario": getattr(args, "scenario", None)}
     with make_client(args) as client:
         while True:
-            page = client._post("image_recognition", {**payload, "offset": len(counts)}, idempotent=True)
+            page = client.gallery_labels(limit=_LABELS_PAGE, offset=len(counts), per_label=0, **where)
             counts.update((row["label"], int(row["count"])) for row in page["labels"])
             if not page["labels"] or len(counts) >= int(page["total"]):
                 break

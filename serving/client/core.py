@@ -14,7 +14,6 @@ import base64
 import functools
 import json
 import os
-import re
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +25,9 @@ from urllib3.util import Retry
 from shitu.serving.client.errors import (
     CLIENT_ERRORS,
     IMAGE_INDEX,
-    ConnectionFailed,
     ImageFailed,
     InputError,
     ServerError,
-    Timeout,
 )
 from shitu.serving.client.images import as_list, draw, image_bytes
 from shitu.serving.client.results import (
@@ -121,15 +118,6 @@ def unwrap(call: Call, answer: Answer) -> Any:
             request_id=body.get("request_id") or answer.headers.get("X-Request-ID"),
         )
     return body.get("results")
-
-
-def failure(url: str, timed_out: bool, attempts: int, detail: str, timeout: object) -> Timeout | ConnectionFailed:
-    """The error of a call that got no answer after ``attempts`` tries."""
-    tries = f" after {attempts} attempt{'s' if attempts > 1 else ''}"
-    if timed_out:
-        return Timeout(f"{url}: no answer within {timeout} s{tries}", url, attempts)
-    m = re.search(r"\[Errno -?\d+\] ([^'\")]+)", detail)
-    return ConnectionFailed(f"{url}: cannot connect{tries}: {m.group(1).strip() if m else detail}", url, attempts)
 
 
 def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -575,6 +563,18 @@ class Core(Generic[S]):
         """Gallery records by id (optionally of one ``label``), ``limit`` from ``offset``."""
         payload = self._payload("list", scenario, gallery, params, overrides, label=label, limit=limit, offset=offset)
         return [GalleryItem.from_dict(r) for r in (yield self._call("index_search", payload, idempotent=True))]
+
+    @operation
+    def gallery_labels(
+        self, contains: str = "", limit: int = 50, offset: int = 0, per_label: int = 6, **kw: Any
+    ) -> Operation[dict[str, Any]]:
+        """A page of a gallery's labels with their counts (``labels``: ``label``, ``count``, ``items``; ``total``),
+        ``per_label`` items each (0: counts only); ``kw``: ``scenario``, ``gallery``, ``params``, overrides."""
+        scenario, gallery, params = kw.pop("scenario", None), kw.pop("gallery", None), kw.pop("params", None)
+        page = {"contains": contains, "limit": limit, "offset": offset, "per_label": per_label}
+        payload = self._payload("labels", scenario, gallery, params, kw, **page)
+        answer: dict[str, Any] = yield self._call("image_recognition", payload, idempotent=True)
+        return answer
 
     @operation
     def scenarios(

@@ -115,3 +115,12 @@ class Timeout(Unavailable, TimeoutError):
 
 #: Every error the client raises (each carries ``partial``).
 CLIENT_ERRORS = (InputError, ServerError, ConnectionFailed, Timeout)
+
+
+def failure(url: str, timed_out: bool, attempts: int, detail: str, timeout: object) -> Timeout | ConnectionFailed:
+    """The error of a call that got no answer after ``attempts`` tries."""
+    tries = f" after {attempts} attempt{'s' if attempts > 1 else ''}"
+    if timed_out:
+        return Timeout(f"{url}: no answer within {timeout} s{tries}", url, attempts)
+    m = re.search(r"\[Errno -?\d+\] ([^'\")]+)", detail)
+    return ConnectionFailed(f"{url}: cannot connect{tries}: {m.group(1).strip() if m else detail}", url, attempts)

@@ -69,7 +69,6 @@ from shitu.serving.client.core import (
     Core,
     Operation,
     T,
-    failure,
     unwrap,
 )
 from shitu.serving.client.errors import (
@@ -80,6 +79,7 @@ from shitu.serving.client.errors import (
     ServerError,
     ShituError,
     Timeout,
+    failure,
 )
 from shitu.serving.client.images import draw, image_bytes, load_image
 from shitu.serving.client.results import (
