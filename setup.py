@@ -77,6 +77,12 @@ ENGINE = [
     "faiss-cpu>=1.8",
     # Global.det_backend / rec_backend `auto`: the embedded models run fastest on onnxruntime (same answers).
     "onnxruntime>=1.17",
+    # `shitu plugins quantize`: onnxruntime.quantization needs onnx, sympy and ml_dtypes; paddle2onnx converts
+    # paddle-only models (official PP-ShiTu exports) first.
+    "onnx>=1.15",
+    "sympy>=1.12",
+    "ml_dtypes>=0.4",
+    "paddle2onnx>=1.2",
 ]
 
 setup(
