@@ -53,7 +53,7 @@ class Agreement:
 def shortfalls(agreement: Agreement, bounds: dict[str, float] | None = None) -> list[str]:
     """``"<figure> <value> < <bound>"`` for each bound the agreement misses (empty: it meets them all)."""
     got = asdict(agreement)
-    return [f"{k} {got[k]:.4f} < {v}" for k, v in (bounds or BOUNDS).items() if got[k] < v]
+    return [f"{k} {got[k]:.4f} < {v}" for k, v in (BOUNDS if bounds is None else bounds).items() if got[k] < v]
 
 
 def capture_inputs(engine: Any, images: Sequence[np.ndarray], limit: int = 256) -> dict[str, list[np.ndarray]]:

@@ -10,6 +10,8 @@ model stays fp32.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import subprocess
 import sys
@@ -83,6 +85,7 @@ def quantize_onnx(src: Path, dst: Path, samples: Sequence[np.ndarray]) -> Path:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    ort.set_default_logger_severity(3)  # its graph clean-up notices are not the user's concern
     input_name = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()[0].name
 
     class _Reader(CalibrationDataReader):  # type: ignore[misc]
@@ -93,7 +96,8 @@ def quantize_onnx(src: Path, dst: Path, samples: Sequence[np.ndarray]) -> Path:
             x = next(self._it, None)
             return None if x is None else {input_name: x}
 
-    with tempfile.TemporaryDirectory(prefix="shitu_int8_") as tmp:
+    # onnxruntime's calibrators print their progress: kept out of the command's output
+    with tempfile.TemporaryDirectory(prefix="shitu_int8_") as tmp, contextlib.redirect_stdout(io.StringIO()):
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         quantize_static(
