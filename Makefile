@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test venv bench clean system-deps peer-deps milvus-lite lint
+.PHONY: demo test venv bench clean system-deps peer-deps milvus-lite lint docs
 
 # The virtualenv, refreshed whenever setup.py changes (the stamp records the extras installed).
 $(PY):
@@ -45,7 +45,8 @@ milvus-lite: $(MILVUS_SERVER)/.stamp
 # Both read the code under its import names: build/typecheck/shitu is a hard-linked copy of the folders setup.py
 # maps under `shitu`; import-linter runs from there without site's .pth files (-S), so the editable install's
 # finder does not send `shitu` back to the source folders.
-TYPED := shitu.params shitu.serving.engine shitu.serving.gallery shitu.serving.client shitu.plugins shitu.errors
+TYPED := shitu.params shitu.serving.engine shitu.serving.gallery shitu.serving.galleries shitu.serving.results \
+	shitu.serving.adapt shitu.serving.quantize shitu.serving.video shitu.serving.client shitu.plugins shitu.errors
 SITE   = $(shell $(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 lint: $(VENV)/.stamp-dev
 	$(VENV)/bin/ruff check .
@@ -58,13 +59,20 @@ lint: $(VENV)/.stamp-dev
 		"import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())" \
 		--config ../../pyproject.toml
 
-## make test: create/refresh the virtualenv with the dev extra, install the Debian packages, lint, run the whole suite.
-test: $(VENV)/.stamp-dev system-deps peer-deps milvus-lite lint
+## make docs: the documentation site (mkdocs.yml, docs/*.md) built with --strict into build/site: a broken link or
+## anchor, an absolute link or a page missing from the nav fails it.
+docs: $(VENV)/.stamp-dev
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+	@echo "docs built: build/site/index.html"
+
+## make test: create/refresh the virtualenv with the dev extra, install the Debian packages, lint, build the docs,
+## run the whole suite.
+test: $(VENV)/.stamp-dev system-deps peer-deps milvus-lite lint docs
 	$(PY) -m pytest -q tests
 
 ## make bench: the benchmark suite (tables on stdout, JSON in benchmarks/results/), then the tests that assert a
 ## wall-clock bound (pytest -m timing; a plain pytest skips them), then every figure as one table.
-## BENCH_ARGS: --quick (smaller sizes, ~15 min on 2 cores), --write-readme (regenerate the README's figures table).
+## BENCH_ARGS: --quick (smaller sizes, ~15 min on 2 cores), --write-docs (regenerate docs/benchmarks.md's figures table).
 BENCH_ARGS ?=
 bench: $(VENV)/.stamp-dev system-deps milvus-lite
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)

@@ -65,9 +65,13 @@ SERVING_PINS = [
 CLIENT = [
     "numpy>=1.24",
     "requests>=2.28",
+    "httpx>=0.27",  # AsyncShituClient (pure Python)
     "pyyaml>=6",
     "tqdm>=4.60",
     "Pillow>=9",
+    "pydantic>=2",  # pack manifests (plugins/manifest.py)
+    "packaging>=22",  # PEP 440 versions and ranges of packs
+    "filelock>=3.12",  # the pack store's writer lock
 ]
 #: The in-process engine: paddle.inference, images, search.
 ENGINE = [
@@ -77,6 +81,7 @@ ENGINE = [
     "faiss-cpu>=1.8",
     # Global.det_backend / rec_backend `auto`: the embedded models run fastest on onnxruntime (same answers).
     "onnxruntime>=1.17",
+    "pydantic>=2",  # the typed request models of the hub services (shitu.serving.hub.request_models)
     # `shitu plugins quantize`: onnxruntime.quantization needs onnx, sympy and ml_dtypes; paddle2onnx converts
     # paddle-only models (official PP-ShiTu exports) first.
     "onnx>=1.15",
@@ -98,7 +103,6 @@ setup(
     package_dir=PACKAGE_DIR,
     include_package_data=True,
     package_data={
-        "shitu.plugins": ["WRITING_PACKS.md"],
         **PACK_DATA,
         "shitu.hub_modules": ["*/config.json", "*.json"],
     },
@@ -129,10 +133,16 @@ setup(
             # The Milvus gallery tests: the client, and milvus-lite's server (its own protobuf: `make milvus-lite`).
             "pymilvus>=2.5.18,<2.6",
             "milvus-lite==3.2.2",
+            # the HTTP API's OpenAPI description checked, and fuzzed against a real `shitu serve` (tests/test_openapi.py)
+            "openapi-spec-validator>=0.7",
+            "schemathesis>=4.30",
             # make lint (run by make test)
             "ruff>=0.15",
             "mypy>=1.10",
             "import-linter>=2.0",
+            # make docs (run by make test): the documentation site, built with --strict
+            "mkdocs>=1.6",
+            "mkdocs-material>=9.5",
         ],
     },
     entry_points={"console_scripts": ["shitu=shitu.serving.cli:main"]},

@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     except dataset.MissingData as exc:
         print(f"cannot build the set: {exc}", file=sys.stderr)
         return 2
+    from shitu.serving.adapt.pack import train_recognizer
     from shitu.serving.engine import load_engine
-    from shitu.serving.engine.adapt_pack import train_recognizer
 
     info = machine()
     print(describe(info, qs.describe()))

@@ -1,12 +1,13 @@
-"""One table of every benchmark's headline figures, and the README's Benchmarks table regenerated from it.
+"""One table of every benchmark's headline figures, and the docs' Benchmarks table regenerated from it.
 
-    python benchmarks/readme_table.py [--results benchmarks/results/run_all.json] [--readme README.md] [--check]
+    python benchmarks/readme_table.py [--results benchmarks/results/run_all.json] [--page docs/benchmarks.md] [--check]
 
 Each benchmark's results JSON carries ``"summary": [{"what": ..., "figure": ...}, ...]`` (its headline figures);
 ``benchmarks/run_all.py`` (``make bench``) gathers them with :func:`collect` into ``run_all.json``'s ``summary``
-and prints them with :func:`text_table`. This script (or ``run_all.py --write-readme``) replaces what lies between
-:data:`BEGIN` and :data:`END` in the README with :func:`markdown` of that run: the machine line, then one row per
-figure. ``--check`` only says whether the README already shows that run (exit 1 if not).
+and prints them with :func:`text_table`. This script (or ``run_all.py --write-docs``) replaces what lies between
+:data:`BEGIN` and :data:`END` in the docs' Benchmarks page (:data:`PAGE`) with :func:`markdown` of that run: the
+machine line, then one row per figure. ``--check`` only says whether the page already shows that run (exit 1 if
+not).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 RUN_ALL = HERE / "results" / "run_all.json"
-README = HERE.parent / "README.md"
+#: The docs page whose figures table this regenerates (the README only links to it).
+PAGE = HERE.parent / "docs" / "benchmarks.md"
 
 
 class SummaryError(ValueError):
-    """A results file's ``summary`` is not a list of ``{"what": str, "figure": str}``, or the README lacks markers."""
+    """A results file's ``summary`` is not a list of ``{"what": str, "figure": str}``, or the page lacks markers."""
 
 
 def summary_of(data: dict[str, Any], source: str) -> list[dict[str, str]]:
@@ -92,11 +94,11 @@ def markdown(run: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def replace_block(readme: str, block: str) -> str:
-    """``readme`` with the text between :data:`BEGIN` and :data:`END` (exactly one pair, in order) set to ``block``."""
-    if readme.count(BEGIN) != 1 or readme.count(END) != 1 or readme.index(BEGIN) > readme.index(END):
-        raise SummaryError(f"the README needs exactly one {BEGIN} ... {END} pair")
-    head, rest = readme.split(BEGIN)
+def replace_block(page: str, block: str) -> str:
+    """``page`` with the text between :data:`BEGIN` and :data:`END` (exactly one pair, in order) set to ``block``."""
+    if page.count(BEGIN) != 1 or page.count(END) != 1 or page.index(BEGIN) > page.index(END):
+        raise SummaryError(f"the page needs exactly one {BEGIN} ... {END} pair")
+    head, rest = page.split(BEGIN)
     _, tail = rest.split(END)
     return f"{head}{BEGIN}\n{block}\n{END}{tail}"
 
@@ -108,35 +110,35 @@ def text_table(rows: list[dict[str, str]]) -> str:
     return table([[r["step"], r["what"], r["figure"]] for r in rows], ["benchmark", "what", "figure"])
 
 
-def write_readme(run: dict[str, Any], readme: Path = README) -> bool:
-    """Regenerate the README's block from ``run`` (a whole suite's run); True if the file changed."""
+def write_page(run: dict[str, Any], page: Path = PAGE) -> bool:
+    """Regenerate the page's block from ``run`` (a whole suite's run); True if the file changed."""
     if run.get("only"):
-        raise SummaryError(f"a run of some steps only ({', '.join(run['only'])}) does not replace the README's table")
-    old = readme.read_text()
+        raise SummaryError(f"a run of some steps only ({', '.join(run['only'])}) does not replace the page's table")
+    old = page.read_text()
     new = replace_block(old, markdown(run))
     if new != old:
-        readme.write_text(new)
+        page.write_text(new)
     return new != old
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=RUN_ALL, help="run_all.json of a `make bench` run")
-    ap.add_argument("--readme", type=Path, default=README)
-    ap.add_argument("--check", action="store_true", help="exit 1 if the README does not show this run")
+    ap.add_argument("--page", type=Path, default=PAGE, help="the docs page holding the markers")
+    ap.add_argument("--check", action="store_true", help="exit 1 if the page does not show this run")
     args = ap.parse_args(argv)
     try:
         run = json.loads(args.results.read_text())
         if args.check:
-            current = args.readme.read_text()
+            current = args.page.read_text()
             same = replace_block(current, markdown(run)) == current
-            print("the README shows this run" if same else f"the README does not show {args.results}")
+            print(f"{args.page} shows this run" if same else f"{args.page} does not show {args.results}")
             return 0 if same else 1
-        changed = write_readme(run, args.readme)
+        changed = write_page(run, args.page)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{args.readme}: {'regenerated' if changed else 'already up to date'} from {args.results}")
+    print(f"{args.page}: {'regenerated' if changed else 'already up to date'} from {args.results}")
     return 0
 
 

@@ -1,12 +1,12 @@
 """Run every benchmark in turn (``make bench``), then the tests that assert wall-clock bounds (``pytest -m timing``).
 
-    python benchmarks/run_all.py [--quick] [--write-readme] [--only NAME ...]
+    python benchmarks/run_all.py [--quick] [--write-docs] [--only NAME ...]
 
 Each benchmark prints its tables and writes ``benchmarks/results/<script>.json`` (passed as ``--json``), whose
 ``summary`` holds its headline figures. At the end this prints every step's figures as one table and writes
 ``benchmarks/results/run_all.json``: the machine, the load average, per step its exit status, duration and results
-file, and that ``summary`` (``benchmarks/readme_table.py``). ``--write-readme`` then regenerates the README's
-Benchmarks figures table from it. ``--quick`` gives each step the smaller sizes of :data:`QUICK_ARGS` (the whole
+file, and that ``summary`` (``benchmarks/readme_table.py``). ``--write-docs`` then regenerates the figures table
+of the docs' Benchmarks page (``docs/benchmarks.md``) from it. ``--quick`` gives each step the smaller sizes of :data:`QUICK_ARGS` (the whole
 run in about 15 minutes on 2 cores; every figure is still printed, from fewer samples).
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import RESULTS, machine, write_json  # noqa: E402
-from readme_table import collect, text_table, write_readme  # noqa: E402
+from readme_table import collect, text_table, write_page  # noqa: E402
 
 SUITE = [
     "bench_pipeline.py",
@@ -89,14 +89,20 @@ def _step(name: str, argv: list[str], results: Path | None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller sizes per step (QUICK_ARGS): ~15 min on 2 cores")
-    ap.add_argument("--write-readme", action="store_true", help="regenerate the README's Benchmarks table")
+    ap.add_argument(
+        "--write-docs",
+        "--write-readme",
+        dest="write_docs",
+        action="store_true",
+        help="regenerate docs/benchmarks.md's figures table (--write-readme: its old name)",
+    )
     ap.add_argument("--only", nargs="+", metavar="SCRIPT", help="run these steps of the suite only")
     args = ap.parse_args(argv)
     unknown = sorted(set(args.only or ()) - set(SUITE))
     if unknown:
         ap.error(f"--only: not in the suite: {', '.join(unknown)}")
-    if args.only and args.write_readme:
-        ap.error("--write-readme needs the whole suite (the README shows one complete run), not --only")
+    if args.only and args.write_docs:
+        ap.error("--write-docs needs the whole suite (the docs show one complete run), not --only")
     load = [os.getloadavg()[0]]
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     steps = [
@@ -132,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n===== every figure of this run =====")
     print(text_table(summary))
     write_json("run_all", run)
-    if args.write_readme:
-        print("README regenerated" if write_readme(run) else "README already shows these figures")
+    if args.write_docs:
+        print("docs/benchmarks.md regenerated" if write_page(run) else "docs/benchmarks.md already shows these figures")
     if failed:
         print(f"\nfailed: {', '.join(failed)}")
     return 1 if failed else 0

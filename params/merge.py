@@ -19,10 +19,11 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from shitu.echo import MAX_SUGGEST_CHARS, clip
+from shitu.errors import InvalidArgument
 from shitu.params.schema import BY_NAME, FIELDS, SECTIONS, SHORT, Field
 
 
-class ParamError(ValueError):
+class ParamError(InvalidArgument):
     """A parameter name is unknown or its value is invalid. ``name`` is the offending parameter."""
 
     def __init__(self, name: str, message: str):
@@ -64,7 +65,10 @@ def coerce(f: Field, value: Any) -> Any:
             raise ParamError(f.name, f"expected {' or '.join(json.dumps(c) for c in f.choices)}, got {value!r}")
         return value
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond any float (JSON allows it)
+            raise ParamError(f.name, f"must be a finite number, got {clip(value)}") from None
     if expected is bool:
         if not isinstance(value, bool):
             raise ParamError(f.name, f"expected true or false, got {type(value).__name__} {clip(value)}")
@@ -144,21 +148,37 @@ class Params(Mapping[str, Any]):
         return {s: self.section(s) for s in SECTIONS}
 
     def override(self, *layers: Mapping[str, Any] | None, per_request: bool = False) -> Params:
-        """A new :class:`Params` with ``layers`` applied on top (later wins).
+        """A new :class:`Params` with ``layers`` (any spelling, validated here) applied on top (later wins).
 
         With ``per_request=True`` only parameters that may change per request are accepted; changing a load-time
         parameter (model folders, threads) is a :class:`ParamError`.
         """
-        values = dict(self._values)
+        out = self
         for layer in layers:
-            flat = flatten(layer)
-            if per_request:
-                for name in flat:
-                    if not BY_NAME[name].per_request:
-                        raise ParamError(name, "is fixed when the service starts and cannot be set per request")
-            values.update(flat)
+            out = out.apply(flatten(layer), per_request=per_request)
+        return out
+
+    def apply(self, flat: Mapping[str, Any], per_request: bool = False) -> Params:
+        """A new :class:`Params` with ``flat`` on top: a layer :func:`flatten` already validated (``{"Section.key":
+        value}``), as a parsed request carries it, so nothing is validated twice.
+
+        ``per_request``: load-time parameters are refused, and the ``IndexProcess.labels`` filter is bounded by
+        ``Limits.max_filter_labels`` (a request's filter, checked before any work).
+        """
+        if not flat:
+            return self
+        if per_request:
+            for name in flat:
+                if not BY_NAME[name].per_request:
+                    raise ParamError(name, "is fixed when the service starts and cannot be set per request")
+            labels, limit = flat.get("IndexProcess.labels"), self._values["Limits.max_filter_labels"]
+            if labels is not None and len(labels) > limit:
+                raise ParamError(
+                    "IndexProcess.labels",
+                    f"{len(labels)} labels, more than the limit of {limit} (Limits.max_filter_labels)",
+                )
         new = Params.__new__(Params)
-        new._values = values
+        new._values = {**self._values, **flat}
         return new
 
 

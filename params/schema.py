@@ -180,6 +180,9 @@ FIELDS: tuple[Field, ...] = (
     Field("Limits", "max_explain_matches", int, 10,
           "Gallery matches listed per searched box in `explain` answers: the best `IndexProcess.return_k`, at most "
           "this many.", minimum=1, maximum=1000, per_request=False),
+    Field("Limits", "max_filter_labels", int, 1000,
+          "Labels a request may give in its `IndexProcess.labels` filter (refused before any work; explanations "
+          "report how many labels were filtered on, never the list).", minimum=1, per_request=False),
     Field("Limits", "max_index_import_bytes", int, 1 << 30,
           "Largest `vector.index` or `id_map.pkl` file read when importing a PaddleClas index folder.", minimum=1,
           per_request=False),
@@ -204,6 +207,20 @@ FIELDS: tuple[Field, ...] = (
           "Connections served at once per serving process: threads of the single-process server (more are "
           "answered `503` at once), gthread threads per gunicorn worker (which holds at most twice as many "
           "connections; more wait in the listen backlog).", minimum=1, maximum=4096,
+          per_request=False),
+    Field("Limits", "allowed_hosts", list, None,
+          "Host names (`Host` header, port ignored) `hub serving` answers besides the address it listens on and the "
+          "loopback names (`localhost`, `127.0.0.1`, `::1`), against DNS rebinding; `[\"*\"]`: any name. Null: "
+          "any name when it listens on all addresses (`0.0.0.0`, `::`), else none. Other names get a `403` envelope "
+          "(`GET /health` answers whatever the name).", nullable=True,
+          per_request=False, check=_labels),
+    Field("Limits", "allowed_origins", list, [],
+          "Web origins (`https://app.example:8443`) other than the server's own whose pages may send POST requests "
+          "and read the answers (CORS). Empty: a browser request carrying another `Origin` is refused (`403`) and "
+          "no CORS headers are sent.", per_request=False, check=_labels),
+    Field("Limits", "min_free_disk_bytes", int, 64 * 1024 * 1024,
+          "Free bytes under which the galleries' or the logs' disk counts as full: `GET /health` then answers "
+          "`degraded` (still HTTP 200: reads keep working, gallery writes are refused).", minimum=0,
           per_request=False),
     Field("Limits", "max_request_pixels", int, 160_000_000,
           "Decoded pixels accepted in one request, all its images together.", minimum=1, per_request=False),

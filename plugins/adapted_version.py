@@ -22,25 +22,15 @@ from typing import Any
 import yaml
 
 from shitu.plugins import registry, store
-from shitu.plugins.errors import PackError
+from shitu.plugins.errors import InvalidPack, PackConflict
 from shitu.plugins.fetch import copy_tree, sha256_file
-from shitu.plugins.manifest import MANIFEST_FILE, Manifest, read_manifest
+from shitu.plugins.manifest import DESCRIPTION_KEYS, MANIFEST_FILE, Manifest, read_manifest
 
 __all__ = ["LOCAL_PREFIX", "copy_version", "install_staged", "list_files", "next_version", "stage", "write_manifest"]
 
 LOCAL_PREFIX = "adapt"
 #: Keys of a recogniser folder's ``shitu_model.yml`` that the manifest's recogniser entry repeats.
-_DESCRIPTION_KEYS = (
-    "model_file",
-    "params_file",
-    "onnx_file",
-    "input_color",
-    "transform_ops",
-    "pooling",
-    "projection",
-    "onednn",
-    "onednn_passes",
-)
+_DESCRIPTION_KEYS = tuple(k for k in DESCRIPTION_KEYS if k not in ("kind", "decoder", "decoder_args"))
 #: Files of a pack version that are the store's, not the pack's.
 _STORE_FILES = (store.INSTALL_RECORD,)
 
@@ -57,7 +47,7 @@ def copy_version(pack: registry.Pack, dest: Path) -> dict[str, Any]:
     """Copy the installed folder of ``pack`` into the new folder ``dest`` (without the store's own files); its
     manifest's data, to edit and give to :func:`write_manifest`."""
     if dest.exists():
-        raise PackError(f"{dest}: exists already")
+        raise PackConflict(f"{dest}: exists already")
     copy_tree(pack.root, dest)
     for name in _STORE_FILES:
         (dest / name).unlink(missing_ok=True)
@@ -114,7 +104,7 @@ def stage(
         if not gallery.get("vectors_file"):
             continue
         if rewrite_vectors is None:
-            raise PackError(
+            raise InvalidPack(
                 f"pack {pack.name!r}: gallery {gname!r} ships vectors of the old recogniser and this "
                 "recogniser cannot map them; remove the gallery from the pack or give its images"
             )

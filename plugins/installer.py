@@ -18,6 +18,7 @@ Steps (all inside ``$SHITU_HOME/packs/.tmp/stage-*``, removed whatever happens):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -26,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shitu.plugins import runtime_check, store
-from shitu.plugins.errors import ManifestError, PackError
+from shitu.plugins.errors import InvalidPack, ManifestError, PackConflict, PackNotFound, PackUnavailable
 from shitu.plugins.fetch import DownloadError, archive_names, copy_tree, download, extract_archive, sha256_file
 from shitu.plugins.manifest import (
     MANIFEST_FILE,
@@ -34,9 +35,10 @@ from shitu.plugins.manifest import (
     SHA256_RE,
     Manifest,
     ModelEntry,
+    join,
     read_manifest,
-    version_matches,
 )
+from shitu.plugins.versions import shitu_version, version_matches
 
 
 def _is_url(text: str) -> bool:
@@ -74,7 +76,7 @@ def _normalize_hashes(sha256: str | Iterable[str] | None) -> set[str]:
     for v in values:
         v = str(v).strip().lower()
         if not SHA256_RE.match(v):
-            raise PackError(f"--sha256 {v!r}: expected 64 hex characters")
+            raise InvalidPack(f"--sha256 {v!r}: expected 64 hex characters")
         out.add(v)
     return out
 
@@ -96,9 +98,9 @@ def install(
     files = [Path(p).expanduser() for p in (from_files or [])]
     for f in files:
         if not f.is_file():
-            raise PackError(f"--from {f}: no such file")
+            raise InvalidPack(f"--from {f}: no such file")
     if name is not None and not NAME_RE.match(name):
-        raise PackError(f"--name {name!r}: not a pack name")
+        raise InvalidPack(f"--name {name!r}: not a pack name")
     with store.lock():
         with store.staging() as tmp:
             ctx = _Ctx(tmp, trust, hashes, [f.resolve() for f in files], progress)
@@ -107,11 +109,11 @@ def install(
             ctx.source_arg = str(source)
             manifest = _stage(str(source), stage, ctx)
             if name is not None and manifest.name != name:
-                raise PackError(f"{source}: holds pack {manifest.name!r}, not {name!r}")
-            if not version_matches(_shitu_version(), manifest.shitu_hub):
-                raise PackError(
+                raise InvalidPack(f"{source}: holds pack {manifest.name!r}, not {name!r}")
+            if not version_matches(shitu_version(), manifest.shitu_hub):
+                raise PackConflict(
                     f"pack {manifest.name!r} {manifest.version} needs shitu-hub {manifest.shitu_hub}; "
-                    f"this is {_shitu_version()}"
+                    f"this is {shitu_version()}"
                 )
             _refuse_installed(manifest)
             for model in manifest.models.values():
@@ -119,19 +121,19 @@ def install(
             record_files = _check_files(manifest, stage, ctx)
             unused = ctx.hashes - ctx.used_hashes
             if unused:
-                raise PackError(
+                raise InvalidPack(
                     f"--sha256 {', '.join(sorted(unused))}: matches no file of pack {manifest.name!r} that needed one"
                 )
             unused_from = [str(f) for f in ctx.from_files if f not in ctx.used_from]
             if unused_from:
-                raise PackError(
+                raise InvalidPack(
                     f"--from {', '.join(unused_from)}: not needed by pack {manifest.name!r} (it needs: "
                     f"{', '.join(_needed_names(manifest)) or 'nothing'})"
                 )
             runtime = runtime_check.check_models(manifest, stage)
             refused = runtime_check.refusal(manifest, runtime, f"pack {manifest.name!r} {manifest.version}")
             if refused:
-                raise PackError(refused)
+                raise InvalidPack(refused)
             store.write_record(
                 stage,
                 {
@@ -139,7 +141,7 @@ def install(
                     "version": manifest.version,
                     "source": ctx.source_desc,
                     "installed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    "shitu_hub": _shitu_version(),
+                    "shitu_hub": shitu_version(),
                     "trusted": ctx.trust and any(v.get("verified") == "trust" for v in record_files.values()),
                     "files": record_files,
                     "runtime": runtime,
@@ -152,17 +154,11 @@ def install(
 
 def _refuse_installed(manifest: Manifest) -> None:
     if store.version_dir(manifest.name, manifest.version).exists():
-        raise PackError(
+        raise PackConflict(
             f"pack {manifest.name!r} {manifest.version} is already installed; switch to it with "
             f"`shitu plugins use {manifest.name} {manifest.version}`, or remove it first "
             f"(`shitu plugins remove {manifest.name} {manifest.version}`)"
         )
-
-
-def _shitu_version() -> str:
-    from shitu._version import __version__
-
-    return __version__
 
 
 def _needed_names(m: Manifest) -> list[str]:
@@ -200,8 +196,8 @@ def _stage(source: str, stage: Path, ctx: _Ctx) -> Manifest:
     if NAME_RE.match(source):  # a pack name (even if a folder of that name, without pack.yaml, is here)
         return _stage_named(source, stage, ctx)
     if path.is_dir():
-        raise PackError(f"{path}: no {MANIFEST_FILE} in this folder")
-    raise PackError(f"{source!r} is not a pack folder, an archive, an http(s) URL or the name of a known pack")
+        raise InvalidPack(f"{path}: no {MANIFEST_FILE} in this folder")
+    raise PackNotFound(f"{source!r} is not a pack folder, an archive, an http(s) URL or the name of a known pack")
 
 
 def _stage_archive(archive: Path, stage: Path, ctx: _Ctx, label: str) -> Manifest:
@@ -211,7 +207,8 @@ def _stage_archive(archive: Path, stage: Path, ctx: _Ctx, label: str) -> Manifes
     extract_archive(archive, peek, lambda n: n if n.count("/") <= 1 and n.rpartition("/")[2] == MANIFEST_FILE else None)
     found = [p for p in (peek / MANIFEST_FILE, *peek.glob(f"*/{MANIFEST_FILE}")) if p.is_file()]
     if len(found) == 1:
-        _refuse_installed(read_manifest(found[0]))
+        with contextlib.suppress(ManifestError):  # a bad one is reported after the full extraction, by its name
+            _refuse_installed(read_manifest(found[0]))
     out = ctx.scratch("extract")
     extract_archive(archive, out)
     root = out
@@ -220,7 +217,7 @@ def _stage_archive(archive: Path, stage: Path, ctx: _Ctx, label: str) -> Manifes
         if len(entries) == 1 and entries[0].is_dir() and (entries[0] / MANIFEST_FILE).is_file():
             root = entries[0]
         else:
-            raise PackError(f"{label}: the archive has no {MANIFEST_FILE} at its top level or in a single top folder")
+            raise InvalidPack(f"{label}: the archive has no {MANIFEST_FILE} at its top level or in a single top folder")
     inner = root.relative_to(out).as_posix()
     os.rename(root, stage)
     return _read_staged(stage, f"{label} ({inner + '/' if inner != '.' else ''}{MANIFEST_FILE})")
@@ -231,13 +228,13 @@ def _stage_named(name: str, stage: Path, ctx: _Ctx) -> Manifest:
     good = [i for i in items if i.manifest is not None]
     if not good:
         if items:
-            raise PackError(f"pack {name!r} cannot be installed: {items[0].error}")
+            raise InvalidPack(f"pack {name!r} cannot be installed: {items[0].error}")
         if store.installed_versions(name):
-            raise PackError(
+            raise InvalidPack(
                 f"pack {name!r} is only in the store; to install another version give its folder, archive or URL"
             )
         hint = f" ({Path(name).resolve()} is a folder without {MANIFEST_FILE})" if Path(name).is_dir() else ""
-        raise PackError(f"{name!r} is not a folder, an archive, an http(s) URL or the name of a known pack{hint}")
+        raise PackNotFound(f"{name!r} is not a folder, an archive, an http(s) URL or the name of a known pack{hint}")
     item = next((i for i in good if i.source == "entrypoint"), good[0])
     ctx.source_desc = f"{item.source}:{name} ({item.root})"
     copy_tree(item.root, stage)
@@ -309,7 +306,7 @@ def _fetch(m: Manifest, url: str, filename: str, size: int | None, ctx: _Ctx) ->
             else:
                 downloads += [(f.url, Path(urlsplit(f.url).path).name, f.sha256) for f in model.files if f.url]
         target = ctx.source_arg if not NAME_RE.match(ctx.source_arg) else m.name
-        raise PackError(f"pack {m.name!r} {m.version}: {exc}\n{install_hint(target, downloads)}") from None
+        raise PackUnavailable(f"pack {m.name!r} {m.version}: {exc}\n{install_hint(target, downloads)}") from None
     return dest
 
 
@@ -318,7 +315,7 @@ def _check_archive_hash(path: Path, expected: str | None, label: str, ctx: _Ctx,
     got = sha256_file(path)
     if expected:
         if got != expected:
-            raise PackError(f"checksum mismatch for {label}: sha256 {got}, the manifest says {expected}")
+            raise InvalidPack(f"checksum mismatch for {label}: sha256 {got}, the manifest says {expected}")
         return "manifest"
     if got in ctx.hashes:
         ctx.used_hashes.add(got)
@@ -327,7 +324,7 @@ def _check_archive_hash(path: Path, expected: str | None, label: str, ctx: _Ctx,
         return ""
     if ctx.trust:
         return "trust"
-    raise PackError(
+    raise InvalidPack(
         f"{label}: no sha256 is published for this file, so it cannot be verified. Its sha256 is {got}; "
         f"if that is the file you expect, pass --sha256 {got} (or --trust to accept it unverified)"
     )
@@ -356,10 +353,10 @@ def _complete_model(m: Manifest, model: ModelEntry, stage: Path, ctx: _Ctx) -> N
         got = set(extract_archive(path, folder, select))
         for f in missing:
             if f.path in got:
-                ctx.provenance[_rel(model.path, f.path)] = how
+                ctx.provenance[join(model.path, f.path)] = how
         lacking = [f.path for f in missing if not f.optional and f.path not in got]
         if lacking:
-            raise PackError(
+            raise InvalidPack(
                 f"pack {m.name!r}: archive {a.filename} has no {', '.join(prefix + p for p in lacking)} "
                 f"(models.{model.role}.archive.root is {a.root!r})"
             )
@@ -368,8 +365,8 @@ def _complete_model(m: Manifest, model: ModelEntry, stage: Path, ctx: _Ctx) -> N
         if f.url is None:
             if f.optional:
                 continue
-            raise PackError(
-                f"pack {m.name!r}: {_rel(model.path, f.path)} is missing and models.{model.role} gives "
+            raise InvalidPack(
+                f"pack {m.name!r}: {join(model.path, f.path)} is missing and models.{model.role} gives "
                 "no archive or url to fetch it from"
             )
         fname = Path(urlsplit(f.url).path).name or Path(f.path).name
@@ -399,10 +396,6 @@ def _copy(src: Path, dst: Path) -> None:
     copy_file(src, dst)
 
 
-def _rel(folder: str, path: str) -> str:
-    return path if folder in ("", ".") else f"{folder}/{path}"
-
-
 def _check_files(m: Manifest, stage: Path, ctx: _Ctx) -> dict[str, Any]:
     record: dict[str, Any] = {}
     for rel, f in m.all_files():
@@ -410,14 +403,14 @@ def _check_files(m: Manifest, stage: Path, ctx: _Ctx) -> dict[str, Any]:
         if not path.is_file():
             if f.optional:
                 continue
-            raise PackError(f"pack {m.name!r} {m.version}: {rel} is listed in the manifest but not present")
+            raise InvalidPack(f"pack {m.name!r} {m.version}: {rel} is listed in the manifest but not present")
         size = path.stat().st_size
         if f.size is not None and size != f.size:
-            raise PackError(f"pack {m.name!r} {m.version}: {rel}: {size} bytes, the manifest says {f.size}")
+            raise InvalidPack(f"pack {m.name!r} {m.version}: {rel}: {size} bytes, the manifest says {f.size}")
         got = sha256_file(path)
         if f.sha256:
             if got != f.sha256:
-                raise PackError(
+                raise InvalidPack(
                     f"checksum mismatch: pack {m.name!r} {m.version}: {rel}: sha256 {got}, the manifest says {f.sha256}"
                 )
             how = "manifest"
@@ -429,7 +422,7 @@ def _check_files(m: Manifest, stage: Path, ctx: _Ctx) -> dict[str, Any]:
         elif ctx.trust:
             how = "trust"
         else:
-            raise PackError(
+            raise InvalidPack(
                 f"pack {m.name!r} {m.version}: {rel} has no sha256 in the manifest. Its sha256 is {got}; "
                 f"pass --sha256 {got} if that is the file you expect, or --trust to accept it unverified"
             )

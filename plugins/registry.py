@@ -21,7 +21,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import importlib.machinery
 import importlib.util
 import os
@@ -31,20 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from shitu.plugins import runtime_check, store
-from shitu.plugins.embedding_space import embedding_space
-from shitu.plugins.errors import ManifestError, PackError
+from shitu.plugins.errors import InvalidPack, ManifestError, PackConflict, PackError, PackNotFound
 from shitu.plugins.gallery_spec import GallerySpec
 from shitu.plugins.installer import install as _install
-from shitu.plugins.installer import install_hint  # noqa: F401 - also the registry's (Pack.unavailable_reason)
-from shitu.plugins.manifest import (
-    MANIFEST_FILE,
-    GalleryEntry,
-    Manifest,
-    ModelEntry,
-    read_manifest,
-    version_key,
-    version_matches,
-)
+from shitu.plugins.manifest import MANIFEST_FILE, Manifest, read_manifest
+from shitu.plugins.pack import Pack
+from shitu.plugins.versions import shitu_version, version_key
 
 __all__ = [
     "FileCheck",
@@ -70,12 +61,6 @@ ENTRY_POINT_GROUP = "shitu.packs"
 FALLBACK_DEFAULT = "general-lite"
 BUILTIN_DIR = Path(__file__).resolve().parent / "packs"
 SOURCES = ("store", "entrypoint", "builtin")  # resolution order for one name
-
-
-def shitu_version() -> str:
-    from shitu._version import __version__
-
-    return __version__
 
 
 # -- public types --------------------------------------------------------------------------------------------------
@@ -113,148 +98,6 @@ class FileCheck:
     @property
     def problem(self) -> bool:
         return self.status not in ("ok", "absent-optional")
-
-
-class Pack:
-    """One usable pack version: its manifest, its folder and what the engine needs from it."""
-
-    def __init__(self, manifest: Manifest, root: Path, source: str, record: dict[str, Any] | None = None):
-        self._m = manifest
-        self.root = Path(root)
-        self.source = source
-        self.record = record
-        self.name = manifest.name
-        self.version = manifest.version
-        self.title = manifest.title
-        self.description = manifest.description
-        self.license = manifest.license
-        self.manifest: dict[str, Any] = copy.deepcopy(manifest.raw)
-        self.params: dict[str, dict[str, Any]] = copy.deepcopy(manifest.params)
-        self.default_gallery = manifest.default_gallery
-        rec = manifest.models["recognizer"]
-        #: Where this version's galleries live (None: ``galleries/<pack>/``); see :mod:`.embedding_space`.
-        self.embedding_space = embedding_space(manifest)
-        self.galleries: dict[str, GallerySpec] = {n: self._gallery_spec(g, rec) for n, g in manifest.galleries.items()}
-
-    def __repr__(self) -> str:
-        return f"Pack({self.name!r}, {self.version!r}, source={self.source!r}, root={str(self.root)!r})"
-
-    # -- models ----------------------------------------------------------------------------------------------------
-    @property
-    def models(self) -> dict[str, ModelEntry]:
-        return self._m.models
-
-    @property
-    def shitu_hub(self) -> str:
-        return self._m.shitu_hub
-
-    @property
-    def compatible(self) -> bool:
-        return version_matches(shitu_version(), self._m.shitu_hub)
-
-    def model_dir(self, role: str) -> Path:
-        return self.root / self._m.models[role].path
-
-    def missing_files(self, role: str | None = None) -> list[str]:
-        """Required model files that are not present (paths relative to the pack root)."""
-        roles = [role] if role else list(self._m.models)
-        out = []
-        for r in roles:
-            m = self._m.models[r]
-            for f in m.files:
-                if not f.optional and not (self.root / m.path / f.path).is_file():
-                    out.append(_rel(m.path, f.path))
-        return out
-
-    def is_available(self) -> bool:
-        """Whether every required model file is present (hashes are checked by :func:`verify`)."""
-        return not self.missing_files()
-
-    def detector_spec(self):
-        """The mainbody detector as a :class:`shitu.model_spec.ModelSpec`."""
-        return self._spec("detector")
-
-    def extractor_spec(self):
-        """The feature extractor (the manifest's ``recognizer``) as a ``ModelSpec``."""
-        return self._spec("recognizer")
-
-    def _spec(self, role: str):
-        from shitu.model_spec import ModelSpec, ModelSpecError
-
-        if not self.compatible:
-            raise PackError(
-                f"pack {self.name!r} {self.version} needs shitu-hub {self._m.shitu_hub}; this is {shitu_version()}"
-            )
-        if self.missing_files(role):
-            raise PackError(self.fetch_instructions())
-        entry = self._m.models[role]
-        try:
-            spec = ModelSpec.from_dict(copy.deepcopy(entry.description), self.root / entry.path)
-        except ModelSpecError as exc:
-            raise PackError(f"pack {self.name!r} {self.version}: models.{role}: {exc}") from None
-        if self.source != "builtin" and not runtime_check.onednn_allowed(self.record, role, entry.description):
-            spec.onednn = False  # only what `shitu plugins install/verify` ran in a child process is used
-        return spec
-
-    def downloads(self) -> list[tuple[str, str, str | None]]:
-        """What must be fetched for the missing model files: ``(url, file name, sha256 or None)``."""
-        out: list[tuple[str, str, str | None]] = []
-        for m in self._m.models.values():
-            missing = [f for f in m.files if not f.optional and not (self.root / m.path / f.path).is_file()]
-            if not missing:
-                continue
-            if m.archive:
-                out.append((m.archive.url, m.archive.filename, m.archive.sha256))
-            else:
-                out += [(f.url, Path(f.url).name if f.url else f.path, f.sha256) for f in missing if f.url]
-        return out
-
-    def fetch_instructions(self) -> str:
-        missing = self.missing_files()
-        head = (
-            f"pack {self.name!r} {self.version} ({self.source}, {self.root}): model files are not installed "
-            f"(missing: {', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})."
-        )
-        if self.source == "store":
-            origin = (self.record or {}).get("source") or "its folder, archive or URL"
-            return (
-                head + f"\nThe installed copy is damaged: run `shitu plugins remove {self.name} {self.version}` "
-                f"and install it again from {origin}."
-            )
-        return head + "\n" + install_hint(self.name, self.downloads())
-
-    # -- galleries -------------------------------------------------------------------------------------------------
-    def _gallery_spec(self, g: GalleryEntry, rec: ModelEntry) -> GallerySpec:
-        return GallerySpec(
-            pack=self.name,
-            name=g.name,
-            title=g.title,
-            description=g.description,
-            embedding_size=int(rec.embedding_size or 0),
-            index_method=g.index_method,
-            dist_type=g.dist_type,
-            delimiter=g.delimiter,
-            list_file=self.root / g.list_file if g.list_file else None,
-            image_root=self.root / g.image_root if g.image_root else None,
-            folder=self.root / g.folder if g.folder else None,
-            data_url=g.data_url,
-            vectors_file=self.root / g.vectors_file if g.vectors_file else None,
-            space=self.embedding_space,
-        )
-
-    def gallery(self, name: str | None = None) -> GallerySpec:
-        """The gallery ``name`` (default: the pack's default gallery)."""
-        key = name or self.default_gallery
-        try:
-            return self.galleries[key]
-        except KeyError:
-            raise PackError(
-                f"pack {self.name!r} has no gallery {key!r} (galleries: {', '.join(self.galleries)})"
-            ) from None
-
-    def gallery_dir(self, name: str | None = None) -> Path:
-        """``$SHITU_HOME/galleries/<pack>/<gallery>``."""
-        return self.gallery(name).dir()
 
 
 # -- discovery -----------------------------------------------------------------------------------------------------
@@ -304,7 +147,7 @@ def _entry_point_root(value: str) -> Path:
     modname = value.split(":", 1)[0].strip()
     parts = modname.split(".")
     if not all(p.isidentifier() for p in parts):
-        raise PackError(f"entry point value {value!r} is not a module name")
+        raise InvalidPack(f"entry point value {value!r} is not a module name")
     spec = importlib.util.find_spec(parts[0])  # top level: consults finders, imports nothing
     if spec is None:  # installed after the finders cached their folder listings
         importlib.invalidate_caches()
@@ -315,12 +158,12 @@ def _entry_point_root(value: str) -> Path:
             break
         spec = importlib.machinery.PathFinder.find_spec(part, list(spec.submodule_search_locations))
     if spec is None:
-        raise PackError(f"module {modname!r} of entry point {value!r} cannot be found")
+        raise PackNotFound(f"module {modname!r} of entry point {value!r} cannot be found")
     if spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations)))
     if spec.origin and spec.origin not in ("built-in", "frozen"):
         return Path(spec.origin).parent
-    raise PackError(f"module {modname!r} has no folder on disk")
+    raise InvalidPack(f"module {modname!r} has no folder on disk")
 
 
 def _entrypoints() -> list[_Found]:
@@ -394,7 +237,7 @@ def _pick(items: list[_Found], name: str, version: str | None) -> _Found:
                 if i.source == source and i.manifest.version == version:  # type: ignore[union-attr]
                     return i
         have = sorted({i.manifest.version for i in good}, key=version_key)  # type: ignore[union-attr]
-        raise PackError(
+        raise PackNotFound(
             f"pack {name!r} has no version {version!r}" + (f" (available: {', '.join(have)})" if have else "")
         )
     stored = [i for i in items if i.name == name and i.source == "store"]
@@ -403,7 +246,7 @@ def _pick(items: list[_Found], name: str, version: str | None) -> _Found:
         for i in stored:
             if i.root.name == current:
                 if i.manifest is None:
-                    raise PackError(f"pack {name!r} {current} (store) cannot be used: {i.error}")
+                    raise InvalidPack(f"pack {name!r} {current} (store) cannot be used: {i.error}")
                 return i
     for source in ("entrypoint", "builtin"):
         same = [i for i in good if i.source == source]
@@ -411,9 +254,9 @@ def _pick(items: list[_Found], name: str, version: str | None) -> _Found:
             return max(same, key=lambda i: version_key(i.manifest.version))  # type: ignore[union-attr]
     broken = [i for i in items if i.name == name]
     if broken:
-        raise PackError(f"pack {name!r} cannot be used: {broken[0].error}")
+        raise InvalidPack(f"pack {name!r} cannot be used: {broken[0].error}")
     known = sorted({i.name for i in _discover() if i.manifest is not None})
-    raise PackError(
+    raise PackNotFound(
         f"no pack named {name!r} (known: {', '.join(known) or 'none'}); install one with "
         "`shitu plugins install <folder|archive|url|name>`"
     )
@@ -480,7 +323,7 @@ def get_pack(name: str | None = None, version: str | None = None) -> Pack:
     name = name or default_pack_name()
     pack = _to_pack(_pick(_discover(name), name, version))
     if not pack.compatible:
-        raise PackError(
+        raise PackConflict(
             f"pack {pack.name!r} {pack.version} ({pack.source}) needs shitu-hub {pack.shitu_hub}; "
             f"this is {shitu_version()}"
         )
@@ -503,7 +346,7 @@ def _info_of(name: str, version: str) -> PackInfo:
     for p in list_packs():
         if p.name == name and p.version == version and p.source == "store":
             return p
-    raise PackError(f"pack {name!r} {version} is not in the store")  # pragma: no cover - just committed
+    raise PackNotFound(f"pack {name!r} {version} is not in the store")  # pragma: no cover - just committed
 
 
 def install(
@@ -538,9 +381,9 @@ def uninstall(name: str, version: str | None = None) -> list[str]:
         if not versions:
             others = [i.source for i in _discover(name) if i.source != "store"]
             why = f" ({'/'.join(others)} packs cannot be removed)" if others else ""
-            raise PackError(f"pack {name!r} has no version in the store {store.packs_dir()}{why}")
+            raise PackNotFound(f"pack {name!r} has no version in the store {store.packs_dir()}{why}")
         if version is not None and version not in versions:
-            raise PackError(f"pack {name!r} {version} is not installed (installed: {', '.join(versions)})")
+            raise PackNotFound(f"pack {name!r} {version} is not installed (installed: {', '.join(versions)})")
         targets = [version] if version is not None else list(versions)
         current, history = store.read_pointer(name)
         left = [v for v in versions if v not in targets]
@@ -564,13 +407,15 @@ def use(name: str, version: str | None = None, *, default: bool = True) -> Pack:
         versions = store.installed_versions(name)
         if version is not None and versions:
             if version not in versions:
-                raise PackError(
+                raise PackNotFound(
                     f"pack {name!r} {version} is not installed (installed: {', '.join(versions)}); install it first"
                 )
             store.set_current(name, version)
         pack = find_pack(name, version)
         if not pack.compatible:
-            raise PackError(f"pack {name!r} {pack.version} needs shitu-hub {pack.shitu_hub}; this is {shitu_version()}")
+            raise PackConflict(
+                f"pack {name!r} {pack.version} needs shitu-hub {pack.shitu_hub}; this is {shitu_version()}"
+            )
         if default:
             store.write_default(name)
     return pack
@@ -584,9 +429,9 @@ def rollback(name: str) -> str:
         history = [v for v in history if v in versions and v != current]
         if not history:
             if not versions:
-                raise PackError(f"pack {name!r}: no earlier version to roll back to (not in the store)")
+                raise PackNotFound(f"pack {name!r}: no earlier version to roll back to (not in the store)")
             served = store.current_version(name)
-            raise PackError(
+            raise PackConflict(
                 f"pack {name!r}: no earlier version to roll back to: {served} is current and no other "
                 f"version was current before it (installed: {', '.join(versions)}); switch to any "
                 f"installed version with `shitu plugins use {name} VERSION`"
@@ -674,7 +519,3 @@ def verify(name: str, version: str | None = None) -> list[str]:
         if c.problem
     ]
     return problems
-
-
-def _rel(folder: str, path: str) -> str:
-    return path if folder in ("", ".") else f"{folder}/{path}"

@@ -4,7 +4,7 @@ Layout::
 
     $SHITU_HOME/
       packs/
-        .lock                      # fcntl lock: one writer (install/remove/use/rollback) at a time
+        .lock                      # filelock: one writer (install/remove/use/rollback) at a time
         .tmp/                      # staging folders; a crashed install leaves one, the next writer deletes it
         default                    # the configured default pack name (written by `shitu plugins use`)
         <name>/
@@ -20,20 +20,20 @@ sees half a version, and an install that fails or is killed leaves the previous 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import shutil
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import filelock
+
 from shitu.files import fsync_dir as _fsync_dir
-from shitu.plugins.errors import PackError
-from shitu.plugins.manifest import MANIFEST_FILE, NAME_RE, VERSION_RE, version_key
+from shitu.plugins.errors import PackConflict
+from shitu.plugins.manifest import MANIFEST_FILE, NAME_RE
+from shitu.plugins.versions import VERSION_RE, version_key
 
 INSTALL_RECORD = "install.json"
 LOCK_FILE = ".lock"
@@ -80,29 +80,15 @@ def lock(timeout: float | None = None) -> Iterator[Path]:
     root.mkdir(parents=True, exist_ok=True)
     if timeout is None:
         timeout = float(os.environ.get("SHITU_LOCK_TIMEOUT", "120"))
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise PackError(
-                        f"{root}: another shitu command is changing the pack store (lock held for "
-                        f"more than {timeout:g} s; SHITU_LOCK_TIMEOUT)"
-                    ) from None
-                time.sleep(0.1)
-        _clean_tmp(root / TMP_DIR)
-        try:
+        with filelock.FileLock(root / LOCK_FILE, timeout=timeout):
+            _clean_tmp(root / TMP_DIR)
             yield root
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    except filelock.Timeout:
+        raise PackConflict(
+            f"{root}: another shitu command is changing the pack store (lock held for "
+            f"more than {timeout:g} s; SHITU_LOCK_TIMEOUT)"
+        ) from None
 
 
 def _clean_tmp(tmp: Path) -> None:
@@ -239,7 +225,7 @@ def commit(staged: Path, name: str, version: str) -> Path:
     target = version_dir(name, version)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
-        raise PackError(f"pack {name!r} {version} is already installed at {target}")
+        raise PackConflict(f"pack {name!r} {version} is already installed at {target}")
     _fsync_dir(staged)
     os.rename(staged, target)
     _fsync_dir(target.parent)

@@ -36,6 +36,8 @@ from typing import Any
 
 import yaml
 
+from shitu.errors import InvalidArgument
+
 SPEC_FILE = "shitu_model.yml"
 PADDLEDET_CFG = "infer_cfg.yml"
 MODEL_FILE_CANDIDATES = ("inference.json", "inference.pdmodel", "model.json", "model.pdmodel")
@@ -61,7 +63,7 @@ DEFAULT_DET_OPS: list[dict[str, Any]] = [
 ]
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(InvalidArgument):
     """A model folder or its description is unusable; the message names the path."""
 
 

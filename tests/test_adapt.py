@@ -95,7 +95,7 @@ def test_write_recognizer_carries_the_folders_other_files_but_not_old_network_fi
     the real files under new names: the real fine-tuning path is tests/test_adapt_pack.py.)"""
     import shutil
 
-    from shitu.serving.engine.adapt import AdaptReport, write_recognizer
+    from shitu.serving.adapt.head import AdaptReport, write_recognizer
 
     rec = tmp_path / "rec"
     shutil.copytree(models_dir / "rec", rec)
@@ -138,7 +138,7 @@ def test_training_views_are_embedded_a_chunk_at_a_time_fake_embedder(photos):
     """Memory stays bounded for a large list: views are made and embedded VIEW_CHUNK at a time, in the same order
     (same seed, same views) as one list would give. (A fake embedder isolates the chunking; the real path is
     test_adapt_cli_writes_a_loadable_recogniser.)"""
-    from shitu.serving.engine.adapt import VIEW_CHUNK, embed_views, iter_views
+    from shitu.serving.adapt.head import VIEW_CHUNK, embed_views, iter_views
 
     images = [cv2.resize(photos["cat"], (48, 32)), cv2.resize(photos["coffee"], (40, 40))]
     backgrounds = [photos["rocket"]]

@@ -321,7 +321,7 @@ def test_finetuned_version_reembeds_galleries_from_their_images_and_rolls_back(a
 
 
 def test_adapted_versions_sort_after_their_release_by_number():
-    from shitu.plugins.manifest import VERSION_RE, version_key, version_matches
+    from shitu.plugins.versions import VERSION_RE, version_key, version_matches
 
     versions = ["1.1.0+adapt.10", "1.1.0.post1", "1.1.0", "1.1.0+adapt.2", "1.0.9", "1.1.0+adapt.1"]
     assert sorted(versions, key=version_key) == [

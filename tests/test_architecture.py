@@ -8,8 +8,9 @@ split.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("serving", "plugins", "params", "hub_modules", "shitu")

@@ -1,5 +1,5 @@
-"""`make bench`'s one table: each benchmark's `summary`, collected by run_all.py, and the README's Benchmarks table
-regenerated from run_all.json (on fixture JSON: no benchmark runs here)."""
+"""`make bench`'s one table: each benchmark's `summary`, collected by run_all.py, and the docs' Benchmarks table
+(docs/benchmarks.md) regenerated from run_all.json (on fixture JSON: no benchmark runs here)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_summary_rows_are_checked():
         readme_table.summary_of({"summary": []}, "x.json")
 
 
-def test_readme_regenerated_between_the_markers_from_run_all_json(tmp_path):
+def test_page_regenerated_between_the_markers_from_run_all_json(tmp_path):
     steps, root = _fixture_run(tmp_path)
     run = {
         "machine": {"cpu": "AMD EPYC", "cores": 2, "python": "3.11.7", "paddle": "3.3.1"},
@@ -74,14 +74,14 @@ def test_readme_regenerated_between_the_markers_from_run_all_json(tmp_path):
     }
     results = tmp_path / "run_all.json"
     results.write_text(json.dumps(run))
-    readme = tmp_path / "README.md"
-    readme.write_text(
+    page = tmp_path / "benchmarks.md"
+    page.write_text(
         f"# x\n\n## Benchmarks\n\nprose kept\n\n{readme_table.BEGIN}\n| old | table |\n"
         f"{readme_table.END}\n\n## Next\nkept too\n"
     )
-    assert readme_table.main(["--results", str(results), "--readme", str(readme), "--check"]) == 1
-    assert readme_table.main(["--results", str(results), "--readme", str(readme)]) == 0
-    text = readme.read_text()
+    assert readme_table.main(["--results", str(results), "--page", str(page), "--check"]) == 1
+    assert readme_table.main(["--results", str(results), "--page", str(page)]) == 0
+    text = page.read_text()
     assert "| old | table |" not in text and text.startswith("# x\n\n## Benchmarks\n\nprose kept\n\n")
     assert text.endswith(f"{readme_table.END}\n\n## Next\nkept too\n")
     block = text.split(readme_table.BEGIN)[1].split(readme_table.END)[0]
@@ -91,30 +91,29 @@ def test_readme_regenerated_between_the_markers_from_run_all_json(tmp_path):
     )
     assert "| `a.py` | index layer / raw faiss \\| 10k | 1.03x (0.412 vs 0.400 ms) |" in block  # pipe escaped
     assert block.count("\n| `") == 7
-    assert readme_table.main(["--results", str(results), "--readme", str(readme), "--check"]) == 0
-    assert readme_table.write_readme(run, readme) is False  # same run: nothing changes
+    assert readme_table.main(["--results", str(results), "--page", str(page), "--check"]) == 0
+    assert readme_table.write_page(run, page) is False  # same run: nothing changes
 
 
-def test_readme_without_one_marker_pair_is_an_error(tmp_path, capsys):
+def test_page_without_one_marker_pair_is_an_error(tmp_path, capsys):
     results = tmp_path / "run_all.json"
     results.write_text(json.dumps({"summary": []}))
-    readme = tmp_path / "README.md"
+    page = tmp_path / "benchmarks.md"
     for text in (
         "no markers\n",
         f"{readme_table.END}\n{readme_table.BEGIN}\n",
         f"{readme_table.BEGIN}{readme_table.END}{readme_table.BEGIN}{readme_table.END}",
     ):
-        readme.write_text(text)
-        assert readme_table.main(["--results", str(results), "--readme", str(readme)]) == 2
+        page.write_text(text)
+        assert readme_table.main(["--results", str(results), "--page", str(page)]) == 2
         assert "exactly one <!-- bench:begin -->" in capsys.readouterr().err
-        assert readme.read_text() == text
+        assert page.read_text() == text
 
 
-def test_the_readme_has_the_markers_around_its_figures_table():
-    text = (BENCH.parent / "README.md").read_text()
+def test_the_docs_page_has_the_markers_around_its_figures_table():
+    text = (BENCH.parent / "docs" / "benchmarks.md").read_text()
     assert text.count(readme_table.BEGIN) == 1 and text.count(readme_table.END) == 1
-    benchmarks = text.split("\n## Benchmarks\n")[1].split("\n## ")[0]
-    block = benchmarks.split(readme_table.BEGIN)[1].split(readme_table.END)[0]
+    block = text.split(readme_table.BEGIN)[1].split(readme_table.END)[0]
     assert "| what | figure |" in block or "| benchmark | what | figure |" in block
 
 
@@ -187,10 +186,10 @@ def test_run_all_prints_one_table_and_writes_it_on_a_tiny_fake_suite(tmp_path, m
     assert run["quick"] is True and run["failed"] == ["broken.py"] and len(run["load_average"]) == 2
     assert run["summary"][0] == {"step": "ok.py", "what": "n was", "figure": "7"}
     with pytest.raises(readme_table.SummaryError, match="some steps only"):
-        readme_table.write_readme(run, tmp_path / "README.md")
+        readme_table.write_page(run, tmp_path / "benchmarks.md")
     with pytest.raises(SystemExit):
         run_all.main(["--only", "nosuch.py"])
     assert "not in the suite: nosuch.py" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        run_all.main(["--only", "ok.py", "--write-readme"])
-    assert "--write-readme needs the whole suite" in capsys.readouterr().err
+        run_all.main(["--only", "ok.py", "--write-docs"])
+    assert "--write-docs needs the whole suite" in capsys.readouterr().err

@@ -80,7 +80,7 @@ def test_token_from_flag_then_environment(monkeypatch):
 
 
 def test_guard_maps_errors_to_exit_codes_and_lets_bugs_through(capsys):
-    from shitu.serving.gallery.storage import GalleryError
+    from shitu.serving.gallery.errors import GalleryError
 
     def raising(exc):
         return guard(lambda args: (_ for _ in ()).throw(exc))

@@ -348,6 +348,56 @@ def test_connection_refused_is_retried_then_raised():
         assert "Connection refused" in str(err.value)
 
 
+def test_async_client_retries_as_the_blocking_one_on_a_fake_server(fake):
+    """The same urllib3 Retry policies over httpx: safe calls repeated on 503 and timeouts, adds never after
+    sending; the errors are the project's (shitu.errors) under the SDK's names."""
+    import shitu.errors
+
+    async def call(method, *args, **kwargs):
+        async with AsyncShituClient(fake.url, timeout=0.3, retries=2, backoff=0) as c:
+            return await getattr(c, method)(*args, **kwargs)
+
+    fake.reset("503")
+    assert asyncio.run(call("scenarios")) == [] and len(fake.requests) == 3
+    fake.reset("503")
+    with pytest.raises(ServerError) as err:
+        asyncio.run(call("gallery_add", [b"x"], ["x"]))
+    assert err.value.http_status == 503 and len(fake.requests) == 1
+    fake.reset("slow")
+    with pytest.raises(Timeout) as timeout:
+        asyncio.run(call("recognize", b"\xff\xd8 any bytes"))
+    assert timeout.value.attempts == 3 and fake.count_settles(3) == 3
+    fake.reset("slow")
+    with pytest.raises(Timeout) as timeout:
+        asyncio.run(call("gallery_add", [b"\xff\xd8 image"], ["x"]))
+    assert timeout.value.attempts == 1 and fake.count_settles(1) == 1
+    assert isinstance(timeout.value, shitu.errors.Unavailable) and ShituError is shitu.errors.ShituError
+    assert issubclass(InputError, shitu.errors.InvalidArgument) and issubclass(ServerError, shitu.errors.ShituError)
+
+
+def test_async_client_runs_calls_at_once_without_threads(fake):
+    """Three calls in flight together on one event loop: all three reach the server before any is answered."""
+    fake.reset("slow")
+
+    def threads() -> int:  # of this process, less the fake server's request handlers
+        return sum("process_request" not in t.name for t in threading.enumerate())
+
+    async def main():
+        async with AsyncShituClient(fake.url, timeout=5, retries=0) as c:
+            before = threads()
+            calls = [asyncio.ensure_future(c.gallery_info()) for _ in range(3)]
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if len(fake.requests) == 3:
+                    break
+            seen = len(fake.requests), threads() - before
+            fake.release.set()  # the server's handlers return without an answer: each call fails
+            await asyncio.gather(*calls, return_exceptions=True)
+            return seen
+
+    assert asyncio.run(main()) == (3, 0)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # results: printing, dicts, drawing; async; no paddle needed
 # --------------------------------------------------------------------------------------------------------------
@@ -365,6 +415,23 @@ def test_results_print_convert_and_draw(client, gallery, queries):
     assert drawn.shape == img.shape and not np.array_equal(drawn, img)
     boxes = draw(img, client.detect(img))
     assert boxes.shape == img.shape and not np.array_equal(boxes, img)
+
+
+def test_drawn_file_shows_what_the_explanation_left_out(client, gallery, queries, tmp_path):
+    """``shitu recognize --explain --draw`` on a client-only install: the file drawing (PIL) shows the dashed
+    boxes too (it drew only the answer before)."""
+    from shitu.serving.results.draw import draw_file
+
+    photo = tmp_path / "collage.jpg"
+    photo.write_bytes(encode(queries["collage_cat_and_coffee"]))
+    res = client.recognize(photo, gallery=GALLERY, explain=True, score_thres=0.99)  # every match rejected
+    assert res.explanation is not None and res.explanation.searched
+    draw_file(photo, res, tmp_path / "why.jpg")
+    draw_file(photo, list(res), tmp_path / "plain.jpg")
+    from PIL import Image
+
+    why, plain = (np.asarray(Image.open(tmp_path / f"{n}.jpg"), np.int16) for n in ("why", "plain"))
+    assert why.shape == plain.shape and np.abs(why - plain).mean() > 0.5
 
 
 def test_async_client(served, gallery, queries):
@@ -397,7 +464,8 @@ for name in BLOCKED:
 import shitu.serving.client.sdk as client
 res = client.ShituClient(sys.argv[1]).detect(open(sys.argv[2], "rb").read())
 assert res.width == 451 and res[-1].is_whole_image, res
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+# nothing of the engine either (the SDK took its result types and drawing from it before serving/results)
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED or m.startswith("shitu.serving.engine"))
 print("LOADED", loaded)
 """
 

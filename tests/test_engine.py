@@ -8,8 +8,8 @@ import pytest
 from shitu.params import merge
 from shitu.serving.engine.detection import nms
 from shitu.serving.engine.pipeline import accepts, rec_nms
-from shitu.serving.engine.results import Recognition
 from shitu.serving.gallery import Gallery
+from shitu.serving.results import Recognition
 
 
 def iou(a, b) -> float:

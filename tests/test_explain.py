@@ -14,10 +14,10 @@ from shitu.params import ParamError, merge
 from shitu.serving.cli.demo import overlapping_collage
 from shitu.serving.cli.toolkit import EXIT_OK
 from shitu.serving.client.sdk import ShituClient
-from shitu.serving.engine import explain as explain_module
-from shitu.serving.engine.explain import Explanation, pairwise_iou
 from shitu.serving.engine.pipeline import rec_nms
-from shitu.serving.engine.results import Recognition
+from shitu.serving.results import Recognition
+from shitu.serving.results import explanation as explain_module
+from shitu.serving.results.explanation import Explanation, pairwise_iou
 
 from .conftest import b64
 
@@ -94,7 +94,12 @@ def test_explained_matches_are_capped_by_the_limit(engine, gallery, queries):
     p = engine.params.override({"Limits.max_explain_matches": 2, "IndexProcess.return_k": 1000})
     ex = Explanation.start(p)
     recognize(
-        queries["collage_cat_and_coffee"], engine.detector, engine.extractor, engine.gallery(gallery), p, explanation=ex
+        [queries["collage_cat_and_coffee"]],
+        engine.detector,
+        engine.extractor,
+        engine.gallery(gallery),
+        p,
+        explanations=[ex],
     )
     assert ex.searched and all(len(s.matches) == 2 for s in ex.searched)
 
@@ -288,3 +293,27 @@ def test_cli_explain_prints_why_and_draws_dropped_boxes(tmp_path, engine, photos
     assert why.shape == plain.shape and np.abs(why.astype(int) - plain.astype(int)).sum() > 0  # dashed extras
     assert cli.main(["recognize", str(query), "--explain", "--json", "--gallery", str(gallery)]) == EXIT_OK
     assert '"explanation"' in capsys.readouterr().out
+
+
+def test_served_explain_does_not_echo_a_large_labels_filter(served, photos, queries):
+    """Issue 27.4: the ``IndexProcess.labels`` filter used to be copied into every image's explanation (a 5.6 MB
+    request answered 157 MB). Its count is now bounded (``Limits.max_filter_labels``) and the explanation reports
+    only how many labels were filtered on."""
+    g = {"gallery": "explain-labels"}
+    added = served.post(
+        "image_recognition", {"operation": "add", "images": [b64(photos["cat"])], "labels": ["cat"], **g}
+    )
+    assert added.json()["status"] == "000", added.text
+    labels = ["cat"] + [f"label-{i:04d}-" + "x" * 90 for i in range(999)]  # 1000 labels, ~100 kB
+    images = [b64(queries["cat_mirrored_crop"])] * 4
+    r = served.post("image_recognition", {"images": images, "explain": True, "labels": labels, **g})
+    body = r.json()
+    assert body["status"] == "000", body
+    assert len(r.content) < 64_000, len(r.content)  # four explanations, none of them carrying the 100 kB filter
+    for item in body["results"]:
+        assert item["explanation"]["params"]["IndexProcess.labels"] == 1000
+        assert item["results"][0]["label"] == "cat"
+    too_many = served.post("image_recognition", {"images": images, "explain": True, "labels": labels + ["y"], **g})
+    assert too_many.json()["status"] == "101", too_many.text
+    assert "1001 labels" in too_many.json()["msg"] and "Limits.max_filter_labels" in too_many.json()["msg"]
+    assert len(too_many.content) < 2_000

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shitu.serving.engine.results import Match
 from shitu.serving.gallery.local import FORMAT_VERSION, Gallery, GalleryError, LabelError
+from shitu.serving.gallery.replication import Replica
+from shitu.serving.results import Match
 
 DIM = 32
 N = 300
@@ -184,13 +185,13 @@ def test_hnsw_removal_does_not_rebuild(tmp_path, monkeypatch):
     x = unit(rng, 200)
     with Gallery.create(tmp_path / "g", DIM, "HNSW32") as g:
         ids = g.add(x, ["a"] * 200)
-        index_before = g._state.index
+        index_before = g.replica.state.index
         calls = []
-        monkeypatch.setattr(Gallery, "_rebuild_state", lambda *a, **k: calls.append(1))
+        monkeypatch.setattr(Replica, "rebuild", lambda *a, **k: calls.append(1))
         for i in ids[:30]:
             g.remove(ids=[i])
             assert i not in {m.id for m in g.search(x[i - 1 : i], k=5)[0]}
-        assert g._state.index is index_before and not calls
+        assert g.replica.state.index is index_before and not calls
 
 
 def test_label_filter(tmp_path):
@@ -405,7 +406,7 @@ def test_snapshot_meant_for_a_wrong_checksum_is_not_half_loaded(tmp_path):
     with Gallery.open(path) as g:
         import faiss
 
-        faiss.write_index(g._state.index, str(snap))  # valid faiss, different bytes (log applied)
+        faiss.write_index(g.replica.state.index, str(snap))  # valid faiss, different bytes (log applied)
     with pytest.raises(GalleryError, match="sha256 mismatch|instead of"):
         Gallery.open(path)
 

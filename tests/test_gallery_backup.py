@@ -182,7 +182,7 @@ def test_import_refuses_hostile_or_mismatched_archives(tmp_path):
     h.close()
     with pytest.raises(BackupError, match="cannot go into"):
         import_archive(tmp_path / "a.tar.gz", tmp_path / "h")
-    # A pickled object array in vectors.npy is refused (np.load without pickles), nothing executed.
+    # A pickled object array in vectors.npy is refused from its header (never unpickled), nothing executed.
     bad = tmp_path / "bad.tar.gz"
     with tarfile.open(tmp_path / "a.tar.gz") as src, tarfile.open(bad, "w:gz") as dst:
         for m in src.getmembers():
@@ -195,7 +195,7 @@ def test_import_refuses_hostile_or_mismatched_archives(tmp_path):
                 dst.addfile(m, io.BytesIO(buf.getvalue()))
             else:
                 dst.addfile(m, src.extractfile(m))
-    with pytest.raises(BackupError, match="not a readable gallery export"):
+    with pytest.raises(BackupError, match="vectors.npy is object"):
         import_archive(bad, tmp_path / "new")
     assert not (tmp_path / "new").exists()
 

@@ -45,7 +45,7 @@ def _reader(path) -> Gallery:
 
 def _statements(g: Gallery) -> list[str]:
     seen: list[str] = []
-    g._conn.set_trace_callback(seen.append)
+    g.store.reader.set_trace_callback(seen.append)
     return seen
 
 
@@ -61,7 +61,7 @@ def test_searches_read_no_sqlite_while_nobody_writes_and_do_after_a_write(folder
     path, ids = folder
     vecs = _vectors(40)
     with Gallery.open(path) as writer, _reader(path) as reader:
-        assert reader._changes.attached
+        assert reader.store.changes.attached
         reader.search(vecs[:2], k=3)  # loads the records
         seen = _statements(reader)
         for _ in range(5):
@@ -114,7 +114,7 @@ def test_without_a_marker_file_every_search_reads_the_change_counter(folder):
     vecs = _vectors(40)
     (path / CHANGES_NAME).unlink()  # e.g. a gallery written by an older release, opened read-only
     with _reader(path) as reader:
-        assert not reader._changes.attached
+        assert not reader.store.changes.attached
         reader.search(vecs[:1], k=1)
         seen = _statements(reader)
         reader.search(vecs[:1], k=1)
@@ -123,7 +123,7 @@ def test_without_a_marker_file_every_search_reads_the_change_counter(folder):
             writer.update(ids[0], label="seen anyway")
             assert reader.search(vecs[:1], k=1)[0][0].label == "seen anyway"
             reader.refresh()  # ... and the reader maps it at its next log check
-            assert reader._changes.attached
+            assert reader.store.changes.attached
 
 
 def test_marker_bytes_change_on_every_write_and_never_shrink_the_file(tmp_path):
@@ -148,9 +148,9 @@ def test_record_cache_capacity_bounds_the_records_held_and_results_stay_right(fo
         whole = g.search(vecs, k=5)
         g.record_cache_capacity = 10
         assert g.search(vecs, k=5) == whole
-        assert not g._record_cache().whole
+        assert not g.replica.records.whole
         g.record_cache_capacity = 10  # a fresh cache: held records are at most the capacity + one search's hits
-        cache = g._record_cache()
+        cache = g.replica.records
         assert cache.capacity == 10
         for i in range(40):
             assert g.search(vecs[i : i + 1], k=5) == whole[i : i + 1]
@@ -174,7 +174,7 @@ def test_engine_sets_the_record_cache_from_limits(models_dir, tmp_path):
     try:
         g = engine.gallery(tmp_path / "g")
         assert g.record_cache_capacity == 7
-        assert g._record_cache().capacity == 7
+        assert g.replica.records.capacity == 7
     finally:
         engine.close()
 
@@ -200,7 +200,7 @@ def test_direct_faiss_call_falls_back_to_the_wrapper_for_other_layouts(tmp_path,
     with Gallery.create(tmp_path / "g", DIM, method, "IP") as g:
         g.add(_vectors(30), [f"l{i}" for i in range(30)])
         q = _vectors(3, seed=9)
-        state = g._state
+        state = g.replica.state
         want = state.search(q, 4)
         for other in (np.asfortranarray(q), q.astype(np.float64), np.repeat(q, 2, axis=0)[::2]):
             got = state.search(other, 4)

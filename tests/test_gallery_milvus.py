@@ -278,7 +278,8 @@ def test_engine_recognizes_with_a_milvus_gallery_real(milvus, engine, photos, mo
     ``IndexProcess.index_dir`` set to a URI, other gallery names are collections on the same server."""
     from shitu.model_spec import ModelSpec
     from shitu.params import merge
-    from shitu.serving.engine.engine import Engine, EngineError
+    from shitu.serving.engine.engine import Engine
+    from shitu.serving.galleries.manager import GalleryRequestError
 
     from .conftest import GENERAL_LITE
 
@@ -304,7 +305,7 @@ def test_engine_recognizes_with_a_milvus_gallery_real(milvus, engine, photos, mo
     )
     assert eng.gallery().path == uri.split("?")[0]
     other = "shelf-" + uri.rsplit("_", 1)[-1]
-    with pytest.raises(EngineError, match="no gallery named"):
+    with pytest.raises(GalleryRequestError, match="no gallery named"):
         eng.gallery(other)
     eng.gallery_add([photos["cat"]], ["cat"], gallery=other)
     assert eng.gallery(other).path.endswith("/shelf_" + uri.rsplit("_", 1)[-1])
@@ -333,3 +334,37 @@ def test_shitu_recognize_in_process_on_a_milvus_gallery_real(milvus, engine, pho
     assert out["results"][0]["label"] == "rocket"
     assert main(["recognize", str(img), "--gallery", milvus.uri("nothing-here")]) == 2
     assert "no such gallery" in capsys.readouterr().err
+
+
+def test_milvus_backend_loads_no_faiss_and_follows_the_shared_rules_real(milvus):
+    """One validation and one error module for both backends: the Milvus one imports neither faiss nor the local
+    backend, and refuses the same labels (NFC, no invisible-only or bidi-control labels) with the same errors."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, shitu.serving.gallery.milvus as m\n"
+        "assert 'faiss' not in sys.modules and 'shitu.serving.gallery.local' not in sys.modules, sorted(sys.modules)\n"
+        "from shitu.errors import Unavailable\nassert issubclass(m.MilvusUnavailable, Unavailable)\n"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=120)
+
+    from shitu.errors import Conflict, InvalidArgument, NotFound
+    from shitu.serving.gallery.errors import GalleryError, LabelError
+    from shitu.serving.gallery.milvus import MilvusGallery
+
+    uri = milvus.uri("rules")
+    with pytest.raises(GalleryError, match="hamming_radius must be a non-negative integer"):
+        MilvusGallery.create(uri, 32, "Flat", "hamming", hamming_radius="x")  # the local gallery's own checks
+    with MilvusGallery.create(uri, 32, "Flat", "IP") as g:
+        for bad in ("\u200b", "cola\u202e"):
+            with pytest.raises(LabelError) as info:
+                g.add(_unit(1), [bad])
+            assert isinstance(info.value, InvalidArgument)
+        ids = g.add(_unit(2), ["caf\u00e9", "cafe\u0301"])
+        assert g.label_counts() == {"caf\u00e9": 2}
+        with pytest.raises(NotFound):
+            g.update(max(ids) + 1, label="x")
+        assert g.remove(labels=["cafe\u0301"]) == 2
+    with MilvusGallery.open(uri, readonly=True) as ro, pytest.raises(Conflict):
+        ro.add(_unit(1), ["x"])

@@ -56,7 +56,7 @@ def test_cached_results_equal_uncached_and_metadata_is_not_shared(pair):
     queries = _vectors(20, seed=1)
     first = reader.search(queries, k=7)
     again = reader.search(queries, k=7)  # served from the cache
-    reader.__dict__["_records"] = RecordCache()  # an empty cache: every record read from SQLite
+    reader.replica.records = RecordCache()  # an empty cache: every record read from SQLite
     fresh = reader.search(queries, k=7)
     assert first == again == fresh
     again[0][0].metadata["n"] = "mutated by a caller"
@@ -66,10 +66,10 @@ def test_cached_results_equal_uncached_and_metadata_is_not_shared(pair):
 def test_record_cache_over_capacity_still_returns_every_record(pair):
     writer, _reader, _vecs, _ids = pair
     cache = RecordCache(capacity=3)
-    slots = sorted(writer._state.slots)[:10]
-    rows = cache.lookup(writer._conn, slots)
+    slots = sorted(writer.replica.state.slots)[:10]
+    rows = cache.lookup(writer.store, slots)
     assert all(s in rows for s in slots) and len(cache.rows) <= 10
-    assert all(s in cache.lookup(writer._conn, slots[:2]) for s in slots[:2])
+    assert all(s in cache.lookup(writer.store, slots[:2]) for s in slots[:2])
 
 
 @pytest.mark.parametrize("method", ["IVF", "HNSW32"])
@@ -77,7 +77,7 @@ def test_reused_search_parameters_follow_tuning_changes(tmp_path, method):
     with Gallery.create(tmp_path / "g", DIM, method, "IP") as g:
         g.add(_vectors(12000), ["x"] * 12000)
         g.wait_background()
-        state = g._state
+        state = g.replica.state
         if state.mode not in ("ivf", "hnsw"):
             pytest.skip(f"{method} gallery held as {state.mode}")
         before = state.search_parameters(5)
@@ -94,7 +94,7 @@ def test_reused_search_parameters_follow_tuning_changes(tmp_path, method):
 def test_whole_cache_follows_adds_revectors_and_removals_elsewhere(pair):
     writer, reader, vecs, ids = pair
     reader.search(vecs[:1], k=1)
-    cache = reader.__dict__["_records"]
+    cache = reader.replica.records
     assert cache.whole and len(cache.rows) == 50
     new = _vectors(3, seed=7)
     added = writer.add(new, ["fresh"] * 3, sources=["a.jpg", "b.jpg", "c.jpg"])
@@ -108,16 +108,16 @@ def test_whole_cache_follows_adds_revectors_and_removals_elsewhere(pair):
     ]
     assert reader.search(-new[:1], k=1)[0][0].id == ids[1]  # re-vectored: found by its new vector
     assert cache.whole and len(cache.rows) == len(writer) == 50 + 3 - 2
-    reader.__dict__["_records"] = RecordCache()
+    reader.replica.records = RecordCache()
     queries = _vectors(10, seed=9)
     fresh = reader.search(queries, k=5)
-    reader.__dict__["_records"] = cache
+    reader.replica.records = cache
     assert reader.search(queries, k=5) == fresh
 
 
 def test_gallery_bigger_than_the_capacity_caches_hits_only(pair):
     writer, reader, vecs, ids = pair
-    reader.__dict__["_records"] = small = RecordCache(capacity=10)
+    reader.replica.records = small = RecordCache(capacity=10)
     first = reader.search(vecs[:5], k=3)
     assert small.too_big and not small.whole and len(small.rows) <= 15
     writer.update(ids[0], label="again")

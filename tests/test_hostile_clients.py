@@ -391,7 +391,7 @@ def test_open_galleries_are_bounded(tmp_path, models_dir):
         fds = me.num_fds()
         for i in range(1, 30):
             eng.gallery(f"g{i}", create=True).add(vec, ["a"])
-        assert len(eng._galleries) == 3
+        assert len(eng.galleries.open) == 3
         assert me.num_fds() - fds < 3 * 8  # 29 galleries opened, at most 3 (and their files) still open
         for i in (0, 29):  # evicted and current galleries are all still good
             assert eng.gallery_info(f"g{i}")["count"] == 1

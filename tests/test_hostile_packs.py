@@ -124,3 +124,108 @@ def test_download_that_drips_ends_at_its_deadline(tmp_path, monkeypatch):
         server.close()
     assert not (tmp_path / "pack.tar.gz").exists()
     assert not store.installed_versions("testpack")
+
+
+# -- bounds before work (issue 27): manifest bytes, depth and numbers; archive members ------------------------------
+def _pack_with_yaml_tail(folder: Path, tail: str) -> Path:
+    """A valid pack whose ``pack.yaml`` ends with ``tail`` (an ``x-`` extension key: ignored by the schema)."""
+    packkit.make_pack(folder)
+    with open(folder / "pack.yaml", "a", encoding="utf-8") as fh:
+        fh.write(tail)
+    return folder
+
+
+def test_a_manifest_over_the_byte_cap_is_refused_before_parsing(tmp_path):
+    # was: a 6.8 KB archive holding a 3 MB manifest took 190 s and 2.15 GB to install, and installed
+    pad = "x-pad: [" + ",".join(["0"] * (mf.MAX_MANIFEST_BYTES // 2)) + "]\n"
+    folder = _pack_with_yaml_tail(tmp_path / "big", pad)
+    archive = packkit.tar_folder(tmp_path / "big.tar.gz", folder)
+    assert archive.stat().st_size < 64 << 10
+    with pytest.raises(ManifestError, match="larger than 262144 bytes"):
+        registry.install(str(archive), progress=False)
+    assert not store.installed_versions("testpack")
+
+
+def test_an_oversized_manifest_already_in_the_store_is_listed_broken(tmp_path):
+    # was: a 1M-integer manifest installed earlier cost each worker 24.5 s on its first `scenarios` call
+    folder = store.version_dir("testpack", "1.0.0")
+    _pack_with_yaml_tail(folder, "x-n: " + "9" * (1 << 20) + "\n")
+    (info,) = [p for p in registry.list_packs() if p.name == "testpack"]
+    assert "larger than" in (info.error or "")
+    with pytest.raises(PackError, match="cannot be used"):
+        registry.get_pack("testpack")
+
+
+def test_long_numbers_in_a_manifest_are_refused(tmp_path):
+    # was: ValueError (Python's 4300-digit cap) escaping as a traceback; a 3M-digit key took minutes
+    folder = _pack_with_yaml_tail(tmp_path / "num", "x-n:\n  ? " + "1" * 5000 + "\n  : 1\n")
+    with pytest.raises(ManifestError, match="a number longer than 64 characters"):
+        registry.install(str(folder), progress=False)
+
+
+def test_deeply_nested_manifest_is_refused_not_a_recursion_error(tmp_path):
+    # was: the old `yaml_deep` pack crashed `plugins install` with RecursionError
+    folder = _pack_with_yaml_tail(tmp_path / "deep", "x-deep: " + "[" * 600 + "]" * 600 + "\n")
+    with pytest.raises(ManifestError, match=f"nested deeper than {mf.MAX_MANIFEST_DEPTH} levels"):
+        registry.install(str(folder), progress=False)
+    assert not store.installed_versions("testpack")
+
+
+def test_the_manifest_bounds_leave_the_built_in_packs_well_inside():
+    for path in (Path(mf.__file__).parent / "packs").glob("*/pack.yaml"):
+        assert path.stat().st_size < mf.MAX_MANIFEST_BYTES // 8, path
+        mf.read_manifest(path)
+
+
+def _empty_members(count: int) -> list[tuple[str, bytes]]:
+    return [(f"pack/empty/{i}", b"") for i in range(count)]
+
+
+def test_an_archive_of_too_many_empty_members_is_refused_before_extracting(tmp_path):
+    # was: a 12 MB tar.gz of 2M empty files was still unpacking after 280 s (the budget counted bytes only)
+    archive = packkit.write_tar(tmp_path / "many.tar.gz", _empty_members(fetch.MAX_PACK_MEMBERS + 1))
+    out = tmp_path / "out"
+    with pytest.raises(PackError, match="holds more than 20000 members") as err:
+        fetch.extract_archive(archive, out)
+    assert err.value.http_status == 413
+    assert not any(out.rglob("*"))
+
+
+def test_member_cap_applies_to_installs_from_archives_zips_and_folders(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHITU_MAX_PACK_MEMBERS", "40")
+    src = packkit.make_pack(tmp_path / "src")
+    for i in range(40):
+        (src / "extra" / f"{i}").parent.mkdir(exist_ok=True)
+        (src / "extra" / f"{i}").write_bytes(b"")
+    for source in (packkit.tar_folder(tmp_path / "p.tar.gz", src), packkit.zip_folder(tmp_path / "p.zip", src), src):
+        with pytest.raises(PackError, match="more than 40"):
+            registry.install(str(source), progress=False)
+    assert not store.installed_versions("testpack")
+
+
+def test_pack_errors_are_rooted_on_the_one_error_root(tmp_path):
+    from shitu.errors import Conflict, InvalidArgument, NotFound
+
+    with pytest.raises(NotFound) as err:
+        registry.get_pack("no-such-pack")
+    assert err.value.http_status == 404 and isinstance(err.value, PackError)
+    with pytest.raises(InvalidArgument) as bad:
+        mf.parse_manifest(packkit.manifest_dict(name="Bad Name"))
+    assert bad.value.http_status == 400 and isinstance(bad.value, ManifestError)
+    registry.install(str(packkit.make_pack(tmp_path / "v1")), progress=False)
+    with pytest.raises(Conflict, match="already installed"):
+        registry.install(str(packkit.make_pack(tmp_path / "v1b")), progress=False)
+
+
+def test_zip_member_count_comes_from_its_end_record_before_zipfile_parses_it_fake_zipfile(tmp_path, monkeypatch):
+    # A fake beside the real tests above: ZipFile is replaced to prove the refusal comes before it parses the
+    # central directory (2M entries would be 2M ZipInfo objects first).
+    archive = packkit.zip_with(tmp_path / "many.zip", _empty_members(41))
+    monkeypatch.setenv("SHITU_MAX_PACK_MEMBERS", "40")
+
+    def no_parse(*args, **kwargs):
+        raise AssertionError("ZipFile was opened before the member count was checked")
+
+    monkeypatch.setattr(fetch.zipfile, "ZipFile", no_parse)
+    with pytest.raises(PackError, match="holds more than 40 members"):
+        fetch.extract_archive(archive, tmp_path / "out")

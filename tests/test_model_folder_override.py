@@ -80,13 +80,14 @@ def test_real_a_gallery_of_another_recogniser_is_refused_not_searched(photos, tm
     """The pack's demo gallery holds general-lite's vectors: an engine whose recogniser was replaced refuses it with
     a clear error (before, it searched it and every score compared two embedding spaces), and works on a gallery
     built with its own recogniser."""
-    from shitu.serving.engine.engine import EngineError, load_engine
+    from shitu.serving.engine.engine import load_engine
+    from shitu.serving.galleries.manager import GalleryRequestError
 
     images = list(photos.values())[:2]
     engine = load_engine(params={"Global": {"rec_inference_model_dir": str(REC)}})
     try:
         with pytest.raises(
-            EngineError, match="holds vectors of model rec .* not of this engine's recogniser general_PPLCNetV2"
+            GalleryRequestError, match="holds vectors of model rec .* not of this engine's recogniser general_PPLCNetV2"
         ):
             engine.recognize(images[:1])  # the default gallery: general-lite's demo gallery
         own = tmp_path / "official-gallery"
@@ -98,7 +99,7 @@ def test_real_a_gallery_of_another_recogniser_is_refused_not_searched(photos, tm
     pack_engine = load_engine()  # general-lite itself: its demo gallery is fine, the official one is refused
     try:
         pack_engine.recognize(images[:1])
-        with pytest.raises(EngineError, match="holds vectors of model general_PPLCNetV2"):
+        with pytest.raises(GalleryRequestError, match="holds vectors of model general_PPLCNetV2"):
             pack_engine.recognize(images[:1], gallery=own)
     finally:
         pack_engine.close()

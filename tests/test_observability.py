@@ -111,7 +111,8 @@ def test_metrics_move_by_the_right_amounts_during_traffic(obs_server, photos):
     assert delta("shitu_requests_total", status="000", **rec) == n_ok
     assert delta("shitu_requests_total", status="101", **rec) == n_bad
     assert delta("shitu_requests_total", module="image_recognition", operation="-", status="415") == 1
-    assert delta("shitu_errors_total", module="image_recognition", kind="RequestError") == n_bad
+    # the client fault keeps its class (ParamError; it was always RequestError)
+    assert delta("shitu_errors_total", module="image_recognition", kind="ParamError") == n_bad
     assert delta("shitu_errors_total", module="image_recognition", kind="http_415") == 1
     assert delta("shitu_request_seconds_count", **rec) == n_ok + n_bad
     assert delta("shitu_images_per_request_sum", module="image_recognition") == 2 * n_ok + n_bad
@@ -174,7 +175,7 @@ def test_request_ids_in_answers_envelopes_and_logs(obs_server, photos):
         if not f.name.endswith(".lock")
         for x in f.read_text().splitlines()
     ]
-    assert any(x["request_id"] == "client-id-43" and "RequestError" in x["message"] for x in server_lines)
+    assert any(x["request_id"] == "client-id-43" and "ParamError" in x["message"] for x in server_lines)
 
 
 def test_tokens_bodies_and_images_are_never_logged(obs_server, photos):

@@ -82,11 +82,12 @@ def test_bad_pack_list_lines_are_reported_with_the_pack_file(tmp_path, photos, c
     err = capsys.readouterr().err
     assert "2 bad gallery entries" in err and "list.txt:2" in err and "list.txt:3" in err  # both at once
     # A request meets the same gallery: a clear error without this machine's paths.
-    from shitu.serving.engine.engine import EngineError, load_engine
+    from shitu.serving.engine.engine import load_engine
+    from shitu.serving.galleries.manager import GalleryRequestError
 
     engine = load_engine("shelf-bad")
     try:
-        with pytest.raises(EngineError) as exc:
+        with pytest.raises(GalleryRequestError) as exc:
             engine.recognize([photos["cat"]])
     finally:
         engine.close()

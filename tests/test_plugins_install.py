@@ -147,17 +147,25 @@ def test_missing_listed_file_is_rejected(tmp_path, home, base):
     assert_unchanged(home, base)
 
 
+#: tarfile's data filter makes an absolute member name relative: it is written inside the pack, whose manifest
+#: (``schema_version: 1`` alone) is then refused.
+STRIPPED = "name: required key is missing"
+
+
 def _hostile_archives(tmp_path: Path, outside: Path):
     good = [("pack.yaml", b"schema_version: 1\n")]
     return {
-        "dotdot-tar": (packkit.write_tar(tmp_path / "a.tar.gz", good + [("../x", b"evil")]), "contains '..'"),
+        "dotdot-tar": (
+            packkit.write_tar(tmp_path / "a.tar.gz", good + [("../x", b"evil")]),
+            "would be written outside the pack",
+        ),
         "deep-dotdot-tar": (
             packkit.write_tar(tmp_path / "b.tar.gz", good + [("models/../../x", b"evil")]),
-            "contains '..'",
+            "would be written outside the pack",
         ),
         "absolute-tar": (
             packkit.write_tar(tmp_path / "c.tar.gz", good + [(str(outside / "abs.txt"), b"evil")]),
-            "has an absolute path",
+            STRIPPED,
         ),
         "symlink-out-tar": (
             packkit.write_tar(
@@ -179,12 +187,15 @@ def _hostile_archives(tmp_path: Path, outside: Path):
         ),
         "device-tar": (
             packkit.write_tar(tmp_path / "g.tar.gz", good, extra=[packkit.device_info("null")]),
-            "is a device file",
+            "is a device file or FIFO",
         ),
-        "dotdot-zip": (packkit.zip_with(tmp_path / "h.zip", good + [("../x", b"evil")]), "contains '..'"),
+        "dotdot-zip": (
+            packkit.zip_with(tmp_path / "h.zip", good + [("../x", b"evil")]),
+            "would be written outside the pack",
+        ),
         "absolute-zip": (
             packkit.zip_with(tmp_path / "i.zip", good + [(str(outside / "abs.txt"), b"evil")]),
-            "has an absolute path",
+            STRIPPED,
         ),
         "symlink-out-zip": (
             packkit.zip_with(tmp_path / "j.zip", good, symlinks={"link": str(outside / "t.txt")}),

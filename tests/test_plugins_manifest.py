@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "plugins"))
 import packkit  # noqa: E402
 
 from shitu.plugins import manifest as mf  # noqa: E402
+from shitu.plugins import versions  # noqa: E402
 from shitu.plugins.errors import ManifestError  # noqa: E402
 
 PACKS = Path(mf.__file__).resolve().parent / "packs"
@@ -71,18 +72,24 @@ BAD = [
     ("params.Global.treshold", 0.5, "params.Global.treshold: unknown parameter"),
     ("params.Global.det_inference_model_dir", "/x", "params.Global.det_inference_model_dir: is set by the registry"),
     ("galleries", {}, "galleries: a pack needs at least one gallery"),
-    ("galleries.main.dist_type", "cosine", "galleries.main.dist_type: expected one of ['IP', 'L2', 'hamming']"),
+    ("galleries.main.dist_type", "cosine", "galleries.main.dist_type: expected 'IP', 'L2' or 'hamming'"),
     ("default_gallery", "nope", "default_gallery: 'nope' is not one of galleries"),
     ("models.detector.model_file", "other.json", "models.detector.model_file: 'other.json' is not listed"),
     ("models.detector.decoder", "yolo", "models.detector.decoder: expected 'gfl' or 'paddledet'"),
     ("models.recognizer.embedding_size", _DEL, "models.recognizer.embedding_size: required for the recognizer"),
-    ("models.recognizer.format", "tflite", "models.recognizer.format: expected one of ['paddle', 'onnx']"),
-    ("models.recognizer.input_color", "RGBA", "models.recognizer.input_color: expected RGB or BGR"),
+    ("models.recognizer.format", "tflite", "models.recognizer.format: expected 'paddle' or 'onnx'"),
+    ("models.recognizer.input_color", "RGBA", "models.recognizer.input_color: expected 'RGB' or 'BGR'"),
     ("models.recognizer.transform_ops", [{"A": 1}], "models.recognizer.transform_ops[0].A: arguments must be"),
     ("models.recognizer.files[0].url", "ftp://x/y", "models.recognizer.files[0].url: expected an http(s) URL"),
     ("models.recognizer.files[0].size", -1, "models.recognizer.files[0].size: must be >= 0"),
     ("models.recognizer.archive", {"url": "https://h/x.tar"}, "models.recognizer.archive.sha256: required key"),
     ("models", {"detector": {}}, "models.recognizer: required key is missing"),
+    (
+        "galleries.main.files",
+        [{"path": "models/det/model.json", "sha256": None}],
+        "galleries.main.files[0].path: 'models/det/model.json' is also listed by models.detector",
+    ),
+    ("models.detector.role", "x", "models.detector.role: unknown key"),  # set by the schema, not by a pack
     ("galleries.main.folder", "imgs", None),  # valid on its own
 ]
 
@@ -147,12 +154,12 @@ def test_extension_keys_are_ignored():
     ],
 )
 def test_version_ranges(version, spec, ok):
-    assert mf.version_matches(version, spec) is ok
+    assert versions.version_matches(version, spec) is ok
 
 
 def test_version_ordering():
-    versions = ["1.10.0", "1.2.0", "1.0.0rc1", "1.0.0", "1.0.0.post1", "0.9"]
-    assert sorted(versions, key=mf.version_key) == ["0.9", "1.0.0rc1", "1.0.0", "1.0.0.post1", "1.2.0", "1.10.0"]
+    given = ["1.10.0", "1.2.0", "1.0.0rc1", "1.0.0", "1.0.0.post1", "0.9"]
+    assert sorted(given, key=versions.version_key) == ["0.9", "1.0.0rc1", "1.0.0", "1.0.0.post1", "1.2.0", "1.10.0"]
 
 
 # -- the built-in manifests ----------------------------------------------------------------------------------------
@@ -163,7 +170,7 @@ def test_builtin_manifests_are_valid():
         names[m.name] = m
     assert set(names) == {"general-lite", "general", "product", "vehicle", "logo", "anime"}
     for m in names.values():
-        assert mf.version_matches("0.1.0", m.shitu_hub)
+        assert versions.version_matches("0.1.0", m.shitu_hub)
         assert m.default_gallery in m.galleries
 
 
@@ -236,7 +243,7 @@ def test_official_pack_manifests(pack, det, rec, dim):
 
 
 def test_writing_packs_example_is_a_valid_manifest():
-    text = (PACKS.parent / "WRITING_PACKS.md").read_text(encoding="utf-8")
+    text = (Path(__file__).resolve().parent.parent / "docs" / "writing-packs.md").read_text(encoding="utf-8")
     block = re.search(r"```yaml\n(schema_version: 1.*?)```", text, re.S).group(1)
     # The example abbreviates hashes as "3f1c...64 hex..."; give them 64 hex characters.
     block = re.sub(r"\b([0-9a-f]{4})\.\.\.64 hex\.\.\.", lambda m: m.group(1) * 16, block)

@@ -14,9 +14,9 @@ import pytest
 
 from shitu.params import merge
 from shitu.serving.engine.detection import select_boxes
-from shitu.serving.engine.explain import Explanation
 from shitu.serving.engine.extraction import l2_normalize, pool
-from shitu.serving.engine.results import Detections
+from shitu.serving.results import Detections
+from shitu.serving.results.explanation import Explanation
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "quality"
 

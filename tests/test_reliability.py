@@ -123,14 +123,16 @@ def services():
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(keys, json_values, max_size=5), st.integers(0, 3))
-def test_fuzz_requests_only_raise_request_errors(services, request_body, which):
-    from shitu.serving.hub.service import RequestError
+def test_fuzz_requests_only_raise_client_errors(services, request_body, which):
+    """Whatever a client sends, the service answers or raises a client fault (a ShituError under 500)."""
+    from shitu.errors import ShituError
 
     if request_body.get("operation") in ("add", "remove"):
         request_body["gallery"] = "fuzz"
     try:
         result = services[which].handle(request_body)
-    except RequestError:
+    except ShituError as exc:
+        assert exc.http_status < 500, exc
         return
     json.dumps(result)  # whatever succeeded is plain JSON
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from shitu.serving.hub.request_log import (
     MAX_MESSAGE_CHARS,
     REQUEST_ID,
@@ -94,3 +96,56 @@ def test_text_request_lines_quote_values_with_spaces(tmp_path, monkeypatch):
                     h.close()
             logging.getLogger(name).handlers = handlers
     assert "request_id=r1 status=101" in line and 'error="bad thing = here"' in line and "images=-" in line
+
+
+HOSTILE = "/predict/x\nforged:line\r\x1b[31m\u2028\u202e\x85\x7f"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_client_strings_never_put_raw_control_characters_in_any_log(tmp_path, monkeypatch, fmt):
+    """Issue 27: an encoded newline in a path forged a request-log line. Every format, both logs, a traceback."""
+    from shitu.serving.hub import request_log
+
+    monkeypatch.setenv("SHITU_LOG_DIR", str(tmp_path))
+    monkeypatch.setenv("SHITU_LOG_FORMAT", fmt)
+    monkeypatch.setattr(request_log, "_configured", set())
+    saved = {n: list(logging.getLogger(n).handlers) for n in ("shitu", "PaddleHub", "shitu.requests")}
+    try:
+        request_log.configure_logs(None, 1 << 20, 1)
+        request_log.log_request(request_id="r1", path=HOSTILE, error=HOSTILE, status="111")
+        logging.getLogger("shitu.serving").warning("module %s not found", HOSTILE)
+        try:
+            raise ValueError(HOSTILE)
+        except ValueError:
+            logging.getLogger("shitu.serving").exception("failed on %s", HOSTILE)
+        text = "".join((tmp_path / n).read_text() for n in ("shitu-requests.log", "shitu-server.log"))
+    finally:
+        for name, handlers in saved.items():
+            for h in logging.getLogger(name).handlers:
+                if h not in handlers:
+                    h.close()
+            logging.getLogger(name).handlers = handlers
+    assert text.count("forged:line") == 5, text
+    for line in text.split("\n"):  # a record, or a traceback's indented line
+        assert line.startswith(("[", "ts=", "{", "    ")) or not line, line
+        assert all(c.isprintable() for c in line), repr(line)
+    if fmt == "json":
+        for line in text.splitlines():
+            assert json.loads(line)
+
+
+def test_a_full_log_disk_prints_one_line_not_a_traceback_per_record(tmp_path, capsys):
+    handler = LockedRotatingFileHandler(tmp_path / "x.log", 4096, 1)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("full-disk-test")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        handler.stream = open("/dev/full", "w")  # every write fails with ENOSPC
+        handler.baseFilename = "/dev/full"
+        for i in range(20):
+            log.warning("record %d", i)
+    finally:
+        log.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("cannot write") == 1, err

@@ -81,6 +81,19 @@ def test_index_search_add_search_remove(served, photos, queries):
     error(served.post("index_search", {"embeddings": [[0.1, 0.2]], **g}), "512")
 
 
+def test_detection_and_extraction_modules_have_no_gallery_operations(served, photos):
+    """Only index_search and image_recognition keep galleries (and protect their writes): a ``remove`` sent to the
+    detection or extraction module is an unknown operation and removes nothing (found by Schemathesis: the typed
+    request path had put ``remove`` / ``info`` on every module, where nothing asks for the token)."""
+    g = {"gallery": "srv-no-remove"}
+    vectors = [r["embeddings"][0] for r in ok(served.post("feature_extraction", {"images": [b64(photos["cat"])]}))]
+    ok(served.post("index_search", {"operation": "add", "embeddings": vectors, "labels": ["cat"], **g}))
+    for module in ("mainbody_detection", "feature_extraction"):
+        for operation in ("remove", "info"):
+            error(served.post(module, {"operation": operation, "labels": ["cat"], **g}), "unknown operation")
+    assert ok(served.post("index_search", {"operation": "info", **g}))["count"] == 1
+
+
 def test_image_recognition_with_gallery_maintenance(served, photos, queries):
     g = {"gallery": "srv-rec"}
     added = ok(
@@ -160,6 +173,76 @@ def test_in_process_hub_module(photos, hub_modules_installed):
     m = hub.Module(name="mainbody_detection")
     res = m.predict(images=[b64(photos["cat"])], threshold=0.3)
     assert res[0]["boxes"][-1]["is_whole_image"]
+
+
+def _hub_call(module, request: dict, request_id: str):
+    """PaddleHub's own ``predict_v2`` (as ``hub serving`` runs it, with shitu's hooks) on one request, in a Flask
+    request context carrying ``request_id``."""
+    from flask import Flask
+    from paddlehub.serving import app_compat
+
+    from shitu.serving.hub import request_log
+
+    info = {"method_name": "serving_method", "module": module, "predict_args": {}}
+    with Flask("shitu-test").test_request_context("/predict/image_recognition", method="POST"):
+        token = request_log.REQUEST_ID.set(request_id)
+        try:
+            out = app_compat.predict_v2(info, request)
+        finally:
+            request_log.REQUEST_ID.reset(token)
+    return out if isinstance(out, tuple) else (out, 200)
+
+
+def test_client_faults_keep_paddlehubs_101_envelope(photos, hub_modules_installed):
+    """The real module and engine: a bad parameter is the client's fault, answered "101" with HTTP 200."""
+    import paddlehub as hub
+
+    m = hub.Module(name="image_recognition")
+    body, code = _hub_call(m, {"images": [b64(photos["cat"])], "thresold": 1}, "rid-client-1")
+    assert code == 200 and body["status"] == "101" and "thresold" in body["msg"]
+    assert body["request_id"] == "rid-client-1"
+    body, code = _hub_call(m, {"images": [b64(photos["cat"])]}, "rid-ok-1")
+    assert code == 200 and body["status"] == "000"
+
+
+def test_fake_engine_value_error_answers_a_server_error_with_its_request_id(
+    photos, hub_modules_installed, monkeypatch, caplog
+):
+    """A fake engine step (named so) raises a plain ``ValueError``, as numpy does inside the pipeline: that is the
+    server's fault. It used to answer "101" with the internal message as if the client had sent a bad request; now
+    a server-error envelope ("500", HTTP 500) names only the request id, and the log has the traceback."""
+    import logging
+
+    import paddlehub as hub
+
+    m = hub.Module(name="image_recognition")
+    engine = m.service.engine()
+
+    def fake_recognize_raising_a_numpy_value_error(*args, **kwargs):
+        raise ValueError("setting an array element with a sequence.")
+
+    monkeypatch.setattr(engine, "recognize", fake_recognize_raising_a_numpy_value_error)
+    with caplog.at_level(logging.ERROR, logger="shitu.serving"):
+        body, code = _hub_call(m, {"images": [b64(photos["cat"])]}, "rid-internal-1")
+    assert code == 500 and body["status"] == "500", body
+    assert "rid-internal-1" in body["msg"] and body["request_id"] == "rid-internal-1"
+    assert "array element" not in body["msg"] and "ValueError" not in body["msg"]
+    logged = [r for r in caplog.records if "rid-internal-1" in r.getMessage()]
+    assert logged and logged[0].exc_info and "array element" in logged[0].getMessage()
+
+
+def test_envelope_table():
+    from shitu.errors import Conflict, InternalError, NotFound, TooLarge, Unauthorized, Unavailable
+    from shitu.params import ParamError
+    from shitu.serving.engine.images import ImageError
+    from shitu.serving.hub.service import RequestError, envelope_of
+
+    for client in (RequestError("x"), ParamError("a", "b"), ImageError("x"), NotFound(), Conflict(), TooLarge()):
+        assert envelope_of(client) == ("101", 200)
+    assert envelope_of(Unauthorized()) == ("101", 200)
+    assert envelope_of(Unavailable()) == ("503", 503)
+    assert envelope_of(InternalError()) == ("500", 500)
+    assert envelope_of(ValueError("numpy")) == ("500", 500)  # not a ShituError: never a client error
 
 
 def test_multiprocess_gallery_change_seen_by_every_worker(served_multi, photos, queries):

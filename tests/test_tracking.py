@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from shitu.serving.engine.results import Recognition
+from shitu.serving.results import Recognition
 from shitu.serving.video.tracker import Tracker, iou_matrix, match_greedy, match_hungarian
 
 

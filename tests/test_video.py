@@ -22,7 +22,7 @@ import pytest
 from skimage import data
 
 from shitu.serving.cli import video as video_cli
-from shitu.serving.engine.results import Recognition
+from shitu.serving.results import Recognition
 from shitu.serving.video.stream import (
     CaptureSource,
     FrameResult,

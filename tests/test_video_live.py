@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from shitu.serving.engine.results import Recognition
+from shitu.serving.results import Recognition
 from shitu.serving.video.stream import Frame, IterableSource, LatestFrameReader, Sampler, recognize_video
 
 LAG_BOUND = 0.5

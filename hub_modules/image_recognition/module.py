@@ -1,27 +1,9 @@
-"""PaddleHub module ``image_recognition``: image recognition: the whole PP-ShiTu pipeline (detect, extract, search) in one call; gallery maintenance.
-
-Request (``POST /predict/image_recognition``, JSON)::
-
-    {"images": ["<base64>"], "threshold": 0.3}
-
-Answer ``results``::
-
-    [{"index": 0, "width": 640, "height": 427,
-      "results": [{"bbox": [0, 0, 640, 427], "label": "rocket", "score": 0.97, "det_score": 1.0,
-                   "is_whole_image": true, "id": 3}]}]
-
-Every request field and operation is documented in the README ("Serving API"); the handling itself is
-:class:`shitu.serving.hub.service.RecognitionService`.
-"""
-
-from __future__ import annotations
+"""PaddleHub module ``image_recognition`` (requests and answers: docs/serving.md ("HTTP API"); the code:
+:mod:`shitu.serving.hub.module`)."""
 
 from paddlehub.module.module import moduleinfo
 
 from shitu.serving.hub.module import ServiceModule
-from shitu.serving.hub.service import RecognitionService
-
-from .params import get_default_params
 
 
 @moduleinfo(
@@ -33,5 +15,4 @@ from .params import get_default_params
     type="cv/image_recognition",
 )
 class ImageRecognition(ServiceModule):
-    service_class = RecognitionService
-    default_params = staticmethod(get_default_params)
+    pass

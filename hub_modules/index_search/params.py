@@ -1,16 +1,6 @@
-"""Parameters of the ``index_search`` hub module that differ from the schema's defaults (:mod:`shitu.params`).
-
-None do: the module reads IndexProcess.return_k, score_thres, hamming_radius, labels with the schema's defaults,
-which live in one place only. Put a value here only when this module needs another default than every other one.
-Precedence when serving: schema defaults < these < scenario pack < ``config.json`` ``init_args`` < per-request
-arguments.
-"""
-
-from __future__ import annotations
-
-from typing import Any
+"""Defaults of the ``index_search`` module where they differ from the schema's (:mod:`shitu.params`): none.
+Precedence when serving: schema defaults < these < scenario pack < ``config.json`` ``init_args`` < per request."""
 
 
-def get_default_params() -> dict[str, dict[str, Any]]:
-    """``{Section: {key: value}}`` of this module's own defaults (none)."""
+def get_default_params() -> dict[str, dict[str, object]]:
     return {}

@@ -3,10 +3,10 @@
     shitu adapt gallery.txt --pack NAME [--no-use] [--image-root DIR] [--views 12] [--steps 300]
     shitu adapt gallery.txt --out adapted-rec [--scenario NAME] ...
 
-Reads a PaddleClas list file (or a ``label/image`` folder tree), trains as :mod:`shitu.serving.engine.adapt`
+Reads a PaddleClas list file (or a ``label/image`` folder tree), trains as :mod:`shitu.serving.adapt.head`
 describes and prints held-out R@1 before and after. ``--pack`` installs a new version of that pack
 (``1.1.0+adapt.1``) with the pack's galleries carried into the new recogniser's space, current unless
-``--no-use`` (:mod:`shitu.serving.engine.adapt_pack`); ``shitu plugins rollback NAME`` returns to the previous
+``--no-use`` (:mod:`shitu.serving.adapt.pack`); ``shitu plugins rollback NAME`` returns to the previous
 one. ``--out`` writes only the recogniser folder: use it with ``--param rec_inference_model_dir=adapted-rec``
 (``Global.rec_inference_model_dir``) and re-embed the gallery (``shitu gallery build`` into a new folder).
 """
@@ -21,9 +21,9 @@ from shitu.serving.cli.toolkit import EXIT_ERROR, EXIT_OK, EXIT_USAGE, positive_
 
 
 def run(args: argparse.Namespace) -> int:
+    from shitu.serving.adapt.head import default_backgrounds
+    from shitu.serving.adapt.pack import train_recognizer
     from shitu.serving.engine import load_engine
-    from shitu.serving.engine.adapt import default_backgrounds
-    from shitu.serving.engine.adapt_pack import train_recognizer
     from shitu.serving.engine.images import load
     from shitu.serving.gallery.list_file import GalleryFileError, read_entries
 
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 def _adapt_pack(
     args: argparse.Namespace, images: list, labels: list[str], backgrounds: list, image_files: list[Path]
 ) -> int:
-    from shitu.serving.engine.adapt_pack import adapt_pack
+    from shitu.serving.adapt.pack import adapt_pack
 
     done = adapt_pack(
         args.pack,

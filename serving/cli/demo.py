@@ -86,7 +86,7 @@ def report(name: str, img: np.ndarray, found: list, out_dir: Path, as_json: bool
     """Print one query's answer (table or JSON line) and write its annotated copy."""
     import cv2
 
-    from shitu.serving.engine.draw import draw_recognitions
+    from shitu.serving.results.draw import draw_recognitions
 
     print(
         json.dumps({"image": name, "results": [r.to_dict() for r in found]}) if as_json else format_table(name, found)
@@ -124,8 +124,8 @@ def run_served_demo(out_dir: Path, as_json: bool = False, serve: bool = False) -
     import requests
 
     from shitu.serving.engine.images import encode
-    from shitu.serving.engine.results import Recognition
     from shitu.serving.hub import control as hub_serving
+    from shitu.serving.results import Recognition
 
     out_dir = Path(out_dir).resolve()
     (out_dir / "annotated").mkdir(parents=True, exist_ok=True)

@@ -285,20 +285,12 @@ def _write_drawing(folder: Path, path: str, res: Any, all_paths: Sequence[str]) 
     if sum(Path(p).stem == stem for p in all_paths) > 1:
         stem = f"{res.index}_{stem}"
     out = folder / f"{stem}.jpg"
+    from shitu.serving.results.draw import draw_file  # PIL: the client install draws too
+
     try:
-        import cv2
-    except ModuleNotFoundError:  # a client-only install: PIL draws the same
-        from shitu.serving.client.pil_draw import draw_file
-
-        try:
-            draw_file(path, res, out)
-        except OSError as exc:
-            print(f"warning: could not write {out}: {exc}", file=sys.stderr)
-        return
-    from shitu.serving.client.sdk import draw
-
-    if not cv2.imwrite(str(out), draw(path, res)):  # with res.explanation: the left-out boxes too
-        print(f"warning: could not write {out}", file=sys.stderr)
+        draw_file(path, res, out)  # with res.explanation: the left-out boxes too
+    except OSError as exc:
+        print(f"warning: could not write {out}: {exc}", file=sys.stderr)
 
 
 @guard

@@ -70,9 +70,10 @@ _USAGE_ERRORS = (
 )
 _RUN_ERRORS = (
     ("shitu.serving.client.sdk", "ShituError"),
-    ("shitu.serving.gallery.storage", "GalleryError"),
+    ("shitu.serving.gallery.errors", "GalleryError"),
     ("shitu.serving.gallery.list_file", "GalleryFileError"),
     ("shitu.serving.engine.engine", "EngineError"),
+    ("shitu.serving.galleries.manager", "GalleryRequestError"),
     ("shitu.plugins.errors", "PackError"),
 )
 

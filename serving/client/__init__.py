@@ -1,6 +1,8 @@
-"""The client SDK: :class:`ShituClient` (sync) and :class:`AsyncShituClient` over the served HTTP API.
+"""The client SDK: :class:`ShituClient` (blocking, over requests) and :class:`AsyncShituClient` (over
+httpx.AsyncClient) for the served HTTP API.
 
-Light: numpy, requests and the result types; no paddle, faiss or OpenCV. See ``CLIENT.md`` beside this file.
+Light: numpy, requests, httpx and the result types (:mod:`shitu.serving.results`); Pillow to draw; no paddle,
+faiss or OpenCV, nothing of :mod:`shitu.serving.engine`. See ``docs/sdk-cli.md``.
 """
 
 from shitu.serving.client.sdk import (  # noqa: F401

@@ -5,8 +5,10 @@
 - :mod:`.transforms` -- pre-processing from PaddleClas op lists.
 - :mod:`.detection`, :mod:`.extraction`, :mod:`.pipeline` -- mainbody boxes, embeddings, recognition.
 - :mod:`.engine` -- :class:`Engine` and :func:`load_engine`: one scenario's models, parameters and galleries.
-- :mod:`.images` (decoding with limits), :mod:`.results` (result types), :mod:`.draw`, :mod:`.timing` -- light
-  helpers that the client and the video tools use too; they do not import paddle.
+- :mod:`.images` (decoding with limits), :mod:`.timing` -- light helpers that do not import paddle.
+
+Result types and drawing live in :mod:`shitu.serving.results`, gallery names and opening in
+:mod:`shitu.serving.galleries`, training in :mod:`shitu.serving.adapt`.
 
 ``from shitu.serving.engine import load_engine`` works and imports paddle only when called for.
 """

@@ -67,8 +67,9 @@ class BulkEmbedder:
         self.extractor = extractor
         self.params = params
         options = getattr(extractor.predictor, "options", None)  # None: a stand-in predictor, used as it is
-        self.copies = max(1, min(options.cpu_threads, MAX_COPIES)) if runs_concurrently(options) else 1
-        self._threads = max(1, options.cpu_threads // self.copies) if options is not None else 1
+        threads = options.cpu_threads if options is not None else 1
+        self.copies = max(1, min(threads, MAX_COPIES)) if runs_concurrently(options) else 1
+        self._threads = max(1, threads // self.copies)
         self._workers: list[FeatureExtractor] = []
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()

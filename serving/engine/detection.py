@@ -23,32 +23,12 @@ from typing import Any
 import numpy as np
 
 from shitu.model_spec import ModelSpec
-from shitu.serving.engine.explain import Explanation
+from shitu.serving.engine.boxes import nms
 from shitu.serving.engine.predictor import Predictor, PredictorError, RuntimeOptions
-from shitu.serving.engine.results import Detections
 from shitu.serving.engine.timing import NULL_TIMER, StageTimer
 from shitu.serving.engine.transforms import Transforms
-
-
-def nms(xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Indices kept by greedy non-maximum suppression, best score first."""
-    if len(xyxy) == 0:
-        return np.zeros(0, np.int64)
-    x1, y1, x2, y2 = xyxy.T.astype(np.float64)
-    areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
-    order = np.argsort(-scores, kind="stable")
-    keep: list[int] = []
-    while order.size:
-        i = int(order[0])
-        keep.append(i)
-        rest = order[1:]
-        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
-        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
-        inter = w * h
-        union = areas[i] + areas[rest] - inter
-        iou = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-        order = rest[iou <= iou_threshold]
-    return np.asarray(keep, np.int64)
+from shitu.serving.results import Detections
+from shitu.serving.results.explanation import Explanation
 
 
 def whole_image_box(height: int, width: int) -> Detections:

@@ -12,31 +12,34 @@ Parameters merge as defaults < scenario pack < ``params`` (e.g. ``config.json`` 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from shitu.echo import clip
+from shitu.errors import InvalidArgument
 from shitu.model_spec import ModelSpec
 from shitu.names import GALLERY_NAME  # gallery names a request may use (never a path)
 from shitu.params import Params, flatten, merge
-from shitu.serving.engine.batched import recognize_many
 from shitu.serving.engine.bulk import BulkEmbedder
 from shitu.serving.engine.detection import MainbodyDetector
-from shitu.serving.engine.explain import Explanation
 from shitu.serving.engine.extraction import FeatureExtractor
-from shitu.serving.engine.open_galleries import OpenGalleries
 from shitu.serving.engine.pipeline import SearchIndex, accepted_matches, recognize, search_options
 from shitu.serving.engine.predictor import RuntimeOptions
-from shitu.serving.engine.results import Detections, Match, Recognition
 from shitu.serving.engine.timing import NULL_TIMER, StageTimer
+from shitu.serving.galleries.manager import GalleryManager
+from shitu.serving.results import Detections, Match, Recognition
+from shitu.serving.results.explanation import Explanation
+
+if TYPE_CHECKING:
+    from shitu.plugins.gallery_spec import GallerySpec
+    from shitu.serving.gallery.backend import GalleryBackend
+    from shitu.serving.gallery.local import Gallery
 
 
-class EngineError(ValueError):
-    """A request to the engine is invalid (unknown gallery, bad boxes...)."""
+class EngineError(InvalidArgument):
+    """A request to the engine is invalid (bad boxes, images and labels that do not pair up...)."""
 
 
 def runtime_options(params: Params, which: str) -> RuntimeOptions:
@@ -61,190 +64,87 @@ class Engine:
         gallery_root: Path | None = None,
         default_gallery: str = "default",
         scenario: str = "custom",
-        gallery_specs: dict[str, Any] | None = None,
+        gallery_specs: dict[str, GallerySpec] | None = None,
         pack_extractor: ModelSpec | None = None,
     ):
         self.params = params or merge()
-        #: The scenario pack's own recogniser, which made the vectors a pack ships (``vectors_file``); differs from
-        #: the extractor when ``Global.rec_inference_model_dir`` replaced it.
-        self.pack_extractor = pack_extractor or extractor_spec
-        self._identities: dict[tuple[str, str | None], dict[str, str]] = {}  # by (model folder, projection)
         self.scenario = scenario
         detector_spec = detector_spec.with_transform_ops(self.params["DetPreProcess.transform_ops"])
         extractor_spec = extractor_spec.with_transform_ops(self.params["RecPreProcess.transform_ops"])
-        #: The scenario pack's declared galleries (name -> GallerySpec): built on first use, with their own
-        #: index_method / dist_type (shitu.serving.gallery.pack_gallery).
-        self.gallery_specs = dict(gallery_specs or {})
         self.detector = MainbodyDetector(detector_spec, runtime_options(self.params, "det"))
         self.extractor = FeatureExtractor(extractor_spec, runtime_options(self.params, "rec"))
         self.extractor.centering(self.params["RecPostProcess.centering"])  # a missing or bad file fails the load
-        self.gallery_root = Path(gallery_root) if gallery_root else None
-        self.default_gallery = default_gallery
-        self._galleries = OpenGalleries(self.params["Limits.max_open_galleries"])
-        self._lock = threading.Lock()
+        #: Gallery names, open/create, model identity, pack galleries and thumbnails.
+        self.galleries = GalleryManager(
+            self.params,
+            self.embedding_size,
+            self.extractor.spec,
+            self.embed,
+            gallery_root=gallery_root,
+            default_gallery=default_gallery,
+            scenario=scenario,
+            gallery_specs=gallery_specs,
+            pack_extractor=pack_extractor,
+        )
         self._bulk = BulkEmbedder(self.extractor, self.params)  # gallery builds; copies made on first use
 
     # -- parameters ----------------------------------------------------------------------------------------------
-    def request_params(self, overrides: dict[str, Any] | None = None) -> Params:
-        """Engine parameters with per-request ``overrides`` (validated; load-time parameters refused)."""
+    def request_params(self, overrides: dict[str, Any] | None = None, params: Params | None = None) -> Params:
+        """Engine parameters with per-request ``overrides`` (validated; load-time parameters refused), or ``params``
+        as they are: a server's request parsed once at its edge (:mod:`shitu.serving.hub.requests`)."""
+        if params is not None:
+            if overrides:
+                raise EngineError("give parameter overrides or params=, not both")
+            return params
         return self.params.override(overrides, per_request=True) if overrides else self.params
 
     @property
     def embedding_size(self) -> int:
         return self.extractor.embedding_size
 
-    # -- galleries -----------------------------------------------------------------------------------------------
-    def gallery_path(self, name: str | None = None) -> Path:
-        """Folder of gallery ``name`` (a name, never a path: requests pick galleries by name)."""
-        name = name or self.default_gallery
-        if not GALLERY_NAME.match(name):
-            raise EngineError(f"invalid gallery name {clip(name)}: use letters, digits, '_', '-', '.' (max 64)")
-        if name == self.default_gallery and self.params["IndexProcess.index_dir"]:
-            return Path(self.params["IndexProcess.index_dir"])
-        if self.gallery_root is None:
-            raise EngineError("this engine has no gallery folder; pass gallery= or set IndexProcess.index_dir")
-        return self.gallery_root / name
+    # -- galleries (the manager's, kept here for callers) -------------------------------------------------------
+    @property
+    def default_gallery(self) -> str:
+        return self.galleries.default_gallery
 
-    def gallery(self, name: str | Path | SearchIndex | None = None, create: bool = False) -> Any:
-        """The open gallery ``name``, or a folder path, or an index object as is.
+    @property
+    def gallery_root(self) -> Path | None:
+        return self.galleries.gallery_root
 
-        A folder path and the default gallery are created empty on first use; another gallery *name* must exist
-        unless ``create`` (adding images creates it), so a mistyped name in a request is an error, not a new folder.
-        """
-        if name is not None and not isinstance(name, (str, Path)):
-            return name
-        from shitu.serving.gallery.backend import is_remote, remote_gallery_uri
+    @property
+    def gallery_specs(self) -> dict[str, GallerySpec]:
+        return self.galleries.specs
 
-        index_dir = self.params["IndexProcess.index_dir"]
-        uri = name if is_remote(name) else remote_gallery_uri(name, self.default_gallery, index_dir)  # type: ignore
-        if uri is not None:
-            return self._remote_gallery(uri, name, create)
-        path = Path(name) if isinstance(name, Path) else self.gallery_path(name)
-        key = str(path.resolve())
-        spec = None
-        with self._lock:
-            if key not in self._galleries:
-                from shitu.serving.gallery.local import DB_NAME
-
-                spec = self._declared_gallery(name, path)
-                named = isinstance(name, str) and name != self.default_gallery
-                if named and not create and not (path / DB_NAME).is_file() and spec is None:
-                    raise EngineError(
-                        f"no gallery named {name!r} in scenario {self.scenario!r} (adding images creates it)"
-                    )
-            return self._galleries.get(key, lambda: self._open_gallery(path, spec))
-
-    def _open_gallery(self, path: Path, spec: Any = None) -> Any:
-        """Open or create the gallery folder ``path``; ``spec``: the pack's declaration, whose index wins."""
-        from shitu.serving.gallery.local import Gallery
-
-        binary = self.params["RecPostProcess.binarize"]
-        gallery = Gallery.open_or_create(
-            path,
-            self.embedding_size,
-            index_method=spec.index_method if spec else self.params["IndexProcess.index_method"],
-            dist_type="hamming" if binary else (spec.dist_type if spec else self.params["IndexProcess.dist_type"]),
-            hamming_radius=self.params["IndexProcess.hamming_radius"],
-            max_label_length=self.params["Limits.max_label_length"],
-        )
-        gallery.record_cache_capacity = self.params["Limits.gallery_record_cache"]
-        from shitu.serving.gallery.backup import describe_model, gallery_model_identity, remember_model, same_model
-
-        recorded = gallery_model_identity(path)
-        if recorded is not None and not same_model(recorded, self.model_identity):
-            gallery.close()
-            raise EngineError(
-                f"gallery {path.name!r} holds vectors of model {describe_model(recorded)}, not of this engine's "
-                f"recogniser {describe_model(self.model_identity)}: scores between two embedding spaces mean nothing. "
-                "Use it with the recogniser that built it, or build a gallery with this one (shitu gallery build)"
-            )
-        remember_model(path, self.extractor.spec)  # what made the vectors, checked here and by export/import
-        return gallery
-
-    def maker_of(self, spec: Any) -> dict[str, str]:
-        """The model identity of what makes the vectors of the pack's declared gallery ``spec`` when it is built:
-        the pack's own recogniser for the vectors it ships (``vectors_file``), else this engine's, which embeds the
-        images of its list."""
-        return self._identity_of(self.pack_extractor) if spec.vectors_file is not None else self.model_identity
+    @property
+    def pack_extractor(self) -> ModelSpec:
+        return self.galleries.pack_extractor
 
     @property
     def model_identity(self) -> dict[str, str]:
-        """The recogniser's model identity (weights and projection sha256, :mod:`shitu.serving.gallery.backup`): a
-        gallery that records another one is refused."""
-        return self._identity_of(self.extractor.spec)
+        return self.galleries.model_identity
 
-    def _identity_of(self, spec: ModelSpec) -> dict[str, str]:
-        """:func:`~shitu.serving.gallery.backup.model_identity` of ``spec``, hashed once per model folder (the pack's
-        recogniser is usually the engine's own)."""
-        key = (str(Path(spec.model_dir).resolve()), spec.projection)
-        if key not in self._identities:
-            from shitu.serving.gallery.backup import model_identity
+    def gallery_path(self, name: str | None = None) -> Path:
+        return self.galleries.path(name)
 
-            self._identities[key] = model_identity(spec)
-        return self._identities[key]
+    def gallery(self, name: str | Path | GalleryBackend | None = None, create: bool = False) -> GalleryBackend:
+        return self.galleries.get(name, create)
 
-    def _declared_gallery(self, name: str | Path | None, path: Path) -> Any:
-        """The pack's declaration of gallery ``name`` when ``path`` is its folder, built now if it declares content
-        and has no folder yet (None for folders and undeclared names)."""
-        spec = self.gallery_specs.get(name or self.default_gallery) if not isinstance(name, Path) else None
-        if spec is None or Path(spec.dir()).resolve() != path.resolve():
-            return None
-        from shitu.serving.gallery.local import GalleryError
-        from shitu.serving.gallery.pack_gallery import ensure_built
+    def _index(self, gallery: str | Path | SearchIndex | None) -> SearchIndex:
+        """The gallery to search: an index object as it is, else the manager's gallery of that name or folder."""
+        if gallery is None or isinstance(gallery, (str, Path)):
+            return cast("SearchIndex", self.gallery(gallery))  # a backend's read-only higher_is_better serves
+        return gallery
 
-        try:
-            if not ensure_built(
-                spec,
-                self.embed,
-                self.embedding_size,
-                max_label_length=self.params["Limits.max_label_length"],
-                identity=self.maker_of(spec),
-            ):
-                from shitu.serving.gallery.backup import remember_model
-
-                remember_model(path, self.pack_extractor)  # built before galleries recorded it: by the pack's own
-        except GalleryError as exc:  # the details name files on this machine: point to the command that shows them
-            first = str(exc).splitlines()[0]
-            raise EngineError(
-                f"gallery {spec.name!r} of scenario {self.scenario!r} cannot be built from the pack's "
-                f"{spec.source().name} ({first.split(';')[0]}); `shitu gallery build --scenario "
-                f"{self.scenario} --gallery {spec.name}` on the server shows why"
-            ) from None
-        return spec
-
-    def _remote_gallery(self, uri: str, name: Any, create: bool) -> Any:
-        """The gallery in a Milvus collection (``shitu.serving.gallery.milvus``); as for folders, only the
-        default gallery and ``create`` make a missing one."""
-        from shitu.serving.gallery.milvus import MilvusGallery
-
-        with self._lock:
-            if uri not in self._galleries:
-                named = isinstance(name, str) and name != self.default_gallery and uri != name
-                if named and not create and not MilvusGallery.exists(uri):
-                    raise EngineError(
-                        f"no gallery named {name!r} in scenario {self.scenario!r} (adding images creates it)"
-                    )
-            binary = self.params["RecPostProcess.binarize"]
-            return self._galleries.get(
-                uri,
-                lambda: MilvusGallery.open_or_create(
-                    uri,
-                    self.embedding_size,
-                    index_method=self.params["IndexProcess.index_method"],
-                    dist_type="hamming" if binary else self.params["IndexProcess.dist_type"],
-                    hamming_radius=self.params["IndexProcess.hamming_radius"],
-                    max_label_length=self.params["Limits.max_label_length"],
-                ),
-            )
+    def maker_of(self, spec: GallerySpec) -> dict[str, str]:
+        return self.galleries.maker_of(spec)
 
     def close(self) -> None:
-        with self._lock:
-            self._galleries.close()
+        self.galleries.close()
         self._bulk.close()
 
     # -- operations ----------------------------------------------------------------------------------------------
-    def detect(self, images: Sequence[np.ndarray], **overrides: Any) -> list[Detections]:
-        p = self.request_params(overrides)
+    def detect(self, images: Sequence[np.ndarray], params: Params | None = None, **overrides: Any) -> list[Detections]:
+        p = self.request_params(overrides, params)
         return [self.detector.detect(img, p) for img in images]
 
     def embed(self, images: Sequence[np.ndarray], **overrides: Any) -> np.ndarray:
@@ -258,10 +158,14 @@ class Engine:
         return self._bulk(images)
 
     def extract(
-        self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[Sequence[float]]] | None = None, **overrides: Any
+        self,
+        images: Sequence[np.ndarray],
+        boxes: Sequence[Sequence[Sequence[float]]] | None = None,
+        params: Params | None = None,
+        **overrides: Any,
     ) -> list[np.ndarray]:
         """One ``[n_boxes, d]`` array per image (the whole image when ``boxes`` is None or an image's list is)."""
-        p = self.request_params(overrides)
+        p = self.request_params(overrides, params)
         out = []
         for i, img in enumerate(images):
             img_boxes = boxes[i] if boxes is not None and i < len(boxes) else None
@@ -272,10 +176,16 @@ class Engine:
             out.append(self.extractor.extract(img, arr, p))
         return out
 
-    def search(self, embeddings: np.ndarray, gallery: str | Path | None = None, **overrides: Any) -> list[list[Match]]:
+    def search(
+        self,
+        embeddings: np.ndarray,
+        gallery: str | Path | SearchIndex | None = None,
+        params: Params | None = None,
+        **overrides: Any,
+    ) -> list[list[Match]]:
         """Top ``IndexProcess.return_k`` matches per embedding that pass ``IndexProcess.score_thres``."""
-        p = self.request_params(overrides)
-        g = self.gallery(gallery)
+        p = self.request_params(overrides, params)
+        g = self._index(gallery)
         hits = g.search(np.asarray(embeddings), p["IndexProcess.return_k"], **search_options(g, p))
         return accepted_matches(hits, p["IndexProcess.score_thres"], g.higher_is_better)
 
@@ -284,28 +194,30 @@ class Engine:
         images: Sequence[np.ndarray],
         gallery: str | Path | SearchIndex | None = None,
         timer: StageTimer = NULL_TIMER,
+        params: Params | None = None,
+        explanations: Sequence[Explanation] | None = None,
         **overrides: Any,
     ) -> list[list[Recognition]]:
-        """What and where, per image, best first (the crops of all images go through the recogniser together)."""
-        p = self.request_params(overrides)
-        g = self.gallery(gallery)
-        return recognize_many(images, self.detector, self.extractor, g, p, timer)
+        """What and where, per image, best first (the crops of all images go through the recogniser together).
+
+        ``params``: the request's parameters, already merged (else ``overrides`` by PP-ShiTu name); ``explanations``:
+        one :class:`~.explain.Explanation` per image to fill with every stage's view."""
+        p = self.request_params(overrides, params)
+        return recognize(images, self.detector, self.extractor, self._index(gallery), p, timer, explanations)
 
     def recognize_explained(
         self,
         images: Sequence[np.ndarray],
         gallery: str | Path | SearchIndex | None = None,
         timer: StageTimer = NULL_TIMER,
+        params: Params | None = None,
         **overrides: Any,
     ) -> list[tuple[list[Recognition], Explanation]]:
         """:meth:`recognize` plus, per image, an :class:`~.explain.Explanation` of every stage (``explain``)."""
-        p = self.request_params(overrides)
-        g = self.gallery(gallery)
-        out = []
-        for img in images:
-            explanation = Explanation.start(p)
-            out.append((recognize(img, self.detector, self.extractor, g, p, timer, explanation), explanation))
-        return out
+        p = self.request_params(overrides, params)
+        explanations = [Explanation.start(p) for _ in images]
+        found = self.recognize(images, gallery, timer, params=p, explanations=explanations)
+        return list(zip(found, explanations))
 
     def gallery_add(
         self,
@@ -328,9 +240,7 @@ class Engine:
             metadata=list(metadata) if metadata is not None else None,
             content_hashes=list(content_hashes) if content_hashes is not None else None,
         )
-        from shitu.serving.gallery import thumbnails
-
-        thumbnails.store(g, ids, images)  # for browsing the gallery (web page); never fails the add
+        self.galleries.store_thumbnails(g, ids, images)
         return ids
 
     def gallery_build(
@@ -350,7 +260,7 @@ class Engine:
         from shitu.serving.gallery.build import build_from_source, embed_images_fn
 
         return build_from_source(
-            self.gallery(gallery, create=True),
+            cast("Gallery", self.gallery(gallery, create=True)),  # any backend builds: it adds and looks up
             source,
             embed_images_fn(self),
             image_root=image_root,
@@ -373,7 +283,7 @@ def check_boxes(boxes: Any, shape: tuple[int, ...], index: int) -> np.ndarray:
     """``[[x1, y1, x2, y2], ...]`` for image ``index`` as an array, or EngineError naming the image and box."""
     try:
         arr = np.asarray(boxes, np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float
         raise EngineError(f"image {index}: boxes must be lists of 4 numbers [x1, y1, x2, y2]") from None
     if arr.ndim != 2 or arr.shape[1] != 4 or not np.all(np.isfinite(arr)):
         raise EngineError(f"image {index}: boxes must be lists of 4 finite numbers [x1, y1, x2, y2]")

@@ -18,10 +18,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from shitu.errors import InvalidArgument
+
 NOT_AN_IMAGE = "not an image (unknown or corrupt format)"
 
 
-class ImageError(ValueError):
+class ImageError(InvalidArgument):
     """An image cannot be used. ``index`` is its position in the request when known."""
 
     def __init__(self, message: str, index: int | None = None):

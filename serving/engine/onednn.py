@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -58,7 +57,9 @@ _MIN_DET_SCORE = 0.1
 
 
 def _home() -> Path:
-    return Path(os.environ.get("SHITU_HOME") or Path.home() / ".shitu") / "onednn"
+    from shitu.plugins.store import home
+
+    return home() / "onednn"
 
 
 def model_key(spec: ModelSpec) -> str:

@@ -1,4 +1,11 @@
-"""The recognition pipeline, one image at a time: detect -> crop -> extract -> search -> filter -> rec-NMS.
+"""The recognition pipeline for 1..n images: detect -> crop -> extract -> search -> filter -> rec-NMS.
+
+Detection runs per image; the crops of *all* images go through ``FeatureExtractor.embed`` in one call
+(``Global.batch_size`` crops per forward pass) and through one gallery search, so a request of 8 images with two
+boxes each runs one batched pass, not 8. Then each image's boxes are filtered, fall back to the whole image
+(again batched over the images that need it) and pass rec-NMS on their own: the answers do not depend on which
+images came together (scores equal up to float rounding of batched forwards). An optional explanation sink (one
+:class:`~.explain.Explanation` per image) records every stage's view.
 
 Stages, with the PP-ShiTu parameters that steer them:
 
@@ -15,15 +22,18 @@ Stages, with the PP-ShiTu parameters that steer them:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
-from shitu.serving.engine.detection import MainbodyDetector, nms, whole_image_box
-from shitu.serving.engine.explain import Explanation
+from shitu.params import Params
+from shitu.serving.engine.boxes import nms
+from shitu.serving.engine.detection import MainbodyDetector, whole_image_box
 from shitu.serving.engine.extraction import FeatureExtractor, crop
-from shitu.serving.engine.results import Detections, Match, Recognition
 from shitu.serving.engine.timing import NULL_TIMER, StageTimer
+from shitu.serving.results import Detections, Match, Recognition
+from shitu.serving.results.explanation import Explanation
 
 
 class SearchIndex(Protocol):
@@ -34,7 +44,7 @@ class SearchIndex(Protocol):
     def search(self, queries: np.ndarray, k: int = 5, labels: list[str] | None = None) -> list[list[Match]]: ...
 
 
-def search_options(index: SearchIndex, params: Any) -> dict[str, Any]:
+def search_options(index: SearchIndex, params: Params) -> dict[str, Any]:
     """Keyword arguments of ``index.search`` from the request: ``IndexProcess.labels``, and for hamming galleries
     ``IndexProcess.hamming_radius`` (the largest distance searched, per request)."""
     options: dict[str, Any] = {"labels": params["IndexProcess.labels"]}
@@ -93,43 +103,49 @@ def rec_nms(
 
 
 def recognize(
-    image: np.ndarray,
+    images: Sequence[np.ndarray],
     detector: MainbodyDetector,
     extractor: FeatureExtractor,
     index: SearchIndex,
-    params: Any,
+    params: Params,
     timer: StageTimer = NULL_TIMER,
-    explanation: Explanation | None = None,
-) -> list[Recognition]:
-    """Everything recognised in one BGR image, best first.
+    explanations: Sequence[Explanation] | None = None,
+) -> list[list[Recognition]]:
+    """Everything recognised in each BGR image of ``images``, best first per image.
 
-    With ``Global.append_whole_image: fallback`` the whole image is embedded and searched only when no detected box
-    gave an accepted match. ``explanation``, when given, is filled with every stage's view (see :mod:`.explain`).
+    With ``Global.append_whole_image: fallback`` an image's whole frame is embedded and searched only when none of
+    its detected boxes gave an accepted match. ``explanations`` (one per image), when given, are filled with every
+    stage's view (see :mod:`.explain`).
     """
-    det = detector.detect(image, params, timer, explanation)
-    found: list[Recognition] = []
-    searched: list[int] = []  # explanation index of each found recognition
-    _search(image, det, extractor, index, params, timer, explanation, found, searched)
+    if explanations is not None and len(explanations) != len(images):
+        raise ValueError(f"{len(images)} images but {len(explanations)} explanations")
+    notes: Sequence[Explanation | None] = explanations if explanations is not None else [None] * len(images)
+    dets = [detector.detect(img, params, timer, note) for img, note in zip(images, notes)]
+    runs = [_Run(img, det, note) for img, det, note in zip(images, dets, notes)]
+    _search(runs, [r.det for r in runs], extractor, index, params, timer)
     setting = params["Global.append_whole_image"]
-    fall_back = falls_back(setting, found, det)
-    if fall_back:
-        _search(image, whole_image_box(*image.shape[:2]), extractor, index, params, timer, explanation, found, searched)
-    if explanation is not None:
-        explanation.whole_image = _whole_image_note(setting, fall_back, det)
-    with timer.stage("rec_nms"):
-        kept = rec_nms(
-            found, params["Global.rec_nms_thresold"], index.higher_is_better, params["Global.rec_nms_per_label"]
-        )
-        if explanation is not None:
-            explanation.rec_nms(
-                found,
-                searched,
-                kept,
-                params["Global.rec_nms_thresold"],
-                index.higher_is_better,
-                params["Global.rec_nms_per_label"],
-            )
-        return kept
+    again = [r for r in runs if falls_back(setting, r.found, r.det)]
+    _search(again, [whole_image_box(*r.image.shape[:2]) for r in again], extractor, index, params, timer)
+    thres, per_label = params["Global.rec_nms_thresold"], params["Global.rec_nms_per_label"]
+    out = []
+    for r in runs:
+        if r.note is not None:
+            r.note.whole_image = _whole_image_note(setting, any(r is a for a in again), r.det)
+        with timer.stage("rec_nms"):
+            kept = rec_nms(r.found, thres, index.higher_is_better, per_label)
+            if r.note is not None:
+                r.note.rec_nms(r.found, r.searched, kept, thres, index.higher_is_better, per_label)
+        out.append(kept)
+    return out
+
+
+class _Run:
+    """One image on its way through the pipeline: its detections, what it found, its explanation sink."""
+
+    def __init__(self, image: np.ndarray, det: Detections, note: Explanation | None):
+        self.image, self.det, self.note = image, det, note
+        self.found: list[Recognition] = []
+        self.searched: list[int] = []  # explanation index of each found recognition
 
 
 def falls_back(setting: Any, found: list[Recognition], det: Detections) -> bool:
@@ -149,55 +165,58 @@ def _whole_image_note(setting: Any, fell_back: bool, det: Detections) -> str:
 
 
 def _search(
-    image: np.ndarray,
-    det: Detections,
+    runs: Sequence[_Run],
+    dets: Sequence[Detections],
     extractor: FeatureExtractor,
     index: SearchIndex,
-    params: Any,
+    params: Params,
     timer: StageTimer,
-    explanation: Explanation | None,
-    found: list[Recognition],
-    searched: list[int],
 ) -> None:
-    """Embed and search the boxes ``det``; append accepted best matches to ``found``."""
-    if len(det) == 0:
-        return
+    """Embed the boxes ``dets`` of every run in one call, search them in one call; append each run's accepted
+    best matches to its ``found`` (and every searched box to its explanation)."""
     with timer.stage("crop"):
-        crops = [crop(image, box, params["Global.crop_padding"]) for box in det.xyxy]
+        crops = [crop(r.image, box, params["Global.crop_padding"]) for r, det in zip(runs, dets) for box in det.xyxy]
+    if not crops:
+        return
     feats = extractor.embed(crops, params, timer)
+    explaining = any(r.note is not None for r in runs)
+    k = min(params["IndexProcess.return_k"], params["Limits.max_explain_matches"]) if explaining else 1
     with timer.stage("search"):
-        k = min(params["IndexProcess.return_k"], params["Limits.max_explain_matches"]) if explanation is not None else 1
         matches = index.search(
             feats, max(k, params["IndexProcess.candidates"] * CANDIDATE_DEPTH), **search_options(index, params)
         )
-    collect(det, matches, k, index, params, timer, explanation, found, searched)
+    start = 0
+    for r, det in zip(runs, dets):
+        if len(det):
+            _collect(r, det, matches[start : start + len(det)], k, index.higher_is_better, params, timer)
+        start += len(det)
 
 
-def collect(
+def _collect(
+    run: _Run,
     det: Detections,
     matches: list[list[Match]],
     k: int,
-    index: SearchIndex,
-    params: Any,
+    higher_is_better: bool,
+    params: Params,
     timer: StageTimer,
-    explanation: Explanation | None,
-    found: list[Recognition],
-    searched: list[int],
 ) -> None:
-    """Append to ``found`` a recognition per box of ``det`` whose best match (``matches``, one row per box)
+    """Append to ``run.found`` a recognition per box of ``det`` whose best match (``matches``, one row per box)
     passes ``IndexProcess.score_thres``; ``k`` hits per box go to the explanation."""
     thres = params["IndexProcess.score_thres"]
+    note = run.note
     with timer.stage("rec_nms"):  # the score_thres filter, timed with rec-NMS as before
         for i, hits in enumerate(matches):
-            ok = bool(hits) and accepts(hits[0].score, thres, index.higher_is_better)
-            if explanation is not None:
-                at = explanation.searched_box(
-                    det.xyxy[i], det.scores[i], det.is_whole_image[i], hits[:k], ok, index.higher_is_better
+            ok = bool(hits) and accepts(hits[0].score, thres, higher_is_better)
+            at = -1
+            if note is not None:
+                at = note.searched_box(
+                    det.xyxy[i], det.scores[i], det.is_whole_image[i], hits[:k], ok, higher_is_better
                 )
             if not ok:
                 continue
             best = hits[0]
-            found.append(
+            run.found.append(
                 Recognition(
                     bbox=[int(round(v)) for v in det.xyxy[i]],
                     label=best.label,
@@ -208,5 +227,4 @@ def collect(
                     extra=candidates(hits, params["IndexProcess.candidates"]),
                 )
             )
-            if explanation is not None:
-                searched.append(at)
+            run.searched.append(at)

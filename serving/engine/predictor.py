@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from shitu.errors import InternalError
 from shitu.model_spec import ModelSpec, ModelSpecError
 
 # Silence paddle's C++ logging before paddle is imported anywhere.
@@ -24,8 +25,8 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("FLAGS_call_stack_level", "0")
 
 
-class PredictorError(RuntimeError):
-    """A model cannot be loaded or run; the message names the model path."""
+class PredictorError(InternalError, RuntimeError):
+    """A model cannot be loaded or run; the message names the model path (a server error: never the caller's)."""
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,9 @@ def _weights_in_graph(model_file: Path) -> tuple[int, int]:
             elif isinstance(node, list):
                 stack.extend(node)
     else:
-        from paddle.base.proto import framework_pb2
+        import importlib
 
+        framework_pb2: Any = importlib.import_module("paddle.base.proto.framework_pb2")  # generated: no types
         program = framework_pb2.ProgramDesc.FromString(model_file.read_bytes())
         names = framework_pb2.VarType.Type
         for var in program.blocks[0].vars:
@@ -193,10 +195,11 @@ class _PaddleBackend(_Backend):
             config.set_cpu_math_library_num_threads(options.cpu_threads)
             # oneDNN only with a pass list verified for this model: Paddle's default list segfaults on some
             # models while the predictor is built, which would take the whole server down.
-            mkldnn = options.enable_mkldnn and spec.onednn and spec.onednn_passes is not None
-            if mkldnn:
+            passes = spec.onednn_passes if options.enable_mkldnn and spec.onednn else None
+            mkldnn = passes is not None
+            if passes is not None:
                 config.enable_mkldnn()
-                config.enable_custom_passes(list(spec.onednn_passes), True)
+                config.enable_custom_passes(list(passes), True)
             else:
                 config.disable_mkldnn()
         config.disable_glog_info()

@@ -22,6 +22,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from shitu.errors import InvalidArgument
+
 _INTERP = {
     "nearest": cv2.INTER_NEAREST,
     "bilinear": cv2.INTER_LINEAR,
@@ -33,7 +35,7 @@ _INTERP = {
 }
 
 
-class TransformError(ValueError):
+class TransformError(InvalidArgument):
     """An op name or its arguments are invalid."""
 
 
@@ -115,6 +117,7 @@ def resize_image(
         if target is not None:
             tw, th = target
         else:
+            assert resize_short is not None  # exactly one of size and resize_short (checked above)
             ratio = float(resize_short) / min(h, w)
             tw, th = max(1, int(round(w * ratio))), max(1, int(round(h * ratio)))
         if backend == "pil":

@@ -13,7 +13,7 @@ to one backend. A gallery is named by a folder path or by such a URI wherever ga
 and ``shitu gallery ...``. :func:`open_gallery`, :func:`create_gallery` and :func:`gallery_exists` pick the backend
 from the name.
 
-``score`` of a :class:`Match` (also ``shitu.serving.engine.results.Match``) is the raw metric: similarity when
+``score`` of a :class:`Match` (defined in ``shitu.serving.results``) is the raw metric: similarity when
 ``higher_is_better`` (inner product), a distance otherwise (squared L2, hamming).
 """
 
@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from shitu.serving.gallery.validation import check_vectors
+from shitu.serving.results.types import Match  # the result type, in the leaf the client shares
 
 __all__ = [
     "GalleryBackend",
@@ -39,22 +41,6 @@ __all__ = [
 
 #: URI schemes of remote galleries.
 REMOTE_SCHEMES = ("milvus://",)
-
-
-@dataclass
-class Match:
-    """One gallery hit: item ``id``, its ``label`` and the raw metric ``score`` (IP: similarity; L2/hamming: distance)."""
-
-    id: int
-    label: str
-    score: float
-    source: str | None = None
-    metadata: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["score"] = round(float(self.score), 6)
-        return d
 
 
 @runtime_checkable
@@ -221,30 +207,6 @@ def gallery_exists(target: str | os.PathLike) -> bool:
         return MilvusGallery.exists(str(target))
     from pathlib import Path
 
-    from shitu.serving.gallery.local import DB_NAME
+    from shitu.serving.gallery.store import DB_NAME
 
     return (Path(target) / DB_NAME).is_file()
-
-
-def check_vectors(vectors: Any, dim: int, binary: bool, normalize: bool, what: str = "vectors") -> np.ndarray:
-    """``vectors`` as a C-contiguous ``[n, dim]`` float32 array (``[n, dim / 8]`` uint8 packed bits when
-    ``binary``), L2-normalised when ``normalize``; ``ValueError`` naming the problem otherwise."""
-    arr = np.asarray(vectors)
-    if arr.ndim == 1:
-        arr = arr.reshape(1, -1)
-    if binary:
-        width = dim // 8
-        if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != width:
-            raise ValueError(
-                f"{what} must be packed bits, uint8 [n, {width}] for this {dim}-bit hamming gallery; "
-                f"got {arr.dtype} {list(arr.shape)}"
-            )
-        return np.ascontiguousarray(arr)
-    if arr.ndim != 2 or arr.shape[1] != dim or not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"{what} must be float [n, {dim}]; got {arr.dtype} {list(arr.shape)}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{what} contain NaN or infinite values")
-    if normalize:
-        arr = arr / np.maximum(np.linalg.norm(arr, axis=1, keepdims=True), 1e-12)
-    return arr

@@ -25,6 +25,9 @@ from typing import Any
 import faiss
 import numpy as np
 
+from shitu.serving.gallery.errors import GalleryError
+from shitu.serving.gallery.validation import METRICS, check_vectors
+
 __all__ = [
     "DEFAULT_TUNING",
     "METRICS",
@@ -58,9 +61,6 @@ def nlist_for(n: int) -> int:
     return max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39))
 
 
-METRICS = {"ip": "IP", "inner_product": "IP", "cosine": "IP", "l2": "L2", "hamming": "hamming"}
-
-
 @dataclass
 class IndexConfig:
     """What a gallery is: fixed at creation, read from ``meta`` at open."""
@@ -88,6 +88,31 @@ class IndexConfig:
     def auto_ivf(self) -> bool:
         return self.index_method.upper() == "IVF"
 
+    def vectors(self, vectors: Any, what: str = "vectors") -> np.ndarray:
+        """``vectors`` checked for this gallery (:func:`.validation.check_vectors`), the extractor's usual output
+        (float32 ``[n, dim]``, C-contiguous) without a copy."""
+        if (
+            type(vectors) is np.ndarray
+            and vectors.dtype == np.float32
+            and vectors.ndim == 2
+            and not self.binary
+            and not self.normalize
+            and vectors.shape[1] == self.dim
+            and vectors.flags.c_contiguous
+        ):
+            # One vector: its squared norm (one small C call; numpy's reductions cost several times more right
+            # after a search has filled the CPU caches) is finite only when every element is, and when it overflows
+            # the element-wise check decides. Several: a float64 sum of float32 values cannot overflow, so it is
+            # finite exactly when all are.
+            if len(vectors) == 1:
+                finite = math.isfinite(faiss.fvec_norm_L2sqr(faiss.swig_ptr(vectors), self.dim))
+                if not finite and not np.isfinite(vectors).all():
+                    raise GalleryError(f"{what} contain NaN or infinite values")
+            elif not math.isfinite(vectors.sum(dtype=np.float64)):
+                raise GalleryError(f"{what} contain NaN or infinite values")
+            return vectors
+        return check_vectors(vectors, self.dim, self.binary, self.normalize, what)
+
     # -- index construction --------------------------------------------------------------------------------------
 
     def _hnsw_m(self) -> int | None:
@@ -100,6 +125,7 @@ class IndexConfig:
         IVF-type indexes keep faiss ids natively; the others are wrapped in ``IDMap2``.
         """
         method = self.index_method
+        index: Any  # faiss SWIG classes, downcast at run time (the stubs know the base classes only)
         if self.binary:
             if method.upper() == "FLAT":
                 return faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(self.dim)), False
@@ -119,7 +145,8 @@ class IndexConfig:
         m = self._hnsw_m()
         if m:
             index = faiss.index_factory(self.dim, f"IDMap2,HNSW{m}", self.faiss_metric)
-            faiss.downcast_index(index.index).hnsw.efConstruction = int(self.tuning["ef_construction"])
+            hnsw: Any = faiss.downcast_index(index.index)  # an IndexHNSW (the stubs type it as Index)
+            hnsw.hnsw.efConstruction = int(self.tuning["ef_construction"])
             return index, False
         if self.auto_ivf:
             return faiss.index_factory(self.dim, f"IVF{nlist_for(n)},Flat", self.faiss_metric), True
@@ -217,7 +244,7 @@ def describe(index: Any) -> str:
     if isinstance(inner, faiss.IndexFlat):
         return "Flat"
     if isinstance(inner, faiss.IndexHNSW):
-        return f"HNSW{inner.hnsw.nb_neighbors(1)}"
+        return f"HNSW{inner.hnsw.nb_neighbors(1)}"  # type: ignore[attr-defined]  # not in faiss's stubs
     if isinstance(inner, faiss.IndexBinaryHNSW):
         return f"BHNSW{inner.hnsw.nb_neighbors(1)}"
     if isinstance(inner, faiss.IndexBinaryIVF):
@@ -232,11 +259,9 @@ def index_ids(index: Any) -> np.ndarray:
     """The faiss ids (slots) an index holds."""
     if isinstance(index, (faiss.IndexIDMap2, faiss.IndexIDMap, faiss.IndexBinaryIDMap2, faiss.IndexBinaryIDMap)):
         return faiss.vector_to_array(index.id_map).astype(np.int64)
-    if isinstance(index, faiss.IndexBinaryIVF):
-        ivf = index
-    else:
-        ivf = faiss.extract_index_ivf(index)
-    invlists = ivf.invlists
+    ivf: faiss.IndexIVF | faiss.IndexBinaryIVF
+    ivf = index if isinstance(index, faiss.IndexBinaryIVF) else faiss.extract_index_ivf(index)
+    invlists: Any = ivf.invlists  # an ArrayInvertedLists (the stubs lack release_ids)
     parts = []
     for lst in range(ivf.nlist):
         size = invlists.list_size(lst)
@@ -385,7 +410,7 @@ class IndexState:
 
     def _make_parameters(self, k: int, sel: Any) -> Any:
         if self.mode == "hnsw":
-            params = faiss.SearchParametersHNSW()
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # not in faiss's stubs
             params.efSearch = max(int(self.spec.tuning["ef_search"]), k)
         elif self.mode == "ivf":
             params = faiss.SearchParametersIVF()

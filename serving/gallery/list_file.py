@@ -17,15 +17,17 @@ Two sources are understood:
 A bad line (no label, an invalid label, a missing image) raises :class:`GalleryFileError` naming the file and
 the line, or, when an ``errors`` list is passed, is appended to it and skipped.
 
-This module imports only the standard library.
+Labels follow the gallery rule (:mod:`.validation`).
 """
 
 from __future__ import annotations
 
 import os
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+
+from shitu.errors import InvalidArgument
+from shitu.serving.gallery.validation import DEFAULT_MAX_LABEL_LENGTH, label_problem
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -40,10 +42,8 @@ __all__ = [
 #: File name endings treated as images when scanning a folder (lower case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jpe", ".ppm", ".pgm", ".pbm")
 
-DEFAULT_MAX_LABEL_LENGTH = 128
 
-
-class GalleryFileError(ValueError):
+class GalleryFileError(InvalidArgument):
     """A bad line of a gallery list file (or a bad entry of a folder tree)."""
 
     def __init__(self, file: str | os.PathLike, line_no: int | None, message: str):
@@ -79,24 +79,6 @@ class ListEntry:
 
 #: The former name of :class:`ListEntry` (kept for callers written before the rename).
 GalleryEntry = ListEntry
-
-
-def label_problem(label: object, max_length: int = DEFAULT_MAX_LABEL_LENGTH) -> str | None:
-    """Why ``label`` is not a valid gallery label, or ``None`` when it is.
-
-    A label is a non-empty string (not only spaces) of at most ``max_length`` characters with no control
-    characters (tabs and newlines included).
-    """
-    if not isinstance(label, str):
-        return f"must be a string, not {type(label).__name__}"
-    if not label.strip():
-        return "must not be empty"
-    if len(label) > max_length:
-        return f"is {len(label)} characters long, more than the {max_length} allowed"
-    for ch in label:
-        if unicodedata.category(ch) == "Cc":
-            return f"contains the control character U+{ord(ch):04X}"
-    return None
 
 
 def _unquote(text: str) -> str:

@@ -2,82 +2,78 @@
 
 :class:`Gallery` is the public class (``from shitu.serving.gallery import Gallery``); it implements
 :class:`~shitu.serving.gallery.backend.GalleryBackend` and more (``compact``, ``checkpoint``, ``repair``,
-``refresh``, ``tuning``). It is assembled from parts, one concern each (see :mod:`.core`):
+``refresh``, ``tuning``). It is composed of parts, one concern each, each an attribute:
 
-- :mod:`.storage` -- the folder, ``gallery.db`` (the source of truth: items, vectors, change log, meta);
-- :mod:`.index` -- which faiss index to build, one process's copy of it, slots and tombstones;
-- :mod:`.snapshot` -- the faiss snapshot on disk: crash-safe writes, verified loads;
-- :mod:`.replication` -- several processes on one folder (the change log), fork handling;
-- :mod:`.maintenance` -- IVF (re)training, compaction, background rebuilds;
-- :mod:`.reading` -- search and record queries;
-- this module -- creation, opening, repair, the writes (``add``, ``remove``, ``update``) and lifetime.
+- ``store`` (:class:`.GalleryStore`) -- ``gallery.db``, the source of truth, and every SQL statement on it;
+- ``snapshots`` (:class:`.Snapshots`) -- the faiss snapshot files: crash-safe writes, verified reads;
+- ``replica`` (:class:`.Replica`) -- this process's index state and record cache, following the change log
+  that other processes write too;
+- ``maintenance`` (:class:`.Maintenance`) -- IVF (re)training, compaction, background rebuilds;
+- this module -- creation, opening, repair, the writes, the reads, lifetime and fork handling.
+
+Locks (:class:`.Locks`): ``write`` (writes) is always taken before ``read`` (index state, read connection).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
-import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from shitu.serving.gallery.change_marker import ChangeMarker
-from shitu.serving.gallery.index import DEFAULT_TUNING, METRICS, SMALL_BATCH, IndexConfig, IndexState
-from shitu.serving.gallery.list_file import DEFAULT_MAX_LABEL_LENGTH, label_problem
-from shitu.serving.gallery.maintenance import MaintenanceMixin
-from shitu.serving.gallery.reading import ReadingMixin
-from shitu.serving.gallery.storage import (
-    DB_NAME,
-    FORMAT_VERSION,
-    SCHEMA,
+from shitu.serving.gallery import replication
+from shitu.serving.gallery.backend import Match
+from shitu.serving.gallery.errors import (
+    GalleryCorrupt,
     GalleryError,
+    GalleryExists,
+    GalleryNotFound,
+    GalleryReadOnly,
     LabelError,
-    chunks,
-    connect,
-    fsync_dir,
-    on_disk,
-    read_meta,
+)
+from shitu.serving.gallery.index import DEFAULT_TUNING, SMALL_BATCH, IndexConfig, describe
+from shitu.serving.gallery.maintenance import Maintenance
+from shitu.serving.gallery.reading import record_dict, search_once
+from shitu.serving.gallery.replication import Locks, Replica
+from shitu.serving.gallery.snapshot import Snapshots
+from shitu.serving.gallery.store import DB_NAME, FORMAT_VERSION, GalleryStore
+from shitu.serving.gallery.validation import (
+    DEFAULT_MAX_LABEL_LENGTH,
+    check_fields,
+    check_label,
+    check_radius,
+    check_settings,
+    metadata_json,
+    normal_labels,
 )
 
 __all__ = ["DEFAULT_TUNING", "FORMAT_VERSION", "Gallery", "GalleryError", "LabelError", "DB_NAME", "SMALL_BATCH"]
 
 
-class Gallery(MaintenanceMixin, ReadingMixin):
+class Gallery:
     """A labelled embedding index in a folder (see the module doc).
 
     Use :meth:`create`, :meth:`open` or :meth:`open_or_create`; close with :meth:`close` or a ``with`` block.
     One object may be used from several threads; several processes may open the same folder.
     """
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, readonly: bool, spec: IndexConfig, max_label_length: int):
+    def __init__(self, path: Path, store: GalleryStore, spec: IndexConfig, max_label_length: int):
         # Private: use create / open.
         self.path = path
-        self.readonly = readonly
+        self.readonly = store.readonly
         self.max_label_length = int(max_label_length)
         self._spec = spec
-        self._conn = conn  # read connection (guarded by _lock)
-        self._wconn: sqlite3.Connection | None = None if readonly else connect(path / DB_NAME, False)
-        self._lock = threading.RLock()  # _state, _conn
-        self._wlock = threading.RLock()  # _wconn, writes; always taken before _lock
-        self._snap_lock = threading.Lock()
-        self._state: IndexState | None = None
-        self._snapshot_seq = 0
-        self._last_check = 0.0
         self._closed = False
-        self._bg: threading.Thread | None = None
-        self._bg_cancel = threading.Event()
-        self._bg_error: BaseException | None = None
-        self._no_train_below = 0
         self._pid = os.getpid()
-        self._inherited: list[sqlite3.Connection] = []
-        self._changes = ChangeMarker(path, not readonly)  # rewritten after each commit; spares searches a read
+        self.store = store
+        self.locks = Locks()
+        self.snapshots = Snapshots(path, spec)
+        self.replica = Replica(spec, store, self.snapshots, self.locks)
+        self.maintenance = Maintenance(path, self.replica, lambda: self._closed)
 
     # -- properties ----------------------------------------------------------------------------------------------
 
@@ -105,6 +101,38 @@ class Gallery(MaintenanceMixin, ReadingMixin):
     def normalize(self) -> bool:
         return self._spec.normalize
 
+    @property
+    def tuning(self) -> dict[str, Any]:
+        """Live tunables (``ef_search``, ``nprobe``, ``compact_ratio``, ...); changes apply to this object."""
+        return self._spec.tuning
+
+    @property
+    def db_path(self) -> Path:
+        return self.path / DB_NAME
+
+    @property
+    def refresh_interval(self) -> float:
+        """Seconds between two checks of the change log by searches (changes elsewhere show within ~this)."""
+        return self.replica.refresh_interval
+
+    @refresh_interval.setter
+    def refresh_interval(self, seconds: float) -> None:
+        self.replica.refresh_interval = float(seconds)
+
+    @property
+    def record_cache_capacity(self) -> int:
+        """Item records this object keeps in memory for searches (``Limits.gallery_record_cache``; ~200 bytes
+        each): a gallery of at most this many items is held whole, a bigger one keeps its recent hits' only."""
+        return self.replica.capacity
+
+    @record_cache_capacity.setter
+    def record_cache_capacity(self, n: int) -> None:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise GalleryError(f"record_cache_capacity must be a non-negative integer, not {n!r}")
+        with self.locks.read:
+            self.replica.capacity = int(n)
+            self.replica.records = None  # the next search starts a cache of the new size
+
     # -- creation and opening ------------------------------------------------------------------------------------
 
     @classmethod
@@ -129,83 +157,43 @@ class Gallery(MaintenanceMixin, ReadingMixin):
         and metric is opened instead.
         """
         path = Path(path)
-        metric = METRICS.get(str(dist_type).lower())
-        if metric is None:
-            raise GalleryError(f"unknown dist_type {dist_type!r}: use IP, L2, hamming or cosine")
-        normalize = str(dist_type).lower() == "cosine"
-        if not isinstance(dim, (int, np.integer)) or int(dim) <= 0:
-            raise GalleryError(f"dim must be a positive integer, not {dim!r}")
-        dim = int(dim)
-        if metric == "hamming" and dim % 8:
-            raise GalleryError(f"hamming galleries need dim (in bits) to be a multiple of 8, not {dim}")
-        if not isinstance(index_method, str) or not index_method.strip():
-            raise GalleryError(f"index_method must be a non-empty string, not {index_method!r}")
+        dim, metric, normalize, index_method, hamming_radius = check_settings(
+            dim, dist_type, index_method, hamming_radius
+        )
         unknown = set(tuning) - set(DEFAULT_TUNING)
         if unknown:
             raise GalleryError(f"unknown gallery option(s) {sorted(unknown)}; known: {sorted(DEFAULT_TUNING)}")
-        spec = IndexConfig(
-            dim, metric, index_method.strip(), int(hamming_radius), normalize, {**DEFAULT_TUNING, **tuning}
-        )
+        spec = IndexConfig(dim, metric, index_method, hamming_radius, normalize, {**DEFAULT_TUNING, **tuning})
         try:
             spec.empty_index(0 if not spec.auto_ivf else 1)
         except (RuntimeError, TypeError, ValueError) as e:
             raise GalleryError(f"faiss cannot build index_method {index_method!r} for {metric}: {e}") from None
-
-        db = path / DB_NAME
-        if db.exists():
+        if (path / DB_NAME).exists():
             if not exist_ok:
-                raise GalleryError(f"{path}: a gallery exists already")
+                raise GalleryExists(f"{path}: a gallery exists already")
             return cls._open_existing(path, dim, metric, max_label_length)
-        path.mkdir(parents=True, exist_ok=True)
-        tmp = path / f".{DB_NAME}.{secrets.token_hex(4)}.{os.getpid()}.tmp"
-        try:
-            conn = sqlite3.connect(str(tmp), isolation_level=None)
-            try:
-                # 16 KiB pages hold 7 512-d float vectors (4 KiB pages: one 2 KiB vector each, half empty).
-                conn.execute("PRAGMA page_size=16384")
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("BEGIN")
-                for stmt in SCHEMA.strip().split(";"):
-                    if stmt.strip():
-                        conn.execute(stmt)
-                now = time.time()
-                meta = {
-                    "format_version": FORMAT_VERSION,
-                    "dim": dim,
-                    "metric": metric,
-                    "normalize": int(normalize),
-                    "index_method": spec.index_method,
-                    "hamming_radius": spec.hamming_radius,
-                    "tuning": json.dumps(spec.tuning, sort_keys=True),
-                    "created_at": now,
-                    "seq": 0,
-                    "next_id": 1,
-                    "index_gen": 0,
-                    "log_floor": 0,
-                    "snapshot_file": "",
-                    "snapshot_seq": 0,
-                    "snapshot_sha256": "",
-                    "snapshot_size": 0,
-                }
-                conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [(k, str(v)) for k, v in meta.items()])
-                conn.execute("COMMIT")
-            finally:
-                conn.close()
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, db)  # never replaces a gallery created meanwhile
-            except FileExistsError:
-                if not exist_ok:
-                    raise GalleryError(f"{path}: a gallery exists already") from None
-                return cls._open_existing(path, dim, metric, max_label_length)
-            fsync_dir(path)
-        finally:
-            for p in (tmp, Path(str(tmp) + "-wal"), Path(str(tmp) + "-shm")):
-                try:
-                    p.unlink()
-                except FileNotFoundError:
-                    pass
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "dim": dim,
+            "metric": metric,
+            "normalize": int(normalize),
+            "index_method": spec.index_method,
+            "hamming_radius": spec.hamming_radius,
+            "tuning": json.dumps(spec.tuning, sort_keys=True),
+            "created_at": time.time(),
+            "seq": 0,
+            "next_id": 1,
+            "index_gen": 0,
+            "log_floor": 0,
+            "snapshot_file": "",
+            "snapshot_seq": 0,
+            "snapshot_sha256": "",
+            "snapshot_size": 0,
+        }
+        if not GalleryStore.create(path, meta):
+            if not exist_ok:
+                raise GalleryExists(f"{path}: a gallery exists already")
+            return cls._open_existing(path, dim, metric, max_label_length)
         return cls.open(path, max_label_length=max_label_length)
 
     @classmethod
@@ -218,7 +206,7 @@ class Gallery(MaintenanceMixin, ReadingMixin):
         g = cls.open(path, max_label_length=max_label_length)
         if g.dim != dim or (g.metric == "hamming") != (metric == "hamming"):
             g.close()
-            raise GalleryError(f"{path}: holds a {g.metric} gallery of dim {g.dim}, not {metric} of dim {dim}")
+            raise GalleryExists(f"{path}: holds a {g.metric} gallery of dim {g.dim}, not {metric} of dim {dim}")
         return g
 
     @classmethod
@@ -241,59 +229,43 @@ class Gallery(MaintenanceMixin, ReadingMixin):
         ``PRAGMA quick_check`` when ``verify``), a snapshot whose size or sha256 differs from the one recorded, a
         snapshot faiss cannot read. :meth:`repair` rebuilds a bad snapshot from the database.
         """
-        g = cls._connect_gallery(Path(path), readonly, verify, max_label_length)
+        g = cls._connect(Path(path), readonly, verify, max_label_length)
         try:
-            with g._wlock, g._lock:
-                g._state = g._load_state()
+            with g.locks.write, g.locks.read:
+                g.replica.state = g.replica.load()
             if not readonly:
                 g._cleanup_files()
-                g._maintain()
+                g.maintenance.after_write()
         except BaseException:
             g.close()
             raise
         return g
 
     @classmethod
-    def _connect_gallery(cls, path: Path, readonly: bool, verify: bool, max_label_length: int) -> Gallery:
+    def _connect(cls, path: Path, readonly: bool, verify: bool, max_label_length: int) -> Gallery:
         db = path / DB_NAME
         if not path.is_dir():
-            raise GalleryError(f"{path}: no such gallery folder")
+            raise GalleryNotFound(f"{path}: no such gallery folder")
         if not db.is_file():
             if (path / "id_map.pkl").exists() or (path / "vector.index").exists():
                 raise GalleryError(
                     f"{path}: a PaddleClas index folder (vector.index + id_map.pkl), not a gallery; import it with "
                     f"`shitu gallery import-paddleclas {path} NEW_GALLERY` (nothing in it is executed)"
                 )
-            raise GalleryError(f"{path}: not a gallery (no {DB_NAME})")
-        conn = None
+            raise GalleryNotFound(f"{path}: not a gallery (no {DB_NAME})")
+        store, meta = GalleryStore.open(db, readonly, verify)
         try:
-            conn = connect(db, readonly)
-            if verify:
-                rows = conn.execute("PRAGMA quick_check(5)").fetchall()
-                if [r[0] for r in rows] != ["ok"]:
-                    raise GalleryError(f"{db}: corrupt gallery database: " + "; ".join(str(r[0]) for r in rows))
-            meta = read_meta(conn)
-            spec = cls._spec_from_meta(db, meta)
-        except sqlite3.DatabaseError as e:
-            if conn is not None:
-                conn.close()
-            raise GalleryError(f"{db}: corrupt or unreadable gallery database: {e}") from None
+            return cls(path, store, cls._spec_from_meta(db, meta), max_label_length)
         except BaseException:
-            if conn is not None:
-                conn.close()
+            store.close()
             raise
-        try:
-            return cls(path, conn, readonly, spec, max_label_length)
-        except sqlite3.DatabaseError as e:
-            conn.close()
-            raise GalleryError(f"{db}: cannot open the gallery database for writing: {e}") from None
 
     @staticmethod
     def _spec_from_meta(db: Path, meta: dict[str, str]) -> IndexConfig:
         try:
             version = int(meta["format_version"])
         except (KeyError, ValueError):
-            raise GalleryError(f"{db}: not a gallery database (no format_version)") from None
+            raise GalleryCorrupt(f"{db}: not a gallery database (no format_version)") from None
         if version > FORMAT_VERSION:
             raise GalleryError(
                 f"{db}: gallery format {version} is newer than this release supports ({FORMAT_VERSION}); "
@@ -311,70 +283,87 @@ class Gallery(MaintenanceMixin, ReadingMixin):
                 tuning,
             )
         except (KeyError, ValueError) as e:
-            raise GalleryError(f"{db}: damaged gallery metadata ({e})") from None
+            raise GalleryCorrupt(f"{db}: damaged gallery metadata ({e})") from None
 
     @classmethod
     def repair(cls, path: str | os.PathLike) -> Gallery:
         """Rebuild the faiss snapshot from the vectors in ``gallery.db`` (after a lost or damaged snapshot)."""
-        g = cls._connect_gallery(Path(path), False, True, DEFAULT_MAX_LABEL_LENGTH)
+        g = cls._connect(Path(path), False, True, DEFAULT_MAX_LABEL_LENGTH)
         try:
-            with g._wlock:
-                with g._lock:
-                    g._state = g._rebuild_state(g._conn)
-                g._write_snapshot(bump=True, force=True)
+            with g.locks.write:
+                with g.locks.read:
+                    g.replica.state = g.replica.rebuild()
+                g.replica.save(bump=True, force=True)
                 g._cleanup_files()
         except BaseException:
             g.close()
             raise
         return g
 
-    # -- validation ----------------------------------------------------------------------------------------------
+    def _cleanup_files(self) -> None:
+        with self.locks.read:
+            current = self.store.meta().get("snapshot_file", "")
+        self.snapshots.cleanup(current)
+
+    # -- lifetime and processes ------------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise GalleryError(f"{self.path}: gallery is closed")
+        if self._pid != os.getpid():
+            self._after_fork()
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.readonly:
+            raise GalleryReadOnly(f"{self.path}: gallery is opened read-only")
+
+    def _after_fork(self) -> None:
+        """First use in a forked child (e.g. gunicorn ``--preload``): SQLite connections must not cross a fork,
+        so the store opens new ones. The index in memory is the parent's copy and catches up from the log at the
+        next search."""
+        with replication.FORK_LOCK:
+            if self._pid == os.getpid():
+                return
+            self.locks.reset()
+            self.maintenance.reset()
+            self.store.after_fork()
+            self.replica.last_check = 0.0
+            self._pid = os.getpid()
+
+    def close(self) -> None:
+        """Close the gallery (idempotent). Nothing is lost: every change was committed when its call returned."""
+        if self._closed:
+            return
+        # A background rebuild is not waited for: it notices the gallery is closed and drops its result.
+        self.maintenance.cancel.set()
+        if self._pid != os.getpid():
+            self._closed = True  # inherited across fork: the parent owns these connections
+            return
+        with self.locks.write, self.locks.read:
+            self._closed = True
+            self.store.close()
+            self.replica.state = None
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Gallery({str(self.path)!r}, dim={self.dim}, metric={self.metric!r}, index_method={self.index_method!r})"
+        )
+
+    # -- writing -------------------------------------------------------------------------------------------------
 
     def check_label(self, label: Any) -> str:
-        problem = label_problem(label, self.max_label_length)
-        if problem:
-            raise LabelError(f"invalid label {label!r}: {problem}")
-        return label
+        """``label`` as stored (NFC), or :class:`LabelError` naming the problem (the rule: :mod:`.validation`)."""
+        return check_label(label, self.max_label_length)
 
-    # -- writing -----------------------------------------------------------------------------------------------
-
-    @contextmanager
-    def _transaction(self) -> Iterator[tuple[sqlite3.Connection, dict[str, int]]]:
-        """``BEGIN IMMEDIATE`` on the write connection; yields it and the counters. Caller holds ``_wlock``."""
-        conn = self._wconn
-        assert conn is not None
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.DatabaseError as e:
-            raise GalleryError(f"{self.db_path}: cannot start a write: {e}") from None
-        try:
-            counters = {
-                k: int(v)
-                for k, v in conn.execute("SELECT key, value FROM meta WHERE key IN ('seq', 'next_id')").fetchall()
-            }
-            yield conn, counters
-            conn.execute("COMMIT")
-            self._changes.bump()
-        except BaseException as exc:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            if isinstance(exc, sqlite3.DatabaseError):
-                raise GalleryError(f"{self.db_path}: write failed: {exc}") from None
-            raise
-
-    def _after_write(self, base_seq: int, apply: Callable[[IndexState], None] | None, new_seq: int) -> None:
-        """Bring the in-memory index up to date after a commit (caller holds ``_wlock``)."""
-        with self._lock:
-            state = self._state
-            assert state is not None
-            if apply is not None and state.seq == base_seq:
-                apply(state)  # nothing else happened in between: apply our own change directly
-                state.seq = new_seq
-            else:
-                self._refresh_locked()
-        self._maintain()
+    def _vectors(self, vectors: Any, what: str = "vectors") -> np.ndarray:
+        return self._spec.vectors(vectors, what)
 
     def add(
         self,
@@ -383,110 +372,41 @@ class Gallery(MaintenanceMixin, ReadingMixin):
         sources: Sequence[str | None] | None = None,
         metadata: Sequence[dict | None] | None = None,
         content_hashes: Sequence[str | None] | None = None,
+        *,
+        ids: Sequence[int] | None = None,
     ) -> list[int]:
-        """Add items in one transaction; returns their new ids (in order)."""
+        """Add items in one transaction; returns their new ids (in order). Labels are stored NFC. ``ids`` keeps
+        given ids (an import): strictly increasing, from the gallery's next id on (from 0 into an empty one)."""
         self._check_writable()
         vecs = self._vectors(vectors)
-        n = len(vecs)
-        labels = list(labels)
-        if len(labels) != n:
-            raise GalleryError(f"{n} vectors but {len(labels)} labels")
-        checked: set[str] = set()
-        for label in labels:
-            if isinstance(label, str) and label in checked:
-                continue
-            checked.add(self.check_label(label))
-        sources = [None] * n if sources is None else list(sources)
-        metadata = [None] * n if metadata is None else list(metadata)
-        content_hashes = [None] * n if content_hashes is None else list(content_hashes)
-        if len(sources) != n or len(metadata) != n or len(content_hashes) != n:
-            raise GalleryError("sources, metadata and content_hashes must have one entry per vector")
-        for s in sources:
-            if s is not None and not isinstance(s, str):
-                raise GalleryError(f"source must be a string or None, not {type(s).__name__}")
-        for h in content_hashes:
-            if h is not None and not (isinstance(h, str) and 0 < len(h) <= 128):
-                raise GalleryError(f"content hash must be a non-empty string or None, not {h!r}")
-        meta_json = [self._metadata_json(m) for m in metadata]
-        if n == 0:
+        fields = check_fields(len(vecs), labels, sources, metadata, content_hashes, self.max_label_length)
+        if not len(vecs):
             return []
-        now = time.time()
-        stored = on_disk(vecs)
-        with self._wlock:
-            with self._transaction() as (conn, c):
-                base_seq, first_id = c["seq"], c["next_id"]
-                ids = list(range(first_id, first_id + n))
-                slots = list(range(base_seq + 1, base_seq + n + 1))
-                conn.executemany(
-                    "INSERT INTO items (id, label, source, metadata, content_hash, added_at, updated_at, slot)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        (ids[i], labels[i], sources[i], meta_json[i], content_hashes[i], now, now, slots[i])
-                        for i in range(n)
-                    ),
-                )
-                conn.executemany(
-                    "INSERT INTO vectors (slot, vector) VALUES (?, ?)",
-                    ((slots[i], stored[i].tobytes()) for i in range(n)),
-                )
-                conn.executemany(
-                    "INSERT INTO log (seq, op, item_id, slot, old_slot, ts) VALUES (?, 'add', ?, ?, NULL, ?)",
-                    ((slots[i], ids[i], slots[i], now) for i in range(n)),
-                )
-                self._set_counters(conn, seq=base_seq + n, next_id=first_id + n)
-            slot_arr = np.array(slots, np.int64)
-            self._after_write(base_seq, lambda st: st.add(slot_arr, vecs), base_seq + n)
-        return ids
-
-    @staticmethod
-    def _metadata_json(m: Any) -> str | None:
-        if m is None:
-            return None
-        if not isinstance(m, dict):
-            raise GalleryError(f"metadata must be a dict or None, not {type(m).__name__}")
-        try:
-            return json.dumps(m, ensure_ascii=False, allow_nan=False, sort_keys=True)
-        except (TypeError, ValueError) as e:
-            raise GalleryError(f"metadata is not JSON-serialisable: {e}") from None
+        with self.locks.write:
+            base_seq, new_ids, slots = self.store.insert(*fields, vecs, ids)
+            self.replica.apply(base_seq, base_seq + len(new_ids), added=slots, vectors=vecs)
+            self.maintenance.after_write()
+        return new_ids
 
     def remove(self, ids: Sequence[int] | None = None, labels: Sequence[str] | None = None) -> int:
-        """Remove items by id and/or by label (one transaction); returns how many were removed.
+        """Remove items by id and/or by label (one transaction); returns how many were removed. A label matches
+        the items of its stored (NFC) form.
 
         From the moment this returns, no search of this object returns them (other processes: within a second,
         and never once they have re-read the log).
         """
         self._check_writable()
-        ids = [int(i) for i in (ids or [])]
-        labels = list(labels or [])
-        if not ids and not labels:
+        id_list = [int(i) for i in (ids or [])]
+        label_list = normal_labels([labels] if isinstance(labels, str) else list(labels or []))
+        if not id_list and not label_list:
             return 0
-        now = time.time()
-        with self._wlock:
-            with self._transaction() as (conn, c):
-                found: dict[int, int] = {}
-                for part in chunks(ids):
-                    q = f"SELECT id, slot FROM items WHERE id IN ({','.join('?' * len(part))})"
-                    found.update(conn.execute(q, list(part)).fetchall())
-                for part in chunks(labels):
-                    q = f"SELECT id, slot FROM items WHERE label IN ({','.join('?' * len(part))})"
-                    found.update(conn.execute(q, list(part)).fetchall())
-                base_seq = c["seq"]
-                if not found:
-                    return 0
-                victims = sorted(found.items())
-                for part in chunks(victims):
-                    marks = ",".join("?" * len(part))
-                    conn.execute(f"DELETE FROM items WHERE id IN ({marks})", [i for i, _ in part])
-                    conn.execute(f"DELETE FROM vectors WHERE slot IN ({marks})", [s for _, s in part])
-                conn.executemany(
-                    "INSERT INTO log (seq, op, item_id, slot, old_slot, ts) VALUES (?, 'remove', ?, NULL, ?, ?)",
-                    ((base_seq + 1 + j, item, slot, now) for j, (item, slot) in enumerate(victims)),
-                )
-                new_seq = base_seq + len(victims)
-                self._set_counters(conn, seq=new_seq)
-            dead = [slot for _item, slot in victims]
-            self._after_write(base_seq, lambda st: st.mark_dead(dead), new_seq)
-        return len(victims)
+        with self.locks.write:
+            base_seq, freed = self.store.delete(id_list, label_list)
+            if not freed:
+                return 0
+            self.replica.apply(base_seq, base_seq + len(freed), freed=freed)
+            self.maintenance.after_write()
+        return len(freed)
 
     def update(
         self,
@@ -503,92 +423,154 @@ class Gallery(MaintenanceMixin, ReadingMixin):
         The id stays the same; a replaced vector is searchable at once and the old one never again.
         """
         self._check_writable()
-        id = int(id)
-        if label is not None:
-            self.check_label(label)
         vec = self._vectors(vector, "vector") if vector is not None else None
         if vec is not None and len(vec) != 1:
             raise GalleryError("update takes one vector")
-        meta_json = self._metadata_json(metadata) if metadata is not None else None
         if source is not None and not isinstance(source, str):
             raise GalleryError("source must be a string")
-        now = time.time()
-        with self._wlock:
-            with self._transaction() as (conn, c):
-                row = conn.execute("SELECT slot FROM items WHERE id = ?", (id,)).fetchone()
-                if row is None:
-                    raise GalleryError(f"{self.path}: no item with id {id}")
-                old_slot = row[0]
-                base_seq = seq = c["seq"]
-                sets: list[str] = ["updated_at = ?"]
-                args: list[Any] = [now]
-                for col, value in (
-                    ("label", label),
-                    ("source", source),
-                    ("metadata", meta_json),
-                    ("content_hash", content_hash),
-                ):
-                    if value is not None:
-                        sets.append(f"{col} = ?")
-                        args.append(value)
-                if label is not None or source is not None or metadata is not None or content_hash is not None:
-                    seq += 1
-                    conn.execute(
-                        "INSERT INTO log (seq, op, item_id, slot, old_slot, ts) "
-                        "VALUES (?, 'relabel', ?, NULL, NULL, ?)",
-                        (seq, id, now),
-                    )
-                if vec is not None:
-                    seq += 1
-                    sets.append("slot = ?")
-                    args.append(seq)
-                    conn.execute("DELETE FROM vectors WHERE slot = ?", (old_slot,))
-                    conn.execute("INSERT INTO vectors (slot, vector) VALUES (?, ?)", (seq, on_disk(vec)[0].tobytes()))
-                    conn.execute(
-                        "INSERT INTO log (seq, op, item_id, slot, old_slot, ts) VALUES (?, 'revector', ?, ?, ?, ?)",
-                        (seq, id, seq, old_slot, now),
-                    )
-                conn.execute(f"UPDATE items SET {', '.join(sets)} WHERE id = ?", (*args, id))
-                self._set_counters(conn, seq=seq)
-            new_slot = seq
+        values = {
+            "label": None if label is None else self.check_label(label),
+            "source": source,
+            "metadata": metadata_json(metadata),
+            "content_hash": content_hash,
+        }
+        fields = {k: v for k, v in values.items() if v is not None}
+        with self.locks.write:
+            base_seq, old_slot, seq = self.store.update(int(id), fields, vec)
+            if vec is None:
+                self.replica.apply(base_seq, seq)
+            else:
+                self.replica.apply(base_seq, seq, added=[seq], vectors=vec, freed=[old_slot])
+            self.maintenance.after_write()
 
-            def apply(st: IndexState) -> None:
-                if vec is not None:
-                    st.mark_dead([old_slot])
-                    st.add(np.array([new_slot], np.int64), vec)
+    # -- maintenance -------------------------------------------------------------------------------------------------
 
-            self._after_write(base_seq, apply, seq)
+    def refresh(self) -> None:
+        """Apply changes committed by other processes now (searches do it on their own, throttled)."""
+        self._check_open()
+        with self.locks.read:
+            self.replica.refresh()
 
-    # -- lifetime ------------------------------------------------------------------------------------------------------
+    def compact(self) -> None:
+        """Drop removed vectors now (``remove_ids``, or a rebuild for HNSW), retrain IVF if its size changed a lot,
+        and write a snapshot. Searches keep running on the current index while a rebuild is built."""
+        self._check_writable()
+        self.maintenance.compact()
+        self._cleanup_files()
 
-    def close(self) -> None:
-        """Close the gallery (idempotent). Nothing is lost: every change was committed when its call returned."""
-        if self._closed:
-            return
-        # A background rebuild is not waited for: it notices the gallery is closed and drops its result.
-        self._bg_cancel.set()
-        if self._pid != os.getpid():
-            self._closed = True  # inherited across fork: the parent owns these connections
-            return
-        with self._wlock, self._lock:
-            self._closed = True
-            for conn in (self._wconn, self._conn):
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except sqlite3.Error:
-                        pass
-            self._wconn = None
-            self._state = None
-            self._changes.close()
+    def checkpoint(self) -> None:
+        """Write a snapshot now if the log has entries it does not hold (makes the next open fast).
 
-    def __enter__(self) -> Gallery:
-        return self
+        Waits for a background rebuild first, so the snapshot holds its result."""
+        self._check_writable()
+        self.maintenance.checkpoint()
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def wait_background(self) -> None:
+        """Wait for a background rebuild (big IVF retraining or HNSW compaction) to finish; raise its error."""
+        self.maintenance.wait()
 
-    def __repr__(self) -> str:
-        return (
-            f"Gallery({str(self.path)!r}, dim={self.dim}, metric={self.metric!r}, index_method={self.index_method!r})"
-        )
+    # -- reading -------------------------------------------------------------------------------------------------
+
+    def search(
+        self, queries: np.ndarray, k: int = 5, labels: Sequence[str] | None = None, *, hamming_radius: Any = None
+    ) -> list[list[Match]]:
+        """The ``k`` best matches of each query (one list per query, best first).
+
+        ``score`` is the raw metric: IP similarity (higher is better), squared L2 distance or hamming distance
+        (smaller is better; hamming hits farther than ``hamming_radius`` -- this call's, else the gallery's -- are
+        dropped). ``labels`` restricts the search to items with those labels.
+        """
+        self._check_open()
+        q = self._vectors(queries, "queries")
+        k = int(k)
+        if k <= 0:
+            raise GalleryError(f"k must be positive, not {k}")
+        radius = check_radius(hamming_radius)
+        label_set = None if labels is None else set(normal_labels([labels] if isinstance(labels, str) else labels))
+        with self.locks.read:
+            self.replica.maybe_refresh()
+            for attempt in range(2):
+                result, stale = search_once(self.replica, q, k, label_set, radius)
+                if not stale or attempt:
+                    break
+                self.replica.refresh()  # a hit was removed elsewhere: catch up and search again
+        return result
+
+    def get(self, id: int, with_vector: bool = False) -> dict[str, Any] | None:
+        """The record of item ``id`` (``None`` when there is none); ``with_vector`` adds its ``vector``."""
+        self._check_open()
+        with self.locks.read:
+            row = self.store.record(int(id))
+        if row is None:
+            return None
+        rec = record_dict(row)
+        if with_vector:
+            rec["vector"] = self.replica.to_array([row[7]])[0].copy()
+        return rec
+
+    def list(self, label: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        """Records by id (optionally of one label), ``limit`` from ``offset``."""
+        self._check_open()
+        with self.locks.read:
+            rows = self.store.records(None if label is None else normal_labels([label]), limit, offset)
+        return [record_dict(r) for r in rows]
+
+    def label_counts(self) -> dict[str, int]:
+        """Items per label."""
+        self._check_open()
+        with self.locks.read:
+            return self.store.label_counts()
+
+    def has_hash(self, content_hash: str) -> bool:
+        return bool(self.hashes_present([content_hash]))
+
+    def hashes_present(self, hashes: Iterable[str]) -> set[str]:
+        """Which of ``hashes`` some item has as its content hash."""
+        self._check_open()
+        with self.locks.read:
+            return self.store.hashes_present(sorted({h for h in hashes if h}))
+
+    def __len__(self) -> int:
+        self._check_open()
+        with self.locks.read:
+            self.replica.maybe_refresh()
+            return self.replica.current.live
+
+    def info(self) -> dict[str, Any]:
+        """Counts, configuration, version and sizes of the gallery."""
+        self._check_open()
+        with self.locks.read:
+            self.replica.refresh()
+            state = self.replica.current
+            meta = self.store.meta()
+            info = {
+                "path": str(self.path),
+                "count": self.store.count(),
+                "labels": self.store.count("DISTINCT label"),
+                "dim": self.dim,
+                "metric": self.metric,
+                "normalize": self.normalize,
+                "index_method": self.index_method,
+                "index": describe(state.index),
+                "hamming_radius": self.hamming_radius if self._spec.binary else None,
+                "format_version": int(meta["format_version"]),
+                "seq": int(meta["seq"]),
+                "loaded_seq": state.seq,
+                "snapshot_seq": int(meta["snapshot_seq"]),
+                "snapshot_file": meta["snapshot_file"] or None,
+                "index_gen": int(meta["index_gen"]),
+                "index_vectors": int(state.index.ntotal),
+                "removed_pending": len(state.dead),
+                "readonly": self.readonly,
+                "created_at": float(meta["created_at"]),
+                "tuning": dict(self.tuning),
+            }
+        size = 0
+        for p in self.path.iterdir():
+            try:
+                if p.is_file():
+                    size += p.stat().st_size
+            except OSError:
+                pass
+        info["size_bytes"] = size
+        return info

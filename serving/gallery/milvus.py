@@ -1,150 +1,66 @@
-"""A gallery in a Milvus collection: the backend for galleries bigger than one machine.
-
-Named by a URI ``milvus://host:port/collection`` (port 19530 by default). Credentials come from the
-environment, never from the URI: ``SHITU_MILVUS_TOKEN`` (``user:password`` or an API key), or
-``SHITU_MILVUS_USER`` + ``SHITU_MILVUS_PASSWORD``; ``SHITU_MILVUS_SECURE=1`` uses TLS. Needs ``pymilvus``
-(``pip install "shitu-hub[milvus]"``).
+"""A gallery in a Milvus collection: the backend for galleries bigger than one machine (``pip install
+"shitu-hub[milvus]"``). How it talks to the server (the URI ``milvus://host:port/collection``, credentials, index
+types, filter expressions, a server that does not answer: :class:`MilvusUnavailable`): :mod:`.milvus_protocol`.
 
 One gallery is one collection. Its fields: ``id`` (INT64 primary key, assigned here: stable, JSON-safe below
 2**53), ``vector`` (FLOAT_VECTOR, or BINARY_VECTOR for hamming galleries), ``label``, ``source``, ``metadata``
 (JSON text), ``content_hash``, ``added_at``, ``updated_at``. The gallery's settings (dimension, metric, index
 method, hamming radius) are a collection property (``shitu.gallery``, JSON), so any process that opens the URI
-sees the same gallery. ``IndexProcess.index_method`` / ``dist_type`` map to Milvus as: ``Flat`` -> FLAT (BIN_FLAT),
-``IVF<n>...`` -> IVF_FLAT (BIN_IVF_FLAT) with ``nlist`` n, ``HNSW<M>`` -> HNSW; ``IP``/``cosine`` -> IP,
-``L2`` -> L2, ``hamming`` -> HAMMING. Removes are Milvus deletes (no rebuild); an update is an upsert keeping the
-id. Every read and search runs at ``Strong`` consistency, so an acknowledged write is seen by the next request
-to any replica. Nothing is cached in the process: N serving instances sharing the collection are stateless.
-
-Errors of the Milvus server (down, restarting, timing out) raise :class:`MilvusUnavailable`, a
-``GalleryError`` whose message names the gallery and the cause, within ``timeout`` seconds (default 10,
-``?timeout=S`` in the URI); the next call reconnects.
-
-Longer than 600 lines: one class implements the whole backend interface over one collection (schema, id
-allocation, consistency, the index mapping and the error translation all depend on each other); the URI parsing
-and the connection settings are the only separable parts and are short.
+sees the same gallery. Removes are Milvus deletes (no rebuild); an update is an upsert keeping the id. Every read
+and search runs at ``Strong`` consistency, so an acknowledged write is seen by the next request to any replica.
+Nothing is cached in the process: N serving instances sharing the collection are stateless.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
-import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from shitu.serving.gallery.backend import Match, check_vectors
-from shitu.serving.gallery.list_file import DEFAULT_MAX_LABEL_LENGTH, label_problem
-from shitu.serving.gallery.local import GalleryError, LabelError
+from shitu.serving.gallery.backend import Match
+from shitu.serving.gallery.errors import (
+    GalleryError,
+    GalleryExists,
+    GalleryNotFound,
+    GalleryReadOnly,
+    ItemNotFound,
+    MilvusUnavailable,
+)
+from shitu.serving.gallery.milvus_protocol import (
+    MilvusTarget,
+    binary_bytes,
+    filter_in,
+    guarded,
+    index_params,
+    parse_uri,
+    reason,
+    token,
+)
+from shitu.serving.gallery.validation import (
+    DEFAULT_MAX_LABEL_LENGTH,
+    check_fields,
+    check_label,
+    check_radius,
+    check_settings,
+    check_vectors,
+    metadata_json,
+    normal_labels,
+)
 
 __all__ = ["MilvusGallery", "MilvusTarget", "MilvusUnavailable", "parse_uri", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
-DEFAULT_PORT = 19530
-DEFAULT_TIMEOUT = 10.0
 _ID_BITS = 53  # ids stay exact in JavaScript numbers
 _BATCH = 2000  # rows per insert / ids per query expression
 _QUERY_LIMIT = 16384  # Milvus's largest query window (limit + offset)
-_URI = re.compile(
-    r"^milvus://(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+)(?::(?P<port>\d{1,5}))?"
-    r"/(?P<collection>[^/?#]+)(?:\?timeout=(?P<timeout>\d+(?:\.\d+)?))?$",
-    re.IGNORECASE,
-)
-_METRICS = {"ip": "IP", "inner_product": "IP", "cosine": "IP", "l2": "L2", "hamming": "hamming"}
 _MAX_SOURCE = 4096
 _INFO_LABELS_UP_TO = 100_000  # info() counts distinct labels (a full read) only up to this many items
 _PROPERTY = "shitu.gallery"  # collection property (and description) holding the gallery's settings as JSON
 _MAX_METADATA = 65535
-
-
-class MilvusUnavailable(GalleryError):
-    """The Milvus server did not answer (down, restarting, overloaded); the call may be retried."""
-
-
-@dataclass(frozen=True)
-class MilvusTarget:
-    """Where a gallery lives: server and collection (credentials are read from the environment)."""
-
-    host: str
-    port: int
-    collection: str
-    timeout: float = DEFAULT_TIMEOUT
-
-    @property
-    def call_timeout(self) -> int:
-        """Seconds per call, as an int: pymilvus bounds its retries by ``timeout`` only when it is an int."""
-        return max(1, math.ceil(self.timeout))
-
-    @property
-    def uri(self) -> str:
-        return f"milvus://{self.host}:{self.port}/{self.collection}"
-
-    @property
-    def endpoint(self) -> str:
-        scheme = "https" if os.environ.get("SHITU_MILVUS_SECURE", "") in ("1", "true", "yes") else "http"
-        return f"{scheme}://{self.host}:{self.port}"
-
-    def with_collection(self, name: str) -> MilvusTarget:
-        """The same server, collection ``name`` (gallery names' ``-`` and ``.`` become ``_``)."""
-        return replace(self, collection=_collection_name(name))
-
-
-def _collection_name(name: str) -> str:
-    coll = re.sub(r"[-.]", "_", name)
-    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$", coll):
-        coll = "g_" + coll
-    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$", coll):
-        raise GalleryError(f"invalid Milvus collection name {name!r}: letters, digits and '_' (first not a digit)")
-    return coll
-
-
-def parse_uri(uri: str) -> MilvusTarget:
-    """``milvus://host[:port]/collection[?timeout=S]`` -> :class:`MilvusTarget`; GalleryError if malformed."""
-    m = _URI.match(str(uri).strip())
-    if not m:
-        raise GalleryError(
-            f"not a Milvus gallery URI: {uri!r} (expected milvus://host:port/collection; "
-            "credentials go in SHITU_MILVUS_TOKEN, not in the URI)"
-        )
-    port = int(m["port"] or DEFAULT_PORT)
-    if not 0 < port < 65536:
-        raise GalleryError(f"{uri!r}: port {port} out of range")
-    timeout = float(m["timeout"]) if m["timeout"] else DEFAULT_TIMEOUT
-    return MilvusTarget(m["host"], port, _collection_name(m["collection"]), timeout)
-
-
-def _token() -> str:
-    token = os.environ.get("SHITU_MILVUS_TOKEN", "")
-    if not token and os.environ.get("SHITU_MILVUS_USER"):
-        token = f"{os.environ['SHITU_MILVUS_USER']}:{os.environ.get('SHITU_MILVUS_PASSWORD', '')}"
-    return token
-
-
-def _index_params(index_method: str, metric: str, binary: bool) -> tuple[str, dict[str, Any]]:
-    """``IndexProcess.index_method`` -> (Milvus index type, build params)."""
-    method = index_method.strip().upper()
-    if method.startswith("FLAT"):
-        return ("BIN_FLAT" if binary else "FLAT"), {}
-    m = re.match(r"^IVF(\d*)", method)
-    if m:
-        return ("BIN_IVF_FLAT" if binary else "IVF_FLAT"), {"nlist": int(m.group(1) or 128)}
-    m = re.match(r"^HNSW(\d*)", method)
-    if m and not binary:
-        return "HNSW", {"M": int(m.group(1) or 32), "efConstruction": 40}
-    raise GalleryError(
-        f"index_method {index_method!r} has no Milvus equivalent for {metric} galleries: use Flat, "
-        "IVF<nlist> or HNSW<M> (HNSW: float vectors only)"
-    )
-
-
-def _filter_in(field: str, values: Sequence[Any]) -> str:
-    """``field in [...]`` with each value as a Milvus literal (strings JSON-escaped)."""
-    return f"{field} in [{', '.join(json.dumps(v, ensure_ascii=False) for v in values)}]"
 
 
 def _chunks(seq: Sequence[Any], n: int = _BATCH) -> Iterable[Sequence[Any]]:
@@ -187,10 +103,10 @@ class MilvusGallery:
         except ImportError:
             raise GalleryError('Milvus galleries need pymilvus: pip install "shitu-hub[milvus]"') from None
         try:
-            return MilvusClient(uri=target.endpoint, token=_token(), timeout=target.call_timeout)
+            return MilvusClient(uri=target.endpoint, token=token(), timeout=target.call_timeout)
         except Exception as e:  # pymilvus raises its own and grpc's errors
             raise MilvusUnavailable(
-                f"cannot reach the Milvus server of gallery {target.collection!r}: {_reason(e)}"
+                f"cannot reach the Milvus server of gallery {target.collection!r}: {reason(e)}"
             ) from None
 
     @classmethod
@@ -198,7 +114,7 @@ class MilvusGallery:
         target = parse_uri(uri)
         client = cls._connect(target)
         try:
-            return bool(_guarded(target, lambda: client.has_collection(target.collection, timeout=target.call_timeout)))
+            return bool(guarded(target, lambda: client.has_collection(target.collection, timeout=target.call_timeout)))
         finally:
             client.close()
 
@@ -220,28 +136,26 @@ class MilvusGallery:
         from pymilvus import DataType, MilvusClient
 
         target = parse_uri(uri)
-        metric = _METRICS.get(str(dist_type).lower())
-        if metric is None:
-            raise GalleryError(f"unknown dist_type {dist_type!r}: use IP, L2, hamming or cosine")
-        if not isinstance(dim, (int, np.integer)) or int(dim) <= 0 or (metric == "hamming" and int(dim) % 8):
-            raise GalleryError(f"dim must be a positive integer (a multiple of 8 for hamming), not {dim!r}")
+        dim, metric, normalize, index_method, hamming_radius = check_settings(
+            dim, dist_type, index_method, hamming_radius
+        )
         binary = metric == "hamming"
-        index_type, build = _index_params(str(index_method), metric, binary)
+        index_type, build = index_params(str(index_method), metric, binary)
         settings = {
             "shitu_gallery": FORMAT_VERSION,
             "dim": int(dim),
             "metric": metric,
-            "normalize": str(dist_type).lower() == "cosine",
-            "index_method": str(index_method).strip(),
-            "hamming_radius": int(hamming_radius),
+            "normalize": normalize,
+            "index_method": index_method,
+            "hamming_radius": hamming_radius,
             "created_at": time.time(),
         }
         client = cls._connect(target)
         try:
-            if _guarded(target, lambda: client.has_collection(target.collection, timeout=target.call_timeout)):
+            if guarded(target, lambda: client.has_collection(target.collection, timeout=target.call_timeout)):
                 client.close()
                 if not exist_ok:
-                    raise GalleryError(f"{target.uri}: a gallery exists already")
+                    raise GalleryExists(f"{target.uri}: a gallery exists already")
                 g = cls.open(uri, max_label_length=max_label_length)
                 if g.dim != int(dim) or (g.metric == "hamming") != binary:
                     g.close()
@@ -264,7 +178,7 @@ class MilvusGallery:
             index.add_index(
                 field_name="vector", index_type=index_type, metric_type="HAMMING" if binary else metric, params=build
             )
-            _guarded(
+            guarded(
                 target,
                 lambda: client.create_collection(
                     target.collection,
@@ -301,9 +215,9 @@ class MilvusGallery:
         target = parse_uri(uri)
         client = cls._connect(target)
         try:
-            if not _guarded(target, lambda: client.has_collection(target.collection, timeout=target.call_timeout)):
-                raise GalleryError(f"{target.uri}: no such gallery (no collection {target.collection!r})")
-            desc = _guarded(target, lambda: client.describe_collection(target.collection, timeout=target.call_timeout))
+            if not guarded(target, lambda: client.has_collection(target.collection, timeout=target.call_timeout)):
+                raise GalleryNotFound(f"{target.uri}: no such gallery (no collection {target.collection!r})")
+            desc = guarded(target, lambda: client.describe_collection(target.collection, timeout=target.call_timeout))
             try:
                 settings = json.loads((desc.get("properties") or {}).get(_PROPERTY) or desc.get("description") or "")
                 assert isinstance(settings, dict) and "dim" in settings and "metric" in settings
@@ -316,7 +230,7 @@ class MilvusGallery:
                     f"{target.uri}: gallery format {settings['shitu_gallery']} is newer than this "
                     f"release supports ({FORMAT_VERSION}); upgrade shitu-hub"
                 )
-            _guarded(target, lambda: client.load_collection(target.collection, timeout=target.call_timeout))
+            guarded(target, lambda: client.load_collection(target.collection, timeout=target.call_timeout))
         except BaseException:
             client.close()
             raise
@@ -330,15 +244,15 @@ class MilvusGallery:
         fn = getattr(self._client, method)
         kw.setdefault("timeout", self.target.call_timeout)
         try:
-            return _guarded(self.target, lambda: fn(self.target.collection, *args, **kw))
+            return guarded(self.target, lambda: fn(self.target.collection, *args, **kw))
         except MilvusUnavailable as e:
             if not any(w in str(e).lower() for w in ("not loaded", "released", "load()")):
                 raise
-            _guarded(
+            guarded(
                 self.target,
                 lambda: self._client.load_collection(self.target.collection, timeout=self.target.call_timeout),
             )
-            return _guarded(self.target, lambda: fn(self.target.collection, *args, **kw))
+            return guarded(self.target, lambda: fn(self.target.collection, *args, **kw))
 
     def _query(self, expr: str, fields: list[str], limit: int | None = None, offset: int = 0) -> list[dict]:
         kw: dict[str, Any] = {"filter": expr, "output_fields": fields, "consistency_level": "Strong"}
@@ -380,24 +294,19 @@ class MilvusGallery:
             yield out
 
     def _vector_of(self, v: Any) -> np.ndarray:
-        return np.frombuffer(_binary_bytes(v), np.uint8).copy() if self._binary else np.asarray(v, np.float32)
+        return np.frombuffer(binary_bytes(v), np.uint8).copy() if self._binary else np.asarray(v, np.float32)
 
     # -- writing ---------------------------------------------------------------------------------------------------
     def _check_writable(self) -> None:
         if self.readonly:
-            raise GalleryError(f"{self.target.uri}: opened read-only")
+            raise GalleryReadOnly(f"{self.target.uri}: opened read-only")
 
     def check_label(self, label: Any) -> str:
-        problem = label_problem(label, self.max_label_length)
-        if problem:
-            raise LabelError(f"invalid label {label!r}: {problem}")
-        return label
+        """``label`` as stored (NFC), or :class:`LabelError` naming the problem (the rule: :mod:`.validation`)."""
+        return check_label(label, self.max_label_length)
 
     def _vectors(self, vectors: Any, what: str = "vectors") -> np.ndarray:
-        try:
-            return check_vectors(vectors, self.dim, self._binary, self.normalize, what)
-        except ValueError as e:
-            raise GalleryError(str(e)) from None
+        return check_vectors(vectors, self.dim, self._binary, self.normalize, what)
 
     def _row_vector(self, v: np.ndarray) -> Any:
         return v.tobytes() if self._binary else v.tolist()
@@ -412,20 +321,6 @@ class MilvusGallery:
             raise GalleryError(f"{what} is longer than {limit} bytes")
         return value
 
-    @staticmethod
-    def _metadata_json(m: Any) -> str:
-        if m is None:
-            return ""
-        if not isinstance(m, dict):
-            raise GalleryError(f"metadata must be a dict or None, not {type(m).__name__}")
-        try:
-            text = json.dumps(m, ensure_ascii=False, allow_nan=False, sort_keys=True)
-        except (TypeError, ValueError) as e:
-            raise GalleryError(f"metadata is not JSON-serialisable: {e}") from None
-        if len(text.encode("utf-8")) > _MAX_METADATA:
-            raise GalleryError(f"metadata is longer than {_MAX_METADATA} bytes as JSON")
-        return text
-
     def _new_ids(self, n: int) -> list[int]:
         """``n`` fresh random ids below 2**53, none of them in use (checked against the collection)."""
         ids: set[int] = set()
@@ -433,7 +328,7 @@ class MilvusGallery:
             want = [secrets.randbits(_ID_BITS) or 1 for _ in range(n - len(ids))]
             fresh = set(want) - ids
             for part in _chunks(sorted(fresh)):
-                fresh -= {int(r["id"]) for r in self._query(_filter_in("id", list(part)), ["id"])}
+                fresh -= {int(r["id"]) for r in self._query(filter_in("id", list(part)), ["id"])}
             ids |= fresh
         return list(ids)
 
@@ -452,19 +347,11 @@ class MilvusGallery:
         self._check_writable()
         vecs = self._vectors(vectors)
         n = len(vecs)
-        labels = [self.check_label(lab) for lab in labels]
-        if len(labels) != n:
-            raise GalleryError(f"{n} vectors but {len(labels)} labels")
-        sources = [None] * n if sources is None else list(sources)
-        metadata = [None] * n if metadata is None else list(metadata)
-        content_hashes = [None] * n if content_hashes is None else list(content_hashes)
-        if len(sources) != n or len(metadata) != n or len(content_hashes) != n:
-            raise GalleryError("sources, metadata and content_hashes must have one entry per vector")
-        for h in content_hashes:
-            if h is not None and not (isinstance(h, str) and 0 < len(h) <= 128):
-                raise GalleryError(f"content hash must be a non-empty string or None, not {h!r}")
-        src = [self._field_text(s, "source", _MAX_SOURCE) for s in sources]
-        meta = [self._metadata_json(m) for m in metadata]
+        labels, srcs, metas, content_hashes = check_fields(
+            n, labels, sources, metadata, content_hashes, self.max_label_length, _MAX_METADATA
+        )
+        src = [self._field_text(s, "source", _MAX_SOURCE) for s in srcs]
+        meta = [m or "" for m in metas]
         if n == 0:
             return []
         if ids is not None:
@@ -472,7 +359,7 @@ class MilvusGallery:
             if len(new_ids) != n or len(set(new_ids)) != n or min(new_ids) <= 0 or max(new_ids) >= 1 << _ID_BITS:
                 raise GalleryError("ids must be distinct integers in [1, 2**53), one per vector")
             taken = [
-                int(r["id"]) for part in _chunks(new_ids) for r in self._query(_filter_in("id", list(part)), ["id"])
+                int(r["id"]) for part in _chunks(new_ids) for r in self._query(filter_in("id", list(part)), ["id"])
             ]
             if taken:
                 raise GalleryError(f"ids already in the gallery: {sorted(taken)[:10]}")
@@ -510,12 +397,12 @@ class MilvusGallery:
         """Remove items by id and/or label (Milvus deletes); returns how many were removed."""
         self._check_writable()
         ids = [int(i) for i in (ids or [])]
-        labels = list(labels or [])
+        labels = normal_labels([labels] if isinstance(labels, str) else list(labels or []))
         found: set[int] = set()
         for part in _chunks(ids):
-            found |= {int(r["id"]) for r in self._query(_filter_in("id", list(part)), ["id"])}
+            found |= {int(r["id"]) for r in self._query(filter_in("id", list(part)), ["id"])}
         for part in _chunks(labels):
-            found |= {int(r["id"]) for r in self._all(_filter_in("label", list(part)), [])}
+            found |= {int(r["id"]) for r in self._all(filter_in("label", list(part)), [])}
         for part in _chunks(sorted(found)):
             self._call("delete", ids=list(part))
         return len(found)
@@ -534,10 +421,10 @@ class MilvusGallery:
         self._check_writable()
         rows = self._query(f"id == {int(id)}", self._FIELDS + ["vector"])
         if not rows:
-            raise GalleryError(f"{self.target.uri}: no item with id {int(id)}")
+            raise ItemNotFound(f"{self.target.uri}: no item with id {int(id)}")
         row = {k: rows[0][k] for k in self._FIELDS + ["vector"]}
         if self._binary:
-            row["vector"] = _binary_bytes(row["vector"])
+            row["vector"] = binary_bytes(row["vector"])
         if label is not None:
             row["label"] = self.check_label(label)
         if vector is not None:
@@ -548,7 +435,7 @@ class MilvusGallery:
         if source is not None:
             row["source"] = self._field_text(source, "source", _MAX_SOURCE)
         if metadata is not None:
-            row["metadata"] = self._metadata_json(metadata)
+            row["metadata"] = metadata_json(metadata, _MAX_METADATA) or ""
         if content_hash is not None:
             row["content_hash"] = content_hash
         row["updated_at"] = time.time()
@@ -583,7 +470,7 @@ class MilvusGallery:
             params["params"]["ef"] = max(int(self.tuning["ef_search"]), k)
         elif method.startswith("IVF"):
             params["params"]["nprobe"] = int(self.tuning["nprobe"] or 16)
-        expr = _filter_in("label", sorted(set(labels))) if labels is not None else ""
+        expr = filter_in("label", sorted(normal_labels(list(labels)))) if labels is not None else ""
         hits = self._call(
             "search",
             data=[self._row_vector(v) for v in q],
@@ -594,7 +481,8 @@ class MilvusGallery:
             consistency_level="Strong",
         )
         out: list[list[Match]] = []
-        radius = (self.hamming_radius if hamming_radius is None else hamming_radius) if self._binary else None
+        radius = check_radius(hamming_radius)
+        radius = (self.hamming_radius if radius is None else radius) if self._binary else None
         for row in hits:
             matches = []
             for h in row:
@@ -641,7 +529,7 @@ class MilvusGallery:
         the page); ``offset + limit`` is at most 16384, Milvus's query window."""
         if int(offset) + int(limit) > _QUERY_LIMIT:
             raise GalleryError(f"offset + limit must be at most {_QUERY_LIMIT} for Milvus galleries")
-        expr = _filter_in("label", [label]) if label is not None else ""
+        expr = filter_in("label", normal_labels([label])) if label is not None else ""
         rows = self._query(expr, self._FIELDS, limit=limit, offset=offset)
         return sorted((self._record(r) for r in rows), key=lambda r: r["id"])
 
@@ -658,7 +546,7 @@ class MilvusGallery:
         wanted = sorted({h for h in hashes if h})
         found: set[str] = set()
         for part in _chunks(wanted):
-            found |= {r["content_hash"] for r in self._all(_filter_in("content_hash", list(part)), ["content_hash"])}
+            found |= {r["content_hash"] for r in self._all(filter_in("content_hash", list(part)), ["content_hash"])}
         return found
 
     def __len__(self) -> int:
@@ -707,33 +595,3 @@ class MilvusGallery:
 
     def __repr__(self) -> str:
         return f"MilvusGallery({self.target.uri!r}, dim={self.dim}, metric={self.metric!r})"
-
-
-def _binary_bytes(v: Any) -> bytes:
-    """A BINARY_VECTOR field as pymilvus returns it (bytes, or a one-element list of bytes)."""
-    if isinstance(v, (list, tuple)):
-        v = v[0]
-    return bytes(v)
-
-
-def _reason(e: BaseException) -> str:
-    msg = getattr(e, "message", None) or str(e) or type(e).__name__
-    return re.sub(r"\s+", " ", str(msg))[:300]
-
-
-def _guarded(target: MilvusTarget, fn: Callable[[], Any]) -> Any:
-    """Run one pymilvus call; its server-side failures become :class:`MilvusUnavailable` naming the gallery."""
-    try:
-        from pymilvus.exceptions import MilvusException
-    except ImportError:  # pragma: no cover - checked on connect
-        MilvusException = Exception  # type: ignore[misc,assignment]
-    try:
-        return fn()
-    except GalleryError:
-        raise
-    except (MilvusException, ConnectionError, TimeoutError, OSError) as e:
-        raise MilvusUnavailable(f"Milvus gallery {target.collection!r} is unavailable: {_reason(e)}") from None
-    except Exception as e:  # grpc.RpcError and friends
-        if type(e).__module__.startswith(("grpc", "pymilvus")):
-            raise MilvusUnavailable(f"Milvus gallery {target.collection!r} is unavailable: {_reason(e)}") from None
-        raise

@@ -29,14 +29,14 @@ import os
 import pickle
 import pickletools
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from shitu.files import move_into_place, staging_dir
+from shitu.errors import InvalidArgument
+from shitu.serving.gallery.errors import GalleryError
 
 __all__ = [
     "IndexImportError",
@@ -115,7 +115,7 @@ _NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
 _GLOBALS = frozenset({f"{m}.scalar" for m in _NUMPY_MODULES} | {"numpy.dtype", "_codecs.encode"})
 
 
-class IndexImportError(ValueError):
+class IndexImportError(GalleryError, InvalidArgument):
     """The folder is not an importable PaddleClas index; the message names the file and the problem."""
 
 
@@ -142,7 +142,7 @@ def _int_scalar(dtype: Any, data: Any = None) -> int:
     """Stands in for numpy's scalar reconstructor: integer bytes -> a Python int."""
     if not isinstance(dtype, _IntDType) or not isinstance(data, bytes) or len(data) != dtype.size:
         raise pickle.UnpicklingError("id_map.pkl: only integer numpy scalars are accepted")
-    order = "big" if dtype.order == ">" else "little"
+    order: Literal["big", "little"] = "big" if dtype.order == ">" else "little"
     return int.from_bytes(data, order, signed=dtype.signed)
 
 
@@ -268,6 +268,10 @@ def read_faiss_index(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES
     with open(path, "rb") as f:
         head = f.read(4)
     binary = head[:1] == b"I" and head[1:2] == b"B"  # binary fourccs: IBxF, IBHf, IBwF, IBMp, ...
+    # faiss objects are SWIG classes downcast at run time (the stubs know the base classes only).
+    owner: Any
+    index: Any
+    inner: Any
     try:
         owner = faiss.read_index_binary(str(path)) if binary else faiss.read_index(str(path))
     except RuntimeError as e:
@@ -337,9 +341,9 @@ def import_paddleclas_index(
     Ids, labels and vectors are kept; sources are the image paths of the list file. ``index_method`` overrides
     the method read from the index (``Flat``, ``HNSW<M>``, ``IVF``).
     """
-    from shitu.serving.gallery.keep_ids import add_keeping_ids
-    from shitu.serving.gallery.list_file import DEFAULT_MAX_LABEL_LENGTH
-    from shitu.serving.gallery.local import DB_NAME, Gallery, GalleryError
+    from shitu.serving.gallery.backup import staged
+    from shitu.serving.gallery.local import DB_NAME, Gallery
+    from shitu.serving.gallery.validation import DEFAULT_MAX_LABEL_LENGTH
 
     folder, dest = Path(folder), Path(dest)
     if not is_paddleclas_index(folder):
@@ -361,18 +365,16 @@ def import_paddleclas_index(
     docs = [split_doc(id_map[int(i)], delimiter) for i in ids]
     if len(ids) and int(ids[0]) < 0:
         raise IndexImportError(f"{VECTOR_INDEX}: negative ids cannot be kept")
-    tmp = staging_dir(dest, "import")
     method = index_method or contents.index_method
-    try:
-        gallery = Gallery.create(
+    with staged(dest, "import", IndexImportError) as tmp:
+        with Gallery.create(
             tmp,
             contents.dim,
             index_method=method,
             dist_type=contents.metric,
             max_label_length=max_label_length or DEFAULT_MAX_LABEL_LENGTH,
-        )
-        try:
-            add_keeping_ids(gallery, ids, vectors, [d[1] for d in docs], sources=[d[0] for d in docs])
+        ) as gallery:
+            gallery.add(vectors, [d[1] for d in docs], sources=[d[0] for d in docs], ids=ids.tolist())
             summary = {
                 "count": len(gallery),
                 "labels": len(gallery.label_counts()),
@@ -380,13 +382,4 @@ def import_paddleclas_index(
                 "metric": contents.metric,
                 "index_method": method,
             }
-        finally:
-            gallery.close()
-        move_into_place(tmp, dest)  # dest is missing or an empty folder (checked above)
-    except GalleryError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise IndexImportError(str(e).replace(str(tmp), str(dest))) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary

@@ -22,12 +22,12 @@ removed or relabelled anywhere, exactly as when every hit was read from the data
 
 from __future__ import annotations
 
-import sqlite3
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shitu.serving.gallery.storage import chunks, read_txn
+if TYPE_CHECKING:
+    from shitu.serving.gallery.store import GalleryStore
 
 __all__ = ["RecordCache", "DEFAULT_CAPACITY"]
 
@@ -35,12 +35,10 @@ __all__ = ["RecordCache", "DEFAULT_CAPACITY"]
 #: the records of its hits only. The engine sets it from ``Limits.gallery_record_cache`` (same default).
 DEFAULT_CAPACITY = 200_000
 
-_COLUMNS = "slot, id, label, source, metadata"
-
 
 class RecordCache:
-    """Slot -> item record, valid for one ``seq`` of the gallery database. Not thread-safe: callers hold the
-    gallery's read lock."""
+    """Slot -> item record ``(slot, id, label, source, metadata)``, valid for one ``seq`` of the gallery database.
+    Not thread-safe: callers hold the gallery's read lock."""
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self.capacity = int(capacity)
@@ -50,63 +48,53 @@ class RecordCache:
         self.whole = False  # every item of the gallery at ``seq`` is in ``rows``
         self.too_big = False  # the gallery had more than ``capacity`` items: hits only from then on (no recount)
 
-    def lookup(self, conn: sqlite3.Connection, slots: Any, marker: bytes | None = None) -> dict[int, tuple]:
+    def lookup(self, store: GalleryStore, slots: Any, marker: bytes | None = None) -> dict[int, tuple]:
         """The records of ``slots`` (an array of faiss ids, -1 for none) that exist now: a mapping by slot, where a
         slot with no item is absent. ``marker``: the gallery's change marker read just before this call (``None``
         when it has none): while it is unchanged, ``seq`` is not read again."""
         if marker is None or marker != self.marker:
-            seq = int(conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
-            if seq != self.seq:
-                self._catch_up(conn)
+            if store.seq() != self.seq:
+                self._catch_up(store)
             self.marker = marker
         if self.whole:
             return self.rows
         rows = self.rows
-        slots = sorted({s for s in np.asarray(slots).ravel().tolist() if s >= 0})
-        missing = [s for s in slots if s not in rows]
+        wanted = sorted({s for s in np.asarray(slots).ravel().tolist() if s >= 0})
+        missing = [s for s in wanted if s not in rows]
         if not missing:
             return rows
         if len(rows) + len(missing) > self.capacity:
             rows.clear()
-            missing = list(slots)
-        for part in chunks(missing):
-            sql = f"SELECT {_COLUMNS} FROM items WHERE slot IN ({','.join('?' * len(part))})"
-            for row in conn.execute(sql, part).fetchall():
-                rows[row[0]] = row
+            missing = wanted
+        rows.update((row[0], row) for row in store.cache_rows("slot", missing))
         return rows
 
-    def _catch_up(self, conn: sqlite3.Connection) -> None:
+    def _catch_up(self, store: GalleryStore) -> None:
         """Bring the cache to the database's current ``seq`` (one read snapshot)."""
-        with read_txn(conn):
-            meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('seq', 'log_floor')").fetchall())
-            seq, floor = int(meta["seq"]), int(meta["log_floor"])
+        with store.reading():
+            meta = store.meta_of("seq", "log_floor")
+            seq, floor = meta["seq"], meta["log_floor"]
             if self.whole and self.seq >= floor:
-                self._apply_log(conn, seq)
+                self._apply_log(store, seq)
             else:
                 self.rows.clear()
                 self.whole = False
                 if not self.too_big:
-                    count = conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-                    self.too_big = count > self.capacity
+                    self.too_big = store.count() > self.capacity
                     if not self.too_big:
-                        self.rows.update((r[0], r) for r in conn.execute(f"SELECT {_COLUMNS} FROM items"))
+                        self.rows.update((r[0], r) for r in store.all_cache_rows())
                         self.whole = True
             self.seq = seq
 
-    def _apply_log(self, conn: sqlite3.Connection, seq: int) -> None:
-        entries = conn.execute(
-            "SELECT item_id, old_slot FROM log WHERE seq > ? AND seq <= ? ORDER BY seq", (self.seq, seq)
-        ).fetchall()
+    def _apply_log(self, store: GalleryStore, seq: int) -> None:
         rows = self.rows
         touched: set[int] = set()
-        for item, old_slot in entries:
+        for item, old_slot in store.log_changes(self.seq, seq):
             if old_slot is not None:
                 rows.pop(old_slot, None)  # removed or re-vectored: that slot is gone for good
             touched.add(item)
-        for part in chunks(sorted(touched)):
-            sql = f"SELECT {_COLUMNS} FROM items WHERE id IN ({','.join('?' * len(part))})"
-            for row in conn.execute(sql, part).fetchall():
-                rows[row[0]] = row  # added, relabelled or re-vectored: its current record
+        for row in store.cache_rows("id", sorted(touched)):
+            rows[row[0]] = row  # added, relabelled or re-vectored: its current record
         if len(rows) > self.capacity:
             rows.clear()
             self.whole = False

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from shitu.files import move_into_place, staging_dir
 from shitu.names import GALLERY_NAME
 from shitu.serving.gallery.local import DB_NAME, Gallery, GalleryError
+from shitu.serving.gallery.store import read_items, write_thumbnails
 
 __all__ = ["ReembedError", "GalleryCopy", "locator", "plan", "reembed_all"]
 
@@ -62,22 +60,8 @@ class GalleryCopy:
 
 def _read(src: Path) -> tuple[dict[str, str], list[tuple], dict[int, bytes]]:
     """``(meta, rows, thumbnails)`` in one read transaction; rows: id, label, source, metadata, hash, vector."""
-    conn = sqlite3.connect(f"{(src / DB_NAME).resolve().as_uri()}?mode=ro", uri=True, timeout=60)
-    try:
-        conn.execute("BEGIN")
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        rows = conn.execute(
-            "SELECT i.id, i.label, i.source, i.metadata, i.content_hash, v.vector FROM items i "
-            "JOIN vectors v ON v.slot = i.slot ORDER BY i.id"
-        ).fetchall()
-        try:
-            thumbs = {int(i): bytes(j) for i, j in conn.execute("SELECT id, jpeg FROM thumbnails")}
-        except sqlite3.OperationalError:  # no item was ever added with its image
-            thumbs = {}
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
-    return meta, rows, thumbs
+    meta, rows, thumbs = read_items(src, thumbnails=True)
+    return meta, [(*r[:5], r[6]) for r in rows], thumbs
 
 
 def locator(known: dict[str, Path] | None = None) -> Locate:
@@ -157,8 +141,7 @@ def _copy_one(
     binarize: Callable[[np.ndarray], np.ndarray],
     normalize_mapped: bool,
 ) -> int:
-    from shitu.serving.gallery.backup import set_gallery_model_identity
-    from shitu.serving.gallery.keep_ids import add_keeping_ids
+    from shitu.serving.gallery.backup import set_gallery_model_identity, staged
 
     meta, rows, thumbs = _read(copy.src)
     dim, metric = int(meta["dim"]), meta["metric"]
@@ -179,8 +162,7 @@ def _copy_one(
         vectors = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
         if metric == "hamming":
             vectors = binarize(vectors)
-    tmp = staging_dir(copy.dest, "reembed")
-    try:
+    with staged(copy.dest, "reembed", ReembedError) as tmp:
         with Gallery.create(
             tmp,
             dim,
@@ -188,39 +170,24 @@ def _copy_one(
             dist_type="cosine" if normalize else metric,
             hamming_radius=int(meta.get("hamming_radius", 100)),
         ) as gallery:
-            add_keeping_ids(
-                gallery,
-                [r[0] for r in rows],
+            gallery.add(
                 np.asarray(vectors),
                 [r[1] for r in rows],
                 sources=[r[2] for r in rows],
                 metadata=[json.loads(r[3]) if r[3] else None for r in rows],
                 content_hashes=[r[4] for r in rows],
+                ids=[r[0] for r in rows],
             )
             gallery.checkpoint()
         if thumbs:
             _copy_thumbnails(tmp, thumbs)
         if identity is not None:
             set_gallery_model_identity(tmp, identity)
-        move_into_place(tmp, copy.dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return len(rows)
 
 
 def _copy_thumbnails(folder: Path, thumbs: dict[int, bytes]) -> None:
-    from shitu.serving.gallery import thumbnails
-
-    conn = sqlite3.connect(str(folder / DB_NAME), isolation_level=None, timeout=30)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        for statement in thumbnails._DDL:
-            conn.execute(statement)
-        conn.executemany("INSERT OR REPLACE INTO thumbnails (id, jpeg) VALUES (?, ?)", list(thumbs.items()))
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
+    write_thumbnails(folder / DB_NAME, list(thumbs.items()))
 
 
 def reembed_all(

@@ -16,7 +16,6 @@ disk, a read-only folder) is logged and leaves the item without a thumbnail, nev
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,16 +23,14 @@ from typing import Any
 import cv2
 import numpy as np
 
+from shitu.serving.gallery.errors import GalleryError
+from shitu.serving.gallery.store import read_thumbnails, write_thumbnails
+
 #: Longer side of a stored thumbnail, in pixels.
 THUMB_SIDE = 96
 #: JPEG quality of stored thumbnails.
 THUMB_QUALITY = 80
 
-_DDL = (
-    "CREATE TABLE IF NOT EXISTS thumbnails (id INTEGER PRIMARY KEY, jpeg BLOB NOT NULL)",
-    "CREATE TRIGGER IF NOT EXISTS thumbnails_follow_items AFTER DELETE ON items "
-    "BEGIN DELETE FROM thumbnails WHERE id = OLD.id; END",
-)
 
 _log = logging.getLogger("shitu.gallery")
 
@@ -59,15 +56,6 @@ def _db_of(gallery: Any) -> Path | None:
     return Path(db) if db is not None else None
 
 
-def _connect(db: Path, readonly: bool) -> sqlite3.Connection:
-    if readonly:
-        conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None, timeout=30)
-    else:
-        conn = sqlite3.connect(str(db), isolation_level=None, timeout=30)
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
-
-
 def store(gallery: Any, ids: Sequence[int], images: Sequence[np.ndarray]) -> int:
     """Store one thumbnail per added item (``ids[i]`` <- ``images[i]``); returns how many were stored.
 
@@ -78,25 +66,9 @@ def store(gallery: Any, ids: Sequence[int], images: Sequence[np.ndarray]) -> int
         return 0
     try:
         rows = [(int(i), make_thumbnail(img)) for i, img in zip(ids, images)]
-        conn = _connect(db, readonly=False)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _DDL:
-                    conn.execute(statement)
-                conn.executemany(
-                    "INSERT OR REPLACE INTO thumbnails (id, jpeg) SELECT ?, ? "
-                    "WHERE EXISTS (SELECT 1 FROM items WHERE items.id = ?)",
-                    [(i, j, i) for i, j in rows],
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        finally:
-            conn.close()
+        write_thumbnails(db, rows)
         return len(rows)
-    except (sqlite3.Error, ValueError, cv2.error) as exc:
+    except (GalleryError, ValueError, cv2.error) as exc:
         _log.warning("%s: thumbnails of items %s not stored: %s", db, list(ids)[:5], exc)
         return 0
 
@@ -107,17 +79,4 @@ def fetch(gallery: Any, ids: Iterable[int]) -> dict[int, bytes]:
     wanted = sorted({int(i) for i in ids})
     if db is None or not wanted or not db.is_file():
         return {}
-    conn = _connect(db, readonly=True)
-    try:
-        out: dict[int, bytes] = {}
-        for start in range(0, len(wanted), 500):
-            part = wanted[start : start + 500]
-            q = f"SELECT id, jpeg FROM thumbnails WHERE id IN ({','.join('?' * len(part))})"
-            out.update((int(i), bytes(j)) for i, j in conn.execute(q, part))
-        return out
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):  # no item of this gallery was ever added with its image
-            return {}
-        raise
-    finally:
-        conn.close()
+    return read_thumbnails(db, wanted)

@@ -8,10 +8,15 @@ creates:
 - answers HTTP errors (non-JSON body, body too large, unknown route) as
   ``{"status": "<http code>", "msg": "...", "results": ""}``;
 - refuses bodies larger than ``Limits.max_request_bytes`` (default 64 MiB) before reading them;
-- answers ``GET /health`` with the modules it serves (for load balancers and the test suite);
+- answers ``GET /health`` with the modules it serves and, under ``degraded``, the disks that are full (for load
+  balancers, monitors and the test suite: still HTTP 200, reads keep working; see :func:`degraded`);
+- does not serve PaddleHub's ``/gradio/<module>`` routes (they start a gradio server per module: 404);
+- answers every error in the route's own format with its request id (:mod:`.envelopes`) and refuses what a web
+  page on another site sends (:mod:`.browsers`);
 - adds request ids, the request log, log rotation and ``GET /metrics`` (:mod:`.observability`);
 - serves the web page at ``/web/`` (:mod:`shitu.serving.hub.webpage`);
-- serves the PaddleX and Paddle Serving recognition APIs (:mod:`shitu.serving.hub.peers`).
+- serves the PaddleX and Paddle Serving recognition APIs (:mod:`shitu.serving.hub.peers`);
+- describes every route at ``GET /openapi.json`` (:mod:`shitu.serving.hub.openapi`);
 - is served so that slow or idle clients cost a bounded amount (:mod:`shitu.serving.hub.connections`).
 """
 
@@ -39,8 +44,38 @@ def set_log_limits(max_bytes: int, backups: int) -> None:
     _log_limits = (max(old[0], int(max_bytes)), max(old[1], int(backups)))
 
 
-def _envelope(status: str, msg: str) -> dict[str, Any]:
-    return {"status": status, "msg": msg, "results": ""}
+def _error_response(code: int, msg: str) -> Any:
+    from flask import g, jsonify, request
+
+    from shitu.serving.hub import envelopes, request_log
+
+    rid = getattr(g, "shitu_rid", None) or request_log.current_request_id()
+    response = jsonify(envelopes.error_answer(request.path, code, msg, rid))
+    response.status_code = code  # the envelope's status agrees with the HTTP code
+    return response
+
+
+def degraded() -> list[str]:
+    """What is wrong with this server while it still answers: each disk it writes to (galleries, logs) with less
+    than ``Limits.min_free_disk_bytes`` free. Gallery writes are refused then; reads keep working."""
+    import shutil
+
+    from shitu.serving.hub import connections, request_log
+
+    found = []
+    from shitu.plugins.store import home as shitu_home
+
+    home = shitu_home()
+    for what, folder in (("galleries", home / "galleries"), ("logs", request_log.log_dir())):
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            continue
+        if free < connections.SETTINGS.min_free_disk_bytes:
+            found.append(f"the {what} disk is full ({free} bytes free, Limits.min_free_disk_bytes)")
+    return found
 
 
 def configure(app: Any) -> Any:
@@ -59,35 +94,35 @@ def configure(app: Any) -> Any:
             413: f"the request body is larger than the limit of {app.config['MAX_CONTENT_LENGTH']} bytes",
             415: "the request body must be JSON (Content-Type: application/json)",
         }
-        msg = messages.get(exc.code or 500, exc.description or exc.name)
-        response = jsonify(_envelope(str(exc.code), msg))
-        response.status_code = exc.code or 500
-        return response
+        return _error_response(exc.code or 500, messages.get(exc.code or 500, exc.description or exc.name))
 
     @app.errorhandler(Exception)
     def _unhandled(exc: Exception):  # noqa: ANN202 - flask handler
         if isinstance(exc, HTTPException):
             return _http_error(exc)
+        if isinstance(exc, RecursionError):  # PaddleHub's request.json on JSON nested past the recursion limit
+            return _error_response(400, "the request JSON is nested too deeply")
         logging.getLogger("shitu.serving").error("unhandled error: %s", exc, exc_info=exc)
-        msg = (
-            "the request body must be a JSON object"
-            if isinstance(exc, (TypeError, ValueError, AttributeError))
-            else "the request JSON is nested too deeply"
-            if isinstance(exc, RecursionError)
-            else f"internal error ({type(exc).__name__})"
-        )
-        code = 400 if msg.startswith("the request") else 500
-        response = jsonify(_envelope(str(code), msg))  # the envelope's status agrees with the HTTP code
-        response.status_code = code
-        return response
+        if isinstance(exc, (TypeError, ValueError, AttributeError)):
+            return _error_response(400, "the request body must be a JSON object")
+        return _error_response(500, f"internal error ({type(exc).__name__})")
+
+    def _not_served(**_: Any):  # noqa: ANN202 - flask view
+        from werkzeug.exceptions import NotFound
+
+        raise NotFound("this server serves no gradio apps (the web page is at /web/)")
+
+    # PaddleHub's gradio proxy: never served (the modules have no gradio app; PaddleHub answered a 500)
+    for name in ("gradio_app", "request_gradio_app"):
+        if name in app.view_functions:
+            app.view_functions[name] = _not_served
 
     @app.route("/health", methods=["GET"])
     def _health():  # noqa: ANN202
         from paddlehub.serving.model_service.base_model_service import v2_module_info
 
-        return jsonify(
-            {"status": "000", "msg": "", "results": {"pid": os.getpid(), "modules": sorted(v2_module_info.modules)}}
-        )
+        results = {"pid": os.getpid(), "modules": sorted(v2_module_info.modules), "degraded": degraded()}
+        return jsonify({"status": "000", "msg": "", "results": results})
 
     from shitu.serving.hub import observability
 
@@ -96,12 +131,13 @@ def configure(app: Any) -> Any:
         BY_NAME["Limits.log_backups"].default,
     )
     observability.instrument(app, log_bytes, log_backups)
-    from shitu.serving.hub import connections, peers, webpage
+    from shitu.serving.hub import connections, openapi, peers, webpage
 
     app.wsgi_app = connections.BodyReader(app.wsgi_app, lambda: app.config["MAX_CONTENT_LENGTH"])
     app.run = lambda host=None, port=8866, **_: connections.serve_single(app, port)  # PaddleHub's threaded=False
 
     peers.register(app)  # PaddleX and Paddle Serving APIs next to /predict/<module>
+    openapi.register(app)
     return webpage.register(app)
 
 

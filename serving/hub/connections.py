@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from shitu.serving.hub import browsers, envelopes, request_log
+
 #: Environment variable naming the address to listen on (default loopback only).
 HOST_ENV = "SHITU_HOST"
 DEFAULT_HOST = "127.0.0.1"
@@ -59,6 +61,10 @@ class Settings:
     request_timeout: float = 20.0
     response_timeout: float = 120.0
     max_connections: int = 64
+    #: ``Limits.max_request_bytes``: a declared ``Content-Length`` over it is refused before any byte is read.
+    max_request_bytes: int = 64 * 1024 * 1024
+    #: ``Limits.min_free_disk_bytes``: below it ``/health`` reports the disk full (:func:`shitu.serving.hub.app.degraded`).
+    min_free_disk_bytes: int = 64 * 1024 * 1024
 
 
 SETTINGS = Settings()
@@ -71,8 +77,13 @@ def configure(params: Any) -> None:
     if SETTINGS.configured:
         timeout, connections = max(timeout, SETTINGS.request_timeout), max(connections, SETTINGS.max_connections)
         answer = max(answer, SETTINGS.response_timeout)
+    body = int(params["Limits.max_request_bytes"])
+    if SETTINGS.configured:
+        body = max(body, SETTINGS.max_request_bytes)
     SETTINGS.request_timeout, SETTINGS.max_connections, SETTINGS.configured = timeout, connections, True
-    SETTINGS.response_timeout = answer
+    SETTINGS.response_timeout, SETTINGS.max_request_bytes = answer, body
+    SETTINGS.min_free_disk_bytes = int(params["Limits.min_free_disk_bytes"])
+    browsers.configure(params)
 
 
 def note_token(token: str | None, protect_reads: bool = False) -> None:
@@ -211,13 +222,48 @@ class Watchdog:
 WATCHDOG = Watchdog()
 
 
-def _envelope_response(start_response: Callable, code: int, reason: str, msg: str) -> list[bytes]:
-    body = json.dumps({"status": str(code), "msg": msg, "results": ""}).encode()
-    start_response(
-        f"{code} {reason}",
-        [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Connection", "close")],
-    )
+#: Called with ``(environ, http code, message, request id)`` for each request refused before the app runs (the
+#: request log and the metrics of :mod:`.observability` register here).
+REFUSAL_HOOKS: list[Callable[[dict[str, Any], int, str, str], None]] = []
+#: The environ key holding the request id chosen before the app runs (the app's request hooks use the same one).
+RID_KEY = "shitu.request_id"
+
+
+def request_id_of(environ: dict[str, Any]) -> str:
+    """This request's id: the client's ``X-Request-ID`` when acceptable, else a new one (chosen once per request)."""
+    rid = environ.get(RID_KEY)
+    if rid is None:
+        rid = environ[RID_KEY] = request_log.new_request_id(environ.get("HTTP_X_REQUEST_ID"))
+    return str(rid)
+
+
+def _envelope_response(
+    start_response: Callable, code: int, reason: str, msg: str, environ: dict[str, Any] | None = None
+) -> list[bytes]:
+    """The route's error envelope (:mod:`.envelopes`) with its request id. No ``Connection`` header: Werkzeug closes
+    every connection itself, gunicorn decides (it drops hop-by-hop headers of the app)."""
+    environ = environ if environ is not None else {}
+    rid = request_id_of(environ)
+    body = envelopes.error_body(environ.get("PATH_INFO", ""), code, msg, rid)
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), (request_log.HEADER, rid)]
+    start_response(f"{code} {reason}", headers + browsers.cors_headers(environ))
+    for hook in REFUSAL_HOOKS:
+        try:
+            hook(environ, code, msg, rid)
+        except Exception:  # noqa: BLE001 - a metric or a log line must never fail the answer
+            log.debug("refusal hook failed", exc_info=True)
     return [body]
+
+
+def too_large_message(limit: int) -> str:
+    return f"the request body is larger than the limit of {limit} bytes (Limits.max_request_bytes)"
+
+
+def declared_too_large(content_length: str | None, limit: int) -> bool:
+    """Whether a declared ``Content-Length`` is over ``limit`` (checked before a byte of the body is read, and before
+    ``100 Continue`` is sent)."""
+    value = (content_length or "").strip()
+    return value.isdigit() and (len(value) > 20 or int(value) > limit)
 
 
 class BodyReader:
@@ -236,6 +282,19 @@ class BodyReader:
         from werkzeug.wsgi import get_input_stream
 
         limit = self._max_bytes()
+        refused = browsers.refusal(environ, listen_host())
+        if refused is not None:
+            WATCHDOG.disarm()
+            code, msg = refused
+            return _envelope_response(start_response, code, envelopes.reason(code), msg, environ)
+        preflight = browsers.preflight_headers(environ)
+        if preflight is not None:
+            WATCHDOG.disarm()
+            start_response("204 No Content", preflight + [(request_log.HEADER, request_id_of(environ))])
+            return [b""]
+        if declared_too_large(environ.get("CONTENT_LENGTH"), limit):
+            WATCHDOG.disarm()
+            return _envelope_response(start_response, 413, "Content Too Large", too_large_message(limit), environ)
         data = b""
         try:
             stream = get_input_stream(environ, max_content_length=limit)
@@ -254,9 +313,7 @@ class BodyReader:
                 raise EOFError
         except RequestEntityTooLarge:
             WATCHDOG.disarm()
-            return _envelope_response(
-                start_response, 413, "Content Too Large", f"the request body is larger than the limit of {limit} bytes"
-            )
+            return _envelope_response(start_response, 413, "Content Too Large", too_large_message(limit), environ)
         except (EOFError, OSError, ValueError, ClientDisconnected) as exc:
             expired = WATCHDOG.disarm()
             if expired or isinstance(exc, (socket.timeout, TimeoutError)):
@@ -265,23 +322,33 @@ class BodyReader:
                     408,
                     "Request Timeout",
                     f"the request did not arrive within {SETTINGS.request_timeout:g} s",
+                    environ,
                 )
-            return _envelope_response(start_response, 400, "Bad Request", "the request body is incomplete")
+            return _envelope_response(start_response, 400, "Bad Request", "the request body is incomplete", environ)
         if WATCHDOG.disarm():  # the deadline passed just as the last byte came
             return _envelope_response(
                 start_response,
                 408,
                 "Request Timeout",
                 f"the request did not arrive within {SETTINGS.request_timeout:g} s",
+                environ,
             )
         path = environ.get("PATH_INFO", "")
         predict = path.startswith("/predict/")
         if predict and "json" in environ.get("CONTENT_TYPE", "") and data.strip() and data.lstrip()[:1] != b"{":
-            return _envelope_response(start_response, 400, "Bad Request", "the request body must be a JSON object")
+            return _envelope_response(
+                start_response, 400, "Bad Request", "the request body must be a JSON object", environ
+            )
         environ["wsgi.input"] = io.BytesIO(data)
         environ["CONTENT_LENGTH"] = str(len(data))
         environ.pop("HTTP_TRANSFER_ENCODING", None)
         environ["wsgi.input_terminated"] = True
+        cors = browsers.cors_headers(environ)
+        if cors:  # an allowed foreign origin (Limits.allowed_origins)
+
+            def start_response(status: str, headers: list, exc_info: Any = None, _inner: Callable = start_response):  # type: ignore[no-redef]
+                return _inner(status, list(headers) + cors, exc_info)
+
         if path in _LIGHT_PATHS or path.startswith("/web/"):  # answer at once, whatever the modules are doing
             answer = self.app(environ, start_response)
         else:
@@ -310,6 +377,18 @@ def _compute() -> Any:
 
 
 # -- single process: threaded Werkzeug ---------------------------------------------------------------------------
+_HTTP_MESSAGES = {
+    400: "the request is not valid HTTP",
+    414: "the request line (method and URL) is too long",
+    431: "the request headers are too many or too long",
+}
+
+
+def _http_message(code: int, detail: str | None = None) -> str:
+    base = _HTTP_MESSAGES.get(code, envelopes.reason(code).lower())
+    return f"{base} ({detail[:200]})" if detail and code not in (414, 431) else base
+
+
 _BUSY_BODY = json.dumps({"status": "503", "msg": "too many open connections; retry", "results": ""}).encode()
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
@@ -327,6 +406,36 @@ def _werkzeug_classes() -> tuple[type, type]:
         def setup(self) -> None:
             self.timeout = SETTINGS.request_timeout  # per-read socket timeout as well
             super().setup()
+
+        def handle_expect_100(self) -> bool:
+            """http.server's ``Expect: 100-continue``: a declared body over the limit is refused at once (``413``),
+            else nothing is sent here (Werkzeug's ``run_wsgi`` sends the one ``100 Continue``)."""
+            if declared_too_large(self.headers.get("Content-Length"), SETTINGS.max_request_bytes):
+                self._refuse_too_large()
+                return False
+            return True
+
+        def _refuse_too_large(self) -> None:
+            self.close_connection = True
+            path = self.path.partition("?")[0]
+            rid = request_log.new_request_id(self.headers.get(request_log.HEADER))
+            msg = too_large_message(SETTINGS.max_request_bytes)
+            self.wfile.write(envelopes.raw_response(413, path, msg, rid))
+
+        def run_wsgi(self) -> None:
+            """A declared body over the limit is refused before Werkzeug sends ``100 Continue`` (or reads it)."""
+            if declared_too_large(self.headers.get("Content-Length"), SETTINGS.max_request_bytes):
+                self._refuse_too_large()
+                return
+            super().run_wsgi()
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            """http.server's own refusals (``414`` request line, ``431`` headers, ``400``...) as JSON envelopes."""
+            self.close_connection = True
+            path = str(getattr(self, "path", "") or "").partition("?")[0]
+            rid = request_log.new_request_id()
+            self.log_error("code %d, message %s", code, message)
+            self.wfile.write(envelopes.raw_response(code, path, _http_message(code, message), rid))
 
         def handle_one_request(self) -> None:
             entry = WATCHDOG.arm(self.connection, SETTINGS.request_timeout)
@@ -395,7 +504,18 @@ def _thread_worker_class() -> type:
     from gunicorn.workers.gthread import ThreadWorker as GThreadWorker
 
     class ThreadWorker(GThreadWorker):
-        """gunicorn's gthread worker with a read deadline on every request and a deadline on taking its answer."""
+        """gunicorn's gthread worker with a read deadline on every request and a deadline on taking its answer; a
+        declared body over the limit is refused before gunicorn sends ``100 Continue`` or reads it."""
+
+        def handle_request(self, req: Any, conn: Any) -> Any:
+            declared = next((v for k, v in req.headers if k == "CONTENT-LENGTH"), None)
+            if declared_too_large(declared, SETTINGS.max_request_bytes):
+                given = next((v for k, v in req.headers if k == request_log.HEADER.upper()), None)
+                msg = too_large_message(SETTINGS.max_request_bytes)
+                answer = envelopes.raw_response(413, req.path or "", msg, request_log.new_request_id(given))
+                conn.sock.sendall(answer)
+                return False  # close: the body is never read
+            return super().handle_request(req, conn)
 
         def handle(self, conn: Any) -> Any:
             entry = WATCHDOG.arm(conn.sock, SETTINGS.request_timeout)
@@ -442,6 +562,14 @@ def install_gunicorn() -> None:
         return
     if getattr(StandaloneApplication, "_shitu_hardened", False):
         return
+    from gunicorn import util as gunicorn_util
+
+    def write_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+        """gunicorn's own refusals (bad request line, ``414``, ``431``...) as JSON envelopes, not HTML."""
+        body = envelopes.raw_response(status_int, "", _http_message(status_int, mesg), request_log.new_request_id())
+        gunicorn_util.write_nonblock(sock, body)
+
+    gunicorn_util.write_error = write_error
     original = StandaloneApplication.load_config
 
     def load_config(self: Any) -> None:

@@ -11,24 +11,16 @@ Both are reads: they need the admin token only when the server protects reads (`
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shitu.serving.engine.engine import Engine
 
+if TYPE_CHECKING:
+    from shitu.serving.hub.request_models import LabelsRequest, Request
+    from shitu.serving.hub.service import Call
+
 #: The parameters the web page offers as sliders, by short name.
 PAGE_PARAMS = ("Global.threshold", "Global.max_det_results", "IndexProcess.score_thres")
-#: Bounds of the ``labels`` operation's paging fields (answers stay small: thumbnails are a few kB each).
-MAX_LABELS_PER_PAGE = 200
-MAX_ITEMS_PER_LABEL = 24
-
-
-def _int_field(request: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
-    from shitu.serving.hub.service import RequestError
-
-    value = request.get(name, default)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise RequestError(f"field {name!r} must be an integer in {low}..{high}")
-    return value
 
 
 def gallery_names(engine: Engine) -> list[str]:
@@ -51,10 +43,8 @@ def gallery_names(engine: Engine) -> list[str]:
 class GalleryViewOps:
     """``op_galleries`` and ``op_labels``; used as a base of :class:`~shitu.serving.hub.service.RecognitionService`."""
 
-    fields = {"labels": {"contains", "limit", "offset", "per_label"}}
-
-    def op_galleries(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-        engine: Engine = self.engine(request)  # type: ignore[attr-defined]
+    def op_galleries(self, call: Call[Request]) -> dict[str, Any]:
+        engine = call.engine
         return {
             "scenario": engine.scenario,
             "default": engine.default_gallery,
@@ -62,18 +52,12 @@ class GalleryViewOps:
             "params": {name.split(".", 1)[1]: engine.params[name] for name in PAGE_PARAMS},
         }
 
-    def op_labels(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    def op_labels(self, call: Call[LabelsRequest]) -> dict[str, Any]:
         from shitu.serving.gallery import thumbnails
-        from shitu.serving.hub.service import RequestError
 
-        contains = request.get("contains") or ""
-        if not isinstance(contains, str):
-            raise RequestError("field 'contains' must be a string")
-        limit = _int_field(request, "limit", 50, 0, MAX_LABELS_PER_PAGE)
-        offset = _int_field(request, "offset", 0, 0, 10**9)
-        per_label = _int_field(request, "per_label", 6, 0, MAX_ITEMS_PER_LABEL)
-        gallery = self.engine(request).gallery(request.get("gallery"))  # type: ignore[attr-defined]
-        needle = contains.casefold()
+        r, gallery = call.request, call.gallery
+        limit, offset, per_label = r.limit, r.offset, r.per_label
+        needle = r.contains.casefold()
         counts = [(lab, n) for lab, n in gallery.label_counts().items() if needle in lab.casefold()]
         page = counts[offset : offset + limit]
         items = {lab: gallery.list(label=lab, limit=per_label) if per_label else [] for lab, _ in page}

@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from shitu.errors import InvalidArgument
 
-class InProcessError(ValueError):
+
+class InProcessError(InvalidArgument):
     """An in-process argument (an array or a path) cannot be used; the message names it."""
 
 

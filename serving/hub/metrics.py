@@ -2,9 +2,13 @@
 
 prometheus_client's multi-process mode: every process writes its samples to files in ``PROMETHEUS_MULTIPROC_DIR``
 and a scrape (answered by whichever worker gets it) sums them all. :func:`prepare` sets that variable before
-prometheus_client is imported, to ``$SHITU_HOME/run/metrics-<master pid>`` (a fresh folder per server start;
-folders of servers no longer running are removed), unless the operator set it. When a gunicorn worker exits the
-master marks its live gauges dead and counts a restart.
+prometheus_client is imported, to ``<memory folder>/shitu-metrics-<uid>/<master pid>`` (a fresh folder per server
+start; folders of servers no longer running are removed), unless the operator set it. The memory folder is
+``$SHITU_METRICS_DIR``, else ``/dev/shm`` (RAM), else the system's temporary folder: never the galleries' disk.
+prometheus_client *mmaps* those files, and a page of a sparse mmapped file that cannot be allocated on a full disk
+kills the process with SIGBUS, so with them next to the galleries a full galleries disk killed every worker on its
+next request (issue 27). Failing to record a metric never fails a request. When a gunicorn worker exits the master
+marks its live gauges dead and counts a restart.
 
 Metrics (all prefixed ``shitu_``):
 
@@ -22,16 +26,21 @@ Metrics (all prefixed ``shitu_``):
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-import sqlite3
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from shitu.serving.gallery.store import pid_alive
+
 __all__ = ["prepare", "Metrics", "get", "STAGE_GROUPS", "CONTENT_TYPE"]
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: The folder under which each server's metrics folder is made (default ``/dev/shm``, else the temporary folder).
+BASE_ENV = "SHITU_METRICS_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: The pipeline's stage names (engine timing) -> the stages reported.
 STAGE_GROUPS = {
@@ -54,17 +63,20 @@ _metrics: Metrics | None = None
 
 
 def _shitu_home() -> Path:
-    return Path(os.environ.get("SHITU_HOME", Path.home() / ".shitu"))
+    from shitu.plugins.store import home
+
+    return home()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def metrics_base() -> Path:
+    """Where servers put their metrics folders: ``$SHITU_METRICS_DIR``, else ``/dev/shm``, else the temporary
+    folder (``shitu-metrics-<uid>`` inside the latter two)."""
+    given = os.environ.get(BASE_ENV)
+    if given:
+        return Path(given)
+    shm = Path("/dev/shm")
+    memory = shm if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else Path(tempfile.gettempdir())
+    return memory / f"shitu-metrics-{os.getuid()}"
 
 
 def prepare() -> Path:
@@ -73,16 +85,16 @@ def prepare() -> Path:
     if given:
         Path(given).mkdir(parents=True, exist_ok=True)
         return Path(given)
-    run = _shitu_home() / "run"
-    run.mkdir(parents=True, exist_ok=True)
-    for old in run.glob("metrics-*"):
+    run = metrics_base()
+    run.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for old in run.iterdir():
         try:
-            pid = int(old.name.split("-", 1)[1])
+            pid = int(old.name)
         except ValueError:
             continue
-        if pid != os.getpid() and not _alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             shutil.rmtree(old, ignore_errors=True)
-    folder = run / f"metrics-{os.getpid()}"
+    folder = run / str(os.getpid())
     shutil.rmtree(folder, ignore_errors=True)  # a pid reused from an earlier run: start from zero
     folder.mkdir()
     os.environ[ENV] = str(folder)
@@ -95,18 +107,15 @@ class _GalleryCollector:
     def collect(self) -> Iterable[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
+        from shitu.serving.gallery.store import item_count
+
         family = GaugeMetricFamily(
             "shitu_gallery_items", "Items in each served gallery.", labels=["scenario", "gallery"]
         )
         root = _shitu_home() / "galleries"
         for db in sorted(root.glob("*/*/gallery.db"))[:MAX_GALLERIES]:
-            try:
-                conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=1)
-                try:
-                    n = conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-                finally:
-                    conn.close()
-            except sqlite3.Error:
+            n = item_count(db)
+            if n is None:
                 continue
             family.add_metric([db.parent.parent.name, db.parent.name], float(n))
         yield family
@@ -138,6 +147,22 @@ class Metrics:
         self.restarts = Counter("shitu_worker_restarts_total", "gunicorn workers that exited and were replaced.")
 
     def observe(
+        self,
+        module: str,
+        operation: str,
+        status: str,
+        seconds: float,
+        stages: dict[str, float],
+        images: int | None,
+        boxes: int | None,
+        error_kind: str | None,
+    ) -> None:
+        try:
+            self._observe(module, operation, status, seconds, stages, images, boxes, error_kind)
+        except OSError as exc:  # the metrics folder is full or gone: the request still gets its answer
+            logging.getLogger("shitu.serving").warning("metrics not recorded: %s", exc)
+
+    def _observe(
         self,
         module: str,
         operation: str,

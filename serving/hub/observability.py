@@ -22,7 +22,7 @@ from shitu.serving.hub import metrics as shitu_metrics
 __all__ = ["prepare", "instrument", "install_hooks", "note_error"]
 
 #: Exception class name of the failure of the request in this context (set by the hub module).
-_ERROR_KIND: contextvars.ContextVar[str | None] = contextvars.ContextVar("shitu_error_kind", default=None)
+_ERROR: contextvars.ContextVar[BaseException | None] = contextvars.ContextVar("shitu_error", default=None)
 _hooks_installed = False
 
 
@@ -32,8 +32,8 @@ def prepare() -> None:
 
 
 def note_error(exc: BaseException) -> None:
-    """Called by the hub module when a request fails: remembers the kind for the metrics and the log."""
-    _ERROR_KIND.set(type(exc).__name__)
+    """Called by the hub module when a request fails: remembers it for the envelope, the metrics and the log."""
+    _ERROR.set(exc)
 
 
 def _module_and_operation(module_info: dict[str, Any], body: Any) -> tuple[str, str]:
@@ -62,13 +62,19 @@ def _wrap_predict_v2(original: Any) -> Any:
 
     def predict_v2(module_info: dict, input: dict) -> dict:  # noqa: A002 - PaddleHub's signature
         timer = StageTimer()
-        token = _ERROR_KIND.set(None)
+        from shitu.serving.hub.envelopes import envelope_of
+
+        token = _ERROR.set(None)
         try:
             with timing_scope(timer):
                 out = original(module_info, input)
-            kind = _ERROR_KIND.get()
+            error = _ERROR.get()
         finally:
-            _ERROR_KIND.reset(token)
+            _ERROR.reset(token)
+        kind = type(error).__name__ if error is not None else None
+        http = 200
+        if error is not None and isinstance(out, dict):  # PaddleHub answered "101": the one table says what it is
+            out["status"], http = envelope_of(error)
         if has_request_context():
             module, operation = _module_and_operation(module_info, input)
             images = input.get("images") if isinstance(input, dict) else None
@@ -85,7 +91,7 @@ def _wrap_predict_v2(original: Any) -> Any:
             }
             if status != "000" and isinstance(out, dict):
                 out["request_id"] = request_log.current_request_id()
-        return out
+        return (out, http) if http != 200 else out
 
     predict_v2.__wrapped__ = original  # type: ignore[attr-defined]
     return predict_v2
@@ -195,6 +201,35 @@ def instrument(app: Any, max_log_bytes: int, log_backups: int) -> None:
             error=info["error"],
         )
         return response
+
+    def _shitu_refused(environ: dict[str, Any], code: int, msg: str, rid: str) -> None:
+        """A request refused before the app ran (browser checks, body limits, deadlines): its metrics and log line."""
+        path = environ.get("PATH_INFO", "")
+        module = "-"
+        if path.startswith("/predict/"):
+            from paddlehub.serving.model_service.base_model_service import v2_module_info
+
+            name = path[len("/predict/") :]
+            module = name if name in v2_module_info.modules else "unknown"
+            shitu_metrics.get().observe(module, "-", str(code), 0.0, {}, None, None, f"http_{code}")
+        request_log.log_request(
+            request_id=rid,
+            pid=os.getpid(),
+            method=environ.get("REQUEST_METHOD", "-"),
+            path=path,
+            module=module,
+            operation="-",
+            status=str(code),
+            http=code,
+            ms=0.0,
+            images=None,
+            boxes=None,
+            remote=environ.get("REMOTE_ADDR"),
+            error=msg,
+        )
+
+    if not any(getattr(h, "__name__", "") == "_shitu_refused" for h in connections.REFUSAL_HOOKS):
+        connections.REFUSAL_HOOKS.append(_shitu_refused)
 
     @app.teardown_request
     def _shitu_teardown(_exc: Any) -> None:

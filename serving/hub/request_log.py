@@ -12,6 +12,12 @@
   ``Limits.log_backups`` old files. Rotation is safe across gunicorn workers (an ``flock`` around each write;
   a process notices another rotated the file). Every message is cut to :data:`MAX_MESSAGE_CHARS` characters,
   on the console too, so a request echoing 8 MB of input cannot write 8 MB of log.
+- **Escaping**: a log line holds no raw control character whatever a client sent (a path with ``%0A``, a label
+  with U+2028 or U+202E): every message, every request-log field and every traceback goes through :func:`escape`
+  (``\\n``, ``\\x1b``, ``\\u202e``...), in the text and the JSON formats, on the console too; a traceback keeps
+  its lines but each one after the first is indented, so no line of it can pass for a record of its own.
+- **A full log disk**: a record that cannot be written is dropped; the server says so on stderr once a minute
+  (one line, no traceback per request).
 """
 
 from __future__ import annotations
@@ -46,6 +52,28 @@ MAX_MESSAGE_CHARS = 2000
 REQUEST_LOG = "shitu-requests.log"
 SERVER_LOG = "shitu-server.log"
 _ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+#: Seconds between two "cannot write the log" lines on stderr.
+WRITE_FAILURE_EVERY_S = 60.0
+
+
+def escape(text: str, keep_newlines: bool = False) -> str:
+    """``text`` without raw control or invisible format characters (C0, DEL, C1, U+2028/9, bidi controls...):
+    each is written as its Python escape. With ``keep_newlines`` (tracebacks) a newline stays, and the next line is
+    indented."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        elif ch == "\n" and keep_newlines:
+            out.append("\n    ")
+        elif ch == " ":
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
 
 #: The id of the request being handled in this context ("-" outside requests).
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("shitu_request_id", default="-")
@@ -79,6 +107,11 @@ def _cut(text: str) -> str:
     return f"{text[:MAX_MESSAGE_CHARS]}... [{len(text) - MAX_MESSAGE_CHARS} characters cut]"
 
 
+def _traceback(text: str) -> str:
+    """A traceback for a log: cut, escaped, every line indented (none of them can pass for a record)."""
+    return "    " + escape(_cut(text), keep_newlines=True)
+
+
 class RequestContextFilter(logging.Filter):
     """Adds ``request_id`` to every record and cuts long messages (arguments merged first)."""
 
@@ -95,14 +128,14 @@ class RequestContextFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a bad format string must not lose the record
             message = str(record.msg)
-        message = _cut(message)
+        message = escape(_cut(message))
         if self.prefix and rid != "-":
             message = f"[request_id={rid}] {message}"
         record.msg, record.args = message, None
         if record.exc_info and record.exc_text is None:
-            record.exc_text = _cut(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = _traceback(logging.Formatter().formatException(record.exc_info))
         elif record.exc_text:
-            record.exc_text = _cut(record.exc_text)
+            record.exc_text = _traceback(record.exc_text)
         record._shitu_done = True
         return True
 
@@ -115,6 +148,22 @@ class LockedRotatingFileHandler(logging.handlers.RotatingFileHandler):
         Path(filename).parent.mkdir(parents=True, exist_ok=True)
         super().__init__(filename, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True)
         self._lock_path = f"{self.baseFilename}.lock"
+        self._failure_noted = -WRITE_FAILURE_EVERY_S
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        """A record that cannot be written (a full or read-only log disk) is dropped with one line on stderr per
+        minute, not logging's traceback per record."""
+        import sys
+
+        now = time.monotonic()
+        if now - self._failure_noted < WRITE_FAILURE_EVERY_S:
+            return
+        self._failure_noted = now
+        exc = sys.exc_info()[1]
+        try:
+            sys.stderr.write(f"shitu: cannot write {self.baseFilename} ({exc}); log records are dropped\n")
+        except Exception:  # noqa: BLE001 - stderr itself is gone
+            pass
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -147,14 +196,15 @@ class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", None)
         if fields is not None:
-            return json.dumps(fields, ensure_ascii=False, sort_keys=False)
+            safe = {k: escape(v) if isinstance(v, str) else v for k, v in fields.items()}
+            return json.dumps(safe, ensure_ascii=False, sort_keys=False)
         out = {
             "ts": round(record.created, 3),
             "level": record.levelname,
             "pid": record.process,
             "request_id": getattr(record, "request_id", "-"),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": escape(record.getMessage()),
         }
         if record.exc_text:
             out["exception"] = record.exc_text
@@ -167,7 +217,8 @@ class _RequestTextFormatter(logging.Formatter):
         parts = []
         for k, v in fields.items():
             v = "-" if v is None else str(v)
-            parts.append(f"{k}={json.dumps(v, ensure_ascii=False) if (' ' in v or '=' in v or not v) else v}")
+            quote = not v or not v.isprintable() or any(c in v for c in ' ="\\')
+            parts.append(f"{k}={escape(json.dumps(v, ensure_ascii=False)) if quote else v}")
         return " ".join(parts)
 
 

@@ -1,52 +1,47 @@
-"""Request handling shared by the four hub modules: validate -> decode -> run the engine -> plain JSON.
+"""Request handling shared by the four hub modules: parse -> decode -> run the engine -> plain JSON.
 
 Each hub module is a thin PaddleHub wrapper around one :class:`Service` subclass (the TorchServe handler idea:
-preprocess / inference / postprocess in one place per capability). A request is the JSON object PaddleHub passes
-to the module's ``@serving`` method as keyword arguments.
+preprocess / inference / postprocess in one place per capability). A request (the JSON object PaddleHub passes to
+the module's ``@serving`` method) is parsed once, here, into its operation's typed model and validated parameter
+overrides (:mod:`shitu.serving.hub.request_models`); the operations pass typed values inward (``params=``, an
+opened gallery), so nothing is validated or resolved twice.
 
-Fields every service understands:
-
-- ``images``: list of base64 strings of encoded files (JPEG, PNG, BMP, WebP, TIFF); ``data:`` URLs accepted;
-- ``scenario``: the scenario pack to use (default: the module's, from ``config.json`` or the default pack);
-- ``gallery``: a gallery *name* of that pack (never a path);
-- ``params``: a mapping of parameter overrides (``{"Global": {"threshold": 0.5}}`` or ``{"threshold": 0.5}``);
-  any other top-level key is read as a parameter override too (``"threshold": 0.5``). Unknown or ill-typed
-  names are errors that name them.
-- ``operation``: for modules with several operations (``index_search``, ``image_recognition``).
-
-Errors raise :class:`RequestError`; PaddleHub turns the exception into ``{"status": "101", "msg": ...}``. When some
-images of a batch fail and others succeed, the answer is ``status "000"`` with ``{"index": i, "error": ...}`` in
-place of the failed images' results.
+A client's fault raises its :class:`~shitu.errors.ShituError`, answered as :func:`envelope_of` says (PaddleHub's
+``{"status": "101", "msg": ...}``); any other exception is a server error, answered with its request id only. When
+some images of a batch fail and others succeed, the answer is ``status "000"`` with ``{"index": i, "error": ...}``
+in place of the failed images' results.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-import logging
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Generic
 
 import numpy as np
 
 from shitu.echo import clip
-from shitu.params import ParamError, flatten, merge
-from shitu.serving.engine.engine import GALLERY_NAME, Engine, EngineError, check_boxes, load_engine
+from shitu.errors import ShituError
+from shitu.params import Params, flatten, merge
+from shitu.serving.engine.engine import Engine, EngineError, check_boxes, load_engine
 from shitu.serving.engine.images import ImageError, ImageLimits, b64decode, check_bytes, decode, header_size
 from shitu.serving.engine.timing import current_timer
+from shitu.serving.galleries.manager import GalleryRequestError
 from shitu.serving.gallery.list_file import label_problem
+from shitu.serving.hub import request_models as rm
 from shitu.serving.hub.connections import bearer_token
+from shitu.serving.hub.envelopes import ServerFault, envelope_of, is_legacy_client_error
 from shitu.serving.hub.gallery_view import GalleryViewOps
+from shitu.serving.hub.request_models import RequestError, is_text
+from shitu.serving.results.explanation import Explanation
 
-#: Keys with a meaning of their own; every other top-level key is a parameter override.
-COMMON_FIELDS = {"images", "scenario", "gallery", "params", "operation", "token"}
 TOKEN_ENV = "SHITU_ADMIN_TOKEN"
-
-
-class RequestError(ValueError):
-    """The request is invalid; the message says which field and why."""
+__all__ = ["RequestError", "ServerFault", "Call", "Service", "envelope_of", "to_jsonable"]
 
 
 def to_jsonable(value: Any) -> Any:
@@ -92,15 +87,41 @@ class EngineCache:
         return hit[0]
 
 
+@dataclass
+class Call(Generic[rm.R]):
+    """One parsed request on its way in: the operation's typed ``request``, its validated parameter ``overrides``
+    and, resolved once when first asked for, the scenario's engine, the merged :class:`~shitu.params.Params` and the
+    gallery."""
+
+    service: Service
+    request: rm.R
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def engine(self) -> Engine:
+        return self.service.engine(self.request.scenario)
+
+    @cached_property
+    def params(self) -> Params:
+        """The engine's parameters with this request's overrides (load-time ones refused)."""
+        return self.engine.params.apply(self.overrides, per_request=True)
+
+    @cached_property
+    def gallery(self) -> Any:
+        """The request's gallery, opened (an unknown name fails the whole request here, once)."""
+        return self.engine.gallery(self.request.gallery)
+
+
 class Service:
-    """Base of the four services. Subclasses implement ``op_<operation>`` methods."""
+    """Base of the four services. Subclasses implement ``op_<operation>(call)`` methods and name each operation's
+    request model in :attr:`requests`."""
 
     #: Operation used when the request names none.
     default_operation = "predict"
     #: Operations that change a gallery (protected by the admin token when one is configured).
     write_operations: frozenset[str] = frozenset()
-    #: Extra request fields (besides COMMON_FIELDS) per operation.
-    fields: dict[str, set[str]] = {}
+    #: The request model of each operation (:mod:`shitu.serving.hub.request_models`); default: the common fields.
+    requests: dict[str, type[rm.Request]] = {}
 
     def __init__(
         self,
@@ -158,67 +179,46 @@ class Service:
         if not pack.is_available():
             raise ValueError(f"scenario {pack.name!r}: {pack.fetch_instructions()}")
 
-    def engine(self, request: dict[str, Any]) -> Engine:
-        scenario = request.get("scenario")
-        if scenario is not None and not isinstance(scenario, str):
-            raise RequestError("field 'scenario' must be a string")
+    def engine(self, scenario: str | None = None) -> Engine:
+        """The engine of ``scenario`` (default: the module's), loaded in this process on first use."""
         return self.engines.get(scenario or self.default_scenario)
 
     # -- request handling --------------------------------------------------------------------------------------
     def handle(self, request: dict[str, Any]) -> Any:
-        """One request (the JSON object) -> plain-JSON results. Raises RequestError on bad input.
+        """One request (the JSON object) -> plain-JSON results.
 
-        Whatever goes wrong, the message a client gets holds no server path and quotes at most a little of its
-        input; an unexpected error is logged here and named only by its type.
+        A client's fault raises its :class:`~shitu.errors.ShituError` (:func:`envelope_of` says how it is
+        answered); its message holds no server path and quotes at most a little of the input. Anything else is
+        logged here with its traceback and raised as :class:`ServerFault`, which names only the request id.
         """
         from shitu.echo import client_message
-        from shitu.plugins.errors import PackError
-        from shitu.serving.gallery.local import GalleryError
 
         try:
             return self._handle(request)
-        except (ValueError, PackError, GalleryError) as exc:
-            raise RequestError(client_message(str(exc))) from None
+        except ShituError as exc:
+            if envelope_of(exc)[1] == 500:  # a broken invariant: answered like any unexpected error
+                raise ServerFault.of(exc) from None
+            exc.args = (client_message(str(exc)),)  # no server paths, a bounded length; the class is kept
+            raise
         except RecursionError:
             raise RequestError("the request is nested too deeply") from None
         except Exception as exc:
-            logging.getLogger("shitu.serving").error("request failed: %s", exc, exc_info=exc)
-            raise RequestError(f"internal error ({type(exc).__name__}); the server log has the details") from None
+            if is_legacy_client_error(exc):
+                raise RequestError(client_message(str(exc))) from None
+            raise ServerFault.of(exc) from None
 
-    def _handle(self, request: dict[str, Any]) -> Any:
-        if not isinstance(request, dict):
+    def _handle(self, raw: dict[str, Any]) -> Any:
+        if not isinstance(raw, dict):
             raise RequestError("the request body must be a JSON object")
-        operation = request.get("operation", self.default_operation)
+        operation = raw.get("operation", self.default_operation)
         if not isinstance(operation, str) or not hasattr(self, f"op_{operation}"):
             ops = sorted(n[3:] for n in dir(self) if n.startswith("op_"))
             raise RequestError(f"unknown operation {clip(operation)}; this module supports {ops}")
         if operation in self.write_operations or self._protect_reads:
-            self._check_token(request)
-        known = COMMON_FIELDS | self.fields.get(operation, set())
-        overrides = self._overrides(request, known)
-        gallery = request.get("gallery")
-        if gallery is not None and (not isinstance(gallery, str) or not GALLERY_NAME.match(gallery)):
-            raise RequestError(
-                f"invalid gallery name {clip(gallery)}: a gallery is named with letters, digits, "
-                "'_', '-' and '.' (max 64), never by a path"
-            )
-        try:
-            result = getattr(self, f"op_{operation}")(request, overrides)
-        except (ParamError, ImageError, EngineError) as exc:
-            raise RequestError(str(exc)) from None
+            self._check_token(raw)
+        request, overrides = rm.parse(self.requests.get(operation, rm.Request), raw)
+        result = getattr(self, f"op_{operation}")(Call(self, request, overrides))
         return to_jsonable(result)
-
-    def _overrides(self, request: dict[str, Any], known: set[str]) -> dict[str, Any]:
-        params = request.get("params") or {}
-        if not isinstance(params, dict):
-            raise RequestError("field 'params' must be an object of parameter overrides")
-        overrides = dict(params)
-        overrides.update({k: v for k, v in request.items() if k not in known})
-        try:
-            flatten(overrides)  # names and types checked before any work is done
-        except ParamError as exc:
-            raise RequestError(str(exc)) from None
-        return overrides
 
     def authorize(self, request: dict[str, Any], write: bool) -> None:
         """RequestError unless the admin token allows a write (or, with ``protect_reads``, any) operation."""
@@ -236,25 +236,8 @@ class Service:
             )
 
     # -- helpers for subclasses --------------------------------------------------------------------------------
-    @staticmethod
-    def _list_field(request: dict[str, Any], name: str, required: bool = True) -> list[Any] | None:
-        value = request.get(name)
-        if value is None:
-            if required:
-                raise RequestError(f"missing field {name!r}")
-            return None
-        if not isinstance(value, list):
-            raise RequestError(f"field {name!r} must be a list, got {type(value).__name__}")
-        if required and not value:
-            raise RequestError(f"field {name!r} is an empty list")
-        return value
-
-    def decode_images(
-        self, request: dict[str, Any], engine: Engine, strict: bool = False
-    ) -> list[np.ndarray | ImageError]:
+    def decode_images(self, items: list[Any], engine: Engine, strict: bool = False) -> list[np.ndarray | ImageError]:
         """Decode ``images``; a failed image becomes its :class:`ImageError` (or raises when ``strict``)."""
-        items = self._list_field(request, "images")
-        assert items is not None
         limits = ImageLimits.from_params(engine.params)
         if len(items) > engine.params["Limits.max_images"]:
             raise RequestError(f"{len(items)} images in one request; the limit is {engine.params['Limits.max_images']}")
@@ -274,12 +257,12 @@ class Service:
                 f"{engine.params['Limits.max_request_pixels']}; send fewer or smaller images"
             )
         out: list[np.ndarray | ImageError] = []
-        for i, data in enumerate(raw):
+        for i, encoded in enumerate(raw):
             try:
-                if isinstance(data, ImageError):
-                    raise data
+                if isinstance(encoded, ImageError):
+                    raise encoded
                 with current_timer().stage("decode"):
-                    out.append(decode(data, limits))
+                    out.append(decode(encoded, limits))
             except ImageError as exc:
                 err = ImageError(exc.reason, i)
                 if strict:
@@ -310,9 +293,9 @@ class Service:
         return results
 
     # -- gallery operations shared by index_search and image_recognition --------------------------------------
-    def _labels(self, request: dict[str, Any], count: int, engine: Engine) -> list[str]:
-        labels = self._list_field(request, "labels")
-        assert labels is not None
+    @staticmethod
+    def _labels(labels: list[Any] | None, count: int, engine: Engine) -> list[str]:
+        labels = _present(labels, "labels")
         if len(labels) != count:
             raise RequestError(f"{count} items but {len(labels)} labels")
         limit = engine.params["Limits.max_label_length"]
@@ -320,12 +303,12 @@ class Service:
             problem = label_problem(lab, limit)  # the gallery's own rule, checked before any image is embedded
             if problem:
                 raise RequestError(f"labels[{i}] {problem}")
-            if not _is_text(lab):
+            if not is_text(lab):
                 raise RequestError(f"labels[{i}] is not valid Unicode (a lone surrogate)")
         return labels
 
-    def _metadata(self, request: dict[str, Any], count: int, engine: Engine) -> list[dict | None] | None:
-        meta = self._list_field(request, "metadata", required=False)
+    @staticmethod
+    def _metadata(meta: list[Any] | None, count: int, engine: Engine) -> list[dict | None] | None:
         if meta is None:
             return None
         if len(meta) != count or not all(m is None or isinstance(m, dict) for m in meta):
@@ -339,7 +322,7 @@ class Service:
                     f"metadata[{i}] is nested more than {max_depth} levels deep (Limits.max_metadata_depth)"
                 )
             text = json.dumps(m, ensure_ascii=False)
-            if not _is_text(text):
+            if not is_text(text):
                 raise RequestError(f"metadata[{i}] is not valid Unicode (a lone surrogate)")
             if len(text.encode()) > max_bytes:
                 raise RequestError(
@@ -348,9 +331,9 @@ class Service:
                 )
         return meta
 
-    def _sources(self, request: dict[str, Any], count: int, engine: Engine) -> list[str]:
+    @staticmethod
+    def _sources(given: list[Any] | None, count: int, engine: Engine) -> list[str]:
         """The client's names for the added images (``sources``, e.g. file names), else ``request:<i>``."""
-        given = self._list_field(request, "sources", required=False)
         if given is None:
             return [f"request:{i}" for i in range(count)]
         limit = engine.params["Limits.max_source_length"]
@@ -363,44 +346,39 @@ class Service:
             )
         return [v if v else f"request:{i}" for i, v in enumerate(given)]
 
-    def gallery_add_images(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-        engine = self.engine(request)
-        images = self.decode_images(request, engine, strict=True)  # all or nothing
-        labels = self._labels(request, len(images), engine)
+    def gallery_add_images(self, call: Call[rm.AddRequest]) -> dict[str, Any]:
+        r, engine = call.request, call.engine
+        images = self.decode_images(_present(r.images, "images"), engine, strict=True)  # all or nothing
+        labels = self._labels(r.labels, len(images), engine)
         ids = engine.gallery_add(
-            images,
+            images,  # type: ignore[arg-type]  # strict: no ImageError left
             labels,
-            gallery=request.get("gallery"),  # type: ignore[arg-type]
-            sources=self._sources(request, len(images), engine),
-            metadata=self._metadata(request, len(images), engine),
+            gallery=r.gallery,
+            sources=self._sources(r.sources, len(images), engine),
+            metadata=self._metadata(r.metadata, len(images), engine),
         )
         return {"ids": ids, "added": len(ids)}
 
-    def gallery_remove(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-        ids = self._list_field(request, "ids", required=False)
-        labels = self._list_field(request, "labels", required=False)
-        if not ids and not labels:
-            raise RequestError("remove needs 'ids' (list of integers) or 'labels' (list of strings)")
-        if ids and not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**63 for i in ids):
-            raise RequestError("field 'ids' must be a list of integers in 0..2**63-1")
-        if labels and not all(isinstance(lab, str) and _is_text(lab) for lab in labels):
-            raise RequestError("field 'labels' must be a list of strings (valid Unicode)")
-        removed = self.engine(request).gallery_remove(ids=ids, labels=labels, gallery=request.get("gallery"))
-        return {"removed": removed}
 
-    def gallery_info(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-        info = dict(self.engine(request).gallery_info(request.get("gallery")))
+class GalleryOps:
+    """``remove`` and ``info`` of the two modules that keep galleries (``index_search``, ``image_recognition``);
+    the detection and extraction modules answer neither (their ``write_operations`` protect nothing)."""
+
+    def op_remove(self, call: Call[rm.RemoveRequest]) -> dict[str, Any]:
+        r = call.request
+        return {"removed": call.engine.gallery_remove(ids=r.ids, labels=r.labels, gallery=r.gallery)}
+
+    def op_info(self, call: Call[rm.Request]) -> dict[str, Any]:
+        info = dict(call.gallery.info())
         info.pop("path", None)  # server paths stay on the server
         return info
 
 
-def _is_text(text: str) -> bool:
-    """Whether ``text`` is valid Unicode (JSON's ``\\ud800`` escapes can carry lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+def _present(value: list[Any] | None, name: str) -> list[Any]:
+    """A list field an operation needs (checked after the fields that come first, as clients know the messages)."""
+    if not value:
+        raise RequestError(f"missing field {name!r}" if value is None else f"field {name!r} is an empty list")
+    return value
 
 
 def _depth(value: Any, cap: int) -> int:
@@ -419,10 +397,11 @@ def _depth(value: Any, cap: int) -> int:
 class DetectionService(Service):
     """``mainbody_detection``: images -> boxes per image."""
 
-    def op_predict(self, request: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
-        engine = self.engine(request)
-        p = engine.request_params(overrides)
-        images = self.decode_images(request, engine)
+    requests = {"predict": rm.DetectRequest}
+
+    def op_predict(self, call: Call[rm.DetectRequest]) -> list[dict[str, Any]]:
+        engine, p = call.engine, call.params
+        images = self.decode_images(call.request.images, engine)
         return self.per_image(
             images,
             lambda i, img: {
@@ -437,16 +416,14 @@ class DetectionService(Service):
 class ExtractionService(Service):
     """``feature_extraction``: images (optionally with boxes) -> one embedding per crop."""
 
-    fields = {"predict": {"boxes"}}
+    requests = {"predict": rm.ExtractRequest}
 
-    def op_predict(self, request: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
-        engine = self.engine(request)
-        p = engine.request_params(overrides)
-        boxes = self._list_field(request, "boxes", required=False)
+    def op_predict(self, call: Call[rm.ExtractRequest]) -> list[dict[str, Any]]:
+        engine, p, boxes = call.engine, call.params, call.request.boxes
         count = sum(len(b) for b in boxes or () if isinstance(b, list))
         if count > engine.params["Limits.max_boxes"]:  # checked before any image is decoded
             raise RequestError(f"{count} boxes in one request; the limit is {engine.params['Limits.max_boxes']}")
-        images = self.decode_images(request, engine)
+        images = self.decode_images(call.request.images, engine)
         if boxes is not None and len(boxes) != len(images):
             raise RequestError(f"field 'boxes' must hold one list per image ({len(images)}), got {len(boxes)}")
 
@@ -457,7 +434,7 @@ class ExtractionService(Service):
             if img_boxes:  # answered as used: clipped to the image, as the crops are
                 h, w = img.shape[:2]
                 img_boxes = np.clip(check_boxes(img_boxes, img.shape, i), 0, [w, h, w, h]).round().astype(int).tolist()
-            (feats,) = engine.extract([img], [img_boxes] if img_boxes else None, **overrides)
+            (feats,) = engine.extract([img], [img_boxes] if img_boxes else None, params=p)
             used = img_boxes or [[0, 0, img.shape[1], img.shape[0]]]
             return {
                 "boxes": used,
@@ -470,21 +447,21 @@ class ExtractionService(Service):
         return self.per_image(images, run)
 
 
-class SearchService(Service):
+class SearchService(GalleryOps, Service):
     """``index_search``: embeddings -> top-k matches; gallery add / remove / info / list."""
 
     default_operation = "search"
     write_operations = frozenset({"add", "remove"})
-    fields = {
-        "search": {"embeddings"},
-        "add": {"embeddings", "labels", "metadata", "sources"},
-        "remove": {"ids", "labels"},
-        "list": {"label", "limit", "offset"},
+    requests = {
+        "search": rm.SearchRequest,
+        "add": rm.AddEmbeddingsRequest,
+        "remove": rm.RemoveRequest,
+        "list": rm.ListRequest,
     }
 
-    def _embeddings(self, request: dict[str, Any], engine: Engine, binary: bool) -> np.ndarray:
-        rows = self._list_field(request, "embeddings")
-        assert rows is not None
+    @staticmethod
+    def _embeddings(rows: list[Any] | None, engine: Engine, binary: bool) -> np.ndarray:
+        rows = _present(rows, "embeddings")
         if len(rows) > engine.params["Limits.max_queries"]:
             raise RequestError(
                 f"{len(rows)} embeddings in one request; the limit is {engine.params['Limits.max_queries']}"
@@ -492,7 +469,7 @@ class SearchService(Service):
         dim = engine.embedding_size // 8 if binary else engine.embedding_size
         try:
             arr = np.asarray(rows, np.uint8 if binary else np.float32)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float
             raise RequestError("field 'embeddings' must be a list of lists of numbers") from None
         if arr.ndim != 2 or arr.shape[1] != dim or not np.all(np.isfinite(arr)):
             raise RequestError(
@@ -500,15 +477,14 @@ class SearchService(Service):
             )
         return arr
 
-    def op_search(self, request: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
-        engine = self.engine(request)
-        p = engine.request_params(overrides)
+    def op_search(self, call: Call[rm.SearchRequest]) -> list[dict[str, Any]]:
+        engine, p = call.engine, call.params
         if p["IndexProcess.return_k"] > engine.params["Limits.max_return_k"]:
             raise RequestError(
                 f"return_k {p['IndexProcess.return_k']} is more than the limit of "
                 f"{engine.params['Limits.max_return_k']} (Limits.max_return_k)"
             )
-        queries = self._embeddings(request, engine, p["RecPostProcess.binarize"])
+        queries = self._embeddings(call.request.embeddings, engine, p["RecPostProcess.binarize"])
         matches, limit = len(queries) * p["IndexProcess.return_k"], engine.params["Limits.max_matches"]
         if matches > limit:
             raise RequestError(
@@ -517,91 +493,62 @@ class SearchService(Service):
                 "request or ask for fewer matches"
             )
         with current_timer().stage("search"):
-            hits = engine.search(queries, gallery=request.get("gallery"), **overrides)
+            hits = engine.search(queries, gallery=call.gallery, params=p)
         return [{"index": i, "matches": [m.to_dict() for m in row]} for i, row in enumerate(hits)]
 
-    def op_add(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-        if request.get("images") is not None:
-            return self.gallery_add_images(request, overrides)
-        engine = self.engine(request)
-        vectors = self._embeddings(request, engine, engine.params["RecPostProcess.binarize"])
-        labels = self._labels(request, len(vectors), engine)
-        ids = engine.gallery(request.get("gallery"), create=True).add(
+    def op_add(self, call: Call[rm.AddEmbeddingsRequest]) -> dict[str, Any]:
+        r, engine = call.request, call.engine
+        if r.images is not None:
+            return self.gallery_add_images(call)  # type: ignore[arg-type]
+        vectors = self._embeddings(r.embeddings, engine, engine.params["RecPostProcess.binarize"])
+        labels = self._labels(r.labels, len(vectors), engine)
+        ids = engine.gallery(r.gallery, create=True).add(
             vectors,
             labels,
-            sources=self._sources(request, len(vectors), engine) if "sources" in request else None,
-            metadata=self._metadata(request, len(vectors), engine),
+            sources=self._sources(r.sources, len(vectors), engine) if r.sources is not None else None,
+            metadata=self._metadata(r.metadata, len(vectors), engine),
         )
         return {"ids": ids, "added": len(ids)}
 
-    def op_remove(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-        return self.gallery_remove(request, overrides)
-
-    def op_info(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-        return self.gallery_info(request, overrides)
-
-    def op_list(self, request: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
-        label, limit, offset = request.get("label"), request.get("limit", 100), request.get("offset", 0)
-        if label is not None and not isinstance(label, str):
-            raise RequestError("field 'label' must be a string")
-        for name, v in (("limit", limit), ("offset", offset)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > 10_000:
-                raise RequestError(f"field {name!r} must be an integer in 0..10000")
-        rows = self.engine(request).gallery(request.get("gallery")).list(label=label, limit=limit, offset=offset)
-        return [{k: v for k, v in r.items() if k != "vector"} for r in rows]
+    def op_list(self, call: Call[rm.ListRequest]) -> list[dict[str, Any]]:
+        r = call.request
+        rows = call.gallery.list(label=r.label, limit=r.limit, offset=r.offset)
+        return [{k: v for k, v in row.items() if k != "vector"} for row in rows]
 
 
-class RecognitionService(GalleryViewOps, Service):
+class RecognitionService(GalleryViewOps, GalleryOps, Service):
     """``image_recognition``: the whole pipeline; gallery add / remove / info; the scenarios served; browsing
     galleries (``galleries``, ``labels``: :mod:`shitu.serving.hub.gallery_view`)."""
 
     default_operation = "recognize"
     write_operations = frozenset({"add", "remove"})
-    fields = {
-        "recognize": {"explain"},
-        "add": {"labels", "metadata", "sources"},
-        "remove": {"ids", "labels"},
-        **GalleryViewOps.fields,
+    requests = {
+        "recognize": rm.RecognizeRequest,
+        "add": rm.AddRequest,
+        "remove": rm.RemoveRequest,
+        "labels": rm.LabelsRequest,
     }
 
-    def op_recognize(self, request: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
-        engine = self.engine(request)
-        engine.request_params(overrides)  # validate before decoding
-        explain = request.get("explain", False)
-        if not isinstance(explain, bool):
-            raise RequestError(f"field 'explain' must be true or false, got {type(explain).__name__}")
-        images = self.decode_images(request, engine)
-        gallery = request.get("gallery")
-        engine.gallery(gallery)  # an unknown gallery fails the whole request, not each image
-        if explain:
-            return self.per_image(
-                images, lambda i, img: _explained(engine.recognize_explained([img], gallery=gallery, **overrides)[0])
-            )
-        batched = _recognize_together(engine, images, gallery, overrides)
-        return self.per_image(
-            images,
-            lambda i, img: {
-                "results": [
-                    r.to_dict()
-                    for r in (
-                        batched[i]
-                        if i in batched
-                        else engine.recognize([img], gallery=gallery, timer=current_timer(), **overrides)[0]
-                    )
-                ]
-            },
-        )
+    def op_recognize(self, call: Call[rm.RecognizeRequest]) -> list[dict[str, Any]]:
+        engine, p, explain = call.engine, call.params, call.request.explain
+        images = self.decode_images(call.request.images, engine)
+        gallery = call.gallery  # an unknown gallery fails the whole request, not each image
 
-    def op_add(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-        return self.gallery_add_images(request, overrides)
+        def run(batch: list[np.ndarray]) -> list[dict[str, Any]]:
+            notes = [Explanation.start(p) for _ in batch] if explain else None
+            found = engine.recognize(batch, gallery, current_timer(), params=p, explanations=notes)
+            out: list[dict[str, Any]] = [{"results": [r.to_dict() for r in rows]} for rows in found]
+            for answer, note in zip(out, notes or ()):
+                answer["explanation"] = note.to_dict()
+            return out
 
-    def op_remove(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-        return self.gallery_remove(request, overrides)
+        together = _together(images, run)
+        return self.per_image(images, lambda i, img: together[i] if i in together else run([img])[0])
 
-    def op_info(self, request: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-        return self.gallery_info(request, overrides)
+    def op_add(self, call: Call[rm.AddRequest]) -> dict[str, Any]:
+        return self.gallery_add_images(call)
 
-    def op_scenarios(self, request: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    def op_scenarios(self, call: Call[rm.Request]) -> list[dict[str, Any]]:
         from shitu.plugins import registry
 
         default = self.default_scenario or registry.default_pack_name()
@@ -615,23 +562,17 @@ class RecognitionService(GalleryViewOps, Service):
         return out
 
 
-def _explained(answer: tuple[list[Any], Any]) -> dict[str, Any]:
-    """``(recognitions, explanation)`` of one image -> its ``results`` and ``explanation`` fields."""
-    recognitions, explanation = answer
-    return {"results": [r.to_dict() for r in recognitions], "explanation": explanation.to_dict()}
-
-
-def _recognize_together(
-    engine: Engine, images: list[np.ndarray | ImageError], gallery: Any, overrides: dict[str, Any]
-) -> dict[int, list[Any]]:
-    """The recognitions of the decoded images, their crops embedded together (:mod:`shitu.serving.engine.batched`),
-    by image index; ``{}`` for a single image, or when the batch fails (each image then runs alone and keeps its
-    own error)."""
+def _together(
+    images: list[np.ndarray | ImageError], run: Callable[[list[np.ndarray]], list[dict[str, Any]]]
+) -> dict[int, dict[str, Any]]:
+    """The answers of the decoded images run as one batch (their crops embedded together), by image index; ``{}``
+    for a single image, or when the batch fails on a client fault (each image then runs alone and keeps its own
+    error)."""
     good = [i for i, img in enumerate(images) if not isinstance(img, ImageError)]
     if len(good) < 2:
         return {}
     try:
-        answers = engine.recognize([images[i] for i in good], gallery=gallery, timer=current_timer(), **overrides)
-    except (RequestError, EngineError):
+        answers = run([images[i] for i in good])  # type: ignore[misc]
+    except (RequestError, EngineError, GalleryRequestError):
         return {}
     return dict(zip(good, answers))

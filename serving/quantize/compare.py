@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from shitu.serving.results.types import pairwise_iou
+
 __all__ = ["BOUNDS", "MATCH_IOU", "Agreement", "capture_inputs", "compare", "shortfalls"]
 
 #: IoU at which an int8 box counts as the fp32 box found again.
@@ -81,15 +83,6 @@ def capture_inputs(engine: Any, images: Sequence[np.ndarray], limit: int = 256) 
     return samples
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of ``[n, 4]`` and ``[m, 4]`` xyxy boxes."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=2)
-    area = lambda x: (x[:, 2:] - x[:, :2]).clip(0).prod(axis=1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
-
-
 def compare(
     fp32: Any, int8: Any, held_out: Sequence[np.ndarray], reference: Sequence[np.ndarray], rounds: int = 1
 ) -> Agreement:
@@ -110,7 +103,7 @@ def compare(
         a, b = fp32.detect([image])[0].xyxy, int8.detect([image])[0].xyxy
         counts += len(a) == len(b)
         if len(a):
-            best = _iou(np.asarray(a), np.asarray(b)).max(axis=1) if len(b) else np.zeros(len(a))
+            best = pairwise_iou(a, b).max(axis=1) if len(b) else np.zeros(len(a))
             ious.extend(best.tolist())
             matched += int((best >= MATCH_IOU).sum())
             n_boxes += len(a)

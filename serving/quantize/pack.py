@@ -100,8 +100,8 @@ def quantize_pack(
     pack ``name``'s current version; ``install=False`` measures only."""
     from shitu.plugins import adapted_version, registry
     from shitu.plugins.embedding_space import QUANTIZED_PREFIX, local_label
+    from shitu.serving.adapt.pack import ensure_in_store
     from shitu.serving.engine import load_engine
-    from shitu.serving.engine.adapt_pack import ensure_in_store
 
     pack = registry.get_pack(name)
     if local_label(pack.version):

@@ -21,9 +21,7 @@ frames and add latency). A source that is not live by nature (a file) is read at
 so a file can stand in for a broadcast.
 
 This module imports numpy only at import time (OpenCV and tqdm when used), so the client SDK can use it.
-
-Longer than 600 lines: sources, sampling, the live reader and the loop that joins them keep one
-frame-accounting contract (read = processed + dropped + skipped) in one place.
+The run's report types are in :mod:`.report`.
 """
 
 from __future__ import annotations
@@ -33,14 +31,20 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from shitu.serving.engine.results import Recognition
-from shitu.serving.video.tracker import Tracker, TrackObservation, TrackSummary
+from shitu.errors import InvalidArgument
+from shitu.serving.results import Recognition
+from shitu.serving.results.draw import draw_tracks
+from shitu.serving.video.report import FrameResult, VideoReport
+from shitu.serving.video.tracker import Tracker
+
+if TYPE_CHECKING:
+    import cv2
 
 __all__ = [
     "Recognizer",
@@ -63,13 +67,11 @@ __all__ = [
 Recognizer = Callable[[list[np.ndarray]], list[list[Recognition]]]
 OnFrame = Callable[["FrameResult"], None]
 
-#: Lags kept for the p95 of an endless stream (``keep_frames=False``).
-LAG_WINDOW = 10_000
 #: URL schemes that are live broadcasts (read at the stream's pace, can't be rewound).
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt", "rtp", "mms")
 
 
-class VideoSourceError(RuntimeError):
+class VideoSourceError(InvalidArgument, RuntimeError):
     """A source could not be opened (missing file, unsupported codec, unreachable stream, no such camera)."""
 
 
@@ -121,7 +123,7 @@ class CaptureSource:
         import cv2
 
         self.name = f"camera {target}" if isinstance(target, int) else str(target)
-        self._cap = cv2.VideoCapture(target)
+        self._cap: cv2.VideoCapture | None = cv2.VideoCapture(target)
         if not self._cap.isOpened():
             self._cap.release()
             kind = "camera" if isinstance(target, int) else "video"
@@ -169,7 +171,8 @@ class IterableSource:
         if fps <= 0:
             raise ValueError(f"fps must be > 0, got {fps}")
         self.name = name
-        self.fps = float(fps)
+        self._rate = float(fps)
+        self.fps: float | None = self._rate  # a FrameSource's (None: unknown)
         self.frame_count = len(frames) if isinstance(frames, Sequence) else None
         self.is_live = is_live
         self._it: Iterator[np.ndarray] | None = iter(frames)
@@ -183,7 +186,7 @@ class IterableSource:
         except StopIteration:
             self._it = None
             return None
-        frame = Frame(self._index, self._index / self.fps, np.asarray(image), time.monotonic())
+        frame = Frame(self._index, self._index / self._rate, np.asarray(image), time.monotonic())
         self._index += 1
         return frame
 
@@ -352,156 +355,7 @@ class LatestFrameReader:
                 self._latest = None
 
 
-@dataclass
-class FrameResult:
-    """One processed frame: its tracks (confirmed tracks matched in it, with voted labels) and the frame label."""
-
-    index: int
-    time: float
-    tracks: list[TrackObservation]
-    frame_label: TrackObservation | None
-    #: The frame's raw recognitions, as the recognizer returned them.
-    recognitions: list[Recognition] = field(default_factory=list)
-    #: Live mode: seconds from capture to the end of recognition, and frames dropped so far.
-    lag: float | None = None
-    dropped: int | None = None
-
-    def to_dict(self, raw: bool = False) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "frame": self.index,
-            "time": round(float(self.time), 4),
-            "tracks": [t.to_dict() for t in self.tracks],
-            "frame_label": None
-            if self.frame_label is None
-            else {
-                "label": self.frame_label.label,
-                "score": round(float(self.frame_label.score), 6),
-                "confidence": round(float(self.frame_label.confidence), 6),
-                "raw_label": self.frame_label.raw_label,
-                "raw_score": round(float(self.frame_label.raw_score), 6),
-            },
-        }
-        if self.lag is not None:
-            d["lag"] = round(float(self.lag), 4)
-        if self.dropped is not None:
-            d["dropped"] = int(self.dropped)
-        if raw:
-            d["recognitions"] = [r.to_dict() for r in self.recognitions]
-        return d
-
-
-@dataclass
-class VideoReport:
-    """Everything :func:`recognize_video` found in one source."""
-
-    source: str
-    #: The source's nominal frame rate and frame count (``None`` when unknown).
-    fps: float | None
-    frame_count: int | None
-    live: bool
-    frames_read: int = 0
-    frames_processed: int = 0
-    #: Frames the sampler passed over (``every`` / ``fps``).
-    frames_skipped: int = 0
-    #: Live mode: sampled frames replaced by a newer one before recognition was free for them.
-    frames_dropped: int = 0
-    #: Per processed frame (empty when ``keep_frames=False``).
-    frames: list[FrameResult] = field(default_factory=list)
-    #: Confirmed object tracks, by id.
-    tracks: list[TrackSummary] = field(default_factory=list)
-    #: The whole-image track over the video (``None`` when excluded or absent).
-    frame_label: TrackSummary | None = None
-    #: Live mode: lag of each processed frame, in seconds (the last :data:`LAG_WINDOW` only when
-    #: ``keep_frames=False``; mean and max in :meth:`lag_stats` still cover every frame).
-    lags: list[float] = field(default_factory=list)
-    #: Seconds spent from the first read to the end.
-    elapsed: float = 0.0
-    interrupted: bool = False
-    _lag_n: int = field(default=0, repr=False)
-    _lag_sum: float = field(default=0.0, repr=False)
-    _lag_max: float = field(default=0.0, repr=False)
-
-    def add_lag(self, lag: float, bounded: bool = False) -> None:
-        self._lag_n += 1
-        self._lag_sum += lag
-        self._lag_max = max(self._lag_max, lag)
-        self.lags.append(lag)
-        if bounded and len(self.lags) > 2 * LAG_WINDOW:
-            del self.lags[:-LAG_WINDOW]
-
-    def lag_stats(self) -> dict[str, float] | None:
-        """Live mode: ``{"mean", "p95", "max"}`` lag in seconds (p95 over :attr:`lags`), else ``None``."""
-        if not self._lag_n:
-            return None
-        return {
-            "mean": round(self._lag_sum / self._lag_n, 4),
-            "p95": round(float(np.percentile(np.asarray(self.lags, np.float64), 95)), 4),
-            "max": round(self._lag_max, 4),
-        }
-
-    def track(self, track_id: int) -> TrackSummary:
-        for t in self.tracks:
-            if t.track_id == track_id:
-                return t
-        raise KeyError(track_id)
-
-    def to_dict(self, frames: bool = True) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "source": self.source,
-            "fps": None if self.fps is None else round(float(self.fps), 4),
-            "frame_count": self.frame_count,
-            "live": self.live,
-            "frames_read": self.frames_read,
-            "frames_processed": self.frames_processed,
-            "frames_skipped": self.frames_skipped,
-            "frames_dropped": self.frames_dropped,
-            "lag": self.lag_stats(),
-            "elapsed": round(float(self.elapsed), 3),
-            "interrupted": self.interrupted,
-            "tracks": [t.to_dict() for t in self.tracks],
-            "frame_label": None if self.frame_label is None else self.frame_label.to_dict(),
-        }
-        if frames:
-            d["frames"] = [f.to_dict() for f in self.frames]
-        return d
-
-
-# --- drawing -------------------------------------------------------------------------------------------------
-
-
-def _color(track_id: int) -> tuple[int, int, int]:
-    """A stable, well separated BGR colour per track id (golden-ratio hue steps)."""
-    import colorsys
-
-    h = (track_id * 0.618033988749895) % 1.0
-    r, g, b = colorsys.hsv_to_rgb(h, 0.85, 0.95)
-    return int(b * 255), int(g * 255), int(r * 255)
-
-
-def draw_tracks(image: np.ndarray, result: FrameResult) -> np.ndarray:
-    """A copy of ``image`` with each track's box and ``#id label score`` drawn, and the frame label at the top."""
-    import cv2
-
-    out = image.copy()
-    h, w = out.shape[:2]
-    scale = max(0.4, min(w, h) / 800.0)
-    thick = max(2, int(round(scale * 3)))
-
-    def text(s: str, x: int, y: int, color: tuple[int, int, int]) -> None:
-        (tw, th), base = cv2.getTextSize(s, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-        y = max(y, th + base)
-        cv2.rectangle(out, (x, y - th - base), (x + tw + 2, y), color, -1)
-        cv2.putText(out, s, (x + 1, y - base + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick, cv2.LINE_AA)
-
-    for t in result.tracks:
-        x1, y1, x2, y2 = (int(v) for v in t.bbox)
-        color = _color(t.track_id)
-        cv2.rectangle(out, (x1, y1), (x2, y2), color, thick)
-        text(f"#{t.track_id} {t.label} {t.score:.2f}", x1, y1, color)
-    if result.frame_label is not None:
-        fl = result.frame_label
-        text(f"frame: {fl.label} {fl.score:.2f}", 0, h - 2, (255, 255, 255))
-    return out
+# --- writing -------------------------------------------------------------------------------------------------
 
 
 class AnnotatedVideoWriter:
@@ -513,7 +367,7 @@ class AnnotatedVideoWriter:
     def __init__(self, path: str | os.PathLike, fps: float):
         self.path = Path(path)
         self.fps = float(fps) if fps and fps > 0 else 25.0
-        self._writer = None
+        self._writer: cv2.VideoWriter | None = None
         self.frames_written = 0
 
     def write(self, image: np.ndarray) -> None:

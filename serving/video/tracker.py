@@ -24,6 +24,9 @@ processed frames into tracks and decides each track's label over all of its fram
   label is the *frame label* (what the scene is); ``max_age``/``min_hits`` do not apply to it. With
   ``whole_image="exclude"`` it is ignored and there is no frame label.
 
+Kept rather than supervision's ByteTrack (moved to the ``trackers`` package in supervision 0.31): its Kalman,
+two-threshold association has no ``min_hits`` birth, ids in order of confirmation, nor the whole-image track 0.
+
 The tracker counts in *processed* frames (it sees only the frames that were sampled and recognised); frame indices
 and timestamps are the caller's and only recorded. It imports numpy only (scipy lazily), so the client SDK can use
 it.
@@ -38,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from shitu.serving.engine.results import Recognition
+from shitu.serving.results import Recognition
+from shitu.serving.results.types import pairwise_iou as iou_matrix
 
 __all__ = [
     "Tracker",
@@ -54,25 +58,6 @@ __all__ = [
 #: Track id of the whole-image track (the frame label) when ``whole_image="track"``.
 WHOLE_IMAGE_TRACK_ID = 0
 _WEIGHT_FLOOR = 1e-6
-
-
-def iou_matrix(a: Any, b: Any) -> np.ndarray:
-    """IoU of every box of ``a`` ``[N, 4]`` with every box of ``b`` ``[M, 4]`` (``x1, y1, x2, y2``) -> ``[N, M]``."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)), np.float64)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where(union > 0, inter / union, 0.0)
-    return out
 
 
 def match_greedy(iou: np.ndarray, threshold: float) -> list[tuple[int, int]]:
@@ -409,8 +394,9 @@ class Tracker:
     @staticmethod
     def _observe(track: _Track, rec: Recognition) -> TrackObservation:
         label, confidence, score = track.vote()
+        assert track.track_id is not None  # only confirmed tracks are observed
         return TrackObservation(
-            track_id=int(track.track_id),
+            track_id=track.track_id,
             bbox=[int(round(v)) for v in track.bbox],
             label=label,
             confidence=confidence,
@@ -427,8 +413,9 @@ class Tracker:
     @staticmethod
     def _summary(track: _Track) -> TrackSummary:
         label, confidence, score = track.vote()
+        assert track.track_id is not None  # only confirmed tracks are summarised
         return TrackSummary(
-            track_id=int(track.track_id),
+            track_id=track.track_id,
             label=label,
             confidence=confidence,
             score=score,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from typing import Any
 
 from shitu.serving.hub.service import RecognitionService, RequestError
@@ -46,10 +47,40 @@ def recognition_service() -> RecognitionService:
     )
 
 
+#: Digits accepted in one JSON number (a 4000-digit number costs quadratic time to convert and fits no field).
+MAX_NUMBER_DIGITS = 64
+
+
+def _constant(name: str) -> Any:
+    raise PeerError(f"the request body is not valid JSON: {name} is not a JSON number")
+
+
+def _float(text: str) -> float:
+    if len(text) > MAX_NUMBER_DIGITS:
+        raise PeerError(f"the request body holds a number of more than {MAX_NUMBER_DIGITS} characters")
+    value = float(text)
+    if not math.isfinite(value):
+        raise PeerError(f"the request body holds the number {text[:32]}, beyond the range of a float")
+    return value
+
+
+def _int(text: str) -> int:
+    if len(text) > MAX_NUMBER_DIGITS:
+        raise PeerError(f"the request body holds a number of more than {MAX_NUMBER_DIGITS} digits")
+    return int(text)
+
+
 def json_body(raw: bytes) -> dict[str, Any]:
-    """The request body as a JSON object, whatever its Content-Type (Paddle Serving clients send none)."""
+    """The request body as a JSON object, whatever its Content-Type (Paddle Serving clients send none).
+
+    Strict: ``NaN`` / ``Infinity``, numbers beyond a float or of more than :data:`MAX_NUMBER_DIGITS` characters and
+    nesting past Python's recursion limit are refused with a PeerError naming the problem."""
     try:
-        body = json.loads(raw.decode("utf-8"))
+        body = json.loads(raw.decode("utf-8"), parse_constant=_constant, parse_float=_float, parse_int=_int)
+    except RecursionError:
+        raise PeerError("the request JSON is nested too deeply") from None
+    except PeerError:
+        raise
     except (UnicodeDecodeError, ValueError):
         raise PeerError("the request body is not valid JSON") from None
     if not isinstance(body, dict):

@@ -21,9 +21,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from shitu.params import ParamError
+from shitu.errors import ShituError
 from shitu.serving.hub.peers import PeerError, image_field, json_body, recognition_service
-from shitu.serving.hub.service import RequestError
+from shitu.serving.hub.request_log import current_request_id
 
 ROUTE = "/recognition/prediction"
 #: Paddle Serving's ``CustomExceptionCode`` values used here.
@@ -52,13 +52,15 @@ def rec_docs(results: list[dict[str, Any]]) -> str:
 
 
 def predict(body: dict[str, Any]) -> dict[str, Any]:
-    """One request object -> the response object (errors raise PeerError / RequestError)."""
+    """One request object -> the response object (errors raise PeerError or another ShituError)."""
     keys, values = body.get("key"), body.get("value")
     if not isinstance(keys, list) or not isinstance(values, list) or len(keys) != len(values):
         raise PeerError(
             "the request must hold 'key' and 'value', two lists of the same length "
             '({"key": ["image"], "value": ["<base64 image>"]})'
         )
+    if not all(isinstance(k, str) for k in keys):
+        raise PeerError("every entry of 'key' must be a string (the name of the value at the same place)")
     unknown = set(body) - {"key", "value", "logid"}
     if unknown:
         raise PeerError(f"unknown field(s) {sorted(unknown)}; a request holds 'key', 'value' and optionally 'logid'")
@@ -78,11 +80,13 @@ def register(app: Any) -> None:
     def _paddle_serving_recognition():  # noqa: ANN202 - flask view
         try:
             answer = predict(json_body(request.get_data()))
-        except (RequestError, ParamError) as exc:
-            answer = response(INPUT_PARAMS_ERROR, str(exc))
+        except ShituError as exc:  # a server's fault says only its request id (shitu.serving.hub.service)
+            answer = response(INPUT_PARAMS_ERROR if exc.http_status < 500 else UNKNOWN, str(exc))
         except HTTPException:
             raise  # body too large: the app's handler answers it
         except Exception as exc:  # noqa: BLE001 - answered in the peer's envelope, logged here
             logging.getLogger("shitu.serving").error("paddle serving route: %s", exc, exc_info=exc)
             answer = response(UNKNOWN, f"internal error ({type(exc).__name__})")
+        if answer["err_no"] != OK:
+            answer["request_id"] = current_request_id()
         return jsonify(answer)

@@ -36,20 +36,24 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
+import sys
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from shitu.echo import clip
+from shitu.errors import ShituError
 from shitu.params import ParamError
 from shitu.serving.engine.detection import whole_image_box
-from shitu.serving.engine.draw import draw_recognitions
-from shitu.serving.engine.engine import GALLERY_NAME, EngineError
-from shitu.serving.engine.images import ImageError, encode
-from shitu.serving.engine.results import Recognition
+from shitu.serving.engine.engine import GALLERY_NAME
+from shitu.serving.engine.images import encode
 from shitu.serving.hub.peers import PeerError, image_field, json_body, recognition_service
-from shitu.serving.hub.service import RecognitionService, RequestError, to_jsonable
+from shitu.serving.hub.service import RecognitionService, to_jsonable
+from shitu.serving.results import Recognition
+from shitu.serving.results.draw import draw_recognitions
 
 #: PaddleX numbers an index's images from 0; a gallery's ids start at 1.
 ID_OFFSET = 1
@@ -57,8 +61,12 @@ INDEX_PREFIX = "paddlex-"
 
 
 def envelope(result: dict[str, Any] | None, error_code: int = 0, error_msg: str = "Success") -> dict[str, Any]:
-    """PaddleX's response object (``result`` only on success)."""
-    out: dict[str, Any] = {"logId": str(uuid.uuid4()), "errorCode": error_code, "errorMsg": error_msg}
+    """PaddleX's response object (``result`` only on success); ``logId`` is the request id (``X-Request-ID``)."""
+    from shitu.serving.hub.request_log import current_request_id
+
+    rid = current_request_id()
+    out: dict[str, Any] = {"logId": rid if rid != "-" else str(uuid.uuid4()), "errorCode": error_code}
+    out["errorMsg"] = error_msg
     if result is not None:
         out["result"] = result
     return out
@@ -96,11 +104,21 @@ def _pairs(body: dict[str, Any], params: Any) -> tuple[list[str], list[str]]:
 
 
 def _number(body: dict[str, Any], name: str, integral: bool = False) -> float | int | None:
+    """A number field, or None when absent. JSON's ``NaN`` / ``Infinity`` (which Python's json reads) and numbers no
+    float holds are refused here: ``int()`` / ``float()`` of them raised (a 500)."""
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integral and value != int(value)):
-        raise PeerError(f"field {name!r} must be {'an integer' if integral else 'a number'}, got {value!r}")
+    what = "an integer" if integral else "a finite number"
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and isinstance(value, float):
+        number = math.isfinite(value) and (not integral or value.is_integer())
+    elif number and not integral:
+        number = abs(value) <= sys.float_info.max  # an int too large for a float (int vs float compares exactly)
+    if not number:
+        raise PeerError(f"field {name!r} must be {what}, got {clip(value)}")
+    if integral and abs(value) >= 2**31:
+        raise PeerError(f"field {name!r} must be an integer below 2**31, got {clip(value)}")
     return int(value) if integral else float(value)
 
 
@@ -163,7 +181,7 @@ def infer(service: RecognitionService, body: dict[str, Any]) -> dict[str, Any]:
     except ParamError as exc:
         raise PeerError(str(exc).replace("parameter ", "field mapped to parameter ", 1)) from None
     engine.gallery(key)  # an unknown index key fails before any image is decoded
-    (image,) = service.decode_images({"images": [image_field(body["image"], "image", params)]}, engine, strict=True)
+    (image,) = service.decode_images([image_field(body["image"], "image", params)], engine, strict=True)
     assert isinstance(image, np.ndarray)
     h, w = image.shape[:2]
     det = engine.detector.detect(image, params)
@@ -205,8 +223,9 @@ def handle(route: str, raw: bytes) -> tuple[dict[str, Any], int]:
     """One request body for ``route`` -> (PaddleX envelope, HTTP status)."""
     try:
         return envelope(ROUTES[route](recognition_service(), json_body(raw))), 200
-    except (RequestError, ParamError, ImageError, EngineError) as exc:
-        return envelope(None, 422, str(exc)), 422
+    except ShituError as exc:  # a client's fault: 422; a server's (its message: the request id) keeps its code
+        status = 422 if exc.http_status < 500 else exc.http_status
+        return envelope(None, status, str(exc)), status
 
 
 def register(app: Any) -> None:

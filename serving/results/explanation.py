@@ -1,6 +1,6 @@
 """Why an answer came out as it did: every stage's view of one image (``explain`` in requests, ``--explain``).
 
-An :class:`Explanation` is built only when asked for (the pipeline gets ``explanation=None`` otherwise and skips
+An :class:`Explanation` is built only when asked for (the pipeline gets ``explanations=None`` otherwise and skips
 every line here). It records, per image:
 
 - **detector** -- each box the detector returned (after the model's own NMS), its score, and whether it was kept
@@ -18,12 +18,13 @@ Like :mod:`.results` this module needs only numpy, so the client SDK reads expla
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from shitu.serving.engine.results import Detections, Match, Recognition
+from shitu.serving.results.types import Detections, Match, Recognition, pairwise_iou
 
 #: Parameters that steer the stages an explanation describes (reported with it).
 EXPLAINED_PARAMS = (
@@ -35,13 +36,19 @@ EXPLAINED_PARAMS = (
     "IndexProcess.return_k",
     "Global.rec_nms_thresold",
     "Global.rec_nms_per_label",
-    "IndexProcess.labels",
     "Global.min_box_ratio",
 )
+#: ``IndexProcess.labels`` is reported as the *number* of labels filtered on (null: no filter), never as the list: a
+#: client's filter (up to ``Limits.max_filter_labels`` labels) is not echoed into every image's explanation.
+LABELS_FILTER = "IndexProcess.labels"
 
 KEPT = "kept"
 REJECTED = "rejected"
 SUPPRESSED = "suppressed"
+
+
+def _count(labels: list[str] | None) -> int | None:
+    return None if labels is None else len(labels)
 
 
 def _box(xyxy: Any) -> list[int]:
@@ -129,8 +136,9 @@ class Explanation:
 
     # -- recording (called by detection and the pipeline) ---------------------------------------------------------
     @classmethod
-    def start(cls, params: Any) -> Explanation:
-        return cls(params={name: params[name] for name in EXPLAINED_PARAMS})
+    def start(cls, params: Mapping[str, Any]) -> Explanation:
+        labels = params[LABELS_FILTER]
+        return cls(params={**{name: params[name] for name in EXPLAINED_PARAMS}, LABELS_FILTER: _count(labels)})
 
     def detector_filters(self, det: Detections, low: np.ndarray, small: np.ndarray, over: np.ndarray) -> None:
         """Raw detector boxes and the filter that dropped each (boolean masks ``low``/``small``, indices ``over``)."""
@@ -200,7 +208,7 @@ class Explanation:
             for other in kept:  # best first, as rec-NMS visits them
                 if per_label and other.label != r.label:
                     continue
-                overlap = float(pairwise_iou(np.array([other.bbox]), np.array([r.bbox]))[0, 0])
+                overlap = float(pairwise_iou(other.bbox, r.bbox)[0, 0])
                 if overlap > iou_threshold:
                     me.suppressed_by, me.iou = searched_index[position[id(other)]], overlap
                     me.reason = (
@@ -273,15 +281,3 @@ class Explanation:
             lines.append(f"{indent}  s{i:<3} {where:<24} {verdict}")
             lines.append(f"{indent}        top matches: {top}")
         return "\n".join(lines)
-
-
-def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``a`` ``[n, 4]`` with every box of ``b`` ``[m, 4]`` (xyxy) -> ``[n, m]``."""
-    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = w * h
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)

@@ -67,7 +67,7 @@ def _object_mask(img: np.ndarray) -> np.ndarray:
     h, w = img.shape[:2]
     corners = img[[0, 0, h - 1, h - 1], [0, w - 1, 0, w - 1]]
     if (corners > 240).all():
-        mask = (img < 240).any(axis=2).astype(np.uint8) * 255
+        mask = np.where((img < 240).any(axis=2), 255, 0).astype(np.uint8)
         if mask.any():
             return cv2.dilate(mask, np.ones((3, 3), np.uint8))
     return np.full((h, w), 255, np.uint8)
@@ -86,7 +86,8 @@ def make_view(img: np.ndarray, background: np.ndarray, rng: np.random.RandomStat
     canvas = cv2.resize(background[:side, :side], (320, 320)).astype(np.float32)
     scale = rng.uniform(0.35, 0.8) * 320 / max(img.shape[:2])
     size = (max(8, int(img.shape[1] * scale)), max(8, int(img.shape[0] * scale)))
-    obj, m = cv2.resize(img, size).astype(np.float32), cv2.resize(mask, size)
+    obj: np.ndarray = cv2.resize(img, size).astype(np.float32)
+    m: np.ndarray = cv2.resize(mask, size)
     obj = np.clip(obj * rng.uniform(0.75, 1.25) + rng.uniform(-25, 25) + rng.uniform(-12, 12, 3), 0, 255)
     angle = rng.uniform(-20, 20)
     pad = max(size) // 2
@@ -102,11 +103,12 @@ def make_view(img: np.ndarray, background: np.ndarray, rng: np.random.RandomStat
     alpha = (m[:oh, :ow].astype(np.float32) / 255.0)[:, :, None]
     region = canvas[y : y + oh, x : x + ow]
     region[:] = region * (1 - alpha) + obj[:oh, :ow] * alpha
-    out = canvas.astype(np.uint8)
+    out: np.ndarray = canvas.astype(np.uint8)
     if rng.rand() < 0.5:
         out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.3, 1.2))
     ok, enc = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.randint(50, 95))])
-    out = cv2.imdecode(enc, cv2.IMREAD_COLOR) if ok else out
+    decoded = cv2.imdecode(enc, cv2.IMREAD_COLOR) if ok else None
+    out = decoded if decoded is not None else out
     return crop(out, [x, y, x + ow, y + oh], rng.uniform(0.0, 0.2))
 
 

@@ -1,22 +1,38 @@
 """Result types shared by every layer: the engine returns them, the modules and the client serialise them.
 
 - :class:`Detections` -- numpy-backed boxes of one image (like supervision's ``Detections``).
-- :class:`Match` -- one gallery hit for one embedding (defined with the gallery interface, re-exported here).
+- :class:`Match` -- one gallery hit for one embedding (what every gallery backend's ``search`` returns).
 - :class:`Recognition` -- one recognised object: where (``bbox``), what (``label``), how sure (``score``).
 
-This module imports only numpy (and the numpy-only gallery interface), so the client SDK can use it without paddle.
+This module imports only numpy, so the client SDK can use it without paddle.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from shitu.serving.gallery.backend import Match
+__all__ = ["Detections", "Match", "Recognition", "pairwise_iou"]
 
-__all__ = ["Detections", "Match", "Recognition"]
+
+@dataclass
+class Match:
+    """One gallery hit: item ``id``, its ``label`` and the raw metric ``score`` (IP: similarity; L2/hamming: distance)."""
+
+    id: int
+    label: str
+    score: float
+    source: str | None = None
+    metadata: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["score"] = round(float(self.score), 6)
+        return d
 
 
 @dataclass
@@ -104,7 +120,7 @@ class Recognition:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Recognition:
+    def from_dict(cls, d: Mapping[str, Any]) -> Recognition:
         known = {"bbox", "label", "score", "det_score", "is_whole_image", "id"}
         return cls(
             bbox=[int(v) for v in d["bbox"]],
@@ -119,3 +135,16 @@ class Recognition:
     def __str__(self) -> str:
         where = "whole image" if self.is_whole_image else f"[{', '.join(map(str, self.bbox))}]"
         return f"{self.label} {self.score:.3f} at {where}"
+
+
+def pairwise_iou(a: ArrayLike, b: ArrayLike) -> np.ndarray:
+    """IoU of every box of ``a`` ``[n, 4]`` with every box of ``b`` ``[m, 4]`` (xyxy) -> ``[n, m]``; the one IoU of the
+    house (rec-NMS, explanations, the video tracker)."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = w * h
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from shitu.model_spec import ModelSpec
-from shitu.serving.engine.adapt import AdaptReport, _r1, embed_views, make_view
+from shitu.serving.adapt.head import AdaptReport, _r1, embed_views, make_view
 from shitu.serving.engine.extraction import l2_normalize
 from shitu.serving.engine.transforms import Transforms
 

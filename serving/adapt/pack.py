@@ -2,7 +2,7 @@
 
 1. The pack version being adapted must be in the store (a built-in or entry-point pack is installed there first,
    from its own files, so that ``rollback`` has a version to return to).
-2. A projection head is trained on the list's images (:mod:`.adapt`) with the recognition settings the pack
+2. A projection head is trained on the list's images (:mod:`.head`) with the recognition settings the pack
    resolves to (pooling, GeM power, pre-processing are read from the pack, never assumed).
 3. A new version ``<release>+adapt.<n>`` is staged (:mod:`shitu.plugins.adapted_version`): the recogniser folder
    with the head, every file hashed in the manifest, galleries shipped as vectors mapped through the head.
@@ -73,7 +73,7 @@ def train_recognizer(
     Returns ``{"report", "head", "finetuned"}``: the last stage's :class:`~.adapt.AdaptReport`, the head trained
     on top of the engine's current one (what maps the old vectors when the network is unchanged), and whether
     the network itself changed."""
-    from shitu.serving.engine.adapt import adapt, write_recognizer
+    from shitu.serving.adapt.head import adapt, write_recognizer
 
     if method not in METHODS:
         raise ValueError(f"method {method!r}: expected one of {', '.join(METHODS)}")
@@ -98,7 +98,7 @@ def train_recognizer(
     if method == "head":
         write_recognizer(engine.extractor.spec, pooling, head, out, report, centering=centering)
         return {"report": report, "head": matrix, "finetuned": False}
-    from shitu.serving.engine.finetune import finetune, save_network
+    from shitu.serving.adapt.finetune import finetune, save_network
 
     net, ft = finetune(
         engine.extractor.spec,
