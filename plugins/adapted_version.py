@@ -26,7 +26,16 @@ from shitu.plugins.errors import InvalidPack, PackConflict
 from shitu.plugins.fetch import copy_tree, sha256_file
 from shitu.plugins.manifest import DESCRIPTION_KEYS, MANIFEST_FILE, Manifest, read_manifest
 
-__all__ = ["LOCAL_PREFIX", "copy_version", "install_staged", "list_files", "next_version", "stage", "write_manifest"]
+__all__ = [
+    "LOCAL_PREFIX",
+    "copy_version",
+    "ensure_in_store",
+    "install_staged",
+    "list_files",
+    "next_version",
+    "stage",
+    "write_manifest",
+]
 
 LOCAL_PREFIX = "adapt"
 #: Keys of a recogniser folder's ``shitu_model.yml`` that the manifest's recogniser entry repeats.
@@ -41,6 +50,16 @@ def next_version(name: str, base_version: str, prefix: str = LOCAL_PREFIX) -> st
     pattern = re.compile(rf"^{re.escape(release)}\+{re.escape(prefix)}\.([0-9]+)\Z")
     taken = [int(m.group(1)) for v in store.installed_versions(name) if (m := pattern.match(v))]
     return f"{release}+{prefix}.{max(taken, default=0) + 1}"
+
+
+def ensure_in_store(name: str) -> tuple[registry.Pack, bool]:
+    """The current version of pack ``name``, installed into the store first when it is not there (a built-in or
+    entry-point pack, from its own files), so that ``rollback`` has a version to return to; (pack, installed)."""
+    pack = registry.get_pack(name)
+    if pack.source == "store":
+        return pack, False
+    registry.install(pack.name, name=pack.name, progress=False)  # (a store version would have been found)
+    return registry.get_pack(pack.name, pack.version), True
 
 
 def copy_version(pack: registry.Pack, dest: Path) -> dict[str, Any]:

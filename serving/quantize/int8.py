@@ -88,7 +88,7 @@ def quantize_onnx(src: Path, dst: Path, samples: Sequence[np.ndarray]) -> Path:
     ort.set_default_logger_severity(3)  # its graph clean-up notices are not the user's concern
     input_name = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()[0].name
 
-    class _Reader(CalibrationDataReader):  # type: ignore[misc]
+    class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self._it: Iterator[np.ndarray] = iter(samples)
 

@@ -100,7 +100,6 @@ def quantize_pack(
     pack ``name``'s current version; ``install=False`` measures only."""
     from shitu.plugins import adapted_version, registry
     from shitu.plugins.embedding_space import QUANTIZED_PREFIX, local_label
-    from shitu.serving.adapt.pack import ensure_in_store
     from shitu.serving.engine import load_engine
 
     pack = registry.get_pack(name)
@@ -154,7 +153,7 @@ def quantize_pack(
             report = QuantizeReport(pack.name, pack.version, None, done, len(calib), agreement, skipped, refused)
             if refused or not install:
                 return report
-            ensure_in_store(pack.name)  # so that `rollback` has the fp32 version to return to
+            adapted_version.ensure_in_store(pack.name)  # so that `rollback` has the fp32 version to return to
             data["version"] = version
             header = (
                 f"{pack.name} {version}: {pack.version} with int8 {' and '.join(done)} made by `shitu plugins "
