@@ -46,7 +46,7 @@ milvus-lite: $(MILVUS_SERVER)/.stamp
 # maps under `shitu`; import-linter runs from there without site's .pth files (-S), so the editable install's
 # finder does not send `shitu` back to the source folders.
 TYPED := shitu.params shitu.serving.engine shitu.serving.gallery shitu.serving.galleries shitu.serving.results \
-	shitu.serving.adapt shitu.serving.video shitu.serving.client shitu.plugins shitu.errors
+	shitu.serving.adapt shitu.serving.quantize shitu.serving.video shitu.serving.client shitu.plugins shitu.errors
 SITE   = $(shell $(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 lint: $(VENV)/.stamp-dev
 	$(VENV)/bin/ruff check .

@@ -82,6 +82,12 @@ ENGINE = [
     # Global.det_backend / rec_backend `auto`: the embedded models run fastest on onnxruntime (same answers).
     "onnxruntime>=1.17",
     "pydantic>=2",  # the typed request models of the hub services (shitu.serving.hub.request_models)
+    # `shitu plugins quantize`: onnxruntime.quantization needs onnx, sympy and ml_dtypes; paddle2onnx converts
+    # paddle-only models (official PP-ShiTu exports) first.
+    "onnx>=1.15",
+    "sympy>=1.12",
+    "ml_dtypes>=0.4",
+    "paddle2onnx>=1.2",
 ]
 
 setup(

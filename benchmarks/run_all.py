@@ -36,6 +36,7 @@ SUITE = [
     "bench_official_onednn.py",
     "bench_scaleout.py",
     "bench_vs_paddleclas.py",
+    "bench_int8.py",
 ]
 SUITE.append("quality/run.py")  # recognition quality (#18): its figures join the table too
 #: ``--quick``: smaller sizes and fewer repeats per step (the same figures, from fewer samples).
@@ -61,6 +62,7 @@ QUICK_ARGS = {
     "bench_scaleout.py": ["--sizes", "10000", "--queries", "40", "--requests", "16"],
     "quality/run.py": ["--latency-rounds", "1"],
     "bench_vs_paddleclas.py": ["--repeat", "1"],
+    "bench_int8.py": ["--rounds", "6", "--classes", "30"],
 }
 #: The test suite's timing checks (skipped by a plain ``pytest``): visibility across processes, live-video lag.
 TIMING_TESTS = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-m", "timing", str(HERE.parent / "tests")]

@@ -1,4 +1,6 @@
-"""A new version of a pack with another recogniser (``shitu adapt --pack``), installed like any other version.
+"""Versions of a pack made on this machine, installed like any other version: another recogniser (``shitu adapt
+--pack``, this module's :func:`stage`) or int8 models (``shitu plugins quantize``, :mod:`shitu.serving.quantize`,
+through :func:`copy_version` / :func:`write_manifest`).
 
 :func:`stage` copies the pack version being adapted (its folder as installed), puts the new recogniser folder in
 place of its recogniser, bumps the version with a local label (``1.1.0`` -> ``1.1.0+adapt.1``, then ``+adapt.2``...),
@@ -24,7 +26,16 @@ from shitu.plugins.errors import InvalidPack, PackConflict
 from shitu.plugins.fetch import copy_tree, sha256_file
 from shitu.plugins.manifest import DESCRIPTION_KEYS, MANIFEST_FILE, Manifest, read_manifest
 
-__all__ = ["LOCAL_PREFIX", "install_staged", "next_version", "stage"]
+__all__ = [
+    "LOCAL_PREFIX",
+    "copy_version",
+    "ensure_in_store",
+    "install_staged",
+    "list_files",
+    "next_version",
+    "stage",
+    "write_manifest",
+]
 
 LOCAL_PREFIX = "adapt"
 #: Keys of a recogniser folder's ``shitu_model.yml`` that the manifest's recogniser entry repeats.
@@ -33,12 +44,47 @@ _DESCRIPTION_KEYS = tuple(k for k in DESCRIPTION_KEYS if k not in ("kind", "deco
 _STORE_FILES = (store.INSTALL_RECORD,)
 
 
-def next_version(name: str, base_version: str) -> str:
-    """``<release>+adapt.<n>`` with ``n`` one more than any such version of ``name`` in the store."""
+def next_version(name: str, base_version: str, prefix: str = LOCAL_PREFIX) -> str:
+    """``<release>+<prefix>.<n>`` with ``n`` one more than any such version of ``name`` in the store."""
     release = base_version.partition("+")[0]
-    pattern = re.compile(rf"^{re.escape(release)}\+{LOCAL_PREFIX}\.([0-9]+)\Z")
+    pattern = re.compile(rf"^{re.escape(release)}\+{re.escape(prefix)}\.([0-9]+)\Z")
     taken = [int(m.group(1)) for v in store.installed_versions(name) if (m := pattern.match(v))]
-    return f"{release}+{LOCAL_PREFIX}.{max(taken, default=0) + 1}"
+    return f"{release}+{prefix}.{max(taken, default=0) + 1}"
+
+
+def ensure_in_store(name: str) -> tuple[registry.Pack, bool]:
+    """The current version of pack ``name``, installed into the store first when it is not there (a built-in or
+    entry-point pack, from its own files), so that ``rollback`` has a version to return to; (pack, installed)."""
+    pack = registry.get_pack(name)
+    if pack.source == "store":
+        return pack, False
+    registry.install(pack.name, name=pack.name, progress=False)  # (a store version would have been found)
+    return registry.get_pack(pack.name, pack.version), True
+
+
+def copy_version(pack: registry.Pack, dest: Path) -> dict[str, Any]:
+    """Copy the installed folder of ``pack`` into the new folder ``dest`` (without the store's own files); its
+    manifest's data, to edit and give to :func:`write_manifest`."""
+    if dest.exists():
+        raise PackConflict(f"{dest}: exists already")
+    copy_tree(pack.root, dest)
+    for name in _STORE_FILES:
+        (dest / name).unlink(missing_ok=True)
+    return yaml.safe_load((dest / MANIFEST_FILE).read_text(encoding="utf-8"))
+
+
+def list_files(folder: Path, files: list[str]) -> list[dict[str, Any]]:
+    """Manifest ``files`` entries (path, sha256, size) of ``files`` under ``folder``."""
+    return [{"path": rel, "sha256": sha256_file(folder / rel), "size": (folder / rel).stat().st_size} for rel in files]
+
+
+def write_manifest(dest: Path, data: dict[str, Any], header: str) -> Manifest:
+    """Write the edited manifest ``data`` of the staged folder ``dest`` under the comment ``header``; read back."""
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    (dest / MANIFEST_FILE).write_text(
+        comment + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
+    return read_manifest(dest / MANIFEST_FILE)
 
 
 def stage(
@@ -58,12 +104,7 @@ def stage(
     new recogniser); without it a pack shipping vectors is refused, since they would be in the wrong space.
     """
     rec_dir, dest = Path(rec_dir), Path(dest)
-    if dest.exists():
-        raise PackConflict(f"{dest}: exists already")
-    copy_tree(pack.root, dest)
-    for name in _STORE_FILES:
-        (dest / name).unlink(missing_ok=True)
-    data = yaml.safe_load((dest / MANIFEST_FILE).read_text(encoding="utf-8"))
+    data = copy_version(pack, dest)
     entry = data["models"]["recognizer"]
     folder = dest / entry["path"]
     shutil.rmtree(folder, ignore_errors=True)
@@ -74,9 +115,7 @@ def stage(
             entry[key] = desc[key]
         else:
             entry.pop(key, None)
-    entry["files"] = [
-        {"path": rel, "sha256": sha256_file(folder / rel), "size": (folder / rel).stat().st_size} for rel in files
-    ]
+    entry["files"] = list_files(folder, files)
     entry["name"] = f"{entry['name']}+{LOCAL_PREFIX}"
     for section, values in (params or {}).items():
         data.setdefault("params", {}).setdefault(section, {}).update(values)
@@ -94,15 +133,8 @@ def stage(
             if f.get("path") == gallery["vectors_file"]:
                 f["sha256"], f["size"] = sha256_file(path), path.stat().st_size
     data["version"] = version
-    header = (
-        f"# {pack.name} {version}: {pack.version} with its recogniser adapted by `shitu adapt` on this machine."
-        + (f"\n# {note}" if note else "")
-        + "\n"
-    )
-    (dest / MANIFEST_FILE).write_text(
-        header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8"
-    )
-    return read_manifest(dest / MANIFEST_FILE)
+    header = f"{pack.name} {version}: {pack.version} with its recogniser adapted by `shitu adapt` on this machine."
+    return write_manifest(dest, data, header + (f"\n{note}" if note else ""))
 
 
 def install_staged(folder: Path, *, make_current: bool = True) -> registry.PackInfo:

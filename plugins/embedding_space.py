@@ -21,7 +21,7 @@ from typing import Any
 
 from shitu.plugins.manifest import Manifest
 
-__all__ = ["embedding_space", "fingerprint", "local_label"]
+__all__ = ["QUANTIZED_PREFIX", "embedding_space", "fingerprint", "local_label"]
 
 #: Parameter sections that change what a recogniser's vectors mean.
 SPACE_SECTIONS = ("RecPreProcess", "RecPostProcess")
@@ -45,6 +45,15 @@ def fingerprint(manifest: Manifest) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+#: The local label of int8 versions (``1.2.0+int8.1``, ``shitu plugins quantize``): made only from published versions
+#: and refused unless their features agree with it (median cosine >= 0.99), they keep its galleries.
+QUANTIZED_PREFIX = "int8"
+
+
 def embedding_space(manifest: Manifest) -> str | None:
-    """None for a published version (galleries in ``galleries/<pack>/``), else :func:`fingerprint`."""
-    return fingerprint(manifest) if local_label(manifest.version) else None
+    """None for a published version (galleries in ``galleries/<pack>/``) and its int8 versions, else
+    :func:`fingerprint`."""
+    label = local_label(manifest.version)
+    if label is None or label.partition(".")[0] == QUANTIZED_PREFIX:
+        return None
+    return fingerprint(manifest)

@@ -24,21 +24,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["METHODS", "adapt_pack", "ensure_in_store", "train_recognizer"]
+__all__ = ["METHODS", "adapt_pack", "train_recognizer"]
 
 #: ``head``: a projection head on frozen features; ``finetune``: the head, then the network's last layers too.
 METHODS = ("head", "finetune")
-
-
-def ensure_in_store(name: str) -> tuple[Any, bool]:
-    """The current version of pack ``name``, installed into the store first when it is not there; (pack, installed)."""
-    from shitu.plugins import registry
-
-    pack = registry.get_pack(name)
-    if pack.source == "store":
-        return pack, False
-    registry.install(pack.name, name=pack.name, progress=False)  # (a store version would have been found)
-    return registry.get_pack(pack.name, pack.version), True
 
 
 def _centre_of(engine: Any) -> np.ndarray | None:
@@ -177,7 +166,7 @@ def adapt_pack(
         old_root = pack.gallery_dir(pack.default_gallery).parent
         locate = locator({sha256_file(f): Path(f) for f in image_files})
         plan(old_root, None, mappable=not finetuning, old_identity=model_identity(engine.extractor.spec), locate=locate)
-        base, installed = ensure_in_store(pack.name)
+        base, installed = adapted_version.ensure_in_store(pack.name)
         if installed:
             log(f"installed {base.name} {base.version} into the store, so that rollback can return to it")
         version = adapted_version.next_version(base.name, base.version)

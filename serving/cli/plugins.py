@@ -307,9 +307,57 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+@guard
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from shitu.serving.quantize.compare import BOUNDS
+    from shitu.serving.quantize.pack import quantize_pack
+
+    report = quantize_pack(
+        args.name,
+        Path(args.images) if args.images else None,
+        models=args.models.split(","),
+        make_current=not args.no_use,
+        install=not args.dry_run,
+    )
+    if args.json:
+        _out(json.dumps(report.to_dict(), indent=2))
+    else:
+        a = report.agreement
+        _out(
+            f"{report.pack} {report.base_version}: int8 {', '.join(report.models)} "
+            f"({report.calibration_images} calibration images, {a.images} held out)"
+        )
+        for role, why in report.skipped.items():
+            _out(f"  {role} kept in fp32: {why}")
+        rows = [
+            [
+                "features: cosine median / min",
+                f"{a.feature_cos_median:.4f} / {a.feature_cos_min:.4f}",
+                f">= {BOUNDS['feature_cos_median']}",
+            ],
+            ["labels: same nearest reference", f"{a.label_agreement:.4f}", f">= {BOUNDS['label_agreement']}"],
+            ["boxes: matched at IoU >= 0.9", f"{a.boxes_matched:.4f}", f">= {BOUNDS['boxes_matched']}"],
+            ["boxes: median IoU / same count", f"{a.box_iou_median:.4f} / {a.box_count_agreement:.4f}", ""],
+            ["ms per image fp32 / int8", f"{a.ms_fp32:.1f} / {a.ms_int8:.1f} ({a.speedup:.2f}x)", ""],
+        ]
+        _out(_table(["", "int8 vs fp32", "bound"], rows))
+    if report.refused:
+        print(f"error: not installed, below the bounds: {'; '.join(report.refused)}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    if report.version:
+        _out(
+            f"installed {report.pack} {report.version}"
+            + ("" if args.no_use else " (current)")
+            + f"; back to fp32: shitu plugins use {report.pack} {report.base_version}"
+        )
+    return 0
+
+
 # -- wiring --------------------------------------------------------------------------------------------------------
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``plugins`` (list | info | install | remove | verify | use | rollback) to a ``shitu`` parser."""
+    """Add ``plugins`` (list | info | install | remove | verify | use | quantize | rollback) to a ``shitu`` parser."""
     p = subparsers.add_parser(
         "plugins",
         help="scenario packs: list, install, verify, switch",
@@ -399,6 +447,21 @@ def _build(p: argparse.ArgumentParser) -> None:
     s.add_argument("version", nargs="?", help="an installed version (default: the current one)")
     s.add_argument("--keep-default", action="store_true", help="switch the version only, keep the default pack")
     s.set_defaults(func=cmd_use)
+
+    s = sub.add_parser(
+        "quantize",
+        help="make an int8 version of a pack (calibrated, compared with fp32, installed)",
+        description="Quantize a pack's detector and recogniser to int8 (onnxruntime, static, per-channel), "
+        "calibrated on the pack's gallery images or --images, compared with fp32 on held-out images (every "
+        "third), and installed as a new version <release>+int8.<n> if it meets the bounds.",
+    )
+    s.add_argument("name", help="pack name (its current, published version is quantized)")
+    s.add_argument("--images", metavar="DIR", help="calibration images (default: the pack's gallery images)")
+    s.add_argument("--models", default="detector,recognizer", help="roles to quantize (default: both)")
+    s.add_argument("--no-use", action="store_true", help="install it but keep the current version current")
+    s.add_argument("--dry-run", action="store_true", help="measure only: install nothing")
+    s.add_argument("--json", action="store_true", help="machine-readable report")
+    s.set_defaults(func=cmd_quantize)
 
     s = sub.add_parser("rollback", help="go back to the previous current version")
     s.add_argument("name", help="pack name")
