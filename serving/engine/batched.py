@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from shitu.serving.engine.detection import MainbodyDetector, whole_image_box
-from shitu.serving.engine.extraction import FeatureExtractor, crop
+from shitu.serving.engine.extraction import FeatureExtractor
+from shitu.serving.engine.framing import Framing, fill_colour, frame_box
 from shitu.serving.engine.pipeline import (
     CANDIDATE_DEPTH,
     SearchIndex,
@@ -78,7 +79,12 @@ def _search_all(
     """Embed the boxes of every image in one call, search them in one call; append each image's accepted best
     matches to its list in ``found``."""
     with timer.stage("crop"):
-        crops = [crop(img, box, params["Global.crop_padding"]) for img, det in zip(images, dets) for box in det.xyxy]
+        framing, fill = Framing.of(params), fill_colour(extractor.spec.transform_ops)
+        crops = [
+            frame_box(img, box, whole, framing, fill)
+            for img, det in zip(images, dets)
+            for box, whole in zip(det.xyxy, det.is_whole_image)
+        ]
     if not crops:
         return
     feats = extractor.embed(crops, params, timer)

@@ -28,6 +28,7 @@ from shitu.serving.engine.bulk import BulkEmbedder
 from shitu.serving.engine.detection import MainbodyDetector
 from shitu.serving.engine.explain import Explanation
 from shitu.serving.engine.extraction import FeatureExtractor
+from shitu.serving.engine.gallery_rules import GalleryRules
 from shitu.serving.engine.open_galleries import OpenGalleries
 from shitu.serving.engine.pipeline import SearchIndex, accepted_matches, recognize, search_options
 from shitu.serving.engine.predictor import RuntimeOptions
@@ -83,6 +84,8 @@ class Engine:
         self._galleries = OpenGalleries(self.params["Limits.max_open_galleries"])
         self._lock = threading.Lock()
         self._bulk = BulkEmbedder(self.extractor, self.params)  # gallery builds; copies made on first use
+        #: Each gallery's framing rule and ``score_thres: auto`` (issue #28).
+        self.rules = GalleryRules(self.params, self.extractor.spec.transform_ops)
 
     # -- parameters ----------------------------------------------------------------------------------------------
     def request_params(self, overrides: dict[str, Any] | None = None) -> Params:
@@ -195,7 +198,7 @@ class Engine:
         try:
             if not ensure_built(
                 spec,
-                self.embed,
+                self.rules.embedder(None, self.embed),
                 self.embedding_size,
                 max_label_length=self.params["Limits.max_label_length"],
                 identity=self.maker_of(spec),
@@ -274,8 +277,8 @@ class Engine:
 
     def search(self, embeddings: np.ndarray, gallery: str | Path | None = None, **overrides: Any) -> list[list[Match]]:
         """Top ``IndexProcess.return_k`` matches per embedding that pass ``IndexProcess.score_thres``."""
-        p = self.request_params(overrides)
         g = self.gallery(gallery)
+        p = self.rules.apply(self.request_params(overrides), g, overrides)
         hits = g.search(np.asarray(embeddings), p["IndexProcess.return_k"], **search_options(g, p))
         return accepted_matches(hits, p["IndexProcess.score_thres"], g.higher_is_better)
 
@@ -287,8 +290,8 @@ class Engine:
         **overrides: Any,
     ) -> list[list[Recognition]]:
         """What and where, per image, best first (the crops of all images go through the recogniser together)."""
-        p = self.request_params(overrides)
         g = self.gallery(gallery)
+        p = self.rules.apply(self.request_params(overrides), g, overrides)
         return recognize_many(images, self.detector, self.extractor, g, p, timer)
 
     def recognize_explained(
@@ -299,8 +302,8 @@ class Engine:
         **overrides: Any,
     ) -> list[tuple[list[Recognition], Explanation]]:
         """:meth:`recognize` plus, per image, an :class:`~.explain.Explanation` of every stage (``explain``)."""
-        p = self.request_params(overrides)
         g = self.gallery(gallery)
+        p = self.rules.apply(self.request_params(overrides), g, overrides)
         out = []
         for img in images:
             explanation = Explanation.start(p)
@@ -319,8 +322,8 @@ class Engine:
         """Add whole images under ``labels``; returns their gallery ids."""
         if len(images) != len(labels):
             raise EngineError(f"{len(images)} images but {len(labels)} labels")
-        feats = self.extractor.embed(list(images), self.params)
         g = self.gallery(gallery, create=True)
+        feats = self.rules.embedder(g, lambda ims: self.extractor.embed(list(ims), self.params))(images)
         ids = g.add(
             feats,
             list(labels),
@@ -331,6 +334,7 @@ class Engine:
         from shitu.serving.gallery import thumbnails
 
         thumbnails.store(g, ids, images)  # for browsing the gallery (web page); never fails the add
+        self.rules.after_add(g)
         return ids
 
     def gallery_build(
@@ -349,16 +353,24 @@ class Engine:
         """
         from shitu.serving.gallery.build import build_from_source, embed_images_fn
 
-        return build_from_source(
-            self.gallery(gallery, create=True),
+        g = self.gallery(gallery, create=True)
+        report = build_from_source(
+            g,
             source,
-            embed_images_fn(self),
+            embed_images_fn(self, g),
             image_root=image_root,
             delimiter=self.params["IndexProcess.delimiter"],
             batch_size=self.params["Global.batch_size"],
             skip_bad=skip_bad,
             progress=progress,
         )
+        self.rules.recalibrate(g)
+        return report
+
+    def gallery_embedder(self, gallery: Any = None) -> Any:
+        """Whole images -> vectors for gallery ``gallery`` (an open gallery; ``None``: one about to be made),
+        through its framing rule (:mod:`.gallery_rules`), with the bulk embedder of gallery builds."""
+        return self.rules.embedder(gallery, self.embed_bulk)
 
     def gallery_remove(
         self, ids: Sequence[int] | None = None, labels: Sequence[str] | None = None, gallery: str | Path | None = None
@@ -366,7 +378,16 @@ class Engine:
         return self.gallery(gallery).remove(ids=list(ids) if ids else None, labels=list(labels) if labels else None)
 
     def gallery_info(self, gallery: str | Path | None = None) -> dict[str, Any]:
-        return self.gallery(gallery).info()
+        g = self.gallery(gallery)
+        info = g.info()
+        framing = self.rules.framing(g)
+        # what requests against it get (also for a gallery that records nothing: the pre-#28 rule)
+        info["recognition"] = {
+            **info.get("recognition", {}),
+            "framing": framing.as_dict(),
+            "score_thres": self.rules.score_thres(g),
+        }
+        return info
 
 
 def check_boxes(boxes: Any, shape: tuple[int, ...], index: int) -> np.ndarray:

@@ -21,7 +21,8 @@ import numpy as np
 
 from shitu.serving.engine.detection import MainbodyDetector, nms, whole_image_box
 from shitu.serving.engine.explain import Explanation
-from shitu.serving.engine.extraction import FeatureExtractor, crop
+from shitu.serving.engine.extraction import FeatureExtractor
+from shitu.serving.engine.framing import Framing, fill_colour, frame_box
 from shitu.serving.engine.results import Detections, Match, Recognition
 from shitu.serving.engine.timing import NULL_TIMER, StageTimer
 
@@ -163,7 +164,8 @@ def _search(
     if len(det) == 0:
         return
     with timer.stage("crop"):
-        crops = [crop(image, box, params["Global.crop_padding"]) for box in det.xyxy]
+        framing, fill = Framing.of(params), fill_colour(extractor.spec.transform_ops)
+        crops = [frame_box(image, box, whole, framing, fill) for box, whole in zip(det.xyxy, det.is_whole_image)]
     feats = extractor.embed(crops, params, timer)
     with timer.stage("search"):
         k = min(params["IndexProcess.return_k"], params["Limits.max_explain_matches"]) if explanation is not None else 1
