@@ -117,7 +117,9 @@ def test_threshold_from_impostor_scores_synthetic_scores():
     t = calibration.threshold_from(scores, True, 0.01)
     assert 0.41 < t < 0.43 and (scores > t).mean() <= 0.012  # ~ mean + 2.33 sigma
     few = np.array([0.1, 0.2, 0.3])
-    assert calibration.threshold_from(few, True, 0.01) >= 0.3  # fewer than 1 / rate: at least the best impostor
+    assert calibration.threshold_from(few, True, 0.01) >= 0.3  # a handful: at least the best impostor
+    duplicates = np.concatenate([scores, [0.99, 0.99]])  # two near-identical items under different labels
+    assert abs(calibration.threshold_from(duplicates, True, 0.01) - t) < 0.01
     assert calibration.threshold_from(np.array([3.0, 4.0, 5.0]), False, 0.01) <= 3.0  # distances: the lower tail
 
 

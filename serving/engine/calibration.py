@@ -4,8 +4,9 @@ A fixed threshold means different things on different galleries and recognisers 
 the demo photos at precision 1.0 but cross-style drawings at 0.28, and after ``shitu adapt`` the scores rarely
 reached it). What a gallery does know is how well an object that is *not* one of its labels can score: each
 item's best match among the items of *other* labels is such a score (an impostor). ``auto`` is the score that
-impostors exceed for :data:`FALSE_ACCEPT_RATE` of the items -- the higher of a normal fit of those best impostor
-scores and their empirical quantile -- so about 1 % of objects alike to the gallery's but not in it get an answer.
+impostors exceed for :data:`FALSE_ACCEPT_RATE` of the items under a robust normal fit of those best impostor scores
+(median and median absolute deviation: near-duplicate items under two labels do not set it), so about 1 % of
+objects alike to the gallery's items but not among them get an answer.
 
 Computed from up to :data:`SAMPLE` items (a deterministic spread over the ids) through the gallery's own ``get``
 and ``search``, so it works for any metric (for ``L2`` / ``hamming`` distances the lower tail is used); recorded in
@@ -34,6 +35,8 @@ RECOMPUTE_GROWTH = 0.1
 #: Used when a gallery cannot give an estimate (fewer than two labels, or a gallery without ``get``): general-lite
 #: 1.2.0's calibrated value on the demo photos.
 FALLBACK = 0.5
+#: Below this many impostor scores the threshold is at least the best of them (a fit of so few is loose).
+FEW = 10
 #: Items searched per sampled item, beyond those of its own label, to find its best other-label match.
 _DEPTH = 5
 
@@ -73,12 +76,15 @@ def impostor_scores(gallery: Any, sample: int = SAMPLE) -> np.ndarray:
 
 
 def threshold_from(scores: np.ndarray, higher_is_better: bool, rate: float = FALSE_ACCEPT_RATE) -> float:
-    """The score impostors ``scores`` pass at ``rate``: the higher (stricter) of a normal fit's and the empirical
-    quantile's (with fewer than ``1 / rate`` scores, the best impostor itself)."""
+    """The score impostors ``scores`` pass at ``rate`` under a robust normal fit (median and 1.4826 x the median
+    absolute deviation, so that a few near-duplicate items under different labels do not set it); with fewer than
+    :data:`FEW` scores at least the best impostor itself."""
     good = np.asarray(scores, np.float64) * (1 if higher_is_better else -1)
-    fit = statistics.NormalDist(float(good.mean()), float(good.std()) or 1e-6).inv_cdf(1 - rate)
-    empirical = float(np.quantile(good, 1 - rate, method="higher"))
-    t = max(fit, empirical)
+    centre = float(np.median(good))
+    spread = 1.4826 * float(np.median(np.abs(good - centre))) or float(good.std()) or 1e-6
+    t = statistics.NormalDist(centre, spread).inv_cdf(1 - rate)
+    if len(good) < FEW:
+        t = max(t, float(good.max()))
     return round(t if higher_is_better else -t, 4)
 
 
