@@ -97,8 +97,9 @@ FIELDS: tuple[Field, ...] = (
           "match random gallery items and crowd the object out of `max_det_results`).", minimum=0.0, maximum=1.0),
     Field("Global", "crop_padding", float, 0.0,
           "Each box is widened by this fraction of its width / height on every side before it is cropped and "
-          "embedded (clipped to the image), so a tight detector box is framed like a gallery picture of the "
-          "object with a margin around it.", minimum=0.0, maximum=1.0),
+          "embedded. With `framing: main_box` a gallery image's main box is widened alike and the part outside the "
+          "image is the mean colour; with `whole_image` query boxes are clipped to the image. A gallery records "
+          "the value it was built with and its searches use that.", minimum=0.0, maximum=1.0),
     Field("Global", "framing", str, "main_box",
           "How new galleries frame their images, recorded in each gallery; queries follow the rule of the gallery "
           "they search. `main_box`: an image is cut to what differs from its plain border (whole when the border "
