@@ -69,7 +69,9 @@ def test_a_query_gets_the_rule_of_the_gallery_it_searches(engine, photos, querie
         "crop_padding": 0.1,
     }
     img = queries["collage_cat_and_coffee"]
-    recs = engine.recognize([img], g, score_thres=-1.0, append_whole_image=False)[0]
+    recs = engine.recognize([img], g, append_whole_image=False, **{"IndexProcess": {"score_thres": -1.0}})[
+        0
+    ]  # nested, as served
     assert {r.label for r in recs} >= {"cat", "coffee"}
     p = merge(None, {"Global": {"crop_padding": 0.1}})
     for r in recs[:2]:  # the score of the box cropped by the gallery's rule, not by the engine's defaults
@@ -89,7 +91,8 @@ def test_score_thres_auto_is_computed_on_build_and_separates(engine, photos, que
     record = g.info()["recognition"]["score_thres"]
     assert record["false_accept_rate"] == calibration.FALSE_ACCEPT_RATE and record["items"] == len(photos)
     # the value: the best other-label scores of the gallery's own items, as calibration.threshold_from says
-    assert record["auto"] == calibration.threshold_from(calibration.impostor_scores(g), True)
+    estimate = calibration.threshold_from(calibration.impostor_scores(g), True)
+    assert record["auto"] == max(estimate, calibration.FALLBACK)  # 6 items: no looser than the fallback
     assert engine.gallery_info(tmp_path / "g")["recognition"]["score_thres"] == record["auto"]
     got = {name: {r.label for r in engine.recognize([img], g, score_thres="auto")[0]} for name, img in queries.items()}
     assert got["cat_mirrored_crop"] == {"cat"} and got["collage_cat_and_coffee"] == {"cat", "coffee"}
@@ -110,6 +113,10 @@ def test_score_thres_auto_follows_adds(engine, photos, tmp_path):
 def test_score_thres_auto_of_one_label_falls_back(engine, photos, tmp_path):
     engine.gallery_add([photos["cat"]], ["cat"], gallery=tmp_path / "g")
     assert engine.rules.score_thres(engine.gallery(tmp_path / "g")) == calibration.FALLBACK
+    # the same picture under other labels is a duplicate, not an impostor: still no estimate, still answered
+    engine.gallery_add([photos["cat"], photos["cat"]], ["cat-1", "cat-2"], gallery=tmp_path / "g")
+    assert engine.rules.score_thres(engine.gallery(tmp_path / "g")) == calibration.FALLBACK
+    assert engine.recognize([photos["cat"]], tmp_path / "g", score_thres="auto")[0]
 
 
 def test_threshold_from_impostor_scores_synthetic_scores():

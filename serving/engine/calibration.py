@@ -32,8 +32,9 @@ SAMPLE = 1000
 SMALL = 200
 #: Recompute on add once the gallery has grown by this share since the recorded estimate.
 RECOMPUTE_GROWTH = 0.1
-#: Used when a gallery cannot give an estimate (fewer than two labels, or a gallery without ``get``): general-lite
-#: 1.2.0's calibrated value on the demo photos.
+#: Used when a gallery cannot give an estimate (fewer than two labels, or a gallery without ``get``), and the
+#: lowest value of a similarity gallery with fewer than :data:`FEW` items: general-lite 1.2.0's calibrated value on
+#: the demo photos.
 FALLBACK = 0.5
 #: Below this many impostor scores the threshold is at least the best of them (a fit of so few is loose).
 FEW = 10
@@ -69,7 +70,11 @@ def impostor_scores(gallery: Any, sample: int = SAMPLE) -> np.ndarray:
     hits = gallery.search(np.stack([r["vector"] for r in records]), k)
     out = []
     for rec, row in zip(records, hits):
-        other = next((m for m in row if m.label != rec["label"]), None)
+        own = next((float(m.score) for m in row if m.id == rec["id"]), None)
+        if own is None:  # not in this process's index yet (added by another worker): its neighbours are unknown
+            continue
+        # an identical vector under another label is the same picture filed twice, not an impostor
+        other = next((m for m in row if m.label != rec["label"] and abs(float(m.score) - own) > 1e-4), None)
         if other is not None:
             out.append(float(other.score))
     return np.asarray(out, np.float32)
@@ -97,6 +102,8 @@ def calibrate(gallery: Any, rate: float = FALSE_ACCEPT_RATE) -> dict[str, Any] |
     if len(scores) < 2:
         return None
     value = threshold_from(scores, gallery.higher_is_better, rate)
+    if len(scores) < FEW and gallery.higher_is_better:  # a handful of items: no looser than the fallback
+        value = max(value, FALLBACK)
     if gallery.higher_is_better:
         value = min(value, 1.0) if getattr(gallery, "metric", "IP") == "IP" else value
     return {

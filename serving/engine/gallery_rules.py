@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from shitu.params import Params
-from shitu.params.merge import resolve
+from shitu.params import Params, flatten
 from shitu.serving.engine import calibration
 from shitu.serving.engine.framing import Framing, fill_colour, frame_image
 from shitu.serving.gallery.settings import can_record, read_settings, update_settings
@@ -75,7 +74,7 @@ class GalleryRules:
         ``overrides``, still wins), and ``auto`` resolved."""
         framing = self.framing(gallery)
         changes: dict[str, Any] = {"Global.framing": framing.rule, "Global.crop_padding": framing.padding}
-        if overrides and any(resolve(k).name == "Global.crop_padding" for k in overrides):
+        if overrides and "Global.crop_padding" in flatten(overrides):
             del changes["Global.crop_padding"]
         if params["IndexProcess.score_thres"] == "auto":
             changes["IndexProcess.score_thres"] = self.score_thres(gallery)
