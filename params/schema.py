@@ -52,6 +52,12 @@ def _transform_ops(value: Any) -> str | None:
     return None
 
 
+def _score_thres(value: Any) -> str | None:
+    if isinstance(value, str):
+        return None if value == "auto" else 'must be a number or "auto"'
+    return None if value >= -1.0 else f"must be >= -1.0, got {value}"
+
+
 def _labels(value: Any) -> str | None:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         return "must be a list of strings"
@@ -91,8 +97,15 @@ FIELDS: tuple[Field, ...] = (
           "match random gallery items and crowd the object out of `max_det_results`).", minimum=0.0, maximum=1.0),
     Field("Global", "crop_padding", float, 0.0,
           "Each box is widened by this fraction of its width / height on every side before it is cropped and "
-          "embedded (clipped to the image), so a tight detector box is framed like a gallery picture of the "
-          "object with a margin around it.", minimum=0.0, maximum=1.0),
+          "embedded. With `framing: main_box` a gallery image's main box is widened alike and the part outside the "
+          "image is the mean colour; with `whole_image` query boxes are clipped to the image. A gallery records "
+          "the value it was built with and its searches use that.", minimum=0.0, maximum=1.0),
+    Field("Global", "framing", str, "main_box",
+          "How new galleries frame their images, recorded in each gallery; queries follow the rule of the gallery "
+          "they search. `main_box`: an image is cut to what differs from its plain border (whole when the border "
+          "is not plain) and every box, gallery or query, is widened by `crop_padding` with the mean colour "
+          "outside the image; `whole_image`: images whole, query boxes widened and clipped (before issue #28).",
+          choices=("main_box", "whole_image"), per_request=False),
     # -- Global: runtime (load time only) ----------------------------------------------------------------------
     Field("Global", "cpu_num_threads", int, 2,
           "CPU threads per model (paddle.inference math threads, onnxruntime intra-op threads).",
@@ -146,9 +159,11 @@ FIELDS: tuple[Field, ...] = (
     Field("IndexProcess", "return_k", int, 5, "Matches returned per embedding by `index_search` (and per searched "
           "box in `explain` answers, at most `Limits.max_explain_matches`).",
           minimum=1, maximum=1000),
-    Field("IndexProcess", "score_thres", float, 0.5,
+    Field("IndexProcess", "score_thres", (float, int, str), "auto",
           "Weakest match accepted. For `IP` a score must be >= it (higher is better); for `L2` and `hamming` "
-          "the distance must be <= it (smaller is better).", minimum=-1.0, aliases=("score_threshold",)),
+          "the distance must be <= it (smaller is better). `auto`: each gallery's own threshold, derived from its "
+          "items (the score 1 % of its items reach against items of other labels; `gallery info` shows it).",
+          aliases=("score_threshold",), check=_score_thres),
     Field("IndexProcess", "candidates", int, 0,
           "Each recognition also lists its best this-many labels with their scores (`candidates`, best first, the "
           "answer included), so callers see the margin to the runner-up. 0: none.", minimum=0, maximum=20),

@@ -1,5 +1,6 @@
 """File helpers shared by every package (a leaf: imports nothing of shitu): sha256 of a file, fsync of a folder,
-and a folder built whole beside its destination, then renamed into place.
+a folder built whole beside its destination, then renamed into place, and whether the process that left a temp file
+or folder is still alive.
 
 Both ``shitu.plugins`` (pack store, downloads) and ``shitu.serving`` (galleries, builds) import these, so there
 is one copy of each.
@@ -13,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["fsync_dir", "move_into_place", "sha256_file", "sha256_stream", "staging_dir"]
+__all__ = ["fsync_dir", "move_into_place", "pid_alive", "sha256_file", "sha256_stream", "staging_dir"]
 
 _BLOCK = 1 << 22
 
@@ -60,3 +61,14 @@ def move_into_place(tmp: Path, dest: Path) -> None:
     if dest.exists():
         dest.rmdir()
     os.rename(tmp, dest)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (temp files and staging folders of dead writers are removed)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True

@@ -163,3 +163,18 @@ def test_adapt_needs_exactly_one_of_pack_and_out(tmp_path, capsys):
     assert cli.main(["adapt", str(tmp_path / "list.txt"), "--pack", "general-lite", "--out", str(tmp_path)]) == 2
     assert cli.main(["adapt", str(tmp_path / "list.txt"), "--pack", "general-lite", "--scenario", "general"]) == 2
     assert "leave out --scenario" in capsys.readouterr().err
+
+
+def test_heldout_views_use_backgrounds_never_trained_on(adapted):
+    """Issue #28: held-out R@1 is measured on synthetic backgrounds, none of the training photos."""
+    from shitu.serving.adapt.head import default_backgrounds, heldout_backgrounds
+
+    _, out = adapted
+    report = json.loads((out / "adapt_report.json").read_text())
+    assert report["heldout_backgrounds"] == "8 synthetic clutter images"
+    held, again = heldout_backgrounds(), heldout_backgrounds()
+    assert len(held) == 8 and all(np.array_equal(a, b) for a, b in zip(held, again))  # deterministic
+    train = [cv2.resize(b, (64, 64)).astype(np.float32) for b in default_backgrounds()]
+    for h in held:
+        small = cv2.resize(h, (64, 64)).astype(np.float32)
+        assert min(float(np.abs(small - t).mean()) for t in train) > 10  # no training photo among them

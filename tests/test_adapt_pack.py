@@ -334,3 +334,20 @@ def test_adapted_versions_sort_after_their_release_by_number():
     ]
     assert version_matches("1.1.0+adapt.3", ">=1.1.0,<1.2")
     assert not any(VERSION_RE.match(v) for v in ("1.1.0+", "1.1.0+../x", "1.1.0+Adapt", "1.1.0+a/b"))
+
+
+def test_adapted_galleries_keep_their_framing_and_recompute_score_thres(adapted):
+    """Issue #28: the new version's copy of a gallery records the old one's framing rule and its own threshold."""
+    from shitu.serving.engine import load_engine
+    from shitu.serving.gallery.settings import read_settings
+
+    old = read_settings(adapted["shop_dir"])
+    eng = load_engine(PACK, params=ONE_THREAD)
+    try:
+        new = read_settings(eng.gallery_path("shop"))
+        assert eng.gallery_info("shop")["recognition"]["score_thres"] == new["score_thres"]["auto"]
+    finally:
+        eng.close()
+    assert new["framing"] == old["framing"] and new["framing"]["rule"] == "main_box"
+    assert new["score_thres"]["computed_at"] > old["score_thres"]["computed_at"]
+    assert new["score_thres"]["auto"] != old["score_thres"]["auto"]  # the head changed the score scale

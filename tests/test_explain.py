@@ -232,7 +232,8 @@ def test_served_explain_field(served, photos, queries):
             explain=True,
             append_whole_image="fallback",
             crop_padding=0.0,
-        )  # tight cup box: 0.878 < 0.9
+            score_thres=0.9,  # over the tight cup box's score (the gallery's auto threshold would accept it)
+        )
     assert res.explanation.whole_image == "fallback: searched (no detected box was accepted)"
     assert res.to_dict()["explanation"]["searched"][0]["dropped_by"] == "IndexProcess.score_thres"
 

@@ -68,7 +68,7 @@ def test_info_prints_tables(capsys):
     assert model_header.split() == ["MODEL", "NAME", "FORMAT", "DIM", "DECODER", "FILES", "PRESENT", "FROM"]
     assert "nanodet-g-backbone-embed" in out and "4/4" in out
     assert "*demo" in out and "Flat" in out
-    assert "IndexProcess.score_thres" in out and "0.5" in out
+    assert "IndexProcess.score_thres" in out and '"auto"' in out
 
     code, out, _ = run(capsys, "info", "vehicle")
     assert code == 0 and "vehicle_cls_ResNet50_CompCars_v1.0" in out and "model files not installed" in out

@@ -194,7 +194,13 @@ def test_general_lite_manifest_matches_its_model_folders():
         manifest_spec = ModelSpec.from_dict(copy.deepcopy(entry.description), PACKS / "general_lite" / entry.path)
         assert folder_spec == manifest_spec, f"{role}: pack.yaml and {sub}/shitu_model.yml disagree"
     assert m.params == {
-        "Global": {"threshold": 0.2, "max_det_results": 5, "min_box_ratio": 0.1, "crop_padding": 0.2},
+        "Global": {
+            "threshold": 0.2,
+            "max_det_results": 5,
+            "min_box_ratio": 0.1,
+            "framing": "main_box",
+            "crop_padding": 0.0,
+        },
         "RecPostProcess": {"pooling": "gem", "gem_power": 3.0, "centering": "centering.npy"},
         "RecPreProcess": {
             "transform_ops": [
@@ -202,7 +208,7 @@ def test_general_lite_manifest_matches_its_model_folders():
                 *ModelSpec.from_dir(PACKS / "general_lite" / "models" / "rec").transform_ops,
             ]
         },
-        "IndexProcess": {"score_thres": 0.5, "index_method": "Flat", "dist_type": "IP"},
+        "IndexProcess": {"score_thres": "auto", "index_method": "Flat", "dist_type": "IP"},
     }
     assert "centering.npy" in {f.path for f in m.models["recognizer"].files}  # listed, so installs check its hash
     assert list(m.galleries) == ["demo"] and m.default_gallery == "demo"

@@ -31,8 +31,14 @@ def test_default_pack_is_general_lite_and_works_offline(home):
     det, rec = pack.detector_spec(), pack.extractor_spec()
     assert det.kind == "detector" and det.decoder == "gfl" and det.model_dir == pack.root / "models" / "det"
     assert rec.kind == "extractor" and rec.pooling == "gap" and rec.files()[0].name == "model.json"
-    assert pack.params["Global"] == {"threshold": 0.2, "max_det_results": 5, "min_box_ratio": 0.1, "crop_padding": 0.2}
-    assert pack.params["IndexProcess"]["score_thres"] == 0.5 and pack.params["RecPostProcess"]["pooling"] == "gem"
+    assert pack.params["Global"] == {
+        "threshold": 0.2,
+        "max_det_results": 5,
+        "min_box_ratio": 0.1,
+        "framing": "main_box",
+        "crop_padding": 0.0,
+    }
+    assert pack.params["IndexProcess"]["score_thres"] == "auto" and pack.params["RecPostProcess"]["pooling"] == "gem"
     gallery = pack.gallery()
     assert gallery.name == pack.default_gallery == "demo"
     assert pack.gallery_dir() == home / "galleries" / "general-lite" / "demo"

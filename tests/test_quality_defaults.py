@@ -99,13 +99,15 @@ def test_general_lite_ships_the_measured_defaults(photos, tmp_path):
         assert (
             p["RecPostProcess.pooling"] == "gem"
             and p["Global.min_box_ratio"] == 0.1
-            and p["Global.crop_padding"] == 0.2
+            and p["Global.crop_padding"] == 0.0
+            and p["Global.framing"] == "main_box"
         )
-        assert p["Global.threshold"] == 0.2 and p["IndexProcess.score_thres"] == 0.5
+        assert p["Global.threshold"] == 0.2 and p["IndexProcess.score_thres"] == "auto"
         assert p["RecPostProcess.centering"] == "centering.npy"
         assert list(eng.extractor.spec.transform_ops[0]) == ["PadToSquare"]
-        index = Gallery.create(tmp_path / "g", eng.embedding_size, index_method="Flat")
-        index.add(eng.embed(list(photos.values())), list(photos))
+        Gallery.create(tmp_path / "g", eng.embedding_size, index_method="Flat").close()
+        eng.gallery_add(list(photos.values()), list(photos), gallery=tmp_path / "g")  # main_box, auto recorded
+        index = eng.gallery(tmp_path / "g")
         from shitu.serving.cli.demo import query_photos
 
         q = query_photos(photos)
@@ -113,7 +115,7 @@ def test_general_lite_ships_the_measured_defaults(photos, tmp_path):
         assert got["cat_mirrored_crop"] == {"cat"} and got["rocket_bright_blur"] == {"rocket"}
         assert got["coffee_rescaled_crop"] == {"coffee"}
         assert got["collage_cat_and_coffee"] == {"cat", "coffee"}
-        assert got["not_in_gallery_ihc"] == set()  # 0.5 rejects what is not in the gallery
+        assert got["not_in_gallery_ihc"] == set()  # the gallery's auto threshold rejects what is not in it
     finally:
         eng.close()
 

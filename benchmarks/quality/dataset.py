@@ -3,7 +3,9 @@
 Same shape as the set issue #18 was judged on (one artist's drawings in the gallery, another artist's drawings
 of the same objects as queries), different data:
 
-- gallery: style A (``oxygen-icon-theme``, 128 px PNG) of each name, centred on a white 256 x 256 canvas;
+- gallery: style A (``oxygen-icon-theme``, 128 px PNG) of each name in two framings: ``margin`` (centred on a
+  white 256 x 256 canvas, 75 % of its side) and ``tight`` (cut to its alpha bounding box on white: the object fills
+  its image, as in the set issue #28 was measured on);
 - ``alone`` queries: style B (``elementary-xfce-icon-theme``, 128 px PNG) of the same name on white;
 - ``scene`` queries: style B pasted on a real photograph (scikit-image / scikit-learn sample photos), at 25-60 %
   of the photo's short side, rotated (up to 25 degrees), blurred and JPEG-compressed; the true box is kept.
@@ -61,13 +63,19 @@ class Scene:
 @dataclass
 class QualitySet:
     labels: list[str]
-    gallery: list[np.ndarray]  # BGR, one per label (style A on white)
+    gallery: list[np.ndarray]  # BGR, one per label (style A on a white margin)
     alone: list[np.ndarray]  # BGR, one per label (style B on white)
     scenes: list[Scene] = field(default_factory=list)
+    gallery_tight: list[np.ndarray] = field(default_factory=list)  # BGR, style A cut to its alpha box, on white
+    styles: tuple[str, str] = (THEME_A[0], THEME_B[0])
+
+    def framings(self) -> dict[str, list[np.ndarray]]:
+        """The gallery in each framing: ``margin`` and ``tight``."""
+        return {"margin": self.gallery, "tight": self.gallery_tight}
 
     def describe(self) -> str:
         return (
-            f"{len(self.labels)} classes: gallery {THEME_A[0]} on white, queries {THEME_B[0]} alone "
+            f"{len(self.labels)} classes: gallery {self.styles[0]} (margin / tight), queries {self.styles[1]} alone "
             f"({len(self.alone)}) and on photos ({len(self.scenes)})"
         )
 
@@ -126,6 +134,16 @@ def on_white(rgba: np.ndarray, size: int = CANVAS) -> np.ndarray:
     return canvas.astype(np.uint8)
 
 
+def tight(rgba: np.ndarray) -> np.ndarray:
+    """An RGBA icon cut to its visible pixels (alpha > 32) on white (BGR): the object fills the image."""
+    ys, xs = np.nonzero(rgba[:, :, 3] > 32)
+    if len(ys):
+        rgba = rgba[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    canvas = np.full(rgba.shape[:2] + (3,), 255, np.float32)
+    _paste(canvas, rgba, 0, 0)
+    return canvas.astype(np.uint8)
+
+
 def _paste(canvas: np.ndarray, rgba: np.ndarray, x: int, y: int) -> None:
     h, w = rgba.shape[:2]
     alpha = rgba[:, :, 3:4].astype(np.float32) / 255.0
@@ -181,21 +199,26 @@ def make_scene(rgba: np.ndarray, photo: np.ndarray, rng: np.random.RandomState) 
     return cv2.imdecode(enc, cv2.IMREAD_COLOR), [float(x), float(y), float(x + icon.shape[1]), float(y + icon.shape[0])]
 
 
-def build(n_classes: int = 80, scenes_per_class: int = 1, seed: int = 0) -> QualitySet:
-    """The whole set, in memory (a few MB)."""
+def build(n_classes: int = 80, scenes_per_class: int = 1, seed: int = 0, reverse: bool = False) -> QualitySet:
+    """The whole set, in memory (a few MB); ``reverse``: the other style pair (gallery style B, queries style A)."""
     picked = pick_labels(n_classes, seed)
     photos = load_photos()
     rng = np.random.RandomState(seed + 1)
-    labels, gallery, alone, scenes = [], [], [], []
+    labels, gallery, gallery_tight, alone, scenes = [], [], [], [], []
     for name, path_a, path_b in picked:
+        if reverse:
+            path_a, path_b = path_b, path_a
         labels.append(name)
-        gallery.append(on_white(_read_rgba(path_a)))
+        a = _read_rgba(path_a)
+        gallery.append(on_white(a))
+        gallery_tight.append(tight(a))
         b = _read_rgba(path_b)
         alone.append(on_white(b))
         for _ in range(scenes_per_class):
             img, box = make_scene(b, photos[rng.randint(len(photos))], rng)
             scenes.append(Scene(img, name, box))
-    return QualitySet(labels, gallery, alone, scenes)
+    styles = (THEME_B[0], THEME_A[0]) if reverse else (THEME_A[0], THEME_B[0])
+    return QualitySet(labels, gallery, alone, scenes, gallery_tight, styles)
 
 
 def write_list_file(qs: QualitySet, folder: Path) -> Path:

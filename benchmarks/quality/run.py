@@ -6,14 +6,19 @@
     python benchmarks/quality/run.py --adapted REC        # adds a row for the adapted recogniser
 
 Builds the set of :mod:`dataset` (Debian icon themes + scikit photos; it says which package to install when one is
-missing), adds the gallery images to a faiss ``Flat`` gallery in a temporary folder and prints:
+missing) and, for each gallery framing (``margin``: icons on a white margin, ``tight``: cut to the object; with
+``--reverse`` the same for the other style pair), builds a real faiss ``Flat`` gallery through ``Engine.gallery_add``
+(which records the gallery's framing rule and ``score_thres: auto``) and prints:
 
-- **pipeline** tables for the pack's settings as shipped, as general-lite 1.1.0 had them (``1.1.0``) and as they were
-  before issue #18 (``before``): R@1 / R@5 on ``alone`` queries (whole image), ``scene`` queries (the real
-  ``Engine.recognize`` path: detection, crops, search, rec-NMS; R@1 = the best recognition's label, R@5 = the true
-  label among the five best distinct labels of every searched box), ``oracle`` (the true box embedded), detector
-  recall (a kept box with IoU >= 0.5), accepted answers and their precision at the pack's ``score_thres``, and the
-  median latency per scene image;
+- **pipeline** tables per framing for the pack as shipped and as general-lite 1.2.0 had it (``1.2.0``; with
+  ``--history`` also 1.1.0 and 1.0.0 ``before``): R@1 on ``alone`` queries (the whole image, framed by the
+  gallery's rule), ``scene`` queries (the real ``Engine.recognize`` path: detection, crops, search, rec-NMS; R@1 =
+  the best recognition's label, R@5 = the true label among the five best distinct labels of every searched box),
+  ``true box`` (the pasted object's box, cropped by the gallery's rule), detector recall (a kept box with IoU >=
+  0.5), the framing rule, ``score_thres`` as resolved for the gallery, the scene queries *answered* (top-1 score >=
+  it), their precision and recall (right answers / all queries), and the median latency per scene image;
+- a precision / recall curve of the scene queries per framing (``--pr-png``, matplotlib; skipped with a note when
+  it is not installed), and the tables as markdown (``--markdown FILE``, ``--update-doc docs/quality.md``);
 - detector recall at IoU >= 0.5 in the top-k per threshold and minimum relative box size (raw boxes cached);
 - with ``--sweep``: the measurements behind the embedding defaults, from cached feature maps: pooling / input
   size / flip averaging / stretched or square crops / centring and whitening (R@1 alone and oracle, latency per
@@ -65,6 +70,7 @@ BEFORE: dict[str, Any] = {
     "IndexProcess.score_thres": 0.8,
     "RecPreProcess.transform_ops": STRETCH_OPS,
     "RecPostProcess.centering": None,
+    "Global.framing": "whole_image",
 }
 #: general-lite 1.1.0 (GeM, detector threshold 0.2, min_box_ratio 0.1, crop_padding 0.1; stretched, not centred).
 V110: dict[str, Any] = {
@@ -72,7 +78,12 @@ V110: dict[str, Any] = {
     "RecPostProcess.centering": None,
     "Global.crop_padding": 0.1,
     "IndexProcess.score_thres": 0.9,
+    "Global.framing": "whole_image",
 }
+#: general-lite 1.2.0 (square centred crops, crop_padding 0.2, score_thres 0.5; galleries embed whole images).
+V120: dict[str, Any] = {"Global.framing": "whole_image", "Global.crop_padding": 0.2, "IndexProcess.score_thres": 0.5}
+#: Parameters that shape how a gallery is built (given at load time, recorded in the gallery, issue #28).
+GALLERY_TIME = ("Global.framing", "Global.crop_padding")
 
 
 def _known(settings: dict[str, Any]) -> dict[str, Any]:
@@ -117,34 +128,52 @@ def calibrate(best: list[float], right: list[bool], precision: float = TARGET_PR
 
 
 # -- the real pipeline ------------------------------------------------------------------------------------------
-def pipeline_report(engine: Any, qs: dataset.QualitySet, settings: dict[str, Any]) -> dict[str, Any]:
-    """R@k alone / scene / oracle, detector recall and latency through ``Engine`` as a caller uses it."""
+def pipeline_report(
+    engine: Any, qs: dataset.QualitySet, settings: dict[str, Any], gallery_images: list[np.ndarray]
+) -> dict[str, Any]:
+    """R@k alone / scene / oracle, detector recall, answered queries and their precision and recall through
+    ``Engine`` as a caller uses it: the gallery built by ``Engine.gallery_add`` (which records its framing rule),
+    queries cropped by that gallery's rule, ``score_thres`` resolved for that gallery (``auto``)."""
+    from shitu.serving.engine.framing import frame_box
+
     p = engine.params.override(settings)
     index = flat_gallery(engine.embedding_size)
-    index.add(engine.extractor.embed(qs.gallery, p), qs.labels)
-    alone = index.search(engine.extractor.embed(qs.alone, p), 5)
-    pad = p["Global.crop_padding"]
-    oracle_feats = engine.extractor.embed([dataset_crop(s.image, s.box, pad) for s in qs.scenes], p)
-    oracle = index.search(oracle_feats, 5)
-    thres = p["IndexProcess.score_thres"]
-    scene_r1, scene_r5, recall, accepted, accepted_ok, times, crops = [], [], [], 0, 0, [], []
+    engine.gallery_add(gallery_images, qs.labels, gallery=index.path)
+    index.close()
+    index = engine.gallery(index.path)
+    framing = engine.rules.framing(index)
+    thres = engine.rules.apply(p, index)["IndexProcess.score_thres"]
+
+    def embed(images: list[np.ndarray]) -> np.ndarray:
+        return engine.extractor.embed(images, p)
+
+    alone = index.search(engine.rules.embedder(index, embed)(qs.alone), 5)
+    oracle_crops = [frame_box(s.image, s.box, False, framing, engine.rules.fill) for s in qs.scenes]
+    oracle = index.search(embed(oracle_crops), 5)
+    scene_r1, scene_r5, recall, times, crops, best = [], [], [], [], [], []
     for s in qs.scenes:
         t0 = time.perf_counter()
         recs, expl = engine.recognize_explained(
-            [s.image], index, **_per_request(settings, return_k=5, score_thres=0.0)
+            [s.image], index, **_per_request(settings, return_k=5, score_thres=-1.0)
         )[0]
         times.append(time.perf_counter() - t0)
         crops.append(len(expl.searched))
         boxes = np.array([b.bbox for b in expl.searched if not b.is_whole_image] or np.zeros((0, 4)))
         recall.append(bool(len(boxes)) and bool((iou(boxes, s.box) >= 0.5).any()))
         scene_r1.append(bool(recs) and recs[0].label == s.label)
+        best.append(recs[0].score if recs else float("-inf"))
         cands = sorted(((m.score, m.label) for b in expl.searched for m in b.matches), reverse=True)
         distinct = list(dict.fromkeys(lab for _, lab in cands))[:5]
         scene_r5.append(s.label in distinct)
-        if recs and recs[0].score >= thres:
-            accepted += 1
-            accepted_ok += recs[0].label == s.label
-    n = len(qs.scenes)
+    answered = {
+        "scene": answered_stats(best, scene_r1, thres),
+        "alone": answered_stats(
+            [m[0].score for m in alone], [m[0].label == t for m, t in zip(alone, qs.labels)], thres
+        ),
+        "oracle": answered_stats(
+            [m[0].score for m in oracle], [m[0].label == s.label for m, s in zip(oracle, qs.scenes)], thres
+        ),
+    }
     return {
         "alone_r1": float(np.mean([m[0].label == t for m, t in zip(alone, qs.labels)])),
         "alone_r5": float(np.mean([t in {x.label for x in m} for m, t in zip(alone, qs.labels)])),
@@ -153,12 +182,72 @@ def pipeline_report(engine: Any, qs: dataset.QualitySet, settings: dict[str, Any
         "oracle_r1": float(np.mean([m[0].label == s.label for m, s in zip(oracle, qs.scenes)])),
         "oracle_r5": float(np.mean([s.label in {x.label for x in m} for m, s in zip(oracle, qs.scenes)])),
         "det_recall": float(np.mean(recall)),
-        "accepted": accepted / n,
-        "precision_accepted": accepted_ok / max(accepted, 1),
-        "score_thres": thres,
+        "framing": framing.as_dict(),
+        "score_thres": float(thres),
+        "answered": answered,
+        # scene answers (as before): share answered and their precision
+        "accepted": answered["scene"]["answered"],
+        "precision_accepted": answered["scene"]["precision"],
+        "recall_answered": answered["scene"]["recall"],
+        "scene_scores": [[float(b), bool(r)] for b, r in zip(best, scene_r1)],
         "median_ms_per_scene": statistics.median(times) * 1000,
         "crops_per_scene": float(np.mean(crops)),
     }
+
+
+def answered_stats(scores: list[float], right: list[bool], thres: float) -> dict[str, float]:
+    """Queries whose top-1 answer passes ``thres``: their share, precision (right among them) and recall (right
+    answers among all queries)."""
+    ok = [s >= thres for s in scores]
+    n_ok = sum(ok)
+    good = sum(o and r for o, r in zip(ok, right))
+    return {
+        "answered": n_ok / max(len(scores), 1),
+        "precision": good / n_ok if n_ok else float("nan"),
+        "recall": good / max(len(scores), 1),
+    }
+
+
+def pr_curve(scores: list[list[Any]]) -> tuple[list[float], list[float]]:
+    """Precision and recall of answered queries as the threshold falls through the top-1 scores."""
+    pairs = sorted(((s, r) for s, r in scores if s != float("-inf")), key=lambda t: -t[0])
+    precision, recall, ok = [], [], 0
+    for n, (_, r) in enumerate(pairs, 1):
+        ok += r
+        precision.append(ok / n)
+        recall.append(ok / max(len(scores), 1))
+    return precision, recall
+
+
+def plot_pr(out: dict[str, Any], path: Path) -> str:
+    """A precision / recall PNG per framing (scene queries, every setting; a dot at its ``score_thres``)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "precision/recall curve not drawn: matplotlib is not installed (pip install matplotlib)"
+    sets = out["framings"]
+    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4), squeeze=False)
+    for ax, (name, runs) in zip(axes[0], sets.items()):
+        for setting, r in runs.items():
+            prec, rec = pr_curve(r["scene_scores"])
+            (line,) = ax.plot(rec, prec, label=setting)
+            a = r["answered"]["scene"]
+            if a["answered"]:
+                ax.plot([a["recall"]], [a["precision"]], "o", color=line.get_color())
+        ax.set_title(f"{name}: scene queries")
+        ax.set_xlabel("recall (right answers / queries)")
+        ax.set_ylabel("precision of answered")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return f"precision/recall curve: {path}"
 
 
 def flat_gallery(dim: int) -> Any:
@@ -347,6 +436,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenario", default=None)
     ap.add_argument("--sweep", action="store_true", help="also print the measurements behind the defaults")
     ap.add_argument("--skip-before", action="store_true", help="only the pack as shipped")
+    ap.add_argument("--history", action="store_true", help="also general-lite 1.0.0 (before) and 1.1.0")
+    ap.add_argument("--reverse", action="store_true", help="also the other style pair (gallery and queries swapped)")
+    ap.add_argument(
+        "--pr-png", default=str(HERE.parent / "results" / "quality_pr.png"), help="precision/recall curve (PNG)"
+    )
+    ap.add_argument("--markdown", metavar="FILE", help="also write the per-framing tables as markdown")
+    ap.add_argument(
+        "--update-doc", metavar="MD", help=f"replace the tables between {DOC_MARKS[0]} and {DOC_MARKS[1]} in MD"
+    )
     ap.add_argument(
         "--latency-rounds",
         type=int,
@@ -418,72 +516,116 @@ def main(argv: list[str] | None = None) -> int:
     print("\nDetector recall (a box with IoU >= 0.5 among the top-k kept; small = short side < 32 px):")
     print(table(["threshold", "min ratio", "top1", "top5", "top10", "all", "small share top5"], det["detector_rows"]))
     out["detector_recall"] = det["detector"]
-    rows = []
     engines: dict[str, tuple[Any, dict[str, Any]]] = {}
-    runs = [("before", _known(BEFORE)), ("1.1.0", _known(V110)), ("shipped", {})]
+    runs = [("1.2.0", _known(V120)), ("shipped", {})]
+    if args.history:
+        runs = [("before", _known(BEFORE)), ("1.1.0", _known(V110))] + runs
     if args.adapted:
         runs.append(("adapted", {"Global.rec_inference_model_dir": str(args.adapted)}))
+    pairs = {"": qs}
+    if args.reverse:
+        pairs["reversed "] = dataset.build(args.classes, args.scenes_per_class, args.seed, reverse=True)
+    out["framings"] = {}
     for name, settings in runs:
-        if name in ("before", "1.1.0") and args.skip_before:
+        if name != "shipped" and args.skip_before:
             continue
-        load_time = {k: v for k, v in settings.items() if not _is_per_request(k)}
+        load_time = {k: v for k, v in settings.items() if not _is_per_request(k) or k in GALLERY_TIME}
         engine = load_engine(args.scenario, params={"Global.cpu_num_threads": 1, **load_time})
-        per_request = {k: v for k, v in settings.items() if _is_per_request(k)}
-        out[name] = pipeline_report(engine, qs, per_request)
+        per_request = {k: v for k, v in settings.items() if k not in load_time}
+        for prefix, pair in pairs.items():
+            for framing, images in pair.framings().items():
+                report = pipeline_report(engine, pair, per_request, images)
+                out["framings"].setdefault(f"{prefix}{framing}", {})[name] = report
+        out[name] = out["framings"]["margin"][name]
         engines[name] = (engine, per_request)
     if args.latency_rounds:
         first = next(iter(engines.values()))[0]
         index = flat_gallery(first.embedding_size)
         index.add(np.zeros((1, first.embedding_size), np.float32), ["nothing"])  # searching costs the same
         for name, ms in latency(engines, qs, index, args.latency_rounds).items():
-            out[name]["median_ms_per_scene"] = ms
-    for name, (engine, _) in engines.items():
+            for runs_of in out["framings"].values():
+                runs_of[name]["median_ms_per_scene"] = ms
+    for engine, _ in engines.values():
         engine.close()
-        r = out[name]
-        rows.append(
-            [
-                name,
-                r["alone_r1"],
-                r["alone_r5"],
-                r["scene_r1"],
-                r["scene_r5"],
-                r["oracle_r1"],
-                r["oracle_r5"],
-                r["det_recall"],
-                r["score_thres"],
-                r["accepted"],
-                r["precision_accepted"],
-                r["crops_per_scene"],
-                r["median_ms_per_scene"],
-            ]
-        )
     print(
-        "\nPipeline (Engine.recognize on scenes; R@k ranked without score_thres; 1 thread per model; ms/scene "
-        "interleaved):"
+        "\nPipeline per gallery framing (Engine.recognize on scenes; R@k ranked without score_thres; answered: top-1 "
+        "score >= score_thres, precision = right among answered, recall = right answered / queries; 1 thread per "
+        "model; ms/scene interleaved):"
     )
-    print(
-        table(
-            [
-                "settings",
-                "alone R@1",
-                "alone R@5",
-                "scene R@1",
-                "scene R@5",
-                "oracle R@1",
-                "oracle R@5",
-                "det recall",
-                "score_thres",
-                "accepted",
-                "precision",
-                "crops/scene",
-                "ms/scene",
-            ],
-            rows,
-        )
-    )
-    out["summary"] = summary(out) or quality_summary(out, [name for name, _ in runs if name in engines])
+    headers, tables = result_tables(out)
+    for framing, rows in tables.items():
+        print(f"\n{framing} gallery:")
+        print(table(headers, rows))
+    print(plot_pr(out, Path(args.pr_png)))
+    md = markdown_tables(out, " ".join(sys.argv[1:] if argv is None else argv))
+    if args.markdown:
+        Path(args.markdown).write_text(md)
+        print(f"tables in markdown: {args.markdown}")
+    if args.update_doc:
+        print(update_doc(Path(args.update_doc), md))
+    out["summary"] = summary(out) or quality_summary(out, list(engines))
+    for runs_of in out["framings"].values():
+        for r in runs_of.values():
+            del r["scene_scores"]
     write_json("quality", out, args.json)
     return 0
+
+
+COLUMNS = (
+    ("alone R@1", "alone_r1"),
+    ("scene R@1", "scene_r1"),
+    ("scene R@5", "scene_r5"),
+    ("true box R@1", "oracle_r1"),
+    ("det recall", "det_recall"),
+    ("framing", None),
+    ("score_thres", "score_thres"),
+    ("answered", "accepted"),
+    ("precision", "precision_accepted"),
+    ("recall", "recall_answered"),
+    ("ms/scene", "median_ms_per_scene"),
+)
+
+
+def result_tables(out: dict[str, Any]) -> tuple[list[str], dict[str, list[list[Any]]]]:
+    """Headers and one table of rows per gallery framing (scene queries for answered / precision / recall)."""
+    tables = {}
+    for framing, runs in out["framings"].items():
+        rows = []
+        for name, r in runs.items():
+            f = r["framing"]
+            rows.append([name] + [f"{f['rule']} {f['crop_padding']:g}" if k is None else r[k] for _, k in COLUMNS])
+        tables[framing] = rows
+    return ["settings"] + [h for h, _ in COLUMNS], tables
+
+
+def markdown_tables(out: dict[str, Any], command: str) -> str:
+    """The per-framing tables as markdown (``docs/quality.md`` carries them as this writes them)."""
+    headers, tables = result_tables(out)
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "n/a" if v != v else f"{v:.1f}" if abs(v) > 5 else f"{v:.3f}"
+        return str(v)
+
+    parts = [f"`python benchmarks/quality/run.py {command}`".replace(" `", "`"), "", f"Set: {out['set']}.", ""]
+    for framing, rows in tables.items():
+        parts += [f"**{framing}** gallery:", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        parts += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+        parts.append("")
+    return "\n".join(parts)
+
+
+DOC_MARKS = ("<!-- quality-tables: written by benchmarks/quality/run.py -->", "<!-- /quality-tables -->")
+
+
+def update_doc(path: Path, md: str) -> str:
+    """Put ``md`` between :data:`DOC_MARKS` in ``path`` (``docs/quality.md``)."""
+    text = path.read_text()
+    start, end = text.find(DOC_MARKS[0]), text.find(DOC_MARKS[1])
+    if start < 0 or end < start:
+        return f"{path}: no {DOC_MARKS[0]} ... {DOC_MARKS[1]} section; tables not written"
+    path.write_text(text[: start + len(DOC_MARKS[0])] + "\n" + md + "\n" + text[end:])
+    return f"tables written into {path}"
 
 
 def quality_summary(out: dict[str, Any], names: list[str]) -> list[dict[str, str]]:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from shitu.model_spec import ModelSpec
-from shitu.serving.adapt.head import AdaptReport, _r1, embed_views, make_view
+from shitu.serving.adapt.head import AdaptReport, _r1, embed_views, heldout_backgrounds, make_view
 from shitu.serving.engine.extraction import l2_normalize
 from shitu.serving.engine.transforms import Transforms
 
@@ -134,7 +134,7 @@ def _finetune(
     target_of = {n: i for i, n in enumerate(names)}
     net = _Net(spec, pooling, gem_power, head, layers, centre)
     gallery0 = net.embed(images)  # held-out views: the head's report's (same seed), made again when needed
-    held0, held_owner = embed_views(net.embed, images, backgrounds, 3, seed + 1000)
+    held0, held_owner = embed_views(net.embed, images, heldout_backgrounds(), 3, seed + 1000)
     before = _r1(held0, held_owner, gallery0, labels)
     centres0 = np.stack(
         [l2_normalize(gallery0[[i for i, lab in enumerate(labels) if lab == n]]).mean(0) for n in names]
@@ -155,7 +155,7 @@ def _finetune(
         opt.clear_grad()
         if step % 10 == 0:
             log(f"fine-tune step {step}/{steps}: loss {float(loss):.3f} ({time.perf_counter() - t0:.0f} s)")
-    held1, _ = embed_views(net.embed, images, backgrounds, 3, seed + 1000)
+    held1, _ = embed_views(net.embed, images, heldout_backgrounds(), 3, seed + 1000)
     after = _r1(held1, held_owner, net.embed(images), labels)
     report = AdaptReport(
         len(names),

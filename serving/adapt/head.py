@@ -8,7 +8,8 @@ is a new recogniser folder: the same model files plus ``projection.npy`` and a `
 :class:`~.extraction.FeatureExtractor` applies after pooling. Galleries must then be re-embedded with it
 (``Global.rec_inference_model_dir``).
 
-Held-out views (made with another seed, never trained on) measure R@1 before and after.
+Held-out views measure R@1 before and after: made with another seed on background images the head never saw
+(:func:`heldout_backgrounds`: synthetic clutter, not any sample photo a user's test images may share; issue #28).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class AdaptReport:
     heldout_r1_after: float
     seconds: float = 0.0
     labels: list[str] = field(default_factory=list)
+    heldout_backgrounds: str = ""
 
 
 def default_backgrounds() -> list[np.ndarray]:
@@ -59,6 +61,32 @@ def default_backgrounds() -> list[np.ndarray]:
         img = getattr(skimage.data, name)()
         img = np.stack([img] * 3, axis=2) if img.ndim == 2 else img[:, :, :3]
         out.append(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    return out
+
+
+def heldout_backgrounds(n: int = 8, seed: int = 2028) -> list[np.ndarray]:
+    """``n`` synthetic cluttered backgrounds (BGR, 320 x 320): a smooth random colour field, random filled
+    rectangles, ellipses and lines, and a fine texture; deterministic for ``seed``. Held-out views are made on
+    these, so they share no photograph with training (nor with the scikit sample photos users often test on)."""
+    rng = np.random.RandomState(seed)
+    out = []
+    for _ in range(n):
+        field_ = cv2.resize(rng.randint(0, 256, (4, 4, 3)).astype(np.uint8), (320, 320), interpolation=cv2.INTER_CUBIC)
+        img = np.ascontiguousarray(field_)
+        for _ in range(rng.randint(6, 14)):
+            colour = tuple(int(c) for c in rng.randint(0, 256, 3))
+            x, y = (int(v) for v in rng.randint(0, 320, 2))
+            w, h = (int(v) for v in rng.randint(15, 140, 2))
+            kind = rng.randint(3)
+            if kind == 0:
+                cv2.rectangle(img, (x, y), (x + w, y + h), colour, -1)
+            elif kind == 1:
+                cv2.ellipse(img, (x, y), (w // 2, h // 2), float(rng.uniform(0, 180)), 0, 360, colour, -1)
+            else:
+                cv2.line(img, (x, y), (x + w, y + h), colour, int(rng.randint(2, 9)))
+        noise = rng.normal(0, rng.uniform(4, 20), img.shape)
+        img = np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+        out.append(cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.5, 1.5))))
     return out
 
 
@@ -192,8 +220,10 @@ def adapt(
     heldout_per_image: int = 3,
     steps: int = 300,
     seed: int = 0,
+    heldout: Sequence[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, AdaptReport]:
-    """Train the projection for ``images`` under ``labels``; ``embed``: BGR images -> un-projected features."""
+    """Train the projection for ``images`` under ``labels``; ``embed``: BGR images -> un-projected features.
+    Held-out views are pasted on ``heldout`` (default :func:`heldout_backgrounds`), never on ``backgrounds``."""
     import time
 
     t0 = time.perf_counter()
@@ -204,7 +234,8 @@ def adapt(
     feats = np.concatenate([g, train]) if len(train) else g
     targets = np.array([target_of[lab] for lab in labels] + [target_of[labels[o]] for o in owner])
     matrix, loss = train_projection(feats, targets, len(names), steps, seed=seed)
-    h, held_owner = embed_views(embed, images, backgrounds, heldout_per_image, seed + 1000)
+    held_bgs = list(heldout) if heldout is not None else heldout_backgrounds()
+    h, held_owner = embed_views(embed, images, held_bgs, heldout_per_image, seed + 1000)
     report = AdaptReport(
         len(names),
         len(owner),
@@ -214,6 +245,7 @@ def adapt(
         _r1(h, held_owner, g, labels),
         _r1(h @ matrix, held_owner, g @ matrix, labels),
         labels=names,
+        heldout_backgrounds="given" if heldout is not None else f"{len(held_bgs)} synthetic clutter images",
     )
     report.seconds = time.perf_counter() - t0
     return matrix, report

@@ -43,6 +43,30 @@ def _centre_of(engine: Any) -> np.ndarray | None:
     return get(name)
 
 
+def framed_embedder(src: Path, embed: Callable[[Sequence[np.ndarray]], np.ndarray], params: Any) -> Any:
+    """``embed`` framing images as gallery ``src`` records (whole images for one that records none)."""
+    from shitu.serving.engine.framing import Framing, fill_colour
+    from shitu.serving.engine.gallery_rules import FramedEmbedder
+    from shitu.serving.gallery.settings import read_settings
+
+    framing = Framing.from_dict(read_settings(src).get("framing")) or Framing("whole_image", 0.0)
+    return FramedEmbedder(embed, framing, fill_colour(params["RecPreProcess.transform_ops"]))
+
+
+def carry_and_recalibrate(src: Path, dest: Path) -> float | None:
+    """Record ``src``'s framing rule in its copy ``dest`` and compute the copy's ``score_thres: auto`` (the adapted
+    recogniser's scores have another scale); the new threshold (``None``: no estimate)."""
+    from shitu.serving.engine.calibration import calibrate
+    from shitu.serving.gallery.local import Gallery
+    from shitu.serving.gallery.settings import read_settings, update_settings
+
+    framing = read_settings(src).get("framing")
+    with Gallery.open(dest) as g:
+        record = calibrate(g)
+        update_settings(g, framing=framing, score_thres=record)
+    return record["auto"] if record else None
+
+
 def train_recognizer(
     engine: Any,
     images: Sequence[np.ndarray],
@@ -216,17 +240,25 @@ def adapt_pack(
                 old_identity=model_identity(engine.extractor.spec),
                 locate=locate,
             )
-            galleries = reembed_all(
-                copies,
-                projection=matrix,
-                embed=lambda imgs: new_extractor.embed(imgs, p),
-                read_image=lambda s: load(s),
-                identity=model_identity(new_spec),
-                binarize=binarize,
-                normalize_mapped=p["RecPostProcess.normalize"],
-            )
+            galleries = {}
+            for copy in copies:  # each with its own framing rule, recalibrated after (issue #28)
+                galleries.update(
+                    reembed_all(
+                        [copy],
+                        projection=matrix,
+                        embed=framed_embedder(copy.src, lambda imgs: new_extractor.embed(imgs, p), p),
+                        read_image=lambda s: load(s),
+                        identity=model_identity(new_spec),
+                        binarize=binarize,
+                        normalize_mapped=p["RecPostProcess.normalize"],
+                    )
+                )
+                galleries[copy.name]["score_thres"] = carry_and_recalibrate(copy.src, copy.dest)
             for gname, done in galleries.items():
-                log(f"gallery {gname}: {done['items']} items carried over ({done['how']})")
+                log(
+                    f"gallery {gname}: {done['items']} items carried over ({done['how']}), score_thres auto "
+                    f"{done['score_thres']}"
+                )
             info = adapted_version.install_staged(Path(tmp) / "pack", make_current=make_current)
     finally:
         engine.close()

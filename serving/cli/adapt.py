@@ -84,7 +84,11 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - the command reports any failure in one line
         print(f"shitu adapt: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    print(f"held-out R@1 {report.heldout_r1_before:.3f} -> {report.heldout_r1_after:.3f} ({args.method})")
+    where = getattr(report, "heldout_backgrounds", "") or "backgrounds not trained on"
+    print(
+        f"held-out R@1 {report.heldout_r1_before:.3f} -> {report.heldout_r1_after:.3f} ({args.method}; views on "
+        f"{where}, never trained on)"
+    )
     print(f"recogniser written to {out}; use it with --param rec_inference_model_dir={out} and re-embed the gallery")
     return EXIT_OK
 

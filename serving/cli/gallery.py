@@ -245,7 +245,7 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
             report = build_from_entries(
                 gallery,
                 entries,
-                embed_images_fn(engine),
+                embed_images_fn(engine, gallery),
                 batch_size=args.batch_size,
                 skip_bad=args.skip_bad,
                 progress=not args.no_progress,
@@ -253,6 +253,9 @@ def _build_or_add(args: argparse.Namespace, create: bool) -> int:
                 decode_fn=_decode_fn(engine),
             )
             gallery.checkpoint()
+            rules = getattr(engine, "rules", None)
+            if rules is not None:  # score_thres: auto follows the gallery (issue #28)
+                rules.recalibrate(gallery)
             _print_report(report, gallery, args.json)
     finally:
         close = getattr(engine, "close", None)
@@ -333,11 +336,15 @@ def cmd_search(args: argparse.Namespace) -> int:
                     images.append(decode(Path(name).read_bytes()))
                 except ValueError as exc:
                     raise GalleryError(f"{name}: not a readable image ({exc})") from None
-            hits = g.search(np.asarray(engine.embed(images)), k=args.k, labels=args.label or None)
+            rules = getattr(engine, "rules", None)  # the query framed as the gallery frames its items (#28)
+            embed = rules.embedder(g, engine.embed) if rules is not None else engine.embed
+            hits = g.search(np.asarray(embed(images)), k=args.k, labels=args.label or None)
             params = getattr(engine, "params", None)
             if isinstance(params, Params):  # the same score_thres rule as Engine.search and recognition
                 from shitu.serving.engine.pipeline import accepted_matches
 
+                if rules is not None:  # score_thres: auto -> this gallery's
+                    params = rules.apply(params, g)
                 hits = accepted_matches(hits, params["IndexProcess.score_thres"], g.higher_is_better)
         finally:
             close = getattr(engine, "close", None)

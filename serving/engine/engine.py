@@ -25,6 +25,7 @@ from shitu.params import Params, flatten, merge
 from shitu.serving.engine.bulk import BulkEmbedder
 from shitu.serving.engine.detection import MainbodyDetector
 from shitu.serving.engine.extraction import FeatureExtractor
+from shitu.serving.engine.gallery_rules import GalleryRules
 from shitu.serving.engine.pipeline import SearchIndex, accepted_matches, recognize, search_options
 from shitu.serving.engine.predictor import RuntimeOptions
 from shitu.serving.engine.timing import NULL_TIMER, StageTimer
@@ -74,12 +75,14 @@ class Engine:
         self.detector = MainbodyDetector(detector_spec, runtime_options(self.params, "det"))
         self.extractor = FeatureExtractor(extractor_spec, runtime_options(self.params, "rec"))
         self.extractor.centering(self.params["RecPostProcess.centering"])  # a missing or bad file fails the load
-        #: Gallery names, open/create, model identity, pack galleries and thumbnails.
+        #: Each gallery's framing rule and ``score_thres: auto`` (issue #28).
+        self.rules = GalleryRules(self.params, self.extractor.spec.transform_ops)
+        #: Gallery names, open/create, model identity, pack galleries (built through the framing rule) and thumbnails.
         self.galleries = GalleryManager(
             self.params,
             self.embedding_size,
             self.extractor.spec,
-            self.embed,
+            self.rules.embedder(None, self.embed),
             gallery_root=gallery_root,
             default_gallery=default_gallery,
             scenario=scenario,
@@ -184,8 +187,8 @@ class Engine:
         **overrides: Any,
     ) -> list[list[Match]]:
         """Top ``IndexProcess.return_k`` matches per embedding that pass ``IndexProcess.score_thres``."""
-        p = self.request_params(overrides, params)
         g = self._index(gallery)
+        p = self.rules.apply(self.request_params(overrides, params), g, overrides if params is None else None)
         hits = g.search(np.asarray(embeddings), p["IndexProcess.return_k"], **search_options(g, p))
         return accepted_matches(hits, p["IndexProcess.score_thres"], g.higher_is_better)
 
@@ -201,9 +204,11 @@ class Engine:
         """What and where, per image, best first (the crops of all images go through the recogniser together).
 
         ``params``: the request's parameters, already merged (else ``overrides`` by PP-ShiTu name); ``explanations``:
-        one :class:`~.explain.Explanation` per image to fill with every stage's view."""
-        p = self.request_params(overrides, params)
-        return recognize(images, self.detector, self.extractor, self._index(gallery), p, timer, explanations)
+        one :class:`~.explain.Explanation` per image to fill with every stage's view. The gallery's own framing and
+        ``score_thres: auto`` apply (:mod:`.gallery_rules`)."""
+        g = self._index(gallery)
+        p = self.rules.apply(self.request_params(overrides, params), g, overrides if params is None else None)
+        return recognize(images, self.detector, self.extractor, g, p, timer, explanations)
 
     def recognize_explained(
         self,
@@ -231,8 +236,8 @@ class Engine:
         """Add whole images under ``labels``; returns their gallery ids."""
         if len(images) != len(labels):
             raise EngineError(f"{len(images)} images but {len(labels)} labels")
-        feats = self.extractor.embed(list(images), self.params)
         g = self.gallery(gallery, create=True)
+        feats = self.rules.embedder(g, lambda ims: self.extractor.embed(list(ims), self.params))(images)
         ids = g.add(
             feats,
             list(labels),
@@ -241,6 +246,7 @@ class Engine:
             content_hashes=list(content_hashes) if content_hashes is not None else None,
         )
         self.galleries.store_thumbnails(g, ids, images)
+        self.rules.after_add(g)
         return ids
 
     def gallery_build(
@@ -259,16 +265,24 @@ class Engine:
         """
         from shitu.serving.gallery.build import build_from_source, embed_images_fn
 
-        return build_from_source(
-            cast("Gallery", self.gallery(gallery, create=True)),  # any backend builds: it adds and looks up
+        g = self.gallery(gallery, create=True)
+        report = build_from_source(
+            cast("Gallery", g),  # any backend builds: it adds and looks up
             source,
-            embed_images_fn(self),
+            embed_images_fn(self, g),
             image_root=image_root,
             delimiter=self.params["IndexProcess.delimiter"],
             batch_size=self.params["Global.batch_size"],
             skip_bad=skip_bad,
             progress=progress,
         )
+        self.rules.recalibrate(g)
+        return report
+
+    def gallery_embedder(self, gallery: Any = None) -> Any:
+        """Whole images -> vectors for gallery ``gallery`` (an open gallery; ``None``: one about to be made),
+        through its framing rule (:mod:`.gallery_rules`), with the bulk embedder of gallery builds."""
+        return self.rules.embedder(gallery, self.embed_bulk)
 
     def gallery_remove(
         self, ids: Sequence[int] | None = None, labels: Sequence[str] | None = None, gallery: str | Path | None = None
@@ -276,7 +290,16 @@ class Engine:
         return self.gallery(gallery).remove(ids=list(ids) if ids else None, labels=list(labels) if labels else None)
 
     def gallery_info(self, gallery: str | Path | None = None) -> dict[str, Any]:
-        return self.gallery(gallery).info()
+        g = self.gallery(gallery)
+        info = g.info()
+        framing = self.rules.framing(g)
+        # what requests against it get (also for a gallery that records nothing: the pre-#28 rule)
+        info["recognition"] = {
+            **info.get("recognition", {}),
+            "framing": framing.as_dict(),
+            "score_thres": self.rules.score_thres(g),
+        }
+        return info
 
 
 def check_boxes(boxes: Any, shape: tuple[int, ...], index: int) -> np.ndarray:

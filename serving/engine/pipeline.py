@@ -30,7 +30,8 @@ import numpy as np
 from shitu.params import Params
 from shitu.serving.engine.boxes import nms
 from shitu.serving.engine.detection import MainbodyDetector, whole_image_box
-from shitu.serving.engine.extraction import FeatureExtractor, crop
+from shitu.serving.engine.extraction import FeatureExtractor
+from shitu.serving.engine.framing import Framing, fill_colour, frame_box
 from shitu.serving.engine.timing import NULL_TIMER, StageTimer
 from shitu.serving.results import Detections, Match, Recognition
 from shitu.serving.results.explanation import Explanation
@@ -175,7 +176,12 @@ def _search(
     """Embed the boxes ``dets`` of every run in one call, search them in one call; append each run's accepted
     best matches to its ``found`` (and every searched box to its explanation)."""
     with timer.stage("crop"):
-        crops = [crop(r.image, box, params["Global.crop_padding"]) for r, det in zip(runs, dets) for box in det.xyxy]
+        framing, fill = Framing.of(params), fill_colour(extractor.spec.transform_ops)
+        crops = [
+            frame_box(r.image, box, whole, framing, fill)
+            for r, det in zip(runs, dets)
+            for box, whole in zip(det.xyxy, det.is_whole_image)
+        ]
     if not crops:
         return
     feats = extractor.embed(crops, params, timer)

@@ -37,16 +37,13 @@ from typing import IO, Any
 import numpy as np
 import numpy.lib.format as npformat
 
-from shitu.files import move_into_place, sha256_file, staging_dir
+from shitu.files import move_into_place, pid_alive, sha256_file, staging_dir
 from shitu.serving.gallery.errors import BackupError, GalleryError
 from shitu.serving.gallery.store import (
     DB_NAME,
     copy_database,
-    pid_alive,
+    meta_json,
     read_items,
-)
-from shitu.serving.gallery.store import (
-    model_identity as recorded_model,
 )
 
 __all__ = [
@@ -138,7 +135,7 @@ def model_identity(spec: Any) -> dict[str, str]:
 
 def gallery_model_identity(gallery_dir: str | os.PathLike) -> dict[str, str] | None:
     """The model identity a gallery records (``None`` when it records none)."""
-    return recorded_model(Path(gallery_dir))
+    return meta_json(Path(gallery_dir), "model_identity")
 
 
 def set_gallery_model_identity(gallery_dir: str | os.PathLike, identity: dict[str, str]) -> None:
@@ -148,7 +145,7 @@ def set_gallery_model_identity(gallery_dir: str | os.PathLike, identity: dict[st
         raise BackupError(
             f"{gallery_dir}: its vectors come from model {describe_model(current)}, not {describe_model(identity)}"
         )
-    recorded_model(Path(gallery_dir), identity)
+    meta_json(Path(gallery_dir), "model_identity", lambda _: identity)
 
 
 def remember_model(gallery_dir: str | os.PathLike, spec: Any) -> None:

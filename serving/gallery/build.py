@@ -261,8 +261,13 @@ def build_from_source(
     )
 
 
-def embed_images_fn(engine: Any) -> EmbedFn:
+def embed_images_fn(engine: Any, gallery: Any = None) -> EmbedFn:
     """The engine's bulk embedding (``Engine.embed_bulk``: batches split over single-thread recogniser copies) as an
-    ``embed_fn``; ``engine.embed`` for an engine without one."""
+    ``embed_fn``, framing images as ``gallery`` records (``Engine.gallery_embedder``; ``None``: a gallery about to
+    be made); ``engine.embed`` for an engine without one."""
+    framed = getattr(engine, "gallery_embedder", None)
+    if framed is not None:
+        embed: EmbedFn = framed(gallery)
+        return embed
     bulk = getattr(engine, "embed_bulk", None)
     return bulk if bulk is not None else (lambda images: engine.embed(images))

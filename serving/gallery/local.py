@@ -564,6 +564,8 @@ class Gallery:
                 "readonly": self.readonly,
                 "created_at": float(meta["created_at"]),
                 "tuning": dict(self.tuning),
+                # framing rule and score_thres: auto of this gallery (shitu.serving.gallery.settings, issue #28)
+                "recognition": json.loads(meta.get("recognition") or "{}"),
             }
         size = 0
         for p in self.path.iterdir():

@@ -123,6 +123,11 @@ def ensure_built(
                 gallery.add(vectors, labels, sources=sources)
             else:
                 build_from_entries(gallery, entries, embed_fn, skip_bad=skip_bad, progress=progress)
+                framing = getattr(embed_fn, "framing", None)  # the rule embed_fn framed the images with (#28)
+                if framing is not None:
+                    from shitu.serving.gallery.settings import update_settings
+
+                    update_settings(gallery, framing=framing.as_dict())
             gallery.checkpoint()
         if identity is not None:
             from shitu.serving.gallery.backup import set_gallery_model_identity

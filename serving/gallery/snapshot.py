@@ -20,10 +20,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from shitu.files import fsync_dir, sha256_stream
+from shitu.files import fsync_dir, pid_alive, sha256_stream
 from shitu.serving.gallery.errors import GalleryCorrupt, GalleryError
 from shitu.serving.gallery.index import IndexConfig
-from shitu.serving.gallery.store import pid_alive
 
 __all__ = ["SNAP_RE", "Snapshots", "TMP_RE"]
 

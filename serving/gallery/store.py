@@ -21,7 +21,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from shitu.files import fsync_dir
 from shitu.serving.gallery.change_marker import ChangeMarker
 from shitu.serving.gallery.errors import Cancelled, GalleryCorrupt, GalleryError, GalleryUnavailable, ItemNotFound
 
-__all__ = ["DB_NAME", "FORMAT_VERSION", "GalleryStore", "item_count", "pid_alive"]
+__all__ = ["DB_NAME", "FORMAT_VERSION", "GalleryStore", "item_count", "meta_json"]
 
 FORMAT_VERSION = 1  # of the on-disk format this release writes; opening a newer one is an error
 DB_NAME = "gallery.db"
@@ -77,17 +77,6 @@ def _each(conn: sqlite3.Connection, sql: str, keys: Sequence[Any]) -> Iterator[A
     """The rows of ``sql`` (with ``IN ({})``) for all ``keys``, in statements of at most :data:`CHUNK` keys."""
     for part in chunks(list(keys)):
         yield from conn.execute(sql.format(_marks(part)), part)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (temp files and staging folders of dead writers are removed)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # pragma: no cover
-        return True
-    return True
 
 
 def connect(db: Path, readonly: bool, timeout: float = 30) -> sqlite3.Connection:
@@ -525,14 +514,20 @@ def item_count(db: Path) -> int | None:
         return None
 
 
-def model_identity(folder: Path, record: dict[str, str] | None = None) -> dict[str, str] | None:
-    """The model identity the gallery in ``folder`` records (``None``: none), after recording ``record``."""
-    with _one_shot(folder / DB_NAME, record is None) as conn:
-        if record is not None:
-            q = "INSERT OR REPLACE INTO meta (key, value) VALUES ('model_identity', ?)"
-            conn.execute(q, (json.dumps(record, sort_keys=True),))
-        value = conn.execute("SELECT value FROM meta WHERE key = 'model_identity'").fetchone()
-    return json.loads(value[0]) if value and value[0] else None
+def meta_json(folder: Path, key: str, update: Callable[[Any], Any] | None = None) -> Any:
+    """The JSON value the gallery in ``folder`` records under ``key`` (None: none; the model identity, the
+    recognition settings); with ``update``, first replaced by ``update(value)`` in one write transaction."""
+    with _one_shot(folder / DB_NAME, update is None) as conn:
+        conn.execute("BEGIN IMMEDIATE" if update is not None else "BEGIN")
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        value = json.loads(row[0]) if row and row[0] else None
+        if update is not None:
+            value = update(value)
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value, sort_keys=True))
+            )
+        conn.execute("COMMIT")
+    return value
 
 
 def copy_database(src: Path, dst: Path, keep_snapshot: bool = True) -> tuple[dict[str, str], int]:

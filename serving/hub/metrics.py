@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from shitu.serving.gallery.store import pid_alive
+from shitu.files import pid_alive
 
 __all__ = ["prepare", "Metrics", "get", "STAGE_GROUPS", "CONTENT_TYPE"]
 

@@ -99,19 +99,26 @@ function gallery() {
 }
 
 // -- recognition --------------------------------------------------------------------------------------------------
+// A slider whose default is "auto" (score_thres: each gallery's own threshold) is not sent until it is moved.
 function setSlider(name, value) {
-  $(name).value = value;
+  const auto = value === "auto";
+  $(name).dataset.auto = auto ? "1" : "";
+  if (!auto) $(name).value = value;
   showSlider(name);
 }
 
 function showSlider(name) {
   const v = Number($(name).value);
-  $(`${name}-value`).textContent = name === "max_det_results" ? String(v) : v.toFixed(2);
+  $(`${name}-value`).textContent = $(name).dataset.auto
+    ? "auto"
+    : name === "max_det_results"
+      ? String(v)
+      : v.toFixed(2);
 }
 
 function sliderParams() {
   const out = {};
-  for (const name of SLIDERS) out[name] = Number($(name).value);
+  for (const name of SLIDERS) if (!$(name).dataset.auto) out[name] = Number($(name).value);
   return out;
 }
 
@@ -386,6 +393,7 @@ function wire() {
   });
   for (const name of SLIDERS) {
     $(name).addEventListener("input", () => {
+      $(name).dataset.auto = "";
       showSlider(name);
       scheduleRecognize();
     });
