@@ -254,6 +254,10 @@ FIELDS: tuple[Field, ...] = (
           "JSON size of one gallery item's metadata, checked when it is added.", minimum=2, per_request=False),
     Field("Limits", "max_metadata_depth", int, 8, "Nesting depth of one gallery item's metadata.", minimum=1,
           maximum=64, per_request=False),
+    Field("Limits", "max_galleries", int, 1000,
+          "Galleries one scenario's gallery folder may hold: a request that would create one more (adding images "
+          "under a new `gallery` name) is refused, so one client cannot fill the disk with galleries (an empty "
+          "gallery takes ~165 kB).", minimum=1, per_request=False),
     Field("Limits", "max_open_galleries", int, 32,
           "Galleries a serving process keeps open (least recently used ones are closed beyond it).", minimum=1,
           per_request=False),

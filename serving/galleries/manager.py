@@ -120,10 +120,24 @@ class GalleryManager:
 
                 spec = self._declared(name, path)
                 named = isinstance(name, str) and name != self.default_gallery
-                if named and not create and not (path / DB_NAME).is_file() and spec is None:
+                new = not (path / DB_NAME).is_file()
+                if named and not create and new and spec is None:
                     raise self._missing(name)
+                if named and new:
+                    self._check_room(path.parent)
             gallery: GalleryBackend = self.open.get(key, lambda: self._open_folder(path, spec))
             return gallery
+
+    def _check_room(self, root: Path) -> None:
+        """Refuse a new named gallery beyond ``Limits.max_galleries`` galleries in ``root`` (the scenario's)."""
+        from shitu.serving.gallery.local import DB_NAME
+
+        limit = self.params["Limits.max_galleries"]
+        if root.is_dir() and sum(1 for d in root.iterdir() if (d / DB_NAME).is_file()) >= limit:
+            raise GalleryRequestError(
+                f"scenario {self.scenario!r} holds {limit} galleries, the limit (Limits.max_galleries): add to an "
+                "existing gallery or remove one"
+            )
 
     def _open_folder(self, path: Path, spec: GallerySpec | None = None) -> GalleryBackend:
         """Open or create the gallery folder ``path``; ``spec``: the pack's declaration, whose index wins."""
