@@ -10,6 +10,7 @@ Short names (``threshold``) are accepted wherever they are unambiguous, which is
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +56,13 @@ def _transform_ops(value: Any) -> str | None:
 def _score_thres(value: Any) -> str | None:
     if isinstance(value, str):
         return None if value == "auto" else 'must be a number or "auto"'
-    return None if value >= -1.0 else f"must be >= -1.0, got {value}"
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float (JSON allows it): was a 500 once the pipeline read it
+        return "must be a finite number"
+    if not math.isfinite(number):
+        return "must be a finite number"
+    return None if number >= -1.0 else f"must be >= -1.0, got {value}"
 
 
 def _labels(value: Any) -> str | None:
