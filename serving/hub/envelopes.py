@@ -96,11 +96,3 @@ def envelope_of(exc: BaseException) -> tuple[str, int]:
     if code < 500:
         return "101", 200
     return ("503", 503) if code == 503 else ("500", 500)
-
-
-def is_legacy_client_error(exc: BaseException) -> bool:
-    """Room errors not yet re-rooted onto :mod:`shitu.errors` in this tree (packs, galleries): client faults."""
-    from shitu.plugins.errors import PackError
-    from shitu.serving.gallery.local import GalleryError
-
-    return isinstance(exc, (PackError, GalleryError))

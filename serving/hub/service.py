@@ -35,7 +35,7 @@ from shitu.serving.galleries.manager import GalleryRequestError
 from shitu.serving.gallery.list_file import label_problem
 from shitu.serving.hub import request_models as rm
 from shitu.serving.hub.connections import bearer_token
-from shitu.serving.hub.envelopes import ServerFault, envelope_of, is_legacy_client_error
+from shitu.serving.hub.envelopes import ServerFault, envelope_of
 from shitu.serving.hub.gallery_view import GalleryViewOps
 from shitu.serving.hub.request_models import RequestError, is_text
 from shitu.serving.results.explanation import Explanation
@@ -203,8 +203,6 @@ class Service:
         except RecursionError:
             raise RequestError("the request is nested too deeply") from None
         except Exception as exc:
-            if is_legacy_client_error(exc):
-                raise RequestError(client_message(str(exc))) from None
             raise ServerFault.of(exc) from None
 
     def _handle(self, raw: dict[str, Any]) -> Any:
