@@ -309,6 +309,27 @@ def test_records_hashes_list_info(tmp_path):
         assert info["size_bytes"] > 0 and info["path"] == str(tmp_path / "g")
 
 
+def test_info_says_writable_and_iso_created_at_not_how_the_handle_opened_it(tmp_path):
+    """Was: ``readonly`` (how this handle opened it) and ``created_at`` as epoch seconds, which the server answered
+    as is; every reader (CLI, server, SDK) now gets the truth from the gallery itself."""
+    import os
+    from datetime import datetime
+
+    with Gallery.create(tmp_path / "g", DIM, "Flat") as g:
+        g.add(unit(np.random.default_rng(1), 2), ["a", "b"])
+    with Gallery.open(tmp_path / "g", readonly=True) as g:
+        info = g.info()
+    assert info["writable"] is True and "readonly" not in info
+    assert datetime.fromisoformat(info["created_at"]).tzinfo is not None
+    if os.geteuid() != 0:  # root can write anywhere
+        os.chmod(tmp_path / "g", 0o555)
+        try:
+            with Gallery.open(tmp_path / "g", readonly=True) as g:
+                assert g.info()["writable"] is False
+        finally:
+            os.chmod(tmp_path / "g", 0o755)
+
+
 def test_create_open_errors(tmp_path):
     with pytest.raises(GalleryError, match="no such gallery folder"):
         Gallery.open(tmp_path / "nope")

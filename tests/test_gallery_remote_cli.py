@@ -81,6 +81,9 @@ def test_gallery_info_says_writable_and_iso_times_real(served, photos, tmp_path,
     assert main(["gallery", "info", "--gallery", "cli-info", "--server", served.url, "--json"]) == 0
     remote = json.loads(capsys.readouterr().out)
     assert remote["writable"] is True and datetime.fromisoformat(remote["created_at"])
+    answer = served.post("index_search", {"operation": "info", "gallery": "cli-info"}).json()  # the server's own
+    raw = answer["results"]
+    assert raw["writable"] is True and "readonly" not in raw and datetime.fromisoformat(raw["created_at"])
 
 
 def test_local_only_build_options_are_refused_with_server(served, tmp_path, capsys):

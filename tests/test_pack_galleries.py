@@ -117,6 +117,16 @@ def test_recognize_answers_right_after_install_from_the_shipped_demo_gallery_rea
     assert "cat" in out and "coffee" in out
 
 
+def test_shipped_demo_gallery_has_thumbnails_on_a_fresh_server_real(served):
+    """The page's gallery view of general-lite's demo gallery on a plain server (not `shitu demo`): every item it
+    ships has its picture (was: six "no picture" cards; only `shitu demo` backfilled them)."""
+    body = served.post("image_recognition", {"operation": "labels", "gallery": "demo", "per_label": 1}).json()
+    assert body["status"] == "000", body
+    labels = {lab["label"]: lab["items"] for lab in body["results"]["labels"]}
+    shipped = [it for name in ("cat", "coffee", "astronaut", "rocket", "temple", "flower") for it in labels[name]]
+    assert len(shipped) >= 6 and all(it["thumbnail"] for it in shipped), body
+
+
 def test_demo_photos_are_written_for_the_readme_examples(tmp_path, capsys):
     from shitu.serving.cli import main
 

@@ -213,8 +213,15 @@ def adapt_pack(
             report, matrix = trained["report"], trained["head"]
 
             def rewrite_vectors(path: Path) -> None:
-                vectors, vlabels, sources = read_vectors(path, dim)
-                write_vectors(path, l2_normalize(vectors @ matrix), vlabels, sources, f"{base.name} {version}")
+                old = read_vectors(path, dim)
+                write_vectors(
+                    path,
+                    l2_normalize(old.vectors @ matrix),
+                    old.labels,
+                    old.sources,
+                    f"{base.name} {version}",
+                    thumbnails=old.thumbnails,
+                )
 
             pooling = p["RecPostProcess.pooling"] or engine.extractor.spec.pooling
             trained_with = {"RecPostProcess": {"pooling": pooling, "gem_power": p["RecPostProcess.gem_power"]}}

@@ -174,8 +174,6 @@ def run_served_demo(out_dir: Path, as_json: bool = False, serve: bool = False) -
                     "labels": list(gallery),
                 }
             )
-        else:  # the pack's demo gallery, built from the vectors it ships: pictures from the same photos
-            add_demo_thumbnails(gallery)
         print(f"gallery 'demo': {len(gallery)} photos, labels {sorted(gallery)}", file=sys.stderr)
         for name, img in query_photos(gallery).items():
             answer = call({"images": [b64(img)], "gallery": "demo"})[0]  # type: ignore[index]
@@ -191,22 +189,6 @@ def run_served_demo(out_dir: Path, as_json: bool = False, serve: bool = False) -
             hub_serving.stop(proc)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return 0
-
-
-def add_demo_thumbnails(photos: dict[str, np.ndarray]) -> int:
-    """Thumbnails for the items of the pack's demo gallery that have none (it ships embeddings only, so the web
-    page showed "no picture" cards): each made from the demo photo of its label, written into the gallery folder
-    under ``SHITU_HOME`` beside the server that has it open (galleries are shared by processes). Returns how many
-    were stored."""
-    from shitu.plugins import registry
-    from shitu.serving.gallery import thumbnails
-    from shitu.serving.gallery.local import Gallery
-
-    with Gallery.open(registry.get_pack().gallery_dir("demo")) as g:
-        rows = [r for r in g.list(limit=len(g)) if r["label"] in photos]
-        missing = {r["id"] for r in rows} - set(thumbnails.fetch(g, (r["id"] for r in rows)))
-        todo = [r for r in rows if r["id"] in missing]
-        return thumbnails.store(g, [r["id"] for r in todo], [photos[r["label"]] for r in todo])
 
 
 def _example_photos(folder: Path) -> None:

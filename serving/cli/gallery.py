@@ -39,13 +39,11 @@ from shitu.serving.cli.toolkit import (
     add_param_option,
     add_token_option,
     fail,
-    folder_writable,
     gallery_target,
     guard,
     param_overrides,
     print_info,
     take_gallery,
-    truthful_info,
 )
 
 
@@ -311,7 +309,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     with _open(args.gallery, readonly=True) as g:
         info = g.info()
-    print_info(truthful_info(info, folder_writable(args.gallery)), args.json)
+    print_info(info, args.json)
     return EXIT_OK
 
 

@@ -50,7 +50,6 @@ from shitu.serving.cli.toolkit import (
     print_info,
     resolve_gallery,
     token_from,
-    truthful_info,
 )
 
 __all__ = [
@@ -408,8 +407,7 @@ def remote_gallery_info(args: argparse.Namespace) -> int:
     d = info.to_dict()
     extra = d.pop("extra", None) or {}
     d.update(extra)
-    readonly = d.get("readonly")  # how the server opened it (writes may still need the admin token)
-    print_info(truthful_info(d, None if readonly is None else not readonly), getattr(args, "json", False))
+    print_info(d, getattr(args, "json", False))
     return EXIT_OK
 
 

@@ -43,7 +43,6 @@ __all__ = [
     "add_param_option",
     "add_token_option",
     "fail",
-    "folder_writable",
     "guard",
     "key_values",
     "non_negative_int",
@@ -58,7 +57,6 @@ __all__ = [
     "table",
     "take_gallery",
     "token_from",
-    "truthful_info",
 ]
 
 #: Exit codes: 0 ok, 1 nothing recognised / found (``plugins verify``: problems found), 2 usage error,
@@ -312,37 +310,6 @@ positive_float = _number(float, 0.0, strict=True)
 
 
 # -- printing --------------------------------------------------------------------------------------------------
-
-
-def truthful_info(info: dict[str, Any], writable: bool | None) -> dict[str, Any]:
-    """A gallery's ``info()`` as ``shitu gallery info`` shows it: ``readonly`` (how *this* command opened it: always
-    read-only) replaced by ``writable`` (whether it can be changed: the folder and its gallery.db writable by this
-    user, or the server's gallery open for writing), ``created_at`` as ISO 8601 UTC (None when not recorded)."""
-    out = dict(info)
-    out.pop("readonly", None)
-    created = out.get("created_at")
-    if isinstance(created, (int, float)) and not isinstance(created, bool):
-        from datetime import datetime, timezone
-
-        out["created_at"] = (
-            datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="seconds") if created > 0 else None
-        )
-    out["writable"] = writable
-    return out
-
-
-def folder_writable(target: Any) -> bool | None:
-    """Whether this user can change the gallery folder ``target`` (None for a Milvus collection: its server's
-    permissions decide, which a read does not show)."""
-    import os
-
-    from shitu.serving.gallery.backend import is_remote
-    from shitu.serving.gallery.local import DB_NAME
-
-    if is_remote(target):
-        return None
-    folder = Path(target)
-    return os.access(folder, os.W_OK) and os.access(folder / DB_NAME, os.W_OK)
 
 
 def print_info(info: dict[str, Any], as_json: bool) -> None:

@@ -47,6 +47,7 @@ from shitu.serving.gallery.validation import (
     check_label,
     check_radius,
     check_settings,
+    iso_time,
     metadata_json,
     normal_labels,
 )
@@ -561,8 +562,9 @@ class Gallery:
                 "index_gen": int(meta["index_gen"]),
                 "index_vectors": int(state.index.ntotal),
                 "removed_pending": len(state.dead),
-                "readonly": self.readonly,
-                "created_at": float(meta["created_at"]),
+                # whether this user can change it (not how this handle opened it: `gallery info` reads read-only)
+                "writable": os.access(self.path, os.W_OK) and os.access(self.path / DB_NAME, os.W_OK),
+                "created_at": iso_time(meta["created_at"]),
                 "tuning": dict(self.tuning),
                 # framing rule and score_thres: auto of this gallery (shitu.serving.gallery.settings, issue #28)
                 "recognition": json.loads(meta.get("recognition") or "{}"),

@@ -47,6 +47,7 @@ from shitu.serving.gallery.validation import (
     check_radius,
     check_settings,
     check_vectors,
+    iso_time,
     metadata_json,
     normal_labels,
 )
@@ -573,8 +574,8 @@ class MilvusGallery:
             "index": (idx or {}).get("index_type"),
             "hamming_radius": self.hamming_radius if self._binary else None,
             "format_version": int(self._s.get("shitu_gallery", 1)),
-            "readonly": self.readonly,
-            "created_at": float(self._s.get("created_at", 0.0)),
+            "writable": None,  # the Milvus server's permissions decide, which a read does not show
+            "created_at": iso_time(self._s.get("created_at")),
             "tuning": dict(self.tuning),
         }
 

@@ -13,11 +13,17 @@ before anything is created, all of them reported at once with the pack file's na
 Vectors file format (``format`` 1)::
 
     {"format": 1, "dim": 512, "model": "nanodet-g-backbone-embed", "metric": "IP",
-     "items": [{"label": "cat", "source": "skimage.data.chelsea", "vector": [0.01, ...]}, ...]}
+     "items": [{"label": "cat", "source": "skimage.data.chelsea", "vector": [0.01, ...],
+                "thumbnail": "<base64 JPEG, optional>"}, ...]}
+
+An item's ``thumbnail`` (what the web page's gallery view shows; a pack ships no images, only embeddings) is
+stored with the item when the gallery is built.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import shutil
@@ -25,7 +31,7 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,8 +47,17 @@ def is_built(spec: Any) -> bool:
     return (spec.dir() / DB_NAME).is_file()
 
 
-def read_vectors(path: str | os.PathLike, dim: int) -> tuple[np.ndarray, list[str], list[str | None]]:
-    """``(vectors [n, dim] float32, labels, sources)`` from a vectors file; errors name the file."""
+class PackVectors(NamedTuple):
+    """A vectors file's items: ``vectors`` [n, dim] float32, and per item its label, source and thumbnail."""
+
+    vectors: np.ndarray
+    labels: list[str]
+    sources: list[str | None]
+    thumbnails: list[bytes | None]
+
+
+def read_vectors(path: str | os.PathLike, dim: int) -> PackVectors:
+    """The items of a vectors file; errors name the file."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -55,10 +70,13 @@ def read_vectors(path: str | os.PathLike, dim: int) -> tuple[np.ndarray, list[st
     try:
         vectors = np.asarray([item["vector"] for item in data["items"]], np.float32).reshape(-1, dim)
         labels = [str(item["label"]) for item in data["items"]]
-    except (KeyError, TypeError, ValueError) as exc:
+        thumbs = [
+            base64.b64decode(t, validate=True) if (t := item.get("thumbnail")) else None for item in data["items"]
+        ]
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise GalleryError(f"{path}: bad item: {exc}") from None
     sources = [item.get("source") for item in data["items"]]
-    return vectors, labels, sources
+    return PackVectors(vectors, labels, sources, thumbs)
 
 
 def write_vectors(
@@ -68,13 +86,17 @@ def write_vectors(
     sources: Sequence[str | None],
     model: str,
     metric: str = "IP",
+    thumbnails: Sequence[bytes | None] | None = None,
 ) -> None:
     """Write a vectors file (6 decimals: cosine scores change by less than 1e-5)."""
     vectors = np.asarray(vectors, np.float32)
-    items = [
+    items: list[dict[str, Any]] = [
         {"label": lab, "source": src, "vector": [round(float(x), 6) for x in vec]}
         for lab, src, vec in zip(labels, sources, vectors)
     ]
+    for item, thumb in zip(items, thumbnails or ()):
+        if thumb:
+            item["thumbnail"] = base64.b64encode(thumb).decode()
     doc = {"format": VECTORS_FORMAT, "dim": int(vectors.shape[1]), "model": model, "metric": metric, "items": items}
     Path(path).write_text(json.dumps(doc, separators=(",", ":")) + "\n", encoding="utf-8")
 
@@ -108,6 +130,7 @@ def ensure_built(
             raise GalleryBuildError(all_bad(errors, entries))
     target = spec.dir()
     target.parent.mkdir(parents=True, exist_ok=True)
+    thumbs: list[tuple[int, bytes]] = []  # (item id, JPEG) the vectors file ships
     staging = target.parent / f".{target.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     if progress:
         print(
@@ -119,8 +142,9 @@ def ensure_built(
             staging, dim, index_method=spec.index_method, dist_type=spec.dist_type, max_label_length=max_label_length
         ) as gallery:
             if spec.vectors_file is not None:
-                vectors, labels, sources = read_vectors(spec.vectors_file, dim)
-                gallery.add(vectors, labels, sources=sources)
+                shipped = read_vectors(spec.vectors_file, dim)
+                ids = gallery.add(shipped.vectors, shipped.labels, sources=shipped.sources)
+                thumbs = [(i, t) for i, t in zip(ids, shipped.thumbnails) if t]
             else:
                 build_from_entries(gallery, entries, embed_fn, skip_bad=skip_bad, progress=progress)
                 framing = getattr(embed_fn, "framing", None)  # the rule embed_fn framed the images with (#28)
@@ -129,6 +153,10 @@ def ensure_built(
 
                     update_settings(gallery, framing=framing.as_dict())
             gallery.checkpoint()
+        if thumbs:
+            from shitu.serving.gallery.store import write_thumbnails
+
+            write_thumbnails(staging / DB_NAME, thumbs)
         if identity is not None:
             from shitu.serving.gallery.backup import set_gallery_model_identity
 

@@ -28,6 +28,7 @@ __all__ = [
     "check_fields",
     "check_label",
     "check_vectors",
+    "iso_time",
     "label_problem",
     "metadata_json",
     "normal_label",
@@ -191,3 +192,15 @@ def check_radius(radius: Any) -> int | None:
     if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
         raise GalleryError(f"hamming_radius must be a non-negative integer, not {radius!r}")
     return int(radius)
+
+
+def iso_time(epoch: Any) -> str | None:
+    """A gallery's recorded time (seconds since the epoch) as ISO 8601 UTC, as ``info()`` answers it; None when
+    not recorded (0 or missing)."""
+    from datetime import datetime, timezone
+
+    try:
+        seconds = float(epoch)
+    except (TypeError, ValueError):
+        return None
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds") if seconds > 0 else None
