@@ -313,6 +313,23 @@ def test_engine_recognizes_with_a_milvus_gallery_real(milvus, engine, photos, mo
     eng.close()
 
 
+def test_milvus_gallery_records_its_framing_and_auto_threshold_real(milvus, engine, photos):
+    """Issue #28's per-gallery record on Milvus (was: none, so a Milvus gallery built with the main-box rule was
+    searched with the whole-image one): the first add records the engine's framing, ``auto`` is computed and kept
+    in the collection, and a new handle (another worker) reads both."""
+    from shitu.serving.gallery.milvus import MilvusGallery
+
+    uri = milvus.uri("rules")
+    engine.gallery_add(list(photos.values()), list(photos), gallery=uri)
+    info = engine.gallery_info(uri)  # what requests get
+    assert info["recognition"]["framing"] == {"rule": "main_box", "crop_padding": 0.0}, info  # was: whole_image
+    with MilvusGallery.open(uri) as g:  # what the collection records
+        record = g.recognition()
+        assert record["framing"] == info["recognition"]["framing"]
+        assert record["score_thres"]["auto"] == info["recognition"]["score_thres"]
+        assert g.info()["recognition"] == record
+
+
 def test_shitu_recognize_in_process_on_a_milvus_gallery_real(milvus, engine, photos, tmp_path, capsys):
     import json
 

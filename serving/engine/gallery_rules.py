@@ -5,8 +5,8 @@ open gallery and writes them when a gallery is built or grows:
 
 - **framing** -- an empty gallery adopts the engine's ``Global.framing`` / ``Global.crop_padding`` when its first
   items are embedded, and keeps that rule: every later add embeds with it, every search crops with it
-  (:mod:`.framing`). A gallery that records none but has items (built before issue #28, made elsewhere, or in
-  Milvus) keeps the pre-#28 rule: ``whole_image`` with the engine's ``crop_padding``.
+  (:mod:`.framing`). A gallery that records none but has items (built before issue #28 or made elsewhere) keeps
+  the pre-#28 rule: ``whole_image`` with the engine's ``crop_padding``.
 - **score_thres** -- ``auto`` resolves to the gallery's recorded threshold (:mod:`.calibration`), computed when the
   gallery records none (:data:`~.calibration.FALLBACK` for a gallery that cannot give one, e.g. of one label).
 """

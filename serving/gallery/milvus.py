@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -577,7 +577,31 @@ class MilvusGallery:
             "writable": None,  # the Milvus server's permissions decide, which a read does not show
             "created_at": iso_time(self._s.get("created_at")),
             "tuning": dict(self.tuning),
+            "recognition": self.recognition(),
         }
+
+    # -- recognition settings (issue #28: framing rule, score_thres auto) ---------------------------------------------
+    def _described_settings(self) -> dict[str, Any]:
+        desc = self._call("describe_collection")
+        try:
+            settings = json.loads((desc.get("properties") or {}).get(_PROPERTY) or "")
+        except ValueError:
+            settings = None
+        return settings if isinstance(settings, dict) else dict(self._s)
+
+    def recognition(self) -> dict[str, Any]:
+        """The recognition settings this collection records (re-read: another replica may have written them)."""
+        value = self._described_settings().get("recognition")
+        return value if isinstance(value, dict) else {}
+
+    def update_recognition(self, merge: Callable[[Any], dict[str, Any]]) -> None:
+        """Record ``merge(current)`` as the recognition settings, in the collection's settings property (read,
+        merged, written: two replicas writing at once keep the last one's, both computed from the same items)."""
+        self._check_writable()
+        settings = self._described_settings()
+        settings["recognition"] = merge(settings.get("recognition"))
+        self._call("alter_collection_properties", properties={_PROPERTY: json.dumps(settings, sort_keys=True)})
+        self._s = settings
 
     # -- lifetime --------------------------------------------------------------------------------------------------
     def close(self) -> None:

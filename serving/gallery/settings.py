@@ -3,8 +3,9 @@
 One JSON object under the key ``recognition``: ``framing`` (how its items were framed before embedding, which
 queries against it must follow: :mod:`shitu.serving.engine.framing`) and ``score_thres`` (the threshold
 ``IndexProcess.score_thres: auto`` derived from its items: :mod:`shitu.serving.engine.calibration`). A gallery
-without the key (built before issue #28) reads as ``{}``; galleries in Milvus keep none (their callers fall back to
-the pre-#28 rules). Reads and writes are best effort for writes: a read-only gallery keeps working without them.
+without the key (built before issue #28) reads as ``{}``. A Milvus gallery keeps the same object in its collection's
+settings property (``MilvusGallery.recognition`` / ``update_recognition``). Writes are best effort: a read-only
+gallery keeps working without them.
 """
 
 from __future__ import annotations
@@ -32,20 +33,28 @@ def _db(gallery: Any) -> Path | None:
     return db if db.is_file() else None
 
 
+def _remote(gallery: Any) -> bool:
+    """A backend that records the settings itself (Milvus)."""
+    return callable(getattr(gallery, "update_recognition", None))
+
+
 def can_record(gallery: Any) -> bool:
-    """Whether ``gallery`` keeps settings (a folder gallery; not Milvus)."""
-    return _db(gallery) is not None
+    """Whether ``gallery`` keeps settings (a folder gallery or a Milvus collection; not an in-memory index)."""
+    return _db(gallery) is not None or _remote(gallery)
 
 
 def read_settings(gallery: Any) -> dict[str, Any]:
     """The settings the gallery records (``{}`` when none or unreadable)."""
     db = _db(gallery)
-    if db is None:
-        return {}
     try:
-        value = meta_json(db.parent, KEY)
+        if _remote(gallery):
+            value = gallery.recognition()
+        elif db is None:
+            return {}
+        else:
+            value = meta_json(db.parent, KEY)
     except (GalleryError, ValueError, OSError) as e:
-        log.warning("%s: recognition settings not read: %s", db.parent, e)
+        log.warning("%s: recognition settings not read: %s", db.parent if db else "gallery", e)
         return {}
     return value if isinstance(value, dict) else {}
 
@@ -53,7 +62,7 @@ def read_settings(gallery: Any) -> dict[str, Any]:
 def update_settings(gallery: Any, **entries: Any) -> bool:
     """Merge ``entries`` into the recorded settings (an entry ``None`` removes its key); whether it was written."""
     db = _db(gallery)
-    if db is None or getattr(gallery, "readonly", False):
+    if (db is None and not _remote(gallery)) or getattr(gallery, "readonly", False):
         return False
 
     def merged(current: Any) -> dict[str, Any]:
@@ -61,8 +70,11 @@ def update_settings(gallery: Any, **entries: Any) -> bool:
         return {k: v for k, v in out.items() if v is not None}
 
     try:
-        meta_json(db.parent, KEY, merged)
+        if db is None:
+            gallery.update_recognition(merged)
+        else:
+            meta_json(db.parent, KEY, merged)
     except (GalleryError, ValueError, OSError) as e:
-        log.warning("%s: recognition settings not recorded: %s", db.parent, e)
+        log.warning("%s: recognition settings not recorded: %s", db.parent if db else "gallery", e)
         return False
     return True
