@@ -6,7 +6,7 @@ Each benchmark prints its tables and writes ``benchmarks/results/<script>.json``
 ``summary`` holds its headline figures. At the end this prints every step's figures as one table and writes
 ``benchmarks/results/run_all.json``: the machine, the load average, per step its exit status, duration and results
 file, and that ``summary`` (``benchmarks/readme_table.py``). ``--write-docs`` then regenerates the figures table
-of the docs' Benchmarks page (``docs/benchmarks.md``) from it. ``--quick`` gives each step the smaller sizes of :data:`QUICK_ARGS` (the whole
+of the docs' Benchmarks page (``docs/benchmarks.md``) from it, and its plots (``benchmarks/plots.py``). ``--quick`` gives each step the smaller sizes of :data:`QUICK_ARGS` (the whole
 run in about 15 minutes on 2 cores; every figure is still printed, from fewer samples).
 """
 
@@ -22,6 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import RESULTS, machine, write_json  # noqa: E402
+from plots import write_plots  # noqa: E402
 from readme_table import collect, text_table, write_page  # noqa: E402
 
 SUITE = [
@@ -142,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json("run_all", run)
     if args.write_docs:
         print("docs/benchmarks.md regenerated" if write_page(run) else "docs/benchmarks.md already shows these figures")
+        for note in write_plots():
+            print(note)
     if failed:
         print(f"\nfailed: {', '.join(failed)}")
     return 1 if failed else 0

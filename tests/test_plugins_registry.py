@@ -100,7 +100,7 @@ def test_official_packs_listed_but_not_available():
 def test_unknown_pack_and_version():
     with pytest.raises(PackError, match="no pack named 'nope'.*general-lite"):
         registry.get_pack("nope")
-    with pytest.raises(PackError, match=r"has no version '9.9' \(available: 1.2.0\)"):
+    with pytest.raises(PackError, match=r"has no version '9.9' \(available: 1.3.0\)"):
         registry.get_pack("general-lite", "9.9")
 
 
@@ -155,7 +155,7 @@ def test_store_copy_of_a_builtin_wins(tmp_path):
     rows = [(p.source, p.current) for p in registry.list_packs() if p.name == "general-lite"]
     assert rows == [("store", True), ("builtin", False)]
     assert registry.get_pack().source == "store"
-    assert registry.get_pack("general-lite", "1.2.0").source == "store"
+    assert registry.get_pack("general-lite", "1.3.0").source == "store"
 
 
 def test_broken_store_manifest_is_listed_not_fatal(tmp_path, home):

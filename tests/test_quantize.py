@@ -46,12 +46,12 @@ def test_real_quantize_installs_an_int8_version_that_serves_and_rolls_back(home,
     from shitu.serving.quantize.pack import quantize_pack
 
     report = quantize_pack("general-lite", calibration, bounds=LAX)
-    assert report.version == "1.2.0+int8.1" and report.models == ["detector", "recognizer"]
+    assert report.version == "1.3.0+int8.1" and report.models == ["detector", "recognizer"]
     a = report.agreement
     held_out = len(sorted(calibration.iterdir())[2::3])  # every third image, never calibrated on
     assert a.images == held_out and a.crops >= held_out and 0.5 < a.feature_cos_median <= 1.0 and a.ms_int8 > 0
     pack = registry.get_pack("general-lite")
-    assert pack.version == "1.2.0+int8.1" and pack.embedding_space is None  # keeps the fp32 version's galleries
+    assert pack.version == "1.3.0+int8.1" and pack.embedding_space is None  # keeps the fp32 version's galleries
     engine = load_engine("general-lite")
     try:
         assert INT8_FILE in engine.detector.predictor.description
@@ -60,8 +60,8 @@ def test_real_quantize_installs_an_int8_version_that_serves_and_rolls_back(home,
         assert found and found[0].label == "cat"  # the demo gallery (fp32 vectors) answers int8 queries
     finally:
         engine.close()
-    assert registry.rollback("general-lite") == "1.2.0"
-    assert registry.get_pack("general-lite").version == "1.2.0"
+    assert registry.rollback("general-lite") == "1.3.0"
+    assert registry.get_pack("general-lite").version == "1.3.0"
 
 
 def test_real_quantize_refuses_a_version_below_its_bounds_and_installs_nothing(home, calibration):
