@@ -16,11 +16,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +59,17 @@ def quantize_general_lite(home: Path, workdir: Path) -> Any:
     :class:`~shitu.serving.quantize.pack.QuantizeReport`; ``bench_serving`` and ``bench_gallery_build`` use it too."""
     from shitu.serving.quantize.pack import quantize_pack
 
+    with shitu_home(home):
+        return quantize_pack("general-lite", calibration_folder(Path(workdir) / "calibration"), bounds={})
+
+
+@contextlib.contextmanager
+def shitu_home(home: Path) -> Iterator[None]:
+    """``SHITU_HOME`` set to ``home`` inside the block (the pack store is read at call time), as it was after."""
     before = os.environ.get("SHITU_HOME")
     os.environ["SHITU_HOME"] = str(home)
     try:
-        return quantize_pack("general-lite", calibration_folder(Path(workdir) / "calibration"), bounds={})
+        yield
     finally:
         if before is None:
             os.environ.pop("SHITU_HOME", None)
