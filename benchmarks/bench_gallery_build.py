@@ -1,7 +1,7 @@
 """Gallery building speed: images per second one image at a time vs batched, per runtime, in one run, interleaved.
 
     python benchmarks/bench_gallery_build.py [--images 96] [--batch 16] [--repeat 3] [--backends onnxruntime paddle]
-                                             [--param KEY=VALUE] [--json OUT]
+                                             [--param KEY=VALUE] [--no-int8] [--json OUT]
 
 A folder tree ``label/image.jpg`` of real photographs (the demo photos in several crops and scales) is built into a
 fresh gallery by ``build_from_entries``, for each recogniser runtime (``--backends``: onnxruntime and
@@ -12,7 +12,10 @@ paddle.inference with oneDNN, the two an engine can run the embedded recogniser 
 and ``Engine.gallery_build`` use (``shitu.serving.engine.bulk``: on onnxruntime each chunk split over single-thread
 copies of the recogniser running at once; on paddle, whose forward holds the GIL, the engine's own predictor).
 Reading, hashing, decoding (overlapped with the forwards) and the one gallery commit are included in every mode.
-The JSON's ``summary`` holds the headline ratios.
+fp32 vs int8 (issue 30): general-lite's int8 version, made by ``shitu plugins quantize``'s function
+(``bench_int8.quantize_general_lite``) in a SHITU_HOME of its own, runs the same three modes as one more runtime,
+``int8`` (its int8 recogniser graph on onnxruntime), interleaved with the others; ``--no-int8`` skips it.
+The JSON's ``summary`` holds the headline ratios, int8 / fp32 (onnxruntime) among them.
 
 Paddle's OpenMP runtime (``libiomp5``) keeps its threads spinning for ``KMP_BLOCKTIME`` (200 ms by default) after
 each forward, which took the cores from the onnxruntime builds timed after a paddle one (and from paddle's own
@@ -33,6 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("KMP_BLOCKTIME", "0")
 
 from common import describe, machine, table, write_json  # noqa: E402
+
+#: The runtime label of general-lite's int8 version (its recogniser's int8 graph, on onnxruntime).
+INT8 = "int8"
 
 
 def make_tree(root: Path, n: int) -> None:
@@ -70,6 +76,7 @@ def main() -> int:
         metavar="KEY=VALUE",
         help="a Global parameter of the engines, e.g. cpu_num_threads=2 (repeatable)",
     )
+    ap.add_argument("--no-int8", action="store_true", help="skip general-lite's int8 recogniser")
     ap.add_argument("--json")
     args = ap.parse_args()
 
@@ -90,8 +97,20 @@ def main() -> int:
     engines = []
     build_mode: dict[str, tuple[str, str]] = {}  # backend -> its "as builds run" mode
     how_of: dict[str, str] = {}
-    for backend in args.backends:
-        engine = load_engine(params={"Global": {**overrides, "rec_backend": backend}})
+    runtimes = list(args.backends)
+    int8_version = None
+    if not args.no_int8:
+        from bench_int8 import quantize_general_lite, shitu_home
+
+        report = quantize_general_lite(tmp / "shitu-int8", tmp / "int8")
+        int8_version = report.version
+        runtimes.append(INT8)
+    for backend in runtimes:
+        if backend == INT8:  # the int8 version is current in its home; its pack params pick onnxruntime
+            with shitu_home(tmp / "shitu-int8"):
+                engine = load_engine("general-lite", params={"Global": overrides})
+        else:
+            engine = load_engine(params={"Global": {**overrides, "rec_backend": backend}})
         engines.append(engine)
         bulk = engine.embed_bulk  # what `shitu gallery build` and Engine.gallery_build embed with
         how = f"{engine._bulk.copies} single-thread copies" if engine._bulk.copies > 1 else "one predictor"
@@ -149,7 +168,7 @@ def main() -> int:
         "CPU ms/image: CPU time of this process (all threads) per image; on a shared machine it says what a build "
         "costs when wall-clock time depends on the neighbours"
     )
-    for backend in args.backends:
+    for backend in runtimes:
         one, builds = (backend, "one at a time"), build_mode[backend]
         ratio = ips[builds] / ips[one]
         print(
@@ -171,11 +190,22 @@ def main() -> int:
                 "figure": f"{a / b:.2f}x ({a:.1f} vs {b:.1f} images/s)",
             }
         )
+    if INT8 in runtimes and "onnxruntime" in runtimes:
+        a, b = ips[build_mode[INT8]], ips[build_mode["onnxruntime"]]
+        print(f"int8 / fp32 recogniser (onnxruntime), as builds run it: {a / b:.2f}x ({a:.1f} vs {b:.1f} images/s)")
+        summary.append(
+            {
+                "what": f"gallery build as builds run it, int8 recogniser ({int8_version}) / fp32 "
+                f"(onnxruntime both), {len(entries)} images",
+                "figure": f"{a / b:.2f}x ({a:.1f} vs {b:.1f} images/s)",
+            }
+        )
     write_json(
         "gallery_build",
         {
             "machine": info,
             "backends": args.backends,
+            "int8_version": int8_version,
             "batch": args.batch,
             "results": out,
             "summary": summary,

@@ -1,7 +1,7 @@
 """Load on a real `hub serving` over loopback, per workers x paddle threads: latency and throughput per concurrency.
 
     python benchmarks/bench_serving.py [--requests 24] [--rounds 3] [--concurrency 1 2 4 8] [--workers 1 2]
-                                       [--threads 1 2] [--seconds 60] [--json OUT]
+                                       [--threads 1 2] [--seconds 60] [--no-int8] [--json OUT]
 
 Starts one `hub serving` per combination of workers (1: one process; >1: gunicorn) and paddle threads per worker
 (``Global.cpu_num_threads``; 4 as well where the machine has 4 cores), all at once, each with its own gallery of
@@ -12,6 +12,13 @@ Reported per combination: req/s at concurrency 4 and p50 at concurrency 1, next 
 for this machine's cores (``shitu.serving.hub.serve_defaults``). Baseline in the same run: the same request
 handled in-process (RecognitionService.handle: base64 decode, pipeline, JSON-ready results), paired request by
 request with HTTP on the 1-worker, 2-thread server.
+
+fp32 vs int8 (issue 30): general-lite's int8 version is made by ``shitu plugins quantize``'s function
+(``bench_int8.quantize_general_lite``, bounds off) in a SHITU_HOME of its own, where it is current, and served by
+one more ``hub serving`` on ``shitu serve``'s default workers x threads for this machine, beside the grid's fp32
+server of the same combination (started if the grid lacks it). In every round both get the same requests at
+concurrency 1, 4 and 8 (and any other ``--concurrency``), fp32 first in even rounds, int8 first in odd ones; req/s,
+p50 and p99 per variant and the int8 / fp32 ratios go into the table and the JSON ``summary``. ``--no-int8`` skips it.
 """
 
 from __future__ import annotations
@@ -131,23 +138,24 @@ def paired_c1(url: str, body: dict, svc, n: int) -> dict:
     return paired
 
 
-def start_servers(combos: list[tuple[int, int]], tmp: Path) -> dict:
-    """One ``hub serving`` per (workers, threads), each with its own SHITU_HOME; started together, then filled."""
+def start_servers(specs: dict, tmp: Path) -> dict:
+    """One ``hub serving`` per entry ``key: (workers, threads, SHITU_HOME)``; started together, then filled."""
     import requests
 
     from shitu.serving.hub import control as hub_serving
 
     servers = {}
     try:
-        for w, t in combos:
+        for key, (w, t, home) in specs.items():
             port = hub_serving.free_port()
-            cfg = tmp / f"config-{w}x{t}.json"
+            tag = "-".join(map(str, key)) if isinstance(key, tuple) else str(key)
+            cfg = tmp / f"config-{tag}.json"
             init = {"params": {"Global": {"cpu_num_threads": t}}}
             cfg.write_text(json.dumps(hub_serving.serving_config(("image_recognition",), port, w, init)))
-            env = {**os.environ, "SHITU_HOME": str(tmp / f"shitu-{w}x{t}")}
-            servers[(w, t)] = (
+            env = {**os.environ, "SHITU_HOME": str(home)}
+            servers[key] = (
                 f"http://127.0.0.1:{port}",
-                hub_serving.start(cfg, env=env, log_path=tmp / f"serving-{w}x{t}.log"),
+                hub_serving.start(cfg, env=env, log_path=tmp / f"serving-{tag}.log"),
             )
         for url, proc in servers.values():
             hub_serving.wait_ready(url, proc)
@@ -158,6 +166,14 @@ def start_servers(combos: list[tuple[int, int]], tmp: Path) -> dict:
         stop_servers(servers)
         raise
     return servers
+
+
+def top_score(url: str, body: dict) -> float:
+    """The best match's score for ``body``: differs between fp32 and int8 servers (they run different graphs)."""
+    import requests
+
+    item = requests.post(f"{url}/predict/image_recognition", json=body, timeout=300).json()["results"][0]
+    return max((float(r["score"]) for r in item["results"]), default=float("nan"))
 
 
 def stop_servers(servers: dict) -> None:
@@ -209,6 +225,70 @@ def summary_rows(grid: list[dict], paired: dict | None, pick: tuple[int, int], c
     return rows
 
 
+#: fp32 (the pack's published version) and int8 (its ``+int8.N`` version), served alike.
+VARIANTS = ("fp32", "int8")
+#: Concurrency levels the fp32 vs int8 comparison always reports.
+VARIANT_LEVELS = (1, 4, 8)
+
+
+def print_variants(variants: dict, levels: list[int]) -> None:
+    """The fp32 vs int8 table: per variant and level, latency and throughput, and int8 / fp32."""
+    rows = []
+    for c in levels:
+        f = variants[f"fp32/c={c}"]
+        for v in VARIANTS:
+            s = variants[f"{v}/c={c}"]
+            rows.append(
+                [
+                    v,
+                    c,
+                    s["requests"],
+                    s["errors"],
+                    s["p50_ms"],
+                    s["p99_ms"],
+                    s["rps"],
+                    s["rps"] / f["rps"] if f["rps"] else 0.0,
+                ]
+            )
+    top = variants.get("top_score", {})
+    print(
+        f"\nfp32 ({variants['fp32_version']}) vs int8 ({variants['version']}), both on "
+        f"{combo_name(variants['workers'], variants['threads'])} (`shitu serve`'s default), interleaved; top score "
+        + ", ".join(f"{v} {x:.4f}" for v, x in top.items())
+        + ":"
+    )
+    print(table(["variant", "concurrency", "requests", "errors", "p50 ms", "p99 ms", "req/s", "req/s / fp32"], rows))
+
+
+def variant_rows(variants: dict, levels: list[int]) -> list[dict]:
+    """Summary rows: each variant's req/s per level and p50/p99 at the lowest and highest, then int8 / fp32."""
+    lo, hi = levels[0], levels[-1]
+    where = f"{combo_name(variants['workers'], variants['threads'])} (`shitu serve` default)"
+    rows = []
+    for v in VARIANTS:
+        at = {c: variants[f"{v}/c={c}"] for c in levels}
+        rows.append(
+            {
+                "what": f"hub serving {v} (general-lite {variants['version' if v == 'int8' else 'fp32_version']}), "
+                f"{where}: req/s at concurrency {'/'.join(map(str, levels))}; p50/p99 at {lo} and {hi}",
+                "figure": " / ".join(f"{at[c]['rps']:.1f}" for c in levels)
+                + f" req/s; {at[lo]['p50_ms']:.0f}/{at[lo]['p99_ms']:.0f} ms, {at[hi]['p50_ms']:.0f}/"
+                f"{at[hi]['p99_ms']:.0f} ms",
+            }
+        )
+    f = {c: variants[f"fp32/c={c}"] for c in levels}
+    i = {c: variants[f"int8/c={c}"] for c in levels}
+    ratio = " / ".join(f"{i[c]['rps'] / f[c]['rps']:.2f}x" if f[c]["rps"] else "-" for c in levels)
+    rows.append(
+        {
+            "what": f"hub serving int8 / fp32, same server settings, interleaved: req/s at concurrency "
+            f"{'/'.join(map(str, levels))}; p50 and p99 at {lo}",
+            "figure": f"{ratio}; p50 {i[lo]['p50_ms'] / f[lo]['p50_ms']:.2f}x, p99 {i[lo]['p99_ms'] / f[lo]['p99_ms']:.2f}x",
+        }
+    )
+    return rows
+
+
 def main() -> int:
     from shitu.serving.hub.serve_defaults import serve_defaults, usable_cores
 
@@ -217,12 +297,20 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=24, help="requests per combination and concurrency level")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved passes the requests are spread over")
     ap.add_argument("--seconds", type=float, default=60, help="time limit per combination, level and round")
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4, 8],
+        help="client threads per level (the grid adds 1 and 4, fp32 vs int8 adds 1, 4 and 8)",
+    )
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4] if cores >= 4 else [1, 2])
+    ap.add_argument("--no-int8", action="store_true", help="skip the fp32 vs int8 comparison")
     ap.add_argument("--json")
     args = ap.parse_args()
     levels = sorted(set(args.concurrency) | {1, 4})  # the two the grid reports
+    variant_levels = sorted(set(args.concurrency) | set(VARIANT_LEVELS))
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     os.environ.setdefault("HUB_HOME", str(tmp / "hub"))
     os.environ.setdefault("SHITU_HOME", str(tmp / "shitu"))
@@ -256,17 +344,45 @@ def main() -> int:
     combos = [(w, t) for w in args.workers for t in args.threads]
     parts: dict = {(combo, c): [] for combo in combos for c in levels}
     per_round = max(1, args.requests // max(1, args.rounds))
-    servers = start_servers(combos, tmp)
+    specs: dict = {(w, t): (w, t, tmp / f"shitu-{w}x{t}") for w, t in combos}
+    default = (pick.workers, pick.threads)
+    vparts: dict = {}
+    if not args.no_int8:
+        from bench_int8 import quantize_general_lite
+
+        started = time.perf_counter()
+        report = quantize_general_lite(tmp / "shitu-int8", tmp / "int8")
+        results["int8"] = {
+            "version": report.version,
+            "fp32_version": report.base_version,
+            "quantize_seconds": time.perf_counter() - started,
+            "workers": pick.workers,
+            "threads": pick.threads,
+        }
+        print(
+            f"int8: general-lite {report.version} made from {report.base_version} in {results['int8']['quantize_seconds']:.0f} s"
+        )
+        specs.setdefault(default, (*default, tmp / f"shitu-{pick.workers}x{pick.threads}"))
+        specs["int8"] = (*default, tmp / "shitu-int8")
+        vparts = {(v, c): [] for v in VARIANTS for c in variant_levels}
+    servers = start_servers(specs, tmp)
     try:
-        for (w, _), (url, _) in servers.items():  # warm every worker up
+        for key, (url, _) in servers.items():  # warm every worker up
+            w = specs[key][0]
             load(url, body, max(2, w * 2), w * 4, args.seconds)
         if (1, 2) in servers:
             results["paired_c1"] = paired_c1(servers[(1, 2)][0], body, svc, args.requests)
+        variant_url = {"fp32": servers[default][0], "int8": servers["int8"][0]} if vparts else {}
+        if vparts:
+            results["int8"]["top_score"] = {v: top_score(u, body) for v, u in variant_url.items()}
         for r in range(args.rounds):
             order = combos[r % len(combos) :] + combos[: r % len(combos)]
             for combo in order:
                 for c in levels:
                     parts[(combo, c)].append(load(servers[combo][0], body, c, per_round, args.seconds))
+            for c in variant_levels if vparts else ():  # same requests, same settings; who goes first alternates
+                for v in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
+                    vparts[(v, c)].append(load(variant_url[v], body, c, per_round, args.seconds))
     finally:
         stop_servers(servers)
     load_average.append(os.getloadavg()[0])
@@ -359,7 +475,14 @@ def main() -> int:
             f"{paired['in_process_p50_ms']:.1f} ms = {paired['ratio']:.3f} x in-process (target <= 1.10)"
         )
     summary = summary_rows(grid, paired, (pick.workers, pick.threads), cores)
+    if vparts:
+        variants = results["int8"]
+        for (v, c), p in vparts.items():
+            variants[f"{v}/c={c}"] = stats(p)
+        print_variants(variants, variant_levels)
+        summary += variant_rows(variants, variant_levels)
     failed = sum(s["errors"] for k, s in results.items() if k.startswith("workers="))
+    failed += sum(s["errors"] for (v, c) in vparts for s in [results["int8"][f"{v}/c={c}"]])
     write_json("serving", {"machine": info, "results": results, "summary": summary}, args.json)
     return 1 if failed else 0
 

@@ -120,8 +120,15 @@ FIELDS: tuple[Field, ...] = (
     Field("Global", "enable_mkldnn", bool, True,
           "Use oneDNN with each model's verified pass list (see the model's shitu_model.yml; for official models, "
           "the one `shitu plugins verify --onednn` recorded).", per_request=False),
-    Field("Global", "use_gpu", bool, False, "Run on the GPU when paddle is built with CUDA.", per_request=False),
-    Field("Global", "gpu_id", int, 0, "GPU device id when `use_gpu` is on.", minimum=0, per_request=False),
+    Field("Global", "use_gpu", (bool, str), False,
+          "Run the models on a GPU. `false`: the CPU. `true`: GPU `gpu_id`, or the model does not load (the error "
+          "says why: paddle without CUDA, no device visible, onnxruntime without its CUDA provider). `auto`: the "
+          "GPU where one is usable, else the CPU exactly as with `false`, with one warning log line naming why "
+          "(for a pack that ships to machines with and without GPUs). The models' descriptions, logged when an "
+          "engine loads, name the device each runs on.",
+          choices=(False, True, "auto"), per_request=False),
+    Field("Global", "gpu_id", int, 0, "GPU device id when `use_gpu` is `true` or `auto`.", minimum=0,
+          per_request=False),
     Field("Global", "det_inference_model_dir", str, None,
           "Mainbody detector folder (default: the current scenario pack's). A folder given here brings its own "
           "pre-processing: the pack's `DetPreProcess.transform_ops` is not applied to it.", nullable=True,
@@ -131,8 +138,9 @@ FIELDS: tuple[Field, ...] = (
           "pre-processing: the pack's `RecPreProcess.transform_ops`, `RecPostProcess.pooling`, `gem_power` and "
           "`centering` are not applied to it.", nullable=True, per_request=False),
     Field("Global", "det_backend", str, "auto", "Runtime for the detector: `paddle` (paddle.inference), "
-          "`onnxruntime` (needs the model's ONNX file), or `auto`: onnxruntime when the model folder has its "
-          "ONNX file and `use_gpu` is off (the fastest on the embedded models, same answers), else paddle.",
+          "`onnxruntime` (needs the model's ONNX file), or `auto`: on the CPU, onnxruntime when the model "
+          "folder has its ONNX file (the fastest on the embedded models, same answers), else paddle; on a GPU "
+          "(`use_gpu`), paddle where it has CUDA, else onnxruntime with its CUDA provider.",
           choices=("auto", "paddle", "onnxruntime"), per_request=False),
     Field("Global", "rec_backend", str, "auto", "Runtime for the feature extractor (see `det_backend`).",
           choices=("auto", "paddle", "onnxruntime"), per_request=False),

@@ -12,6 +12,7 @@ Parameters merge as defaults < scenario pack < ``params`` (e.g. ``config.json`` 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
     from shitu.plugins.gallery_spec import GallerySpec
     from shitu.serving.gallery.backend import GalleryBackend
     from shitu.serving.gallery.local import Gallery
+
+
+log = logging.getLogger("shitu.serving.engine")
 
 
 class EngineError(InvalidArgument):
@@ -75,6 +79,12 @@ class Engine:
         self.detector = MainbodyDetector(detector_spec, runtime_options(self.params, "det"))
         self.extractor = FeatureExtractor(extractor_spec, runtime_options(self.params, "rec"))
         self.extractor.centering(self.params["RecPostProcess.centering"])  # a missing or bad file fails the load
+        log.info(  # the runtime and the device each model runs on (Global.use_gpu: auto may have fallen back)
+            "%s: detector %s; recogniser %s",
+            scenario,
+            getattr(self.detector.predictor, "description", "(a stand-in predictor)"),
+            getattr(self.extractor.predictor, "description", "(a stand-in predictor)"),
+        )
         #: Each gallery's framing rule and ``score_thres: auto`` (issue #28).
         self.rules = GalleryRules(self.params, self.extractor.spec.transform_ops)
         #: Gallery names, open/create, model identity, pack galleries (built through the framing rule) and thumbnails.

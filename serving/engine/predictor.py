@@ -3,7 +3,8 @@
 - Loads ``inference.json`` (Paddle 3 PIR, what ``paddle.jit.save`` writes) or ``*.pdmodel`` (legacy programs, what
   official PP-ShiTu models ship) plus ``.pdiparams``.
 - CPU threads, oneDNN on/off with a per-model pass list (the default models crash under Paddle's default oneDNN
-  passes), GPU when paddle is built with CUDA and the user asks.
+  passes), a GPU when ``Global.use_gpu`` asks and one is usable (``true``: required; ``auto``: else the CPU, with
+  one warning; :func:`shitu.serving.engine.runtimes.resolve`). ``description`` names the device actually used.
 - Inputs and outputs by name, batch input, glog silenced.
 """
 
@@ -35,7 +36,9 @@ class RuntimeOptions:
 
     cpu_threads: int = 2
     enable_mkldnn: bool = True
-    use_gpu: bool = False
+    #: ``Global.use_gpu`` as given (``True``, ``False`` or ``"auto"``); a :class:`Predictor`'s own ``options`` hold
+    #: the device it runs on (``True`` / ``False``).
+    use_gpu: bool | str = False
     gpu_id: int = 0
     backend: str = "paddle"
 
@@ -48,12 +51,19 @@ class Predictor:
     """
 
     def __init__(self, spec: ModelSpec, options: RuntimeOptions = RuntimeOptions()):
+        from shitu.serving.engine import runtimes
         from shitu.serving.engine.onednn import resolve
-        from shitu.serving.engine.runtimes import resolve_backend
 
-        # `auto`: onnxruntime where the model folder has its ONNX file (shitu.serving.engine.runtimes)
-        options = replace(options, backend=resolve_backend(options.backend, spec, options.use_gpu))
-        spec = resolve(spec) if options.backend == "paddle" and options.enable_mkldnn else spec
+        # `auto`: onnxruntime where the model folder has its ONNX file; the GPU where asked and usable
+        asked = options.use_gpu
+        runtime = runtimes.resolve(options.backend, asked, options.gpu_id, spec)
+        if asked is True and not runtime.gpu:
+            raise PredictorError(
+                f"Global.use_gpu is true but no GPU can run {Path(spec.model_dir).name} ({runtime.no_gpu}); "
+                "use_gpu: auto runs on the CPU instead"
+            )
+        options = replace(options, backend=runtime.backend, use_gpu=runtime.gpu)
+        spec = resolve(spec) if options.backend == "paddle" and options.enable_mkldnn and not runtime.gpu else spec
         self.spec = spec
         self.options = options
         self._lock = threading.Lock()
@@ -63,6 +73,12 @@ class Predictor:
             self._impl = _PaddleBackend(spec, options)
         else:
             raise PredictorError(f"unknown backend {options.backend!r}; use 'auto', 'paddle' or 'onnxruntime'")
+        if options.use_gpu and not self._impl.on_gpu:  # onnxruntime's CUDA provider listed but could not start
+            why = f"{options.backend}: its CUDA provider did not start"
+            if asked is True:
+                raise PredictorError(f"Global.use_gpu is true but {Path(spec.model_dir).name} runs on the CPU ({why})")
+            runtimes.warn_cpu_fallback(why)
+            self.options = replace(options, use_gpu=False)
 
     @property
     def input_names(self) -> list[str]:
@@ -168,6 +184,7 @@ class _Backend:
     input_names: list[str]
     output_names: list[str]
     description: str
+    on_gpu: bool = False
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -184,11 +201,7 @@ class _PaddleBackend(_Backend):
 
         config = pi.Config(str(model_file), str(params_file))
         mkldnn = False
-        if options.use_gpu:
-            import paddle
-
-            if not paddle.is_compiled_with_cuda():
-                raise PredictorError("Global.use_gpu is on but this paddle build has no CUDA support")
+        if options.use_gpu:  # resolved: paddle has CUDA and sees this device
             config.enable_use_gpu(256, options.gpu_id)
         else:
             config.disable_gpu()
@@ -209,12 +222,13 @@ class _PaddleBackend(_Backend):
             raise PredictorError(f"cannot load model {model_file}: {_first_line(exc)}") from exc
         self.input_names = list(self._predictor.get_input_names())
         self.output_names = list(self._predictor.get_output_names())
-        self.description = (
-            f"paddle.inference {model_file.name} "
-            f"({'gpu' if options.use_gpu else 'cpu'}, oneDNN {'on' if mkldnn else 'off'}, "
-            f"{options.cpu_threads} threads)"
+        self.description = f"paddle.inference {model_file.name} " + (
+            f"(gpu {options.gpu_id})"
+            if options.use_gpu
+            else f"(cpu, oneDNN {'on' if mkldnn else 'off'}, {options.cpu_threads} threads)"
         )
         self._model_file = model_file
+        self.on_gpu = options.use_gpu is True
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         p = self._predictor
@@ -251,10 +265,16 @@ class _OnnxBackend(_Backend):
         # on few cores one spinning pool starves the other (measured: 180 ms end-to-end spinning vs 41-72 ms not).
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if options.use_gpu:  # resolved: onnxruntime has the CUDA provider
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": options.gpu_id}))
+        self._session = ort.InferenceSession(str(path), so, providers=providers)
+        # onnxruntime itself falls back to the CPU when the CUDA provider cannot start (no device, no CUDA libraries)
+        self.on_gpu = "CUDAExecutionProvider" in self._session.get_providers()
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
-        self.description = f"onnxruntime {path.name} (cpu, {options.cpu_threads} threads)"
+        where = f"gpu {options.gpu_id}" if self.on_gpu else f"cpu, {options.cpu_threads} threads"
+        self.description = f"onnxruntime {path.name} ({where})"
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self._session.run(self.output_names, {n: inputs[n] for n in self.input_names})
