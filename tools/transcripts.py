@@ -12,6 +12,10 @@ Every transcript in ``README.md`` and ``docs/*.md`` sits between ``<!-- run:NAME
 - ``output``: :attr:`Block.command` runs and the block is its stdout (the README's ``make demo`` table).
 - ``serve-log``: what the shared ``shitu serve --port 8866 --token s3cret`` printed up to that point.
 
+A block's :attr:`Block.setup` makes input files the pages describe but do not make with a command (the video clip,
+the overlap collage); its :attr:`Block.figures` are pictures its commands draw, copied into ``docs/`` by ``--write``
+(``docs/explain_overlap.jpg``).
+
 The ``--server`` blocks share one real ``shitu serve`` (the four modules under the real ``hub serving``) started on
 a free loopback port with a temporary ``SHITU_HOME`` / ``HUB_HOME``; the commands and code say port 8866, rewritten
 to the real port before running and back in what they print. What differs between two runs is replaced by a fixed
@@ -57,6 +61,10 @@ class Block:
     fast: bool = True
     #: ``output`` blocks: the command whose stdout the block shows.
     command: str = ""
+    #: A :class:`Session` method that makes the block's input files first (once per session).
+    setup: str = ""
+    #: (file the commands write, relative to the run's folder; the docs figure it becomes): copied by ``--write``.
+    figures: tuple[tuple[str, str], ...] = ()
 
 
 #: Every transcript, in the order they run (the server's galleries fill up in this order).
@@ -74,6 +82,9 @@ BLOCKS: dict[str, Block] = {
     "cli-gallery-server": Block("console", server=True),
     "http-api": Block("console", server=True),
     "paddlex": Block("console", server=True),
+    "explain-overlap": Block("console", setup="overlap", figures=(("why/overlap.jpg", "docs/explain_overlap.jpg"),)),
+    "video-sample": Block("console", setup="video_clip"),
+    "video-json": Block("console", setup="video_clip"),
 }
 
 
@@ -149,6 +160,9 @@ class Session:
         self.port: int | None = None
         self.server: subprocess.Popen[bytes] | None = None
         self.server_log = self.tmp / "serve.log"
+        self._prepared: set[str] = set()
+        #: docs figure -> the file a block's commands wrote (copied by ``--write`` before the session ends)
+        self.figures: dict[Path, Path] = {}
 
     def __enter__(self) -> Session:
         self.work.mkdir(parents=True)
@@ -206,6 +220,33 @@ class Session:
         self.port = port
         return port
 
+    def prepare(self, setup: str) -> None:
+        if setup not in self._prepared:
+            getattr(self, setup)()
+            self._prepared.add(setup)
+
+    def overlap(self) -> None:
+        """docs/parameters.md's ``overlap.png``: the cat with the coffee cup pasted over its side."""
+        import cv2
+
+        from shitu.serving.cli.demo import gallery_photos, overlapping_collage
+
+        cv2.imwrite(str(self.work / "overlap.png"), overlapping_collage(gallery_photos()))
+
+    def video_clip(self) -> None:
+        """docs/video.md's clip (``tests/test_video.py``'s ``write_video``) and the two photos its crops come from."""
+        sys.path.insert(0, str(ROOT))
+        try:
+            import cv2
+            from skimage import data
+
+            from tests.test_video import CAT_PHOTO, _bgr, write_video
+        finally:
+            sys.path.remove(str(ROOT))
+        write_video(self.work / "cat_and_astronaut.avi")
+        cv2.imwrite(str(self.work / "cat_face.jpg"), CAT_PHOTO)
+        cv2.imwrite(str(self.work / "astronaut_face.jpg"), _bgr(data.astronaut())[30:230, 140:340])
+
     # what is shown
 
     def to_real(self, text: str) -> str:
@@ -229,6 +270,8 @@ class Session:
             (r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00", "<iso-time>"),
             (r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]", "[<time>]"),
             (r"\[\d\d/\w{3}/\d{4} \d\d:\d\d:\d\d\]", "[<time>]"),
+            (r"(track\(s\)), \d+\.\ds\b", r"\1, <elapsed>"),
+            (r'("elapsed": ?)\d+\.\d+', r"\1<elapsed>"),
         ]
         for pattern, repl in subs:
             text = re.sub(pattern, repl, text)
@@ -289,10 +332,15 @@ def generate(name: str, body: str, session: Session) -> str:
 
 def _fences(name: str, body: str, session: Session) -> str:
     block = BLOCKS[name]
+    if block.setup:
+        session.prepare(block.setup)
     if block.server:
         session.start_server()
     if block.kind == "console":
-        return "```console\n" + session.console(console_commands(body)) + "```\n"
+        fences = session.console(console_commands(body))
+        for made, figure in block.figures:
+            session.figures[ROOT / figure] = session.work / made
+        return "```console\n" + fences + "```\n"
     if block.kind == "python":
         fences = list(FENCE.finditer(body))
         if not fences or fences[0]["lang"] != "python":
@@ -349,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with Session() as session:
         bodies = regenerate(session, args.names or None)
+        if args.write:
+            for figure, made in session.figures.items():
+                shutil.copyfile(made, figure)
+                print(f"wrote {figure.relative_to(ROOT)}")
     shown = current_blocks(list(bodies))
     if args.check:
         diffs = [d for name in bodies if (d := diff(name, shown[name], bodies[name]))]
