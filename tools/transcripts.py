@@ -14,7 +14,8 @@ Every transcript in ``README.md`` and ``docs/*.md`` sits between ``<!-- run:NAME
 
 A block's :attr:`Block.setup` makes input files the pages describe but do not make with a command (the video clip,
 the overlap collage); its :attr:`Block.figures` are pictures its commands draw, copied into ``docs/`` by ``--write``
-(``docs/explain_overlap.jpg``).
+(``docs/explain_overlap.jpg``). :data:`FIGURES` are pictures made apart from any block (the web page in a real
+browser: ``docs/webpage.png``), written by ``--write`` and never compared.
 
 The ``--server`` blocks share one real ``shitu serve`` (the four modules under the real ``hub serving``) started on
 a free loopback port with a temporary ``SHITU_HOME`` / ``HUB_HOME``; the commands and code say port 8866, rewritten
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import io
 import os
 import re
 import shutil
@@ -86,6 +88,13 @@ BLOCKS: dict[str, Block] = {
     "video-sample": Block("console", setup="video_clip"),
     "video-json": Block("console", setup="video_clip"),
 }
+
+
+#: Pictures of the docs drawn by a run: docs file -> the :class:`Session` method that makes it (``--write`` only:
+#: a browser's rendering is not compared).
+FIGURES: dict[str, str] = {"docs/webpage.png": "webpage_screenshot"}
+#: The gallery the web page's picture shows (added through the server, so its items have thumbnails).
+WEBPAGE_GALLERY = "catalogue"
 
 
 def pages() -> list[Path]:
@@ -247,6 +256,42 @@ class Session:
         cv2.imwrite(str(self.work / "cat_face.jpg"), CAT_PHOTO)
         cv2.imwrite(str(self.work / "astronaut_face.jpg"), _bgr(data.astronaut())[30:230, 140:340])
 
+    def webpage_screenshot(self, out: Path) -> None:
+        """The web page in the Debian ``chromium`` (Playwright): a gallery of the six demo photos added through the
+        SDK, and the demo collage recognised."""
+        from playwright.sync_api import sync_playwright
+
+        from shitu.serving.client import ShituClient
+
+        port = self.start_server()
+        labels = ["astronaut", "cat", "coffee", "flower", "rocket", "temple"]
+        with ShituClient(f"http://127.0.0.1:{port}", token=TOKEN) as client:
+            client.gallery_add([str(self.work / f"{k}.jpg") for k in labels], labels, gallery=WEBPAGE_GALLERY)
+        exe = shutil.which("chromium") or shutil.which("chromium-browser")
+        if exe is None:
+            raise RuntimeError("the web page's picture needs the Debian package chromium")
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+            try:
+                page = browser.new_context(viewport={"width": 1280, "height": 860}).new_page()
+                page.goto(f"http://127.0.0.1:{port}/web/", timeout=120_000)
+                page.wait_for_selector("body[data-ready=yes]", timeout=120_000)
+                page.select_option("#gallery", WEBPAGE_GALLERY)
+                page.wait_for_function(
+                    f"() => document.querySelector('#gallery-info').dataset.count === '{len(labels)}'", timeout=120_000
+                )
+                page.set_input_files("#file", str(self.work / "collage_cat_and_coffee.jpg"))
+                page.wait_for_selector("body[data-recognition=done]", timeout=120_000)
+                page.wait_for_function(
+                    "() => [...document.querySelectorAll('.label-card img')].every(i => i.complete)", timeout=120_000
+                )
+                shot = page.screenshot()
+            finally:
+                browser.close()
+        from PIL import Image  # a 256-colour palette: a third of the bytes, the same picture to the eye
+
+        Image.open(io.BytesIO(shot)).convert("RGB").quantize(256).save(out, optimize=True)
+
     # what is shown
 
     def to_real(self, text: str) -> str:
@@ -399,8 +444,13 @@ def main(argv: list[str] | None = None) -> int:
         bodies = regenerate(session, args.names or None)
         if args.write:
             for figure, made in session.figures.items():
-                shutil.copyfile(made, figure)
-                print(f"wrote {figure.relative_to(ROOT)}")
+                if not figure.is_file() or figure.read_bytes() != made.read_bytes():
+                    shutil.copyfile(made, figure)
+                    print(f"wrote {figure.relative_to(ROOT)}")
+            for figure, method in FIGURES.items():
+                if not args.names or Path(figure).stem in args.names:
+                    getattr(session, method)(ROOT / figure)
+                    print(f"wrote {figure}")
     shown = current_blocks(list(bodies))
     if args.check:
         diffs = [d for name in bodies if (d := diff(name, shown[name], bodies[name]))]
