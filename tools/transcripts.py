@@ -90,7 +90,7 @@ BLOCKS: dict[str, Block] = {
 }
 
 
-#: Pictures of the docs drawn by a run: docs file -> the :class:`Session` method that makes it (``--write`` only:
+#: Pictures of the docs drawn by a run: docs file -> the :class:`Session` method returning its bytes (``--write`` only:
 #: a browser's rendering is not compared).
 FIGURES: dict[str, str] = {"docs/webpage.png": "webpage_screenshot"}
 #: The gallery the web page's picture shows (added through the server, so its items have thumbnails).
@@ -256,7 +256,7 @@ class Session:
         cv2.imwrite(str(self.work / "cat_face.jpg"), CAT_PHOTO)
         cv2.imwrite(str(self.work / "astronaut_face.jpg"), _bgr(data.astronaut())[30:230, 140:340])
 
-    def webpage_screenshot(self, out: Path) -> None:
+    def webpage_screenshot(self) -> bytes:
         """The web page in the Debian ``chromium`` (Playwright): a gallery of the six demo photos added through the
         SDK, and the demo collage recognised."""
         from playwright.sync_api import sync_playwright
@@ -285,12 +285,16 @@ class Session:
                 page.wait_for_function(
                     "() => [...document.querySelectorAll('.label-card img')].every(i => i.complete)", timeout=120_000
                 )
-                shot = page.screenshot()
+                page.evaluate("() => document.activeElement && document.activeElement.blur()")  # no focus ring
+                page.mouse.move(0, 0)
+                shot = page.screenshot(caret="hide", animations="disabled")
             finally:
                 browser.close()
         from PIL import Image  # a 256-colour palette: a third of the bytes, the same picture to the eye
 
-        Image.open(io.BytesIO(shot)).convert("RGB").quantize(256).save(out, optimize=True)
+        png = io.BytesIO()
+        Image.open(io.BytesIO(shot)).convert("RGB").quantize(256).save(png, "PNG", optimize=True)
+        return png.getvalue()
 
     # what is shown
 
@@ -449,8 +453,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"wrote {figure.relative_to(ROOT)}")
             for figure, method in FIGURES.items():
                 if not args.names or Path(figure).stem in args.names:
-                    getattr(session, method)(ROOT / figure)
-                    print(f"wrote {figure}")
+                    png = getattr(session, method)()
+                    if not (ROOT / figure).is_file() or (ROOT / figure).read_bytes() != png:
+                        (ROOT / figure).write_bytes(png)
+                        print(f"wrote {figure}")
     shown = current_blocks(list(bodies))
     if args.check:
         diffs = [d for name in bodies if (d := diff(name, shown[name], bodies[name]))]
