@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test venv bench clean system-deps peer-deps milvus-lite lint docs
+.PHONY: demo test venv bench clean system-deps peer-deps milvus-lite lint docs transcripts
 
 # The virtualenv, refreshed whenever setup.py changes (the stamp records the extras installed).
 $(PY):
@@ -64,6 +64,11 @@ lint: $(VENV)/.stamp-dev
 docs: $(VENV)/.stamp-dev
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 	@echo "docs built: build/site/index.html"
+
+## make transcripts: rerun every transcript of README.md and docs/*.md (the `<!-- run:NAME -->` blocks: commands,
+## SDK examples, HTTP requests against a real `shitu serve`) and rewrite them; tools/transcripts.py --check diffs.
+transcripts: $(VENV)/.stamp-dev
+	$(PY) tools/transcripts.py --write
 
 ## make test: create/refresh the virtualenv with the dev extra, install the Debian packages, lint, build the docs,
 ## run the whole suite.
