@@ -19,7 +19,7 @@ that records none. ``gallery info`` shows it under ``recognition.score_thres``. 
 from __future__ import annotations
 
 import statistics
-import time
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -111,7 +111,7 @@ def calibrate(gallery: Any, rate: float = FALSE_ACCEPT_RATE) -> dict[str, Any] |
         "false_accept_rate": rate,
         "items": len(gallery),
         "sampled": int(len(scores)),
-        "computed_at": round(time.time(), 3),
+        "computed_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),  # ISO 8601 UTC, as info's times
     }
 
 
