@@ -33,12 +33,13 @@ from shitu.serving.gallery.errors import (
 from shitu.serving.gallery.milvus_protocol import (
     MilvusTarget,
     binary_bytes,
+    connect,
     filter_in,
     guarded,
     index_params,
     parse_uri,
-    reason,
-    token,
+    settings_json,
+    settings_of,
 )
 from shitu.serving.gallery.validation import (
     DEFAULT_MAX_LABEL_LENGTH,
@@ -60,7 +61,6 @@ _BATCH = 2000  # rows per insert / ids per query expression
 _QUERY_LIMIT = 16384  # Milvus's largest query window (limit + offset)
 _MAX_SOURCE = 4096
 _INFO_LABELS_UP_TO = 100_000  # info() counts distinct labels (a full read) only up to this many items
-_PROPERTY = "shitu.gallery"  # collection property (and description) holding the gallery's settings as JSON
 _MAX_METADATA = 65535
 
 
@@ -97,23 +97,10 @@ class MilvusGallery:
     normalize = property(lambda self: bool(self._s["normalize"]))
 
     # -- connecting ----------------------------------------------------------------------------------------------
-    @staticmethod
-    def _connect(target: MilvusTarget) -> Any:
-        try:
-            from pymilvus import MilvusClient
-        except ImportError:
-            raise GalleryError('Milvus galleries need pymilvus: pip install "shitu-hub[milvus]"') from None
-        try:
-            return MilvusClient(uri=target.endpoint, token=token(), timeout=target.call_timeout)
-        except Exception as e:  # pymilvus raises its own and grpc's errors
-            raise MilvusUnavailable(
-                f"cannot reach the Milvus server of gallery {target.collection!r}: {reason(e)}"
-            ) from None
-
     @classmethod
     def exists(cls, uri: str) -> bool:
         target = parse_uri(uri)
-        client = cls._connect(target)
+        client = connect(target)
         try:
             return bool(guarded(target, lambda: client.has_collection(target.collection, timeout=target.call_timeout)))
         finally:
@@ -151,7 +138,7 @@ class MilvusGallery:
             "hamming_radius": hamming_radius,
             "created_at": time.time(),
         }
-        client = cls._connect(target)
+        client = connect(target)
         try:
             if guarded(target, lambda: client.has_collection(target.collection, timeout=target.call_timeout)):
                 client.close()
@@ -186,7 +173,7 @@ class MilvusGallery:
                     schema=schema,
                     index_params=index,
                     consistency_level="Strong",
-                    properties={_PROPERTY: json.dumps(settings, sort_keys=True)},
+                    properties=settings_json(settings),
                     timeout=target.call_timeout,
                 ),
             )
@@ -214,18 +201,14 @@ class MilvusGallery:
     ) -> MilvusGallery:
         """Open the gallery in collection ``uri``; GalleryError when there is none or it is not a gallery."""
         target = parse_uri(uri)
-        client = cls._connect(target)
+        client = connect(target)
         try:
             if not guarded(target, lambda: client.has_collection(target.collection, timeout=target.call_timeout)):
                 raise GalleryNotFound(f"{target.uri}: no such gallery (no collection {target.collection!r})")
             desc = guarded(target, lambda: client.describe_collection(target.collection, timeout=target.call_timeout))
-            try:
-                settings = json.loads((desc.get("properties") or {}).get(_PROPERTY) or desc.get("description") or "")
-                assert isinstance(settings, dict) and "dim" in settings and "metric" in settings
-            except (ValueError, AssertionError):
-                raise GalleryError(
-                    f"{target.uri}: collection {target.collection!r} is not a shitu-hub gallery"
-                ) from None
+            settings = settings_of(desc)
+            if settings is None:
+                raise GalleryError(f"{target.uri}: collection {target.collection!r} is not a shitu-hub gallery")
             if int(settings.get("shitu_gallery", 0)) > FORMAT_VERSION:
                 raise GalleryError(
                     f"{target.uri}: gallery format {settings['shitu_gallery']} is newer than this "
@@ -581,26 +564,17 @@ class MilvusGallery:
         }
 
     # -- recognition settings (issue #28: framing rule, score_thres auto) ---------------------------------------------
-    def _described_settings(self) -> dict[str, Any]:
-        desc = self._call("describe_collection")
-        try:
-            settings = json.loads((desc.get("properties") or {}).get(_PROPERTY) or "")
-        except ValueError:
-            settings = None
-        return settings if isinstance(settings, dict) else dict(self._s)
-
     def recognition(self) -> dict[str, Any]:
-        """The recognition settings this collection records (re-read: another replica may have written them)."""
-        value = self._described_settings().get("recognition")
+        """The recognition settings the collection records (re-read: another replica may have written them)."""
+        value = (settings_of(self._call("describe_collection")) or self._s).get("recognition")
         return value if isinstance(value, dict) else {}
 
     def update_recognition(self, merge: Callable[[Any], dict[str, Any]]) -> None:
-        """Record ``merge(current)`` as the recognition settings, in the collection's settings property (read,
-        merged, written: two replicas writing at once keep the last one's, both computed from the same items)."""
+        """Record ``merge(current)`` in the collection's settings (two replicas writing at once: the last wins)."""
         self._check_writable()
-        settings = self._described_settings()
+        settings = dict(settings_of(self._call("describe_collection")) or self._s)
         settings["recognition"] = merge(settings.get("recognition"))
-        self._call("alter_collection_properties", properties={_PROPERTY: json.dumps(settings, sort_keys=True)})
+        self._call("alter_collection_properties", properties=settings_json(settings))
         self._s = settings
 
     # -- lifetime --------------------------------------------------------------------------------------------------

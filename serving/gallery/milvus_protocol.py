@@ -25,11 +25,14 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "MilvusTarget",
     "binary_bytes",
+    "connect",
     "filter_in",
     "guarded",
     "index_params",
     "parse_uri",
     "reason",
+    "settings_json",
+    "settings_of",
     "token",
 ]
 
@@ -155,3 +158,35 @@ def binary_bytes(v: Any) -> bytes:
     if isinstance(v, (list, tuple)):
         v = v[0]
     return bytes(v)
+
+
+#: The collection property (and, for servers without properties, the description) holding a gallery's settings.
+SETTINGS_PROPERTY = "shitu.gallery"
+
+
+def settings_json(settings: dict[str, Any]) -> dict[str, str]:
+    """The collection properties that record ``settings``."""
+    return {SETTINGS_PROPERTY: json.dumps(settings, sort_keys=True)}
+
+
+def settings_of(desc: dict[str, Any]) -> dict[str, Any] | None:
+    """The gallery settings a collection's description holds; None when it is not a shitu-hub gallery."""
+    try:
+        settings = json.loads((desc.get("properties") or {}).get(SETTINGS_PROPERTY) or desc.get("description") or "")
+    except ValueError:
+        return None
+    return settings if isinstance(settings, dict) and "dim" in settings and "metric" in settings else None
+
+
+def connect(target: MilvusTarget) -> Any:
+    """A ``pymilvus.MilvusClient`` for ``target`` (GalleryError without pymilvus, MilvusUnavailable unreachable)."""
+    try:
+        from pymilvus import MilvusClient
+    except ImportError:
+        raise GalleryError('Milvus galleries need pymilvus: pip install "shitu-hub[milvus]"') from None
+    try:
+        return MilvusClient(uri=target.endpoint, token=token(), timeout=target.call_timeout)
+    except Exception as e:  # pymilvus raises its own and grpc's errors
+        raise MilvusUnavailable(
+            f"cannot reach the Milvus server of gallery {target.collection!r}: {reason(e)}"
+        ) from None
