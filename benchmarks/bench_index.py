@@ -102,7 +102,7 @@ def raw_search_fn(g, k: int):
 
     from shitu.serving.gallery.local import SMALL_BATCH
 
-    state = g._state
+    state = g.replica.current
     index = state.index
     params = state.search_parameters(k)  # the very parameters the layer uses
 
@@ -176,10 +176,10 @@ def bench_one(method: str, n: int, data, gt: np.ndarray, args, workdir: Path) ->
         row["index"] = info["index"]
         row["build_s"] = t_build
         row["disk_mb"] = info["size_bytes"] / 1e6
-        if g._state.mode == "hnsw":
+        if g.replica.current.mode == "hnsw":
             row["search_param"] = f"efSearch={max(int(g.tuning['ef_search']), k)}"
-        elif g._state.mode == "ivf":
-            row["search_param"] = f"nprobe={g._state.nprobe}"
+        elif g.replica.current.mode == "ivf":
+            row["search_param"] = f"nprobe={g.replica.current.nprobe}"
         else:
             row["search_param"] = "exact"
 

@@ -61,11 +61,13 @@ def plot_serving(results: Path, out: Path) -> str:
         left.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
         right.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=label)
     workers, threads = variants.get("workers"), variants.get("threads")
-    where = f" ({workers} workers x {threads} threads)" if workers and threads else ""
+    plural = lambda n, word: f"{n} {word}{'s' if n != 1 else ''}"  # noqa: E731
+    where = f" ({plural(workers, 'worker')} x {plural(threads, 'thread')})" if workers and threads else ""
     left.set(xlabel="concurrent clients", ylabel="requests / s", title="hub serving throughput" + where)
     right.set(xlabel="concurrent clients", ylabel="p99 latency, ms", title="hub serving p99 latency")
     for ax in (left, right):
         ax.set_xticks(sorted({p[0] for ps in curves.values() for p in ps}))
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -88,7 +90,12 @@ def plot_index(results: Path, out: Path) -> str:
         left.plot(xs, [r["lat_layer_ms"] for r in mine], marker="o", label=method)
         right.plot(xs, [r["recall10"] for r in mine], marker="o", label=method)
     left.set(xscale="log", yscale="log", xlabel="gallery items", ylabel="ms per query (batch 1)", title="search")
+    lowest = min(float(r["recall10"]) for r in rows)
     right.set(xscale="log", xlabel="gallery items", ylabel="recall@10 vs exact", title="recall")
+    right.set_ylim(min(0.9, lowest - 0.02), 1.005)
+    from matplotlib.ticker import ScalarFormatter
+
+    left.yaxis.set_major_formatter(ScalarFormatter())
     for ax in (left, right):
         ax.grid(alpha=0.3, which="both")
         ax.legend()

@@ -106,20 +106,48 @@ def _tar(folder: Path, out: Path) -> Path:
     return out
 
 
+def _pir_pack(folder: Path) -> Path:
+    """The `general` pack's manifest on the PIR export (``inference.json``): a pack folder holding the models."""
+    import hashlib
+    import shutil
+
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "plugins/packs/general/pack.yaml").read_text())
+    data["name"] = "general-pir"
+    for role, stem in (("detector", DET_STEM), ("recognizer", REC_STEM)):
+        model, src = data["models"][role], OFFICIAL.parent / "pir" / f"{stem}_infer"
+        shutil.copytree(src, folder / model["path"])
+        model.pop("archive")
+        model["model_file"] = "inference.json"
+        model["files"] = [
+            {"path": f.name, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()} for f in sorted(src.iterdir())
+        ]
+    (folder / "pack.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return folder
+
+
+DET_STEM, REC_STEM = "picodet_PPLCNet_x2_5_mainbody_lite_v1.0", "general_PPLCNetV2_base_pretrained_v1.0"
+
+
 @pytest.mark.skipif(not OFFICIAL.is_dir(), reason="needs ../shared/official_format")
-def test_real_quantize_an_official_format_pack(home, calibration, tmp_path):
-    """PP-ShiTuV2's layout (paddle-only, no ONNX file): the recogniser goes through paddle2onnx and is quantized;
-    paddle2onnx 2.1 cannot convert the PicoDet mainbody graph, so the detector stays fp32 and the report says why."""
+@pytest.mark.parametrize("export", ["legacy", "pir"])
+def test_real_quantize_an_official_format_pack(home, calibration, tmp_path, export):
+    """PP-ShiTuV2's layout (paddle-only, no ONNX file), legacy and PIR exports: the recogniser goes through
+    paddle2onnx and is quantized; paddle2onnx 2.1 cannot convert the PicoDet mainbody graph, so the detector stays
+    fp32 and the report says why."""
     from shitu.plugins import registry
     from shitu.serving.quantize.pack import quantize_pack
 
-    tars = [
-        _tar(OFFICIAL / f"{stem}_infer", tmp_path / f"{stem}_infer.tar")
-        for stem in ("picodet_PPLCNet_x2_5_mainbody_lite_v1.0", "general_PPLCNetV2_base_pretrained_v1.0")
-    ]
-    registry.install("general", from_files=[str(t) for t in tars], trust=True, progress=False)
-    report = quantize_pack("general", calibration, bounds=LAX)
+    if export == "pir":
+        name = "general-pir"
+        registry.install(str(_pir_pack(tmp_path / "pack")), trust=True, progress=False)
+    else:
+        name = "general"
+        tars = [_tar(OFFICIAL / f"{stem}_infer", tmp_path / f"{stem}_infer.tar") for stem in (DET_STEM, REC_STEM)]
+        registry.install(name, from_files=[str(t) for t in tars], trust=True, progress=False)
+    report = quantize_pack(name, calibration, bounds=LAX)
     assert report.models == ["recognizer"] and report.version == "1.0.0+int8.1"
     assert "paddle2onnx cannot convert" in report.skipped["detector"]
     assert report.agreement.boxes_matched == 1.0  # the same fp32 detector on both sides
-    assert registry.get_pack("general").version == "1.0.0+int8.1"
+    assert registry.get_pack(name).version == "1.0.0+int8.1"
