@@ -100,6 +100,13 @@ def test_local_exit_status_nothing_and_error(shitu, files, local_gallery, capsys
     assert capsys.readouterr().out.count("score") == 3  # two objects and the whole image
 
 
+def test_missing_gallery_folder_is_named_as_typed(shitu, files, tmp_path, capsys, monkeypatch):
+    """Was: `--gallery ./nope` answered `--gallery nope: ...` (the path as Path() prints it)."""
+    monkeypatch.chdir(tmp_path)
+    assert shitu("recognize", files["cat_mirrored_crop"], "--gallery", "./nope") == EXIT_USAGE
+    assert "--gallery ./nope: not a gallery folder" in capsys.readouterr().err
+
+
 def test_usage_errors(shitu, files, local_gallery, tmp_path, capsys):
     cat = files["cat_mirrored_crop"]
     assert shitu("recognize", tmp_path / "missing.jpg", "--gallery", local_gallery) == EXIT_USAGE

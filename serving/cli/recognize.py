@@ -158,7 +158,9 @@ def _local_engine(args: argparse.Namespace, overrides: dict[str, Any], need_gall
         from shitu.serving.gallery.local import DB_NAME, Gallery
 
         if not (gallery / DB_NAME).is_file():
-            raise UsageError(f"--gallery {gallery}: not a gallery folder (build one with `shitu gallery build`)")
+            raise UsageError(  # as typed: Path() drops a leading ./
+                f"--gallery {args.gallery}: not a gallery folder (build one with `shitu gallery build`)"
+            )
         with Gallery.open(gallery, readonly=True) as g:
             if g.metric == "hamming":
                 params.setdefault("RecPostProcess.binarize", True)
