@@ -9,6 +9,7 @@ from the gallery when its index is (re)built, by rule:
   smaller than float32), 8 bits per sub-quantizer (256 centroids each). ``d / 8`` (PQ8 on 64-d, 20k clustered
   vectors) reached recall@10 0.95 for IVF-PQ but 0.54 for HNSW-PQ with the re-rank; ``d / 4`` reaches 0.9995 and
   0.82 (tests/test_gallery_index_types.py);
+- PQ without polysemous training (the factory's ``np``: that training took minutes for 128 sub-quantizers);
 - HNSW graphs have 32 neighbours per node (``ef_construction`` and ``ef_search`` as for ``HNSW32``).
 
 =============== ============================== =========== ==================================================
@@ -126,9 +127,9 @@ def make(r: Recipe, metric: int, ef_construction: int) -> Any:
     if r.family == "Flat":
         return faiss.index_factory(d, "IDMap2,Flat", metric)
     if r.family == "IVF-PQ":
-        return faiss.index_factory(d, f"IVF{r.nlist},PQ{r.m}x8", metric)
+        return faiss.index_factory(d, f"IVF{r.nlist},PQ{r.m}x8np", metric)
     if r.family == "OPQ-IVF-PQ":
-        index: Any = faiss.index_factory(d, f"OPQ{r.m},IVF{r.nlist},PQ{r.m}x8", metric)
+        index: Any = faiss.index_factory(d, f"OPQ{r.m},IVF{r.nlist},PQ{r.m}x8np", metric)
         opq: Any = faiss.downcast_VectorTransform(index.chain.at(0))
         opq.niter = OPQ_ITERATIONS
         return index
