@@ -20,7 +20,7 @@ name            faiss index                    bytes/item  re-rank
 ``IVF-SQ8``     ``IVF<nlist>,SQ8``             d + 8       yes
 ``HNSW-SQ8``    ``HNSW32`` over SQ8 codes      d + ~300    yes
 ``HNSW-PQ``     ``HNSW32`` over PQ codes       m + ~300    yes (lowest recall: the graph is built on PQ distances)
-``auto``        ``Flat`` below 50k items, ``HNSW-SQ8`` below 1M, ``IVF-PQ`` from 1M (:data:`AUTO_TIERS`)
+``auto``        ``Flat`` below 50k items, ``IVF-SQ8`` below 1M, ``IVF-PQ`` from 1M (:data:`AUTO_TIERS`)
 =============== ============================== =========== ==================================================
 
 The compressed types hold codes only (the faiss snapshot has no float copy): a search fetches ``rerank_k``
@@ -46,7 +46,7 @@ NAMED = ("IVF-PQ", "OPQ-IVF-PQ", "IVF-SQ8", "HNSW-SQ8", "HNSW-PQ", "auto")
 #: What ``index_method`` accepts, for error messages.
 ACCEPTED = ("Flat", "IVF", "HNSW32 (any HNSW<M>)", *NAMED, "or a faiss factory string")
 #: ``auto``: (fewest items, type) from the biggest tier down.
-AUTO_TIERS = ((1_000_000, "IVF-PQ"), (50_000, "HNSW-SQ8"), (0, "Flat"))
+AUTO_TIERS = ((1_000_000, "IVF-PQ"), (50_000, "IVF-SQ8"), (0, "Flat"))
 #: Order of the families for ``auto``'s tiers (a rebuild moves up when the gallery grew past a tier).
 TIER = {
     "other": 0,
@@ -56,8 +56,8 @@ TIER = {
     "HNSW-PQ": 1,
     "IVF": 2,
     "IVF-SQ8": 2,
-    "IVF-PQ": 2,
-    "OPQ-IVF-PQ": 2,
+    "IVF-PQ": 3,
+    "OPQ-IVF-PQ": 3,
 }
 _PQ_CENTROIDS = 256  # 8 bits per sub-quantizer
 HNSW_M = 32
