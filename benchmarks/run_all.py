@@ -38,6 +38,7 @@ SUITE = [
     "bench_scaleout.py",
     "bench_vs_paddleclas.py",
     "bench_int8.py",
+    "bench_scale.py",  # issue 29: cost curves per index type and size (10k, 100k; --10m not in the suite)
 ]
 SUITE.append("quality/run.py")  # recognition quality (#18): its figures join the table too
 #: ``--quick``: smaller sizes and fewer repeats per step (the same figures, from fewer samples).
@@ -58,6 +59,7 @@ QUICK_ARGS = {
     ],
     "bench_whole_image.py": ["--repeat", "2"],
     "bench_operating.py": ["--vectors", "5000"],
+    "bench_scale.py": ["--sizes", "10000", "--queries", "100"],
     "soak.py": ["--seconds", "30"],
     "bench_official_onednn.py": ["--repeat", "3"],
     "bench_scaleout.py": ["--sizes", "10000", "--queries", "40", "--requests", "16"],

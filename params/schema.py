@@ -164,7 +164,10 @@ FIELDS: tuple[Field, ...] = (
           minimum=1.0, maximum=16.0, per_request=False),
     # -- IndexProcess: the gallery ---------------------------------------------------------------------------
     Field("IndexProcess", "index_method", str, "HNSW32",
-          "faiss index type for new galleries: `Flat`, `IVF`, `HNSW32` or another faiss factory string.",
+          "faiss index type for new galleries: `Flat`, `IVF`, `HNSW32` (PaddleClas's names), a compressed type "
+          "re-ranked exactly with the stored vectors (`IVF-PQ`, `OPQ-IVF-PQ`, `IVF-SQ8`, `HNSW-SQ8`, `HNSW-PQ`), "
+          "`auto` (Flat below 50k items, IVF-SQ8 below 1M, IVF-PQ above, chosen as the gallery grows) or another "
+          "faiss factory string. Which to pick: docs/galleries.md, Index types.",
           per_request=False),
     Field("IndexProcess", "dist_type", str, "IP",
           "Metric for new galleries: `IP` (cosine on normalised embeddings), `L2` or `hamming`.",

@@ -36,6 +36,8 @@ CASES = [
     ("Flat", "hamming"),
     ("HNSW32", "hamming"),
     ("IVF", "hamming"),
+    ("IVF-SQ8", "IP"),  # compressed types, re-ranked with the stored floats (tests/test_gallery_index_types.py)
+    ("HNSW-SQ8", "L2"),
 ]
 
 

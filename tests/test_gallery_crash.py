@@ -100,7 +100,7 @@ def check_consistent(path: Path) -> int:
         return len(rows)
 
 
-@pytest.mark.parametrize("method,kills", [("Flat", 10), ("HNSW32", 10), ("IVF", 6)])
+@pytest.mark.parametrize("method,kills", [("Flat", 10), ("HNSW32", 10), ("IVF", 6), ("IVF-SQ8", 4), ("HNSW-SQ8", 4)])
 def test_sigkill_at_random_points_leaves_a_consistent_gallery(tmp_path, method, kills):
     path = tmp_path / "g"
     Gallery.create(path, DIM, method, "IP", ivf_min_train=64).close()

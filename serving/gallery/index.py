@@ -25,7 +25,9 @@ from typing import Any
 import faiss
 import numpy as np
 
+from shitu.serving.gallery import index_types
 from shitu.serving.gallery.errors import GalleryError
+from shitu.serving.gallery.index_types import ACCEPTED, TIER, Recipe, canonical, family_of, nlist_for
 from shitu.serving.gallery.validation import METRICS, check_vectors
 
 __all__ = [
@@ -47,6 +49,7 @@ DEFAULT_TUNING: dict[str, Any] = {
     "ef_search": 128,  # HNSW efSearch (raised to k when smaller)
     "ef_construction": 40,  # HNSW efConstruction
     "nprobe": None,  # IVF lists probed; None: max(8, nlist // 8)
+    "rerank_k": None,  # compressed types: candidates re-ranked exactly per query; None: max(4 * k, 50)
     "ivf_min_train": 4096,  # IVF galleries stay exact (flat) below this many vectors
     "compact_ratio": 0.2,  # compact once more than this fraction of the index is dead
     "compact_min": 64,  # ... and at least this many vectors are dead
@@ -54,11 +57,6 @@ DEFAULT_TUNING: dict[str, Any] = {
     "exact_filter_limit": 4096,  # label-filtered searches over at most this many items are exact
     "background_rebuild_min": 50000,  # rebuilds (IVF training, HNSW compaction) of bigger indexes run in a thread
 }
-
-
-def nlist_for(n: int) -> int:
-    """IVF lists for ``n`` vectors: about 4*sqrt(n), with at least 39 training points per list."""
-    return max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39))
 
 
 @dataclass
@@ -71,6 +69,31 @@ class IndexConfig:
     hamming_radius: int
     normalize: bool
     tuning: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_TUNING))
+
+    def __post_init__(self) -> None:
+        named = canonical(self.index_method)
+        if named is not None:
+            if self.binary:
+                raise GalleryError(
+                    f"index_method {self.index_method!r} is for float galleries (IP, L2); hamming galleries take "
+                    "Flat, IVF, HNSW<M> or a faiss binary factory string"
+                )
+            self.index_method = named
+
+    @property
+    def named(self) -> str | None:
+        """The named type (:mod:`.index_types`) of this gallery, None for PP-ShiTu's names and factory strings."""
+        return canonical(self.index_method)
+
+    def recipe(self, n: int) -> Recipe:
+        """What the named type builds for ``n`` vectors (``Flat`` below what it needs to train)."""
+        assert self.named is not None
+        return index_types.recipe(self.named, self.dim, n, int(self.tuning["ivf_min_train"]))
+
+    def rerank_k(self, k: int) -> int:
+        """Candidates a compressed index returns for an exact re-rank of the best ``k``."""
+        n = self.tuning.get("rerank_k")
+        return max(k, int(n) if n else max(4 * k, 50))
 
     @property
     def binary(self) -> bool:
@@ -126,6 +149,9 @@ class IndexConfig:
         """
         method = self.index_method
         index: Any  # faiss SWIG classes, downcast at run time (the stubs know the base classes only)
+        if self.named:
+            r = self.recipe(n)
+            return index_types.make(r, self.faiss_metric, int(self.tuning["ef_construction"])), r.trains
         if self.binary:
             if method.upper() == "FLAT":
                 return faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(self.dim)), False
@@ -150,7 +176,11 @@ class IndexConfig:
             return index, False
         if self.auto_ivf:
             return faiss.index_factory(self.dim, f"IVF{nlist_for(n)},Flat", self.faiss_metric), True
-        index = faiss.index_factory(self.dim, method, self.faiss_metric)
+        try:
+            index = faiss.index_factory(self.dim, method, self.faiss_metric)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+            raise GalleryError(f"unknown index_method {method!r}: use {', '.join(ACCEPTED)} (faiss: {first})") from None
         if is_ivf(index):
             return index, not index.is_trained
         return faiss.index_factory(self.dim, "IDMap2," + method, self.faiss_metric), not index.is_trained
@@ -171,7 +201,7 @@ class IndexConfig:
         index, needs_training = self.empty_index(n)
         if needs_training:
             trained = False
-            if n >= self.min_train(index) and n >= max(1, ivf_nlist(index)):
+            if self.named or (n >= self.min_train(index) and n >= max(1, ivf_nlist(index))):
                 try:
                     index.train(vectors)
                     trained = True
@@ -186,6 +216,11 @@ class IndexConfig:
 
     def wants_rebuild(self, index: Any, live: int) -> bool:
         """Whether an index should be (re)trained now that it holds ``live`` vectors."""
+        if self.named:
+            want, have = self.recipe(live), family_of(inner_index(index))
+            if want.family != have:
+                return TIER[want.family] > TIER[have]  # grew past a tier (or enough to train)
+            return bool(want.nlist) and want.nlist >= 2 * ivf_nlist(index)
         if is_flat_fallback(self, index):
             probe, needs = self.empty_index(live)
             return needs and live >= self.min_train(probe) and live >= max(1, ivf_nlist(probe))
@@ -195,6 +230,10 @@ class IndexConfig:
         return False
 
     def wants_retrain_on_compact(self, index: Any, live: int) -> bool:
+        if self.named:
+            want, have = self.recipe(live), family_of(inner_index(index))
+            nlist = ivf_nlist(index)
+            return want.family != have or (bool(nlist) and not nlist // 2 < want.nlist < 2 * nlist)
         if self.wants_rebuild(index, live):
             return True
         if self.auto_ivf and not is_flat_fallback(self, index):
@@ -239,6 +278,9 @@ def is_flat_fallback(spec: IndexConfig, index: Any) -> bool:
 
 def describe(index: Any) -> str:
     inner = inner_index(index)
+    named = index_types.describe_named(inner)
+    if named:
+        return named
     if isinstance(inner, faiss.IndexBinaryFlat):
         return "BFlat"
     if isinstance(inner, faiss.IndexFlat):
@@ -305,6 +347,8 @@ class IndexState:
         else:
             self.mode = "plain"
         self.removable = not isinstance(inner, (faiss.IndexHNSW, faiss.IndexBinaryHNSW))
+        #: A compressed index (codes only): searches re-rank its candidates with the stored floats.
+        self.rerank = spec.named is not None and family_of(inner) not in ("Flat", "HNSW")
 
     @property
     def nprobe(self) -> int:

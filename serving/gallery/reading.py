@@ -2,7 +2,8 @@
 
 Every hit is resolved by slot against SQLite (through a cache valid for one value of the change counter, see
 :mod:`.record_cache`), so nothing removed (here or in another process) is returned; a hit found stale makes the
-search catch up with the change log and run again.
+search catch up with the change log and run again. A compressed index (``IndexState.rerank``: codes only) returns
+``rerank_k`` candidates, re-ranked exactly with the float vectors read from SQLite in one query (:func:`rerank`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from shitu.serving.gallery.backend import Match
 from shitu.serving.gallery.index import exact_search
 from shitu.serving.gallery.replication import Replica
 
-__all__ = ["record_dict", "search_once"]
+__all__ = ["record_dict", "rerank", "search_once"]
 
 
 def record_dict(row: tuple) -> dict[str, Any]:
@@ -30,6 +31,36 @@ def record_dict(row: tuple) -> dict[str, Any]:
         "added_at": row[5],
         "updated_at": row[6],
     }
+
+
+def rerank(replica: Replica, q: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of each query's ``candidates`` (slots, -1 padded) by exact distance to the float vectors
+    stored for them (one SQLite query for the batch); ``(distances, slots)``, -1 padded. A candidate whose vector
+    is gone (removed meanwhile) is dropped."""
+    nq = len(q)
+    wanted = np.unique(candidates[candidates >= 0])
+    rows = replica.store.vectors_of(wanted.tolist()) if len(wanted) else []
+    out_d = np.zeros((nq, k), np.float32)
+    out_i = np.full((nq, k), -1, np.int64)
+    if not rows:
+        return out_d[:, :0], out_i[:, :0]
+    slots = np.array([s for s, _ in rows], np.int64)
+    order = np.argsort(slots)
+    slots = slots[order]
+    vectors = replica.to_array([rows[i][1] for i in order])
+    spec = replica.spec
+    width = 0
+    for i in range(nq):
+        cand = candidates[i][candidates[i] >= 0]
+        pos = np.searchsorted(slots, cand)
+        pos = pos[(pos < len(slots)) & (slots[np.minimum(pos, len(slots) - 1)] == cand)]
+        if not len(pos):
+            continue
+        dist, best = exact_search(spec, q[i : i + 1], vectors[pos], k)
+        n = best.shape[1]
+        out_d[i, :n], out_i[i, :n] = dist[0], slots[pos[best[0]]]
+        width = max(width, n)
+    return out_d[:, :width], out_i[:, :width]
 
 
 def search_once(
@@ -50,8 +81,13 @@ def search_once(
                 return [[] for _ in range(len(q))], False
             dist, order = exact_search(spec, q, replica.to_array([b for _, b in rows]), k)
             found = np.array([s for s, _ in rows], np.int64)[order]
+        elif state.rerank:
+            allowed = np.array(sorted(store.slots_with_labels(lab)), np.int64)
+            dist, found = rerank(replica, q, state.search(q, spec.rerank_k(k), allowed)[1], k)
         else:
             dist, found = state.search(q, k, np.array(sorted(store.slots_with_labels(lab)), np.int64))
+    elif state.rerank:
+        dist, found = rerank(replica, q, state.search(q, spec.rerank_k(k))[1], k)
     else:
         dist, found = state.search(q, k)
     # Resolve slots against the database: drops anything removed since (also in other processes).
