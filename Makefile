@@ -72,8 +72,13 @@ transcripts: $(VENV)/.stamp-dev
 
 ## make test: create/refresh the virtualenv with the dev extra, install the Debian packages, lint, build the docs,
 ## run the whole suite.
+## SEED: pytest-randomly's seed (the run prints it; `make test SEED=N` repeats that order).
+ifndef SEED
+SEED := $(shell python3 -c 'import random; print(random.randrange(1, 2**31))')
+endif
 test: $(VENV)/.stamp-dev system-deps peer-deps milvus-lite lint docs
-	$(PY) -m pytest -q tests
+	@echo "test order: pytest-randomly seed $(SEED) (make test SEED=$(SEED) repeats it)"
+	$(PY) -m pytest -q -p randomly --randomly-seed=$(SEED) tests
 
 ## make bench: the benchmark suite (tables on stdout, JSON in benchmarks/results/), then the tests that assert a
 ## wall-clock bound (pytest -m timing; a plain pytest skips them), then every figure as one table.
