@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_serving import combo_name  # noqa: E402  (the benchmark's own "1 worker x 2 threads")
+
 RESULTS = HERE / "results"
 DOCS = HERE.parent / "docs"
 
@@ -61,8 +64,7 @@ def plot_serving(results: Path, out: Path) -> str:
         left.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
         right.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=label)
     workers, threads = variants.get("workers"), variants.get("threads")
-    plural = lambda n, word: f"{n} {word}{'s' if n != 1 else ''}"  # noqa: E731
-    where = f" ({plural(workers, 'worker')} x {plural(threads, 'thread')})" if workers and threads else ""
+    where = f" ({combo_name(int(workers), int(threads))})" if workers and threads else ""
     left.set(xlabel="concurrent clients", ylabel="requests / s", title="hub serving throughput" + where)
     right.set(xlabel="concurrent clients", ylabel="p99 latency, ms", title="hub serving p99 latency")
     for ax in (left, right):
